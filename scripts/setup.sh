@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up a checkout: the Debian packages the tests use (as root, only those missing), the npm dependencies
+# (better-sqlite3 compiles from source: about a minute and a half), and the build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# ctr and containerd are the interop peers of the tests and benchmarks.
+debs=(containerd)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing Debian packages (${missing[*]}); install them as root" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+npm ci --no-audit --no-fund
+npm run build

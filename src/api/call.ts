@@ -1,0 +1,121 @@
+/**
+ * Plumbing shared by every service: reading the namespace and lease from call metadata, and turning thrown
+ * errors into gRPC statuses. Handlers are written as async functions; these wrappers adapt them to grpc-js.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { GrpcCode, StrataError, grpcCodeOf } from '../errdefs/index.js';
+import { requireNamespace, type OpContext } from '../metadata/index.js';
+import type { Logger } from '../log/index.js';
+
+export const NAMESPACE_HEADER = 'containerd-namespace';
+export const LEASE_HEADER = 'containerd-lease';
+
+type AnyCall = { metadata: grpc.Metadata; getPath?: () => string };
+
+function header(call: AnyCall, key: string): string | undefined {
+  const v = call.metadata.get(key)[0];
+  return v === undefined ? undefined : String(v);
+}
+
+/** The namespace (required: INVALID_ARGUMENT without it) and optional lease of a call. */
+export function opContext(call: AnyCall): OpContext {
+  const namespace = requireNamespace(header(call, NAMESPACE_HEADER));
+  const lease = header(call, LEASE_HEADER);
+  return lease ? { namespace, lease } : { namespace };
+}
+
+/** The namespace of a call if it has one (for calls where it is optional). */
+export function optionalNamespace(call: AnyCall): string | undefined {
+  return header(call, NAMESPACE_HEADER) || undefined;
+}
+
+export function toStatus(err: unknown): Partial<grpc.StatusObject> {
+  if (err instanceof StrataError) return { code: err.grpcCode as grpc.status, details: err.message };
+  const e = err as { code?: unknown; details?: unknown; message?: unknown };
+  // Already a gRPC status (e.g. from a proxied backend): pass it through.
+  if (typeof e?.code === 'number' && typeof e.details === 'string') return { code: e.code as grpc.status, details: e.details };
+  return { code: grpcCodeOf(err) as grpc.status, details: err instanceof Error ? err.message : String(err) };
+}
+
+function logFailure(log: Logger, method: string, err: unknown): void {
+  const st = toStatus(err);
+  const expected = err instanceof StrataError && st.code !== GrpcCode.UNKNOWN;
+  if (expected) log.debug('call failed', { method, code: st.code, error: st.details });
+  else log.error('call failed', { method, error: err instanceof Error ? err.stack : String(err) });
+}
+
+export function unary<Req, Res>(
+  log: Logger,
+  method: string,
+  fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res> | Res,
+): grpc.handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    if (log.enabled('debug')) log.debug('call', { method });
+    Promise.resolve()
+      .then(() => fn(call.request, call))
+      .then(
+        (res) => callback(null, res),
+        (err) => {
+          logFailure(log, method, err);
+          callback(toStatus(err) as grpc.ServiceError);
+        },
+      );
+  };
+}
+
+/** Server streaming: the handler writes with `send` (which respects back-pressure) and returns when done. */
+export function serverStream<Req, Res>(
+  log: Logger,
+  method: string,
+  fn: (req: Req, send: (msg: Res) => Promise<void>, call: grpc.ServerWritableStream<Req, Res>) => Promise<void>,
+): grpc.handleServerStreamingCall<Req, Res> {
+  return (call) => {
+    if (log.enabled('debug')) log.debug('call', { method });
+    const send = (msg: Res) =>
+      new Promise<void>((resolve, reject) => {
+        if (call.cancelled) return reject(new StrataError('canceled', 'call cancelled by client'));
+        if (call.write(msg)) resolve();
+        else call.once('drain', resolve);
+      });
+    fn(call.request, send, call).then(
+      () => call.end(),
+      (err) => {
+        if (call.cancelled) return;
+        logFailure(log, method, err);
+        call.emit('error', toStatus(err));
+      },
+    );
+  };
+}
+
+export function bidiStream<Req, Res>(
+  log: Logger,
+  method: string,
+  fn: (call: grpc.ServerDuplexStream<Req, Res>, send: (msg: Res) => Promise<void>) => Promise<void>,
+): grpc.handleBidiStreamingCall<Req, Res> {
+  return (call) => {
+    if (log.enabled('debug')) log.debug('call', { method });
+    const send = (msg: Res) =>
+      new Promise<void>((resolve, reject) => {
+        if (call.cancelled) return reject(new StrataError('canceled', 'call cancelled by client'));
+        if (call.write(msg)) resolve();
+        else call.once('drain', resolve);
+      });
+    fn(call, send).then(
+      () => call.end(),
+      (err) => {
+        if (call.cancelled) return;
+        logFailure(log, method, err);
+        call.emit('error', toStatus(err));
+      },
+    );
+  };
+}
+
+/** A service the gRPC plugins hand to the server. */
+export interface GrpcService {
+  definition: grpc.ServiceDefinition;
+  implementation: grpc.UntypedServiceImplementation;
+  /** Ends calls that never finish on their own (subscriptions, watches) so that shutdown can drain. */
+  drain?(): void;
+}

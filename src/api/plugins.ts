@@ -1,0 +1,80 @@
+/**
+ * The gRPC services, each registered as an io.containerd.grpc.v1 plugin over the subsystems it translates.
+ * Services not listed here (snapshots, diff, images, containers, tasks) answer UNIMPLEMENTED until their
+ * subsystem registers one.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PluginType, register } from '../plugin/index.js';
+import type { MetadataStore } from '../metadata/index.js';
+import type { Exchange } from '../events/exchange.js';
+import { STRATA_REVISION, STRATA_VERSION } from '../version.js';
+import type { GrpcService } from './call.js';
+import { contentService } from './services/content.js';
+import { namespacesService } from './services/namespaces.js';
+import { leasesService } from './services/leases.js';
+import { eventsService } from './services/events.js';
+import { introspectionService } from './services/introspection.js';
+import { healthService, versionService } from './services/version.js';
+
+const metadata = (ic: { get<T>(t: PluginType, id?: string): T }) => ic.get<MetadataStore>(PluginType.Metadata, 'sqlite');
+
+register<GrpcService, Record<string, unknown>>({
+  type: PluginType.GRPC,
+  id: 'content',
+  requires: [PluginType.Metadata],
+  init: (ic) => contentService(metadata(ic).content, ic.log),
+});
+
+register<GrpcService, Record<string, unknown>>({
+  type: PluginType.GRPC,
+  id: 'namespaces',
+  requires: [PluginType.Metadata],
+  init: (ic) => namespacesService(metadata(ic).namespaces, ic.log),
+});
+
+register<GrpcService, Record<string, unknown>>({
+  type: PluginType.GRPC,
+  id: 'leases',
+  requires: [PluginType.Metadata],
+  init: (ic) => leasesService(metadata(ic).leases, ic.log),
+});
+
+register<GrpcService, Record<string, unknown>>({
+  type: PluginType.GRPC,
+  id: 'events',
+  requires: [PluginType.Event],
+  init: (ic) => eventsService(ic.get<Exchange>(PluginType.Event, 'exchange'), ic.log),
+});
+
+register<GrpcService, Record<string, unknown>>({
+  type: PluginType.GRPC,
+  id: 'introspection',
+  requires: ['*'],
+  init: (ic) => {
+    // A stable identity for this daemon root, kept across restarts (as containerd keeps its uuid file).
+    mkdirSync(ic.root, { recursive: true, mode: 0o700 });
+    const file = join(ic.root, 'uuid');
+    let uuid: string;
+    try {
+      uuid = readFileSync(file, 'utf8').trim();
+    } catch {
+      uuid = randomUUID();
+      writeFileSync(file, uuid, { mode: 0o600 });
+    }
+    return introspectionService(() => ic.plugins(), uuid, ic.log);
+  },
+});
+
+register<GrpcService, Record<string, unknown>>({
+  type: PluginType.GRPC,
+  id: 'version',
+  init: (ic) => versionService(STRATA_VERSION, STRATA_REVISION, ic.log),
+});
+
+register<GrpcService, Record<string, unknown>>({
+  type: PluginType.GRPC,
+  id: 'healthcheck',
+  init: (ic) => healthService(ic.log),
+});

@@ -1,0 +1,183 @@
+/**
+ * containerd.services.content.v1.Content over the namespaced content store. Translation only: every rule
+ * lives in src/metadata/content.ts and src/content/.
+ */
+import type * as grpc from '@grpc/grpc-js';
+import {
+  ContentService,
+  WriteAction,
+  type Info,
+  type Status,
+  type WriteContentRequest,
+  type WriteContentResponse,
+} from '../gen/containerd/services/content/v1/content.js';
+import { alreadyExists, invalidArgument, outOfRange, StrataError } from '../../errdefs/index.js';
+import type { ContentInfo, ContentWriter, IngestStatus } from '../../content/types.js';
+import type { NamespacedContent } from '../../metadata/content.js';
+import type { Logger } from '../../log/index.js';
+import { bidiStream, opContext, serverStream, unary, type GrpcService } from '../call.js';
+
+/** Read responses carry up to this many bytes each (containerd uses the same size). */
+const READ_CHUNK = 1 << 20;
+/** List responses are batched to stay well under the message size limit. */
+const LIST_BATCH = 100;
+
+const toInfo = (i: ContentInfo): Info => ({
+  digest: i.digest,
+  size: i.size,
+  createdAt: i.createdAt,
+  updatedAt: i.updatedAt,
+  labels: i.labels,
+});
+
+const toStatus = (s: IngestStatus): Status => ({
+  ref: s.ref,
+  offset: s.offset,
+  total: s.total,
+  expected: s.expected,
+  startedAt: s.startedAt,
+  updatedAt: s.updatedAt,
+});
+
+export function contentService(content: NamespacedContent, log: Logger): GrpcService {
+  const store = (call: { metadata: grpc.Metadata }) => content.bind(opContext(call));
+  const l = log.child({ service: 'content' });
+
+  const implementation = {
+    info: unary(l, 'Info', async (req: { digest: string }, call) => ({ info: toInfo(await store(call).info(req.digest)) })),
+
+    update: unary(l, 'Update', async (req: { info?: Info; updateMask?: string[] }, call) => {
+      if (!req.info) throw invalidArgument('info must be set');
+      return { info: toInfo(await store(call).update(req.info, req.updateMask ?? [])) };
+    }),
+
+    list: serverStream(l, 'List', async (req: { filters: string[] }, send, call) => {
+      const all = await store(call).list(req.filters);
+      for (let i = 0; i < all.length; i += LIST_BATCH) await send({ info: all.slice(i, i + LIST_BATCH).map(toInfo) });
+    }),
+
+    delete: unary(l, 'Delete', async (req: { digest: string }, call) => {
+      await store(call).delete(req.digest);
+      return {};
+    }),
+
+    read: serverStream(l, 'Read', async (req: { digest: string; offset: number; size: number }, send, call) => {
+      if (req.offset < 0 || req.size < 0) throw invalidArgument('offset and size must not be negative');
+      const cs = store(call);
+      const info = await cs.info(req.digest);
+      if (req.offset > info.size) throw outOfRange(`read past object length ${info.size} bytes`);
+      const stream = await cs.read(req.digest, { offset: req.offset, size: req.size });
+      let offset = req.offset;
+      try {
+        for await (const chunk of stream as AsyncIterable<Buffer>) {
+          for (let at = 0; at < chunk.length; at += READ_CHUNK) {
+            const data = chunk.subarray(at, at + READ_CHUNK);
+            await send({ offset, data });
+            offset += data.length;
+          }
+        }
+      } finally {
+        stream.destroy();
+      }
+    }),
+
+    status: unary(l, 'Status', async (req: { ref: string }, call) => ({ status: toStatus(await store(call).status(req.ref)) })),
+
+    listStatuses: unary(l, 'ListStatuses', async (req: { filters: string[] }, call) => ({
+      statuses: (await store(call).listStatuses(req.filters)).map(toStatus),
+    })),
+
+    abort: unary(l, 'Abort', async (req: { ref: string }, call) => {
+      await store(call).abort(req.ref);
+      return {};
+    }),
+
+    write: bidiStream<WriteContentRequest, WriteContentResponse>(l, 'Write', (call, send) => writeSession(store(call), call, send)),
+  };
+  return { definition: ContentService as unknown as grpc.ServiceDefinition, implementation };
+}
+
+/**
+ * One Write session, with containerd's protocol: the first message names the ref (and may declare total and
+ * expected digest); each STAT/WRITE/COMMIT gets one response carrying the current offset; COMMIT ends it.
+ * A WRITE at offset 0 on a non-empty ingest restarts it; any other offset must equal the current one.
+ */
+async function writeSession(
+  cs: ReturnType<NamespacedContent['bind']>,
+  call: AsyncIterable<WriteContentRequest>,
+  send: (m: WriteContentResponse) => Promise<void>,
+): Promise<void> {
+  const it = call[Symbol.asyncIterator]();
+  let next = await it.next();
+  if (next.done) return;
+  let req = next.value;
+  const ref = req.ref;
+  if (!ref) throw invalidArgument('first message must have a reference');
+  let total = req.total;
+  let expected = req.expected;
+
+  const wr: ContentWriter = await cs.writer({ ref, total, expected });
+  try {
+    for (;;) {
+      const st = await wr.status();
+      const msg: WriteContentResponse = {
+        action: req.action,
+        offset: st.offset,
+        total: 0,
+        digest: '',
+        startedAt: undefined,
+        updatedAt: undefined,
+      };
+      if (req.expected) {
+        expected = req.expected;
+        const existing = await cs.info(req.expected).catch(() => undefined);
+        if (existing) {
+          await wr.close();
+          await cs.abort(ref).catch(() => undefined);
+          throw alreadyExists(`blob with expected digest ${req.expected} exists`);
+        }
+      }
+      if (req.total > 0) total = req.total;
+
+      switch (req.action) {
+        case WriteAction.STAT:
+          msg.digest = wr.digest();
+          msg.startedAt = st.startedAt;
+          msg.updatedAt = st.updatedAt;
+          msg.total = total;
+          break;
+        case WriteAction.WRITE:
+        case WriteAction.COMMIT:
+          if (req.offset > 0 && req.offset !== st.offset) {
+            throw outOfRange(`write @${req.offset} must occur at current offset ${st.offset}`);
+          }
+          if (req.offset === 0 && st.offset > 0) {
+            await wr.truncate(0);
+            msg.offset = 0;
+          }
+          if (req.data.length > 0) {
+            await wr.write(req.data);
+            msg.offset += req.data.length;
+          }
+          if (req.action === WriteAction.COMMIT) {
+            const labels = Object.keys(req.labels).length > 0 ? req.labels : undefined;
+            await wr.commit(total, expected || undefined, { labels });
+          }
+          msg.digest = wr.digest();
+          break;
+        default:
+          throw invalidArgument(`unknown write action ${String(req.action)}`);
+      }
+      await send(msg);
+      if (req.action === WriteAction.COMMIT) return;
+      next = await it.next();
+      if (next.done) return;
+      req = next.value;
+    }
+  } catch (err) {
+    if (err instanceof StrataError) throw err;
+    throw err;
+  } finally {
+    await wr.close();
+  }
+}

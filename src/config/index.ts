@@ -1,0 +1,164 @@
+/**
+ * stratad's configuration: TOML in containerd's version-2 layout, so an existing containerd config reads
+ * naturally. Precedence: built-in defaults < the config file < command-line flags.
+ */
+import { readFileSync } from 'node:fs';
+import { parse, stringify } from 'smol-toml';
+import { invalidArgument } from '../errdefs/index.js';
+
+export interface GrpcConfig {
+  address: string;
+  uid: number;
+  gid: number;
+  max_recv_message_size: number;
+  max_send_message_size: number;
+}
+
+export interface ProxyPluginConfig {
+  type: string;
+  address: string;
+}
+
+export interface Config {
+  version: number;
+  root: string;
+  state: string;
+  disabled_plugins: string[];
+  required_plugins: string[];
+  grpc: GrpcConfig;
+  debug: { level: string };
+  plugins: Record<string, Record<string, unknown>>;
+  proxy_plugins: Record<string, ProxyPluginConfig>;
+}
+
+export const DEFAULT_ROOT = '/var/lib/strata';
+export const DEFAULT_STATE = '/run/strata';
+export const DEFAULT_ADDRESS = '/run/strata/strata.sock';
+
+export function defaultConfig(): Config {
+  return {
+    version: 2,
+    root: DEFAULT_ROOT,
+    state: DEFAULT_STATE,
+    disabled_plugins: [],
+    required_plugins: [],
+    grpc: {
+      address: DEFAULT_ADDRESS,
+      uid: 0,
+      gid: 0,
+      // containerd's defaults: 16 MiB each way.
+      max_recv_message_size: 16 << 20,
+      max_send_message_size: 16 << 20,
+    },
+    debug: { level: 'info' },
+    plugins: {},
+    proxy_plugins: {},
+  };
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> =>
+  typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Date);
+
+/** Deep merge where `over` wins; arrays are replaced, not concatenated. */
+export function merge<T>(base: T, over: unknown): T {
+  if (!isObject(base) || !isObject(over)) return (over === undefined ? base : over) as T;
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = k in out ? merge(out[k], v) : v;
+  return out as T;
+}
+
+export interface Overrides {
+  root?: string;
+  state?: string;
+  address?: string;
+  logLevel?: string;
+}
+
+/** Reads and validates a config file (if given) over the defaults, then applies flag overrides. */
+export function loadConfig(path: string | undefined, overrides: Overrides = {}): Config {
+  let cfg = defaultConfig();
+  if (path) {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (err) {
+      throw invalidArgument(`cannot read config ${path}: ${(err as Error).message}`);
+    }
+    let parsed: Record<string, unknown>;
+    try {
+      parsed = parse(text) as Record<string, unknown>;
+    } catch (err) {
+      throw invalidArgument(`config ${path} is not valid TOML: ${(err as Error).message}`);
+    }
+    const version = parsed.version ?? 1;
+    if (version !== 2) {
+      throw invalidArgument(`config ${path}: version ${JSON.stringify(version)} is not supported, use version = 2 (a number)`);
+    }
+    cfg = merge(cfg, parsed);
+  }
+  if (overrides.root) cfg.root = overrides.root;
+  if (overrides.state) cfg.state = overrides.state;
+  if (overrides.address) cfg.grpc.address = overrides.address;
+  if (overrides.logLevel) cfg.debug.level = overrides.logLevel;
+  validate(cfg);
+  return cfg;
+}
+
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'];
+
+/** Checks the type of every known key, so a mistyped file fails with a message instead of misbehaving. */
+function checkTypes(cfg: Config): void {
+  const want = (path: string, value: unknown, type: 'string' | 'number' | 'string[]' | 'table') => {
+    const ok =
+      type === 'string[]'
+        ? Array.isArray(value) && value.every((v) => typeof v === 'string')
+        : type === 'table'
+          ? isObject(value)
+          : type === 'number'
+            ? typeof value === 'number' && Number.isInteger(value)
+            : typeof value === type;
+    if (!ok) throw invalidArgument(`config: ${path} must be ${type === 'string[]' ? 'a list of strings' : type === 'table' ? 'a table' : `a ${type === 'number' ? 'whole number' : type}`}`);
+  };
+  want('root', cfg.root, 'string');
+  want('state', cfg.state, 'string');
+  want('disabled_plugins', cfg.disabled_plugins, 'string[]');
+  want('required_plugins', cfg.required_plugins, 'string[]');
+  want('grpc', cfg.grpc, 'table');
+  want('grpc.address', cfg.grpc.address, 'string');
+  want('grpc.uid', cfg.grpc.uid, 'number');
+  want('grpc.gid', cfg.grpc.gid, 'number');
+  want('grpc.max_recv_message_size', cfg.grpc.max_recv_message_size, 'number');
+  want('grpc.max_send_message_size', cfg.grpc.max_send_message_size, 'number');
+  want('debug', cfg.debug, 'table');
+  want('debug.level', cfg.debug.level, 'string');
+  want('plugins', cfg.plugins, 'table');
+  for (const [uri, section] of Object.entries(cfg.plugins)) want(`plugins."${uri}"`, section, 'table');
+  want('proxy_plugins', cfg.proxy_plugins, 'table');
+  if (!LOG_LEVELS.includes(cfg.debug.level)) {
+    throw invalidArgument(`config: debug.level "${cfg.debug.level}" is not one of ${LOG_LEVELS.join(', ')}`);
+  }
+}
+
+function validate(cfg: Config): void {
+  checkTypes(cfg);
+  if (!cfg.root.startsWith('/')) throw invalidArgument(`root must be an absolute path: ${cfg.root}`);
+  if (!cfg.state.startsWith('/')) throw invalidArgument(`state must be an absolute path: ${cfg.state}`);
+  if (cfg.root === cfg.state) throw invalidArgument('root and state must be different directories');
+  if (!cfg.grpc.address) throw invalidArgument('grpc.address must be set');
+  for (const [name, p] of Object.entries(cfg.proxy_plugins)) {
+    if (!p.type || !p.address) throw invalidArgument(`proxy_plugins.${name} needs both type and address`);
+  }
+}
+
+/** The config for one plugin: its defaults with the file's [plugins."<uri>"] section over them. */
+export function pluginConfig(cfg: Config, uri: string, defaults: Record<string, unknown>): Record<string, unknown> {
+  return merge(defaults, cfg.plugins[uri] ?? {});
+}
+
+/** TOML text of a config, with every plugin's effective section filled in. */
+export function renderConfig(cfg: Config, pluginDefaults: Map<string, Record<string, unknown>>): string {
+  const plugins: Record<string, Record<string, unknown>> = {};
+  for (const [uri, defaults] of pluginDefaults) plugins[uri] = pluginConfig(cfg, uri, defaults);
+  for (const [uri, section] of Object.entries(cfg.plugins)) plugins[uri] ??= section;
+  return stringify({ ...cfg, plugins });
+}

@@ -1,0 +1,7 @@
+/**
+ * Every built-in plugin, registered by importing its module. A new subsystem adds one line here.
+ */
+import '../events/plugin.js';
+import '../content/plugin.js';
+import '../metadata/plugin.js';
+import '../api/plugins.js';

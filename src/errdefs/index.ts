@@ -1,0 +1,110 @@
+/**
+ * Strata's error family. Every error that crosses a subsystem boundary is a StrataError carrying one of
+ * containerd's error kinds; the gRPC layer maps the kind to a status code and clients map it back. The
+ * message follows containerd's convention "<detail>: <kind>" so that `ctr` prints what users expect.
+ */
+
+/** gRPC status codes used by the kinds (numbers from the gRPC spec; no dependency on grpc-js here). */
+export const GrpcCode = {
+  OK: 0,
+  CANCELLED: 1,
+  UNKNOWN: 2,
+  INVALID_ARGUMENT: 3,
+  DEADLINE_EXCEEDED: 4,
+  NOT_FOUND: 5,
+  ALREADY_EXISTS: 6,
+  PERMISSION_DENIED: 7,
+  RESOURCE_EXHAUSTED: 8,
+  FAILED_PRECONDITION: 9,
+  ABORTED: 10,
+  OUT_OF_RANGE: 11,
+  UNIMPLEMENTED: 12,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+} as const;
+
+export type ErrorKind =
+  | 'unknown'
+  | 'invalid argument'
+  | 'not found'
+  | 'already exists'
+  | 'failed precondition'
+  | 'unavailable'
+  | 'not implemented'
+  | 'out of range'
+  | 'canceled'
+  | 'deadline exceeded'
+  | 'permission denied';
+
+const codeOfKind: Record<ErrorKind, number> = {
+  unknown: GrpcCode.UNKNOWN,
+  'invalid argument': GrpcCode.INVALID_ARGUMENT,
+  'not found': GrpcCode.NOT_FOUND,
+  'already exists': GrpcCode.ALREADY_EXISTS,
+  'failed precondition': GrpcCode.FAILED_PRECONDITION,
+  unavailable: GrpcCode.UNAVAILABLE,
+  'not implemented': GrpcCode.UNIMPLEMENTED,
+  'out of range': GrpcCode.OUT_OF_RANGE,
+  canceled: GrpcCode.CANCELLED,
+  'deadline exceeded': GrpcCode.DEADLINE_EXCEEDED,
+  'permission denied': GrpcCode.PERMISSION_DENIED,
+};
+
+const kindOfCode = new Map<number, ErrorKind>(
+  Object.entries(codeOfKind).map(([k, c]) => [c, k as ErrorKind]),
+);
+
+export class StrataError extends Error {
+  readonly kind: ErrorKind;
+  /** The message without the trailing ": <kind>", for callers that add their own context. */
+  readonly detail: string;
+
+  constructor(kind: ErrorKind, detail: string, options?: { cause?: unknown }) {
+    super(detail ? `${detail}: ${kind}` : kind, options);
+    this.kind = kind;
+    this.detail = detail;
+    this.name = 'StrataError';
+  }
+
+  get grpcCode(): number {
+    return codeOfKind[this.kind];
+  }
+
+  /** A new error of the same kind with more context in front: "<context>: <detail>: <kind>". */
+  wrap(context: string): StrataError {
+    return new StrataError(this.kind, `${context}: ${this.detail}`, { cause: this });
+  }
+}
+
+export const invalidArgument = (detail: string, cause?: unknown) =>
+  new StrataError('invalid argument', detail, { cause });
+export const notFound = (detail: string, cause?: unknown) => new StrataError('not found', detail, { cause });
+export const alreadyExists = (detail: string, cause?: unknown) =>
+  new StrataError('already exists', detail, { cause });
+export const failedPrecondition = (detail: string, cause?: unknown) =>
+  new StrataError('failed precondition', detail, { cause });
+export const unavailable = (detail: string, cause?: unknown) => new StrataError('unavailable', detail, { cause });
+export const notImplemented = (detail: string, cause?: unknown) =>
+  new StrataError('not implemented', detail, { cause });
+export const outOfRange = (detail: string, cause?: unknown) => new StrataError('out of range', detail, { cause });
+export const unknown = (detail: string, cause?: unknown) => new StrataError('unknown', detail, { cause });
+
+export const isKind = (err: unknown, kind: ErrorKind): boolean => err instanceof StrataError && err.kind === kind;
+export const isNotFound = (err: unknown) => isKind(err, 'not found');
+export const isAlreadyExists = (err: unknown) => isKind(err, 'already exists');
+export const isInvalidArgument = (err: unknown) => isKind(err, 'invalid argument');
+export const isFailedPrecondition = (err: unknown) => isKind(err, 'failed precondition');
+export const isUnavailable = (err: unknown) => isKind(err, 'unavailable');
+
+/** The gRPC code for any thrown value: StrataErrors by kind, everything else UNKNOWN. */
+export function grpcCodeOf(err: unknown): number {
+  return err instanceof StrataError ? err.grpcCode : GrpcCode.UNKNOWN;
+}
+
+/** Client side: turn a gRPC status (code + details) back into a StrataError of the matching kind. */
+export function fromGrpcStatus(code: number, details: string): StrataError {
+  const kind = kindOfCode.get(code) ?? 'unknown';
+  const suffix = `: ${kind}`;
+  const detail = details.endsWith(suffix) ? details.slice(0, -suffix.length) : details;
+  return new StrataError(kind, detail);
+}

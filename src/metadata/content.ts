@@ -1,0 +1,399 @@
+/**
+ * The namespaced content store: per-namespace records, labels and lease attachment in SQLite, bytes in the
+ * shared local store. It follows containerd's "shared" content policy: a writer whose expected digest is
+ * already on disk (committed by another namespace) adopts the blob without receiving its bytes again.
+ *
+ * Backend ingest refs are "<namespace>/<sequence>/<ref>", so two namespaces may use the same ref and an
+ * ingest survives a daemon restart (the row keeps the mapping; the data is in the local store).
+ */
+import { existsSync, unlinkSync } from 'node:fs';
+import type { Readable } from 'node:stream';
+import {
+  alreadyExists,
+  failedPrecondition,
+  invalidArgument,
+  isAlreadyExists,
+  isNotFound,
+  notFound,
+  StrataError,
+} from '../errdefs/index.js';
+import { adapt, labelField, parseAll } from '../filters/index.js';
+import { typedEvent, type EventPublisher } from '../events/types.js';
+import { parseDigest } from '../content/digest.js';
+import type { LocalContentStore } from '../content/local.js';
+import type {
+  CommitOptions,
+  ContentInfo,
+  ContentStore,
+  ContentWriter,
+  Digest,
+  IngestStatus,
+  ReadOptions,
+  WriterOptions,
+} from '../content/types.js';
+import { encodeLabels, nextSequence, parseLabels, type DB } from './db.js';
+import { applyLabelPaths, validateLabels, type NamespaceStore } from './namespaces.js';
+import type { LeaseStore } from './leases.js';
+import type { OpContext } from './context.js';
+
+/** Ingests not protected by a lease become collectable this long after they start (containerd's rule). */
+const UNLEASED_INGEST_TTL_MS = 24 * 60 * 60 * 1000;
+
+interface ContentRow {
+  digest: string;
+  size: number;
+  labels: string;
+  created_at: number;
+  updated_at: number;
+}
+
+interface IngestRow {
+  ref: string;
+  backend_ref: string;
+  shared_digest: string | null;
+  shared_size: number | null;
+  created_at: number;
+}
+
+const toInfo = (r: ContentRow): ContentInfo => ({
+  digest: r.digest,
+  size: r.size,
+  labels: parseLabels(r.labels),
+  createdAt: new Date(r.created_at),
+  updatedAt: new Date(r.updated_at),
+});
+
+export class NamespacedContent {
+  constructor(
+    readonly db: DB,
+    readonly local: LocalContentStore,
+    readonly namespaces: NamespaceStore,
+    readonly leases: LeaseStore,
+    readonly events: EventPublisher,
+  ) {}
+
+  /** A ContentStore seen from one namespace (and lease). */
+  bind(ctx: OpContext): ContentStore {
+    return new BoundContentStore(this, ctx);
+  }
+
+  /**
+   * Removes the blob from disk when no namespace records it and no lease names it. Runs inside the caller's
+   * transaction and unlinks synchronously, so a concurrent adoption (which checks the file in its own
+   * transaction) cannot record a blob that is about to vanish.
+   */
+  releaseBlobIfUnused(digest: Digest): void {
+    const used =
+      this.db.prepare('SELECT 1 FROM content WHERE digest = ? LIMIT 1').get(digest) ??
+      this.db.prepare("SELECT 1 FROM lease_resources WHERE type = 'content' AND id = ? LIMIT 1").get(digest) ??
+      this.db.prepare('SELECT 1 FROM ingests WHERE shared_digest = ? LIMIT 1').get(digest);
+    if (used) return;
+    try {
+      unlinkSync(this.local.blobPath(digest));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+  }
+}
+
+function checkedDigest(d: string): Digest {
+  parseDigest(d);
+  return d;
+}
+
+class BoundContentStore implements ContentStore {
+  private readonly ns: string;
+
+  constructor(
+    private readonly c: NamespacedContent,
+    private readonly ctx: OpContext,
+  ) {
+    this.ns = ctx.namespace;
+  }
+
+  private row(digest: Digest): ContentRow | undefined {
+    return this.c.db
+      .prepare('SELECT digest, size, labels, created_at, updated_at FROM content WHERE namespace = ? AND digest = ?')
+      .get(this.ns, digest) as ContentRow | undefined;
+  }
+
+  async info(digest: Digest): Promise<ContentInfo> {
+    const row = this.row(checkedDigest(digest));
+    if (!row) throw notFound(`content ${digest}`);
+    return toInfo(row);
+  }
+
+  async update(info: Pick<ContentInfo, 'digest' | 'labels'>, fieldpaths: string[] = []): Promise<ContentInfo> {
+    checkedDigest(info.digest);
+    validateLabels(info.labels);
+    return this.c.db.transaction(() => {
+      const row = this.row(info.digest);
+      if (!row) throw notFound(`content ${info.digest}`);
+      const labels = applyLabelPaths(parseLabels(row.labels), info.labels ?? {}, fieldpaths);
+      const now = Date.now();
+      this.c.db
+        .prepare('UPDATE content SET labels = ?, updated_at = ? WHERE namespace = ? AND digest = ?')
+        .run(encodeLabels(labels), now, this.ns, info.digest);
+      return { ...toInfo(row), labels, updatedAt: new Date(now) };
+    }).immediate();
+  }
+
+  async list(filters: string[] = []): Promise<ContentInfo[]> {
+    const filter = parseAll(filters);
+    const rows = this.c.db
+      .prepare('SELECT digest, size, labels, created_at, updated_at FROM content WHERE namespace = ? ORDER BY digest')
+      .all(this.ns) as ContentRow[];
+    return rows.map(toInfo).filter((info) =>
+      filter.match(
+        adapt((path) => {
+          if (path.length === 1 && path[0] === 'digest') return info.digest;
+          if (path.length === 1 && path[0] === 'size') return String(info.size);
+          if (path[0] === 'labels') return labelField(info.labels, path.slice(1));
+          return undefined;
+        }),
+      ),
+    );
+  }
+
+  async delete(digest: Digest): Promise<void> {
+    checkedDigest(digest);
+    this.c.db.transaction(() => {
+      const res = this.c.db.prepare('DELETE FROM content WHERE namespace = ? AND digest = ?').run(this.ns, digest);
+      if (res.changes === 0) throw notFound(`content ${digest}`);
+      this.c.db.prepare("DELETE FROM lease_resources WHERE namespace = ? AND type = 'content' AND id = ?").run(this.ns, digest);
+      this.c.releaseBlobIfUnused(digest);
+    }).immediate();
+    this.c.events.publish(this.ns, '/content/delete', typedEvent('containerd.events.ContentDelete', { digest }));
+  }
+
+  async read(digest: Digest, opts: ReadOptions = {}): Promise<Readable> {
+    if ((opts.offset ?? 0) < 0 || (opts.size ?? 0) < 0) throw invalidArgument('offset and size must not be negative');
+    if (!this.row(checkedDigest(digest))) throw notFound(`content ${digest}`);
+    return this.c.local.read(digest, opts);
+  }
+
+  private ingestRow(ref: string): IngestRow | undefined {
+    return this.c.db
+      .prepare('SELECT ref, backend_ref, shared_digest, shared_size, created_at FROM ingests WHERE namespace = ? AND ref = ?')
+      .get(this.ns, ref) as IngestRow | undefined;
+  }
+
+  private async statusOf(row: IngestRow): Promise<IngestStatus> {
+    try {
+      const st = await this.c.local.status(row.backend_ref);
+      return { ...st, ref: row.ref };
+    } catch (err) {
+      if (!isNotFound(err) || row.shared_digest === null) throw err;
+      const at = new Date(row.created_at);
+      const size = row.shared_size ?? 0;
+      return { ref: row.ref, offset: size, total: size, expected: row.shared_digest, startedAt: at, updatedAt: at };
+    }
+  }
+
+  async status(ref: string): Promise<IngestStatus> {
+    const row = this.ingestRow(ref);
+    if (!row) throw notFound(`ingest ref "${ref}"`);
+    return this.statusOf(row);
+  }
+
+  async listStatuses(filters: string[] = []): Promise<IngestStatus[]> {
+    const filter = parseAll(filters);
+    const rows = this.c.db
+      .prepare('SELECT ref, backend_ref, shared_digest, shared_size, created_at FROM ingests WHERE namespace = ? ORDER BY ref')
+      .all(this.ns) as IngestRow[];
+    const out: IngestStatus[] = [];
+    for (const row of rows) {
+      const match = filter.match(adapt((p) => (p.length === 1 && p[0] === 'ref' ? row.ref : undefined)));
+      if (!match) continue;
+      try {
+        out.push(await this.statusOf(row));
+      } catch (err) {
+        // A row whose data vanished (crash before the first byte reached disk) is not an active ingest.
+        if (!isNotFound(err)) throw err;
+      }
+    }
+    return out;
+  }
+
+  async abort(ref: string): Promise<void> {
+    const row = this.ingestRow(ref);
+    if (!row) throw notFound(`ingest ref "${ref}"`);
+    try {
+      await this.c.local.abort(row.backend_ref);
+    } catch (err) {
+      if (!isNotFound(err)) throw err; // a locked ingest stays, with its row
+    }
+    this.c.db.transaction(() => {
+      this.c.db.prepare('DELETE FROM ingests WHERE namespace = ? AND ref = ?').run(this.ns, ref);
+      this.c.db
+        .prepare("DELETE FROM lease_resources WHERE namespace = ? AND type = 'ingests' AND id = ?")
+        .run(this.ns, ref);
+    }).immediate();
+  }
+
+  async writer(opts: WriterOptions): Promise<ContentWriter> {
+    const ref = opts.ref;
+    if (!ref) throw invalidArgument('ref must not be empty');
+    const total = opts.total ?? 0;
+    if (total < 0) throw invalidArgument('total must not be negative');
+    const expected = opts.expected ? checkedDigest(opts.expected) : '';
+
+    let shared: { digest: Digest; size: number } | undefined;
+    if (expected) {
+      // Adoption check outside the transaction (it stats a file); re-checked at commit.
+      const onDisk = await this.c.local.info(expected).catch(() => undefined);
+      if (onDisk && (total === 0 || total === onDisk.size)) shared = { digest: expected, size: onDisk.size };
+    }
+
+    const { backendRef, exists } = this.c.db.transaction(() => {
+      this.c.namespaces.ensure(this.ns);
+      if (expected && this.row(expected)) {
+        // Already here: the caller's lease still takes it, so a pull under a lease keeps what it found.
+        this.c.leases.attach(this.ctx, 'content', expected);
+        return { backendRef: '', exists: true };
+      }
+      let row = this.ingestRow(ref);
+      if (!row) {
+        const seq = nextSequence(this.c.db, `ingest/${this.ns}`);
+        const backend = `${this.ns}/${seq}/${ref}`;
+        this.c.db
+          .prepare(
+            'INSERT INTO ingests (namespace, ref, backend_ref, shared_digest, shared_size, expires_at, created_at) VALUES (?, ?, ?, NULL, NULL, NULL, ?)',
+          )
+          .run(this.ns, ref, backend, Date.now());
+        row = this.ingestRow(ref)!;
+      }
+      const leased = this.c.leases.attach(this.ctx, 'ingests', ref);
+      this.c.db
+        .prepare('UPDATE ingests SET expires_at = ?, shared_digest = ?, shared_size = ? WHERE namespace = ? AND ref = ?')
+        .run(
+          leased ? null : Date.now() + UNLEASED_INGEST_TTL_MS,
+          shared?.digest ?? null,
+          shared?.size ?? null,
+          this.ns,
+          ref,
+        );
+      return { backendRef: row.backend_ref, exists: false };
+    }).immediate();
+    if (exists) throw alreadyExists(`content ${expected}`);
+
+    const inner = shared ? undefined : await this.c.local.writer({ ref: backendRef, total });
+    return new NamespacedWriter(this.c, this.ctx, ref, backendRef, total, inner, shared);
+  }
+}
+
+class NamespacedWriter implements ContentWriter {
+  private readonly startedAt = new Date();
+
+  constructor(
+    private readonly c: NamespacedContent,
+    private readonly ctx: OpContext,
+    readonly ref: string,
+    private readonly backendRef: string,
+    private readonly total: number,
+    private inner: ContentWriter | undefined,
+    private readonly shared: { digest: Digest; size: number } | undefined,
+  ) {}
+
+  get offset(): number {
+    return this.inner ? this.inner.offset : (this.shared?.size ?? 0);
+  }
+
+  async status(): Promise<IngestStatus> {
+    if (this.inner) return { ...(await this.inner.status()), ref: this.ref };
+    const size = this.shared?.size ?? 0;
+    return {
+      ref: this.ref,
+      offset: size,
+      total: size,
+      expected: this.shared?.digest ?? '',
+      startedAt: this.startedAt,
+      updatedAt: this.startedAt,
+    };
+  }
+
+  /** Leaves adoption mode: copy the first `size` bytes of the shared blob into a real ingest. */
+  private async unshare(size: number): Promise<ContentWriter> {
+    const w = await this.c.local.writer({ ref: this.backendRef, total: this.total });
+    try {
+      if (size > 0 && this.shared) {
+        const src = await this.c.local.read(this.shared.digest, { offset: 0, size });
+        for await (const chunk of src) await w.write(chunk as Buffer);
+      }
+    } catch (err) {
+      await w.close();
+      throw err;
+    }
+    this.inner = w;
+    return w;
+  }
+
+  async write(chunk: Uint8Array): Promise<void> {
+    if (!this.inner) {
+      if (chunk.length === 0) return;
+      await this.unshare(this.shared?.size ?? 0);
+    }
+    await this.inner!.write(chunk);
+  }
+
+  async truncate(size: number): Promise<void> {
+    if (this.inner) return this.inner.truncate(size);
+    await this.unshare(size);
+  }
+
+  digest(): Digest {
+    return this.inner ? this.inner.digest() : (this.shared?.digest ?? '');
+  }
+
+  async commit(size: number, expected?: Digest, opts: CommitOptions = {}): Promise<void> {
+    validateLabels(opts.labels);
+    if (expected) checkedDigest(expected);
+    let actual: Digest;
+    let finalSize: number;
+    if (!this.inner) {
+      const s = this.shared!;
+      if (size !== 0 && size !== s.size) {
+        throw failedPrecondition(`"${this.ref}" failed size validation: ${s.size} != ${size}`);
+      }
+      if (expected && expected !== s.digest) throw failedPrecondition(`"${this.ref}" unexpected digest`);
+      actual = s.digest;
+      finalSize = s.size;
+    } else {
+      const offset = this.inner.offset;
+      if (size !== 0 && size !== offset) {
+        throw failedPrecondition(`"${this.ref}" failed size validation: ${offset} != ${size}`);
+      }
+      try {
+        await this.inner.commit(offset, expected);
+      } catch (err) {
+        if (!isAlreadyExists(err)) throw err;
+      }
+      actual = this.inner.digest();
+      finalSize = offset;
+    }
+
+    let innerErr: StrataError | undefined;
+    this.c.db.transaction(() => {
+      // Recheck the file inside the transaction: a concurrent delete unlinks inside its own transaction.
+      if (!existsSync(this.c.local.blobPath(actual))) {
+        throw failedPrecondition(`content ${actual} was removed while "${this.ref}" was being committed; write it again`);
+      }
+      this.c.namespaces.ensure(this.ctx.namespace);
+      const now = Date.now();
+      const res = this.c.db
+        .prepare(
+          'INSERT OR IGNORE INTO content (namespace, digest, size, labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)',
+        )
+        .run(this.ctx.namespace, actual, finalSize, encodeLabels(opts.labels), now, now);
+      if (res.changes === 0) innerErr = alreadyExists(`content ${actual}`);
+      this.c.db.prepare('DELETE FROM ingests WHERE namespace = ? AND ref = ?').run(this.ctx.namespace, this.ref);
+      this.c.leases.detach(this.ctx, 'ingests', this.ref);
+      this.c.leases.attach(this.ctx, 'content', actual);
+    }).immediate();
+    if (innerErr) throw innerErr;
+  }
+
+  async close(): Promise<void> {
+    await this.inner?.close();
+  }
+}

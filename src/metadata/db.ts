@@ -1,0 +1,111 @@
+/**
+ * The metadata database: one SQLite file under the daemon root, in WAL mode, with a versioned schema.
+ * Every subsystem's records live here so that one transaction can change several of them (a commit that
+ * creates a content record, drops its ingest and attaches it to a lease is all-or-nothing).
+ *
+ * Calls are synchronous (better-sqlite3) and kept short: no file I/O happens inside a transaction.
+ */
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+export type DB = Database.Database;
+
+/**
+ * Schema migrations, applied in order. Never edit a released step: append a new one.
+ * Labels are JSON objects in TEXT columns; times are milliseconds since the epoch.
+ */
+const migrations: string[] = [
+  // 1: namespaces, content, ingests, leases.
+  `
+  CREATE TABLE namespaces (
+    name       TEXT PRIMARY KEY,
+    labels     TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL
+  );
+  CREATE TABLE content (
+    namespace  TEXT NOT NULL REFERENCES namespaces(name),
+    digest     TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    labels     TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (namespace, digest)
+  ) WITHOUT ROWID;
+  CREATE INDEX content_by_digest ON content(digest);
+  CREATE TABLE ingests (
+    namespace   TEXT NOT NULL REFERENCES namespaces(name),
+    ref         TEXT NOT NULL,
+    backend_ref TEXT NOT NULL UNIQUE,
+    -- set when the blob is adopted from another namespace (shared content policy)
+    shared_digest TEXT,
+    shared_size   INTEGER,
+    expires_at  INTEGER,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (namespace, ref)
+  ) WITHOUT ROWID;
+  CREATE TABLE leases (
+    namespace  TEXT NOT NULL REFERENCES namespaces(name),
+    id         TEXT NOT NULL,
+    labels     TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (namespace, id)
+  ) WITHOUT ROWID;
+  CREATE TABLE lease_resources (
+    namespace TEXT NOT NULL,
+    lease     TEXT NOT NULL,
+    type      TEXT NOT NULL,
+    id        TEXT NOT NULL,
+    PRIMARY KEY (namespace, lease, type, id),
+    FOREIGN KEY (namespace, lease) REFERENCES leases(namespace, id) ON DELETE CASCADE
+  ) WITHOUT ROWID;
+  CREATE INDEX lease_resources_by_object ON lease_resources(namespace, type, id);
+  CREATE TABLE sequences (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+  );
+  `,
+];
+
+export const SCHEMA_VERSION = migrations.length;
+
+export function openDatabase(path: string): DB {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  const db = new Database(path);
+  db.pragma('journal_mode = WAL');
+  // NORMAL is durable against process crashes (kill -9) in WAL mode; FULL only adds power-loss durability
+  // of the last transactions, at an fsync per commit.
+  db.pragma('synchronous = NORMAL');
+  db.pragma('foreign_keys = ON');
+  db.pragma('busy_timeout = 5000');
+  migrate(db);
+  return db;
+}
+
+function migrate(db: DB): void {
+  db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)');
+  const row = db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined;
+  const current = row?.version ?? 0;
+  if (current > migrations.length) {
+    throw new Error(
+      `metadata schema version ${current} is newer than this stratad understands (${migrations.length})`,
+    );
+  }
+  const apply = db.transaction(() => {
+    for (let v = current; v < migrations.length; v++) db.exec(migrations[v]!);
+    if (row) db.prepare('UPDATE schema_version SET version = ?').run(migrations.length);
+    else db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(migrations.length);
+  });
+  if (current < migrations.length) apply.immediate();
+}
+
+/** Next value of a named counter, inside the caller's transaction. */
+export function nextSequence(db: DB, name: string): number {
+  const row = db
+    .prepare('INSERT INTO sequences (name, value) VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value')
+    .get(name) as { value: number };
+  return row.value;
+}
+
+export const parseLabels = (json: string): Record<string, string> => JSON.parse(json) as Record<string, string>;
+export const encodeLabels = (labels: Record<string, string> | undefined): string => JSON.stringify(labels ?? {});

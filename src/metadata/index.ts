@@ -1,0 +1,44 @@
+/**
+ * The metadata store: one SQLite database holding namespaces, content records, ingests and leases (and, as
+ * later subsystems arrive, snapshots, images and containers). Callers get small stores, never SQL.
+ */
+import type { LocalContentStore } from '../content/local.js';
+import { discardEvents, type EventPublisher } from '../events/types.js';
+import { openDatabase, type DB } from './db.js';
+import { NamespaceStore } from './namespaces.js';
+import { LeaseStore } from './leases.js';
+import { NamespacedContent } from './content.js';
+
+export type { OpContext } from './context.js';
+export { requireNamespace } from './context.js';
+export type { Namespace } from './namespaces.js';
+export { applyLabelPaths, validateLabels } from './namespaces.js';
+export type { Lease, LeaseResource } from './leases.js';
+export { LABEL_GC_EXPIRE, LABEL_GC_FLAT, generateLeaseId } from './leases.js';
+export { validateIdentifier } from './identifiers.js';
+export { SCHEMA_VERSION } from './db.js';
+
+export class MetadataStore {
+  readonly namespaces: NamespaceStore;
+  readonly leases: LeaseStore;
+  readonly content: NamespacedContent;
+
+  private constructor(
+    readonly db: DB,
+    readonly path: string,
+    local: LocalContentStore,
+    events: EventPublisher,
+  ) {
+    this.namespaces = new NamespaceStore(db, events);
+    this.leases = new LeaseStore(db, this.namespaces);
+    this.content = new NamespacedContent(db, local, this.namespaces, this.leases, events);
+  }
+
+  static open(path: string, local: LocalContentStore, events: EventPublisher = discardEvents): MetadataStore {
+    return new MetadataStore(openDatabase(path), path, local, events);
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}

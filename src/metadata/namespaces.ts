@@ -1,0 +1,144 @@
+/**
+ * Namespaces: the top of every key space. A namespace exists once created explicitly or once anything is
+ * written in it (as in containerd, `ctr -n foo content ingest` makes "foo"). Deleting one that still holds
+ * objects is a failed precondition that names what is left.
+ */
+import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../errdefs/index.js';
+import { typedEvent, type EventPublisher } from '../events/types.js';
+import { encodeLabels, parseLabels, type DB } from './db.js';
+import { validateIdentifier } from './identifiers.js';
+
+export interface Namespace {
+  name: string;
+  labels: Record<string, string>;
+}
+
+/** Tables whose rows keep a namespace alive, with the word containerd uses for them in the error. */
+export interface NamespaceOccupant {
+  describe(db: DB, namespace: string): string[];
+}
+
+export class NamespaceStore {
+  private readonly occupants: NamespaceOccupant[] = [];
+
+  constructor(
+    private readonly db: DB,
+    private readonly events: EventPublisher,
+  ) {
+    this.registerOccupant({
+      describe: (d, ns) => (d.prepare('SELECT 1 FROM content WHERE namespace = ? LIMIT 1').get(ns) ? ['blobs'] : []),
+    });
+  }
+
+  /** Later subsystems (images, containers, snapshots) add their tables here. */
+  registerOccupant(o: NamespaceOccupant): void {
+    this.occupants.push(o);
+  }
+
+  /** Creates the namespace if it does not exist; used inside write transactions of other stores. */
+  ensure(name: string): void {
+    this.db.prepare('INSERT OR IGNORE INTO namespaces (name, created_at) VALUES (?, ?)').run(name, Date.now());
+  }
+
+  exists(name: string): boolean {
+    return this.db.prepare('SELECT 1 FROM namespaces WHERE name = ?').get(name) !== undefined;
+  }
+
+  create(name: string, labels: Record<string, string> = {}): Namespace {
+    validateIdentifier(name);
+    validateLabels(labels);
+    const res = this.db
+      .prepare('INSERT OR IGNORE INTO namespaces (name, labels, created_at) VALUES (?, ?, ?)')
+      .run(name, encodeLabels(labels), Date.now());
+    if (res.changes === 0) throw alreadyExists(`namespace ${name}`);
+    this.events.publish(name, '/namespaces/create', typedEvent('containerd.events.NamespaceCreate', { name, labels }));
+    return { name, labels };
+  }
+
+  get(name: string): Namespace {
+    const row = this.db.prepare('SELECT labels FROM namespaces WHERE name = ?').get(name) as
+      | { labels: string }
+      | undefined;
+    if (!row) throw notFound(`namespace ${name}`);
+    return { name, labels: parseLabels(row.labels) };
+  }
+
+  list(): Namespace[] {
+    const rows = this.db.prepare('SELECT name, labels FROM namespaces ORDER BY name').all() as {
+      name: string;
+      labels: string;
+    }[];
+    return rows.map((r) => ({ name: r.name, labels: parseLabels(r.labels) }));
+  }
+
+  /**
+   * Updates labels. With no field paths all labels are replaced; "labels" replaces all; "labels.<key>" sets
+   * one key (or removes it when the new value is absent or empty).
+   */
+  update(ns: Namespace, fieldpaths: string[] = []): Namespace {
+    validateLabels(ns.labels);
+    const updated = this.db.transaction(() => {
+      const current = this.get(ns.name);
+      const labels = applyLabelPaths(current.labels, ns.labels, fieldpaths);
+      this.db.prepare('UPDATE namespaces SET labels = ? WHERE name = ?').run(encodeLabels(labels), ns.name);
+      return { name: ns.name, labels };
+    })();
+    this.events.publish(ns.name, '/namespaces/update', typedEvent('containerd.events.NamespaceUpdate', { ...updated }));
+    return updated;
+  }
+
+  delete(name: string): void {
+    this.db.transaction(() => {
+      if (!this.exists(name)) throw notFound(`namespace ${name}`);
+      const left = this.occupants.flatMap((o) => o.describe(this.db, name));
+      if (left.length > 0) {
+        throw failedPrecondition(`namespace "${name}" must be empty, but it still has ${left.join(', ')}`);
+      }
+      // Leases and ingests go with the namespace: they protect nothing once it is empty.
+      this.db.prepare('DELETE FROM lease_resources WHERE namespace = ?').run(name);
+      this.db.prepare('DELETE FROM leases WHERE namespace = ?').run(name);
+      this.db.prepare('DELETE FROM ingests WHERE namespace = ?').run(name);
+      this.db.prepare('DELETE FROM namespaces WHERE name = ?').run(name);
+    }).immediate();
+    this.events.publish(name, '/namespaces/delete', typedEvent('containerd.events.NamespaceDelete', { name }));
+  }
+}
+
+const MAX_LABEL_SIZE = 4096;
+
+/** containerd's label rule: key + value at most 4096 bytes, key not empty. */
+export function validateLabels(labels: Record<string, string> | undefined): void {
+  for (const [k, v] of Object.entries(labels ?? {})) {
+    if (k === '') throw invalidArgument('label key must not be empty');
+    if (Buffer.byteLength(k) + Buffer.byteLength(v) > MAX_LABEL_SIZE) {
+      throw invalidArgument(`label key and value greater than maximum size (${MAX_LABEL_SIZE} bytes), key: ${k.slice(0, 10)}`);
+    }
+  }
+}
+
+/**
+ * containerd's label update rule for field paths: none or "labels" replaces the map; "labels.<key>" copies that
+ * one key from `next` (deleting it when absent or empty). Any other path is invalid for label-only objects.
+ */
+export function applyLabelPaths(
+  current: Record<string, string>,
+  next: Record<string, string>,
+  fieldpaths: string[],
+): Record<string, string> {
+  if (fieldpaths.length === 0) return { ...next };
+  const out = { ...current };
+  for (const path of fieldpaths) {
+    if (path === 'labels') {
+      for (const k of Object.keys(out)) delete out[k];
+      Object.assign(out, next);
+    } else if (path.startsWith('labels.')) {
+      const key = path.slice('labels.'.length);
+      const v = next[key];
+      if (v === undefined || v === '') delete out[key];
+      else out[key] = v;
+    } else {
+      throw invalidArgument(`cannot update ${JSON.stringify(path)} field`);
+    }
+  }
+  return out;
+}

@@ -1,0 +1,22 @@
+import { join } from 'node:path';
+import { PluginType, register } from '../plugin/index.js';
+import type { LocalContentStore } from '../content/local.js';
+import type { Exchange } from '../events/exchange.js';
+import { MetadataStore } from './index.js';
+
+register({
+  type: PluginType.Metadata,
+  id: 'sqlite',
+  requires: [PluginType.Content, PluginType.Event],
+  config: () => ({ content_sharing_policy: 'shared' }),
+  init: (ic) => {
+    if (ic.config.content_sharing_policy !== 'shared') {
+      throw new Error(`content_sharing_policy ${String(ic.config.content_sharing_policy)} is not supported; use "shared"`);
+    }
+    const local = ic.get<LocalContentStore>(PluginType.Content, 'content');
+    const exchange = ic.get<Exchange>(PluginType.Event, 'exchange');
+    const md = MetadataStore.open(join(ic.root, 'meta.db'), local, exchange);
+    ic.onClose(() => md.close());
+    return md;
+  },
+});

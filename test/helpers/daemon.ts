@@ -1,0 +1,117 @@
+/**
+ * A real stratad for tests: started from the compiled build on a temp root, state dir and socket, with
+ * helpers to connect, restart, and kill it the hard way. Every started daemon is stopped by stopAll() (the
+ * test files call it in afterAll) so no process or socket outlives the run.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { StrataClient } from '../../src/api/client.js';
+import { STRATAD } from './paths.js';
+import { tempDir, type TempDir } from './temp.js';
+
+export interface DaemonOptions {
+  /** Extra TOML for the top level of the generated config (root/state/address are set by the helper). */
+  config?: string;
+  /** Extra lines inside the [grpc] table (e.g. "gid = 4242"). */
+  grpc?: string;
+  /** Reuse an existing root/state (for restarts). */
+  dir?: TempDir;
+  logLevel?: string;
+}
+
+const running = new Set<StartedDaemon>();
+
+export class StartedDaemon {
+  logs = '';
+  private exited: Promise<number | null>;
+
+  constructor(
+    readonly dir: TempDir,
+    readonly proc: ChildProcess,
+    private readonly options: DaemonOptions,
+  ) {
+    proc.stdout?.on('data', (d: Buffer) => (this.logs += d.toString()));
+    proc.stderr?.on('data', (d: Buffer) => (this.logs += d.toString()));
+    this.exited = new Promise((resolve) => proc.once('exit', (code) => resolve(code)));
+  }
+
+  get root(): string {
+    return join(this.dir.path, 'root');
+  }
+  get state(): string {
+    return join(this.dir.path, 'state');
+  }
+  get address(): string {
+    return join(this.dir.path, 'state', 'strata.sock');
+  }
+  get configPath(): string {
+    return join(this.dir.path, 'config.toml');
+  }
+
+  client(namespace = 'default', lease?: string): StrataClient {
+    return new StrataClient(this.address, { namespace, lease });
+  }
+
+  /** SIGTERM and wait; returns the exit code. */
+  async stop(): Promise<number | null> {
+    running.delete(this);
+    if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill('SIGTERM');
+    return this.exited;
+  }
+
+  /** SIGKILL: no cleanup at all, as in a crash. */
+  async kill9(): Promise<void> {
+    running.delete(this);
+    this.proc.kill('SIGKILL');
+    await this.exited;
+  }
+
+  /** Starts a new daemon on the same root, state and socket. */
+  restart(): Promise<StartedDaemon> {
+    return startDaemon({ ...this.options, dir: this.dir });
+  }
+
+  waitExit(): Promise<number | null> {
+    return this.exited;
+  }
+}
+
+export async function startDaemon(options: DaemonOptions = {}): Promise<StartedDaemon> {
+  const dir = options.dir ?? (await tempDir('stratad-'));
+  const root = join(dir.path, 'root');
+  const state = join(dir.path, 'state');
+  const address = join(state, 'strata.sock');
+  const configPath = join(dir.path, 'config.toml');
+  await writeFile(
+    configPath,
+    // The test's own TOML goes before the [grpc] table so its top-level keys stay top-level.
+    `version = 2\nroot = "${root}"\nstate = "${state}"\n${options.config ?? ''}\n[grpc]\naddress = "${address}"\n${options.grpc ?? ''}\n`,
+  );
+  const proc = spawn(process.execPath, [STRATAD, '--config', configPath, '--log-level', options.logLevel ?? 'debug'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const d = new StartedDaemon(dir, proc, options);
+  running.add(d);
+  await waitReady(d);
+  return d;
+}
+
+async function waitReady(d: StartedDaemon): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    if (d.proc.exitCode !== null) throw new Error(`stratad exited with ${d.proc.exitCode}:\n${d.logs}`);
+    if (existsSync(d.address) && d.logs.includes('"msg":"serving","address"')) return;
+    await sleep(50);
+  }
+  throw new Error(`stratad did not start in time:\n${d.logs}`);
+}
+
+/** Stops every daemon still running (their directories are the test's to remove). */
+export async function stopAll(): Promise<void> {
+  for (const d of [...running]) {
+    await d.stop();
+  }
+}
