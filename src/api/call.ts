@@ -112,6 +112,52 @@ export function bidiStream<Req, Res>(
   };
 }
 
+/**
+ * Reads a client stream one message at a time. Async iteration over a grpc-js call would destroy the stream
+ * when the client half-closes, and then the final status could no longer be sent: this reader only pauses
+ * and resumes, so the handler can still answer after the client's end.
+ */
+export function messageReader<T>(stream: NodeJS.ReadableStream & { on(event: string, fn: (...a: any[]) => void): unknown }): {
+  next(): Promise<T | undefined>;
+} {
+  const queue: T[] = [];
+  let ended = false;
+  let failed: unknown;
+  let wake: (() => void) | undefined;
+  const poke = () => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  stream.on('data', (m: T) => {
+    queue.push(m);
+    stream.pause();
+    poke();
+  });
+  stream.on('end', () => {
+    ended = true;
+    poke();
+  });
+  stream.on('error', (err: unknown) => {
+    failed = err;
+    poke();
+  });
+  return {
+    async next(): Promise<T | undefined> {
+      for (;;) {
+        if (queue.length > 0) {
+          const m = queue.shift()!;
+          if (queue.length === 0) stream.resume();
+          return m;
+        }
+        if (failed !== undefined) throw failed;
+        if (ended) return undefined;
+        await new Promise<void>((resolve) => (wake = resolve));
+      }
+    },
+  };
+}
+
 /** A service the gRPC plugins hand to the server. */
 export interface GrpcService {
   definition: grpc.ServiceDefinition;

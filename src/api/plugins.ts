@@ -17,6 +17,9 @@ import { leasesService } from './services/leases.js';
 import { eventsService } from './services/events.js';
 import { introspectionService } from './services/introspection.js';
 import { healthService, versionService } from './services/version.js';
+import { snapshotsService } from './services/snapshots.js';
+import { opContext } from './call.js';
+import { invalidArgument } from '../errdefs/index.js';
 
 const metadata = (ic: { get<T>(t: PluginType, id?: string): T }) => ic.get<MetadataStore>(PluginType.Metadata, 'sqlite');
 
@@ -25,6 +28,20 @@ register<GrpcService, Record<string, unknown>>({
   id: 'content',
   requires: [PluginType.Metadata],
   init: (ic) => contentService(metadata(ic).content, ic.log),
+});
+
+register<GrpcService, Record<string, unknown>>({
+  type: PluginType.GRPC,
+  id: 'snapshots',
+  requires: [PluginType.Metadata],
+  init: (ic) => {
+    const md = metadata(ic);
+    return snapshotsService((name, call) => {
+      const sn = md.snapshotters.get(name);
+      if (!sn) throw invalidArgument(`snapshotter not loaded: ${name}`);
+      return sn.bind(opContext(call));
+    }, ic.log);
+  },
 });
 
 register<GrpcService, Record<string, unknown>>({

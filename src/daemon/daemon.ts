@@ -9,6 +9,7 @@ import { pluginConfig, type Config } from '../config/index.js';
 import type { Logger } from '../log/index.js';
 import type { GrpcService } from '../api/call.js';
 import { prepareSocketPath, secureSocket } from './socket.js';
+import { proxyRegistrations } from '../snapshots/proxy/plugin.js';
 import './builtins.js';
 
 /** How long stop() lets in-flight calls finish before cutting them. */
@@ -36,6 +37,7 @@ export class Daemon {
       log,
       configFor: (uri, defaults) => pluginConfig(config, uri, defaults),
       disabled: config.disabled_plugins,
+      extra: proxyRegistrations(config.proxy_plugins),
     });
     for (const required of config.required_plugins) {
       const p = plugins.loaded.find((l) => pluginUri(l.registration.type, l.registration.id) === required);
@@ -51,21 +53,9 @@ export class Daemon {
   }
 
   private async serve(): Promise<void> {
-    const server = new grpc.Server({
-      'grpc.max_receive_message_length': this.config.grpc.max_recv_message_size,
-      'grpc.max_send_message_length': this.config.grpc.max_send_message_size,
-    });
-    for (const [id, svc] of this.plugins.getAll<GrpcService>(PluginType.GRPC)) {
-      server.addService(svc.definition, svc.implementation);
-      this.log.debug('serving', { service: id });
-    }
-    const address = this.config.grpc.address;
-    await new Promise<void>((resolve, reject) =>
-      server.bindAsync(`unix://${address}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-    );
-    secureSocket(address, this.config.grpc.uid, this.config.grpc.gid);
-    this.server = server;
-    this.log.info('serving', { address, plugins: this.plugins.loaded.length });
+    const services = [...this.plugins.getAll<GrpcService>(PluginType.GRPC).values()];
+    this.server = await serveGrpc(this.config.grpc, services);
+    this.log.info('serving', { address: this.config.grpc.address, plugins: this.plugins.loaded.length });
   }
 
   stop(): Promise<void> {
@@ -91,6 +81,23 @@ export class Daemon {
     })();
     return this.stopping;
   }
+}
+
+/** Serves services on a unix socket (the socket path must have been prepared with prepareSocketPath). */
+export async function serveGrpc(
+  cfg: Pick<Config['grpc'], 'address' | 'uid' | 'gid' | 'max_recv_message_size' | 'max_send_message_size'>,
+  services: GrpcService[],
+): Promise<grpc.Server> {
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': cfg.max_recv_message_size,
+    'grpc.max_send_message_length': cfg.max_send_message_size,
+  });
+  for (const svc of services) server.addService(svc.definition, svc.implementation);
+  await new Promise<void>((resolve, reject) =>
+    server.bindAsync(`unix://${cfg.address}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+  );
+  secureSocket(cfg.address, cfg.uid, cfg.gid);
+  return server;
 }
 
 /** Each registration's default config section, for `stratad config default`. */

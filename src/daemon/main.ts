@@ -4,16 +4,20 @@
  *   stratad [--config FILE] [--root DIR] [--state DIR] [--address SOCK] [--log-level LEVEL]
  *   stratad config default     print the built-in configuration
  *   stratad config dump        print the effective configuration (file + flags)
+ *   stratad serve-snapshotter --snapshotter NAME --root DIR --address SOCK
+ *                              serve one snapshotter alone, as a containerd proxy plugin
  */
 import { parseArgs } from 'node:util';
 import { loadConfig, defaultConfig, renderConfig, type Config } from '../config/index.js';
-import { createLogger, isLogLevel, type LogLevel } from '../log/index.js';
+import { createLogger, isLogLevel, type Logger, type LogLevel } from '../log/index.js';
+import { serveSnapshotter, type ServedSnapshotter } from './serve-snapshotter.js';
 import { StrataError } from '../errdefs/index.js';
 import { STRATA_VERSION } from '../version.js';
 import { Daemon, pluginDefaults } from './daemon.js';
 
 const usage = `usage: stratad [--config FILE] [--root DIR] [--state DIR] [--address SOCK] [--log-level LEVEL]
        stratad config default | dump [flags]
+       stratad serve-snapshotter --snapshotter NAME --root DIR --address SOCK [--config FILE] [--log-level LEVEL]
        stratad --version`;
 
 function fail(msg: string): never {
@@ -34,6 +38,7 @@ async function main(argv: string[]): Promise<void> {
         address: { type: 'string', short: 'a' },
         'log-level': { type: 'string', short: 'l' },
         version: { type: 'boolean', short: 'v' },
+        snapshotter: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -71,6 +76,21 @@ async function main(argv: string[]): Promise<void> {
     else fail(`unknown config command ${sub ?? '(none)'}: use "default" or "dump"`);
     return;
   }
+  if (command === 'serve-snapshotter') {
+    if (!values.snapshotter || !values.root || !values.address) {
+      fail(`serve-snapshotter needs --snapshotter, --root and --address\n${usage}`);
+    }
+    const log = createLogger(config.debug.level as LogLevel);
+    let served: ServedSnapshotter;
+    try {
+      served = await serveSnapshotter({ snapshotter: values.snapshotter, root: values.root, address: values.address, config, log });
+    } catch (err) {
+      log.error('failed to start', { error: err instanceof Error ? err.message : String(err) });
+      process.exit(1);
+    }
+    onSignals(log, () => served.stop());
+    return;
+  }
   if (command !== undefined) fail(`unknown command ${command}\n${usage}`);
 
   const log = createLogger(config.debug.level as LogLevel);
@@ -81,6 +101,11 @@ async function main(argv: string[]): Promise<void> {
     log.error('failed to start', { error: err instanceof Error ? err.message : String(err) });
     process.exit(1);
   }
+  onSignals(log, () => daemon.stop());
+}
+
+/** SIGTERM/SIGINT stop gracefully; a second signal exits at once. */
+function onSignals(log: Logger, stop: () => Promise<void>): void {
   let signals = 0;
   const onSignal = (sig: string) => {
     signals++;
@@ -89,7 +114,7 @@ async function main(argv: string[]): Promise<void> {
       process.exit(1);
     }
     log.info('stopping', { signal: sig });
-    daemon.stop().then(
+    stop().then(
       () => process.exit(0),
       (err) => {
         log.error('error while stopping', { error: err });

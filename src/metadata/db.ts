@@ -65,6 +65,23 @@ const migrations: string[] = [
     value INTEGER NOT NULL
   );
   `,
+  // 2: snapshots, per namespace and snapshotter, mapped to backend keys.
+  `
+  CREATE TABLE snapshots (
+    namespace   TEXT NOT NULL REFERENCES namespaces(name),
+    snapshotter TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    backend_key TEXT NOT NULL,
+    parent      TEXT NOT NULL DEFAULT '',
+    kind        TEXT NOT NULL CHECK (kind IN ('view', 'active', 'committed')),
+    labels      TEXT NOT NULL DEFAULT '{}',
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (namespace, snapshotter, key)
+  ) WITHOUT ROWID;
+  CREATE INDEX snapshots_by_parent ON snapshots(namespace, snapshotter, parent);
+  CREATE INDEX snapshots_by_backend_key ON snapshots(snapshotter, backend_key);
+  `,
 ];
 
 export const SCHEMA_VERSION = migrations.length;

@@ -8,6 +8,8 @@ import { openDatabase, type DB } from './db.js';
 import { NamespaceStore } from './namespaces.js';
 import { LeaseStore } from './leases.js';
 import { NamespacedContent } from './content.js';
+import { NamespacedSnapshots } from './snapshots.js';
+import type { Snapshotter } from '../snapshots/types.js';
 
 export type { OpContext } from './context.js';
 export { requireNamespace } from './context.js';
@@ -17,17 +19,20 @@ export type { Lease, LeaseResource } from './leases.js';
 export { LABEL_GC_EXPIRE, LABEL_GC_FLAT, generateLeaseId } from './leases.js';
 export { validateIdentifier } from './identifiers.js';
 export { SCHEMA_VERSION } from './db.js';
+export type { NamespacedSnapshots } from './snapshots.js';
 
 export class MetadataStore {
   readonly namespaces: NamespaceStore;
   readonly leases: LeaseStore;
   readonly content: NamespacedContent;
+  /** The namespaced view of each snapshotter, by name. */
+  readonly snapshotters = new Map<string, NamespacedSnapshots>();
 
   private constructor(
     readonly db: DB,
     readonly path: string,
     local: LocalContentStore,
-    events: EventPublisher,
+    private readonly events: EventPublisher,
   ) {
     this.namespaces = new NamespaceStore(db, events);
     this.leases = new LeaseStore(db, this.namespaces);
@@ -36,6 +41,13 @@ export class MetadataStore {
 
   static open(path: string, local: LocalContentStore, events: EventPublisher = discardEvents): MetadataStore {
     return new MetadataStore(openDatabase(path), path, local, events);
+  }
+
+  /** Puts the namespaced layer in front of a snapshotter backend. */
+  addSnapshotter(name: string, backend: Snapshotter): NamespacedSnapshots {
+    const ns = new NamespacedSnapshots(name, backend, this.db, this.namespaces, this.leases, this.events);
+    this.snapshotters.set(name, ns);
+    return ns;
   }
 
   close(): void {

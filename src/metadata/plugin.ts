@@ -2,12 +2,13 @@ import { join } from 'node:path';
 import { PluginType, register } from '../plugin/index.js';
 import type { LocalContentStore } from '../content/local.js';
 import type { Exchange } from '../events/exchange.js';
+import type { Snapshotter } from '../snapshots/types.js';
 import { MetadataStore } from './index.js';
 
 register({
   type: PluginType.Metadata,
   id: 'sqlite',
-  requires: [PluginType.Content, PluginType.Event],
+  requires: [PluginType.Content, PluginType.Event, PluginType.Snapshot],
   config: () => ({ content_sharing_policy: 'shared' }),
   init: (ic) => {
     if (ic.config.content_sharing_policy !== 'shared') {
@@ -17,6 +18,8 @@ register({
     const exchange = ic.get<Exchange>(PluginType.Event, 'exchange');
     const md = MetadataStore.open(join(ic.root, 'meta.db'), local, exchange);
     ic.onClose(() => md.close());
+    // Every snapshotter that loaded (built in or proxied) gets the namespaced layer in front of it.
+    for (const [name, sn] of ic.getAll<Snapshotter>(PluginType.Snapshot)) md.addSnapshotter(name, sn);
     return md;
   },
 });

@@ -138,6 +138,8 @@ export interface LoadOptions {
   disabled?: string[];
   /** Extra registrations (e.g. proxy plugins from config), initialised with the built-in ones. */
   extra?: PluginRegistration<unknown, any>[];
+  /** A plugin's own directory; default <root>/<type>.<id> (serve-snapshotter points it at --root). */
+  pluginRoot?(uri: string): string;
 }
 
 const hostPlatform = (): Platform => ({
@@ -163,7 +165,7 @@ export class PluginSet {
     const log = opts.log.child({ plugin: uri });
     const meta = { exports: {} as Record<string, string>, capabilities: [] as string[], platforms: [hostPlatform()] };
     const ic: InitContext<Record<string, unknown>> = {
-      root: join(opts.root, uri),
+      root: opts.pluginRoot?.(uri) ?? join(opts.root, uri),
       state: join(opts.state, uri),
       daemonRoot: opts.root,
       daemonState: opts.state,

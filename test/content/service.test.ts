@@ -112,6 +112,17 @@ describe('write and read', () => {
     await expectKind(status(c, 'resume-me'), 'not found');
   });
 
+  it('ends a Write stream that the client half-closes without COMMIT with OK, keeping the ingest', async () => {
+    const w = rawWriter(c);
+    await w.send({ action: WriteAction.STAT, ref: 'half-closed', total: 10 });
+    expect((await w.send({ action: WriteAction.WRITE, ref: 'half-closed', data: Buffer.from('12345') })).offset).toBe(5);
+    const status = new Promise<number>((resolve) => w.call.on('status', (s: { code: number }) => resolve(s.code)));
+    w.call.on('data', () => undefined);
+    w.end();
+    expect(await status).toBe(0);
+    expect((await c.call(c.content, c.content.status, { ref: 'half-closed' })).status?.offset).toBe(5);
+  });
+
   it('lists with filters and updates labels by field path', async () => {
     const a = Buffer.from('label-a');
     const b = Buffer.from('label-b');

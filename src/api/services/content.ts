@@ -11,11 +11,18 @@ import {
   type WriteContentRequest,
   type WriteContentResponse,
 } from '../gen/containerd/services/content/v1/content.js';
-import { alreadyExists, invalidArgument, outOfRange, StrataError } from '../../errdefs/index.js';
+import { alreadyExists, invalidArgument, outOfRange } from '../../errdefs/index.js';
 import type { ContentInfo, ContentWriter, IngestStatus } from '../../content/types.js';
 import type { NamespacedContent } from '../../metadata/content.js';
 import type { Logger } from '../../log/index.js';
-import { bidiStream, opContext, serverStream, unary, type GrpcService } from '../call.js';
+import { bidiStream, messageReader, opContext, serverStream, unary, type GrpcService } from '../call.js';
+import { encodeReadContentResponse } from '../wire.js';
+
+/** The generated definition, with Read responses encoded in one allocation (they carry the bulk data). */
+const definition = {
+  ...ContentService,
+  read: { ...ContentService.read, responseSerialize: encodeReadContentResponse },
+} as unknown as grpc.ServiceDefinition;
 
 /** Read responses carry up to this many bytes each (containerd uses the same size). */
 const READ_CHUNK = 1 << 20;
@@ -94,7 +101,7 @@ export function contentService(content: NamespacedContent, log: Logger): GrpcSer
 
     write: bidiStream<WriteContentRequest, WriteContentResponse>(l, 'Write', (call, send) => writeSession(store(call), call, send)),
   };
-  return { definition: ContentService as unknown as grpc.ServiceDefinition, implementation };
+  return { definition, implementation };
 }
 
 /**
@@ -104,13 +111,12 @@ export function contentService(content: NamespacedContent, log: Logger): GrpcSer
  */
 async function writeSession(
   cs: ReturnType<NamespacedContent['bind']>,
-  call: AsyncIterable<WriteContentRequest>,
+  call: grpc.ServerDuplexStream<WriteContentRequest, WriteContentResponse>,
   send: (m: WriteContentResponse) => Promise<void>,
 ): Promise<void> {
-  const it = call[Symbol.asyncIterator]();
-  let next = await it.next();
-  if (next.done) return;
-  let req = next.value;
+  const reader = messageReader<WriteContentRequest>(call);
+  let req = await reader.next();
+  if (!req) return;
   const ref = req.ref;
   if (!ref) throw invalidArgument('first message must have a reference');
   let total = req.total;
@@ -170,13 +176,10 @@ async function writeSession(
       }
       await send(msg);
       if (req.action === WriteAction.COMMIT) return;
-      next = await it.next();
-      if (next.done) return;
-      req = next.value;
+      const next = await reader.next();
+      if (!next) return;
+      req = next;
     }
-  } catch (err) {
-    if (err instanceof StrataError) throw err;
-    throw err;
   } finally {
     await wr.close();
   }

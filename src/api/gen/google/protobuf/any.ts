@@ -5,6 +5,7 @@
 // source: google/protobuf/any.proto
 
 /* eslint-disable */
+import { asBuffer } from "./../../../wire.js";
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 
 export const protobufPackage = "google.protobuf";
@@ -170,7 +171,7 @@ export const Any: MessageFns<Any> = {
               break;
             }
 
-            message.value = Buffer.from(reader.bytes());
+            message.value = asBuffer(reader.bytes());
             continue;
           }
         }

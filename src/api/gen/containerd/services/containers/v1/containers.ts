@@ -5,6 +5,7 @@
 // source: containerd/services/containers/v1/containers.proto
 
 /* eslint-disable */
+import { asBuffer } from "./../../../../../wire.js";
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import {
   type CallOptions,
@@ -1371,10 +1372,10 @@ export const ContainersService = {
     path: "/containerd.services.containers.v1.Containers/Get" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: GetContainerRequest): Buffer => Buffer.from(GetContainerRequest.encode(value).finish()),
+    requestSerialize: (value: GetContainerRequest): Buffer => asBuffer(GetContainerRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): GetContainerRequest => GetContainerRequest.decode(value),
     responseSerialize: (value: GetContainerResponse): Buffer =>
-      Buffer.from(GetContainerResponse.encode(value).finish()),
+      asBuffer(GetContainerResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetContainerResponse => GetContainerResponse.decode(value),
   },
   list: {
@@ -1382,10 +1383,10 @@ export const ContainersService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: ListContainersRequest): Buffer =>
-      Buffer.from(ListContainersRequest.encode(value).finish()),
+      asBuffer(ListContainersRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListContainersRequest => ListContainersRequest.decode(value),
     responseSerialize: (value: ListContainersResponse): Buffer =>
-      Buffer.from(ListContainersResponse.encode(value).finish()),
+      asBuffer(ListContainersResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListContainersResponse => ListContainersResponse.decode(value),
   },
   listStream: {
@@ -1393,10 +1394,10 @@ export const ContainersService = {
     requestStream: false as const,
     responseStream: true as const,
     requestSerialize: (value: ListContainersRequest): Buffer =>
-      Buffer.from(ListContainersRequest.encode(value).finish()),
+      asBuffer(ListContainersRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListContainersRequest => ListContainersRequest.decode(value),
     responseSerialize: (value: ListContainerMessage): Buffer =>
-      Buffer.from(ListContainerMessage.encode(value).finish()),
+      asBuffer(ListContainerMessage.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListContainerMessage => ListContainerMessage.decode(value),
   },
   create: {
@@ -1404,10 +1405,10 @@ export const ContainersService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: CreateContainerRequest): Buffer =>
-      Buffer.from(CreateContainerRequest.encode(value).finish()),
+      asBuffer(CreateContainerRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): CreateContainerRequest => CreateContainerRequest.decode(value),
     responseSerialize: (value: CreateContainerResponse): Buffer =>
-      Buffer.from(CreateContainerResponse.encode(value).finish()),
+      asBuffer(CreateContainerResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CreateContainerResponse => CreateContainerResponse.decode(value),
   },
   update: {
@@ -1415,10 +1416,10 @@ export const ContainersService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: UpdateContainerRequest): Buffer =>
-      Buffer.from(UpdateContainerRequest.encode(value).finish()),
+      asBuffer(UpdateContainerRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): UpdateContainerRequest => UpdateContainerRequest.decode(value),
     responseSerialize: (value: UpdateContainerResponse): Buffer =>
-      Buffer.from(UpdateContainerResponse.encode(value).finish()),
+      asBuffer(UpdateContainerResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): UpdateContainerResponse => UpdateContainerResponse.decode(value),
   },
   delete: {
@@ -1426,9 +1427,9 @@ export const ContainersService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: DeleteContainerRequest): Buffer =>
-      Buffer.from(DeleteContainerRequest.encode(value).finish()),
+      asBuffer(DeleteContainerRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): DeleteContainerRequest => DeleteContainerRequest.decode(value),
-    responseSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    responseSerialize: (value: Empty): Buffer => asBuffer(Empty.encode(value).finish()),
     responseDeserialize: (value: Buffer): Empty => Empty.decode(value),
   },
 } as const;

@@ -5,6 +5,7 @@
 // source: containerd/services/content/v1/content.proto
 
 /* eslint-disable */
+import { asBuffer } from "./../../../../../wire.js";
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import {
   type CallOptions,
@@ -1074,7 +1075,7 @@ export const ReadContentResponse: MessageFns<ReadContentResponse> = {
               break;
             }
 
-            message.data = Buffer.from(reader.bytes());
+            message.data = asBuffer(reader.bytes());
             continue;
           }
         }
@@ -1637,7 +1638,7 @@ export const WriteContentRequest: MessageFns<WriteContentRequest> = {
               break;
             }
 
-            message.data = Buffer.from(reader.bytes());
+            message.data = asBuffer(reader.bytes());
             continue;
           }
           case 7: {
@@ -2061,64 +2062,64 @@ export const ContentService = {
     path: "/containerd.services.content.v1.Content/Info" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: InfoRequest): Buffer => Buffer.from(InfoRequest.encode(value).finish()),
+    requestSerialize: (value: InfoRequest): Buffer => asBuffer(InfoRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): InfoRequest => InfoRequest.decode(value),
-    responseSerialize: (value: InfoResponse): Buffer => Buffer.from(InfoResponse.encode(value).finish()),
+    responseSerialize: (value: InfoResponse): Buffer => asBuffer(InfoResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): InfoResponse => InfoResponse.decode(value),
   },
   update: {
     path: "/containerd.services.content.v1.Content/Update" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: UpdateRequest): Buffer => Buffer.from(UpdateRequest.encode(value).finish()),
+    requestSerialize: (value: UpdateRequest): Buffer => asBuffer(UpdateRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): UpdateRequest => UpdateRequest.decode(value),
-    responseSerialize: (value: UpdateResponse): Buffer => Buffer.from(UpdateResponse.encode(value).finish()),
+    responseSerialize: (value: UpdateResponse): Buffer => asBuffer(UpdateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): UpdateResponse => UpdateResponse.decode(value),
   },
   list: {
     path: "/containerd.services.content.v1.Content/List" as const,
     requestStream: false as const,
     responseStream: true as const,
-    requestSerialize: (value: ListContentRequest): Buffer => Buffer.from(ListContentRequest.encode(value).finish()),
+    requestSerialize: (value: ListContentRequest): Buffer => asBuffer(ListContentRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListContentRequest => ListContentRequest.decode(value),
-    responseSerialize: (value: ListContentResponse): Buffer => Buffer.from(ListContentResponse.encode(value).finish()),
+    responseSerialize: (value: ListContentResponse): Buffer => asBuffer(ListContentResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListContentResponse => ListContentResponse.decode(value),
   },
   delete: {
     path: "/containerd.services.content.v1.Content/Delete" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: DeleteContentRequest): Buffer => Buffer.from(DeleteContentRequest.encode(value).finish()),
+    requestSerialize: (value: DeleteContentRequest): Buffer => asBuffer(DeleteContentRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): DeleteContentRequest => DeleteContentRequest.decode(value),
-    responseSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    responseSerialize: (value: Empty): Buffer => asBuffer(Empty.encode(value).finish()),
     responseDeserialize: (value: Buffer): Empty => Empty.decode(value),
   },
   read: {
     path: "/containerd.services.content.v1.Content/Read" as const,
     requestStream: false as const,
     responseStream: true as const,
-    requestSerialize: (value: ReadContentRequest): Buffer => Buffer.from(ReadContentRequest.encode(value).finish()),
+    requestSerialize: (value: ReadContentRequest): Buffer => asBuffer(ReadContentRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ReadContentRequest => ReadContentRequest.decode(value),
-    responseSerialize: (value: ReadContentResponse): Buffer => Buffer.from(ReadContentResponse.encode(value).finish()),
+    responseSerialize: (value: ReadContentResponse): Buffer => asBuffer(ReadContentResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ReadContentResponse => ReadContentResponse.decode(value),
   },
   status: {
     path: "/containerd.services.content.v1.Content/Status" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: StatusRequest): Buffer => Buffer.from(StatusRequest.encode(value).finish()),
+    requestSerialize: (value: StatusRequest): Buffer => asBuffer(StatusRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): StatusRequest => StatusRequest.decode(value),
-    responseSerialize: (value: StatusResponse): Buffer => Buffer.from(StatusResponse.encode(value).finish()),
+    responseSerialize: (value: StatusResponse): Buffer => asBuffer(StatusResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): StatusResponse => StatusResponse.decode(value),
   },
   listStatuses: {
     path: "/containerd.services.content.v1.Content/ListStatuses" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListStatusesRequest): Buffer => Buffer.from(ListStatusesRequest.encode(value).finish()),
+    requestSerialize: (value: ListStatusesRequest): Buffer => asBuffer(ListStatusesRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListStatusesRequest => ListStatusesRequest.decode(value),
     responseSerialize: (value: ListStatusesResponse): Buffer =>
-      Buffer.from(ListStatusesResponse.encode(value).finish()),
+      asBuffer(ListStatusesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListStatusesResponse => ListStatusesResponse.decode(value),
   },
   /** Bidirectional: client sends STAT/WRITE/COMMIT actions, server answers each. */
@@ -2126,19 +2127,19 @@ export const ContentService = {
     path: "/containerd.services.content.v1.Content/Write" as const,
     requestStream: true as const,
     responseStream: true as const,
-    requestSerialize: (value: WriteContentRequest): Buffer => Buffer.from(WriteContentRequest.encode(value).finish()),
+    requestSerialize: (value: WriteContentRequest): Buffer => asBuffer(WriteContentRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): WriteContentRequest => WriteContentRequest.decode(value),
     responseSerialize: (value: WriteContentResponse): Buffer =>
-      Buffer.from(WriteContentResponse.encode(value).finish()),
+      asBuffer(WriteContentResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WriteContentResponse => WriteContentResponse.decode(value),
   },
   abort: {
     path: "/containerd.services.content.v1.Content/Abort" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: AbortRequest): Buffer => Buffer.from(AbortRequest.encode(value).finish()),
+    requestSerialize: (value: AbortRequest): Buffer => asBuffer(AbortRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): AbortRequest => AbortRequest.decode(value),
-    responseSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    responseSerialize: (value: Empty): Buffer => asBuffer(Empty.encode(value).finish()),
     responseDeserialize: (value: Buffer): Empty => Empty.decode(value),
   },
 } as const;

@@ -5,6 +5,7 @@
 // source: containerd/services/diff/v1/diff.proto
 
 /* eslint-disable */
+import { asBuffer } from "./../../../../../wire.js";
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import {
   type CallOptions,
@@ -676,18 +677,18 @@ export const DiffService = {
     path: "/containerd.services.diff.v1.Diff/Apply" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ApplyRequest): Buffer => Buffer.from(ApplyRequest.encode(value).finish()),
+    requestSerialize: (value: ApplyRequest): Buffer => asBuffer(ApplyRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ApplyRequest => ApplyRequest.decode(value),
-    responseSerialize: (value: ApplyResponse): Buffer => Buffer.from(ApplyResponse.encode(value).finish()),
+    responseSerialize: (value: ApplyResponse): Buffer => asBuffer(ApplyResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ApplyResponse => ApplyResponse.decode(value),
   },
   diff: {
     path: "/containerd.services.diff.v1.Diff/Diff" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: DiffRequest): Buffer => Buffer.from(DiffRequest.encode(value).finish()),
+    requestSerialize: (value: DiffRequest): Buffer => asBuffer(DiffRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): DiffRequest => DiffRequest.decode(value),
-    responseSerialize: (value: DiffResponse): Buffer => Buffer.from(DiffResponse.encode(value).finish()),
+    responseSerialize: (value: DiffResponse): Buffer => asBuffer(DiffResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DiffResponse => DiffResponse.decode(value),
   },
 } as const;

@@ -5,6 +5,7 @@
 // source: containerd/services/events/v1/events.proto
 
 /* eslint-disable */
+import { asBuffer } from "./../../../../../wire.js";
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import {
   type CallOptions,
@@ -397,27 +398,27 @@ export const EventsService = {
     path: "/containerd.services.events.v1.Events/Publish" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: PublishRequest): Buffer => Buffer.from(PublishRequest.encode(value).finish()),
+    requestSerialize: (value: PublishRequest): Buffer => asBuffer(PublishRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): PublishRequest => PublishRequest.decode(value),
-    responseSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    responseSerialize: (value: Empty): Buffer => asBuffer(Empty.encode(value).finish()),
     responseDeserialize: (value: Buffer): Empty => Empty.decode(value),
   },
   forward: {
     path: "/containerd.services.events.v1.Events/Forward" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ForwardRequest): Buffer => Buffer.from(ForwardRequest.encode(value).finish()),
+    requestSerialize: (value: ForwardRequest): Buffer => asBuffer(ForwardRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ForwardRequest => ForwardRequest.decode(value),
-    responseSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    responseSerialize: (value: Empty): Buffer => asBuffer(Empty.encode(value).finish()),
     responseDeserialize: (value: Buffer): Empty => Empty.decode(value),
   },
   subscribe: {
     path: "/containerd.services.events.v1.Events/Subscribe" as const,
     requestStream: false as const,
     responseStream: true as const,
-    requestSerialize: (value: SubscribeRequest): Buffer => Buffer.from(SubscribeRequest.encode(value).finish()),
+    requestSerialize: (value: SubscribeRequest): Buffer => asBuffer(SubscribeRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): SubscribeRequest => SubscribeRequest.decode(value),
-    responseSerialize: (value: Envelope): Buffer => Buffer.from(Envelope.encode(value).finish()),
+    responseSerialize: (value: Envelope): Buffer => asBuffer(Envelope.encode(value).finish()),
     responseDeserialize: (value: Buffer): Envelope => Envelope.decode(value),
   },
 } as const;

@@ -5,6 +5,7 @@
 // source: containerd/services/images/v1/images.proto
 
 /* eslint-disable */
+import { asBuffer } from "./../../../../../wire.js";
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import {
   type CallOptions,
@@ -993,45 +994,45 @@ export const ImagesService = {
     path: "/containerd.services.images.v1.Images/Get" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: GetImageRequest): Buffer => Buffer.from(GetImageRequest.encode(value).finish()),
+    requestSerialize: (value: GetImageRequest): Buffer => asBuffer(GetImageRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): GetImageRequest => GetImageRequest.decode(value),
-    responseSerialize: (value: GetImageResponse): Buffer => Buffer.from(GetImageResponse.encode(value).finish()),
+    responseSerialize: (value: GetImageResponse): Buffer => asBuffer(GetImageResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetImageResponse => GetImageResponse.decode(value),
   },
   list: {
     path: "/containerd.services.images.v1.Images/List" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListImagesRequest): Buffer => Buffer.from(ListImagesRequest.encode(value).finish()),
+    requestSerialize: (value: ListImagesRequest): Buffer => asBuffer(ListImagesRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListImagesRequest => ListImagesRequest.decode(value),
-    responseSerialize: (value: ListImagesResponse): Buffer => Buffer.from(ListImagesResponse.encode(value).finish()),
+    responseSerialize: (value: ListImagesResponse): Buffer => asBuffer(ListImagesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListImagesResponse => ListImagesResponse.decode(value),
   },
   create: {
     path: "/containerd.services.images.v1.Images/Create" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: CreateImageRequest): Buffer => Buffer.from(CreateImageRequest.encode(value).finish()),
+    requestSerialize: (value: CreateImageRequest): Buffer => asBuffer(CreateImageRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): CreateImageRequest => CreateImageRequest.decode(value),
-    responseSerialize: (value: CreateImageResponse): Buffer => Buffer.from(CreateImageResponse.encode(value).finish()),
+    responseSerialize: (value: CreateImageResponse): Buffer => asBuffer(CreateImageResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CreateImageResponse => CreateImageResponse.decode(value),
   },
   update: {
     path: "/containerd.services.images.v1.Images/Update" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: UpdateImageRequest): Buffer => Buffer.from(UpdateImageRequest.encode(value).finish()),
+    requestSerialize: (value: UpdateImageRequest): Buffer => asBuffer(UpdateImageRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): UpdateImageRequest => UpdateImageRequest.decode(value),
-    responseSerialize: (value: UpdateImageResponse): Buffer => Buffer.from(UpdateImageResponse.encode(value).finish()),
+    responseSerialize: (value: UpdateImageResponse): Buffer => asBuffer(UpdateImageResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): UpdateImageResponse => UpdateImageResponse.decode(value),
   },
   delete: {
     path: "/containerd.services.images.v1.Images/Delete" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: DeleteImageRequest): Buffer => Buffer.from(DeleteImageRequest.encode(value).finish()),
+    requestSerialize: (value: DeleteImageRequest): Buffer => asBuffer(DeleteImageRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): DeleteImageRequest => DeleteImageRequest.decode(value),
-    responseSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    responseSerialize: (value: Empty): Buffer => asBuffer(Empty.encode(value).finish()),
     responseDeserialize: (value: Buffer): Empty => Empty.decode(value),
   },
 } as const;

@@ -5,6 +5,7 @@
 // source: containerd/services/introspection/v1/introspection.proto
 
 /* eslint-disable */
+import { asBuffer } from "./../../../../../wire.js";
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import {
   type CallOptions,
@@ -557,18 +558,18 @@ export const IntrospectionService = {
     path: "/containerd.services.introspection.v1.Introspection/Plugins" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: PluginsRequest): Buffer => Buffer.from(PluginsRequest.encode(value).finish()),
+    requestSerialize: (value: PluginsRequest): Buffer => asBuffer(PluginsRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): PluginsRequest => PluginsRequest.decode(value),
-    responseSerialize: (value: PluginsResponse): Buffer => Buffer.from(PluginsResponse.encode(value).finish()),
+    responseSerialize: (value: PluginsResponse): Buffer => asBuffer(PluginsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PluginsResponse => PluginsResponse.decode(value),
   },
   server: {
     path: "/containerd.services.introspection.v1.Introspection/Server" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    requestSerialize: (value: Empty): Buffer => asBuffer(Empty.encode(value).finish()),
     requestDeserialize: (value: Buffer): Empty => Empty.decode(value),
-    responseSerialize: (value: ServerResponse): Buffer => Buffer.from(ServerResponse.encode(value).finish()),
+    responseSerialize: (value: ServerResponse): Buffer => asBuffer(ServerResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ServerResponse => ServerResponse.decode(value),
   },
 } as const;

@@ -5,6 +5,7 @@
 // source: containerd/services/leases/v1/leases.proto
 
 /* eslint-disable */
+import { asBuffer } from "./../../../../../wire.js";
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import {
   type CallOptions,
@@ -1202,36 +1203,36 @@ export const LeasesService = {
     path: "/containerd.services.leases.v1.Leases/Create" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: CreateRequest): Buffer => Buffer.from(CreateRequest.encode(value).finish()),
+    requestSerialize: (value: CreateRequest): Buffer => asBuffer(CreateRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): CreateRequest => CreateRequest.decode(value),
-    responseSerialize: (value: CreateResponse): Buffer => Buffer.from(CreateResponse.encode(value).finish()),
+    responseSerialize: (value: CreateResponse): Buffer => asBuffer(CreateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CreateResponse => CreateResponse.decode(value),
   },
   delete: {
     path: "/containerd.services.leases.v1.Leases/Delete" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: DeleteRequest): Buffer => Buffer.from(DeleteRequest.encode(value).finish()),
+    requestSerialize: (value: DeleteRequest): Buffer => asBuffer(DeleteRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): DeleteRequest => DeleteRequest.decode(value),
-    responseSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    responseSerialize: (value: Empty): Buffer => asBuffer(Empty.encode(value).finish()),
     responseDeserialize: (value: Buffer): Empty => Empty.decode(value),
   },
   list: {
     path: "/containerd.services.leases.v1.Leases/List" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListRequest): Buffer => Buffer.from(ListRequest.encode(value).finish()),
+    requestSerialize: (value: ListRequest): Buffer => asBuffer(ListRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListRequest => ListRequest.decode(value),
-    responseSerialize: (value: ListResponse): Buffer => Buffer.from(ListResponse.encode(value).finish()),
+    responseSerialize: (value: ListResponse): Buffer => asBuffer(ListResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListResponse => ListResponse.decode(value),
   },
   addResource: {
     path: "/containerd.services.leases.v1.Leases/AddResource" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: AddResourceRequest): Buffer => Buffer.from(AddResourceRequest.encode(value).finish()),
+    requestSerialize: (value: AddResourceRequest): Buffer => asBuffer(AddResourceRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): AddResourceRequest => AddResourceRequest.decode(value),
-    responseSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    responseSerialize: (value: Empty): Buffer => asBuffer(Empty.encode(value).finish()),
     responseDeserialize: (value: Buffer): Empty => Empty.decode(value),
   },
   deleteResource: {
@@ -1239,19 +1240,19 @@ export const LeasesService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: DeleteResourceRequest): Buffer =>
-      Buffer.from(DeleteResourceRequest.encode(value).finish()),
+      asBuffer(DeleteResourceRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): DeleteResourceRequest => DeleteResourceRequest.decode(value),
-    responseSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    responseSerialize: (value: Empty): Buffer => asBuffer(Empty.encode(value).finish()),
     responseDeserialize: (value: Buffer): Empty => Empty.decode(value),
   },
   listResources: {
     path: "/containerd.services.leases.v1.Leases/ListResources" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListResourcesRequest): Buffer => Buffer.from(ListResourcesRequest.encode(value).finish()),
+    requestSerialize: (value: ListResourcesRequest): Buffer => asBuffer(ListResourcesRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListResourcesRequest => ListResourcesRequest.decode(value),
     responseSerialize: (value: ListResourcesResponse): Buffer =>
-      Buffer.from(ListResourcesResponse.encode(value).finish()),
+      asBuffer(ListResourcesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListResourcesResponse => ListResourcesResponse.decode(value),
   },
 } as const;

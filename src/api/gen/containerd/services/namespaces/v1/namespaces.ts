@@ -5,6 +5,7 @@
 // source: containerd/services/namespaces/v1/namespaces.proto
 
 /* eslint-disable */
+import { asBuffer } from "./../../../../../wire.js";
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import {
   type CallOptions,
@@ -922,10 +923,10 @@ export const NamespacesService = {
     path: "/containerd.services.namespaces.v1.Namespaces/Get" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: GetNamespaceRequest): Buffer => Buffer.from(GetNamespaceRequest.encode(value).finish()),
+    requestSerialize: (value: GetNamespaceRequest): Buffer => asBuffer(GetNamespaceRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): GetNamespaceRequest => GetNamespaceRequest.decode(value),
     responseSerialize: (value: GetNamespaceResponse): Buffer =>
-      Buffer.from(GetNamespaceResponse.encode(value).finish()),
+      asBuffer(GetNamespaceResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetNamespaceResponse => GetNamespaceResponse.decode(value),
   },
   list: {
@@ -933,10 +934,10 @@ export const NamespacesService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: ListNamespacesRequest): Buffer =>
-      Buffer.from(ListNamespacesRequest.encode(value).finish()),
+      asBuffer(ListNamespacesRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListNamespacesRequest => ListNamespacesRequest.decode(value),
     responseSerialize: (value: ListNamespacesResponse): Buffer =>
-      Buffer.from(ListNamespacesResponse.encode(value).finish()),
+      asBuffer(ListNamespacesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListNamespacesResponse => ListNamespacesResponse.decode(value),
   },
   create: {
@@ -944,10 +945,10 @@ export const NamespacesService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: CreateNamespaceRequest): Buffer =>
-      Buffer.from(CreateNamespaceRequest.encode(value).finish()),
+      asBuffer(CreateNamespaceRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): CreateNamespaceRequest => CreateNamespaceRequest.decode(value),
     responseSerialize: (value: CreateNamespaceResponse): Buffer =>
-      Buffer.from(CreateNamespaceResponse.encode(value).finish()),
+      asBuffer(CreateNamespaceResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CreateNamespaceResponse => CreateNamespaceResponse.decode(value),
   },
   update: {
@@ -955,10 +956,10 @@ export const NamespacesService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: UpdateNamespaceRequest): Buffer =>
-      Buffer.from(UpdateNamespaceRequest.encode(value).finish()),
+      asBuffer(UpdateNamespaceRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): UpdateNamespaceRequest => UpdateNamespaceRequest.decode(value),
     responseSerialize: (value: UpdateNamespaceResponse): Buffer =>
-      Buffer.from(UpdateNamespaceResponse.encode(value).finish()),
+      asBuffer(UpdateNamespaceResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): UpdateNamespaceResponse => UpdateNamespaceResponse.decode(value),
   },
   delete: {
@@ -966,9 +967,9 @@ export const NamespacesService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: DeleteNamespaceRequest): Buffer =>
-      Buffer.from(DeleteNamespaceRequest.encode(value).finish()),
+      asBuffer(DeleteNamespaceRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): DeleteNamespaceRequest => DeleteNamespaceRequest.decode(value),
-    responseSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    responseSerialize: (value: Empty): Buffer => asBuffer(Empty.encode(value).finish()),
     responseDeserialize: (value: Buffer): Empty => Empty.decode(value),
   },
 } as const;

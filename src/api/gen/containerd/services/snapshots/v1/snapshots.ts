@@ -5,6 +5,7 @@
 // source: containerd/services/snapshots/v1/snapshots.proto
 
 /* eslint-disable */
+import { asBuffer } from "./../../../../../wire.js";
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import {
   type CallOptions,
@@ -2259,29 +2260,29 @@ export const SnapshotsService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: PrepareSnapshotRequest): Buffer =>
-      Buffer.from(PrepareSnapshotRequest.encode(value).finish()),
+      asBuffer(PrepareSnapshotRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): PrepareSnapshotRequest => PrepareSnapshotRequest.decode(value),
     responseSerialize: (value: PrepareSnapshotResponse): Buffer =>
-      Buffer.from(PrepareSnapshotResponse.encode(value).finish()),
+      asBuffer(PrepareSnapshotResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PrepareSnapshotResponse => PrepareSnapshotResponse.decode(value),
   },
   view: {
     path: "/containerd.services.snapshots.v1.Snapshots/View" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ViewSnapshotRequest): Buffer => Buffer.from(ViewSnapshotRequest.encode(value).finish()),
+    requestSerialize: (value: ViewSnapshotRequest): Buffer => asBuffer(ViewSnapshotRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ViewSnapshotRequest => ViewSnapshotRequest.decode(value),
     responseSerialize: (value: ViewSnapshotResponse): Buffer =>
-      Buffer.from(ViewSnapshotResponse.encode(value).finish()),
+      asBuffer(ViewSnapshotResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ViewSnapshotResponse => ViewSnapshotResponse.decode(value),
   },
   mounts: {
     path: "/containerd.services.snapshots.v1.Snapshots/Mounts" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: MountsRequest): Buffer => Buffer.from(MountsRequest.encode(value).finish()),
+    requestSerialize: (value: MountsRequest): Buffer => asBuffer(MountsRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): MountsRequest => MountsRequest.decode(value),
-    responseSerialize: (value: MountsResponse): Buffer => Buffer.from(MountsResponse.encode(value).finish()),
+    responseSerialize: (value: MountsResponse): Buffer => asBuffer(MountsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): MountsResponse => MountsResponse.decode(value),
   },
   commit: {
@@ -2289,9 +2290,9 @@ export const SnapshotsService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: CommitSnapshotRequest): Buffer =>
-      Buffer.from(CommitSnapshotRequest.encode(value).finish()),
+      asBuffer(CommitSnapshotRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): CommitSnapshotRequest => CommitSnapshotRequest.decode(value),
-    responseSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    responseSerialize: (value: Empty): Buffer => asBuffer(Empty.encode(value).finish()),
     responseDeserialize: (value: Buffer): Empty => Empty.decode(value),
   },
   remove: {
@@ -2299,19 +2300,19 @@ export const SnapshotsService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: RemoveSnapshotRequest): Buffer =>
-      Buffer.from(RemoveSnapshotRequest.encode(value).finish()),
+      asBuffer(RemoveSnapshotRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): RemoveSnapshotRequest => RemoveSnapshotRequest.decode(value),
-    responseSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    responseSerialize: (value: Empty): Buffer => asBuffer(Empty.encode(value).finish()),
     responseDeserialize: (value: Buffer): Empty => Empty.decode(value),
   },
   stat: {
     path: "/containerd.services.snapshots.v1.Snapshots/Stat" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: StatSnapshotRequest): Buffer => Buffer.from(StatSnapshotRequest.encode(value).finish()),
+    requestSerialize: (value: StatSnapshotRequest): Buffer => asBuffer(StatSnapshotRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): StatSnapshotRequest => StatSnapshotRequest.decode(value),
     responseSerialize: (value: StatSnapshotResponse): Buffer =>
-      Buffer.from(StatSnapshotResponse.encode(value).finish()),
+      asBuffer(StatSnapshotResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): StatSnapshotResponse => StatSnapshotResponse.decode(value),
   },
   update: {
@@ -2319,38 +2320,38 @@ export const SnapshotsService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: UpdateSnapshotRequest): Buffer =>
-      Buffer.from(UpdateSnapshotRequest.encode(value).finish()),
+      asBuffer(UpdateSnapshotRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): UpdateSnapshotRequest => UpdateSnapshotRequest.decode(value),
     responseSerialize: (value: UpdateSnapshotResponse): Buffer =>
-      Buffer.from(UpdateSnapshotResponse.encode(value).finish()),
+      asBuffer(UpdateSnapshotResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): UpdateSnapshotResponse => UpdateSnapshotResponse.decode(value),
   },
   list: {
     path: "/containerd.services.snapshots.v1.Snapshots/List" as const,
     requestStream: false as const,
     responseStream: true as const,
-    requestSerialize: (value: ListSnapshotsRequest): Buffer => Buffer.from(ListSnapshotsRequest.encode(value).finish()),
+    requestSerialize: (value: ListSnapshotsRequest): Buffer => asBuffer(ListSnapshotsRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListSnapshotsRequest => ListSnapshotsRequest.decode(value),
     responseSerialize: (value: ListSnapshotsResponse): Buffer =>
-      Buffer.from(ListSnapshotsResponse.encode(value).finish()),
+      asBuffer(ListSnapshotsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListSnapshotsResponse => ListSnapshotsResponse.decode(value),
   },
   usage: {
     path: "/containerd.services.snapshots.v1.Snapshots/Usage" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: UsageRequest): Buffer => Buffer.from(UsageRequest.encode(value).finish()),
+    requestSerialize: (value: UsageRequest): Buffer => asBuffer(UsageRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): UsageRequest => UsageRequest.decode(value),
-    responseSerialize: (value: UsageResponse): Buffer => Buffer.from(UsageResponse.encode(value).finish()),
+    responseSerialize: (value: UsageResponse): Buffer => asBuffer(UsageResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): UsageResponse => UsageResponse.decode(value),
   },
   cleanup: {
     path: "/containerd.services.snapshots.v1.Snapshots/Cleanup" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: CleanupRequest): Buffer => Buffer.from(CleanupRequest.encode(value).finish()),
+    requestSerialize: (value: CleanupRequest): Buffer => asBuffer(CleanupRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): CleanupRequest => CleanupRequest.decode(value),
-    responseSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    responseSerialize: (value: Empty): Buffer => asBuffer(Empty.encode(value).finish()),
     responseDeserialize: (value: Buffer): Empty => Empty.decode(value),
   },
 } as const;

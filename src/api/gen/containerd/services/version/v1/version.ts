@@ -5,6 +5,7 @@
 // source: containerd/services/version/v1/version.proto
 
 /* eslint-disable */
+import { asBuffer } from "./../../../../../wire.js";
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import {
   type CallOptions,
@@ -122,9 +123,9 @@ export const VersionService = {
     path: "/containerd.services.version.v1.Version/Version" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    requestSerialize: (value: Empty): Buffer => asBuffer(Empty.encode(value).finish()),
     requestDeserialize: (value: Buffer): Empty => Empty.decode(value),
-    responseSerialize: (value: VersionResponse): Buffer => Buffer.from(VersionResponse.encode(value).finish()),
+    responseSerialize: (value: VersionResponse): Buffer => asBuffer(VersionResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): VersionResponse => VersionResponse.decode(value),
   },
 } as const;

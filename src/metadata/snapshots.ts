@@ -1,0 +1,302 @@
+/**
+ * The namespaced snapshot layer that stands in front of every snapshotter inside the daemon, as containerd's
+ * metadata snapshotter does: each namespace has its own key space, labels live here, and the backend sees
+ * only its own keys ("<namespace>/<sequence>/<key>") and the inherited labels (containerd.io/snapshot.ref and
+ * containerd.io/snapshot/*), exactly what containerd passes to proxy plugins.
+ *
+ * The remote-snapshot protocol: a prepare carrying containerd.io/snapshot.ref=<target> to which the backend
+ * answers ALREADY_EXISTS means the backend already has that committed layer; it is recorded here under the
+ * target name and the caller gets ALREADY_EXISTS.
+ */
+import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, isFailedPrecondition, isNotFound, notFound, unknown } from '../errdefs/index.js';
+import { parseAll } from '../filters/index.js';
+import { typedEvent, type EventPublisher } from '../events/types.js';
+import { snapshotAdaptor } from '../snapshots/storage.js';
+import {
+  inheritedLabels,
+  LABEL_SNAPSHOT_REF,
+  INHERITED_LABEL_PREFIX,
+  type Info,
+  type Kind,
+  type Mount,
+  type SnapshotOpts,
+  type Snapshotter,
+  type Usage,
+  type WalkFn,
+} from '../snapshots/types.js';
+import { encodeLabels, nextSequence, parseLabels, type DB } from './db.js';
+import { applyLabelPaths, validateLabels, type NamespaceStore } from './namespaces.js';
+import type { LeaseStore } from './leases.js';
+import type { OpContext } from './context.js';
+
+interface Row {
+  key: string;
+  backend_key: string;
+  parent: string;
+  kind: Kind;
+  labels: string;
+  created_at: number;
+  updated_at: number;
+}
+
+const toInfo = (r: Row): Info => ({
+  name: r.key,
+  parent: r.parent,
+  kind: r.kind,
+  labels: parseLabels(r.labels),
+  created: new Date(r.created_at),
+  updated: new Date(r.updated_at),
+});
+
+export class NamespacedSnapshots {
+  constructor(
+    readonly name: string,
+    readonly backend: Snapshotter,
+    private readonly db: DB,
+    private readonly namespaces: NamespaceStore,
+    private readonly leases: LeaseStore,
+    private readonly events: EventPublisher,
+  ) {
+    namespaces.registerOccupant({
+      describe: (d, ns) =>
+        d.prepare('SELECT 1 FROM snapshots WHERE namespace = ? AND snapshotter = ? LIMIT 1').get(ns, name)
+          ? [`snapshots on "${name}" snapshotter`]
+          : [],
+    });
+  }
+
+  bind(ctx: OpContext): Snapshotter {
+    return new BoundSnapshotter(this, ctx);
+  }
+
+  /** @internal */ row(ns: string, key: string): Row | undefined {
+    return this.db
+      .prepare(
+        'SELECT key, backend_key, parent, kind, labels, created_at, updated_at FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?',
+      )
+      .get(ns, this.name, key) as Row | undefined;
+  }
+
+  /** @internal */ mustRow(ns: string, key: string): Row {
+    if (!key) throw invalidArgument('snapshot key must not be empty');
+    const r = this.row(ns, key);
+    if (!r) throw notFound(`snapshot ${key} does not exist`);
+    return r;
+  }
+
+  /** @internal */ get database(): DB {
+    return this.db;
+  }
+  /** @internal */ get store() {
+    return { namespaces: this.namespaces, leases: this.leases, events: this.events };
+  }
+}
+
+class BoundSnapshotter implements Snapshotter {
+  private readonly ns: string;
+  private readonly resource: string;
+
+  constructor(
+    private readonly s: NamespacedSnapshots,
+    private readonly ctx: OpContext,
+  ) {
+    this.ns = ctx.namespace;
+    this.resource = `snapshots/${s.name}`;
+  }
+
+  private get db() {
+    return this.s.database;
+  }
+
+  async stat(key: string): Promise<Info> {
+    return toInfo(this.s.mustRow(this.ns, key));
+  }
+
+  async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths: string[] = []): Promise<Info> {
+    validateLabels(info.labels);
+    const { row, labels, now } = this.db.transaction(() => {
+      const row = this.s.mustRow(this.ns, info.name);
+      let labels: Record<string, string>;
+      try {
+        labels = applyLabelPaths(parseLabels(row.labels), info.labels ?? {}, fieldpaths);
+      } catch {
+        throw invalidArgument(`cannot update ${JSON.stringify(fieldpaths)} field on snapshot ${info.name}`);
+      }
+      const now = Date.now();
+      this.db
+        .prepare('UPDATE snapshots SET labels = ?, updated_at = ? WHERE namespace = ? AND snapshotter = ? AND key = ?')
+        .run(encodeLabels(labels), now, this.ns, this.s.name, info.name);
+      return { row, labels, now };
+    }).immediate();
+    // Inherited labels are the backend's too (a lazy-pull snapshotter reads them).
+    const touched = fieldpaths.length === 0 || fieldpaths.some((p) => p === 'labels' || p.startsWith(`labels.${INHERITED_LABEL_PREFIX}`) || p === `labels.${LABEL_SNAPSHOT_REF}`);
+    if (touched) {
+      await this.s.backend.update({ name: row.backend_key, labels: inheritedLabels(labels) }, ['labels']).catch(() => undefined);
+    }
+    return { ...toInfo(row), labels, updated: new Date(now) };
+  }
+
+  async usage(key: string): Promise<Usage> {
+    return this.s.backend.usage(this.s.mustRow(this.ns, key).backend_key);
+  }
+
+  async mounts(key: string): Promise<Mount[]> {
+    return this.s.backend.mounts(this.s.mustRow(this.ns, key).backend_key);
+  }
+
+  prepare(key: string, parent: string, opts: SnapshotOpts = {}): Promise<Mount[]> {
+    return this.create(key, parent, false, opts);
+  }
+
+  view(key: string, parent: string, opts: SnapshotOpts = {}): Promise<Mount[]> {
+    return this.create(key, parent, true, opts);
+  }
+
+  private async create(key: string, parent: string, readonly: boolean, opts: SnapshotOpts): Promise<Mount[]> {
+    if (!key) throw invalidArgument('snapshot key must not be empty');
+    const labels = { ...(opts.labels ?? {}) };
+    validateLabels(labels);
+    const target = labels[LABEL_SNAPSHOT_REF];
+
+    // Check and reserve a backend key; the backend call happens outside any transaction.
+    const { bkey: reserved, bparent } = this.db.transaction(() => {
+      this.s.store.namespaces.ensure(this.ns);
+      if (target && this.s.row(this.ns, target)) throw alreadyExists(`target snapshot "${target}"`);
+      if (this.s.row(this.ns, key)) throw alreadyExists(`snapshot "${key}"`);
+      let bparent = '';
+      if (parent) {
+        const p = this.s.row(this.ns, parent);
+        if (!p) throw notFound(`parent snapshot ${parent} does not exist`);
+        bparent = p.backend_key;
+      }
+      const seq = nextSequence(this.db, `snapshots/${this.s.name}/${this.ns}`);
+      return { bkey: `${this.ns}/${seq}/${key}`, bparent };
+    }).immediate();
+
+    let bkey = reserved;
+    let recordKey = key;
+    let recordParent = parent;
+    let kind: Kind = readonly ? 'view' : 'active';
+    let mounts: Mount[] = [];
+    let created = false;
+    let adopted: Error | undefined;
+    let times = { created: Date.now(), updated: Date.now() };
+    const blabels = inheritedLabels(labels);
+    try {
+      mounts = readonly ? await this.s.backend.view(bkey, bparent, { labels: blabels }) : await this.s.backend.prepare(bkey, bparent, { labels: blabels });
+      created = true;
+    } catch (err) {
+      if (!isAlreadyExists(err)) throw err;
+      if (!target) throw unknown(`unexpected error from snapshotter: ${(err as Error).message}`);
+      // The backend has the target layer already (a remote or shared snapshot): record it under its name.
+      let found: Info | undefined;
+      await this.s.backend.walk(
+        (i) => {
+          if (!found && i.kind === 'committed' && i.labels[LABEL_SNAPSHOT_REF] === target && i.parent === bparent) found = i;
+        },
+        [`labels."${LABEL_SNAPSHOT_REF}"==${JSON.stringify(target)},parent==${JSON.stringify(bparent)}`],
+      );
+      if (!found) throw notFound(`target snapshot "${target}" in backend`);
+      recordKey = target;
+      bkey = found.name;
+      kind = 'committed';
+      times = { created: found.created.getTime(), updated: found.updated.getTime() };
+      for (const [k, v] of Object.entries(found.labels)) if (!(k in labels)) labels[k] = v;
+      adopted = alreadyExists(`target snapshot "${target}" from snapshotter`);
+      recordParent = parent;
+    }
+
+    try {
+      this.db.transaction(() => {
+        if (this.s.row(this.ns, recordKey)) throw alreadyExists(`snapshot "${recordKey}"`);
+        this.db
+          .prepare(
+            'INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+          )
+          .run(this.ns, this.s.name, recordKey, bkey, recordParent, kind, encodeLabels(labels), times.created, times.updated);
+        this.s.store.leases.attach(this.ctx, this.resource, recordKey);
+      }).immediate();
+    } catch (err) {
+      if (created) await this.s.backend.remove(bkey).catch(() => undefined);
+      throw err;
+    }
+    if (adopted) throw adopted;
+    this.s.store.events.publish(this.ns, '/snapshot/prepare', typedEvent('containerd.events.SnapshotPrepare', { key, parent }));
+    return mounts;
+  }
+
+  async commit(name: string, key: string, opts: SnapshotOpts = {}): Promise<void> {
+    if (!name) throw invalidArgument('snapshot name must not be empty');
+    const labels = opts.labels ?? {};
+    validateLabels(labels);
+    const { row, bname } = this.db.transaction(() => {
+      const row = this.s.mustRow(this.ns, key);
+      if (this.s.row(this.ns, name)) throw alreadyExists(`snapshot "${name}"`);
+      if (row.kind !== 'active') throw failedPrecondition(`snapshot ${key} is not active`);
+      const seq = nextSequence(this.db, `snapshots/${this.s.name}/${this.ns}`);
+      return { row, bname: `${this.ns}/${seq}/${name}` };
+    }).immediate();
+
+    await this.s.backend.commit(bname, row.backend_key, { labels: inheritedLabels(labels) });
+
+    this.db.transaction(() => {
+      const now = Date.now();
+      this.db.prepare('DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?').run(this.ns, this.s.name, key);
+      this.db
+        .prepare(
+          'INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        )
+        .run(this.ns, this.s.name, name, bname, row.parent, 'committed', encodeLabels(labels), now, now);
+      // The active key's lease entries now protect the committed snapshot.
+      this.db
+        .prepare('UPDATE OR IGNORE lease_resources SET id = ? WHERE namespace = ? AND type = ? AND id = ?')
+        .run(name, this.ns, this.resource, key);
+      this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND type = ? AND id = ?').run(this.ns, this.resource, key);
+      this.s.store.leases.attach(this.ctx, this.resource, name);
+    }).immediate();
+    this.s.store.events.publish(this.ns, '/snapshot/commit', typedEvent('containerd.events.SnapshotCommit', { key, name }));
+  }
+
+  async remove(key: string): Promise<void> {
+    const row = this.db.transaction(() => {
+      const row = this.s.mustRow(this.ns, key);
+      const child = this.db
+        .prepare('SELECT 1 FROM snapshots WHERE namespace = ? AND snapshotter = ? AND parent = ? LIMIT 1')
+        .get(this.ns, this.s.name, key);
+      if (child) throw failedPrecondition(`cannot remove snapshot ${key} with child`);
+      this.db.prepare('DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?').run(this.ns, this.s.name, key);
+      this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND type = ? AND id = ?').run(this.ns, this.resource, key);
+      const shared = this.db.prepare('SELECT 1 FROM snapshots WHERE snapshotter = ? AND backend_key = ? LIMIT 1').get(this.s.name, row.backend_key);
+      return { ...row, shared: shared !== undefined };
+    }).immediate();
+    // The record is gone; the backend data follows unless another namespace still records it. A backend that
+    // refuses (e.g. a child in another namespace) keeps it for the garbage collector.
+    if (!row.shared) {
+      await this.s.backend.remove(row.backend_key).catch((err) => {
+        if (!isNotFound(err) && !isFailedPrecondition(err)) throw err;
+      });
+    }
+    this.s.store.events.publish(this.ns, '/snapshot/remove', typedEvent('containerd.events.SnapshotRemove', { key }));
+  }
+
+  async walk(fn: WalkFn, filters: string[] = []): Promise<void> {
+    const filter = parseAll(filters);
+    const rows = this.db
+      .prepare(
+        'SELECT key, backend_key, parent, kind, labels, created_at, updated_at FROM snapshots WHERE namespace = ? AND snapshotter = ? ORDER BY created_at, key',
+      )
+      .all(this.ns, this.s.name) as Row[];
+    for (const r of rows) {
+      const info = toInfo(r);
+      if (filter.match(snapshotAdaptor(info))) await fn(info);
+    }
+  }
+
+  cleanup(): Promise<void> {
+    return this.s.backend.cleanup();
+  }
+
+  async close(): Promise<void> {
+    // The backend belongs to the daemon, not to one namespace's view of it.
+  }
+}

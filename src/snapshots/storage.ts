@@ -1,0 +1,254 @@
+/**
+ * Bookkeeping every snapshot backend shares: ids, keys, the parent chain, kind, labels, times and the usage
+ * of committed snapshots, in a SQLite file inside the backend's own root (so a backend served alone as a
+ * proxy plugin carries its records with it).
+ *
+ * Crash consistency comes from the order of operations, with backends following two rules:
+ *  - creating: build the directory (or subvolume) under a temporary name, then call create() with a `place`
+ *    callback that renames it to its id-derived path synchronously inside the transaction. A crash leaves at
+ *    worst a directory with no record, never a record with no directory.
+ *  - removing: remove() drops the record in its own transaction, then the backend deletes the directory.
+ *    A crash leaves at worst an unowned directory.
+ * cleanup() in each backend deletes unowned directories, using ids().
+ *
+ * Keys are opaque strings (the namespaced layer passes "<namespace>/<n>/<key>"): they are never paths.
+ */
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../errdefs/index.js';
+import { adapt, labelField, parseAll } from '../filters/index.js';
+import { applyLabelPaths, validateLabels } from '../metadata/namespaces.js';
+import type { Info, Kind, Usage } from './types.js';
+
+export interface SnapshotRecord {
+  id: number;
+  kind: Kind;
+  /** Ids of the parent chain, nearest parent first. */
+  parentIds: number[];
+}
+
+interface Row {
+  id: number;
+  key: string;
+  parent_id: number | null;
+  parent_key: string | null;
+  kind: Kind;
+  labels: string;
+  created_at: number;
+  updated_at: number;
+  size: number | null;
+  inodes: number | null;
+}
+
+const SELECT = `SELECT s.id, s.key, s.parent_id, p.key AS parent_key, s.kind, s.labels, s.created_at, s.updated_at, s.size, s.inodes
+  FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id`;
+
+const toInfo = (r: Row): Info => ({
+  kind: r.kind,
+  name: r.key,
+  parent: r.parent_key ?? '',
+  labels: JSON.parse(r.labels) as Record<string, string>,
+  created: new Date(r.created_at),
+  updated: new Date(r.updated_at),
+});
+
+const schema = [
+  `CREATE TABLE snapshots (
+     id         INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a stale directory can't be mistaken for a new one
+     key        TEXT NOT NULL UNIQUE,
+     parent_id  INTEGER REFERENCES snapshots(id),   -- RESTRICT: a parent with children cannot go
+     kind       TEXT NOT NULL CHECK (kind IN ('view', 'active', 'committed')),
+     labels     TEXT NOT NULL DEFAULT '{}',
+     created_at INTEGER NOT NULL,
+     updated_at INTEGER NOT NULL,
+     size       INTEGER,
+     inodes     INTEGER
+   );
+   CREATE INDEX snapshots_by_parent ON snapshots(parent_id);`,
+];
+
+export function checkKey(key: string, what = 'key'): void {
+  if (typeof key !== 'string' || key === '') throw invalidArgument(`snapshot ${what} must not be empty`);
+}
+
+export class SnapshotStorage {
+  private constructor(private readonly db: Database.Database) {}
+
+  static open(path: string): SnapshotStorage {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    const db = new Database(path);
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = NORMAL');
+    db.pragma('foreign_keys = ON');
+    db.pragma('busy_timeout = 5000');
+    db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)');
+    const row = db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined;
+    const current = row?.version ?? 0;
+    if (current > schema.length) throw new Error(`snapshot metadata ${path} has a newer schema (${current})`);
+    if (current < schema.length) {
+      db.transaction(() => {
+        for (let v = current; v < schema.length; v++) db.exec(schema[v]!);
+        db.prepare('DELETE FROM schema_version').run();
+        db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(schema.length);
+      }).immediate();
+    }
+    return new SnapshotStorage(db);
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  private row(key: string): Row | undefined {
+    return this.db.prepare(`${SELECT} WHERE s.key = ?`).get(key) as Row | undefined;
+  }
+
+  private mustRow(key: string): Row {
+    checkKey(key);
+    const r = this.row(key);
+    if (!r) throw notFound(`snapshot ${key}`);
+    return r;
+  }
+
+  private chain(parentId: number | null): number[] {
+    if (parentId === null) return [];
+    const rows = this.db
+      .prepare(
+        `WITH RECURSIVE chain(id, parent_id, depth) AS (
+           SELECT id, parent_id, 0 FROM snapshots WHERE id = ?
+           UNION ALL SELECT s.id, s.parent_id, c.depth + 1 FROM snapshots s JOIN chain c ON s.id = c.parent_id)
+         SELECT id FROM chain ORDER BY depth`,
+      )
+      .all(parentId) as { id: number }[];
+    return rows.map((r) => r.id);
+  }
+
+  /** The record of a snapshot: its id, kind and parent chain. */
+  get(key: string): SnapshotRecord {
+    const r = this.mustRow(key);
+    return { id: r.id, kind: r.kind, parentIds: this.chain(r.parent_id) };
+  }
+
+  info(key: string): Info {
+    return toInfo(this.mustRow(key));
+  }
+
+  /** The usage recorded at commit, for committed snapshots; undefined for others. */
+  storedUsage(key: string): Usage | undefined {
+    const r = this.mustRow(key);
+    return r.size === null ? undefined : { size: r.size, inodes: r.inodes ?? 0 };
+  }
+
+  /**
+   * Records a new active or view snapshot. `place(id, parentIds)` runs inside the transaction once the id is
+   * known (e.g. a synchronous rename of a prepared directory into place); if it throws, nothing is recorded.
+   */
+  create(
+    kind: 'active' | 'view',
+    key: string,
+    parent: string,
+    labels: Record<string, string> = {},
+    place?: (id: number, parentIds: number[]) => void,
+  ): SnapshotRecord {
+    checkKey(key);
+    validateLabels(labels);
+    return this.db.transaction(() => {
+      let parentId: number | null = null;
+      if (parent) {
+        const p = this.row(parent);
+        if (!p) throw notFound(`parent snapshot ${parent} does not exist`);
+        if (p.kind !== 'committed') throw invalidArgument(`parent ${JSON.stringify(parent)} is not committed snapshot`);
+        parentId = p.id;
+      }
+      if (this.row(key)) throw alreadyExists(`snapshot ${key}`);
+      const now = Date.now();
+      const res = this.db
+        .prepare('INSERT INTO snapshots (key, parent_id, kind, labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(key, parentId, kind, JSON.stringify(labels), now, now);
+      const id = Number(res.lastInsertRowid);
+      const parentIds = this.chain(parentId);
+      place?.(id, parentIds);
+      return { id, kind, parentIds };
+    }).immediate();
+  }
+
+  /**
+   * Turns an active snapshot into a committed one named `name` (same id: the data does not move), replacing
+   * its labels with the commit's, as containerd does. `place` runs inside the transaction.
+   */
+  commitActive(key: string, name: string, usage: Usage, labels: Record<string, string> = {}, place?: (id: number) => void): number {
+    checkKey(key);
+    checkKey(name, 'name');
+    validateLabels(labels);
+    return this.db.transaction(() => {
+      if (this.row(name)) throw alreadyExists(`committed snapshot ${name}`);
+      const r = this.mustRow(key);
+      if (r.kind !== 'active') throw failedPrecondition(`snapshot ${key} is not active`);
+      const now = Date.now();
+      this.db
+        .prepare('UPDATE snapshots SET key = ?, kind = ?, labels = ?, created_at = ?, updated_at = ?, size = ?, inodes = ? WHERE id = ?')
+        .run(name, 'committed', JSON.stringify(labels), now, now, usage.size, usage.inodes, r.id);
+      place?.(r.id);
+      return r.id;
+    }).immediate();
+  }
+
+  /** Drops the record; the caller deletes the data afterwards. */
+  remove(key: string): { id: number; kind: Kind } {
+    return this.db.transaction(() => {
+      const r = this.mustRow(key);
+      if (this.db.prepare('SELECT 1 FROM snapshots WHERE parent_id = ? LIMIT 1').get(r.id)) {
+        throw failedPrecondition(`cannot remove snapshot ${key} with child`);
+      }
+      this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(r.id);
+      return { id: r.id, kind: r.kind };
+    }).immediate();
+  }
+
+  update(info: Pick<Info, 'name' | 'labels'>, fieldpaths: string[] = []): Info {
+    validateLabels(info.labels);
+    return this.db.transaction(() => {
+      const r = this.mustRow(info.name);
+      let labels: Record<string, string>;
+      try {
+        labels = applyLabelPaths(JSON.parse(r.labels) as Record<string, string>, info.labels ?? {}, fieldpaths);
+      } catch {
+        throw invalidArgument(`cannot update ${JSON.stringify(fieldpaths)} field on snapshot ${info.name}`);
+      }
+      const now = Date.now();
+      this.db.prepare('UPDATE snapshots SET labels = ?, updated_at = ? WHERE id = ?').run(JSON.stringify(labels), now, r.id);
+      return { ...toInfo(r), labels, updated: new Date(now) };
+    }).immediate();
+  }
+
+  /** Every snapshot matching the filters, parents before children. */
+  list(filters: string[] = []): Info[] {
+    const filter = parseAll(filters);
+    const rows = this.db.prepare(`${SELECT} ORDER BY s.id`).all() as Row[];
+    return rows.map(toInfo).filter((i) => filter.match(snapshotAdaptor(i)));
+  }
+
+  /** Every id with a record, for cleanup. */
+  ids(): Set<number> {
+    return new Set((this.db.prepare('SELECT id FROM snapshots').all() as { id: number }[]).map((r) => r.id));
+  }
+}
+
+export function snapshotAdaptor(i: Info) {
+  return adapt((path) => {
+    if (path.length === 0) return undefined;
+    switch (path[0]) {
+      case 'kind':
+        return path.length === 1 ? i.kind : undefined;
+      case 'name':
+        return path.length === 1 ? i.name : undefined;
+      case 'parent':
+        return path.length === 1 ? i.parent : undefined;
+      case 'labels':
+        return labelField(i.labels, path.slice(1));
+      default:
+        return undefined;
+    }
+  });
+}

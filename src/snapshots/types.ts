@@ -1,0 +1,75 @@
+/**
+ * The snapshotter contract: containerd's ten operations with containerd's semantics. Every backend
+ * (overlayfs, native, btrfs, a proxy to another process...) implements it; the namespaced layer in
+ * src/metadata/snapshots.ts stands in front of each one inside the daemon.
+ *
+ * Rules every implementation keeps:
+ *  - keys are unique; prepare/view of an existing key is 'already exists';
+ *  - a parent must exist ('not found') and be committed ('invalid argument' otherwise, as containerd);
+ *  - only an active snapshot commits ('failed precondition' for a view or committed one; 'not found' if absent);
+ *  - removing a snapshot that has children is 'failed precondition';
+ *  - a view is read-only; mounts() of a committed snapshot is 'failed precondition' in most backends.
+ */
+export type Kind = 'view' | 'active' | 'committed';
+
+export interface Info {
+  kind: Kind;
+  /** The key (for committed snapshots, the name given to commit). */
+  name: string;
+  /** The parent's key, '' for none. */
+  parent: string;
+  labels: Record<string, string>;
+  created: Date;
+  updated: Date;
+}
+
+export interface Usage {
+  /** Bytes of disk this snapshot alone uses (not its parents). */
+  size: number;
+  /** Inodes this snapshot alone uses. */
+  inodes: number;
+}
+
+/** A mount as containerd describes it: what `mount -t <type> -o <options> <source> <target>` would do. */
+export interface Mount {
+  type: string;
+  source: string;
+  /** Only set for mounts relative to another (unused by the backends here). */
+  target?: string;
+  options: string[];
+}
+
+export interface SnapshotOpts {
+  labels?: Record<string, string>;
+}
+
+export type WalkFn = (info: Info) => void | Promise<void>;
+
+export interface Snapshotter {
+  stat(key: string): Promise<Info>;
+  /** Updates labels by field path ('labels', 'labels.<key>'; none = replace all labels). */
+  update(info: Pick<Info, 'name' | 'labels'>, fieldpaths?: string[]): Promise<Info>;
+  usage(key: string): Promise<Usage>;
+  mounts(key: string): Promise<Mount[]>;
+  prepare(key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]>;
+  view(key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]>;
+  commit(name: string, key: string, opts?: SnapshotOpts): Promise<void>;
+  remove(key: string): Promise<void>;
+  /** Calls fn for every snapshot matching the filters (containerd syntax on name, parent, kind, labels.*). */
+  walk(fn: WalkFn, filters?: string[]): Promise<void>;
+  /** Removes what no record owns (directories or subvolumes left by a crash or a removal). */
+  cleanup(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Labels a backend receives from the namespaced layer (containerd's inherited labels). */
+export const LABEL_SNAPSHOT_REF = 'containerd.io/snapshot.ref';
+export const INHERITED_LABEL_PREFIX = 'containerd.io/snapshot/';
+
+export function inheritedLabels(labels: Record<string, string> | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(labels ?? {})) {
+    if (k === LABEL_SNAPSHOT_REF || k.startsWith(INHERITED_LABEL_PREFIX)) out[k] = v;
+  }
+  return out;
+}
