@@ -16,6 +16,7 @@ import {
 import { encodeWriteContentRequest } from './wire.js';
 import { NamespacesClient } from './gen/containerd/services/namespaces/v1/namespaces.js';
 import { LeasesClient } from './gen/containerd/services/leases/v1/leases.js';
+import { SnapshotsClient } from './gen/containerd/services/snapshots/v1/snapshots.js';
 import { EventsClient } from './gen/containerd/services/events/v1/events.js';
 import { IntrospectionClient } from './gen/containerd/services/introspection/v1/introspection.js';
 import { VersionClient } from './gen/containerd/services/version/v1/version.js';
@@ -51,6 +52,7 @@ export class StrataClient {
   readonly content: ContentClient;
   readonly namespaces: NamespacesClient;
   readonly leases: LeasesClient;
+  readonly snapshots: SnapshotsClient;
   readonly events: EventsClient;
   readonly introspection: IntrospectionClient;
   readonly version: VersionClient;
@@ -69,6 +71,7 @@ export class StrataClient {
     const shared = { ...options, channelOverride: this.channel };
     this.namespaces = new NamespacesClient(target, creds, shared);
     this.leases = new LeasesClient(target, creds, shared);
+    this.snapshots = new SnapshotsClient(target, creds, shared);
     this.events = new EventsClient(target, creds, shared);
     this.introspection = new IntrospectionClient(target, creds, shared);
     this.version = new VersionClient(target, creds, shared);

@@ -4,6 +4,8 @@
  * messages that carry bulk data (Read responses, Write requests) with a single allocation and one copy.
  */
 
+import { headroomOf } from '../content/headroom.js';
+
 /** A Buffer view of the same memory (no copy). */
 export function asBuffer(u: Uint8Array): Buffer {
   return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
@@ -37,10 +39,27 @@ function putString(buf: Buffer, at: number, tag: number, s: string): number {
 const stringFieldSize = (s: string) => (s ? 1 + varintSize(Buffer.byteLength(s)) + Buffer.byteLength(s) : 0);
 const varintFieldSize = (n: number) => (n ? 1 + varintSize(n) : 0);
 
-/** containerd.services.content.v1.ReadContentResponse { int64 offset = 1; bytes data = 2; } */
+/**
+ * containerd.services.content.v1.ReadContentResponse { int64 offset = 1; bytes data = 2; }
+ * When the data was read into a buffer with headroom (src/content/headroom.ts), the header is written into
+ * that headroom and the message is a view over header + data: no allocation, no copy.
+ */
 export function encodeReadContentResponse(m: { offset: number; data: Uint8Array }): Buffer {
   const len = m.data.byteLength;
-  const size = varintFieldSize(m.offset) + (len ? 1 + varintSize(len) + len : 0);
+  const header = varintFieldSize(m.offset) + (len ? 1 + varintSize(len) : 0);
+  if (len > 0 && headroomOf(m.data) >= header) {
+    const start = m.data.byteOffset - header;
+    const out = Buffer.from(m.data.buffer, start, header + len);
+    let at = 0;
+    if (m.offset) {
+      out[at++] = 0x08;
+      at = putVarint(out, at, m.offset);
+    }
+    out[at++] = 0x12;
+    putVarint(out, at, len);
+    return out;
+  }
+  const size = header + len;
   const buf = Buffer.allocUnsafe(size);
   let at = 0;
   if (m.offset) {

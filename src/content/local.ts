@@ -21,7 +21,6 @@
  * Leftover temporary and trash directories are removed when a store is opened.
  */
 import { randomBytes, createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -34,6 +33,7 @@ import {
   outOfRange,
   unavailable,
 } from '../errdefs/index.js';
+import { allocWithHeadroom, shrinkWithHeadroom } from './headroom.js';
 import { Digester, isDigestAlgorithm, isValidDigest, isValidHex, parseDigest, type DigestAlgorithm } from './digest.js';
 import type { CommitOptions, ContentWriter, Digest, IngestStatus, ReadOptions, WriterOptions } from './types.js';
 
@@ -310,8 +310,7 @@ class Store implements LocalContentStore {
         },
       });
     }
-    // The stream owns the handle from here (autoClose), including when the consumer destroys it early.
-    return createReadStream(p, { fd: fh, start: offset, end: end - 1, highWaterMark: IO_CHUNK });
+    return blobStream(fh, offset, end);
   }
 
   /** Reads an ingest directory; undefined when it is not a complete ingest (missing data or ref). */
@@ -498,6 +497,47 @@ class Store implements LocalContentStore {
       throw err;
     }
   }
+}
+
+/**
+ * Streams [start, end) of an open blob in IO_CHUNK pieces, each read into a buffer with headroom (see
+ * headroom.ts) so the gRPC layer can frame it without a copy. The stream owns the handle, including when the
+ * consumer destroys it early.
+ */
+function blobStream(fh: FileHandle, start: number, end: number): Readable {
+  let pos = start;
+  let closed = false;
+  const close = async () => {
+    if (closed) return;
+    closed = true;
+    await fh.close().catch(() => undefined);
+  };
+  return new Readable({
+    highWaterMark: 2,
+    objectMode: true,
+    read() {
+      const want = Math.min(IO_CHUNK, end - pos);
+      if (want <= 0) {
+        void close().then(() => this.push(null));
+        return;
+      }
+      const buf = allocWithHeadroom(want);
+      fh.read(buf, 0, want, pos).then(
+        ({ bytesRead }) => {
+          if (bytesRead === 0) {
+            this.destroy(new Error(`blob shorter than expected at offset ${pos}`));
+            return;
+          }
+          pos += bytesRead;
+          this.push(bytesRead === want ? buf : shrinkWithHeadroom(buf, bytesRead));
+        },
+        (err: unknown) => this.destroy(err as Error),
+      );
+    },
+    destroy(err, cb) {
+      close().then(() => cb(err), cb);
+    },
+  });
 }
 
 function blobInfo(digest: Digest, st: { size: number; mtimeMs: number }): LocalBlobInfo {

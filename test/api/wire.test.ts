@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { asBuffer, encodeReadContentResponse, encodeWriteContentRequest } from '../../src/api/wire.js';
+import { allocWithHeadroom, shrinkWithHeadroom } from '../../src/content/headroom.js';
 import { ReadContentResponse, WriteContentRequest } from '../../src/api/gen/containerd/services/content/v1/content.js';
 
 const data = Buffer.from('payload '.repeat(3000));
@@ -15,6 +16,23 @@ describe('wire codecs', () => {
       for (const d of [data, Buffer.alloc(0)]) {
         expect(encodeReadContentResponse({ offset, data: d }).equals(Buffer.from(ReadContentResponse.encode({ offset, data: d }).finish()))).toBe(true);
       }
+    }
+  });
+
+  it('frames data read with headroom in place: same bytes, same memory', () => {
+    for (const offset of offsets) {
+      const chunk = allocWithHeadroom(data.length);
+      data.copy(chunk);
+      const framed = encodeReadContentResponse({ offset, data: chunk });
+      expect(framed.equals(Buffer.from(ReadContentResponse.encode({ offset, data }).finish()))).toBe(true);
+      expect(framed.buffer).toBe(chunk.buffer);
+      const short = shrinkWithHeadroom(chunk, 100);
+      expect(encodeReadContentResponse({ offset, data: short }).buffer).toBe(chunk.buffer);
+      // A plain subarray has no known headroom: it is copied, never written in front of.
+      const plain = data.subarray(10);
+      const before = Buffer.from(data.subarray(0, 10));
+      encodeReadContentResponse({ offset, data: plain });
+      expect(data.subarray(0, 10).equals(before)).toBe(true);
     }
   });
 

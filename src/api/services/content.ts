@@ -77,6 +77,12 @@ export function contentService(content: NamespacedContent, log: Logger): GrpcSer
       let offset = req.offset;
       try {
         for await (const chunk of stream as AsyncIterable<Buffer>) {
+          if (chunk.length <= READ_CHUNK) {
+            // Sent as it came from the store, so the encoder can use its headroom.
+            await send({ offset, data: chunk });
+            offset += chunk.length;
+            continue;
+          }
           for (let at = 0; at < chunk.length; at += READ_CHUNK) {
             const data = chunk.subarray(at, at + READ_CHUNK);
             await send({ offset, data });

@@ -6,6 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { SnapshotsClient, type Info as PbInfo } from '../../api/gen/containerd/services/snapshots/v1/snapshots.js';
 import { toStrataError } from '../../api/client.js';
+import { NAMESPACE_HEADER } from '../../api/call.js';
 import { fromPbInfo, fromPbMount, toPbInfo } from '../../api/services/snapshots.js';
 import type { Info, Mount, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
 
@@ -14,9 +15,14 @@ type UnaryFn<Req, Res> = (req: Req, md: grpc.Metadata, opts: Partial<grpc.CallOp
 export class ProxySnapshotter implements Snapshotter {
   private readonly client: SnapshotsClient;
 
+  /**
+   * @param namespace sent as the containerd-namespace header: unused by proxy plugins (their keys arrive
+   *   already namespaced), needed when the other end is a daemon's namespaced snapshots service.
+   */
   constructor(
     readonly address: string,
     readonly name: string,
+    readonly namespace?: string,
   ) {
     const target = address.startsWith('unix:') ? address : `unix://${address}`;
     this.client = new SnapshotsClient(target, grpc.credentials.createInsecure(), {
@@ -24,9 +30,15 @@ export class ProxySnapshotter implements Snapshotter {
     });
   }
 
+  private metadata(): grpc.Metadata {
+    const md = new grpc.Metadata();
+    if (this.namespace) md.set(NAMESPACE_HEADER, this.namespace);
+    return md;
+  }
+
   private call<Req, Res>(fn: UnaryFn<Req, Res>, req: Req): Promise<Res> {
     return new Promise((resolve, reject) =>
-      fn.call(this.client, req, new grpc.Metadata(), {}, (err, res) => (err ? reject(toStrataError(err)) : resolve(res))),
+      fn.call(this.client, req, this.metadata(), {}, (err, res) => (err ? reject(toStrataError(err)) : resolve(res))),
     );
   }
 
@@ -69,7 +81,7 @@ export class ProxySnapshotter implements Snapshotter {
   }
 
   async walk(fn: WalkFn, filters: string[] = []): Promise<void> {
-    const stream = this.client.list({ snapshotter: this.name, filters }, new grpc.Metadata());
+    const stream = this.client.list({ snapshotter: this.name, filters }, this.metadata());
     try {
       for await (const batch of stream) {
         for (const i of (batch as { info: PbInfo[] }).info) await fn(fromPbInfo(i));
