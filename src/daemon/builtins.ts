@@ -5,3 +5,5 @@ import '../events/plugin.js';
 import '../content/plugin.js';
 import '../metadata/plugin.js';
 import '../api/plugins.js';
+import '../snapshots/overlay/plugin.js';
+import '../snapshots/native/plugin.js';

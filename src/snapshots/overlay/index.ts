@@ -1,0 +1,391 @@
+/**
+ * The overlayfs snapshotter, with containerd's layout and semantics (containerd 1.6 snapshots/overlay):
+ *
+ *   <root>/metadata.db           SnapshotStorage: keys, ids, parent chains, kinds, labels, committed usage
+ *   <root>/snapshots/<id>/fs     the snapshot's own layer (overlay upper dir while active, a lower once committed)
+ *   <root>/snapshots/<id>/work   overlay's work dir (active snapshots only)
+ *   <root>/l/<id in base 36>     a short symlink to ../snapshots/<id>/fs, for very long chains (see below)
+ *
+ * Creation builds `new-<random>` in snapshots/ and renames it to its id inside the storage transaction; removal
+ * drops the record, renames the directory to `rm-<id>`, then deletes it. Whatever a crash leaves (new-*, rm-*, an
+ * id with no record, a dangling link) belongs to no record and goes at the next cleanup().
+ *
+ * Long chains: the kernel reads mount data from a single page, so lowerdir cannot list hundreds of full paths.
+ * containerd's mount code (and src/mount) make layer paths relative to their common directory, which still
+ * leaves "<id>/fs" per layer - about 4000 bytes for 500 layers with four-digit ids. When the plain options
+ * would not fit a page even after the compaction either mount code does, lowerdir names the layers through the
+ * short links in <root>/l instead (overlayfs resolves them when mounting), which compact to two or three
+ * characters each. Shorter chains keep the plain paths, exactly as containerd returns them.
+ */
+import { randomBytes } from 'node:crypto';
+import {
+  existsSync,
+  lchownSync,
+  lstatSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+} from 'node:fs';
+import { chmod, mkdir, readdir, rm } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { compactOverlayOptions } from '../../mount/index.js';
+import { failedPrecondition } from '../../errdefs/index.js';
+import { silentLogger, type Logger } from '../../log/index.js';
+import { diskUsage } from '../fsutil.js';
+import { checkKey, SnapshotStorage, type SnapshotRecord } from '../storage.js';
+import type { Info, Mount, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
+import { checkDType, needsUserXAttr, supportsIndex } from './check.js';
+
+export { checkOverlaySupport, needsUserXAttr, supportsIndex } from './check.js';
+
+export interface OverlayOptions {
+  /** Extra overlay mount options, put first (containerd's `mount_options`). */
+  mountOptions?: string[];
+  log?: Logger;
+}
+
+/** The kernel copies one page of mount data and keeps its last byte for the terminating NUL. */
+const PAGE_SIZE = 4096;
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Will the options mount? What containerd 1.6's mount package and src/mount each pass to the kernel.
+ * ---------------------------------------------------------------------------------------------------------- */
+
+/** Go's path.Dir: everything up to the last slash, cleaned ("/a/b/" -> "/a/b", "/a/b/c" -> "/a/b"). */
+function goPathDir(p: string): string {
+  const i = p.lastIndexOf('/');
+  if (i < 0) return '.';
+  const d = p.slice(0, i + 1).replace(/\/+/g, '/');
+  return d.length > 1 ? d.replace(/\/$/, '') : d;
+}
+
+/**
+ * What containerd 1.6's Mount.Mount does with an overlay's options before mount(2): when they add up to a page
+ * less 512 bytes, lowerdir entries lose the parent of their longest common prefix and the mount runs from that
+ * directory (upperdir and workdir stay as they are). Returns the options and the directory, if any.
+ */
+export function containerdCompaction(options: string[]): { options: string[]; cwd?: string } {
+  const total = options.reduce((n, o) => n + o.length, 0);
+  if (total < PAGE_SIZE - 512) return { options };
+  const idx = options.findIndex((o) => o.startsWith('lowerdir='));
+  if (idx < 0) return { options };
+  const dirs = options[idx]!.slice('lowerdir='.length).split(':');
+  if (dirs.length === 1) return { options };
+  let min = dirs[0]!;
+  let max = dirs[0]!;
+  for (const d of dirs) {
+    if (d < min) min = d;
+    if (d > max) max = d;
+  }
+  let n = 0;
+  while (n < min.length && n < max.length && min[n] === max[n]) n++;
+  const prefix = min.slice(0, n);
+  if (prefix === '') return { options };
+  const common = goPathDir(prefix);
+  if (common === '/') return { options };
+  const strip = common.length + 1;
+  const rest = options.filter((_, i) => i !== idx);
+  return { options: [...rest, `lowerdir=${dirs.map((d) => d.slice(strip)).join(':')}`], cwd: common };
+}
+
+/** Whether an overlay mount with these options fits the kernel's page through both mount codes. */
+export function overlayOptionsFit(options: string[]): boolean {
+  if (containerdCompaction(options).options.join(',').length >= PAGE_SIZE) return false;
+  return compactOverlayOptions(options).options.join(',').length < PAGE_SIZE;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The snapshotter.
+ * ---------------------------------------------------------------------------------------------------------- */
+
+const isErrno = (err: unknown, code: string) => (err as NodeJS.ErrnoException | undefined)?.code === code;
+
+class OverlaySnapshotter implements Snapshotter {
+  private readonly snapshotsDir: string;
+  private readonly linksDir: string;
+  /** Entries of snapshots/ that an operation in progress owns (new-*, rm-*): cleanup() leaves them alone. */
+  private readonly inflight = new Set<string>();
+
+  constructor(
+    private readonly root: string,
+    private readonly storage: SnapshotStorage,
+    /** mount_options, index=off and userxattr as they apply here: the start of every overlay mount. */
+    private readonly baseOptions: string[],
+    private readonly log: Logger,
+  ) {
+    this.snapshotsDir = join(root, 'snapshots');
+    this.linksDir = join(root, 'l');
+  }
+
+  private dir(id: number): string {
+    return join(this.snapshotsDir, String(id));
+  }
+  private upperPath(id: number): string {
+    return join(this.snapshotsDir, String(id), 'fs');
+  }
+  private workPath(id: number): string {
+    return join(this.snapshotsDir, String(id), 'work');
+  }
+  private linkPath(id: number): string {
+    return join(this.linksDir, id.toString(36));
+  }
+  private linkTarget(id: number): string {
+    return `../snapshots/${id}/fs`;
+  }
+
+  async stat(key: string): Promise<Info> {
+    return this.storage.info(key);
+  }
+
+  async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths?: string[]): Promise<Info> {
+    return this.storage.update(info, fieldpaths);
+  }
+
+  /** Committed: what commit measured. Active: the upper directory now. View: nothing of its own (zero). */
+  async usage(key: string): Promise<Usage> {
+    const rec = this.storage.get(key);
+    if (rec.kind !== 'active') return this.storage.storedUsage(key) ?? { size: 0, inodes: 0 };
+    try {
+      return await diskUsage(this.upperPath(rec.id));
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) this.storage.get(key); // removed meanwhile: 'not found'
+      throw err;
+    }
+  }
+
+  async mounts(key: string): Promise<Mount[]> {
+    const rec = this.storage.get(key);
+    if (rec.kind === 'committed') {
+      throw failedPrecondition(`failed to get active mount: requested snapshot ${key} not active or view`);
+    }
+    return this.mountsOf(rec);
+  }
+
+  prepare(key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
+    return this.createSnapshot('active', key, parent, opts);
+  }
+
+  view(key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
+    return this.createSnapshot('view', key, parent, opts);
+  }
+
+  async commit(name: string, key: string, opts?: SnapshotOpts): Promise<void> {
+    const rec = this.storage.get(key);
+    let usage: Usage = { size: 0, inodes: 0 };
+    // Only an active snapshot commits; for anything else commitActive reports the right error by itself.
+    if (rec.kind === 'active') {
+      try {
+        usage = await diskUsage(this.upperPath(rec.id));
+      } catch (err) {
+        if (isErrno(err, 'ENOENT')) this.storage.get(key);
+        throw err;
+      }
+    }
+    this.storage.commitActive(key, name, usage, opts?.labels ?? {});
+  }
+
+  async remove(key: string): Promise<void> {
+    const { id } = this.storage.remove(key);
+    // The record is gone: from here on nothing fails the call, and whatever stays behind is cleanup()'s.
+    const trashName = `rm-${id}`;
+    this.inflight.add(trashName);
+    try {
+      let target: string | undefined = join(this.snapshotsDir, trashName);
+      try {
+        renameSync(this.dir(id), target);
+      } catch (err) {
+        target = isErrno(err, 'ENOENT') ? undefined : this.dir(id);
+      }
+      try {
+        rmSync(this.linkPath(id), { force: true });
+      } catch (err) {
+        this.log.warn('failed to remove layer link', { path: this.linkPath(id), error: err });
+      }
+      if (target) {
+        await rm(target, { recursive: true, force: true }).catch((err: unknown) => {
+          this.log.warn('failed to remove snapshot directory', { path: target, error: err });
+        });
+      }
+    } finally {
+      this.inflight.delete(trashName);
+    }
+  }
+
+  async walk(fn: WalkFn, filters?: string[]): Promise<void> {
+    for (const info of this.storage.list(filters)) await fn(info);
+  }
+
+  async cleanup(): Promise<void> {
+    const entries = await readdir(this.snapshotsDir).catch((err: unknown) => {
+      if (isErrno(err, 'ENOENT')) return [] as string[];
+      throw err;
+    });
+    const links = await readdir(this.linksDir).catch(() => [] as string[]);
+    // From here to the renames, synchronous: a directory or link seen above was placed by a transaction that
+    // has committed, so ids() knows it; nothing can claim an unowned id before it is moved out of the way.
+    const ids = this.storage.ids();
+    const doomed: string[] = [];
+    for (const name of entries) {
+      if (this.inflight.has(name)) continue;
+      if (/^[1-9]\d*$/.test(name) && ids.has(Number(name))) continue;
+      const path = join(this.snapshotsDir, name);
+      if (name.startsWith('rm-')) {
+        doomed.push(path);
+        continue;
+      }
+      const trash = join(this.snapshotsDir, `rm-${name}-${randomBytes(4).toString('hex')}`);
+      try {
+        renameSync(path, trash);
+        doomed.push(trash);
+      } catch (err) {
+        if (!isErrno(err, 'ENOENT')) this.log.warn('failed to move an unowned snapshot directory', { path, error: err });
+      }
+    }
+    for (const name of links) {
+      const id = /^[0-9a-z]+$/.test(name) ? parseInt(name, 36) : NaN;
+      if (ids.has(id) && id.toString(36) === name) continue;
+      try {
+        rmSync(join(this.linksDir, name), { force: true, recursive: true });
+      } catch (err) {
+        this.log.warn('failed to remove an unowned layer link', { path: join(this.linksDir, name), error: err });
+      }
+    }
+    await Promise.all(
+      doomed.map((path) =>
+        rm(path, { recursive: true, force: true }).catch((err: unknown) => {
+          this.log.warn('failed to remove directory', { path, error: err });
+        }),
+      ),
+    );
+  }
+
+  async close(): Promise<void> {
+    this.storage.close();
+  }
+
+  private async createSnapshot(kind: 'active' | 'view', key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
+    checkKey(key);
+    // The name is known (and claimed) before the directory exists, so a concurrent cleanup() never takes it.
+    const tmpName = `new-${randomBytes(8).toString('hex')}`;
+    const td = join(this.snapshotsDir, tmpName);
+    this.inflight.add(tmpName);
+    let placed: number | undefined;
+    try {
+      await mkdir(td, { mode: 0o700 });
+      await mkdir(join(td, 'fs'), { mode: 0o755 });
+      await chmod(join(td, 'fs'), 0o755); // whatever the umask
+      if (kind === 'active') {
+        await mkdir(join(td, 'work'), { mode: 0o711 });
+        await chmod(join(td, 'work'), 0o711);
+      }
+      const rec = this.storage.create(kind, key, parent, opts?.labels ?? {}, (id, parentIds) => {
+        // A child's root belongs to whoever owns the parent's root, as in containerd.
+        if (parentIds.length > 0) {
+          const st = statSync(this.upperPath(parentIds[0]!));
+          lchownSync(join(td, 'fs'), st.uid, st.gid);
+        }
+        // Anything at this id's paths was left by a transaction that never committed: it belongs to nobody.
+        const path = this.dir(id);
+        if (existsSync(path)) renameSync(path, join(this.snapshotsDir, `rm-stale-${id}-${randomBytes(4).toString('hex')}`));
+        rmSync(this.linkPath(id), { force: true });
+        symlinkSync(this.linkTarget(id), this.linkPath(id));
+        try {
+          renameSync(td, path);
+        } catch (err) {
+          rmSync(this.linkPath(id), { force: true });
+          throw err;
+        }
+        placed = id;
+      });
+      return this.mountsOf(rec);
+    } catch (err) {
+      // The transaction failed after the directory moved into place: take it back out.
+      if (placed !== undefined && !this.recorded(placed)) {
+        rmSync(this.linkPath(placed), { force: true });
+        await rm(this.dir(placed), { recursive: true, force: true }).catch(() => undefined);
+      }
+      throw err;
+    } finally {
+      await rm(td, { recursive: true, force: true }).catch((err: unknown) => {
+        this.log.warn('failed to remove temporary snapshot directory', { path: td, error: err });
+      });
+      this.inflight.delete(tmpName);
+    }
+  }
+
+  private recorded(id: number): boolean {
+    try {
+      return this.storage.ids().has(id);
+    } catch {
+      return true; // cannot tell: leave it to cleanup()
+    }
+  }
+
+  /** The mounts of an active snapshot or a view: the same on every call for the same record. */
+  private mountsOf(rec: SnapshotRecord): Mount[] {
+    const { id, kind, parentIds } = rec;
+    if (parentIds.length === 0) {
+      return [{ type: 'bind', source: this.upperPath(id), options: [kind === 'view' ? 'ro' : 'rw', 'rbind'] }];
+    }
+    if (kind === 'view' && parentIds.length === 1) {
+      return [{ type: 'bind', source: this.upperPath(parentIds[0]!), options: ['ro', 'rbind'] }];
+    }
+    const options = [...this.baseOptions];
+    if (kind === 'active') options.push(`workdir=${this.workPath(id)}`, `upperdir=${this.upperPath(id)}`);
+    const plain = [...options, `lowerdir=${parentIds.map((p) => this.upperPath(p)).join(':')}`];
+    if (overlayOptionsFit(plain)) return [{ type: 'overlay', source: 'overlay', options: plain }];
+    this.ensureLinks(parentIds);
+    const linked = [...options, `lowerdir=${parentIds.map((p) => this.linkPath(p)).join(':')}`];
+    if (!overlayOptionsFit(linked)) {
+      this.log.warn('overlay mount options exceed a page even through layer links', { layers: parentIds.length });
+    }
+    return [{ type: 'overlay', source: 'overlay', options: linked }];
+  }
+
+  /** Recreates links a record has lost (e.g. a root from before links, or a hand-made repair). */
+  private ensureLinks(ids: number[]): void {
+    for (const id of ids) {
+      try {
+        lstatSync(this.linkPath(id));
+      } catch (err) {
+        if (!isErrno(err, 'ENOENT')) throw err;
+        try {
+          symlinkSync(this.linkTarget(id), this.linkPath(id));
+        } catch (e) {
+          if (!isErrno(e, 'EEXIST')) throw e;
+        }
+      }
+    }
+  }
+}
+
+/** Options containerd puts first on every overlay mount here, unless mount_options already choose them. */
+function baseOptions(mountOptions: string[], indexOff: boolean, userxattr: boolean): string[] {
+  const has = (name: string) => mountOptions.some((o) => o === name || o.startsWith(`${name}=`));
+  const out = [...mountOptions];
+  if (indexOff && !has('index')) out.push('index=off');
+  if (userxattr && !has('userxattr')) out.push('userxattr');
+  return out;
+}
+
+/**
+ * Opens (creating if needed) an overlayfs snapshotter on root. It does not test that overlayfs mounts here:
+ * checkOverlaySupport() does (the plugin runs it first).
+ */
+export async function openOverlaySnapshotter(root: string, opts: OverlayOptions = {}): Promise<Snapshotter> {
+  const log = opts.log ?? silentLogger;
+  const abs = resolve(root);
+  await mkdir(abs, { recursive: true, mode: 0o700 });
+  await checkDType(abs);
+  await mkdir(join(abs, 'snapshots'), { recursive: true, mode: 0o700 });
+  await mkdir(join(abs, 'l'), { recursive: true, mode: 0o700 });
+  let userxattr = false;
+  try {
+    userxattr = await needsUserXAttr(abs, log);
+  } catch (err) {
+    log.warn('cannot detect whether "userxattr" is needed, assuming not', { error: err });
+  }
+  const storage = SnapshotStorage.open(join(abs, 'metadata.db'));
+  return new OverlaySnapshotter(abs, storage, baseOptions(opts.mountOptions ?? [], supportsIndex(), userxattr), log);
+}
