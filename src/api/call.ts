@@ -63,6 +63,16 @@ export function unary<Req, Res>(
   };
 }
 
+/** A send function that waits for the stream to drain when its buffer is full, and fails once the client left. */
+function sender<Res>(call: { cancelled: boolean; write(m: Res): boolean; once(ev: 'drain', fn: () => void): unknown }) {
+  return (msg: Res) =>
+    new Promise<void>((resolve, reject) => {
+      if (call.cancelled) return reject(new StrataError('canceled', 'call cancelled by client'));
+      if (call.write(msg)) resolve();
+      else call.once('drain', resolve);
+    });
+}
+
 /** Server streaming: the handler writes with `send` (which respects back-pressure) and returns when done. */
 export function serverStream<Req, Res>(
   log: Logger,
@@ -71,13 +81,7 @@ export function serverStream<Req, Res>(
 ): grpc.handleServerStreamingCall<Req, Res> {
   return (call) => {
     if (log.enabled('debug')) log.debug('call', { method });
-    const send = (msg: Res) =>
-      new Promise<void>((resolve, reject) => {
-        if (call.cancelled) return reject(new StrataError('canceled', 'call cancelled by client'));
-        if (call.write(msg)) resolve();
-        else call.once('drain', resolve);
-      });
-    fn(call.request, send, call).then(
+    fn(call.request, sender(call), call).then(
       () => call.end(),
       (err) => {
         if (call.cancelled) return;
@@ -95,13 +99,7 @@ export function bidiStream<Req, Res>(
 ): grpc.handleBidiStreamingCall<Req, Res> {
   return (call) => {
     if (log.enabled('debug')) log.debug('call', { method });
-    const send = (msg: Res) =>
-      new Promise<void>((resolve, reject) => {
-        if (call.cancelled) return reject(new StrataError('canceled', 'call cancelled by client'));
-        if (call.write(msg)) resolve();
-        else call.once('drain', resolve);
-      });
-    fn(call, send).then(
+    fn(call, sender(call)).then(
       () => call.end(),
       (err) => {
         if (call.cancelled) return;

@@ -13,6 +13,7 @@ import { content } from './content.js';
 import { leases } from './leases.js';
 import { namespaces } from './namespaces.js';
 import { plugins } from './plugins.js';
+import { snapshots } from './snapshots.js';
 import { version } from './version.js';
 
 export const DEFAULT_ADDRESS = '/run/strata/strata.sock';
@@ -28,9 +29,10 @@ const GLOBAL_OPTIONS = {
 } satisfies OptionsConfig;
 
 /** Global options that take a value as the next argument (needed to find the group and command names). */
-const VALUE_FLAGS = new Set(['--address', '-a', '--namespace', '-n', '--connect-timeout']);
+// Options that take a value and may come before the command name (the scan must skip their value).
+const VALUE_FLAGS = new Set(['--address', '-a', '--namespace', '-n', '--connect-timeout', '--snapshotter']);
 
-const ENTRIES: (Group | Command)[] = [namespaces, content, leases, plugins, version];
+const ENTRIES: (Group | Command)[] = [namespaces, content, leases, snapshots, plugins, version];
 
 const isGroup = (e: Group | Command): e is Group => 'commands' in e;
 
