@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # ctr and containerd are the interop peers of the tests and benchmarks.
-debs=(containerd)
+debs=(containerd runc busybox-static btrfs-progs tar)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

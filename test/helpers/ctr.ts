@@ -20,6 +20,8 @@ export function run(cmd: string, args: string[], opts: { input?: string | Buffer
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
     });
+    // A command that exits before reading its input would raise EPIPE here; its exit code tells the story.
+    p.stdin.on('error', () => undefined);
     p.stdin.end(opts.input ?? '');
   });
 }
