@@ -17,48 +17,52 @@
  *   STRATA_BENCH_CONTAINERD=PATH       the containerd binary (default: containerd on PATH)
  *   STRATA_BENCH_TMP=DIR               where the temp dir (image, state, sockets, logs) is created (default: os.tmpdir())
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, randomFillSync } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
-import { cpus, freemem, loadavg, tmpdir, totalmem } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { existsSync, mkdirSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StrataClient } from '../src/api/client.js';
+import {
+  cleanup,
+  clientCpuSeconds,
+  commandLine,
+  cpuSeconds,
+  dropCaches,
+  env,
+  f1,
+  fetchVersion,
+  formatBytes,
+  installCleanupHandlers,
+  log,
+  machineInfo,
+  median,
+  MiB,
+  mountLoopExt4,
+  parseSize,
+  reportFailure,
+  startContainerd,
+  startStrata,
+  systemBusySeconds,
+  table,
+  type Daemon,
+  type DaemonName,
+} from './lib.js';
+
+export { parseSize };
+
+installCleanupHandlers();
 
 // ---------------------------------------------------------------------------------------------------------------
 // Parameters
 
-const MiB = 1 << 20;
 const CHUNK = MiB;
 const POOL_SIZE = 64 * MiB;
 const NAMESPACE = 'bench';
 const IMAGE_SIZE = '8G';
 
-type DaemonName = 'strata' | 'containerd';
-
 const usage = `usage: node dist/bench/content-ingest.js [--size 1GiB] [--rounds 3] [--json] [--daemons strata,containerd] [--keep] [--image-dir DIR]`;
-
-/** "1GiB", "512MiB", "100MB", "1G" (binary), "4096" (bytes). */
-export function parseSize(s: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$/i.exec(s);
-  if (!m) throw new Error(`invalid size ${s}`);
-  const n = Number(m[1]);
-  const unit = m[2]!.toLowerCase();
-  const binary = m[3] !== '' || (m[4] === '' && unit !== '');
-  const pow = { '': 0, k: 1, m: 2, g: 3, t: 4 }[unit]!;
-  const v = Math.round(n * (binary ? 1024 : 1000) ** pow);
-  if (!Number.isSafeInteger(v) || v <= 0) throw new Error(`invalid size ${s}`);
-  return v;
-}
-
-function formatBytes(n: number): string {
-  if (n % (1 << 30) === 0) return `${n / (1 << 30)} GiB`;
-  if (n % MiB === 0) return `${n / MiB} MiB`;
-  return `${n} bytes`;
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Data: a 64 MiB random pool, cycled through in 1 MiB windows at offsets that depend on the chunk index and a
@@ -92,259 +96,6 @@ function digestOfBlob(pool: Buffer, variant: number, size: number): string {
   const h = createHash('sha256');
   for (const c of blobChunks(pool, variant, size)) h.update(c);
   return `sha256:${h.digest('hex')}`;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Processes, mounts and cleanup
-
-const log = (msg: string) => process.stderr.write(`[bench] ${msg}\n`);
-
-interface Child {
-  name: string;
-  proc: ChildProcess;
-  logPath: string;
-  exited: Promise<void>;
-}
-
-const children: Child[] = [];
-/** Open clients, closed first on cleanup so the daemons have no call in flight when asked to stop. */
-const clients = new Set<StrataClient>();
-let mounted: string | undefined;
-let tmpRoot: string | undefined;
-/** The loop image, when it is outside tmpRoot (--image-dir). */
-let imageFile: string | undefined;
-let keepTmp = false;
-let cleaning: Promise<void> | undefined;
-
-function run(cmd: string, args: string[]): void {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  if (r.error) throw new Error(`${cmd} ${args.join(' ')}: ${r.error.message}`);
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited with ${r.status}: ${r.stderr.trim()}`);
-}
-
-function alive(c: Child): boolean {
-  return c.proc.exitCode === null && c.proc.signalCode === null;
-}
-
-async function stopChild(c: Child, graceMs: number): Promise<void> {
-  if (!alive(c)) return;
-  c.proc.kill('SIGTERM');
-  const t = await Promise.race([c.exited.then(() => 'exited'), sleep(graceMs).then(() => 'timeout')]);
-  if (t === 'timeout' && alive(c)) {
-    log(`${c.name} did not stop within ${graceMs} ms: SIGKILL`);
-    c.proc.kill('SIGKILL');
-    await Promise.race([c.exited, sleep(5000)]);
-  }
-}
-
-function unmount(dir: string): void {
-  for (let attempt = 0; attempt < 10; attempt++) {
-    const r = spawnSync('umount', [dir], { encoding: 'utf8' });
-    if (r.status === 0) return;
-    spawnSync('sleep', ['0.5']);
-  }
-  // Last resort: detach lazily so the loop device goes once the last user is gone.
-  spawnSync('umount', ['-l', dir]);
-}
-
-/** Stops every child, unmounts the loop file system and removes the temp dir. Idempotent. */
-function cleanup(): Promise<void> {
-  cleaning ??= (async () => {
-    for (const c of clients) c.close();
-    clients.clear();
-    // stratad gives in-flight calls up to 10 s before cutting them; containerd stops at once.
-    await Promise.all(children.map((c) => stopChild(c, c.name === 'stratad' ? 15_000 : 5000)));
-    if (mounted) {
-      unmount(mounted);
-      mounted = undefined;
-    }
-    if (imageFile && tmpRoot && !imageFile.startsWith(tmpRoot + '/')) rmSync(dirname(imageFile), { recursive: true, force: true });
-    if (tmpRoot && !keepTmp) {
-      rmSync(tmpRoot, { recursive: true, force: true });
-    } else if (tmpRoot) {
-      log(`kept ${tmpRoot}`);
-    }
-  })();
-  return cleaning;
-}
-
-/** Last resort when the process exits without the async cleanup having run. */
-process.on('exit', () => {
-  for (const c of children) if (alive(c)) c.proc.kill('SIGKILL');
-  if (mounted) spawnSync('umount', ['-l', mounted]);
-  if (!cleaning) {
-    if (imageFile && tmpRoot && !imageFile.startsWith(tmpRoot + '/')) rmSync(dirname(imageFile), { recursive: true, force: true });
-    if (tmpRoot && !keepTmp) rmSync(tmpRoot, { recursive: true, force: true });
-  }
-});
-
-let signalled = 0;
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-  process.on(sig, () => {
-    signalled++;
-    if (signalled > 1) process.exit(130);
-    log(`${sig}: cleaning up`);
-    cleanup().finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
-  });
-}
-
-function startChild(name: string, cmd: string, args: string[], logPath: string, env?: NodeJS.ProcessEnv): Child {
-  const fd = openSync(logPath, 'a');
-  const proc = spawn(cmd, args, { stdio: ['ignore', fd, fd], env: env ?? process.env });
-  closeSync(fd);
-  const exited = new Promise<void>((res) => {
-    proc.once('exit', () => res());
-    proc.once('error', () => res());
-  });
-  proc.once('error', (err) => log(`${name}: ${err.message}`));
-  const c: Child = { name, proc, logPath, exited };
-  children.push(c);
-  return c;
-}
-
-function canConnect(path: string): Promise<boolean> {
-  return new Promise((res) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      res(true);
-    });
-    s.once('error', () => res(false));
-  });
-}
-
-function tail(path: string, lines = 60): string {
-  try {
-    return readFileSync(path, 'utf8').split('\n').slice(-lines).join('\n');
-  } catch (err) {
-    return `(cannot read ${path}: ${(err as Error).message})`;
-  }
-}
-
-async function waitSocket(c: Child, socket: string, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (!alive(c)) {
-      throw new Error(
-        `${c.name} exited (code ${c.proc.exitCode}, signal ${c.proc.signalCode}) before serving on ${socket}\n` +
-          `log: ${c.logPath}\n--- last lines ---\n${tail(c.logPath)}`,
-      );
-    }
-    if (existsSync(socket) && (await canConnect(socket))) return;
-    await sleep(50);
-  }
-  throw new Error(`${c.name} did not accept connections on ${socket} within ${timeoutMs} ms\nlog: ${c.logPath}\n--- last lines ---\n${tail(c.logPath)}`);
-}
-
-/** User + system CPU seconds a process has used so far (from /proc), or NaN if unavailable. */
-const CLK_TCK = (() => {
-  const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' });
-  const n = Number(r.stdout?.trim());
-  return Number.isFinite(n) && n > 0 ? n : 100;
-})();
-
-function cpuSeconds(pid: number | undefined): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the command name (which is in parentheses and may contain spaces): utime is field 14, stime 15.
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
-  } catch {
-    return NaN;
-  }
-}
-
-/** CPU seconds all cores have been busy so far, system-wide (from /proc/stat), or NaN. */
-function systemBusySeconds(): number {
-  try {
-    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-    // user nice system idle iowait irq softirq steal guest guest_nice: busy = all but idle and iowait (guest is in user).
-    const busy = f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!;
-    return busy / CLK_TCK;
-  } catch {
-    return NaN;
-  }
-}
-
-function clientCpuSeconds(): number {
-  const u = process.cpuUsage();
-  return (u.user + u.system) / 1e6;
-}
-
-function dropCaches(): boolean {
-  try {
-    spawnSync('sync');
-    writeFileSync('/proc/sys/vm/drop_caches', '3');
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// The daemons
-
-interface Daemon {
-  name: DaemonName;
-  child: Child;
-  socket: string;
-  /** Where committed blobs land, to wait until a deleted blob is really gone (containerd removes it in GC). */
-  blobsDir: string;
-  version: string;
-}
-
-const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-
-async function startStrata(tmp: string, mnt: string): Promise<Daemon> {
-  const root = join(mnt, 'strata', 'root');
-  const state = join(tmp, 'strata', 'state');
-  const socket = join(tmp, 'strata', 'strata.sock');
-  mkdirSync(join(tmp, 'strata'), { recursive: true });
-  const config = join(tmp, 'strata', 'config.toml');
-  writeFileSync(config, `version = 2\nroot = "${root}"\nstate = "${state}"\n\n[grpc]\n  address = "${socket}"\n`);
-  const nodeArgs: string[] = [];
-  if (process.env.STRATA_BENCH_CPU_PROF) {
-    mkdirSync(process.env.STRATA_BENCH_CPU_PROF, { recursive: true });
-    nodeArgs.push('--cpu-prof', '--cpu-prof-dir', resolve(process.env.STRATA_BENCH_CPU_PROF));
-  }
-  if (process.env.STRATA_BENCH_STRATAD_NODE_ARGS) nodeArgs.push(...process.env.STRATA_BENCH_STRATAD_NODE_ARGS.split(/\s+/).filter(Boolean));
-  const args = [...nodeArgs, join(repoRoot, 'bin', 'stratad'), '--config', config, '--log-level', 'warn'];
-  log(`starting stratad: ${process.execPath} ${args.join(' ')}`);
-  const child = startChild('stratad', process.execPath, args, join(tmp, 'stratad.log'));
-  await waitSocket(child, socket, 30_000);
-  return { name: 'strata', child, socket, blobsDir: join(root, 'io.containerd.content.v1.content', 'blobs', 'sha256'), version: '' };
-}
-
-async function startContainerd(tmp: string, mnt: string): Promise<Daemon> {
-  const root = join(mnt, 'containerd', 'root');
-  const state = join(tmp, 'containerd', 'state');
-  const socket = join(tmp, 'containerd', 'containerd.sock');
-  mkdirSync(join(tmp, 'containerd'), { recursive: true });
-  const config = join(tmp, 'containerd', 'config.toml');
-  const disabled = [
-    'io.containerd.grpc.v1.cri',
-    'io.containerd.snapshotter.v1.aufs',
-    'io.containerd.snapshotter.v1.zfs',
-    'io.containerd.snapshotter.v1.devmapper',
-    'io.containerd.snapshotter.v1.btrfs',
-  ];
-  writeFileSync(
-    config,
-    `version = 2\nroot = "${root}"\nstate = "${state}"\ndisabled_plugins = [${disabled.map((d) => `"${d}"`).join(', ')}]\n\n` +
-      `[grpc]\n  address = "${socket}"\n\n[ttrpc]\n  address = "${socket}.ttrpc"\n\n[debug]\n  level = "warn"\n`,
-  );
-  const bin = process.env.STRATA_BENCH_CONTAINERD ?? 'containerd';
-  const args = ['--config', config];
-  log(`starting containerd: ${bin} ${args.join(' ')}`);
-  const child = startChild('containerd', bin, args, join(tmp, 'containerd.log'));
-  try {
-    await waitSocket(child, socket, 30_000);
-  } catch (err) {
-    // The brief: if containerd fails to start, print its whole log.
-    log(`containerd failed to start; its log (${child.logPath}):\n${tail(child.logPath, 400)}`);
-    throw err;
-  }
-  return { name: 'containerd', child, socket, blobsDir: join(root, 'io.containerd.content.v1.content', 'blobs', 'sha256'), version: '' };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -388,7 +139,7 @@ async function measure(
   position: number,
 ): Promise<RoundResult> {
   const client = new StrataClient(d.socket, { namespace: NAMESPACE });
-  clients.add(client);
+  env.clients.add(client);
   try {
     const ref = `bench-${d.name}-r${round}-${process.pid}-${Date.now()}`;
 
@@ -449,25 +200,9 @@ async function measure(
       readWindowUs: [Number(r0 / 1000n), Number(r1 / 1000n)],
     };
   } finally {
-    clients.delete(client);
+    env.clients.delete(client);
     client.close();
   }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Reporting
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-const f1 = (x: number) => x.toFixed(1);
-
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n');
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -501,17 +236,18 @@ async function main(): Promise<void> {
   if (!Number.isSafeInteger(rounds) || rounds < 1) throw new Error(`invalid --rounds ${values.rounds}`);
   const names = values.daemons!.split(',').map((s) => s.trim()) as DaemonName[];
   for (const n of names) if (n !== 'strata' && n !== 'containerd') throw new Error(`unknown daemon ${n}`);
-  keepTmp = values.keep!;
+  env.keepTmp = values.keep!;
   if (process.getuid?.() !== 0) throw new Error('must run as root (loop mount, drop_caches)');
 
-  const command = `node ${process.argv.slice(1).map((a) => (a.startsWith('/') ? a.replace(repoRoot + '/', '') : a)).join(' ')}`;
+  const command = commandLine();
   const started = new Date();
 
-  tmpRoot = mkdtempSync(join(process.env.STRATA_BENCH_TMP ?? tmpdir(), 'strata-bench-'));
+  const tmpRoot = mkdtempSync(join(process.env.STRATA_BENCH_TMP ?? tmpdir(), 'strata-bench-'));
+  env.tmpRoot = tmpRoot;
   // The loop image lives in the temp dir unless --image-dir puts it elsewhere (e.g. /dev/shm, to take the
   // VM's disk out of the measurement).
   const img = values['image-dir'] ? join(mkdtempSync(join(values['image-dir'], 'strata-bench-img-')), 'fs.img') : join(tmpRoot, 'fs.img');
-  imageFile = img;
+  env.imageFile = img;
   const mnt = join(tmpRoot, 'mnt');
   mkdirSync(mnt);
   log(`temp dir ${tmpRoot}`);
@@ -519,27 +255,13 @@ async function main(): Promise<void> {
   const daemons: Daemon[] = [];
   const results: RoundResult[] = [];
   try {
-    // 1. A fresh ext4 on a loop device for both roots. Inode tables and journal are initialised now rather than
-    // lazily, so no ext4lazyinit thread writes in the background while we measure.
-    run('truncate', ['-s', IMAGE_SIZE, img]);
-    run('mkfs.ext4', ['-q', '-E', 'lazy_itable_init=0,lazy_journal_init=0', img]);
-    run('mount', ['-o', 'loop', img, mnt]);
-    mounted = mnt;
-    log(`mounted ${IMAGE_SIZE} ext4 (loop) at ${mnt}`);
+    // 1. A fresh ext4 on a loop device for both roots (inode tables and journal initialised now, not lazily).
+    mountLoopExt4(img, mnt, IMAGE_SIZE);
 
     // 2-3. The daemons.
     if (names.includes('strata')) daemons.push(await startStrata(tmpRoot, mnt));
     if (names.includes('containerd')) daemons.push(await startContainerd(tmpRoot, mnt));
-    for (const d of daemons) {
-      const c = new StrataClient(d.socket, { namespace: NAMESPACE });
-      try {
-        const v = await c.call(c.version, c.version.version, {});
-        d.version = `${(v as { version: string }).version} (${(v as { revision: string }).revision})`;
-      } finally {
-        c.close();
-      }
-      log(`${d.name} is serving on ${d.socket}: version ${d.version}`);
-    }
+    for (const d of daemons) await fetchVersion(d, NAMESPACE);
 
     // 4. Data.
     const pool = makePool();
@@ -562,12 +284,7 @@ async function main(): Promise<void> {
       }
     }
   } catch (err) {
-    for (const c of children) {
-      log(`log of ${c.name}: ${c.logPath}`);
-      if (!alive(c) && signalled === 0) log(`${c.name} exited (code ${c.proc.exitCode}, signal ${c.proc.signalCode}); last lines:\n${tail(c.logPath)}`);
-    }
-    if (signalled === 0 && !cleaning) keepTmp ||= children.some((c) => !alive(c));
-    if (keepTmp) log(`keeping ${tmpRoot} (logs) because a daemon died`);
+    reportFailure();
     throw err;
   } finally {
     // Stop the daemons (stratad writes its CPU profile on exit), unmount, remove.
@@ -599,14 +316,7 @@ async function main(): Promise<void> {
       ? { write: summary.strata.writeMBps / summary.containerd.writeMBps, read: summary.strata.readMBps / summary.containerd.readMBps }
       : undefined;
   const cachesDropped = results.every((r) => r.cachesDropped);
-  const machine = {
-    nproc: cpus().length,
-    cpu: cpus()[0]?.model ?? '',
-    memTotalMiB: Math.round(totalmem() / MiB),
-    memFreeMiB: Math.round(freemem() / MiB),
-    loadavg: loadavg(),
-    node: process.version,
-  };
+  const machine = machineInfo();
 
   const out = {
     benchmark: 'content-ingest',
@@ -616,7 +326,7 @@ async function main(): Promise<void> {
     rounds,
     chunk: CHUNK,
     namespace: NAMESPACE,
-    filesystem: `fresh ${IMAGE_SIZE} ext4 on a loop device backed by ${imageFile}`,
+    filesystem: `fresh ${IMAGE_SIZE} ext4 on a loop device backed by ${env.imageFile}`,
     cachesDropped,
     machine,
     summary,

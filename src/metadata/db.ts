@@ -86,6 +86,25 @@ const migrations: string[] = [
 
 export const SCHEMA_VERSION = migrations.length;
 
+/**
+ * Makes db.prepare() return one compiled statement per SQL text instead of compiling on every call: the
+ * stores prepare inline, next to where the SQL is read, and compiling was a fifth of a snapshot call's CPU.
+ * Safe because statements here run synchronously to completion (no .iterate() left open across calls).
+ */
+export function cacheStatements(db: DB): DB {
+  const compile = db.prepare.bind(db);
+  const cache = new Map<string, Database.Statement>();
+  (db as { prepare: (sql: string) => Database.Statement }).prepare = (sql: string) => {
+    let stmt = cache.get(sql);
+    if (!stmt) {
+      stmt = compile(sql);
+      cache.set(sql, stmt);
+    }
+    return stmt;
+  };
+  return db;
+}
+
 export function openDatabase(path: string): DB {
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   const db = new Database(path);
@@ -96,7 +115,7 @@ export function openDatabase(path: string): DB {
   db.pragma('foreign_keys = ON');
   db.pragma('busy_timeout = 5000');
   migrate(db);
-  return db;
+  return cacheStatements(db);
 }
 
 function migrate(db: DB): void {

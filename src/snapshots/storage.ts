@@ -19,6 +19,7 @@ import { dirname } from 'node:path';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../errdefs/index.js';
 import { adapt, labelField, parseAll } from '../filters/index.js';
 import { applyLabelPaths, validateLabels } from '../metadata/namespaces.js';
+import { cacheStatements } from '../metadata/db.js';
 import type { Info, Kind, Usage } from './types.js';
 
 export interface SnapshotRecord {
@@ -93,7 +94,7 @@ export class SnapshotStorage {
         db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(schema.length);
       }).immediate();
     }
-    return new SnapshotStorage(db);
+    return new SnapshotStorage(cacheStatements(db));
   }
 
   close(): void {
