@@ -7,3 +7,7 @@ import '../metadata/plugin.js';
 import '../api/plugins.js';
 import '../snapshots/overlay/plugin.js';
 import '../snapshots/native/plugin.js';
+import '../snapshots/btrfs/plugin.js';
+import '../snapshots/devmapper/plugin.js';
+import '../snapshots/zfs/plugin.js';
+import '../snapshots/aufs/plugin.js';

@@ -7,10 +7,11 @@
  *  - `cp`: GNU coreutils `cp -a --reflink=auto`, one process for the whole tree. Keeps everything above,
  *    including xattrs and nanosecond times, and clones extents where the filesystem can. The default.
  *  - `node`: a walk in Node. Node has no xattr, mknod or nanosecond utimensat API, so it loses xattrs,
- *    rounds times to what libuv passes (about a microsecond), and creates device nodes and fifos with the
- *    `mknod` command (sockets are skipped). The fallback when `cp` is not GNU's.
+ *    rounds times to what libuv passes (about a microsecond), creates device nodes and fifos with the
+ *    `mknod` command and sockets by binding one. The fallback when `cp` is not GNU's.
  */
 import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
 import {
   chmod,
@@ -21,12 +22,14 @@ import {
   lstat,
   lutimes,
   mkdir,
+  open,
   readdir,
   readlink,
   symlink,
   utimes,
 } from 'node:fs/promises';
-import { join } from 'node:path';
+import { createServer } from 'node:net';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
@@ -65,6 +68,27 @@ const seconds = (ns: bigint) => Number(ns / 1000n) / 1e6;
 
 type BigStats = Awaited<ReturnType<typeof lstatBig>>;
 const lstatBig = (p: string) => lstat(p, { bigint: true });
+
+/**
+ * Creates a unix socket file at target: binds a listening socket beside it (through /proc/self/fd, which
+ * keeps the path under the 108-byte sun_path limit however deep target is), hardlinks it to target, then
+ * closes the server (which unlinks the temporary name).
+ */
+async function makeSocket(target: string): Promise<void> {
+  const dir = await open(dirname(target), 'r');
+  const tmp = `.strata-sock-${randomUUID().slice(0, 8)}`;
+  const server = createServer();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(`/proc/self/fd/${dir.fd}/${tmp}`, () => resolve());
+    });
+    await link(join(dirname(target), tmp), target);
+  } finally {
+    if (server.listening) await new Promise<void>((resolve) => server.close(() => resolve()));
+    await dir.close();
+  }
+}
 
 /** A bounded pool: at most `limit` tasks in flight. */
 function limiter(limit: number) {
@@ -134,8 +158,10 @@ export async function copyWithNode(src: string, dst: string): Promise<void> {
       await run('mknod', [target, 'p']);
     } else if (st.isCharacterDevice() || st.isBlockDevice()) {
       await run('mknod', [target, st.isCharacterDevice() ? 'c' : 'b', String(devMajor(st.rdev)), String(devMinor(st.rdev))]);
+    } else if (st.isSocket()) {
+      await makeSocket(target);
     } else {
-      return; // sockets: no way to create one without binding it
+      return;
     }
     await attrs(target, st, false);
   };

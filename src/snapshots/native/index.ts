@@ -78,6 +78,8 @@ export class NativeSnapshotter implements Snapshotter {
   async usage(key: string): Promise<Usage> {
     const rec = this.storage.get(key);
     if (rec.kind === 'committed') return this.storage.storedUsage(key) ?? { size: 0, inodes: 0 };
+    // Only an active snapshot is measured: a view adds nothing of its own (containerd reports 0/0).
+    if (rec.kind === 'view') return { size: 0, inodes: 0 };
     return diskUsage(this.path(rec.id));
   }
 
