@@ -106,6 +106,8 @@ class OverlaySnapshotter implements Snapshotter {
   private readonly linksDir: string;
   /** Entries of snapshots/ that an operation in progress owns (new-*, rm-*): cleanup() leaves them alone. */
   private readonly inflight = new Set<string>();
+  /** Mounts by snapshot id (see mountsOf). */
+  private readonly mountCache = new Map<number, Mount[]>();
 
   constructor(
     private readonly root: string,
@@ -182,11 +184,13 @@ class OverlaySnapshotter implements Snapshotter {
         throw err;
       }
     }
-    this.storage.commitActive(key, name, usage, opts?.labels ?? {});
+    const id = this.storage.commitActive(key, name, usage, opts?.labels ?? {});
+    this.mountCache.delete(id);
   }
 
   async remove(key: string): Promise<void> {
     const { id } = this.storage.remove(key);
+    this.mountCache.delete(id);
     // The record is gone: from here on nothing fails the call, and whatever stays behind is cleanup()'s.
     const trashName = `rm-${id}`;
     this.inflight.add(trashName);
@@ -322,8 +326,20 @@ class OverlaySnapshotter implements Snapshotter {
     }
   }
 
-  /** The mounts of an active snapshot or a view: the same on every call for the same record. */
+  /**
+   * The mounts of an active snapshot or a view: the same on every call for the same record (a snapshot's
+   * parent chain never changes), so they are computed once; commit and remove drop the entry.
+   */
   private mountsOf(rec: SnapshotRecord): Mount[] {
+    let mounts = this.mountCache.get(rec.id);
+    if (!mounts) {
+      mounts = this.computeMounts(rec);
+      this.mountCache.set(rec.id, mounts);
+    }
+    return mounts.map((m) => ({ ...m, options: [...m.options] }));
+  }
+
+  private computeMounts(rec: SnapshotRecord): Mount[] {
     const { id, kind, parentIds } = rec;
     if (parentIds.length === 0) {
       return [{ type: 'bind', source: this.upperPath(id), options: [kind === 'view' ? 'ro' : 'rw', 'rbind'] }];
