@@ -31,7 +31,7 @@ import type {
   ReadOptions,
   WriterOptions,
 } from '../content/types.js';
-import { encodeLabels, nextSequence, parseLabels, type DB } from './db.js';
+import { encodeLabels, parseLabels, type DB, type UniqueNumbers } from './db.js';
 import { applyLabelPaths, validateLabels, type NamespaceStore } from './namespaces.js';
 import type { LeaseStore } from './leases.js';
 import type { OpContext } from './context.js';
@@ -70,6 +70,7 @@ export class NamespacedContent {
     readonly namespaces: NamespaceStore,
     readonly leases: LeaseStore,
     readonly events: EventPublisher,
+    readonly numbers: UniqueNumbers,
   ) {}
 
   /** A ContentStore seen from one namespace (and lease). */
@@ -254,7 +255,7 @@ class BoundContentStore implements ContentStore {
       }
       let row = this.ingestRow(ref);
       if (!row) {
-        const seq = nextSequence(this.c.db, `ingest/${this.ns}`);
+        const seq = this.c.numbers.next();
         const backend = `${this.ns}/${seq}/${ref}`;
         this.c.db
           .prepare(

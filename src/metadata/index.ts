@@ -4,7 +4,7 @@
  */
 import type { LocalContentStore } from '../content/local.js';
 import { discardEvents, type EventPublisher } from '../events/types.js';
-import { openDatabase, type DB } from './db.js';
+import { openDatabase, UniqueNumbers, type DB } from './db.js';
 import { NamespaceStore } from './namespaces.js';
 import { LeaseStore } from './leases.js';
 import { NamespacedContent } from './content.js';
@@ -25,6 +25,7 @@ export class MetadataStore {
   readonly namespaces: NamespaceStore;
   readonly leases: LeaseStore;
   readonly content: NamespacedContent;
+  private readonly numbers: UniqueNumbers;
   /** The namespaced view of each snapshotter, by name. */
   readonly snapshotters = new Map<string, NamespacedSnapshots>();
 
@@ -34,9 +35,10 @@ export class MetadataStore {
     local: LocalContentStore,
     private readonly events: EventPublisher,
   ) {
+    this.numbers = new UniqueNumbers(db);
     this.namespaces = new NamespaceStore(db, events);
     this.leases = new LeaseStore(db, this.namespaces);
-    this.content = new NamespacedContent(db, local, this.namespaces, this.leases, events);
+    this.content = new NamespacedContent(db, local, this.namespaces, this.leases, events, this.numbers);
   }
 
   static open(path: string, local: LocalContentStore, events: EventPublisher = discardEvents): MetadataStore {
@@ -45,7 +47,7 @@ export class MetadataStore {
 
   /** Puts the namespaced layer in front of a snapshotter backend. */
   addSnapshotter(name: string, backend: Snapshotter): NamespacedSnapshots {
-    const ns = new NamespacedSnapshots(name, backend, this.db, this.namespaces, this.leases, this.events);
+    const ns = new NamespacedSnapshots(name, backend, this.db, this.namespaces, this.leases, this.events, this.numbers);
     this.snapshotters.set(name, ns);
     return ns;
   }

@@ -24,7 +24,7 @@ import {
   type Usage,
   type WalkFn,
 } from '../snapshots/types.js';
-import { encodeLabels, nextSequence, parseLabels, type DB } from './db.js';
+import { encodeLabels, parseLabels, type DB, type UniqueNumbers } from './db.js';
 import { applyLabelPaths, validateLabels, type NamespaceStore } from './namespaces.js';
 import type { LeaseStore } from './leases.js';
 import type { OpContext } from './context.js';
@@ -56,6 +56,7 @@ export class NamespacedSnapshots {
     private readonly namespaces: NamespaceStore,
     private readonly leases: LeaseStore,
     private readonly events: EventPublisher,
+    private readonly numbers: UniqueNumbers,
   ) {
     namespaces.registerOccupant({
       describe: (d, ns) =>
@@ -88,7 +89,7 @@ export class NamespacedSnapshots {
     return this.db;
   }
   /** @internal */ get store() {
-    return { namespaces: this.namespaces, leases: this.leases, events: this.events };
+    return { namespaces: this.namespaces, leases: this.leases, events: this.events, numbers: this.numbers };
   }
 }
 
@@ -158,9 +159,8 @@ class BoundSnapshotter implements Snapshotter {
     validateLabels(labels);
     const target = labels[LABEL_SNAPSHOT_REF];
 
-    // Check and reserve a backend key; the backend call happens outside any transaction.
+    // Check and pick a backend key (a read-only transaction: no fsync); the backend call happens outside it.
     const { bkey: reserved, bparent } = this.db.transaction(() => {
-      this.s.store.namespaces.ensure(this.ns);
       if (target && this.s.row(this.ns, target)) throw alreadyExists(`target snapshot "${target}"`);
       if (this.s.row(this.ns, key)) throw alreadyExists(`snapshot "${key}"`);
       let bparent = '';
@@ -169,9 +169,8 @@ class BoundSnapshotter implements Snapshotter {
         if (!p) throw notFound(`parent snapshot ${parent} does not exist`);
         bparent = p.backend_key;
       }
-      const seq = nextSequence(this.db, `snapshots/${this.s.name}/${this.ns}`);
-      return { bkey: `${this.ns}/${seq}/${key}`, bparent };
-    }).immediate();
+      return { bkey: `${this.ns}/${this.s.store.numbers.next()}/${key}`, bparent };
+    })();
 
     let bkey = reserved;
     let recordKey = key;
@@ -208,6 +207,7 @@ class BoundSnapshotter implements Snapshotter {
 
     try {
       this.db.transaction(() => {
+        this.s.store.namespaces.ensure(this.ns);
         if (this.s.row(this.ns, recordKey)) throw alreadyExists(`snapshot "${recordKey}"`);
         this.db
           .prepare(
@@ -233,9 +233,8 @@ class BoundSnapshotter implements Snapshotter {
       const row = this.s.mustRow(this.ns, key);
       if (this.s.row(this.ns, name)) throw alreadyExists(`snapshot "${name}"`);
       if (row.kind !== 'active') throw failedPrecondition(`snapshot ${key} is not active`);
-      const seq = nextSequence(this.db, `snapshots/${this.s.name}/${this.ns}`);
-      return { row, bname: `${this.ns}/${seq}/${name}` };
-    }).immediate();
+      return { row, bname: `${this.ns}/${this.s.store.numbers.next()}/${name}` };
+    })();
 
     await this.s.backend.commit(bname, row.backend_key, { labels: inheritedLabels(labels) });
 

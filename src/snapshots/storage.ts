@@ -80,7 +80,7 @@ export class SnapshotStorage {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     const db = new Database(path);
     db.pragma('journal_mode = WAL');
-    db.pragma('synchronous = NORMAL');
+    db.pragma('synchronous = FULL'); // durable commits, as the daemon's database (see metadata/db.ts)
     db.pragma('foreign_keys = ON');
     db.pragma('busy_timeout = 5000');
     db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)');
