@@ -53,8 +53,9 @@ export class Daemon {
   }
 
   private async serve(): Promise<void> {
-    const services = [...this.plugins.getAll<GrpcService>(PluginType.GRPC).values()];
-    this.server = await serveGrpc(this.config.grpc, services);
+    const services = this.plugins.getAll<GrpcService>(PluginType.GRPC);
+    for (const id of services.keys()) this.log.debug('serving', { service: id });
+    this.server = await serveGrpc(this.config.grpc, [...services.values()]);
     this.log.info('serving', { address: this.config.grpc.address, plugins: this.plugins.loaded.length });
   }
 

@@ -17,7 +17,8 @@ import { STRATAD } from '../helpers/paths.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 import { StrataClient, toStrataError } from '../../src/api/client.js';
 import { StrataError } from '../../src/errdefs/index.js';
-import { SnapshotsService } from '../../src/api/gen/containerd/services/snapshots/v1/snapshots.js';
+import { ContainersService } from '../../src/api/gen/containerd/services/containers/v1/containers.js';
+import { ImagesService } from '../../src/api/gen/containerd/services/images/v1/images.js';
 import { HealthCheckResponse_ServingStatus } from '../../src/api/gen/grpc/health/v1/health.js';
 import type { Plugin } from '../../src/api/gen/containerd/services/introspection/v1/introspection.js';
 
@@ -372,7 +373,11 @@ describe('services', () => {
     // Each comes once, and dependencies are reported.
     const uris = all.map((p) => `${p.type}.${p.id}`);
     expect(new Set(uris).size).toBe(uris.length);
-    expect(find('io.containerd.metadata.v1', 'sqlite')!.requires).toEqual(['io.containerd.content.v1', 'io.containerd.event.v1']);
+    expect(find('io.containerd.metadata.v1', 'sqlite')!.requires).toEqual([
+      'io.containerd.content.v1',
+      'io.containerd.event.v1',
+      'io.containerd.snapshotter.v1',
+    ]);
     expect(find('io.containerd.grpc.v1', 'introspection')!.requires).toEqual(['*']);
     // Introspection, which requires '*', comes after every plugin that does not.
     expect(uris.indexOf('io.containerd.grpc.v1.introspection')).toBe(uris.length - 1);
@@ -406,11 +411,14 @@ describe('services', () => {
   });
 
   it('answers a service that is not implemented yet with UNIMPLEMENTED', async () => {
-    const Snapshots = grpc.makeGenericClientConstructor(SnapshotsService as unknown as grpc.ServiceDefinition, 'Snapshots');
-    const snap = new Snapshots(`unix://${d.address}`, grpc.credentials.createInsecure()) as grpc.Client & Record<string, Function>;
+    // Containers and images arrive with later issues; until then their calls are UNIMPLEMENTED.
+    const Containers = grpc.makeGenericClientConstructor(ContainersService as unknown as grpc.ServiceDefinition, 'Containers');
+    const Images = grpc.makeGenericClientConstructor(ImagesService as unknown as grpc.ServiceDefinition, 'Images');
+    const containers = new Containers(`unix://${d.address}`, grpc.credentials.createInsecure()) as grpc.Client & Record<string, Function>;
+    const images = new Images(`unix://${d.address}`, grpc.credentials.createInsecure()) as grpc.Client & Record<string, Function>;
     try {
       const streamErr = await new Promise<grpc.ServiceError>((resolve, reject) => {
-        const s = snap.list({ snapshotter: 'overlayfs', filters: [] }, c.metadata()) as grpc.ClientReadableStream<unknown>;
+        const s = containers.listStream({ filters: [] }, c.metadata()) as grpc.ClientReadableStream<unknown>;
         s.on('data', () => reject(new Error('unexpected data')));
         s.once('error', resolve);
         s.once('end', () => reject(new Error('stream ended without an error')));
@@ -418,14 +426,15 @@ describe('services', () => {
       expect(streamErr.code).toBe(grpc.status.UNIMPLEMENTED);
       expect(streamErr.code).toBe(12);
       const unaryErr = await new Promise<grpc.ServiceError>((resolve, reject) =>
-        snap.usage({ snapshotter: 'overlayfs', key: 'x' }, c.metadata(), (err: grpc.ServiceError | null) =>
-          err ? resolve(err) : reject(new Error('usage succeeded')),
+        images.list({ filters: [] }, c.metadata(), (err: grpc.ServiceError | null) =>
+          err ? resolve(err) : reject(new Error('list succeeded')),
         ),
       );
       expect(unaryErr.code).toBe(12);
       expect((toStrataError(unaryErr) as StrataError).kind).toBe('not implemented');
     } finally {
-      snap.close();
+      containers.close();
+      images.close();
     }
   });
 
@@ -526,11 +535,12 @@ describe('configuration reaches the daemon', () => {
     const cfgPath = join(t.path, 'config.toml');
     writeFileSync(
       cfgPath,
-      `version = 2\nroot = "${t.path}/root"\nstate = "${t.path}/state"\nrequired_plugins = ["io.containerd.snapshotter.v1.overlayfs"]\n[grpc]\naddress = "${t.path}/state/s.sock"\n`,
+      `version = 2\nroot = "${t.path}/root"\nstate = "${t.path}/state"\nrequired_plugins = ["io.containerd.snapshotter.v1.aufs"]\n[grpc]\naddress = "${t.path}/state/s.sock"\n`,
     );
     const r = await stratad(['--config', cfgPath]);
     expect(r.code).not.toBe(0);
-    expect(r.stderr).toContain('required plugin io.containerd.snapshotter.v1.overlayfs is not running');
+    // aufs is registered but skipped on a kernel without it (and its implementation is a later issue).
+    expect(r.stderr).toContain('required plugin io.containerd.snapshotter.v1.aufs is not running');
     expect(existsSync(join(t.path, 'state', 's.sock'))).toBe(false);
   });
 
