@@ -232,7 +232,8 @@ class BoundSnapshotter implements Snapshotter {
     const { row, bname } = this.db.transaction(() => {
       const row = this.s.mustRow(this.ns, key);
       if (this.s.row(this.ns, name)) throw alreadyExists(`snapshot "${name}"`);
-      if (row.kind !== 'active') throw failedPrecondition(`snapshot ${key} is not active`);
+      // containerd's words (its backend reports this, wrapped by the commit).
+      if (row.kind !== 'active') throw failedPrecondition(`failed to commit snapshot: snapshot ${JSON.stringify(key)} is not active`);
       return { row, bname: `${this.ns}/${this.s.store.numbers.next()}/${name}` };
     })();
 
@@ -262,7 +263,7 @@ class BoundSnapshotter implements Snapshotter {
       const child = this.db
         .prepare('SELECT 1 FROM snapshots WHERE namespace = ? AND snapshotter = ? AND parent = ? LIMIT 1')
         .get(this.ns, this.s.name, key);
-      if (child) throw failedPrecondition(`cannot remove snapshot ${key} with child`);
+      if (child) throw failedPrecondition('cannot remove snapshot with child');
       this.db.prepare('DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?').run(this.ns, this.s.name, key);
       this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND type = ? AND id = ?').run(this.ns, this.resource, key);
       const shared = this.db.prepare('SELECT 1 FROM snapshots WHERE snapshotter = ? AND backend_key = ? LIMIT 1').get(this.s.name, row.backend_key);

@@ -185,7 +185,7 @@ export class SnapshotStorage {
     return this.db.transaction(() => {
       if (this.row(name)) throw alreadyExists(`committed snapshot ${name}`);
       const r = this.mustRow(key);
-      if (r.kind !== 'active') throw failedPrecondition(`snapshot ${key} is not active`);
+      if (r.kind !== 'active') throw failedPrecondition(`snapshot ${JSON.stringify(key)} is not active`);
       const now = Date.now();
       this.db
         .prepare('UPDATE snapshots SET key = ?, kind = ?, labels = ?, created_at = ?, updated_at = ?, size = ?, inodes = ? WHERE id = ?')
@@ -200,7 +200,7 @@ export class SnapshotStorage {
     return this.db.transaction(() => {
       const r = this.mustRow(key);
       if (this.db.prepare('SELECT 1 FROM snapshots WHERE parent_id = ? LIMIT 1').get(r.id)) {
-        throw failedPrecondition(`cannot remove snapshot ${key} with child`);
+        throw failedPrecondition('cannot remove snapshot with child');
       }
       this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(r.id);
       return { id: r.id, kind: r.kind };
