@@ -18,10 +18,8 @@
  *   STRATA_BENCH_TMP=DIR               where the temp dir (image, state, sockets, logs) is created (default: os.tmpdir())
  */
 import { createHash, randomFillSync } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StrataClient } from '../src/api/client.js';
 import {
@@ -48,6 +46,9 @@ import {
   table,
   type Daemon,
   type DaemonName,
+  benchDirs,
+  intOption,
+  parseBenchArgs,
 } from './lib.js';
 
 export { parseSize };
@@ -208,49 +209,18 @@ async function measure(
 // ---------------------------------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: process.argv.slice(2),
-      options: {
-        size: { type: 'string', default: '1GiB' },
-        rounds: { type: 'string', default: '3' },
-        json: { type: 'boolean', default: false },
-        daemons: { type: 'string', default: 'strata,containerd' },
-        keep: { type: 'boolean', default: false },
-        'image-dir': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
-  } catch (err) {
-    process.stderr.write(`${(err as Error).message}\n${usage}\n`);
-    process.exit(2);
-  }
-  const { values } = parsed;
-  if (values.help) {
-    process.stdout.write(usage + '\n');
-    return;
-  }
+  const args = parseBenchArgs({ size: '1GiB', rounds: '3' }, usage);
+  if (!args) return;
+  const { values, common } = args;
   const size = parseSize(values.size!);
-  const rounds = Number(values.rounds);
-  if (!Number.isSafeInteger(rounds) || rounds < 1) throw new Error(`invalid --rounds ${values.rounds}`);
-  const names = values.daemons!.split(',').map((s) => s.trim()) as DaemonName[];
-  for (const n of names) if (n !== 'strata' && n !== 'containerd') throw new Error(`unknown daemon ${n}`);
-  env.keepTmp = values.keep!;
+  const rounds = intOption('rounds', values.rounds!);
+  const names = common.daemons;
+  env.keepTmp = common.keep;
   if (process.getuid?.() !== 0) throw new Error('must run as root (loop mount, drop_caches)');
 
   const command = commandLine();
   const started = new Date();
-
-  const tmpRoot = mkdtempSync(join(process.env.STRATA_BENCH_TMP ?? tmpdir(), 'strata-bench-'));
-  env.tmpRoot = tmpRoot;
-  // The loop image lives in the temp dir unless --image-dir puts it elsewhere (e.g. /dev/shm, to take the
-  // VM's disk out of the measurement).
-  const img = values['image-dir'] ? join(mkdtempSync(join(values['image-dir'], 'strata-bench-img-')), 'fs.img') : join(tmpRoot, 'fs.img');
-  env.imageFile = img;
-  const mnt = join(tmpRoot, 'mnt');
-  mkdirSync(mnt);
-  log(`temp dir ${tmpRoot}`);
+  const { tmpRoot, img, mnt } = benchDirs(common.imageDir);
 
   const daemons: Daemon[] = [];
   const results: RoundResult[] = [];
@@ -372,7 +342,7 @@ async function main(): Promise<void> {
     ]),
   );
   const text = lines.join('\n') + '\n';
-  if (values.json) {
+  if (common.json) {
     process.stderr.write(text);
     process.stdout.write(JSON.stringify(out, null, 2) + '\n');
   } else {

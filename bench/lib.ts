@@ -11,12 +11,13 @@
  *   STRATA_BENCH_TMP=DIR               where the temp dir (image, state, sockets, logs) is created (default: os.tmpdir())
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { cpus, freemem, loadavg, totalmem } from 'node:os';
+import { cpus, freemem, loadavg, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs } from 'node:util';
 import { StrataClient } from '../src/api/client.js';
 
 export const MiB = 1 << 20;
@@ -388,4 +389,75 @@ export const f1 = (x: number) => x.toFixed(1);
 export function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Command line and working directories, the same for every benchmark.
+
+/** Options every benchmark takes, parsed and checked. */
+export interface CommonArgs {
+  json: boolean;
+  daemons: DaemonName[];
+  keep: boolean;
+  imageDir: string | undefined;
+}
+
+/**
+ * Parses the benchmark's own string options (name -> default) plus the common ones (--json, --daemons, --keep,
+ * --image-dir, --help). Prints usage and exits 2 on a bad option; returns undefined after printing --help.
+ */
+export function parseBenchArgs(
+  own: Record<string, string>,
+  usage: string,
+): { values: Record<string, string>; common: CommonArgs } | undefined {
+  const options: Record<string, { type: 'string' | 'boolean'; default?: string | boolean; short?: string }> = {
+    json: { type: 'boolean', default: false },
+    daemons: { type: 'string', default: 'strata,containerd' },
+    keep: { type: 'boolean', default: false },
+    'image-dir': { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  };
+  for (const [name, def] of Object.entries(own)) options[name] = { type: 'string', default: def };
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    values = parseArgs({ args: process.argv.slice(2), options }).values as Record<string, string | boolean | undefined>;
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\n${usage}\n`);
+    process.exit(2);
+  }
+  if (values.help) {
+    process.stdout.write(usage + '\n');
+    return undefined;
+  }
+  const daemons = String(values.daemons).split(',').map((x) => x.trim()) as DaemonName[];
+  for (const n of daemons) if (n !== 'strata' && n !== 'containerd') throw new Error(`unknown daemon ${n}`);
+  const mine: Record<string, string> = {};
+  for (const name of Object.keys(own)) mine[name] = String(values[name]);
+  return {
+    values: mine,
+    common: { json: values.json === true, daemons, keep: values.keep === true, imageDir: values['image-dir'] as string | undefined },
+  };
+}
+
+/** A whole number option at least `min`. */
+export function intOption(name: string, v: string, min = 1): number {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < min) throw new Error(`invalid --${name} ${v}`);
+  return n;
+}
+
+/**
+ * The run's temp dir (state, sockets, logs), its loop image path and mount point, registered for cleanup.
+ * The image lives in the temp dir unless --image-dir puts it elsewhere (e.g. /dev/shm, to take the VM's disk
+ * out of the measurement).
+ */
+export function benchDirs(imageDir: string | undefined): { tmpRoot: string; img: string; mnt: string } {
+  const tmpRoot = mkdtempSync(join(process.env.STRATA_BENCH_TMP ?? tmpdir(), 'strata-bench-'));
+  env.tmpRoot = tmpRoot;
+  const img = imageDir ? join(mkdtempSync(join(imageDir, 'strata-bench-img-')), 'fs.img') : join(tmpRoot, 'fs.img');
+  env.imageFile = img;
+  const mnt = join(tmpRoot, 'mnt');
+  mkdirSync(mnt);
+  log(`temp dir ${tmpRoot}`);
+  return { tmpRoot, img, mnt };
 }

@@ -30,10 +30,8 @@
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StrataClient } from '../src/api/client.js';
 import type { Mount } from '../src/api/gen/containerd/types/mount.js';
@@ -56,6 +54,9 @@ import {
   table,
   type Daemon,
   type DaemonName,
+  benchDirs,
+  intOption,
+  parseBenchArgs,
 } from './lib.js';
 
 installCleanupHandlers();
@@ -483,66 +484,30 @@ function metrics(p: Params): Metric[] {
 
 // ---------------------------------------------------------------------------------------------------------------
 
-function positiveInt(name: string, v: string | undefined, min = 1): number {
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < min) throw new Error(`invalid --${name} ${v}`);
-  return n;
-}
-
 async function main(): Promise<void> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: process.argv.slice(2),
-      options: {
-        ops: { type: 'string', default: '500' },
-        depth: { type: 'string', default: '64' },
-        'chain-ops': { type: 'string', default: '200' },
-        rounds: { type: 'string', default: '3' },
-        snapshotter: { type: 'string', default: 'overlayfs' },
-        warmup: { type: 'string', default: '20' },
-        'settle-ms': { type: 'string', default: '1000' },
-        json: { type: 'boolean', default: false },
-        daemons: { type: 'string', default: 'strata,containerd' },
-        keep: { type: 'boolean', default: false },
-        'image-dir': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
-  } catch (err) {
-    process.stderr.write(`${(err as Error).message}\n${usage}\n`);
-    process.exit(2);
-  }
-  const { values } = parsed;
-  if (values.help) {
-    process.stdout.write(usage + '\n');
-    return;
-  }
+  const args = parseBenchArgs(
+    { ops: '500', depth: '64', 'chain-ops': '200', rounds: '3', snapshotter: 'overlayfs', warmup: '20', 'settle-ms': '1000' },
+    usage,
+  );
+  if (!args) return;
+  const { values, common } = args;
   const p: Params = {
-    ops: positiveInt('ops', values.ops),
-    depth: positiveInt('depth', values.depth),
-    chainOps: positiveInt('chain-ops', values['chain-ops']),
-    warmup: positiveInt('warmup', values.warmup, 0),
+    ops: intOption('ops', values.ops!),
+    depth: intOption('depth', values.depth!),
+    chainOps: intOption('chain-ops', values['chain-ops']!),
+    warmup: intOption('warmup', values.warmup!, 0),
     snapshotter: values.snapshotter!,
-    settleMs: positiveInt('settle-ms', values['settle-ms'], 0),
+    settleMs: intOption('settle-ms', values['settle-ms']!, 0),
   };
-  const rounds = positiveInt('rounds', values.rounds);
-  const names = values.daemons!.split(',').map((x) => x.trim()) as DaemonName[];
-  for (const n of names) if (n !== 'strata' && n !== 'containerd') throw new Error(`unknown daemon ${n}`);
-  env.keepTmp = values.keep!;
+  const rounds = intOption('rounds', values.rounds!);
+  const names = common.daemons;
+  env.keepTmp = common.keep;
   if (process.getuid?.() !== 0) throw new Error('must run as root (loop mount)');
 
   const command = commandLine();
   const started = new Date();
   const load0 = machineInfo().loadavg;
-
-  const tmpRoot = mkdtempSync(join(process.env.STRATA_BENCH_TMP ?? tmpdir(), 'strata-bench-'));
-  env.tmpRoot = tmpRoot;
-  const img = values['image-dir'] ? join(mkdtempSync(join(values['image-dir'], 'strata-bench-img-')), 'fs.img') : join(tmpRoot, 'fs.img');
-  env.imageFile = img;
-  const mnt = join(tmpRoot, 'mnt');
-  mkdirSync(mnt);
-  log(`temp dir ${tmpRoot}`);
+  const { tmpRoot, img, mnt } = benchDirs(common.imageDir);
 
   const daemons: Daemon[] = [];
   const results: RoundResult[] = [];
@@ -637,7 +602,7 @@ async function main(): Promise<void> {
     ]),
   );
   const text = lines.join('\n') + '\n';
-  if (values.json) {
+  if (common.json) {
     process.stderr.write(text);
     process.stdout.write(JSON.stringify(out, null, 2) + '\n');
   } else {
