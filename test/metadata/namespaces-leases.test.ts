@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { tempDir } from '../helpers/temp.js';
+import { kindOf } from '../helpers/errors.js';
 import { sha256 } from '../helpers/data.js';
 import { StrataError } from '../../src/errdefs/index.js';
 import type { StrataClient } from '../../src/api/client.js';
@@ -24,16 +25,6 @@ afterAll(async () => {
   await stopAll();
   await d?.dir.cleanup();
 });
-
-async function kindOf(p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p;
-    return undefined;
-  } catch (err) {
-    expect(err).toBeInstanceOf(StrataError);
-    return (err as StrataError).kind;
-  }
-}
 
 describe('namespaces', () => {
   const ns = () => c.namespaces;

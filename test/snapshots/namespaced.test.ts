@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { serveSnapshotter, type ServedBackend } from '../helpers/serve-snapshotter.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
+import { kindOf } from '../helpers/errors.js';
 import { ProxySnapshotter } from '../../src/snapshots/proxy/index.js';
 import { StrataError } from '../../src/errdefs/index.js';
 import type { Info } from '../../src/snapshots/types.js';
@@ -23,16 +24,6 @@ async function backendInfos(): Promise<Info[]> {
   const out: Info[] = [];
   await backend.walk((i) => void out.push(i));
   return out;
-}
-
-async function kindOf(p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p;
-    return undefined;
-  } catch (err) {
-    expect(err).toBeInstanceOf(StrataError);
-    return (err as StrataError).kind;
-  }
 }
 
 beforeAll(async () => {
