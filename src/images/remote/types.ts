@@ -1,0 +1,63 @@
+/**
+ * The registry client contract (OCI distribution API over undici). Pull and push orchestration
+ * (src/images/pull.ts, push.ts) see only these interfaces.
+ */
+import type { Readable } from 'node:stream';
+import type { Descriptor } from '../types.js';
+import type { Logger } from '../../log/index.js';
+
+export interface Credentials {
+  username: string;
+  /** Password or identity token. */
+  secret: string;
+}
+
+export interface ResolverOptions {
+  /** hosts.toml directory tree as containerd's (`<dir>/<host[:port]>/hosts.toml`), for mirrors; optional. */
+  hostsDir?: string;
+  /** Use http:// for every host. Loopback hosts (127.0.0.0/8, ::1, localhost) fall back to http anyway. */
+  plainHttp?: boolean;
+  /** Credentials for a registry host ("127.0.0.1:5000", "registry-1.docker.io"); undefined = anonymous. */
+  credentials?: (host: string) => Credentials | undefined;
+  /** Most concurrent blob downloads (or uploads) per resolver; default 3 (containerd's max_concurrent_downloads). */
+  maxConcurrent?: number;
+  /** Retries of a failed request (connection error, 5xx, 429) with exponential backoff; default 3. */
+  retries?: number;
+  logger?: Logger;
+}
+
+export interface Resolved {
+  /** The normalized reference, e.g. "docker.io/library/busybox:latest" or "127.0.0.1:5000/busybox@sha256:..". */
+  name: string;
+  /** The root descriptor (manifest or index) the reference names. */
+  desc: Descriptor;
+}
+
+export interface FetchOpts {
+  /** Resume: start at this byte (HTTP Range). The stream then yields bytes from offset on. */
+  offset?: number;
+}
+
+export interface Fetcher {
+  /**
+   * The bytes of `desc` (manifest by digest, or blob). Not verified here: the content writer checks the
+   * digest. Errors: 'not found' (404), 'permission denied' (401/403), 'unavailable' (after retries).
+   * The concurrency limit is held until the returned stream ends or is destroyed.
+   */
+  fetch(desc: Descriptor, opts?: FetchOpts): Promise<Readable>;
+}
+
+export interface Pusher {
+  /**
+   * Pushes `desc`, reading it from `open()` when the registry lacks it. Blobs: HEAD first (skip when present),
+   * cross-repo mount when `mountFrom` names another repository on the same host, else upload.
+   * Manifests and indexes: PUT by digest, or by the reference's tag when `tag` is true.
+   */
+  push(desc: Descriptor, open: () => Promise<Readable>, opts?: { tag?: boolean; mountFrom?: string[] }): Promise<'exists' | 'mounted' | 'pushed'>;
+}
+
+export interface Resolver {
+  resolve(ref: string): Promise<Resolved>;
+  fetcher(ref: string): Fetcher;
+  pusher(ref: string): Pusher;
+}
