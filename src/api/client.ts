@@ -21,6 +21,9 @@ import { EventsClient } from './gen/containerd/services/events/v1/events.js';
 import { IntrospectionClient } from './gen/containerd/services/introspection/v1/introspection.js';
 import { VersionClient } from './gen/containerd/services/version/v1/version.js';
 import { HealthClient } from './gen/grpc/health/v1/health.js';
+import { ImagesClient } from './gen/containerd/services/images/v1/images.js';
+import { DiffClient } from './gen/containerd/services/diff/v1/diff.js';
+import { TransferClient } from './gen/strata/services/transfer/v1/transfer.js';
 import { LEASE_HEADER, NAMESPACE_HEADER } from './call.js';
 
 export interface ClientOptions {
@@ -57,6 +60,10 @@ export class StrataClient {
   readonly introspection: IntrospectionClient;
   readonly version: VersionClient;
   readonly health: HealthClient;
+  readonly images: ImagesClient;
+  readonly diff: DiffClient;
+  /** Strata's own transfer service (pull, push, import, export, unpack in the daemon). */
+  readonly transfer: TransferClient;
 
   constructor(
     readonly address: string,
@@ -76,6 +83,9 @@ export class StrataClient {
     this.introspection = new IntrospectionClient(target, creds, shared);
     this.version = new VersionClient(target, creds, shared);
     this.health = new HealthClient(target, creds, shared);
+    this.images = new ImagesClient(target, creds, shared);
+    this.diff = new DiffClient(target, creds, shared);
+    this.transfer = new TransferClient(target, creds, shared);
   }
 
   /** A client for another namespace or lease over the same connection settings. */

@@ -1,7 +1,6 @@
 /**
  * The gRPC services, each registered as an io.containerd.grpc.v1 plugin over the subsystems it translates.
- * Services not listed here (snapshots, diff, images, containers, tasks) answer UNIMPLEMENTED until their
- * subsystem registers one.
+ * Services not listed here (containers, tasks) answer UNIMPLEMENTED until their subsystem registers one.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -18,6 +17,11 @@ import { eventsService } from './services/events.js';
 import { introspectionService } from './services/introspection.js';
 import { healthService, versionService } from './services/version.js';
 import { snapshotsService } from './services/snapshots.js';
+import { imagesService } from './services/images.js';
+import { diffService } from './services/diff.js';
+import { transferService } from './services/transfer.js';
+import type { Differ } from '../diff/types.js';
+import type { ImageTransfers } from '../images/transfer.js';
 import { opContext } from './call.js';
 import { invalidArgument } from '../errdefs/index.js';
 
@@ -94,4 +98,29 @@ register<GrpcService, Record<string, unknown>>({
   type: PluginType.GRPC,
   id: 'healthcheck',
   init: (ic) => healthService(ic.log),
+});
+
+register<GrpcService, Record<string, unknown>>({
+  type: PluginType.GRPC,
+  id: 'images',
+  requires: [PluginType.Metadata],
+  init: (ic) => imagesService(metadata(ic).images, ic.log),
+});
+
+register<GrpcService, Record<string, unknown>>({
+  type: PluginType.GRPC,
+  id: 'diff',
+  requires: [PluginType.Metadata, PluginType.Differ],
+  init: (ic) => {
+    const md = metadata(ic);
+    return diffService(ic.get<Differ>(PluginType.Differ, 'walking'), (call) => md.content.bind(opContext(call)), ic.log);
+  },
+});
+
+// Strata's extension: pull, push, import, export and unpack in the daemon.
+register<GrpcService, Record<string, unknown>>({
+  type: PluginType.GRPC,
+  id: 'transfer',
+  requires: [PluginType.Transfer],
+  init: (ic) => transferService(ic.get<ImageTransfers>(PluginType.Transfer, 'images'), ic.log),
 });

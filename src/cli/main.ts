@@ -14,6 +14,7 @@ import { leases } from './leases.js';
 import { namespaces } from './namespaces.js';
 import { plugins } from './plugins.js';
 import { snapshots } from './snapshots.js';
+import { images } from './images.js';
 import { version } from './version.js';
 
 export const DEFAULT_ADDRESS = '/run/strata/strata.sock';
@@ -30,9 +31,9 @@ const GLOBAL_OPTIONS = {
 
 /** Global options that take a value as the next argument (needed to find the group and command names). */
 // Options that take a value and may come before the command name (the scan must skip their value).
-const VALUE_FLAGS = new Set(['--address', '-a', '--namespace', '-n', '--connect-timeout', '--snapshotter']);
+const VALUE_FLAGS = new Set(['--address', '-a', '--namespace', '-n', '--connect-timeout', '--snapshotter', '--platform', '--user', '-u', '--hosts-dir']);
 
-const ENTRIES: (Group | Command)[] = [namespaces, content, leases, snapshots, plugins, version];
+const ENTRIES: (Group | Command)[] = [namespaces, content, images, leases, snapshots, plugins, version];
 
 const isGroup = (e: Group | Command): e is Group => 'commands' in e;
 

@@ -11,3 +11,5 @@ import '../snapshots/btrfs/plugin.js';
 import '../snapshots/devmapper/plugin.js';
 import '../snapshots/zfs/plugin.js';
 import '../snapshots/aufs/plugin.js';
+import '../diff/plugin.js';
+import '../images/plugin.js';

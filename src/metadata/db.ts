@@ -82,6 +82,22 @@ const migrations: string[] = [
   CREATE INDEX snapshots_by_parent ON snapshots(namespace, snapshotter, parent);
   CREATE INDEX snapshots_by_backend_key ON snapshots(snapshotter, backend_key);
   `,
+  // 3: images, per namespace: a name pointing at a root descriptor.
+  `
+  CREATE TABLE images (
+    namespace          TEXT NOT NULL REFERENCES namespaces(name),
+    name               TEXT NOT NULL,
+    target_media_type  TEXT NOT NULL,
+    target_digest      TEXT NOT NULL,
+    target_size        INTEGER NOT NULL,
+    target_annotations TEXT NOT NULL DEFAULT '{}',
+    labels             TEXT NOT NULL DEFAULT '{}',
+    created_at         INTEGER NOT NULL,
+    updated_at         INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name)
+  ) WITHOUT ROWID;
+  CREATE INDEX images_by_target ON images(target_digest);
+  `,
 ];
 
 export const SCHEMA_VERSION = migrations.length;

@@ -9,6 +9,7 @@ import { NamespaceStore } from './namespaces.js';
 import { LeaseStore } from './leases.js';
 import { NamespacedContent } from './content.js';
 import { NamespacedSnapshots } from './snapshots.js';
+import { NamespacedImages } from './images.js';
 import type { Snapshotter } from '../snapshots/types.js';
 
 export type { OpContext } from './context.js';
@@ -20,11 +21,13 @@ export { LABEL_GC_EXPIRE, LABEL_GC_FLAT, generateLeaseId } from './leases.js';
 export { validateIdentifier } from './identifiers.js';
 export { SCHEMA_VERSION } from './db.js';
 export type { NamespacedSnapshots } from './snapshots.js';
+export type { NamespacedImages } from './images.js';
 
 export class MetadataStore {
   readonly namespaces: NamespaceStore;
   readonly leases: LeaseStore;
   readonly content: NamespacedContent;
+  readonly images: NamespacedImages;
   private readonly numbers: UniqueNumbers;
   /** The namespaced view of each snapshotter, by name. */
   readonly snapshotters = new Map<string, NamespacedSnapshots>();
@@ -39,6 +42,7 @@ export class MetadataStore {
     this.namespaces = new NamespaceStore(db, events);
     this.leases = new LeaseStore(db, this.namespaces);
     this.content = new NamespacedContent(db, local, this.namespaces, this.leases, events, this.numbers);
+    this.images = new NamespacedImages(db, this.namespaces, events);
   }
 
   static open(path: string, local: LocalContentStore, events: EventPublisher = discardEvents): MetadataStore {

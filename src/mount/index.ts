@@ -5,7 +5,7 @@
  * and the mount runs with that directory as its working directory.
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rmdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative, sep } from 'node:path';
 import { promisify } from 'node:util';
@@ -116,6 +116,7 @@ export async function withTempMount<T>(mounts: Mount[], fn: (root: string) => Pr
       await unmount(dir);
     }
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    // rmdir, never rm -r: if the unmount failed, the directory still shows the snapshot's data.
+    await rmdir(dir).catch(() => undefined);
   }
 }

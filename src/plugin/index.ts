@@ -21,6 +21,7 @@ export const PluginType = {
   Service: 'io.containerd.service.v1',
   Internal: 'io.containerd.internal.v1',
   Runtime: 'io.containerd.runtime.v2',
+  Transfer: 'io.containerd.transfer.v1',
 } as const;
 export type PluginType = (typeof PluginType)[keyof typeof PluginType];
 

@@ -1,0 +1,151 @@
+/**
+ * Fetching one descriptor from a registry into the content store, resumably: the ingest ref is derived from
+ * the digest (containerd's "<kind>-<digest>" keys), so an interrupted pull leaves an ingest the next pull
+ * continues from its offset (an HTTP Range request) instead of starting over. The content writer verifies
+ * size and digest at commit; a blob that does not match is discarded with its ingest, never committed.
+ */
+import { isAlreadyExists, isFailedPrecondition, isNotFound, isUnavailable, invalidArgument } from '../errdefs/index.js';
+import type { ContentStore, ContentWriter } from '../content/types.js';
+import type { Fetcher } from './remote/types.js';
+import type { Descriptor } from './types.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export type ObjectKind = 'index' | 'manifest' | 'config' | 'layer' | 'blob';
+
+/** One step of a transfer, reported to whoever watches (the CLI's progress bars, the transfer service). */
+export interface TransferProgress {
+  /** A digest, or an image name for kind 'image'. */
+  ref: string;
+  kind: ObjectKind | 'image' | 'archive';
+  status: string;
+  offset?: number;
+  total?: number;
+  detail?: string;
+}
+
+export type ProgressFn = (p: TransferProgress) => void;
+
+/** containerd's ingest key for a fetched object. */
+export const ingestRef = (kind: ObjectKind, digest: string) => `${kind}-${digest}`;
+
+/** How often (bytes) downloading progress is reported. */
+const PROGRESS_EVERY = 1 << 20;
+
+/** Largest manifest, index or config read into memory. */
+export const MAX_JSON_BLOB = 16 << 20;
+
+export async function hasBlob(content: ContentStore, digest: string): Promise<boolean> {
+  try {
+    await content.info(digest);
+    return true;
+  } catch (err) {
+    if (isNotFound(err)) return false;
+    throw err;
+  }
+}
+
+/**
+ * Makes sure `desc` is in `content`, downloading what is missing. Returns 'exists' when nothing was needed.
+ * Labels are set on the committed blob (or merged into an existing one's).
+ */
+export async function fetchBlob(
+  content: ContentStore,
+  fetcher: Fetcher,
+  desc: Descriptor,
+  kind: ObjectKind,
+  opts: { labels?: Record<string, string>; onProgress?: ProgressFn } = {},
+): Promise<'exists' | 'done'> {
+  const labels = opts.labels ?? {};
+  const report = (status: string, offset?: number) =>
+    opts.onProgress?.({ ref: desc.digest, kind, status, offset: offset ?? 0, total: desc.size });
+  if (await hasBlob(content, desc.digest)) {
+    await mergeLabels(content, desc.digest, labels);
+    report('exists', desc.size);
+    return 'exists';
+  }
+  const ref = ingestRef(kind, desc.digest);
+  let writer: ContentWriter;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      writer = await content.writer({ ref, total: desc.size, expected: desc.digest });
+      break;
+    } catch (err) {
+      if (isAlreadyExists(err)) {
+        await mergeLabels(content, desc.digest, labels);
+        report('exists', desc.size);
+        return 'exists';
+      }
+      // Another fetch of the same object holds the ref (two images sharing a layer): wait for it.
+      if (isUnavailable(err) && attempt < 600) {
+        await sleep(100);
+        if (await hasBlob(content, desc.digest)) {
+          await mergeLabels(content, desc.digest, labels);
+          report('exists', desc.size);
+          return 'exists';
+        }
+        continue;
+      }
+      throw err;
+    }
+  }
+  try {
+    let offset = writer.offset;
+    if (offset > desc.size) {
+      await writer.truncate(0);
+      offset = 0;
+    }
+    report(offset > 0 ? 'resuming' : 'downloading', offset);
+    if (offset < desc.size) {
+      const body = await fetcher.fetch(desc, { offset });
+      let reported = offset;
+      try {
+        for await (const chunk of body as AsyncIterable<Buffer>) {
+          if (offset + chunk.length > desc.size) {
+            throw invalidArgument(`${desc.digest}: registry sent more than the ${desc.size} bytes of the descriptor`);
+          }
+          await writer.write(chunk);
+          offset += chunk.length;
+          if (offset - reported >= PROGRESS_EVERY) {
+            reported = offset;
+            report('downloading', offset);
+          }
+        }
+      } finally {
+        body.destroy();
+      }
+    }
+    try {
+      await writer.commit(desc.size, desc.digest, { labels });
+    } catch (err) {
+      if (isAlreadyExists(err)) {
+        await mergeLabels(content, desc.digest, labels);
+        report('exists', desc.size);
+        return 'exists';
+      }
+      // Wrong size or digest: these bytes can never become the blob, so do not keep them for a resume.
+      if (isFailedPrecondition(err)) {
+        await writer.close();
+        await content.abort(ref).catch(() => undefined);
+      }
+      throw err;
+    }
+    report('done', desc.size);
+    return 'done';
+  } finally {
+    await writer.close();
+  }
+}
+
+async function mergeLabels(content: ContentStore, digest: string, labels: Record<string, string>): Promise<void> {
+  const keys = Object.keys(labels);
+  if (keys.length === 0) return;
+  await content.update({ digest, labels }, keys.map((k) => `labels.${k}`));
+}
+
+/** Reads a small JSON blob (manifest, index, config) whole. */
+export async function readJsonBlob(content: ContentStore, desc: Descriptor): Promise<Buffer> {
+  if (desc.size > MAX_JSON_BLOB) throw invalidArgument(`${desc.mediaType} ${desc.digest} is ${desc.size} bytes; at most ${MAX_JSON_BLOB} are read`);
+  const chunks: Buffer[] = [];
+  for await (const c of await content.read(desc.digest)) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}

@@ -1,0 +1,87 @@
+/**
+ * Questions about a stored image that `image ls` and `image check` ask, as containerd's images package
+ * answers them: which platforms it has, its size for a platform, and which of its blobs are present. Written
+ * over a blob reader so the CLI can ask through the content API and the daemon through its store.
+ */
+import { isNotFound } from '../errdefs/index.js';
+import { children, isIndexType, isManifestType, parseConfig } from './manifest.js';
+import { platformMatcher, platformOrder } from './platforms.js';
+import type { Descriptor, Platform } from './types.js';
+
+/** Reads a (small, JSON) blob whole; rejects with 'not found' when it is missing. */
+export type BlobReader = (desc: Descriptor) => Promise<Buffer>;
+
+/** Every platform the image has: from index entries, or from the config of a single manifest. */
+export async function imagePlatforms(read: BlobReader, target: Descriptor): Promise<Platform[]> {
+  const out: Platform[] = [];
+  const visit = async (desc: Descriptor): Promise<void> => {
+    if (isIndexType(desc.mediaType)) {
+      for (const c of children(desc, await read(desc))) {
+        if (c.platform && isManifestType(c.mediaType)) out.push(c.platform);
+        else await visit(c);
+      }
+    } else if (isManifestType(desc.mediaType)) {
+      const [config] = children(desc, await read(desc));
+      if (!config) return;
+      const c = parseConfig(await read(config));
+      out.push({ os: c.os, architecture: c.architecture, ...(c.variant ? { variant: c.variant } : {}) });
+    }
+  };
+  await visit(target);
+  return out;
+}
+
+/**
+ * The descriptors an image needs for `platform`: the root, the best-matching manifest of each index, its
+ * config and layers. Missing manifests or indexes end the walk there (their children are unknown).
+ */
+export async function requiredDescriptors(
+  read: BlobReader,
+  target: Descriptor,
+  platform: Platform,
+): Promise<{ required: Descriptor[]; missing: Descriptor[]; complete: boolean }> {
+  const match = platformMatcher(platform);
+  const order = platformOrder(platform);
+  const required: Descriptor[] = [];
+  const missing: Descriptor[] = [];
+  let complete = true;
+  const visit = async (desc: Descriptor): Promise<void> => {
+    required.push(desc);
+    if (!isIndexType(desc.mediaType) && !isManifestType(desc.mediaType)) return;
+    let raw: Buffer;
+    try {
+      raw = await read(desc);
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+      missing.push(desc);
+      complete = false;
+      return;
+    }
+    let kids = children(desc, raw);
+    if (isIndexType(desc.mediaType)) {
+      const manifests = kids.filter((k) => !k.platform || match(k.platform));
+      manifests.sort((a, b) => (a.platform && b.platform ? order(a.platform, b.platform) : 0));
+      kids = manifests.slice(0, 1);
+    }
+    for (const k of kids) await visit(k);
+  };
+  await visit(target);
+  return { required, missing, complete };
+}
+
+/** containerd's image.Size: the sum of every descriptor the platform needs (root, manifest, config, layers). */
+export async function imageSize(read: BlobReader, target: Descriptor, platform: Platform): Promise<number> {
+  const { required } = await requiredDescriptors(read, target, platform);
+  return required.reduce((n, d) => n + d.size, 0);
+}
+
+/** Go's humanize as containerd's progress.Bytes prints sizes: "%02.1f <unit>" in powers of 1024. */
+export function formatBytes(size: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB', 'ZiB', 'YiB'];
+  let i = 0;
+  while (size >= 1024 && i < units.length - 1) {
+    size /= 1024;
+    i++;
+  }
+  return `${size.toFixed(1)} ${units[i]}`;
+}

@@ -1,0 +1,158 @@
+/**
+ * Pull: resolve a reference, fetch the index/manifests/configs/layers the chosen platforms need into the
+ * content store (labelled the way containerd labels them, so GC follows image → index → manifest → config and
+ * layers), record the image, and unpack it, pipelined: layers download concurrently (the resolver's limit)
+ * while the unpacker extracts each one as soon as it and its parents are in.
+ *
+ * The caller binds the stores to a namespace and a lease (so everything fetched is protected until the image
+ * record exists) and deletes the lease afterwards.
+ */
+import { notFound } from '../errdefs/index.js';
+import type { ContentStore } from '../content/types.js';
+import type { Applier } from '../diff/types.js';
+import type { Snapshotter } from '../snapshots/types.js';
+import { fetchBlob, readJsonBlob, type ObjectKind, type ProgressFn } from './fetch.js';
+import { children, gcRefLabels, isIndexType, isManifestType, parseConfig, parseIndex, parseManifest } from './manifest.js';
+import { defaultPlatform, formatPlatform, platformMatcher, platformOrder } from './platforms.js';
+import type { Fetcher, Resolver } from './remote/types.js';
+import { parseReference } from './remote/reference.js';
+import { LABEL_DISTRIBUTION_SOURCE, type Descriptor, type Image, type ImageStore, type Platform } from './types.js';
+import { unpackLayers, type UnpackResult } from './unpack.js';
+import { createOrUpdateImage } from './store-util.js';
+
+export interface ImageServices {
+  content: ContentStore;
+  images: ImageStore;
+}
+
+export interface UnpackTarget {
+  snapshotter: Snapshotter;
+  snapshotterName: string;
+  applier: Applier;
+}
+
+export interface PullOptions {
+  /** Platforms to fetch; default the host's. */
+  platforms?: Platform[];
+  allPlatforms?: boolean;
+  /** Unpack the image for the first platform (the host's by default) into this snapshotter. */
+  unpack?: UnpackTarget;
+  labels?: Record<string, string>;
+  onProgress?: ProgressFn;
+}
+
+export interface PullResult {
+  image: Image;
+  unpacked?: UnpackResult;
+}
+
+/** The manifests of `root` to fetch for `platforms` (the best match for each), or every one. */
+export function selectManifests(index: Descriptor[], platforms: Platform[], all: boolean): Descriptor[] {
+  if (all) return index;
+  const chosen: Descriptor[] = [];
+  for (const p of platforms) {
+    const match = platformMatcher(p);
+    const order = platformOrder(p);
+    const candidates = index.filter((d) => !d.platform || match(d.platform));
+    candidates.sort((a, b) => (a.platform && b.platform ? order(a.platform, b.platform) : 0));
+    const best = candidates[0];
+    if (best && !chosen.includes(best)) chosen.push(best);
+  }
+  if (chosen.length === 0) {
+    throw notFound(`no match for platform in manifest: ${platforms.map(formatPlatform).join(', ')}`);
+  }
+  return chosen;
+}
+
+interface Walked {
+  /** Manifests fetched, in platform preference order. */
+  manifests: { desc: Descriptor; config: Descriptor; layers: Descriptor[] }[];
+}
+
+export async function pull(resolver: Resolver, ref: string, svc: ImageServices, opts: PullOptions = {}): Promise<PullResult> {
+  const progress = opts.onProgress ?? (() => undefined);
+  progress({ ref, kind: 'image', status: 'resolving' });
+  const resolved = await resolver.resolve(ref);
+  const fetcher = resolver.fetcher(resolved.name);
+  const parsed = parseReference(resolved.name);
+  const sourceLabels = { [`${LABEL_DISTRIBUTION_SOURCE}.${parsed.host}`]: parsed.repository };
+  const platforms = opts.platforms && opts.platforms.length > 0 ? opts.platforms : [defaultPlatform()];
+
+  const fetch = (desc: Descriptor, kind: ObjectKind) =>
+    fetchBlob(svc.content, fetcher, desc, kind, { labels: sourceLabels, onProgress: progress });
+
+  // Walk index → manifests → config, fetching as we go; layers start downloading as soon as their manifest
+  // is known, and the unpacker waits on them one by one.
+  const walked: Walked = { manifests: [] };
+  const layerFetches = new Map<string, Promise<unknown>>();
+  const startLayer = (layer: Descriptor): Promise<unknown> => {
+    let p = layerFetches.get(layer.digest);
+    if (!p) {
+      p = fetch(layer, 'layer');
+      p.catch(() => undefined); // observed below; never an unhandled rejection
+      layerFetches.set(layer.digest, p);
+    }
+    return p;
+  };
+
+  const visit = async (desc: Descriptor): Promise<void> => {
+    if (isIndexType(desc.mediaType)) {
+      await fetch(desc, 'index');
+      const index = parseIndex(await readJsonBlob(svc.content, desc));
+      const selected = selectManifests(index.manifests, platforms, opts.allPlatforms ?? false);
+      await labelChildren(svc.content, desc, selected);
+      for (const m of selected) await visit(m);
+      return;
+    }
+    if (isManifestType(desc.mediaType)) {
+      await fetch(desc, 'manifest');
+      const raw = await readJsonBlob(svc.content, desc);
+      const manifest = parseManifest(raw);
+      for (const l of manifest.layers) startLayer(l);
+      await fetch(manifest.config, 'config');
+      await labelChildren(svc.content, desc, children(desc, raw));
+      walked.manifests.push({ desc, config: manifest.config, layers: manifest.layers });
+      return;
+    }
+    throw notFound(`${resolved.name}: unsupported media type ${desc.mediaType} for the image root`);
+  };
+
+  try {
+    await visit(resolved.desc);
+    let unpacked: UnpackResult | undefined;
+    if (opts.unpack && walked.manifests.length > 0) {
+      const target = walked.manifests[0]!;
+      const config = parseConfig(await readJsonBlob(svc.content, target.config));
+      unpacked = await unpackLayers(
+        opts.unpack.snapshotter,
+        opts.unpack.applier,
+        svc.content,
+        target.layers,
+        config.rootfs.diff_ids,
+        {
+          snapshotterName: opts.unpack.snapshotterName,
+          config: target.config,
+          ready: async (i) => void (await startLayer(target.layers[i]!)),
+          onProgress: (layer, status, detail) =>
+            progress({ ref: layer.digest, kind: 'layer', status, total: layer.size, ...(detail ? { detail } : {}) }),
+        },
+      );
+    }
+    await Promise.all(layerFetches.values());
+    const image = await createOrUpdateImage(svc.images, resolved.name, resolved.desc, opts.labels ?? {});
+    progress({ ref: image.name, kind: 'image', status: 'done', detail: resolved.desc.digest });
+    return { image, ...(unpacked ? { unpacked } : {}) };
+  } finally {
+    // Let every download finish or fail before the caller drops the lease that protects it.
+    await Promise.allSettled(layerFetches.values());
+  }
+}
+
+/** Labels a parent blob with containerd's gc.ref.content.* references to the children that were fetched. */
+async function labelChildren(content: ContentStore, parent: Descriptor, kids: Descriptor[]): Promise<void> {
+  const labels = gcRefLabels(parent, kids);
+  const keys = Object.keys(labels);
+  if (keys.length > 0) await content.update({ digest: parent.digest, labels }, keys.map((k) => `labels.${k}`));
+}
+
+export type { Fetcher };

@@ -1,0 +1,235 @@
+/**
+ * Image transfers inside the daemon: pull, push, import, export and unpack over the namespaced stores. Each
+ * transfer that writes runs under its own lease (expiring after a day, as containerd's clients create them),
+ * so what it fetched is protected until the image record refers to it; the lease is deleted at the end.
+ */
+import { createReadStream, createWriteStream } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
+import { finished } from 'node:stream/promises';
+import { dirname, basename, join } from 'node:path';
+import { invalidArgument, notFound } from '../errdefs/index.js';
+import type { Logger } from '../log/index.js';
+import { generateLeaseId, LABEL_GC_EXPIRE, type MetadataStore, type OpContext } from '../metadata/index.js';
+import type { Differ } from '../diff/types.js';
+import type { ContentStore } from '../content/types.js';
+import type { ProgressFn } from './fetch.js';
+import { readJsonBlob } from './fetch.js';
+import { children, isIndexType, isManifestType, parseConfig, parseManifest } from './manifest.js';
+import { defaultPlatform, parsePlatform } from './platforms.js';
+import { pull, selectManifests, type PullResult, type UnpackTarget } from './pull.js';
+import { push } from './push.js';
+import { createResolver } from './remote/resolver.js';
+import type { Credentials, ResolverOptions } from './remote/types.js';
+import { importArchive, exportArchive } from './archive/index.js';
+import { unpackLayers, type UnpackResult } from './unpack.js';
+import type { Descriptor, Image, ImageStore } from './types.js';
+
+export interface TransferConfig {
+  /** Most concurrent blob downloads/uploads per transfer (containerd's max_concurrent_downloads). */
+  max_concurrent_downloads: number;
+  /** Snapshotter used when a request names none; "" = overlayfs if loaded, else native. */
+  snapshotter: string;
+  /** Default hosts.toml directory for mirrors ("" = none). */
+  config_path: string;
+}
+
+export const defaultTransferConfig = (): TransferConfig => ({
+  max_concurrent_downloads: 3,
+  snapshotter: '',
+  config_path: '',
+});
+
+export interface RegistryRequest {
+  plainHttp?: boolean;
+  credentials?: Credentials;
+  hostsDir?: string;
+  maxConcurrent?: number;
+}
+
+/** How long a transfer's lease protects its work if the daemon dies before deleting it. */
+const LEASE_TTL_MS = 24 * 60 * 60 * 1000;
+
+export class ImageTransfers {
+  constructor(
+    private readonly md: MetadataStore,
+    private readonly differ: Differ,
+    private readonly config: TransferConfig,
+    private readonly log: Logger,
+  ) {}
+
+  private snapshotterName(requested: string | undefined): string {
+    const name = requested || this.config.snapshotter || (this.md.snapshotters.has('overlayfs') ? 'overlayfs' : 'native');
+    if (!this.md.snapshotters.has(name)) throw invalidArgument(`snapshotter not loaded: ${name}`);
+    return name;
+  }
+
+  private resolverOptions(r: RegistryRequest = {}): ResolverOptions {
+    const hostsDir = r.hostsDir || this.config.config_path;
+    return {
+      plainHttp: r.plainHttp ?? false,
+      maxConcurrent: r.maxConcurrent && r.maxConcurrent > 0 ? r.maxConcurrent : this.config.max_concurrent_downloads,
+      ...(hostsDir ? { hostsDir } : {}),
+      ...(r.credentials ? { credentials: () => r.credentials } : {}),
+      logger: this.log,
+    };
+  }
+
+  /** Runs `fn` with stores bound to a fresh lease on `namespace`, deleting the lease afterwards. */
+  private async leased<T>(namespace: string, fn: (ctx: OpContext) => Promise<T>): Promise<T> {
+    const expire = new Date(Date.now() + LEASE_TTL_MS).toISOString();
+    const lease = this.md.leases.create(namespace, generateLeaseId(), { [LABEL_GC_EXPIRE]: expire });
+    try {
+      return await fn({ namespace, lease: lease.id });
+    } finally {
+      try {
+        this.md.leases.delete(namespace, lease.id);
+      } catch (err) {
+        this.log.warn('could not delete transfer lease', { lease: lease.id, error: String(err) });
+      }
+    }
+  }
+
+  private unpackTarget(ctx: OpContext, snapshotter: string | undefined): UnpackTarget {
+    const name = this.snapshotterName(snapshotter);
+    return { snapshotter: this.md.snapshotters.get(name)!.bind(ctx), snapshotterName: name, applier: this.differ };
+  }
+
+  private stores(ctx: OpContext): { content: ContentStore; images: ImageStore } {
+    return { content: this.md.content.bind(ctx), images: this.md.images.bind(ctx) };
+  }
+
+  async pull(
+    namespace: string,
+    ref: string,
+    opts: { platforms?: string[]; allPlatforms?: boolean; unpack?: boolean; snapshotter?: string; labels?: Record<string, string>; registry?: RegistryRequest },
+    onProgress?: ProgressFn,
+  ): Promise<PullResult> {
+    const resolver = createResolver(this.resolverOptions(opts.registry));
+    const platforms = (opts.platforms ?? []).map(parsePlatform);
+    return this.leased(namespace, async (ctx) =>
+      pull(resolver, ref, this.stores(ctx), {
+        platforms,
+        allPlatforms: opts.allPlatforms ?? false,
+        ...(opts.unpack ? { unpack: this.unpackTarget(ctx, opts.snapshotter) } : {}),
+        labels: opts.labels ?? {},
+        ...(onProgress ? { onProgress } : {}),
+      }),
+    );
+  }
+
+  async push(
+    namespace: string,
+    ref: string,
+    opts: { image?: string; platforms?: string[]; registry?: RegistryRequest },
+    onProgress?: ProgressFn,
+  ): Promise<Descriptor> {
+    const resolver = createResolver(this.resolverOptions(opts.registry));
+    const ctx = { namespace };
+    return push(resolver, ref, this.stores(ctx), {
+      ...(opts.image ? { image: opts.image } : {}),
+      platforms: (opts.platforms ?? []).map(parsePlatform),
+      ...(onProgress ? { onProgress } : {}),
+    });
+  }
+
+  /** Unpacks a stored image for a platform (default the host's) into a snapshotter. */
+  async unpack(
+    namespace: string,
+    name: string,
+    opts: { snapshotter?: string; platforms?: string[] },
+    onProgress?: ProgressFn,
+  ): Promise<UnpackResult> {
+    return this.leased(namespace, async (ctx) => {
+      const { content, images } = this.stores(ctx);
+      const image = await images.get(name);
+      return this.unpackImage(content, image, this.unpackTarget(ctx, opts.snapshotter), opts.platforms, onProgress);
+    });
+  }
+
+  private async unpackImage(
+    content: ContentStore,
+    image: Image,
+    target: UnpackTarget,
+    platforms: string[] | undefined,
+    onProgress?: ProgressFn,
+  ): Promise<UnpackResult> {
+    let desc = image.target;
+    const wanted = platforms && platforms.length > 0 ? platforms.map(parsePlatform) : [defaultPlatform()];
+    while (isIndexType(desc.mediaType)) {
+      desc = selectManifests(children(desc, await readJsonBlob(content, desc)), wanted, false)[0]!;
+    }
+    if (!isManifestType(desc.mediaType)) throw invalidArgument(`image ${image.name}: cannot unpack a ${desc.mediaType}`);
+    const manifest = parseManifest(await readJsonBlob(content, desc));
+    const config = parseConfig(await readJsonBlob(content, manifest.config));
+    return unpackLayers(target.snapshotter, target.applier, content, manifest.layers, config.rootfs.diff_ids, {
+      snapshotterName: target.snapshotterName,
+      config: manifest.config,
+      onProgress: (layer, status, detail) =>
+        onProgress?.({ ref: layer.digest, kind: 'layer', status, total: layer.size, ...(detail ? { detail } : {}) }),
+    });
+  }
+
+  async import(
+    namespace: string,
+    path: string,
+    opts: { indexName?: string; platforms?: string[]; allPlatforms?: boolean; unpack?: boolean; snapshotter?: string },
+    onProgress?: ProgressFn,
+  ): Promise<Image[]> {
+    return this.leased(namespace, async (ctx) => {
+      const { content, images } = this.stores(ctx);
+      const platforms = (opts.platforms ?? []).map(parsePlatform);
+      const result = await importArchive(createReadStream(path), content, {
+        images,
+        ...(opts.indexName ? { indexName: opts.indexName } : {}),
+        allPlatforms: opts.allPlatforms ?? false,
+        ...(platforms[0] ? { platform: platforms[0] } : {}),
+      });
+      for (const img of result.images) {
+        onProgress?.({ ref: img.name, kind: 'image', status: 'created', detail: img.target.digest });
+        if (opts.unpack) {
+          const image = await images.get(img.name);
+          await this.unpackImage(content, image, this.unpackTarget(ctx, opts.snapshotter), opts.platforms, onProgress);
+          onProgress?.({ ref: img.name, kind: 'image', status: 'unpacked' });
+        }
+      }
+      return Promise.all(result.images.map((i) => images.get(i.name)));
+    });
+  }
+
+  /** Writes the archive next to `path` and renames it into place, so a failed export leaves no partial file. */
+  async export(
+    namespace: string,
+    path: string,
+    names: string[],
+    opts: { platforms?: string[]; allPlatforms?: boolean },
+    onProgress?: ProgressFn,
+  ): Promise<void> {
+    if (names.length === 0) throw invalidArgument('export needs at least one image');
+    const { content, images } = this.stores({ namespace });
+    const targets = [];
+    for (const n of names) {
+      const img = await images.get(n).catch((err: unknown) => {
+        throw notFound(`image ${n}: not found`, err);
+      });
+      targets.push({ name: img.name, target: img.target });
+    }
+    const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
+    const platforms = (opts.platforms ?? []).map(parsePlatform);
+    try {
+      const out = createWriteStream(tmp, { mode: 0o644 });
+      const closed = finished(out);
+      closed.catch(() => undefined);
+      await exportArchive(out, content, targets, {
+        ...(platforms[0] ? { platform: platforms[0] } : {}),
+        allPlatforms: opts.allPlatforms ?? false,
+      });
+      if (!out.writableEnded) out.end();
+      await closed;
+      await rename(tmp, path);
+      onProgress?.({ ref: path, kind: 'archive', status: 'exported' });
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw err;
+    }
+  }
+}

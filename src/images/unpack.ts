@@ -1,0 +1,120 @@
+/**
+ * Unpacking an image's layers into a snapshotter, as containerd's unpacker does, with one difference: a
+ * layer is extracted as soon as its blob is in the content store (the caller says when through `ready`), so
+ * a pull extracts layer N while layer N+1 is still downloading.
+ *
+ * Each layer becomes the committed snapshot named by its chainID. Layers already unpacked are skipped (stat
+ * of the chainID). The extraction snapshot is prepared with `containerd.io/snapshot.ref` = chainID, which is
+ * the remote-snapshot protocol: a lazy-pull snapshotter that already has the layer answers ALREADY_EXISTS,
+ * and the layer counts as unpacked without a byte read. Every failure removes the extraction snapshot, so a
+ * half-applied layer never survives.
+ */
+import { randomBytes } from 'node:crypto';
+import { failedPrecondition, isAlreadyExists, isNotFound } from '../errdefs/index.js';
+import type { ContentStore } from '../content/types.js';
+import type { Applier } from '../diff/types.js';
+import type { Snapshotter } from '../snapshots/types.js';
+import { LABEL_SNAPSHOT_REF } from '../snapshots/types.js';
+import { chainIDs } from './manifest.js';
+import { LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED, type Descriptor } from './types.js';
+
+export type UnpackStatus = 'exists' | 'unpacking' | 'unpacked';
+
+export interface UnpackOptions {
+  /** Name of the snapshotter (for the config blob's gc.ref.snapshot label). */
+  snapshotterName: string;
+  /** Resolves when layer i's blob is committed in `content`; default: already there. */
+  ready?: (i: number) => Promise<void>;
+  onProgress?: (layer: Descriptor, status: UnpackStatus, detail?: string) => void;
+  /** The config blob to label with the top chainID (so GC keeps the snapshots while the config lives). */
+  config?: Descriptor;
+}
+
+export interface UnpackResult {
+  /** chainID of the top layer: the snapshot a container's rootfs is prepared from. */
+  chainID: string;
+  /** Layers extracted now (the rest were there already). */
+  extracted: number;
+}
+
+/** A unique extraction key in containerd's shape ("extract-<unique> <chainID>"). */
+function extractionKey(chainID: string): string {
+  return `extract-${Date.now()}-${randomBytes(6).toString('base64url')} ${chainID}`;
+}
+
+export async function unpackLayers(
+  snapshotter: Snapshotter,
+  applier: Applier,
+  content: ContentStore,
+  layers: Descriptor[],
+  diffIDs: string[],
+  opts: UnpackOptions,
+): Promise<UnpackResult> {
+  if (layers.length !== diffIDs.length) {
+    throw failedPrecondition(`image has ${layers.length} layers but its config lists ${diffIDs.length} diff ids`);
+  }
+  const chain = chainIDs(diffIDs);
+  let parent = '';
+  let extracted = 0;
+  for (let i = 0; i < layers.length; i++) {
+    const layer = layers[i]!;
+    const chainID = chain[i]!;
+    if (await exists(snapshotter, chainID)) {
+      opts.onProgress?.(layer, 'exists');
+      parent = chainID;
+      continue;
+    }
+    await opts.ready?.(i);
+    opts.onProgress?.(layer, 'unpacking');
+    const key = extractionKey(chainID);
+    let mounts;
+    try {
+      mounts = await snapshotter.prepare(key, parent, { labels: { [LABEL_SNAPSHOT_REF]: chainID } });
+    } catch (err) {
+      // ALREADY_EXISTS: a remote snapshotter has the layer (or a concurrent unpack committed it).
+      if (isAlreadyExists(err) && (await exists(snapshotter, chainID))) {
+        opts.onProgress?.(layer, 'exists', 'remote snapshot');
+        parent = chainID;
+        continue;
+      }
+      throw err;
+    }
+    try {
+      const applied = await applier.apply(layer, mounts, content);
+      if (applied.digest !== diffIDs[i]) {
+        throw failedPrecondition(`wrong diff id calculated on extraction: ${applied.digest}, expected ${diffIDs[i]}`);
+      }
+      try {
+        await snapshotter.commit(chainID, key);
+      } catch (err) {
+        // Committed meanwhile by a concurrent unpack of the same layer: theirs is as good as ours.
+        if (!isAlreadyExists(err)) throw err;
+        await snapshotter.remove(key).catch(() => undefined);
+      }
+    } catch (err) {
+      await snapshotter.remove(key).catch(() => undefined);
+      throw err;
+    }
+    await content
+      .update({ digest: layer.digest, labels: { [LABEL_UNCOMPRESSED]: diffIDs[i]! } }, [`labels.${LABEL_UNCOMPRESSED}`])
+      .catch(() => undefined);
+    extracted++;
+    opts.onProgress?.(layer, 'unpacked');
+    parent = chainID;
+  }
+  if (opts.config && parent) {
+    const label = `${LABEL_GC_REF_SNAPSHOT}.${opts.snapshotterName}`;
+    await content.update({ digest: opts.config.digest, labels: { [label]: parent } }, [`labels.${label}`]);
+  }
+  return { chainID: parent, extracted };
+}
+
+async function exists(sn: Snapshotter, key: string): Promise<boolean> {
+  try {
+    await sn.stat(key);
+    return true;
+  } catch (err) {
+    if (isNotFound(err)) return false;
+    throw err;
+  }
+}
