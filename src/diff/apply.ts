@@ -131,11 +131,13 @@ function runApply(worker: Worker, tar: Readable, root: string, opts: ApplyOption
     (async () => {
       for await (const chunk of tar as AsyncIterable<Buffer | string>) {
         if (settled) return;
-        // A copy the worker owns (the stream may reuse its buffers); transferred, not cloned again.
-        const copy = typeof chunk === 'string' ? new Uint8Array(Buffer.from(chunk)) : new Uint8Array(chunk);
-        hash.update(copy);
-        inflight += copy.byteLength;
-        worker.postMessage({ op: 'data', id, chunk: copy }, [copy.buffer]);
+        const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+        hash.update(buf);
+        // A copy the worker owns, moved rather than cloned. (Moving the stream's own buffer would save the
+        // copy, but whoever produced the chunk may still hold it: a moved ArrayBuffer is emptied for them.)
+        const data = new Uint8Array(buf);
+        inflight += data.byteLength;
+        worker.postMessage({ op: 'data', id, chunk: data }, [data.buffer as ArrayBuffer]);
         if (inflight > HIGH_WATER) await new Promise<void>((r) => (wake = r));
       }
       if (!settled) worker.postMessage({ op: 'end', id });
