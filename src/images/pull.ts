@@ -108,8 +108,12 @@ export async function pull(resolver: Resolver, ref: string, svc: ImageServices, 
       await fetch(desc, 'manifest');
       const raw = await readJsonBlob(svc.content, desc);
       const manifest = parseManifest(raw);
+      // The config first (the unpacker needs its diffIDs), then every layer: downloads are served in the
+      // order they queue for the concurrency limit, so a config queued behind the layers would hold the
+      // unpacking back until most of them were in.
+      const config = fetch(manifest.config, 'config');
       for (const l of manifest.layers) startLayer(l);
-      await fetch(manifest.config, 'config');
+      await config;
       await labelChildren(svc.content, desc, children(desc, raw));
       walked.manifests.push({ desc, config: manifest.config, layers: manifest.layers });
       return;
