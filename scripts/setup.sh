@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # ctr and containerd are the interop peers of the tests and benchmarks; docker-registry serves images on
 # loopback for the pull/push tests; skopeo copies test images into it.
-debs=(containerd runc busybox-static btrfs-progs tar docker-registry skopeo)
+debs=(containerd runc busybox-static btrfs-progs tar docker-registry skopeo python3)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

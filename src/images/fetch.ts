@@ -58,11 +58,8 @@ export async function fetchBlob(
   const labels = opts.labels ?? {};
   const report = (status: string, offset?: number) =>
     opts.onProgress?.({ ref: desc.digest, kind, status, offset: offset ?? 0, total: desc.size });
-  if (await hasBlob(content, desc.digest)) {
-    await mergeLabels(content, desc.digest, labels);
-    report('exists', desc.size);
-    return 'exists';
-  }
+  // No separate "is it there?" check: opening the writer answers ALREADY_EXISTS for a blob this namespace
+  // has, and puts it under the caller's lease first, so a collection cannot take it before the image does.
   const ref = ingestRef(kind, desc.digest);
   let writer: ContentWriter;
   for (let attempt = 0; ; attempt++) {

@@ -29,6 +29,8 @@ export interface UnpackTarget {
   snapshotter: Snapshotter;
   snapshotterName: string;
   applier: Applier;
+  /** Puts an existing layer snapshot under the transfer's lease (see UnpackOptions.protect). */
+  protect?: (chainID: string) => Promise<void> | void;
 }
 
 export interface PullOptions {
@@ -136,6 +138,7 @@ export async function pull(resolver: Resolver, ref: string, svc: ImageServices, 
         {
           snapshotterName: opts.unpack.snapshotterName,
           config: target.config,
+          ...(opts.unpack.protect ? { protect: opts.unpack.protect } : {}),
           ready: async (i) => void (await startLayer(target.layers[i]!)),
           onProgress: (layer, status, detail) =>
             progress({ ref: layer.digest, kind: 'layer', status, total: layer.size, ...(detail ? { detail } : {}) }),

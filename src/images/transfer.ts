@@ -91,7 +91,13 @@ export class ImageTransfers {
 
   private unpackTarget(ctx: OpContext, snapshotter: string | undefined): UnpackTarget {
     const name = this.snapshotterName(snapshotter);
-    return { snapshotter: this.md.snapshotters.get(name)!.bind(ctx), snapshotterName: name, applier: this.differ };
+    const lease = ctx.lease;
+    return {
+      snapshotter: this.md.snapshotters.get(name)!.bind(ctx),
+      snapshotterName: name,
+      applier: this.differ,
+      ...(lease ? { protect: (chainID: string) => this.md.leases.addResource(ctx.namespace, lease, { type: `snapshots/${name}`, id: chainID }) } : {}),
+    };
   }
 
   private stores(ctx: OpContext): { content: ContentStore; images: ImageStore } {
@@ -164,6 +170,7 @@ export class ImageTransfers {
     return unpackLayers(target.snapshotter, target.applier, content, manifest.layers, config.rootfs.diff_ids, {
       snapshotterName: target.snapshotterName,
       config: manifest.config,
+      ...(target.protect ? { protect: target.protect } : {}),
       onProgress: (layer, status, detail) =>
         onProgress?.({ ref: layer.digest, kind: 'layer', status, total: layer.size, ...(detail ? { detail } : {}) }),
     });

@@ -28,6 +28,12 @@ export interface UnpackOptions {
   onProgress?: (layer: Descriptor, status: UnpackStatus, detail?: string) => void;
   /** The config blob to label with the top chainID (so GC keeps the snapshots while the config lives). */
   config?: Descriptor;
+  /**
+   * Called for a layer snapshot found already there, before relying on it: the caller puts it under its lease
+   * so that a collection cannot remove it (it may be garbage of an earlier, dropped image) until the config
+   * label refers to it.
+   */
+  protect?: (chainID: string) => Promise<void> | void;
 }
 
 export interface UnpackResult {
@@ -60,9 +66,13 @@ export async function unpackLayers(
     const layer = layers[i]!;
     const chainID = chain[i]!;
     if (await exists(snapshotter, chainID)) {
-      opts.onProgress?.(layer, 'exists');
-      parent = chainID;
-      continue;
+      await opts.protect?.(chainID);
+      // Protected now; if a collection removed it between the stat and the protection, unpack it again.
+      if (await exists(snapshotter, chainID)) {
+        opts.onProgress?.(layer, 'exists');
+        parent = chainID;
+        continue;
+      }
     }
     await opts.ready?.(i);
     opts.onProgress?.(layer, 'unpacking');
@@ -73,6 +83,7 @@ export async function unpackLayers(
     } catch (err) {
       // ALREADY_EXISTS: a remote snapshotter has the layer (or a concurrent unpack committed it).
       if (isAlreadyExists(err) && (await exists(snapshotter, chainID))) {
+        await opts.protect?.(chainID);
         opts.onProgress?.(layer, 'exists', 'remote snapshot');
         parent = chainID;
         continue;

@@ -135,10 +135,15 @@ export class SnapshotStorage {
     return toInfo(this.mustRow(key));
   }
 
-  /** The usage recorded at commit, for committed snapshots; undefined for others. */
+  /** The usage recorded for a committed snapshot (at commit, or measured later); undefined if none yet. */
   storedUsage(key: string): Usage | undefined {
     const r = this.mustRow(key);
     return r.size === null ? undefined : { size: r.size, inodes: r.inodes ?? 0 };
+  }
+
+  /** Records the usage measured for a committed snapshot after its commit (its data never changes). */
+  setUsage(key: string, usage: Usage): void {
+    this.db.prepare("UPDATE snapshots SET size = ?, inodes = ? WHERE key = ? AND kind = 'committed'").run(usage.size, usage.inodes, key);
   }
 
   /**
@@ -176,9 +181,10 @@ export class SnapshotStorage {
 
   /**
    * Turns an active snapshot into a committed one named `name` (same id: the data does not move), replacing
-   * its labels with the commit's, as containerd does. `place` runs inside the transaction.
+   * its labels with the commit's, as containerd does. `place` runs inside the transaction. `usage` undefined:
+   * not measured yet (see storedUsage/setUsage).
    */
-  commitActive(key: string, name: string, usage: Usage, labels: Record<string, string> = {}, place?: (id: number) => void): number {
+  commitActive(key: string, name: string, usage: Usage | undefined, labels: Record<string, string> = {}, place?: (id: number) => void): number {
     checkKey(key);
     checkKey(name, 'name');
     validateLabels(labels);
@@ -189,7 +195,7 @@ export class SnapshotStorage {
       const now = Date.now();
       this.db
         .prepare('UPDATE snapshots SET key = ?, kind = ?, labels = ?, created_at = ?, updated_at = ?, size = ?, inodes = ? WHERE id = ?')
-        .run(name, 'committed', JSON.stringify(labels), now, now, usage.size, usage.inodes, r.id);
+        .run(name, 'committed', JSON.stringify(labels), now, now, usage?.size ?? null, usage?.inodes ?? null, r.id);
       place?.(r.id);
       return r.id;
     }).immediate();
