@@ -58,6 +58,8 @@ export interface LocalContentStore {
   writer(opts: WriterOptions): Promise<ContentWriter>;
   /** Path of a committed blob, for in-process consumers that need a file (e.g. the differ). */
   blobPath(digest: Digest): string;
+  /** Directory of a ref's ingest (whether or not it exists), for in-process consumers (the garbage collector). */
+  ingestDir(ref: string): string;
 }
 
 const IO_CHUNK = 1 << 20;

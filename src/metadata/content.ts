@@ -71,6 +71,7 @@ export class NamespacedContent {
     readonly leases: LeaseStore,
     readonly events: EventPublisher,
     readonly numbers: UniqueNumbers,
+    readonly notifyMutation: (deletion: boolean) => void = () => {},
   ) {}
 
   /** A ContentStore seen from one namespace (and lease). */
@@ -127,7 +128,7 @@ class BoundContentStore implements ContentStore {
   async update(info: Pick<ContentInfo, 'digest' | 'labels'>, fieldpaths: string[] = []): Promise<ContentInfo> {
     checkedDigest(info.digest);
     validateLabels(info.labels);
-    return this.c.db.transaction(() => {
+    const updated = this.c.db.transaction(() => {
       const row = this.row(info.digest);
       if (!row) throw notFound(`content ${info.digest}`);
       const labels = applyLabelPaths(parseLabels(row.labels), info.labels ?? {}, fieldpaths);
@@ -137,6 +138,8 @@ class BoundContentStore implements ContentStore {
         .run(encodeLabels(labels), now, this.ns, info.digest);
       return { ...toInfo(row), labels, updatedAt: new Date(now) };
     }).immediate();
+    this.c.notifyMutation(false);
+    return updated;
   }
 
   async list(filters: string[] = []): Promise<ContentInfo[]> {
@@ -164,6 +167,7 @@ class BoundContentStore implements ContentStore {
       this.c.db.prepare("DELETE FROM lease_resources WHERE namespace = ? AND type = 'content' AND id = ?").run(this.ns, digest);
       this.c.releaseBlobIfUnused(digest);
     }).immediate();
+    this.c.notifyMutation(true);
     this.c.events.publish(this.ns, '/content/delete', typedEvent('containerd.events.ContentDelete', { digest }));
   }
 
@@ -230,6 +234,7 @@ class BoundContentStore implements ContentStore {
         .prepare("DELETE FROM lease_resources WHERE namespace = ? AND type = 'ingests' AND id = ?")
         .run(this.ns, ref);
     }).immediate();
+    this.c.notifyMutation(false);
   }
 
   async writer(opts: WriterOptions): Promise<ContentWriter> {
@@ -247,6 +252,9 @@ class BoundContentStore implements ContentStore {
     }
 
     const { backendRef, exists } = this.c.db.transaction(() => {
+      // Adopt only a blob still there: a collection may have removed it since it was seen (it unlinks inside
+      // its own synchronous check, so from here on the ingest row below keeps the blob).
+      if (shared && !existsSync(this.c.local.blobPath(shared.digest))) shared = undefined;
       this.c.namespaces.ensure(this.ns);
       if (expected && this.row(expected)) {
         // Already here: the caller's lease still takes it, so a pull under a lease keeps what it found.
@@ -276,6 +284,7 @@ class BoundContentStore implements ContentStore {
         );
       return { backendRef: row.backend_ref, exists: false };
     }).immediate();
+    this.c.notifyMutation(false);
     if (exists) throw alreadyExists(`content ${expected}`);
 
     const inner = shared ? undefined : await this.c.local.writer({ ref: backendRef, total });
@@ -391,6 +400,7 @@ class NamespacedWriter implements ContentWriter {
       this.c.leases.detach(this.ctx, 'ingests', this.ref);
       this.c.leases.attach(this.ctx, 'content', actual);
     }).immediate();
+    this.c.notifyMutation(false);
     if (innerErr) throw innerErr;
   }
 

@@ -84,6 +84,7 @@ export class NamespacedImages {
     readonly db: DB,
     readonly namespaces: NamespaceStore,
     readonly events: EventPublisher,
+    readonly notifyMutation: (deletion: boolean) => void = () => {},
   ) {
     namespaces.registerOccupant({
       describe: (d, ns) => (d.prepare('SELECT 1 FROM images WHERE namespace = ? LIMIT 1').get(ns) ? ['images'] : []),
@@ -178,6 +179,7 @@ class BoundImageStore implements ImageStore {
         );
       if (res.changes === 0) throw alreadyExists(`image ${JSON.stringify(image.name)}`);
     }).immediate();
+    this.s.notifyMutation(false);
     const created = toImage({
       name: image.name,
       target_media_type: image.target.mediaType,
@@ -247,6 +249,7 @@ class BoundImageStore implements ImageStore {
         updated_at: now,
       });
     }).immediate();
+    this.s.notifyMutation(false);
     this.s.events.publish(this.ns, '/images/update', typedEvent(IMAGE_EVENT_UPDATE, { name: updated.name, labels: updated.labels }));
     return updated;
   }
@@ -254,6 +257,7 @@ class BoundImageStore implements ImageStore {
   async delete(name: string): Promise<void> {
     const res = this.s.db.prepare('DELETE FROM images WHERE namespace = ? AND name = ?').run(this.ns, name);
     if (res.changes === 0) throw notFound(`image ${JSON.stringify(name)}`);
+    this.s.notifyMutation(true);
     this.s.events.publish(this.ns, '/images/delete', typedEvent(IMAGE_EVENT_DELETE, { name }));
   }
 }

@@ -38,6 +38,7 @@ export class LeaseStore {
   constructor(
     private readonly db: DB,
     private readonly namespaces: NamespaceStore,
+    private readonly notifyMutation: (deletion: boolean) => void = () => {},
   ) {}
 
   create(namespace: string, id: string, labels: Record<string, string> = {}): Lease {
@@ -55,6 +56,7 @@ export class LeaseStore {
         .run(namespace, id, encodeLabels(labels), createdAt);
       if (res.changes === 0) throw alreadyExists(`lease "${id}"`);
     }).immediate();
+    this.notifyMutation(false);
     return { id, createdAt: new Date(createdAt), labels };
   }
 
@@ -87,6 +89,7 @@ export class LeaseStore {
   delete(namespace: string, id: string): void {
     const res = this.db.prepare('DELETE FROM leases WHERE namespace = ? AND id = ?').run(namespace, id);
     if (res.changes === 0) throw notFound(`lease "${id}"`);
+    this.notifyMutation(true);
   }
 
   addResource(namespace: string, id: string, resource: LeaseResource): void {
@@ -97,6 +100,7 @@ export class LeaseStore {
         .prepare('INSERT OR IGNORE INTO lease_resources (namespace, lease, type, id) VALUES (?, ?, ?, ?)')
         .run(namespace, id, r.type, r.id);
     }).immediate();
+    this.notifyMutation(false);
   }
 
   deleteResource(namespace: string, id: string, resource: LeaseResource): void {
@@ -107,6 +111,7 @@ export class LeaseStore {
         .prepare('DELETE FROM lease_resources WHERE namespace = ? AND lease = ? AND type = ? AND id = ?')
         .run(namespace, id, r.type, r.id);
     }).immediate();
+    this.notifyMutation(true);
   }
 
   listResources(namespace: string, id: string): LeaseResource[] {
@@ -114,6 +119,20 @@ export class LeaseStore {
     return this.db
       .prepare('SELECT id, type FROM lease_resources WHERE namespace = ? AND lease = ? ORDER BY type, id')
       .all(namespace, id) as LeaseResource[];
+  }
+
+  /**
+   * The earliest `containerd.io/gc.expire` after `now` among the leases of every namespace (milliseconds since
+   * the epoch), or undefined when no lease expires in the future. The GC scheduler sets a timer for it.
+   */
+  nextExpiry(now = Date.now()): number | undefined {
+    const rows = this.db.prepare("SELECT labels FROM leases WHERE labels LIKE '%containerd.io/gc.expire%'").all() as { labels: string }[];
+    let next: number | undefined;
+    for (const r of rows) {
+      const at = Date.parse(parseLabels(r.labels)[LABEL_GC_EXPIRE] ?? '');
+      if (at > now && (next === undefined || at < next)) next = at;
+    }
+    return next;
   }
 
   /**

@@ -57,6 +57,7 @@ export class NamespacedSnapshots {
     private readonly leases: LeaseStore,
     private readonly events: EventPublisher,
     private readonly numbers: UniqueNumbers,
+    readonly notifyMutation: (deletion: boolean) => void = () => {},
   ) {
     namespaces.registerOccupant({
       describe: (d, ns) =>
@@ -68,6 +69,25 @@ export class NamespacedSnapshots {
 
   bind(ctx: OpContext): Snapshotter {
     return new BoundSnapshotter(this, ctx);
+  }
+
+  /**
+   * Backend keys that a prepare, view or commit in progress has created (or is creating) but not yet recorded,
+   * and the key a commit is moving away from: the garbage collector and prune leave them alone.
+   */
+  readonly pending = new Set<string>();
+
+  /** @internal Runs `fn`, which marks backend keys pending through `hold`, and releases them when it ends. */
+  async holding<T>(fn: (hold: (bkey: string) => void) => Promise<T>): Promise<T> {
+    const held: string[] = [];
+    try {
+      return await fn((bkey) => {
+        held.push(bkey);
+        this.pending.add(bkey);
+      });
+    } finally {
+      for (const k of held) this.pending.delete(k);
+    }
   }
 
   /** @internal */ row(ns: string, key: string): Row | undefined {
@@ -129,6 +149,7 @@ class BoundSnapshotter implements Snapshotter {
         .run(encodeLabels(labels), now, this.ns, this.s.name, info.name);
       return { row, labels, now };
     }).immediate();
+    this.s.notifyMutation(false);
     // Inherited labels are the backend's too (a lazy-pull snapshotter reads them).
     const touched = fieldpaths.length === 0 || fieldpaths.some((p) => p === 'labels' || p.startsWith(`labels.${INHERITED_LABEL_PREFIX}`) || p === `labels.${LABEL_SNAPSHOT_REF}`);
     if (touched) {
@@ -153,7 +174,11 @@ class BoundSnapshotter implements Snapshotter {
     return this.create(key, parent, true, opts);
   }
 
-  private async create(key: string, parent: string, readonly: boolean, opts: SnapshotOpts): Promise<Mount[]> {
+  private create(key: string, parent: string, readonly: boolean, opts: SnapshotOpts): Promise<Mount[]> {
+    return this.s.holding((hold) => this.createHeld(key, parent, readonly, opts, hold));
+  }
+
+  private async createHeld(key: string, parent: string, readonly: boolean, opts: SnapshotOpts, hold: (bkey: string) => void): Promise<Mount[]> {
     if (!key) throw invalidArgument('snapshot key must not be empty');
     const labels = { ...(opts.labels ?? {}) };
     validateLabels(labels);
@@ -171,6 +196,7 @@ class BoundSnapshotter implements Snapshotter {
       }
       return { bkey: `${this.ns}/${this.s.store.numbers.next()}/${key}`, bparent };
     })();
+    hold(reserved);
 
     let bkey = reserved;
     let recordKey = key;
@@ -196,6 +222,7 @@ class BoundSnapshotter implements Snapshotter {
         [`labels."${LABEL_SNAPSHOT_REF}"==${JSON.stringify(target)},parent==${JSON.stringify(bparent)}`],
       );
       if (!found) throw notFound(`target snapshot "${target}" in backend`);
+      hold(found.name);
       recordKey = target;
       bkey = found.name;
       kind = 'committed';
@@ -209,6 +236,8 @@ class BoundSnapshotter implements Snapshotter {
       this.db.transaction(() => {
         this.s.store.namespaces.ensure(this.ns);
         if (this.s.row(this.ns, recordKey)) throw alreadyExists(`snapshot "${recordKey}"`);
+        // The parent may have been removed (or garbage collected) while the backend worked.
+        if (recordParent && !this.s.row(this.ns, recordParent)) throw notFound(`parent snapshot ${recordParent} does not exist`);
         this.db
           .prepare(
             'INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
@@ -216,6 +245,7 @@ class BoundSnapshotter implements Snapshotter {
           .run(this.ns, this.s.name, recordKey, bkey, recordParent, kind, encodeLabels(labels), times.created, times.updated);
         this.s.store.leases.attach(this.ctx, this.resource, recordKey);
       }).immediate();
+      this.s.notifyMutation(false);
     } catch (err) {
       if (created) await this.s.backend.remove(bkey).catch(() => undefined);
       throw err;
@@ -225,7 +255,11 @@ class BoundSnapshotter implements Snapshotter {
     return mounts;
   }
 
-  async commit(name: string, key: string, opts: SnapshotOpts = {}): Promise<void> {
+  commit(name: string, key: string, opts: SnapshotOpts = {}): Promise<void> {
+    return this.s.holding((hold) => this.commitHeld(name, key, opts, hold));
+  }
+
+  private async commitHeld(name: string, key: string, opts: SnapshotOpts, hold: (bkey: string) => void): Promise<void> {
     if (!name) throw invalidArgument('snapshot name must not be empty');
     const labels = opts.labels ?? {};
     validateLabels(labels);
@@ -236,10 +270,14 @@ class BoundSnapshotter implements Snapshotter {
       if (row.kind !== 'active') throw failedPrecondition(`failed to commit snapshot: snapshot ${JSON.stringify(key)} is not active`);
       return { row, bname: `${this.ns}/${this.s.store.numbers.next()}/${name}` };
     })();
+    hold(row.backend_key);
+    hold(bname);
 
     await this.s.backend.commit(bname, row.backend_key, { labels: inheritedLabels(labels) });
 
     this.db.transaction(() => {
+      // The active snapshot may have been removed (or garbage collected) while the backend committed it.
+      this.s.mustRow(this.ns, key);
       const now = Date.now();
       this.db.prepare('DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?').run(this.ns, this.s.name, key);
       this.db
@@ -254,6 +292,7 @@ class BoundSnapshotter implements Snapshotter {
       this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND type = ? AND id = ?').run(this.ns, this.resource, key);
       this.s.store.leases.attach(this.ctx, this.resource, name);
     }).immediate();
+    this.s.notifyMutation(false);
     this.s.store.events.publish(this.ns, '/snapshot/commit', typedEvent('containerd.events.SnapshotCommit', { key, name }));
   }
 
@@ -269,6 +308,7 @@ class BoundSnapshotter implements Snapshotter {
       const shared = this.db.prepare('SELECT 1 FROM snapshots WHERE snapshotter = ? AND backend_key = ? LIMIT 1').get(this.s.name, row.backend_key);
       return { ...row, shared: shared !== undefined };
     }).immediate();
+    this.s.notifyMutation(true);
     // The record is gone; the backend data follows unless another namespace still records it. A backend that
     // refuses (e.g. a child in another namespace) keeps it for the garbage collector.
     if (!row.shared) {

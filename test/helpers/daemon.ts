@@ -20,6 +20,12 @@ export interface DaemonOptions {
   /** Reuse an existing root/state (for restarts). */
   dir?: TempDir;
   logLevel?: string;
+  /**
+   * Load the GC scheduler (default: disabled). Most tests create objects nothing references (a content
+   * ingest without a lease, snapshots of the snapshot suite) and then use them; with the scheduler on, any
+   * deletion makes a collection due and it would remove them, as containerd's would. GC tests opt in.
+   */
+  gc?: boolean;
 }
 
 const running = new Set<StartedDaemon>();
@@ -85,10 +91,11 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<StartedD
   const state = join(dir.path, 'state');
   const address = join(state, 'strata.sock');
   const configPath = join(dir.path, 'config.toml');
+  const noGc = !options.gc && !(options.config ?? '').includes('disabled_plugins') ? 'disabled_plugins = ["io.containerd.gc.v1.scheduler"]\n' : '';
   await writeFile(
     configPath,
     // The test's own TOML goes before the [grpc] table so its top-level keys stay top-level.
-    `version = 2\nroot = "${root}"\nstate = "${state}"\n${options.config ?? ''}\n[grpc]\naddress = "${address}"\n${options.grpc ?? ''}\n`,
+    `version = 2\nroot = "${root}"\nstate = "${state}"\n${noGc}${options.config ?? ''}\n[grpc]\naddress = "${address}"\n${options.grpc ?? ''}\n`,
   );
   const proc = spawn(process.execPath, [STRATAD, '--config', configPath, '--log-level', options.logLevel ?? 'debug'], {
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,0 +1,347 @@
+/**
+ * Data and records that disagree: blobs, ingest directories and backend snapshots that no record accounts for
+ * (what a crash, a failed removal or the record sweep of a collection leaves), and records whose data is gone.
+ *
+ * The same passes remove a collection's data after its record sweep, so a collection also finishes what an
+ * interrupted one left. Each removal re-checks, synchronously and right before it acts, that nothing records
+ * the object, so an object created or adopted since the listing is never lost:
+ *  - a blob is kept while any namespace has a content row for its digest, any lease names it, any ingest adopts
+ *    it (the same rule as NamespacedContent.releaseBlobIfUnused), or it may be the blob of a commit in progress:
+ *    a commit renames the ingest's data onto the blob path before its transaction inserts the content row and
+ *    deletes the ingest row, so a blob is kept while an ingest row older than the blob has no data file;
+ *  - a backend snapshot is kept while a snapshot row (any namespace) has its backend key, or while an operation
+ *    in progress holds the key (NamespacedSnapshots.pending: a prepare creates the backend snapshot before its
+ *    record, a commit renames it before updating the record);
+ *  - an ingest directory is kept while an ingest row has its backend ref (rows are written before directories
+ *    and deleted after them, so a directory without a row is never in progress).
+ */
+import { existsSync, statSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { isNotFound, isUnavailable } from '../errdefs/index.js';
+import type { Logger } from '../log/index.js';
+import type { MetadataStore, NamespacedSnapshots } from '../metadata/index.js';
+import type { GCObject, Orphans } from './types.js';
+
+/**
+ * Slack on the comparison of an ingest row's creation time with a blob's modification time (the commit stamps
+ * it): both come from this host's clock, the margin only covers file system timestamp granularity.
+ */
+const CLOCK_SLACK_MS = 2000;
+
+/** Records a dry run treats as already swept (keys as built by the helpers below). */
+export interface Exclusions {
+  content: Set<string>;
+  ingests: Set<string>;
+  snapshots: Set<string>;
+  leases: Set<string>;
+}
+
+export const contentKey = (namespace: string, digest: string) => `${namespace}\0${digest}`;
+export const ingestKey = (namespace: string, ref: string) => `${namespace}\0${ref}`;
+export const snapshotKey = (namespace: string, snapshotter: string, key: string) => `${namespace}\0${snapshotter}\0${key}`;
+export const leaseKey = (namespace: string, id: string) => `${namespace}\0${id}`;
+
+const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err));
+
+/**
+ * Whether records still account for a piece of data: synchronous queries, meant to run right before the
+ * removal they guard. With exclusions (a dry run), the excluded records count as gone.
+ */
+export class DataRefs {
+  /** Set when data without a record was kept only because an operation in progress may still record it. */
+  heldInProgress = false;
+  constructor(
+    private readonly md: MetadataStore,
+    private readonly ex?: Exclusions,
+  ) {}
+
+  private get db() {
+    return this.md.db;
+  }
+
+  blobUsed(digest: string, mtimeMs: number): boolean {
+    const ex = this.ex;
+    const rows = this.db.prepare('SELECT namespace FROM content WHERE digest = ?').all(digest) as { namespace: string }[];
+    if (rows.some((r) => !ex?.content.has(contentKey(r.namespace, digest)))) return true;
+    const leased = this.db
+      .prepare("SELECT namespace, lease FROM lease_resources WHERE type = 'content' AND id = ?")
+      .all(digest) as { namespace: string; lease: string }[];
+    if (leased.some((r) => !ex?.leases.has(leaseKey(r.namespace, r.lease)))) return true;
+    const adopting = this.db.prepare('SELECT namespace, ref FROM ingests WHERE shared_digest = ?').all(digest) as { namespace: string; ref: string }[];
+    if (adopting.some((r) => !ex?.ingests.has(ingestKey(r.namespace, r.ref)))) return true;
+    if (this.commitInProgress(mtimeMs)) return (this.heldInProgress = true);
+    return false;
+  }
+
+  /** An ingest row at least as old as the blob whose data file is gone: possibly the commit of this blob. */
+  private commitInProgress(mtimeMs: number): boolean {
+    const rows = this.db
+      .prepare('SELECT namespace, ref, backend_ref FROM ingests WHERE shared_digest IS NULL AND created_at <= ?')
+      .all(mtimeMs + CLOCK_SLACK_MS) as { namespace: string; ref: string; backend_ref: string }[];
+    const local = this.md.content.local;
+    return rows.some((r) => !this.ex?.ingests.has(ingestKey(r.namespace, r.ref)) && !existsSync(join(local.ingestDir(r.backend_ref), 'data')));
+  }
+
+  ingestUsed(backendRef: string): boolean {
+    const rows = this.db.prepare('SELECT namespace, ref FROM ingests WHERE backend_ref = ?').all(backendRef) as { namespace: string; ref: string }[];
+    return rows.some((r) => !this.ex?.ingests.has(ingestKey(r.namespace, r.ref)));
+  }
+
+  snapshotUsed(sn: NamespacedSnapshots, backendKey: string): boolean {
+    if (sn.pending.has(backendKey)) return (this.heldInProgress = true);
+    const rows = this.db
+      .prepare('SELECT namespace, key FROM snapshots WHERE snapshotter = ? AND backend_key = ?')
+      .all(sn.name, backendKey) as { namespace: string; key: string }[];
+    return rows.some((r) => !this.ex?.snapshots.has(snapshotKey(r.namespace, sn.name, r.key)));
+  }
+
+  /**
+   * Digests certainly in use now (a fast filter before the exact check; stale only in the safe direction for
+   * a real run, since whatever it misses is checked again before removal).
+   */
+  blobsInUse(): Set<string> {
+    const ex = this.ex;
+    const used = new Set<string>();
+    for (const r of this.db.prepare('SELECT namespace, digest FROM content').all() as { namespace: string; digest: string }[]) {
+      if (!ex?.content.has(contentKey(r.namespace, r.digest))) used.add(r.digest);
+    }
+    for (const r of this.db.prepare("SELECT namespace, lease, id FROM lease_resources WHERE type = 'content'").all() as { namespace: string; lease: string; id: string }[]) {
+      if (!ex?.leases.has(leaseKey(r.namespace, r.lease))) used.add(r.id);
+    }
+    for (const r of this.db.prepare('SELECT namespace, ref, shared_digest FROM ingests WHERE shared_digest IS NOT NULL').all() as { namespace: string; ref: string; shared_digest: string }[]) {
+      if (!ex?.ingests.has(ingestKey(r.namespace, r.ref))) used.add(r.shared_digest);
+    }
+    return used;
+  }
+}
+
+export interface DataPassOptions {
+  dryRun: boolean;
+  log: Logger;
+}
+
+export interface DataPassResult<K extends string = string> {
+  /** Removed (or, in a dry run, removable) data, by its key in the backend, with the bytes it used. */
+  removed: { key: K; size: number }[];
+  errors: { key: K; error: string }[];
+}
+
+/**
+ * Blobs no record accounts for: each is checked again and unlinked synchronously, so a concurrent adoption
+ * (which checks the file in its own transaction) never records a blob that is about to vanish.
+ */
+export async function removeUnrecordedBlobs(md: MetadataStore, refs: DataRefs, opts: DataPassOptions): Promise<DataPassResult> {
+  const local = md.content.local;
+  const out: DataPassResult = { removed: [], errors: [] };
+  const blobs = await local.list();
+  const inUse = refs.blobsInUse();
+  for (const b of blobs) {
+    if (inUse.has(b.digest)) continue;
+    const mtime = b.createdAt.getTime();
+    if (refs.blobUsed(b.digest, mtime)) continue;
+    if (opts.dryRun) {
+      out.removed.push({ key: b.digest, size: b.size });
+      continue;
+    }
+    try {
+      // No await between the check above and the unlink.
+      unlinkSync(local.blobPath(b.digest));
+      out.removed.push({ key: b.digest, size: b.size });
+      opts.log.debug('removed blob', { digest: b.digest, size: b.size });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      out.errors.push({ key: b.digest, error: errorText(err) });
+    }
+  }
+  return out;
+}
+
+/** Ingest directories (by backend ref) no ingest row accounts for. A locked one (a writer has it) stays. */
+export async function removeUnrecordedIngests(md: MetadataStore, refs: DataRefs, opts: DataPassOptions): Promise<DataPassResult> {
+  const local = md.content.local;
+  const out: DataPassResult = { removed: [], errors: [] };
+  for (const st of await local.listStatuses()) {
+    if (refs.ingestUsed(st.ref)) continue;
+    if (opts.dryRun) {
+      out.removed.push({ key: st.ref, size: st.offset });
+      continue;
+    }
+    try {
+      await local.abort(st.ref);
+      out.removed.push({ key: st.ref, size: st.offset });
+      opts.log.debug('removed ingest data', { ref: st.ref, size: st.offset });
+    } catch (err) {
+      if (isNotFound(err)) continue;
+      if (isUnavailable(err)) continue; // a writer holds it: in use
+      out.errors.push({ key: st.ref, error: errorText(err) });
+    }
+  }
+  return out;
+}
+
+export interface SnapshotPassResult extends DataPassResult {
+  /** Every backend key the walk saw. */
+  seen: Set<string>;
+}
+
+/**
+ * Backend snapshots no record accounts for, children before parents. A snapshot whose child stays (recorded,
+ * in progress, or failed to go) is left alone; when it is one the caller cares about (`mustGo`, e.g. the
+ * backend key of a record just swept) that is reported as an error, else it waits for a later pass silently.
+ */
+export async function removeUnrecordedSnapshots(
+  sn: NamespacedSnapshots,
+  refs: DataRefs,
+  opts: DataPassOptions & { mustGo?: Set<string> },
+): Promise<SnapshotPassResult> {
+  const backend = sn.backend;
+  const out: SnapshotPassResult = { removed: [], errors: [], seen: new Set() };
+  const parents = new Map<string, string>();
+  await backend.walk((i) => {
+    out.seen.add(i.name);
+    parents.set(i.name, i.parent);
+  });
+  const children = new Map<string, string[]>();
+  for (const [k, p] of parents) {
+    if (!p) continue;
+    let list = children.get(p);
+    if (!list) children.set(p, (list = []));
+    list.push(k);
+  }
+  const depthOf = new Map<string, number>();
+  const depth = (k: string): number => {
+    let d = depthOf.get(k);
+    if (d !== undefined) return d;
+    // Iterative walk up the chain (chains may be long).
+    const chain: string[] = [];
+    const inChain = new Set<string>();
+    let cur: string | undefined = k;
+    while (cur !== undefined && !depthOf.has(cur) && parents.has(cur) && !inChain.has(cur)) {
+      chain.push(cur);
+      inChain.add(cur);
+      const p = parents.get(cur);
+      cur = p ? p : undefined;
+    }
+    let base = cur !== undefined && depthOf.has(cur) ? depthOf.get(cur)! : -1;
+    for (let i = chain.length - 1; i >= 0; i--) depthOf.set(chain[i]!, ++base);
+    d = depthOf.get(k)!;
+    return d;
+  };
+
+  const candidates = [...parents.keys()].filter((k) => !refs.snapshotUsed(sn, k));
+  candidates.sort((a, b) => depth(b) - depth(a));
+  const gone = new Set<string>();
+  for (const key of candidates) {
+    const stay = (children.get(key) ?? []).find((c) => !gone.has(c));
+    if (stay !== undefined) {
+      if (opts.mustGo?.has(key)) out.errors.push({ key, error: `kept: its child snapshot ${stay} stays` });
+      continue;
+    }
+    let size = 0;
+    try {
+      size = (await backend.usage(key)).size;
+    } catch {
+      // best effort: the size is informational
+    }
+    if (opts.dryRun) {
+      if (!refs.snapshotUsed(sn, key)) {
+        gone.add(key);
+        out.removed.push({ key, size });
+      }
+      continue;
+    }
+    // Checked again right before the removal, with no await in between.
+    if (refs.snapshotUsed(sn, key)) continue;
+    try {
+      await backend.remove(key);
+      gone.add(key);
+      out.removed.push({ key, size });
+      opts.log.debug('removed backend snapshot', { snapshotter: sn.name, key, size });
+    } catch (err) {
+      if (isNotFound(err)) {
+        gone.add(key); // someone else removed it
+        continue;
+      }
+      out.errors.push({ key, error: errorText(err) });
+    }
+  }
+  if (!opts.dryRun) {
+    // What the backend itself may have left (directories of interrupted removals): containerd's Cleanup.
+    await backend.cleanup().catch((err: unknown) => opts.log.warn('snapshotter cleanup failed', { snapshotter: sn.name, error: errorText(err) }));
+  }
+  return out;
+}
+
+/**
+ * `strata prune`: data without records (removed unless dryRun) and records without data (reported only: the
+ * record may be all that is left of something a client still expects, and removing it is a decision for the
+ * client or the collector, not for a repair tool).
+ */
+export async function findOrphans(md: MetadataStore, opts: DataPassOptions): Promise<Orphans> {
+  const refs = new DataRefs(md);
+  const local = md.content.local;
+  const orphans: Orphans = { blobs: [], ingests: [], snapshots: [], contentWithoutData: [], snapshotsWithoutData: [] };
+
+  const blobs = await removeUnrecordedBlobs(md, refs, opts);
+  orphans.blobs = blobs.removed.map((b) => ({ digest: b.key, size: b.size }));
+  for (const e of blobs.errors) {
+    opts.log.warn('could not remove orphan blob', { digest: e.key, error: e.error });
+    orphans.blobs.push({ digest: e.key, size: 0 });
+  }
+
+  const ingests = await removeUnrecordedIngests(md, refs, opts);
+  orphans.ingests = ingests.removed.map((i) => ({ ref: i.key, size: i.size }));
+  for (const e of ingests.errors) {
+    opts.log.warn('could not remove orphan ingest', { ref: e.key, error: e.error });
+    orphans.ingests.push({ ref: e.key, size: 0 });
+  }
+
+  for (const [name, sn] of md.snapshotters) {
+    let pass: SnapshotPassResult;
+    try {
+      pass = await removeUnrecordedSnapshots(sn, refs, opts);
+    } catch (err) {
+      opts.log.warn('cannot walk snapshotter', { snapshotter: name, error: errorText(err) });
+      continue;
+    }
+    for (const r of pass.removed) orphans.snapshots.push({ snapshotter: name, key: r.key });
+    for (const e of pass.errors) {
+      opts.log.warn('could not remove orphan snapshot', { snapshotter: name, key: e.key, error: e.error });
+      orphans.snapshots.push({ snapshotter: name, key: e.key });
+    }
+
+    // Records whose backend snapshot is missing: not seen by the walk, not in progress, and confirmed by stat.
+    const rows = md.db
+      .prepare('SELECT namespace, key, backend_key FROM snapshots WHERE snapshotter = ? ORDER BY namespace, key')
+      .all(name) as { namespace: string; key: string; backend_key: string }[];
+    for (const r of rows) {
+      if (pass.seen.has(r.backend_key) || sn.pending.has(r.backend_key)) continue;
+      try {
+        await sn.backend.stat(r.backend_key);
+        continue;
+      } catch (err) {
+        if (!isNotFound(err)) continue;
+      }
+      const still = md.db
+        .prepare('SELECT 1 FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ? AND backend_key = ?')
+        .get(r.namespace, name, r.key, r.backend_key);
+      if (still && !sn.pending.has(r.backend_key)) {
+        const o: GCObject = { type: 'snapshot', namespace: r.namespace, snapshotter: name, id: r.key };
+        orphans.snapshotsWithoutData.push(o);
+      }
+    }
+  }
+
+  // Content rows whose blob file is missing (a row is inserted only after its blob is in place, and a blob is
+  // unlinked only in the transaction that deletes its last row, so this is damage, not a race).
+  for (const r of md.db.prepare('SELECT namespace, digest FROM content ORDER BY namespace, digest').all() as { namespace: string; digest: string }[]) {
+    let present: boolean;
+    try {
+      present = statSync(local.blobPath(r.digest)).isFile();
+    } catch {
+      present = false;
+    }
+    if (!present) orphans.contentWithoutData.push({ type: 'content', namespace: r.namespace, id: r.digest });
+  }
+  return orphans;
+}
