@@ -24,6 +24,9 @@ import { HealthClient } from './gen/grpc/health/v1/health.js';
 import { ImagesClient } from './gen/containerd/services/images/v1/images.js';
 import { DiffClient } from './gen/containerd/services/diff/v1/diff.js';
 import { TransferClient } from './gen/strata/services/transfer/v1/transfer.js';
+import { ContainersClient } from './gen/containerd/services/containers/v1/containers.js';
+import { TasksClient } from './gen/containerd/services/tasks/v1/tasks.js';
+import { GCClient } from './gen/strata/services/gc/v1/gc.js';
 import { LEASE_HEADER, NAMESPACE_HEADER } from './call.js';
 
 export interface ClientOptions {
@@ -64,6 +67,10 @@ export class StrataClient {
   readonly diff: DiffClient;
   /** Strata's own transfer service (pull, push, import, export, unpack in the daemon). */
   readonly transfer: TransferClient;
+  readonly containers: ContainersClient;
+  readonly tasks: TasksClient;
+  /** Strata's GC service (collect, why, prune, metrics). */
+  readonly gc: GCClient;
 
   constructor(
     readonly address: string,
@@ -86,6 +93,9 @@ export class StrataClient {
     this.images = new ImagesClient(target, creds, shared);
     this.diff = new DiffClient(target, creds, shared);
     this.transfer = new TransferClient(target, creds, shared);
+    this.containers = new ContainersClient(target, creds, shared);
+    this.tasks = new TasksClient(target, creds, shared);
+    this.gc = new GCClient(target, creds, shared);
   }
 
   /** A client for another namespace or lease over the same connection settings. */

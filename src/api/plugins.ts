@@ -1,6 +1,6 @@
 /**
  * The gRPC services, each registered as an io.containerd.grpc.v1 plugin over the subsystems it translates.
- * Services not listed here (containers, tasks) answer UNIMPLEMENTED until their subsystem registers one.
+ * A service whose plugin is disabled or failed answers UNIMPLEMENTED.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -20,6 +20,8 @@ import { snapshotsService } from './services/snapshots.js';
 import { imagesService } from './services/images.js';
 import { diffService } from './services/diff.js';
 import { transferService } from './services/transfer.js';
+import { gcService, syncDelete } from './services/gc.js';
+import type { Scheduler } from '../gc/scheduler.js';
 import type { Differ } from '../diff/types.js';
 import type { ImageTransfers } from '../images/transfer.js';
 import { opContext } from './call.js';
@@ -58,8 +60,9 @@ register<GrpcService, Record<string, unknown>>({
 register<GrpcService, Record<string, unknown>>({
   type: PluginType.GRPC,
   id: 'leases',
-  requires: [PluginType.Metadata],
-  init: (ic) => leasesService(metadata(ic).leases, ic.log),
+  // After the GC plugin (when loaded): Delete with sync waits for a collection, as containerd's.
+  requires: [PluginType.Metadata, PluginType.GC],
+  init: (ic) => leasesService(metadata(ic).leases, ic.log, syncDelete(ic.getAll<Scheduler>(PluginType.GC).get('scheduler'))),
 });
 
 register<GrpcService, Record<string, unknown>>({
@@ -103,8 +106,8 @@ register<GrpcService, Record<string, unknown>>({
 register<GrpcService, Record<string, unknown>>({
   type: PluginType.GRPC,
   id: 'images',
-  requires: [PluginType.Metadata],
-  init: (ic) => imagesService(metadata(ic).images, ic.log),
+  requires: [PluginType.Metadata, PluginType.GC],
+  init: (ic) => imagesService(metadata(ic).images, ic.log, syncDelete(ic.getAll<Scheduler>(PluginType.GC).get('scheduler'))),
 });
 
 register<GrpcService, Record<string, unknown>>({
@@ -123,4 +126,34 @@ register<GrpcService, Record<string, unknown>>({
   id: 'transfer',
   requires: [PluginType.Transfer],
   init: (ic) => transferService(ic.get<ImageTransfers>(PluginType.Transfer, 'images'), ic.log),
+});
+
+// Strata's extension: garbage collection on demand, why an object is kept, orphans (`strata gc`, `strata prune`).
+register<GrpcService, Record<string, unknown>>({
+  type: PluginType.GRPC,
+  id: 'gc',
+  requires: [PluginType.GC],
+  init: (ic) => {
+    const scheduler = ic.get<Scheduler>(PluginType.GC, 'scheduler');
+    return gcService(scheduler, scheduler.collector, ic.log);
+  },
+});
+
+// Containers: the metadata container store (import kept with its registration; ESM hoists it).
+import { containersService } from './services/containers.js';
+register<GrpcService, Record<string, unknown>>({
+  type: PluginType.GRPC,
+  id: 'containers',
+  requires: [PluginType.Metadata],
+  init: (ic) => containersService(metadata(ic).containers, ic.log),
+});
+
+// Tasks: containers run on runc, each watched by a monitor process (src/runtime).
+import { tasksService } from './services/tasks.js';
+import type { TaskManager } from '../runtime/tasks.js';
+register<GrpcService, Record<string, unknown>>({
+  type: PluginType.GRPC,
+  id: 'tasks',
+  requires: [PluginType.Runtime],
+  init: (ic) => tasksService(ic.get<TaskManager>(PluginType.Runtime, 'task'), ic.log),
 });

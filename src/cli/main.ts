@@ -15,6 +15,10 @@ import { namespaces } from './namespaces.js';
 import { plugins } from './plugins.js';
 import { snapshots } from './snapshots.js';
 import { images } from './images.js';
+import { gc, prune } from './gc.js';
+import { containers } from './containers.js';
+import { run } from './run.js';
+import { tasks } from './tasks.js';
 import { version } from './version.js';
 
 export const DEFAULT_ADDRESS = '/run/strata/strata.sock';
@@ -33,7 +37,7 @@ const GLOBAL_OPTIONS = {
 // Options that take a value and may come before the command name (the scan must skip their value).
 const VALUE_FLAGS = new Set(['--address', '-a', '--namespace', '-n', '--connect-timeout', '--snapshotter', '--platform', '--user', '-u', '--hosts-dir']);
 
-const ENTRIES: (Group | Command)[] = [namespaces, content, images, leases, snapshots, plugins, version];
+const ENTRIES: (Group | Command)[] = [namespaces, content, images, containers, run, tasks, leases, snapshots, gc, prune, plugins, version];
 
 const isGroup = (e: Group | Command): e is Group => 'commands' in e;
 

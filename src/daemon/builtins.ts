@@ -13,3 +13,5 @@ import '../snapshots/zfs/plugin.js';
 import '../snapshots/aufs/plugin.js';
 import '../diff/plugin.js';
 import '../images/plugin.js';
+import '../gc/plugin.js';
+import '../runtime/plugin.js';

@@ -98,6 +98,29 @@ const migrations: string[] = [
   ) WITHOUT ROWID;
   CREATE INDEX images_by_target ON images(target_digest);
   `,
+  // 4: containers, per namespace: runtime, spec and extensions (protobuf Any: type URL + bytes), rootfs snapshot.
+  `
+  CREATE TABLE containers (
+    namespace            TEXT NOT NULL REFERENCES namespaces(name),
+    id                   TEXT NOT NULL,
+    labels               TEXT NOT NULL DEFAULT '{}',
+    image                TEXT NOT NULL DEFAULT '',
+    runtime_name         TEXT NOT NULL,
+    runtime_options_type TEXT,
+    runtime_options      BLOB,
+    spec_type            TEXT,
+    spec                 BLOB,
+    snapshotter          TEXT NOT NULL DEFAULT '',
+    snapshot_key         TEXT NOT NULL DEFAULT '',
+    -- {name: {typeUrl, value (base64)}}
+    extensions           TEXT NOT NULL DEFAULT '{}',
+    sandbox_id           TEXT NOT NULL DEFAULT '',
+    created_at           INTEGER NOT NULL,
+    updated_at           INTEGER NOT NULL,
+    PRIMARY KEY (namespace, id)
+  ) WITHOUT ROWID;
+  CREATE INDEX containers_by_snapshot ON containers(namespace, snapshotter, snapshot_key);
+  `,
 ];
 
 export const SCHEMA_VERSION = migrations.length;

@@ -10,6 +10,7 @@ import { LeaseStore } from './leases.js';
 import { NamespacedContent } from './content.js';
 import { NamespacedSnapshots } from './snapshots.js';
 import { NamespacedImages } from './images.js';
+import { NamespacedContainers } from './containers.js';
 import type { Snapshotter } from '../snapshots/types.js';
 
 export type { OpContext } from './context.js';
@@ -22,12 +23,14 @@ export { validateIdentifier } from './identifiers.js';
 export { SCHEMA_VERSION } from './db.js';
 export type { NamespacedSnapshots } from './snapshots.js';
 export type { NamespacedImages } from './images.js';
+export type { NamespacedContainers, Container, ContainerStore, ContainerInput, AnyValue } from './containers.js';
 
 export class MetadataStore {
   readonly namespaces: NamespaceStore;
   readonly leases: LeaseStore;
   readonly content: NamespacedContent;
   readonly images: NamespacedImages;
+  readonly containers: NamespacedContainers;
   private readonly numbers: UniqueNumbers;
   /** The namespaced view of each snapshotter, by name. */
   readonly snapshotters = new Map<string, NamespacedSnapshots>();
@@ -40,9 +43,34 @@ export class MetadataStore {
   ) {
     this.numbers = new UniqueNumbers(db);
     this.namespaces = new NamespaceStore(db, events);
-    this.leases = new LeaseStore(db, this.namespaces);
-    this.content = new NamespacedContent(db, local, this.namespaces, this.leases, events, this.numbers);
-    this.images = new NamespacedImages(db, this.namespaces, events);
+    const notify = (deletion: boolean) => this.notifyMutation(deletion);
+    this.leases = new LeaseStore(db, this.namespaces, notify);
+    this.content = new NamespacedContent(db, local, this.namespaces, this.leases, events, this.numbers, notify);
+    this.images = new NamespacedImages(db, this.namespaces, events, notify);
+    this.containers = new NamespacedContainers(db, this.namespaces, events, notify);
+  }
+
+  private readonly mutationListeners = new Set<(deletion: boolean) => void>();
+
+  /**
+   * Calls `fn` after every committed write of the stores (containerd's mutation callbacks, the GC scheduler's
+   * feed): `deletion` is true when the write removed something (a record, a lease, a lease resource), which may
+   * have left objects unreferenced. Returns a function that unregisters it.
+   */
+  onMutation(fn: (deletion: boolean) => void): () => void {
+    this.mutationListeners.add(fn);
+    return () => this.mutationListeners.delete(fn);
+  }
+
+  /** Called by the stores after a write transaction committed. A listener's failure never fails the write. */
+  notifyMutation(deletion: boolean): void {
+    for (const fn of this.mutationListeners) {
+      try {
+        fn(deletion);
+      } catch {
+        // The feed is advisory: the write has committed whatever a listener does.
+      }
+    }
   }
 
   static open(path: string, local: LocalContentStore, events: EventPublisher = discardEvents): MetadataStore {
@@ -51,7 +79,9 @@ export class MetadataStore {
 
   /** Puts the namespaced layer in front of a snapshotter backend. */
   addSnapshotter(name: string, backend: Snapshotter): NamespacedSnapshots {
-    const ns = new NamespacedSnapshots(name, backend, this.db, this.namespaces, this.leases, this.events, this.numbers);
+    const ns = new NamespacedSnapshots(name, backend, this.db, this.namespaces, this.leases, this.events, this.numbers, (d) =>
+      this.notifyMutation(d),
+    );
     this.snapshotters.set(name, ns);
     return ns;
   }

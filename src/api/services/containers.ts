@@ -1,0 +1,75 @@
+/**
+ * containerd.services.containers.v1.Containers over the metadata container store. The store validates and
+ * publishes the /containers/* events; this layer only translates. ListStream sends one container per
+ * message, as containerd's does.
+ */
+import type * as grpc from '@grpc/grpc-js';
+import { ContainersService, type Container as ContainerPb } from '../gen/containerd/services/containers/v1/containers.js';
+import type { Any } from '../gen/google/protobuf/any.js';
+import { invalidArgument } from '../../errdefs/index.js';
+import type { AnyValue, Container, ContainerInput, NamespacedContainers } from '../../metadata/containers.js';
+import type { Logger } from '../../log/index.js';
+import { opContext, serverStream, unary, type GrpcService } from '../call.js';
+
+const anyFromPb = (a: Any): AnyValue => ({ typeUrl: a.typeUrl, value: Buffer.from(a.value) });
+const anyToPb = (a: AnyValue): Any => ({ typeUrl: a.typeUrl, value: Buffer.from(a.value) });
+
+export function containerFromPb(c: ContainerPb | undefined): ContainerInput {
+  const input: ContainerInput = {
+    id: c?.id ?? '',
+    labels: { ...(c?.labels ?? {}) },
+    image: c?.image ?? '',
+    runtime: { name: c?.runtime?.name ?? '' },
+    snapshotter: c?.snapshotter ?? '',
+    snapshotKey: c?.snapshotKey ?? '',
+    extensions: Object.fromEntries(Object.entries(c?.extensions ?? {}).map(([k, v]) => [k, anyFromPb(v)])),
+  };
+  if (c?.runtime?.options) input.runtime!.options = anyFromPb(c.runtime.options);
+  if (c?.spec) input.spec = anyFromPb(c.spec);
+  return input;
+}
+
+export function containerToPb(c: Container): ContainerPb {
+  return {
+    id: c.id,
+    labels: { ...c.labels },
+    image: c.image,
+    runtime: { name: c.runtime.name, options: c.runtime.options ? anyToPb(c.runtime.options) : undefined },
+    spec: c.spec ? anyToPb(c.spec) : undefined,
+    snapshotter: c.snapshotter,
+    snapshotKey: c.snapshotKey,
+    createdAt: c.createdAt,
+    updatedAt: c.updatedAt,
+    extensions: Object.fromEntries(Object.entries(c.extensions).map(([k, v]) => [k, anyToPb(v)])),
+  };
+}
+
+export function containersService(store: NamespacedContainers, log: Logger): GrpcService {
+  const l = log.child({ service: 'containers' });
+  const implementation = {
+    get: unary(l, 'Get', async (req: { id: string }, call) => ({
+      container: containerToPb(await store.bind(opContext(call)).get(req.id)),
+    })),
+    list: unary(l, 'List', async (req: { filters: string[] }, call) => ({
+      containers: (await store.bind(opContext(call)).list(req.filters)).map(containerToPb),
+    })),
+    listStream: serverStream(l, 'ListStream', async (req: { filters: string[] }, send, call) => {
+      const list = await store.bind(opContext(call)).list(req.filters);
+      for (const c of list) await send({ container: containerToPb(c) });
+    }),
+    create: unary(l, 'Create', async (req: { container?: ContainerPb }, call) => ({
+      container: containerToPb(await store.bind(opContext(call)).create(containerFromPb(req.container))),
+    })),
+    update: unary(l, 'Update', async (req: { container?: ContainerPb; updateMask?: string[] }, call) => {
+      const ctx = opContext(call);
+      if (!req.container?.id) throw invalidArgument('Container.ID required');
+      const updated = await store.bind(ctx).update(containerFromPb(req.container), req.updateMask ?? []);
+      return { container: containerToPb(updated) };
+    }),
+    delete: unary(l, 'Delete', async (req: { id: string }, call) => {
+      await store.bind(opContext(call)).delete(req.id);
+      return {};
+    }),
+  };
+  return { definition: ContainersService as unknown as grpc.ServiceDefinition, implementation };
+}

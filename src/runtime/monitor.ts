@@ -1,0 +1,391 @@
+/**
+ * The task monitor: one small process per task, `node monitor.js <bundle>`, started by stratad in a session
+ * of its own with no stdio tied to stratad, so that it (and the container) outlive a daemon restart or crash.
+ *
+ * Node cannot make itself a child subreaper (prctl is out of reach), so a container's processes could not be
+ * waited for if runc left them behind. The monitor therefore runs runc in the foreground: Start is
+ * `runc run --bundle <bundle> <id>` (no --detach) and an exec is `runc exec --process <spec> <id>`; runc
+ * stays the parent of the container process, forwards signals to it, reaps it and exits with its status (its
+ * exit code, or 128 + the signal), which the monitor records in state.json. Control calls (kill, pause,
+ * resume, ps) are short runc commands on the same state root.
+ *
+ * Consequence for states: containerd's Create leaves a container in runc's "created" state; here a created
+ * task is the monitor's own state (bundle prepared, rootfs mounted, nothing in runc) until Start, and its pid
+ * is 0 until then.
+ *
+ * The monitor stays up after its processes exit, until stratad deletes the task (op `shutdown`), so that
+ * exit statuses are served from memory and exec records live as long as the task. Protocol and files:
+ * bundle.ts.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
+import { dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { StrataError, alreadyExists, failedPrecondition, invalidArgument, notFound, unknown } from '../errdefs/index.js';
+import {
+  execPidFile,
+  execSpecFile,
+  files,
+  freshState,
+  lineReader,
+  procOf,
+  processStartTime,
+  readJson,
+  writeJsonAtomic,
+  type ExitNotice,
+  type MonitorState,
+  type ProcState,
+  type Reply,
+  type Request,
+  type TaskConfig,
+} from './bundle.js';
+import { ProcessIO, resizeTerminal, withTerminal } from './io.js';
+import * as runc from './runc.js';
+
+interface Running {
+  child: ChildProcess;
+  io: ProcessIO;
+  terminal: boolean;
+}
+
+interface Handled {
+  result?: unknown;
+  /** Runs once the reply has been written (so that, e.g., an exit is never announced before its start). */
+  after?: () => void;
+}
+
+const log = (msg: string, fields: Record<string, unknown> = {}) =>
+  process.stderr.write(JSON.stringify({ time: new Date().toISOString(), msg, ...fields }) + '\n');
+
+function readPid(path: string): number | undefined {
+  try {
+    const n = Number.parseInt(readFileSync(path, 'utf8').trim(), 10);
+    return Number.isFinite(n) && n > 0 ? n : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+class Monitor {
+  state: MonitorState;
+  private readonly running = new Map<string, Running>();
+  private readonly clients = new Set<Socket>();
+  /** Exec ids (or '' for init) whose stdin was closed before the process started. */
+  private readonly stdinClosedEarly = new Set<string>();
+  private shuttingDown = false;
+
+  constructor(
+    readonly bundle: string,
+    readonly cfg: TaskConfig,
+  ) {
+    this.state = readJson<MonitorState>(join(bundle, files.state)) ?? freshState(cfg.io);
+  }
+
+  private path(name: string): string {
+    return join(this.bundle, name);
+  }
+
+  persist(): void {
+    writeJsonAtomic(this.path(files.state), this.state);
+  }
+
+  private broadcast(msg: ExitNotice): void {
+    const line = JSON.stringify(msg) + '\n';
+    for (const c of this.clients) c.write(line);
+  }
+
+  serve(): void {
+    const server = createServer((conn) => this.accept(conn));
+    server.on('error', (err) => {
+      log('control socket failed', { error: err.message });
+      process.exit(1);
+    });
+    mkdirSync(dirname(this.cfg.socket), { recursive: true });
+    try {
+      unlinkSync(this.cfg.socket);
+    } catch {
+      // no stale socket
+    }
+    const old = process.umask(0o077);
+    server.listen(this.cfg.socket, () => {
+      chmodSync(this.cfg.socket, 0o600);
+      log('monitor ready', { pid: process.pid });
+    });
+    process.umask(old);
+  }
+
+  private accept(conn: Socket): void {
+    this.clients.add(conn);
+    conn.on('error', () => undefined);
+    conn.on('close', () => this.clients.delete(conn));
+    lineReader(conn, (m) => void this.onRequest(conn, m as Request & { id: number }));
+  }
+
+  private async onRequest(conn: Socket, req: Request & { id: number }): Promise<void> {
+    let reply: Reply;
+    let handled: Handled = {};
+    try {
+      handled = await this.handle(req);
+      reply = { id: req.id, ok: true, result: handled.result, state: this.state };
+    } catch (err) {
+      const e = err instanceof StrataError ? err : unknown(err instanceof Error ? err.message : String(err));
+      reply = { id: req.id, ok: false, error: { kind: e.kind, detail: e.detail }, state: this.state };
+    }
+    const line = JSON.stringify(reply) + '\n';
+    if (req.op === 'shutdown' && reply.ok) {
+      conn.write(line, () => this.exit());
+      setTimeout(() => this.exit(), 1000).unref();
+      return;
+    }
+    if (!conn.destroyed) conn.write(line);
+    handled.after?.();
+  }
+
+  private proc(execId: string): ProcState {
+    const p = procOf(this.state, execId);
+    if (!p) throw notFound(`process ${execId} does not exist`);
+    return p;
+  }
+
+  async handle(req: Request): Promise<Handled> {
+    if (this.shuttingDown) throw failedPrecondition('task is being deleted');
+    switch (req.op) {
+      case 'state':
+        return {};
+      case 'start':
+        return this.start(req.execId);
+      case 'exec':
+        return this.addExec(req.execId, req.spec, req.io);
+      case 'kill':
+        return this.kill(req.execId, req.signal, req.all);
+      case 'pause':
+        return this.pause();
+      case 'resume':
+        return this.resume();
+      case 'pids': {
+        const s = this.state.init.status;
+        if (s !== 'running' && s !== 'paused') return { result: [] };
+        return { result: await runc.ps(this.cfg.runc, this.cfg.id) };
+      }
+      case 'closeIO': {
+        this.proc(req.execId);
+        const r = this.running.get(req.execId);
+        if (r) r.io.closeStdin();
+        else this.stdinClosedEarly.add(req.execId);
+        return {};
+      }
+      case 'resize': {
+        this.proc(req.execId);
+        const r = this.running.get(req.execId);
+        if (r?.terminal && r.child.pid) await resizeTerminal(r.child.pid, req.width, req.height);
+        return {};
+      }
+      case 'deleteExec':
+        return this.deleteExec(req.execId);
+      case 'ack': {
+        const p = procOf(this.state, req.execId);
+        if (p?.exitPending) {
+          delete p.exitPending;
+          this.persist();
+        }
+        return {};
+      }
+      case 'shutdown':
+        this.shuttingDown = true;
+        return {};
+      default:
+        throw invalidArgument(`unknown monitor request ${(req as { op: string }).op}`);
+    }
+  }
+
+  private terminalOf(execId: string): boolean {
+    const file = execId ? execSpecFile(execId) : files.spec;
+    const spec = readJson<Record<string, unknown>>(this.path(file));
+    const proc = (execId ? spec : (spec?.process as Record<string, unknown> | undefined)) ?? {};
+    return proc.terminal === true;
+  }
+
+  private async start(execId: string): Promise<Handled> {
+    const p = this.proc(execId);
+    if (p.status !== 'created') {
+      const word = p.status === 'paused' ? 'paused' : p.status === 'stopped' ? 'stopped' : 'running';
+      throw failedPrecondition(`cannot start a ${word} process`);
+    }
+    if (execId && this.state.init.status !== 'running') {
+      throw failedPrecondition(`cannot start an exec process in a ${this.state.init.status} task`);
+    }
+    const pidFile = this.path(execId ? execPidFile(execId) : files.initPid);
+    rmSync(pidFile, { force: true });
+    const terminal = this.terminalOf(execId);
+    const io = ProcessIO.open(p.io, this.path(execId ? `exec-${execId}` : 'init'));
+    const logFile = this.path(files.runcLog);
+    const args = execId
+      ? runc.execArgs(this.cfg.runc, this.cfg.id, this.path(execSpecFile(execId)), pidFile, logFile)
+      : runc.runArgs(this.cfg.runc, this.cfg.id, this.bundle, pidFile, logFile);
+    const cmd = terminal ? withTerminal(this.cfg.runc.binary, args) : { cmd: this.cfg.runc.binary, args };
+    let child: ChildProcess;
+    try {
+      child = spawn(cmd.cmd, cmd.args, { cwd: this.bundle, stdio: io.stdio, env: { ...process.env, SHELL: '/bin/sh' } });
+    } catch (err) {
+      io.close();
+      throw unknown(`start ${cmd.cmd}: ${(err as Error).message}`);
+    }
+    io.afterSpawn();
+    if (this.stdinClosedEarly.delete(execId)) io.closeStdin();
+    this.running.set(execId, { child, io, terminal });
+    let spawnError: string | undefined;
+    const exited = new Promise<number>((resolve) => {
+      child.once('error', (err) => {
+        spawnError = err.message;
+        resolve(255);
+      });
+      child.once('exit', (code, signal) => resolve(runc.exitStatusOf(code, signal)));
+    });
+    let done = false;
+    void exited.then(() => (done = true));
+    let pid: number | undefined;
+    for (;;) {
+      pid = readPid(pidFile);
+      if (pid || done) break;
+      await sleep(5);
+    }
+    pid ??= readPid(pidFile);
+    if (!pid) {
+      const status = await exited;
+      io.close();
+      this.running.delete(execId);
+      p.status = 'stopped';
+      p.exitStatus = status;
+      p.exitedAt = new Date().toISOString();
+      this.persist();
+      const why = spawnError ?? (await runc.lastLoggedError(logFile)) ?? `runc exited with status ${status}`;
+      throw unknown(`failed to start ${execId ? `exec ${execId}` : 'task'}: ${why}`);
+    }
+    p.pid = pid;
+    p.status = 'running';
+    this.persist();
+    return { result: { pid }, after: () => void exited.then((status) => this.onExit(execId, status)) };
+  }
+
+  private onExit(execId: string, status: number): void {
+    const r = this.running.get(execId);
+    r?.io.close();
+    this.running.delete(execId);
+    const p = procOf(this.state, execId);
+    if (!p || p.status === 'stopped') return;
+    p.status = 'stopped';
+    p.exitStatus = status;
+    p.exitedAt = new Date().toISOString();
+    p.exitPending = true;
+    this.persist();
+    log('process exited', { execId, status });
+    this.broadcast({ event: 'exit', execId, state: this.state });
+  }
+
+  private addExec(execId: string, spec: Record<string, unknown>, io: ProcState['io']): Handled {
+    if (!execId) throw invalidArgument('exec id must not be empty');
+    if (this.state.execs[execId]) throw alreadyExists(`id ${execId}`);
+    const s = this.state.init.status;
+    if (s !== 'running') throw failedPrecondition(`cannot exec in a ${s} state`);
+    const procSpec = { ...spec };
+    if (io.terminal && procSpec.terminal === undefined) procSpec.terminal = true;
+    writeFileSync(this.path(execSpecFile(execId)), JSON.stringify(procSpec), { mode: 0o600 });
+    this.state.execs[execId] = { execId, pid: 0, status: 'created', exitStatus: 0, io };
+    this.persist();
+    return {};
+  }
+
+  private async kill(execId: string, signal: number, all: boolean): Promise<Handled> {
+    const p = this.proc(execId);
+    if (p.status === 'stopped') throw notFound('process already finished');
+    if (execId) {
+      if (p.status === 'created') throw failedPrecondition('process not created');
+      try {
+        process.kill(p.pid, signal);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ESRCH') throw notFound('process already finished');
+        throw err;
+      }
+      return {};
+    }
+    if (p.status === 'created') {
+      // Nothing runs yet: the init "dies" of the signal, as a runc-created init would.
+      if (signal === 0) return {};
+      return { after: () => this.onExit('', 128 + signal) };
+    }
+    await runc.kill(this.cfg.runc, this.cfg.id, signal, all);
+    return {};
+  }
+
+  private async pause(): Promise<Handled> {
+    const s = this.state.init.status;
+    if (s === 'created') throw failedPrecondition('cannot pause task in created state');
+    if (s === 'paused') throw failedPrecondition('cannot pause a paused container');
+    if (s === 'stopped') throw failedPrecondition('cannot pause a stopped container');
+    await runc.pause(this.cfg.runc, this.cfg.id);
+    if (this.state.init.status === 'running') {
+      this.state.init.status = 'paused';
+      this.persist();
+    }
+    return {};
+  }
+
+  private async resume(): Promise<Handled> {
+    const s = this.state.init.status;
+    if (s === 'created') throw failedPrecondition('cannot resume task in created state');
+    if (s === 'running') throw failedPrecondition('cannot resume a running process');
+    if (s === 'stopped') throw failedPrecondition('cannot resume a stopped container');
+    await runc.resume(this.cfg.runc, this.cfg.id);
+    if (this.state.init.status === 'paused') {
+      this.state.init.status = 'running';
+      this.persist();
+    }
+    return {};
+  }
+
+  private deleteExec(execId: string): Handled {
+    if (!execId) throw invalidArgument('exec id must not be empty');
+    const p = this.proc(execId);
+    if (p.status === 'running' || p.status === 'paused') throw failedPrecondition('cannot delete a running process');
+    delete this.state.execs[execId];
+    this.persist();
+    rmSync(this.path(execSpecFile(execId)), { force: true });
+    rmSync(this.path(execPidFile(execId)), { force: true });
+    return { result: p };
+  }
+
+  private exit(): void {
+    for (const r of this.running.values()) r.child.kill('SIGKILL');
+    try {
+      unlinkSync(this.cfg.socket);
+    } catch {
+      // gone with the bundle
+    }
+    process.exit(0);
+  }
+}
+
+function main(): void {
+  const bundle = process.argv[2];
+  if (!bundle) {
+    process.stderr.write('usage: monitor <bundle>\n');
+    process.exit(2);
+  }
+  const cfg = readJson<TaskConfig>(join(bundle, files.task));
+  if (!cfg) {
+    log('no task.json in bundle', { bundle });
+    process.exit(2);
+  }
+  process.on('uncaughtException', (err) => log('uncaught exception', { error: err.stack ?? String(err) }));
+  process.on('unhandledRejection', (err) => log('unhandled rejection', { error: String(err) }));
+  // Not tied to anything: a hangup or an interrupt aimed at stratad's terminal must not end the task.
+  process.on('SIGHUP', () => undefined);
+  process.on('SIGINT', () => undefined);
+  const m = new Monitor(bundle, cfg);
+  m.persist();
+  writeJsonAtomic(join(bundle, files.monitor), { pid: process.pid, startTime: processStartTime(process.pid) });
+  m.serve();
+}
+
+main();
