@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the project and runs one daemon-against-daemon benchmark (Strata vs containerd, same client, one run).
 #
-#   sudo bash bench/run.sh NAME [options]       NAME: content-ingest | snapshots  (options: NAME --help)
+#   sudo bash bench/run.sh NAME [options]       NAME: content-ingest | snapshots | pull | gc | tasks  (options: NAME --help)
 #
 # Must run as root: it loop-mounts a fresh ext4 for the daemons' roots (and drops page caches between phases).
 # Set STRATA_BENCH_CPU_PROF=DIR to also write a V8 CPU profile of stratad into DIR (see bench/lib.ts).

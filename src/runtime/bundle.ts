@@ -166,7 +166,9 @@ export function monitorAlive(bundle: string, ident: MonitorIdentity | undefined)
   if (!ident || processStartTime(ident.pid) !== ident.startTime) return false;
   try {
     const cmdline = readFileSync(`/proc/${ident.pid}/cmdline`, 'utf8').split('\0');
-    return cmdline.includes(bundle);
+    // A spare monitor was started before its task existed (`monitor.js --spare <socket>`); pid and start time
+    // (recorded by the monitor itself once assigned) identify it.
+    return cmdline.includes(bundle) || cmdline.includes('--spare');
   } catch {
     return false;
   }

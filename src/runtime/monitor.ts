@@ -18,7 +18,7 @@
  * bundle.ts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, openSync, readFileSync, rmSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -55,8 +55,15 @@ interface Handled {
   after?: () => void;
 }
 
-const log = (msg: string, fields: Record<string, unknown> = {}) =>
-  process.stderr.write(JSON.stringify({ time: new Date().toISOString(), msg, ...fields }) + '\n');
+/** Where log lines go: stderr (the bundle's monitor log when stratad spawned us for a task), or that log once a spare is assigned. */
+let logFd = 2;
+const log = (msg: string, fields: Record<string, unknown> = {}) => {
+  try {
+    writeSync(logFd, JSON.stringify({ time: new Date().toISOString(), msg, ...fields }) + '\n');
+  } catch {
+    // nowhere to log
+  }
+};
 
 function readPid(path: string): number | undefined {
   try {
@@ -367,11 +374,67 @@ class Monitor {
 }
 
 function main(): void {
+  if (process.argv[2] === '--spare' && process.argv[3]) return spare(process.argv[3]);
   const bundle = process.argv[2];
   if (!bundle) {
-    process.stderr.write('usage: monitor <bundle>\n');
+    process.stderr.write('usage: monitor <bundle> | monitor --spare <socket>\n');
     process.exit(2);
   }
+  monitorTask(bundle);
+}
+
+/**
+ * A spare: a monitor started before it is needed (Node takes ~70 ms to start, more than the rest of a task
+ * create). It listens on `sock` for stratad, which connects at once and later sends one line, the bundle of
+ * the task to monitor; it then becomes that task's monitor exactly as if started for it. If stratad goes away
+ * first (or never connects), it exits.
+ */
+function spare(sock: string): void {
+  process.on('SIGHUP', () => undefined);
+  process.on('SIGINT', () => undefined);
+  // Until assigned, it lives only as long as the stratad that started it: if that one dies before even
+  // connecting, this process is re-parented and notices.
+  const parent = process.ppid;
+  const watch = setInterval(() => {
+    if (process.ppid !== parent) process.exit(0);
+  }, 200);
+  const giveUp = setTimeout(() => process.exit(0), 30_000);
+  const server = createServer((c) => {
+    clearTimeout(giveUp);
+    let buf = '';
+    const gone = () => process.exit(0);
+    c.on('close', gone);
+    c.on('error', () => undefined);
+    c.on('data', (d: Buffer) => {
+      buf += d.toString();
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      const bundle = buf.slice(0, nl);
+      clearInterval(watch);
+      c.off('close', gone);
+      c.destroy();
+      server.close();
+      try {
+        unlinkSync(sock);
+      } catch {
+        // already gone
+      }
+      try {
+        logFd = openSync(join(bundle, files.monitorLog), 'a', 0o600);
+      } catch {
+        // keep logging nowhere useful rather than fail the task
+      }
+      monitorTask(bundle);
+    });
+  });
+  server.on('error', (err) => {
+    log('spare monitor cannot listen', { sock, error: String(err) });
+    process.exit(1);
+  });
+  server.listen(sock);
+}
+
+function monitorTask(bundle: string): void {
   const cfg = readJson<TaskConfig>(join(bundle, files.task));
   if (!cfg) {
     log('no task.json in bundle', { bundle });

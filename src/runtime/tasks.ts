@@ -8,7 +8,8 @@
  * STOPPED (exit status recorded). A task whose monitor died reports STOPPED with the status its monitor
  * recorded, or 255 if it recorded none (containerd's status for a task whose shim is gone).
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { connect as netConnect, type Socket } from 'node:net';
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -78,6 +79,8 @@ export interface TaskManagerOptions {
   monitor?: string;
   /** The node binary for monitors (default: this process's). */
   node?: string;
+  /** Keep a spare monitor started ahead of the next create (default true). */
+  spareMonitors?: boolean;
 }
 
 export interface CreateTaskRequest {
@@ -183,6 +186,8 @@ export class TaskManager {
   private readonly monitorPath: string;
   private readonly nodePath: string;
   private closed = false;
+  private spareMonitor?: { child: ChildProcess; conn?: Socket };
+  private spareSeq = 0;
 
   constructor(private readonly opts: TaskManagerOptions) {
     this.runcBinary = opts.runc ?? 'runc';
@@ -281,7 +286,7 @@ export class TaskManager {
         await mountAll(mounts, rootfsDir);
         mounted = true;
       }
-      const child = this.spawnMonitor(bundle);
+      const child = this.takeSpare(bundle) ?? this.spawnMonitor(bundle);
       monitorPid = child.pid;
       const alive = () => child.exitCode === null && child.signalCode === null;
       const conn = await MonitorConnection.connect(cfg.socket, alive);
@@ -312,6 +317,64 @@ export class TaskManager {
     } finally {
       this.creating.delete(key);
     }
+  }
+
+  /**
+   * Hands `bundle` to the spare monitor if one is ready (and starts the next spare); undefined if none is.
+   * A spare spares a task create the monitor's start-up time (see monitor.ts).
+   */
+  private takeSpare(bundle: string): ChildProcess | undefined {
+    const s = this.spareMonitor;
+    this.spareMonitor = undefined;
+    let taken: ChildProcess | undefined;
+    if (s?.conn && s.child.exitCode === null && s.child.signalCode === null && !s.conn.destroyed) {
+      s.conn.write(`${bundle}\n`);
+      taken = s.child;
+    } else if (s) {
+      s.conn?.destroy();
+      s.child.kill('SIGKILL');
+    }
+    this.startSpare();
+    return taken;
+  }
+
+  /** Starts a spare monitor and connects to it (it exits if that connection closes before it is used). */
+  private startSpare(): void {
+    if (this.closed || this.opts.spareMonitors === false) return;
+    // Not under root: its entries are namespaces.
+    const dir = join(dirname(this.opts.root), 'strata-spare-monitors');
+    const sock = join(dir, `${process.pid}-${++this.spareSeq}.sock`);
+    try {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      rmSync(sock, { force: true });
+    } catch {
+      return;
+    }
+    const child = spawn(this.nodePath, [this.monitorPath, '--spare', sock], {
+      detached: true,
+      stdio: 'ignore',
+      cwd: '/',
+      env: { ...process.env, UV_THREADPOOL_SIZE: '16' },
+    });
+    child.on('error', () => undefined);
+    child.unref();
+    const spare: { child: ChildProcess; conn?: Socket } = { child };
+    this.spareMonitor = spare;
+    const tryConnect = (left: number) => {
+      if (this.spareMonitor !== spare || child.exitCode !== null) return;
+      const c = netConnect(sock);
+      c.once('connect', () => {
+        c.removeAllListeners('error');
+        c.on('error', () => undefined);
+        c.unref();
+        spare.conn = c;
+      });
+      c.once('error', () => {
+        c.destroy();
+        if (left > 0) setTimeout(() => tryConnect(left - 1), 10).unref();
+      });
+    };
+    tryConnect(500);
   }
 
   private spawnMonitor(bundle: string) {
@@ -725,6 +788,10 @@ export class TaskManager {
   /** Disconnects from every monitor (stratad stops; the tasks do not). */
   close(): void {
     this.closed = true;
+    // The spare exits when its connection closes.
+    this.spareMonitor?.conn?.destroy();
+    this.spareMonitor?.child.kill('SIGKILL');
+    this.spareMonitor = undefined;
     this.cancelWaits();
     for (const t of this.tasks.values()) t.conn?.close();
   }
