@@ -28,8 +28,7 @@
  * order of the daemons alternates from one round to the next.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StrataClient } from '../src/api/client.js';
 import { parseGoDuration } from '../src/gc/scheduler.js';
@@ -48,11 +47,9 @@ import {
   mountLoopExt4,
   parseBenchArgs,
   reportFailure,
-  startChild,
+  startContainerd,
   startStrata,
   table,
-  tail,
-  waitSocket,
   type Daemon,
   type DaemonName,
 } from './lib.js';
@@ -79,37 +76,6 @@ interface Params {
 const msSince = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
 const f1 = (x: number) => x.toFixed(1);
 const f2 = (x: number) => x.toFixed(2);
-
-/** containerd at debug level (the GC pause is only in its debug log); otherwise as bench/lib.ts starts it. */
-async function startContainerdDebug(tmp: string, mnt: string): Promise<Daemon> {
-  const root = join(mnt, 'containerd', 'root');
-  const state = join(tmp, 'containerd', 'state');
-  const socket = join(tmp, 'containerd', 'containerd.sock');
-  mkdirSync(join(tmp, 'containerd'), { recursive: true });
-  const config = join(tmp, 'containerd', 'config.toml');
-  const disabled = [
-    'io.containerd.grpc.v1.cri',
-    'io.containerd.snapshotter.v1.aufs',
-    'io.containerd.snapshotter.v1.zfs',
-    'io.containerd.snapshotter.v1.devmapper',
-    'io.containerd.snapshotter.v1.btrfs',
-  ];
-  writeFileSync(
-    config,
-    `version = 2\nroot = "${root}"\nstate = "${state}"\ndisabled_plugins = [${disabled.map((d) => `"${d}"`).join(', ')}]\n\n` +
-      `[grpc]\n  address = "${socket}"\n\n[ttrpc]\n  address = "${socket}.ttrpc"\n\n[debug]\n  level = "debug"\n`,
-  );
-  const bin = process.env.STRATA_BENCH_CONTAINERD ?? 'containerd';
-  log(`starting containerd (debug log): ${bin} --config ${config}`);
-  const child = startChild('containerd', bin, ['--config', config], join(tmp, 'containerd.log'));
-  try {
-    await waitSocket(child, socket, 30_000);
-  } catch (err) {
-    log(`containerd failed to start; its log (${child.logPath}):\n${tail(child.logPath, 400)}`);
-    throw err;
-  }
-  return { name: 'containerd', child, socket, root, blobsDir: join(root, 'io.containerd.content.v1.content', 'blobs', 'sha256'), version: '' };
-}
 
 /** The `d` of every `msg="garbage collected"` line of containerd's log after byte `from`, in ms. */
 function containerdPauses(logPath: string, from: number): { pauses: number[]; end: number } {
@@ -359,7 +325,7 @@ async function main(): Promise<void> {
   try {
     mountLoopExt4(img, mnt, IMAGE_SIZE);
     if (names.includes('strata')) daemons.push(await startStrata(tmpRoot, mnt));
-    if (names.includes('containerd')) daemons.push(await startContainerdDebug(tmpRoot, mnt));
+    if (names.includes('containerd')) daemons.push(await startContainerd(tmpRoot, mnt, 'debug')); // the GC pause is only in its debug log
     for (const d of daemons) await fetchVersion(d, 'bench');
 
     for (let r = 1; r <= rounds; r++) {

@@ -301,7 +301,8 @@ export async function startStrata(tmp: string, mnt: string): Promise<Daemon> {
   return { name: 'strata', child, socket, root, blobsDir: join(root, 'io.containerd.content.v1.content', 'blobs', 'sha256'), version: '' };
 }
 
-export async function startContainerd(tmp: string, mnt: string): Promise<Daemon> {
+/** containerd on the loop fs; `logLevel` 'debug' for benchmarks that read its debug log (the GC pause). */
+export async function startContainerd(tmp: string, mnt: string, logLevel = 'warn'): Promise<Daemon> {
   const root = join(mnt, 'containerd', 'root');
   const state = join(tmp, 'containerd', 'state');
   const socket = join(tmp, 'containerd', 'containerd.sock');
@@ -317,7 +318,7 @@ export async function startContainerd(tmp: string, mnt: string): Promise<Daemon>
   writeFileSync(
     config,
     `version = 2\nroot = "${root}"\nstate = "${state}"\ndisabled_plugins = [${disabled.map((d) => `"${d}"`).join(', ')}]\n\n` +
-      `[grpc]\n  address = "${socket}"\n\n[ttrpc]\n  address = "${socket}.ttrpc"\n\n[debug]\n  level = "warn"\n`,
+      `[grpc]\n  address = "${socket}"\n\n[ttrpc]\n  address = "${socket}.ttrpc"\n\n[debug]\n  level = "${logLevel}"\n`,
   );
   const bin = process.env.STRATA_BENCH_CONTAINERD ?? 'containerd';
   const args = ['--config', config];

@@ -25,6 +25,11 @@ export interface Command {
   usage?: string;
   summary: string;
   options?: OptionsConfig;
+  /**
+   * Options end after this many positional arguments: what follows is the command's own argument list, taken as
+   * is (`strata run IMAGE ID sh -c 'exit 3'`, as ctr reads it).
+   */
+  argsAfter?: number;
   /** Resolves to the exit code (default 0). */
   run(inv: Invocation): Promise<number | void>;
 }

@@ -85,6 +85,31 @@ function commandHelp(path: string, c: Command): string {
   ].join('\n');
 }
 
+/**
+ * For a command with `argsAfter: n`, inserts `--` after its n-th positional argument so that parseArgs leaves
+ * the rest alone (node's parseArgs reads options anywhere on the line; ctr stops at the command's arguments).
+ */
+function endOptionsAfter(args: string[], command: Command | undefined): string[] {
+  const n = command?.argsAfter;
+  if (n === undefined) return args;
+  const takesValue = (a: string): boolean => {
+    const all: OptionsConfig = { ...GLOBAL_OPTIONS, ...command!.options };
+    if (a.startsWith('--')) return !a.includes('=') && all[a.slice(2)]?.type === 'string';
+    return Object.values(all).some((o) => o.short === a.slice(1) && o.type === 'string');
+  };
+  let seen = 0;
+  for (let k = 0; k < args.length; k++) {
+    const a = args[k]!;
+    if (a === '--') return args;
+    if (a.startsWith('-') && a !== '-') {
+      if (takesValue(a)) k++;
+      continue;
+    }
+    if (++seen === n) return k + 1 < args.length && args[k + 1] !== '--' ? [...args.slice(0, k + 1), '--', ...args.slice(k + 1)] : args;
+  }
+  return args;
+}
+
 /** Runs one command line; resolves to the exit status. */
 export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   // Find the group and command names, leaving every option (global or not) for parseArgs.
@@ -115,7 +140,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
     i++;
     break;
   }
-  const rest = [...options, ...argv.slice(i)];
+  const rest = endOptionsAfter([...options, ...argv.slice(i)], command);
 
   let parsed: { values: Values; positionals: string[] };
   try {

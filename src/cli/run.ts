@@ -7,10 +7,10 @@
  * exits with the task's exit status. --rm removes the task, the container and its snapshot afterwards; -d
  * detaches after start (the task's stdio then goes nowhere, as with ctr's --null-io).
  *
- *   strata run [--rm] [-t] [-d] [--snapshotter S] [--env K=V]... [--cwd DIR] [--label K=V]... IMAGE ID [--] [ARGS...]
+ *   strata run [--rm] [-t] [-d] [--snapshotter S] [--env K=V]... [--cwd DIR] [--label K=V]... IMAGE ID [ARGS...]
  *
- * Arguments that start with "-" (`sh -c ...`) must come after `--`: the CLI's option parser reads options
- * anywhere on the line, unlike ctr's, which stops at the first argument.
+ * Options come before IMAGE and ID; everything after ID is the command, taken as is (`sh -c 'exit 3'`), as ctr
+ * reads it (`argsAfter`).
  *
  * The task plumbing (FIFOs, copying, signal forwarding, terminal resize, wait) is shared with `strata task
  * start` and `strata task exec` (src/cli/tasks.ts).
@@ -312,7 +312,8 @@ export async function containerMounts(c: StrataClient, snapshotter: string, key:
 
 export const run: Command = {
   name: 'run',
-  usage: '<image> <id> [--] [<arg>...]',
+  usage: '<image> <id> [<arg>...]',
+  argsAfter: 2,
   summary: 'run a container from an image (ctr run)',
   options: {
     rm: { type: 'boolean' },

@@ -234,7 +234,8 @@ export const tasks: Group = {
     },
     {
       name: 'exec',
-      usage: '--exec-id <id> [-t] [-d] [--cwd <dir>] [--user <user>] <container> [--] <arg>...',
+      usage: '--exec-id <id> [-t] [-d] [--cwd <dir>] [--user <user>] <container> <arg>...',
+      argsAfter: 1,
       summary: "run another process in a container's task",
       options: {
         'exec-id': { type: 'string' },

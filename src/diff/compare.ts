@@ -33,11 +33,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { BigIntStats } from 'node:fs';
 import { constants } from 'node:fs';
-import { lstat, mkdtemp, open, readdir, readFile, readlink, realpath, rmdir } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { lstat, open, readdir, readFile, readlink, realpath } from 'node:fs/promises';
 import { join } from 'node:path';
 import { notImplemented, StrataError, unknown } from '../errdefs/index.js';
-import { mountAll, unmount } from '../mount/index.js';
+import { withTempMount } from '../mount/index.js';
 import type { Mount } from '../snapshots/types.js';
 
 export type ChangeKind = 'add' | 'modify' | 'delete' | 'unmodified';
@@ -809,23 +808,8 @@ export function readonlyMounts(mounts: Mount[]): Mount[] {
   });
 }
 
-/**
- * Mounts `mounts` on a fresh temporary directory for fn and unmounts them after, whatever happens. The
- * directory is removed with rmdir only: if the unmount failed, nothing below a still-mounted tree is deleted.
- */
-export async function withMountedDir<T>(mounts: Mount[], fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await mkdtemp(join(tmpdir(), 'strata-diff-'));
-  try {
-    await mountAll(mounts, dir);
-    try {
-      return await fn(dir);
-    } finally {
-      await unmount(dir);
-    }
-  } finally {
-    await rmdir(dir).catch(() => undefined);
-  }
-}
+/** Mounts `mounts` on a temporary directory for fn (src/mount's withTempMount: unmounted after, rmdir only). */
+export const withMountedDir = withTempMount;
 
 /**
  * A tree to read, seen through mounts: none is the empty tree (null), a single bind mount is read at its

@@ -85,7 +85,8 @@ describe.skipIf(!HAVE_TASKS)('strata run', () => {
   });
 
   it("exits with the task's exit status; stderr and stdout stay apart", async () => {
-    const r = await strata(['run', '--rm', IMAGE, 'c2', '--', 'sh', '-c', 'exit 3']);
+    // As with ctr, everything after IMAGE and ID is the command, options included (no `--` needed).
+    const r = await strata(['run', '--rm', IMAGE, 'c2', 'sh', '-c', 'exit 3']);
     expect(r.code).toBe(3);
     expect(r.stdout).toBe('');
     const both = await strata(['run', '--rm', IMAGE, 'c3', '--', 'sh', '-c', 'echo out; echo err >&2; exit 1']);
@@ -154,7 +155,7 @@ describe.skipIf(!HAVE_TASKS)('strata task', () => {
     const ps = rows(await ok(['task', 'ps', 'bg']));
     expect(ps.map((r) => r[0])).toContain(row![1]);
 
-    expect(await ok(['task', 'exec', '--exec-id', 'e1', 'bg', '--', 'sh', '-c', 'echo inside'])).toBe('inside\n');
+    expect(await ok(['task', 'exec', '--exec-id', 'e1', 'bg', 'sh', '-c', 'echo inside'])).toBe('inside\n');
     const code = await strata(['task', 'exec', '--exec-id', 'e2', 'bg', '--', 'sh', '-c', 'exit 4']);
     expect(code.code).toBe(4);
 

@@ -13,7 +13,7 @@ import type { Container as PbContainer } from '../../src/api/gen/containerd/serv
 import type { Envelope } from '../../src/api/gen/containerd/services/events/v1/events.js';
 import { StrataError } from '../../src/errdefs/index.js';
 import { chainIDs } from '../../src/images/manifest.js';
-import { ctr, run } from '../helpers/ctr.js';
+import { ctr, run, tableRows as rows } from '../helpers/ctr.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { kindOf } from '../helpers/errors.js';
 import { buildImage, busyboxPlatform, type BuiltImage } from '../helpers/images.js';
@@ -34,12 +34,6 @@ const client = (ns: string) => {
   return c;
 };
 const strata = (args: string[], ns: string) => run(STRATA, ['--address', d.address, '--namespace', ns, ...args]);
-const rows = (out: string) =>
-  out
-    .trim()
-    .split('\n')
-    .slice(1)
-    .map((l) => l.trim().split(/\s+/));
 
 async function ok(p: Promise<{ code: number | null; stdout: string; stderr: string }>, what: string): Promise<string> {
   const r = await p;

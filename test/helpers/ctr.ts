@@ -29,3 +29,11 @@ export function run(cmd: string, args: string[], opts: { input?: string | Buffer
 export function ctr(address: string, args: string[], opts: { namespace?: string; input?: string | Buffer } = {}): Promise<RunResult> {
   return run('ctr', ['--address', address, '--namespace', opts.namespace ?? 'default', ...args], { input: opts.input });
 }
+
+/** Rows of a ctr-style table (header dropped), each split on runs of whitespace. */
+export const tableRows = (out: string): string[][] =>
+  out
+    .trim()
+    .split('\n')
+    .slice(1)
+    .map((l) => l.trim().split(/\s+/));

@@ -10,7 +10,7 @@ import type { StrataClient } from '../../src/api/client.js';
 import type { Envelope } from '../../src/api/gen/containerd/services/events/v1/events.js';
 import { ImageCreate, ImageDelete, ImageUpdate } from '../../src/api/gen/containerd/events/image.js';
 import type { Image as ImagePb } from '../../src/api/gen/containerd/services/images/v1/images.js';
-import { ctr } from '../helpers/ctr.js';
+import { ctr, tableRows as rows } from '../helpers/ctr.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { kindOf } from '../helpers/errors.js';
 import { buildImage, type BuiltImage, type Descriptor } from '../helpers/images.js';
@@ -29,12 +29,6 @@ const pb = (name: string, target: Descriptor, labels: Record<string, string> = {
   updatedAt: undefined,
 });
 
-const rows = (out: string) =>
-  out
-    .trim()
-    .split('\n')
-    .slice(1)
-    .map((l) => l.trim().split(/\s+/));
 
 /** docker/go-units CustomSize("%02.1f %s", n, 1024, ...), as ctr prints sizes. */
 function humanSize(n: number): string {

@@ -4,19 +4,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
-import { ctr } from '../helpers/ctr.js';
+import { ctr, tableRows as rows } from '../helpers/ctr.js';
 import { sha256 } from '../helpers/data.js';
 
 let d: StartedDaemon;
 const run = (args: string[], opts: { namespace?: string; input?: string | Buffer } = {}) => ctr(d.address, args, opts);
 
-/** Rows of a ctr table (header dropped), split on runs of whitespace. */
-const rows = (out: string) =>
-  out
-    .trim()
-    .split('\n')
-    .slice(1)
-    .map((l) => l.trim().split(/\s+/));
 
 beforeAll(async () => {
   d = await startDaemon();

@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chainIDs } from '../../src/images/manifest.js';
-import { ctr, run } from '../helpers/ctr.js';
+import { ctr, run, tableRows as rows } from '../helpers/ctr.js';
 import { ctrAt, startContainerd, stopAllContainerd, type StartedContainerd } from '../helpers/containerd.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { buildImage, busyboxPlatform, type BuiltImage } from '../helpers/images.js';
@@ -22,12 +22,6 @@ let dir: TempDir;
 let busybox: BuiltImage;
 let layered: BuiltImage;
 
-const rows = (out: string) =>
-  out
-    .trim()
-    .split('\n')
-    .slice(1)
-    .map((l) => l.trim().split(/\s+/));
 
 const strata = (args: string[], namespace = 'default') => run(STRATA, ['--address', d.address, '--namespace', namespace, ...args]);
 
