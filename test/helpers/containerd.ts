@@ -82,7 +82,11 @@ function envWithSbin(): NodeJS.ProcessEnv {
 }
 
 export async function startContainerd(opts: ContainerdOptions = {}): Promise<StartedContainerd> {
-  const dir = opts.dir ?? (await tempDir('containerd-'));
+  let dir = opts.dir;
+  if (!dir) {
+    dir = await tempDir('containerd-');
+    ownedDirs.add(dir);
+  }
   const root = join(dir.path, 'root');
   const state = join(dir.path, 'state');
   const address = join(dir.path, 'containerd.sock');
@@ -305,5 +309,15 @@ export async function unmountUnder(path: string): Promise<void> {
 
 /** Stops every containerd still running (for afterAll). */
 export async function stopAllContainerd(): Promise<void> {
-  for (const c of [...running]) await c.stop();
+  for (const c of [...running]) {
+    await c.stop();
+    // The directories this helper created; stop() unmounted what was left under them.
+    if (ownedDirs.has(c.dir)) {
+      ownedDirs.delete(c.dir);
+      if ((await mountsUnder(c.dir.path)).length === 0) await c.dir.cleanup();
+    }
+  }
 }
+
+/** Temp directories startContainerd created (not passed in by the test). */
+const ownedDirs = new Set<TempDir>();

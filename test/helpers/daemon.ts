@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StrataClient } from '../../src/api/client.js';
@@ -86,7 +86,11 @@ export class StartedDaemon {
 }
 
 export async function startDaemon(options: DaemonOptions = {}): Promise<StartedDaemon> {
-  const dir = options.dir ?? (await tempDir('stratad-'));
+  let dir = options.dir;
+  if (!dir) {
+    dir = await tempDir('stratad-');
+    ownedDirs.add(dir);
+  }
   const root = join(dir.path, 'root');
   const state = join(dir.path, 'state');
   const address = join(state, 'strata.sock');
@@ -121,4 +125,17 @@ export async function stopAll(): Promise<void> {
   for (const d of [...running]) {
     await d.stop();
   }
+  // Then the directories startDaemon created (restarts reuse them, so only now): never through a mount point.
+  for (const dir of [...ownedDirs]) {
+    ownedDirs.delete(dir);
+    const mounts = (await readFile('/proc/mounts', 'utf8')).split('\n').map((l) => l.split(' ')[1] ?? '');
+    if (mounts.some((m) => m === dir.path || m.startsWith(`${dir.path}/`))) {
+      process.stderr.write(`stopAll: ${dir.path} still has mounts; left in place\n`);
+      continue;
+    }
+    await dir.cleanup();
+  }
 }
+
+/** Temp directories startDaemon created (not passed in by the test). */
+const ownedDirs = new Set<TempDir>();
