@@ -17,6 +17,7 @@ import { credentialsFromDockerConfig } from '../images/remote/dockerconfig.js';
 import { parseReference } from '../images/remote/reference.js';
 import type { Descriptor } from '../images/types.js';
 import { bool, CliError, str, type Group, type Values } from './command.js';
+import { blobReader } from './run.js';
 import { isoOrNull, printJson, printLines, table, write } from './output.js';
 
 const registryOptions = {
@@ -117,13 +118,6 @@ const fromPb = (d: { mediaType: string; digest: string; size: number; annotation
   size: d.size,
 });
 
-function blobReader(c: StrataClient): BlobReader {
-  return async (desc) => {
-    const chunks: Buffer[] = [];
-    for await (const b of c.readBlob(desc.digest)) chunks.push(b);
-    return Buffer.concat(chunks);
-  };
-}
 
 async function listImages(c: StrataClient, filters: string[]): Promise<PbImage[]> {
   return (await c.call(c.images, c.images.list, { filters })).images;

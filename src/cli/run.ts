@@ -30,7 +30,7 @@ import { requiredDescriptors, type BlobReader } from '../images/inspect.js';
 import { chainIDs, isConfigType, parseConfig, type ImageConfig } from '../images/manifest.js';
 import { defaultPlatform, formatPlatform, parsePlatform } from '../images/platforms.js';
 import type { Descriptor } from '../images/types.js';
-import { withTempMount } from '../mount/index.js';
+import { readonlyMounts, withTempMount } from '../mount/index.js';
 import { buildSpec, resolveUser, specAny } from '../runtime/spec.js';
 import { bool, CliError, labelArgs, str, type Command, type Values } from './command.js';
 import { rfc3339 } from './output.js';
@@ -92,19 +92,6 @@ async function ensureUnpacked(c: StrataClient, name: string, snapshotter: string
   await c.collect(c.transfer.unpack({ image: name, snapshotter, platforms: platform ? [platform] : [] }, c.metadata()));
 }
 
-/** The mounts as read-only (containerd's tryReadonlyMounts): the overlay's upper dir becomes a lower one. */
-function readonlyMounts(mounts: Mount[]): Mount[] {
-  return mounts.map((m) => {
-    if (m.type === 'overlay') {
-      const upper = m.options.find((o) => o.startsWith('upperdir='))?.slice('upperdir='.length);
-      const lower = m.options.find((o) => o.startsWith('lowerdir='))?.slice('lowerdir='.length);
-      const rest = m.options.filter((o) => !/^(upperdir|workdir|lowerdir)=/.test(o));
-      const lowers = [upper, lower].filter(Boolean).join(':');
-      return { ...m, options: [...rest, `lowerdir=${lowers}`, 'ro'] };
-    }
-    return { ...m, options: [...m.options.filter((o) => o !== 'rw'), 'ro'] };
-  });
-}
 
 /** Whether a USER value needs the rootfs's /etc/passwd or /etc/group ("uid:gid" alone does not). */
 const needsRootfsFiles = (user: string): boolean => user !== '' && !/^\d+:\d+$/.test(user);

@@ -36,7 +36,9 @@ import { constants } from 'node:fs';
 import { lstat, open, readdir, readFile, readlink, realpath } from 'node:fs/promises';
 import { join } from 'node:path';
 import { notImplemented, StrataError, unknown } from '../errdefs/index.js';
-import { withTempMount } from '../mount/index.js';
+import { readonlyMounts, withTempMount } from '../mount/index.js';
+
+export { readonlyMounts };
 import type { Mount } from '../snapshots/types.js';
 
 export type ChangeKind = 'add' | 'modify' | 'delete' | 'unmodified';
@@ -788,25 +790,6 @@ export async function* changesTar(changes: AsyncIterable<Change>, root: string):
  * ---------------------------------------------------------------------------------------------------------- */
 
 export const isBindMount = (m: Mount) => m.type === 'bind' || m.options.includes('bind') || m.options.includes('rbind');
-
-/** containerd's readonlyMounts: overlays lose upperdir/workdir (the upperdir becomes the top lowerdir), others get ro. */
-export function readonlyMounts(mounts: Mount[]): Mount[] {
-  return mounts.map((m) => {
-    if (m.type === 'overlay') {
-      let upper = '';
-      const out: string[] = [];
-      for (const o of m.options) {
-        if (o.startsWith('upperdir=')) upper = o.slice('upperdir='.length);
-        else if (!o.startsWith('workdir=') && o !== 'volatile') out.push(o);
-      }
-      return {
-        ...m,
-        options: upper ? out.map((o) => (o.startsWith('lowerdir=') ? `lowerdir=${upper}:${o.slice('lowerdir='.length)}` : o)) : out,
-      };
-    }
-    return { ...m, options: [...m.options.filter((o) => o !== 'rw' && o !== 'ro'), 'ro'] };
-  });
-}
 
 /** Mounts `mounts` on a temporary directory for fn (src/mount's withTempMount: unmounted after, rmdir only). */
 export const withMountedDir = withTempMount;

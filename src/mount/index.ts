@@ -120,3 +120,24 @@ export async function withTempMount<T>(mounts: Mount[], fn: (root: string) => Pr
     await rmdir(dir).catch(() => undefined);
   }
 }
+
+/** containerd's readonlyMounts: overlays lose upperdir/workdir (the upperdir becomes the top lowerdir), others get ro. */
+export function readonlyMounts(mounts: Mount[]): Mount[] {
+  return mounts.map((m) => {
+    if (m.type === 'overlay') {
+      let upper = '';
+      const out: string[] = [];
+      for (const o of m.options) {
+        if (o.startsWith('upperdir=')) upper = o.slice('upperdir='.length);
+        else if (!o.startsWith('workdir=') && o !== 'volatile') out.push(o);
+      }
+      if (!upper) return { ...m, options: out };
+      const hasLower = out.some((o) => o.startsWith('lowerdir='));
+      return {
+        ...m,
+        options: hasLower ? out.map((o) => (o.startsWith('lowerdir=') ? `lowerdir=${upper}:${o.slice('lowerdir='.length)}` : o)) : [...out, `lowerdir=${upper}`],
+      };
+    }
+    return { ...m, options: [...m.options.filter((o) => o !== 'rw' && o !== 'ro'), 'ro'] };
+  });
+}

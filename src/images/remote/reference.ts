@@ -5,6 +5,7 @@
  * reference with both a tag and a digest is named by its digest.
  */
 import { invalidArgument } from '../../errdefs/index.js';
+import { isValidDigest } from '../../content/digest.js';
 
 export const DEFAULT_DOMAIN = 'docker.io';
 const LEGACY_DEFAULT_DOMAIN = 'index.docker.io';
@@ -30,7 +31,6 @@ const anchoredTagRe = new RegExp(`^${tag}$`);
 const identifierRe = /^[a-f0-9]{64}$/;
 
 /** Digest algorithms and their hex lengths (go-digest's registered set). */
-const DIGEST_HEX_LENGTH: Record<string, number> = { sha256: 64, sha384: 96, sha512: 128 };
 
 export interface ParsedReference {
   /** The registry host as named in the reference ("docker.io", "127.0.0.1:5000"). */
@@ -44,14 +44,8 @@ export interface ParsedReference {
   name: string;
 }
 
-/** Whether `d` is a well-formed digest of an algorithm Strata knows (sha256, sha384, sha512). */
-export function isValidDigest(d: string): boolean {
-  const i = d.indexOf(':');
-  if (i < 0) return false;
-  const len = DIGEST_HEX_LENGTH[d.slice(0, i)];
-  const hex = d.slice(i + 1);
-  return len !== undefined && hex.length === len && /^[a-f0-9]+$/.test(hex);
-}
+/** Whether `d` is a well-formed digest of an algorithm Strata knows (the content store's rule). */
+export { isValidDigest };
 
 /** Throws 'invalid argument' unless `d` is a valid digest. */
 export function validateDigest(d: string): string {
