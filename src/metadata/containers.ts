@@ -28,7 +28,7 @@ import { adapt, labelField, parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
 import { encodeLabels, parseLabels, type DB } from './db.js';
 import { validateIdentifier } from './identifiers.js';
-import { validateLabels, type NamespaceStore } from './namespaces.js';
+import { validateLabels, type NamespaceStore, compactLabels as compact } from './namespaces.js';
 import { requireNamespace, type OpContext } from './context.js';
 
 /** A protobuf Any as stored: the type URL and the encoded bytes, opaque to the store. */
@@ -150,13 +150,6 @@ function toRow(c: Container): ContainerRow {
     created_at: c.createdAt.getTime(),
     updated_at: c.updatedAt.getTime(),
   };
-}
-
-/** Empty label values are dropped, as containerd's boltutil.writeMap does. */
-function compact(m: Record<string, string> | undefined): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(m ?? {})) if (v !== '') out[k] = v;
-  return out;
 }
 
 const detailOf = (err: unknown): string => (err instanceof StrataError ? err.detail : String(err));

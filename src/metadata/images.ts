@@ -16,7 +16,7 @@ import { typedEvent, type EventPublisher } from '../events/types.js';
 import { isValidDigest } from '../content/digest.js';
 import type { Descriptor, Image, ImageStore } from '../images/types.js';
 import { encodeLabels, parseLabels, type DB } from './db.js';
-import { validateLabels, type NamespaceStore } from './namespaces.js';
+import { validateLabels, type NamespaceStore, compactLabels as compact } from './namespaces.js';
 import { requireNamespace, type OpContext } from './context.js';
 
 interface ImageRow {
@@ -48,13 +48,6 @@ function toImage(r: ImageRow): Image {
     createdAt: new Date(r.created_at),
     updatedAt: new Date(r.updated_at),
   };
-}
-
-/** Empty values are dropped, as containerd's boltutil.writeMap does (a label set to "" is a removal). */
-function compact(m: Record<string, string> | undefined): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(m ?? {})) if (v !== '') out[k] = v;
-  return out;
 }
 
 /** containerd's validateImage: name, labels, then the target (digest, size > 0, media type). */

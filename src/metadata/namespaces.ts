@@ -107,6 +107,13 @@ export class NamespaceStore {
 const MAX_LABEL_SIZE = 4096;
 
 /** containerd's label rule: key + value at most 4096 bytes, key not empty. */
+/** Empty values are dropped, as containerd's boltutil.writeMap does (a label set to "" is a removal). */
+export function compactLabels(m: Record<string, string> | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(m ?? {})) if (v !== '') out[k] = v;
+  return out;
+}
+
 export function validateLabels(labels: Record<string, string> | undefined): void {
   for (const [k, v] of Object.entries(labels ?? {})) {
     if (k === '') throw invalidArgument('label key must not be empty');
