@@ -3,7 +3,7 @@
  * errors into gRPC statuses. Handlers are written as async functions; these wrappers adapt them to grpc-js.
  */
 import * as grpc from '@grpc/grpc-js';
-import { GrpcCode, StrataError, grpcCodeOf } from '../errdefs/index.js';
+import { GrpcCode, StrataError, grpcCodeOf } from '../core/errdefs.js';
 import { requireNamespace, type OpContext } from '../metadata/index.js';
 import type { Logger } from '../log/index.js';
 

@@ -5,7 +5,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { once } from 'node:events';
 import type { Readable } from 'node:stream';
-import { fromGrpcStatus, StrataError } from '../errdefs/index.js';
+import { fromGrpcStatus, StrataError } from '../core/errdefs.js';
 import {
   ContentService,
   WriteAction,

@@ -25,7 +25,7 @@ import type { Scheduler } from '../gc/scheduler.js';
 import type { Differ } from '../diff/types.js';
 import type { ImageTransfers } from '../images/transfer.js';
 import { opContext } from './call.js';
-import { invalidArgument } from '../errdefs/index.js';
+import { invalidArgument } from '../core/errdefs.js';
 
 const metadata = (ic: { get<T>(t: PluginType, id?: string): T }) => ic.get<MetadataStore>(PluginType.Metadata, 'sqlite');
 

@@ -7,7 +7,7 @@ import type { StrataClient } from '../api/client.js';
 import type { Container as PbContainer } from '../api/gen/containerd/services/containers/v1/containers.js';
 import type { Any } from '../api/gen/google/protobuf/any.js';
 import { Status } from '../api/gen/containerd/types/task/task.js';
-import { isKind, isNotFound } from '../errdefs/index.js';
+import { isKind, isNotFound } from '../core/errdefs.js';
 import { bool, CliError, labelArgs, type Group } from './command.js';
 import { isoOrNull, printJson, printLines, table, write } from './output.js';
 import { goJson } from './snapshots.js';

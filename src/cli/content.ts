@@ -1,6 +1,6 @@
 /** strata content: ls, get, ingest, active, rm, label. */
 import { parseDigest } from '../content/digest.js';
-import { isNotFound } from '../errdefs/index.js';
+import { isNotFound } from '../core/errdefs.js';
 import { bool, CliError, labelArgs, str, type Group } from './command.js';
 import { age, formatLabels, humanSize, isoOrNull, printJson, printLines, table, write } from './output.js';
 

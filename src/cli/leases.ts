@@ -1,9 +1,9 @@
 /** strata leases: ls, create, rm. */
 import { bool, CliError, labelArgs, parseDuration, str, type Group } from './command.js';
 import { formatLabels, isoOrNull, printJson, printLines, rfc3339, table, write } from './output.js';
+import { LABEL_GC_EXPIRE } from '../core/labels.js';
 
 /** The label GC reads a lease's expiry from (RFC 3339). */
-export const LABEL_GC_EXPIRE = 'containerd.io/gc.expire';
 
 export const leases: Group = {
   name: 'leases',

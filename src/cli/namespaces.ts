@@ -1,5 +1,5 @@
 /** strata namespaces (ns): ls, create, rm, label. */
-import { isNotFound } from '../errdefs/index.js';
+import { isNotFound } from '../core/errdefs.js';
 import { bool, CliError, labelArgs, type Group } from './command.js';
 import { formatLabels, printJson, printLines, table, write } from './output.js';
 

@@ -25,15 +25,16 @@ import { promisify } from 'node:util';
 import type { StrataClient } from '../api/client.js';
 import type { Image as PbImage } from '../api/gen/containerd/services/images/v1/images.js';
 import type { Mount } from '../api/gen/containerd/types/mount.js';
-import { isNotFound } from '../errdefs/index.js';
+import { isNotFound } from '../core/errdefs.js';
 import { requiredDescriptors, type BlobReader } from '../images/inspect.js';
 import { chainIDs, isConfigType, parseConfig, type ImageConfig } from '../images/manifest.js';
 import { defaultPlatform, formatPlatform, parsePlatform } from '../images/platforms.js';
-import type { Descriptor } from '../images/types.js';
+import type { Descriptor } from '../core/descriptor.js';
 import { readonlyMounts, withTempMount } from '../mount/index.js';
 import { buildSpec, resolveUser, specAny } from '../runtime/spec.js';
 import { bool, CliError, labelArgs, str, type Command, type Values } from './command.js';
 import { rfc3339 } from './output.js';
+import { LABEL_GC_EXPIRE } from '../core/labels.js';
 
 const execFileP = promisify(execFile);
 
@@ -42,7 +43,6 @@ export const DEFAULT_RUNTIME = 'io.containerd.runc.v2';
 export const RUNC_OPTIONS_TYPE_URL = 'containerd.runc.v1.Options';
 /** containerd's label for the image's stop signal (WithImageStopSignal). */
 export const STOP_SIGNAL_LABEL = 'io.containerd.image.config.stop-signal';
-const LABEL_GC_EXPIRE = 'containerd.io/gc.expire';
 /** How long to wait for a task's output to reach EOF after it exited. */
 const DRAIN_GRACE_MS = 5_000;
 

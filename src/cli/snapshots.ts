@@ -18,10 +18,10 @@ import { Timestamp } from '../api/gen/google/protobuf/timestamp.js';
 import type { Mount } from '../api/gen/containerd/types/mount.js';
 import { bool, CliError, labelArgs, str, type Command, type Group, type Invocation, type OptionsConfig } from './command.js';
 import { formatLabels, isoOrNull, printJson, printLines, table, write } from './output.js';
+import { LABEL_GC_ROOT } from '../core/labels.js';
 
 export const DEFAULT_SNAPSHOTTER = 'overlayfs';
 /** The label ctr puts on the snapshots it prepares and commits so that GC keeps them. */
-const LABEL_GC_ROOT = 'containerd.io/gc.root';
 
 const SNAPSHOTTER_OPTION = { snapshotter: { type: 'string' } } satisfies OptionsConfig;
 

@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { parse, stringify } from 'smol-toml';
-import { invalidArgument } from '../errdefs/index.js';
+import { invalidArgument } from '../core/errdefs.js';
 
 export interface GrpcConfig {
   address: string;

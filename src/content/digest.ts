@@ -5,7 +5,7 @@
  * exactly the algorithm's length, so a digest maps to exactly one blob path.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { invalidArgument } from '../errdefs/index.js';
+import { invalidArgument } from '../core/errdefs.js';
 
 export type DigestAlgorithm = 'sha256' | 'sha384' | 'sha512';
 

@@ -32,7 +32,7 @@ import {
   notFound,
   outOfRange,
   unavailable,
-} from '../errdefs/index.js';
+} from '../core/errdefs.js';
 import { allocWithHeadroom, shrinkWithHeadroom } from './headroom.js';
 import { Digester, isDigestAlgorithm, isValidDigest, isValidHex, parseDigest, type DigestAlgorithm } from './digest.js';
 import type { CommitOptions, ContentWriter, Digest, IngestStatus, ReadOptions, WriterOptions } from './types.js';

@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { loadConfig, defaultConfig, renderConfig, type Config } from '../config/index.js';
 import { createLogger, isLogLevel, type Logger, type LogLevel } from '../log/index.js';
 import { serveSnapshotter, type ServedSnapshotter } from './serve-snapshotter.js';
-import { StrataError } from '../errdefs/index.js';
+import { StrataError } from '../core/errdefs.js';
 import { STRATA_VERSION } from '../version.js';
 import { Daemon, pluginDefaults } from './daemon.js';
 

@@ -6,7 +6,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import { PluginSet, PluginType, pluginUri, registered } from '../plugin/index.js';
 import { pluginConfig, type Config } from '../config/index.js';
-import { failedPrecondition, invalidArgument } from '../errdefs/index.js';
+import { failedPrecondition, invalidArgument } from '../core/errdefs.js';
 import type { Logger } from '../log/index.js';
 import type { Snapshotter } from '../snapshots/types.js';
 import { snapshotsService } from '../api/services/snapshots.js';

@@ -5,7 +5,7 @@
 import { connect } from 'node:net';
 import { chmodSync, chownSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { alreadyExists, failedPrecondition } from '../errdefs/index.js';
+import { alreadyExists, failedPrecondition } from '../core/errdefs.js';
 
 function isListening(path: string): Promise<boolean> {
   return new Promise((resolve) => {

@@ -39,7 +39,7 @@ import {
   type Stats,
 } from 'node:fs';
 import { join } from 'node:path';
-import { invalidArgument, notImplemented, StrataError } from '../errdefs/index.js';
+import { invalidArgument, notImplemented, StrataError } from '../core/errdefs.js';
 import { TarParser, type TarHeader } from './tar.js';
 
 export interface CoreOptions {

@@ -7,7 +7,7 @@
  * After an error the worker ignores data until the next start.
  */
 import { parentPort } from 'node:worker_threads';
-import { StrataError } from '../errdefs/index.js';
+import { StrataError } from '../core/errdefs.js';
 import { LayerApplier, type CoreOptions } from './apply-core.js';
 
 type In =

@@ -9,7 +9,7 @@ import { lstat, realpath } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import type { Readable } from 'node:stream';
 import { Worker } from 'node:worker_threads';
-import { invalidArgument, StrataError, type ErrorKind } from '../errdefs/index.js';
+import { invalidArgument, StrataError, type ErrorKind } from '../core/errdefs.js';
 import type { Logger } from '../log/index.js';
 
 export { cleanComponents } from './apply-core.js';

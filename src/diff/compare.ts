@@ -35,11 +35,11 @@ import type { BigIntStats } from 'node:fs';
 import { constants } from 'node:fs';
 import { lstat, open, readdir, readFile, readlink, realpath } from 'node:fs/promises';
 import { join } from 'node:path';
-import { notImplemented, StrataError, unknown } from '../errdefs/index.js';
+import { notImplemented, StrataError, unknown } from '../core/errdefs.js';
 import { readonlyMounts, withTempMount } from '../mount/index.js';
 
 export { readonlyMounts };
-import type { Mount } from '../snapshots/types.js';
+import type { Mount } from '../core/mount.js';
 
 export type ChangeKind = 'add' | 'modify' | 'delete' | 'unmodified';
 

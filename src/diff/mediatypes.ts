@@ -3,7 +3,7 @@
  * archive/compression see them: the OCI layer types (plain, +gzip, +zstd, and their nondistributable twins)
  * and Docker's schema 2 rootfs types (plain and gzip, regular and foreign).
  */
-import { invalidArgument } from '../errdefs/index.js';
+import { invalidArgument } from '../core/errdefs.js';
 
 export type Compression = 'none' | 'gzip' | 'zstd';
 

@@ -8,7 +8,7 @@
  * are read and ignored, as containerd does). Sparse files and multi-volume archives are refused.
  * A bad header checksum is an error (a corrupt or truncated layer must never apply as a short success).
  */
-import { invalidArgument, notImplemented } from '../errdefs/index.js';
+import { invalidArgument, notImplemented } from '../core/errdefs.js';
 
 export type EntryType = 'file' | 'link' | 'symlink' | 'character-device' | 'block-device' | 'directory' | 'fifo';
 

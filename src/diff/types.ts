@@ -4,8 +4,8 @@
  * (and leased) per call.
  */
 import type { ContentStore } from '../content/types.js';
-import type { Mount } from '../snapshots/types.js';
-import type { Descriptor } from '../images/types.js';
+import type { Mount } from '../core/mount.js';
+import type { Descriptor } from '../core/descriptor.js';
 
 export interface ApplyOpts {
   /** Called with the uncompressed bytes read so far (progress); optional. */

@@ -3,9 +3,9 @@
  * Delivery is in-process and non-blocking for publishers: each subscriber has its own queue, and a
  * subscriber that falls too far behind is dropped rather than stalling the daemon.
  */
-import { invalidArgument } from '../errdefs/index.js';
+import { invalidArgument } from '../core/errdefs.js';
 import { adapt, parseAll, type Filter } from '../filters/index.js';
-import { validateIdentifier } from '../metadata/identifiers.js';
+import { validateIdentifier } from '../core/identifiers.js';
 import type { Envelope, EventPayload, EventPublisher } from './types.js';
 
 const MAX_QUEUE = 10_000;

@@ -17,7 +17,7 @@
  * Parse errors are StrataErrors of kind 'invalid argument' whose text is containerd's, e.g.
  * `filters: parse error: [name==foo >|,|< ]: expected field or quoted: invalid argument`.
  */
-import { invalidArgument } from '../errdefs/index.js';
+import { invalidArgument } from '../core/errdefs.js';
 import { compileRegexp } from './regexp.js';
 import { QuoteSyntaxError, unquote } from './quote.js';
 import {

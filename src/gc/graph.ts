@@ -10,18 +10,11 @@
  *
  * Edges never cross namespaces: a label in namespace A naming a digest only namespace B records is a dead edge.
  */
-import { parseLabels, type DB } from '../metadata/db.js';
+import { type DB } from '../core/sqlite.js';
+import { parseLabels } from '../core/labels.js';
 import type { GCEdge, GCObject, GCObjectType, GCWhy } from './types.js';
+import { LABEL_GC_ROOT, LABEL_GC_EXPIRE, LABEL_GC_FLAT, LABEL_GC_REF_CONTENT, LABEL_GC_REF_SNAPSHOT, LABEL_GC_BREF_CONTENT, LABEL_GC_BREF_IMAGE, LABEL_GC_BREF_CONTAINER, LABEL_GC_BREF_SNAPSHOT } from '../core/labels.js';
 
-export const LABEL_GC_ROOT = 'containerd.io/gc.root';
-export const LABEL_GC_EXPIRE = 'containerd.io/gc.expire';
-export const LABEL_GC_FLAT = 'containerd.io/gc.flat';
-export const LABEL_GC_REF_CONTENT = 'containerd.io/gc.ref.content';
-export const LABEL_GC_REF_SNAPSHOT = 'containerd.io/gc.ref.snapshot.';
-export const LABEL_GC_BREF_CONTENT = 'containerd.io/gc.bref.content';
-export const LABEL_GC_BREF_SNAPSHOT = 'containerd.io/gc.bref.snapshot.';
-export const LABEL_GC_BREF_IMAGE = 'containerd.io/gc.bref.image';
-export const LABEL_GC_BREF_CONTAINER = 'containerd.io/gc.bref.container';
 
 export interface ContentRecord {
   namespace: string;
@@ -225,7 +218,7 @@ export function labelRefs(namespace: string, labels: Record<string, string>): { 
       out.push({ to: { type: 'content', namespace, id: v }, reason: k });
       continue;
     }
-    const sn = snapshotterOf(k, LABEL_GC_REF_SNAPSHOT);
+    const sn = snapshotterOf(k, `${LABEL_GC_REF_SNAPSHOT}.`);
     if (sn) out.push({ to: { type: 'snapshot', namespace, snapshotter: sn, id: v }, reason: k });
   }
   return out;
@@ -243,7 +236,7 @@ export function backRefs(namespace: string, labels: Record<string, string>): { f
     } else if (suffixed(k, LABEL_GC_BREF_CONTAINER)) {
       out.push({ from: { type: 'container', namespace, id: v }, reason: k });
     } else {
-      const sn = snapshotterOf(k, LABEL_GC_BREF_SNAPSHOT);
+      const sn = snapshotterOf(k, `${LABEL_GC_BREF_SNAPSHOT}.`);
       if (sn) out.push({ from: { type: 'snapshot', namespace, snapshotter: sn, id: v }, reason: k });
     }
   }

@@ -17,7 +17,7 @@
  */
 import { existsSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { isNotFound, isUnavailable } from '../errdefs/index.js';
+import { isNotFound, isUnavailable } from '../core/errdefs.js';
 import type { Logger } from '../log/index.js';
 import type { MetadataStore, NamespacedSnapshots } from '../metadata/index.js';
 import type { GCObject, Orphans } from './types.js';

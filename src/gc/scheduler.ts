@@ -24,7 +24,7 @@
  * Mutations that happen while a collection runs count toward the next one (containerd drops events stamped
  * before the end of a collection; here the mark phase is synchronous, so a write during a run is after its mark).
  */
-import { invalidArgument } from '../errdefs/index.js';
+import { invalidArgument } from '../core/errdefs.js';
 import { silentLogger, type Logger } from '../log/index.js';
 import type { Collector, GCMetrics, GCObjectType, GCReport, GCScheduler } from './types.js';
 

@@ -4,10 +4,10 @@
  * continues from its offset (an HTTP Range request) instead of starting over. The content writer verifies
  * size and digest at commit; a blob that does not match is discarded with its ingest, never committed.
  */
-import { isAlreadyExists, isFailedPrecondition, isNotFound, isUnavailable, invalidArgument } from '../errdefs/index.js';
+import { isAlreadyExists, isFailedPrecondition, isNotFound, isUnavailable, invalidArgument } from '../core/errdefs.js';
 import type { ContentStore, ContentWriter } from '../content/types.js';
 import type { Fetcher } from './remote/types.js';
-import type { Descriptor } from './types.js';
+import type { Descriptor } from '../core/descriptor.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export type ObjectKind = 'index' | 'manifest' | 'config' | 'layer' | 'blob';

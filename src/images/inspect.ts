@@ -3,10 +3,10 @@
  * answers them: which platforms it has, its size for a platform, and which of its blobs are present. Written
  * over a blob reader so the CLI can ask through the content API and the daemon through its store.
  */
-import { isNotFound } from '../errdefs/index.js';
+import { isNotFound } from '../core/errdefs.js';
 import { children, isIndexType, isManifestType, parseConfig } from './manifest.js';
 import { platformMatcher, platformOrder } from './platforms.js';
-import type { Descriptor, Platform } from './types.js';
+import type { Descriptor, Platform } from '../core/descriptor.js';
 
 /** Reads a (small, JSON) blob whole; rejects with 'not found' when it is missing. */
 export type BlobReader = (desc: Descriptor) => Promise<Buffer>;

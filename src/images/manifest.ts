@@ -10,19 +10,11 @@
  */
 import { createHash } from 'node:crypto';
 import { isValidDigest } from '../content/digest.js';
-import { invalidArgument, notFound } from '../errdefs/index.js';
+import { invalidArgument, notFound } from '../core/errdefs.js';
 import { allPlatforms, normalizePlatform, type PlatformMatcher } from './platforms.js';
-import {
-  LABEL_GC_REF_CONTENT,
-  MediaTypeDockerConfig,
-  MediaTypeDockerManifest,
-  MediaTypeDockerManifestList,
-  MediaTypeOCIConfig,
-  MediaTypeOCIIndex,
-  MediaTypeOCIManifest,
-  type Descriptor,
-  type Platform,
-} from './types.js';
+import { MediaTypeDockerConfig, MediaTypeDockerManifest, MediaTypeDockerManifestList, MediaTypeOCIConfig, MediaTypeOCIIndex, MediaTypeOCIManifest } from './types.js';
+import { LABEL_GC_REF_CONTENT } from '../core/labels.js';
+import { type Descriptor, type Platform } from '../core/descriptor.js';
 
 /** An OCI image manifest (also Docker schema 2, which has the same shape). */
 export interface Manifest {

@@ -11,8 +11,8 @@
  * and prefers them in that order ({@link platformOrder}).
  */
 import { endianness } from 'node:os';
-import { invalidArgument } from '../errdefs/index.js';
-import type { Platform } from './types.js';
+import { invalidArgument } from '../core/errdefs.js';
+import type { Platform } from '../core/descriptor.js';
 
 const KNOWN_OS = new Set([
   'aix', 'android', 'darwin', 'dragonfly', 'freebsd', 'hurd', 'illumos', 'ios', 'js', 'linux', 'nacl', 'netbsd',

@@ -7,7 +7,7 @@
  * The caller binds the stores to a namespace and a lease (so everything fetched is protected until the image
  * record exists) and deletes the lease afterwards.
  */
-import { notFound } from '../errdefs/index.js';
+import { notFound } from '../core/errdefs.js';
 import type { ContentStore } from '../content/types.js';
 import type { Applier } from '../diff/types.js';
 import type { Snapshotter } from '../snapshots/types.js';
@@ -16,7 +16,9 @@ import { children, gcRefLabels, isIndexType, isManifestType, parseConfig, parseI
 import { defaultPlatform, formatPlatform, platformMatcher, platformOrder } from './platforms.js';
 import type { Fetcher, Resolver } from './remote/types.js';
 import { parseReference } from './remote/reference.js';
-import { LABEL_DISTRIBUTION_SOURCE, type Descriptor, type Image, type ImageStore, type Platform } from './types.js';
+import { LABEL_DISTRIBUTION_SOURCE } from '../core/labels.js';
+import { type Image, type ImageStore } from '../metadata/images.js';
+import { type Descriptor, type Platform } from '../core/descriptor.js';
 import { unpackLayers, type UnpackResult } from './unpack.js';
 import { createOrUpdateImage } from './store-util.js';
 

@@ -4,14 +4,16 @@
  * to come from another repository of the same registry (their distribution.source label) are mounted rather
  * than uploaded.
  */
-import { notFound } from '../errdefs/index.js';
+import { notFound } from '../core/errdefs.js';
 import type { ContentStore } from '../content/types.js';
 import { readJsonBlob, type ProgressFn } from './fetch.js';
 import { children, isIndexType, isManifestType } from './manifest.js';
 import { selectManifests } from './pull.js';
 import type { Resolver } from './remote/types.js';
 import { parseReference } from './remote/reference.js';
-import { LABEL_DISTRIBUTION_SOURCE, type Descriptor, type ImageStore, type Platform } from './types.js';
+import { LABEL_DISTRIBUTION_SOURCE } from '../core/labels.js';
+import { type ImageStore } from '../metadata/images.js';
+import { type Descriptor, type Platform } from '../core/descriptor.js';
 
 export interface PushOptions {
   /** The local image to push; default `ref`. */

@@ -1,6 +1,7 @@
 /** Small operations on an ImageStore that pull, import and unpack share. */
-import { isAlreadyExists } from '../errdefs/index.js';
-import type { Descriptor, Image, ImageStore } from './types.js';
+import { isAlreadyExists } from '../core/errdefs.js';
+import type { Image, ImageStore } from '../metadata/images.js';
+import type { Descriptor } from '../core/descriptor.js';
 
 /** Creates the image, or points an existing one at `target` (containerd's pull and import do the same). */
 export async function createOrUpdateImage(

@@ -7,9 +7,10 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import { finished } from 'node:stream/promises';
 import { dirname, basename, join } from 'node:path';
-import { invalidArgument, notFound } from '../errdefs/index.js';
+import { invalidArgument, notFound } from '../core/errdefs.js';
 import type { Logger } from '../log/index.js';
-import { generateLeaseId, LABEL_GC_EXPIRE, type MetadataStore, type OpContext } from '../metadata/index.js';
+import { generateLeaseId, type MetadataStore, type OpContext } from '../metadata/index.js';
+import { LABEL_GC_EXPIRE } from '../core/labels.js';
 import type { Differ } from '../diff/types.js';
 import type { ContentStore } from '../content/types.js';
 import type { ProgressFn } from './fetch.js';
@@ -22,7 +23,8 @@ import { createResolver } from './remote/resolver.js';
 import type { Credentials, ResolverOptions } from './remote/types.js';
 import { importArchive, exportArchive } from './archive/index.js';
 import { unpackLayers, type UnpackResult } from './unpack.js';
-import type { Descriptor, Image, ImageStore } from './types.js';
+import type { Image, ImageStore } from '../metadata/images.js';
+import type { Descriptor } from '../core/descriptor.js';
 
 export interface TransferConfig {
   /** Most concurrent blob downloads/uploads per transfer (containerd's max_concurrent_downloads). */

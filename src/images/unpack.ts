@@ -10,13 +10,14 @@
  * half-applied layer never survives.
  */
 import { randomBytes } from 'node:crypto';
-import { failedPrecondition, isAlreadyExists, isNotFound } from '../errdefs/index.js';
+import { failedPrecondition, isAlreadyExists, isNotFound } from '../core/errdefs.js';
 import type { ContentStore } from '../content/types.js';
 import type { Applier } from '../diff/types.js';
 import type { Snapshotter } from '../snapshots/types.js';
-import { LABEL_SNAPSHOT_REF } from '../snapshots/types.js';
+import { LABEL_SNAPSHOT_REF } from '../core/labels.js';
 import { chainIDs } from './manifest.js';
-import { LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED, type Descriptor } from './types.js';
+import { LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED } from '../core/labels.js';
+import { type Descriptor } from '../core/descriptor.js';
 
 export type UnpackStatus = 'exists' | 'unpacking' | 'unpacked';
 

@@ -23,12 +23,14 @@
  * runtime}), /containers/update (ContainerUpdate{id, image, labels, snapshotKey}), /containers/delete
  * (ContainerDelete{id}).
  */
-import { alreadyExists, invalidArgument, notFound, StrataError } from '../errdefs/index.js';
+import { alreadyExists, invalidArgument, notFound, StrataError } from '../core/errdefs.js';
 import { adapt, labelField, parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
-import { encodeLabels, parseLabels, type DB } from './db.js';
-import { validateIdentifier } from './identifiers.js';
-import { validateLabels, type NamespaceStore, compactLabels as compact } from './namespaces.js';
+import { type DB } from '../core/sqlite.js';
+import { encodeLabels, parseLabels } from '../core/labels.js';
+import { validateIdentifier } from '../core/identifiers.js';
+import { type NamespaceStore } from './namespaces.js';
+import { validateLabels, compactLabels as compact } from '../core/labels.js';
 import { requireNamespace, type OpContext } from './context.js';
 
 /** A protobuf Any as stored: the type URL and the encoded bytes, opaque to the store. */

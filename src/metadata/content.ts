@@ -16,7 +16,7 @@ import {
   isNotFound,
   notFound,
   StrataError,
-} from '../errdefs/index.js';
+} from '../core/errdefs.js';
 import { adapt, labelField, parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
 import { parseDigest } from '../content/digest.js';
@@ -31,8 +31,11 @@ import type {
   ReadOptions,
   WriterOptions,
 } from '../content/types.js';
-import { encodeLabels, parseLabels, type DB, type UniqueNumbers } from './db.js';
-import { applyLabelPaths, validateLabels, type NamespaceStore } from './namespaces.js';
+import { type UniqueNumbers } from './db.js';
+import { type DB } from '../core/sqlite.js';
+import { encodeLabels, parseLabels } from '../core/labels.js';
+import { type NamespaceStore } from './namespaces.js';
+import { applyLabelPaths, validateLabels } from '../core/labels.js';
 import type { LeaseStore } from './leases.js';
 import type { OpContext } from './context.js';
 

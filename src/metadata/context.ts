@@ -3,8 +3,8 @@
  * created by the operation are attached to. The gRPC layer builds it from the `containerd-namespace` and
  * `containerd-lease` headers; in-process callers build it directly.
  */
-import { invalidArgument } from '../errdefs/index.js';
-import { validateIdentifier } from './identifiers.js';
+import { invalidArgument } from '../core/errdefs.js';
+import { validateIdentifier } from '../core/identifiers.js';
 
 export interface OpContext {
   namespace: string;

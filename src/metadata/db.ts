@@ -5,11 +5,9 @@
  *
  * Calls are synchronous (better-sqlite3) and kept short: no file I/O happens inside a transaction.
  */
-import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { openSqlite, type DB } from '../core/sqlite.js';
 
-export type DB = Database.Database;
+export type { DB };
 
 /**
  * Schema migrations, applied in order. Never edit a released step: append a new one.
@@ -125,54 +123,8 @@ const migrations: string[] = [
 
 export const SCHEMA_VERSION = migrations.length;
 
-/**
- * Makes db.prepare() return one compiled statement per SQL text instead of compiling on every call: the
- * stores prepare inline, next to where the SQL is read, and compiling was a fifth of a snapshot call's CPU.
- * Safe because statements here run synchronously to completion (no .iterate() left open across calls).
- */
-export function cacheStatements(db: DB): DB {
-  const compile = db.prepare.bind(db);
-  const cache = new Map<string, Database.Statement>();
-  (db as { prepare: (sql: string) => Database.Statement }).prepare = (sql: string) => {
-    let stmt = cache.get(sql);
-    if (!stmt) {
-      stmt = compile(sql);
-      cache.set(sql, stmt);
-    }
-    return stmt;
-  };
-  return db;
-}
-
 export function openDatabase(path: string): DB {
-  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-  const db = new Database(path);
-  db.pragma('journal_mode = WAL');
-  // FULL: every committed transaction is on disk before the call returns, as containerd's bolt commits are.
-  // (NORMAL would survive kill -9 but could lose the last transactions on power loss, e.g. a content commit
-  // the client was told succeeded.)
-  db.pragma('synchronous = FULL');
-  db.pragma('foreign_keys = ON');
-  db.pragma('busy_timeout = 5000');
-  migrate(db);
-  return cacheStatements(db);
-}
-
-function migrate(db: DB): void {
-  db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)');
-  const row = db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined;
-  const current = row?.version ?? 0;
-  if (current > migrations.length) {
-    throw new Error(
-      `metadata schema version ${current} is newer than this stratad understands (${migrations.length})`,
-    );
-  }
-  const apply = db.transaction(() => {
-    for (let v = current; v < migrations.length; v++) db.exec(migrations[v]!);
-    if (row) db.prepare('UPDATE schema_version SET version = ?').run(migrations.length);
-    else db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(migrations.length);
-  });
-  if (current < migrations.length) apply.immediate();
+  return openSqlite(path, migrations, 'metadata');
 }
 
 /**
@@ -205,5 +157,3 @@ export function nextSequence(db: DB, name: string): number {
   return row.value;
 }
 
-export const parseLabels = (json: string): Record<string, string> => JSON.parse(json) as Record<string, string>;
-export const encodeLabels = (labels: Record<string, string> | undefined): string => JSON.stringify(labels ?? {});

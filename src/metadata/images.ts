@@ -10,14 +10,43 @@
  *
  * Deleting an image record does not delete content: the garbage collector (roots: images) does that.
  */
-import { alreadyExists, invalidArgument, notFound } from '../errdefs/index.js';
+import { alreadyExists, invalidArgument, notFound } from '../core/errdefs.js';
 import { adapt, labelField, parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
 import { isValidDigest } from '../content/digest.js';
-import type { Descriptor, Image, ImageStore } from '../images/types.js';
-import { encodeLabels, parseLabels, type DB } from './db.js';
-import { validateLabels, type NamespaceStore, compactLabels as compact } from './namespaces.js';
+import type { Descriptor } from '../core/descriptor.js';
+import { type DB } from '../core/sqlite.js';
+import { encodeLabels, parseLabels } from '../core/labels.js';
+import { type NamespaceStore } from './namespaces.js';
+import { validateLabels, compactLabels as compact } from '../core/labels.js';
 import { requireNamespace, type OpContext } from './context.js';
+
+/** An image record: a name pointing at a root descriptor (manifest or index), as containerd stores it. */
+export interface Image {
+  name: string;
+  target: Descriptor;
+  labels: Record<string, string>;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+/**
+ * The image store of one namespace (bound from the metadata store's NamespacedImages with an OpContext).
+ * Errors: 'not found', 'already exists', 'invalid argument' (bad name, empty target fields, bad labels).
+ * Every change publishes /images/create|update|delete on the event exchange.
+ */
+export interface ImageStore {
+  get(name: string): Promise<Image>;
+  /** containerd filter syntax on name, target.mediatype, target.digest, labels.* (any filter matches). */
+  list(filters?: string[]): Promise<Image[]>;
+  create(image: Pick<Image, 'name' | 'target'> & { labels?: Record<string, string> }): Promise<Image>;
+  /**
+   * containerd field paths: 'labels', 'labels.<key>', 'target', 'annotations'... ; none = replace labels and
+   * target. The name cannot change.
+   */
+  update(image: Pick<Image, 'name'> & Partial<Pick<Image, 'target' | 'labels'>>, fieldpaths?: string[]): Promise<Image>;
+  delete(name: string): Promise<void>;
+}
 
 interface ImageRow {
   name: string;

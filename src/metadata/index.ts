@@ -4,7 +4,8 @@
  */
 import type { LocalContentStore } from '../content/local.js';
 import { discardEvents, type EventPublisher } from '../events/types.js';
-import { openDatabase, UniqueNumbers, type DB } from './db.js';
+import { openDatabase, UniqueNumbers } from './db.js';
+import { type DB } from '../core/sqlite.js';
 import { NamespaceStore } from './namespaces.js';
 import { LeaseStore } from './leases.js';
 import { NamespacedContent } from './content.js';
@@ -16,10 +17,8 @@ import type { Snapshotter } from '../snapshots/types.js';
 export type { OpContext } from './context.js';
 export { requireNamespace } from './context.js';
 export type { Namespace } from './namespaces.js';
-export { applyLabelPaths, validateLabels } from './namespaces.js';
 export type { Lease, LeaseResource } from './leases.js';
-export { LABEL_GC_EXPIRE, LABEL_GC_FLAT, generateLeaseId } from './leases.js';
-export { validateIdentifier } from './identifiers.js';
+export { generateLeaseId } from './leases.js';
 export { SCHEMA_VERSION } from './db.js';
 export type { NamespacedSnapshots } from './snapshots.js';
 export type { NamespacedImages } from './images.js';

@@ -4,12 +4,15 @@
  * roots. Deleting a lease only drops the hold; the collector removes what nothing else keeps.
  */
 import { randomBytes } from 'node:crypto';
-import { alreadyExists, invalidArgument, notFound, notImplemented } from '../errdefs/index.js';
+import { alreadyExists, invalidArgument, notFound, notImplemented } from '../core/errdefs.js';
 import { parseAll, labelField, adapt } from '../filters/index.js';
 import { parseDigest } from '../content/digest.js';
-import { encodeLabels, parseLabels, type DB } from './db.js';
-import { validateLabels, type NamespaceStore } from './namespaces.js';
+import { type DB } from '../core/sqlite.js';
+import { encodeLabels, parseLabels } from '../core/labels.js';
+import { type NamespaceStore } from './namespaces.js';
+import { validateLabels } from '../core/labels.js';
 import type { OpContext } from './context.js';
+import { LABEL_GC_EXPIRE } from '../core/labels.js';
 
 export interface Lease {
   id: string;
@@ -22,11 +25,6 @@ export interface LeaseResource {
   /** "content", "ingests" or "snapshots/<snapshotter>". */
   type: string;
 }
-
-/** Label naming when the lease stops protecting anything (RFC 3339 time). */
-export const LABEL_GC_EXPIRE = 'containerd.io/gc.expire';
-/** Label asking GC to protect the lease's resources without following their references. */
-export const LABEL_GC_FLAT = 'containerd.io/gc.flat';
 
 /** A random id in the style containerd's clients use. */
 export function generateLeaseId(): string {

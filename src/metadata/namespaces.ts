@@ -3,10 +3,12 @@
  * written in it (as in containerd, `ctr -n foo content ingest` makes "foo"). Deleting one that still holds
  * objects is a failed precondition that names what is left.
  */
-import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../errdefs/index.js';
+import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../core/errdefs.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
-import { encodeLabels, parseLabels, type DB } from './db.js';
-import { validateIdentifier } from './identifiers.js';
+import { type DB } from '../core/sqlite.js';
+import { encodeLabels, parseLabels } from '../core/labels.js';
+import { validateIdentifier } from '../core/identifiers.js';
+import { validateLabels, applyLabelPaths } from '../core/labels.js';
 
 export interface Namespace {
   name: string;
@@ -102,50 +104,4 @@ export class NamespaceStore {
     }).immediate();
     this.events.publish(name, '/namespaces/delete', typedEvent('containerd.events.NamespaceDelete', { name }));
   }
-}
-
-const MAX_LABEL_SIZE = 4096;
-
-/** containerd's label rule: key + value at most 4096 bytes, key not empty. */
-/** Empty values are dropped, as containerd's boltutil.writeMap does (a label set to "" is a removal). */
-export function compactLabels(m: Record<string, string> | undefined): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(m ?? {})) if (v !== '') out[k] = v;
-  return out;
-}
-
-export function validateLabels(labels: Record<string, string> | undefined): void {
-  for (const [k, v] of Object.entries(labels ?? {})) {
-    if (k === '') throw invalidArgument('label key must not be empty');
-    if (Buffer.byteLength(k) + Buffer.byteLength(v) > MAX_LABEL_SIZE) {
-      throw invalidArgument(`label key and value greater than maximum size (${MAX_LABEL_SIZE} bytes), key: ${k.slice(0, 10)}`);
-    }
-  }
-}
-
-/**
- * containerd's label update rule for field paths: none or "labels" replaces the map; "labels.<key>" copies that
- * one key from `next` (deleting it when absent or empty). Any other path is invalid for label-only objects.
- */
-export function applyLabelPaths(
-  current: Record<string, string>,
-  next: Record<string, string>,
-  fieldpaths: string[],
-): Record<string, string> {
-  if (fieldpaths.length === 0) return { ...next };
-  const out = { ...current };
-  for (const path of fieldpaths) {
-    if (path === 'labels') {
-      for (const k of Object.keys(out)) delete out[k];
-      Object.assign(out, next);
-    } else if (path.startsWith('labels.')) {
-      const key = path.slice('labels.'.length);
-      const v = next[key];
-      if (v === undefined || v === '') delete out[key];
-      else out[key] = v;
-    } else {
-      throw invalidArgument(`cannot update ${JSON.stringify(path)} field`);
-    }
-  }
-  return out;
 }

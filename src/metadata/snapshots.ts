@@ -8,24 +8,18 @@
  * answers ALREADY_EXISTS means the backend already has that committed layer; it is recorded here under the
  * target name and the caller gets ALREADY_EXISTS.
  */
-import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, isFailedPrecondition, isNotFound, notFound, unknown } from '../errdefs/index.js';
+import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, isFailedPrecondition, isNotFound, notFound, unknown } from '../core/errdefs.js';
 import { parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
 import { snapshotAdaptor } from '../snapshots/storage.js';
-import {
-  inheritedLabels,
-  LABEL_SNAPSHOT_REF,
-  INHERITED_LABEL_PREFIX,
-  type Info,
-  type Kind,
-  type Mount,
-  type SnapshotOpts,
-  type Snapshotter,
-  type Usage,
-  type WalkFn,
-} from '../snapshots/types.js';
-import { encodeLabels, parseLabels, type DB, type UniqueNumbers } from './db.js';
-import { applyLabelPaths, validateLabels, type NamespaceStore } from './namespaces.js';
+import { inheritedLabels, type Info, type Kind, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../snapshots/types.js';
+import { LABEL_SNAPSHOT_REF, INHERITED_LABEL_PREFIX } from '../core/labels.js';
+import { type Mount } from '../core/mount.js';
+import { type UniqueNumbers } from './db.js';
+import { type DB } from '../core/sqlite.js';
+import { encodeLabels, parseLabels } from '../core/labels.js';
+import { type NamespaceStore } from './namespaces.js';
+import { applyLabelPaths, validateLabels } from '../core/labels.js';
 import type { LeaseStore } from './leases.js';
 import type { OpContext } from './context.js';
 

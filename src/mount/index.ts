@@ -9,8 +9,8 @@ import { mkdtemp, rmdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative, sep } from 'node:path';
 import { promisify } from 'node:util';
-import type { Mount } from '../snapshots/types.js';
-import { StrataError, unknown } from '../errdefs/index.js';
+import type { Mount } from '../core/mount.js';
+import { StrataError, unknown } from '../core/errdefs.js';
 
 const run = promisify(execFile);
 

@@ -23,8 +23,8 @@ import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } f
 import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { StrataError, unavailable, type ErrorKind } from '../errdefs/index.js';
-import type { Mount } from '../snapshots/types.js';
+import { StrataError, unavailable, type ErrorKind } from '../core/errdefs.js';
+import type { Mount } from '../core/mount.js';
 import type { StdioPaths } from './io.js';
 import type { RuncOptions } from './runc.js';
 

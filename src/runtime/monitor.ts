@@ -22,7 +22,7 @@ import { chmodSync, mkdirSync, openSync, readFileSync, rmSync, unlinkSync, write
 import { createServer, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { StrataError, alreadyExists, failedPrecondition, invalidArgument, notFound, unknown } from '../errdefs/index.js';
+import { StrataError, alreadyExists, failedPrecondition, invalidArgument, notFound, unknown } from '../core/errdefs.js';
 import {
   execPidFile,
   execSpecFile,

@@ -9,7 +9,7 @@
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { constants } from 'node:os';
-import { StrataError, failedPrecondition, invalidArgument, notFound, unknown } from '../errdefs/index.js';
+import { StrataError, failedPrecondition, invalidArgument, notFound, unknown } from '../core/errdefs.js';
 
 export interface RuncOptions {
   /** The runc binary (a name on PATH or a path). */

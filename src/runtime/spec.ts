@@ -23,7 +23,7 @@
  * numeric users get gid 0. Supplementary groups are those of /etc/group listing the user's name, and the
  * primary gid is always in additionalGids (containerd's ensureAdditionalGids).
  */
-import { invalidArgument } from '../errdefs/index.js';
+import { invalidArgument } from '../core/errdefs.js';
 import type { ImageConfig, ImageRuntimeConfig } from '../images/manifest.js';
 
 /** The type URL containerd's client gives an OCI spec in a container record (JSON bytes). */

@@ -23,14 +23,15 @@ import {
   notFound,
   notImplemented,
   unavailable,
-} from '../errdefs/index.js';
+} from '../core/errdefs.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
 import { adapt, parseAll } from '../filters/index.js';
 import type { Logger } from '../log/index.js';
-import { validateIdentifier } from '../metadata/identifiers.js';
+import { validateIdentifier } from '../core/identifiers.js';
 import type { OpContext } from '../metadata/context.js';
 import { isMountPoint, mountAll, unmount } from '../mount/index.js';
-import type { Mount, Snapshotter } from '../snapshots/types.js';
+import type { Snapshotter } from '../snapshots/types.js';
+import type { Mount } from '../core/mount.js';
 import {
   MonitorConnection,
   files,

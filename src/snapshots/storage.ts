@@ -13,13 +13,10 @@
  *
  * Keys are opaque strings (the namespaced layer passes "<namespace>/<n>/<key>"): they are never paths.
  */
-import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
-import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../errdefs/index.js';
+import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../core/errdefs.js';
 import { adapt, labelField, parseAll } from '../filters/index.js';
-import { applyLabelPaths, validateLabels } from '../metadata/namespaces.js';
-import { cacheStatements } from '../metadata/db.js';
+import { applyLabelPaths, validateLabels } from '../core/labels.js';
+import { openSqlite, type DB } from '../core/sqlite.js';
 import type { Info, Kind, Usage } from './types.js';
 
 export interface SnapshotRecord {
@@ -74,27 +71,10 @@ export function checkKey(key: string, what = 'key'): void {
 }
 
 export class SnapshotStorage {
-  private constructor(private readonly db: Database.Database) {}
+  private constructor(private readonly db: DB) {}
 
   static open(path: string): SnapshotStorage {
-    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    const db = new Database(path);
-    db.pragma('journal_mode = WAL');
-    db.pragma('synchronous = FULL'); // durable commits, as the daemon's database (see metadata/db.ts)
-    db.pragma('foreign_keys = ON');
-    db.pragma('busy_timeout = 5000');
-    db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)');
-    const row = db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined;
-    const current = row?.version ?? 0;
-    if (current > schema.length) throw new Error(`snapshot metadata ${path} has a newer schema (${current})`);
-    if (current < schema.length) {
-      db.transaction(() => {
-        for (let v = current; v < schema.length; v++) db.exec(schema[v]!);
-        db.prepare('DELETE FROM schema_version').run();
-        db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(schema.length);
-      }).immediate();
-    }
-    return new SnapshotStorage(cacheStatements(db));
+    return new SnapshotStorage(openSqlite(path, schema, 'snapshot metadata'));
   }
 
   close(): void {

@@ -10,6 +10,9 @@
  *  - removing a snapshot that has children is 'failed precondition';
  *  - a view is read-only; mounts() of a committed snapshot is 'failed precondition' in most backends.
  */
+import type { Mount } from '../core/mount.js';
+import { INHERITED_LABEL_PREFIX, LABEL_SNAPSHOT_REF } from '../core/labels.js';
+
 export type Kind = 'view' | 'active' | 'committed';
 
 export interface Info {
@@ -30,14 +33,6 @@ export interface Usage {
   inodes: number;
 }
 
-/** A mount as containerd describes it: what `mount -t <type> -o <options> <source> <target>` would do. */
-export interface Mount {
-  type: string;
-  source: string;
-  /** Only set for mounts relative to another (unused by the backends here). */
-  target?: string;
-  options: string[];
-}
 
 export interface SnapshotOpts {
   labels?: Record<string, string>;
@@ -63,8 +58,6 @@ export interface Snapshotter {
 }
 
 /** Labels a backend receives from the namespaced layer (containerd's inherited labels). */
-export const LABEL_SNAPSHOT_REF = 'containerd.io/snapshot.ref';
-export const INHERITED_LABEL_PREFIX = 'containerd.io/snapshot/';
 
 export function inheritedLabels(labels: Record<string, string> | undefined): Record<string, string> {
   const out: Record<string, string> = {};

@@ -17,7 +17,7 @@ import {
   renderConfig,
   type Config,
 } from '../../src/config/index.js';
-import { StrataError } from '../../src/errdefs/index.js';
+import { StrataError } from '../../src/core/errdefs.js';
 import { stopAll } from '../helpers/daemon.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 

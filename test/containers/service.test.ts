@@ -11,7 +11,7 @@ import type { StrataClient } from '../../src/api/client.js';
 import { ContainerCreate, ContainerUpdate } from '../../src/api/gen/containerd/events/container.js';
 import type { Container as PbContainer } from '../../src/api/gen/containerd/services/containers/v1/containers.js';
 import type { Envelope } from '../../src/api/gen/containerd/services/events/v1/events.js';
-import { StrataError } from '../../src/errdefs/index.js';
+import { StrataError } from '../../src/core/errdefs.js';
 import { chainIDs } from '../../src/images/manifest.js';
 import { ctr, run, tableRows as rows } from '../helpers/ctr.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';

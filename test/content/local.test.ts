@@ -18,7 +18,7 @@ import {
   type ContentWriter,
   type LocalContentStore,
 } from '../../src/content/index.js';
-import type { ErrorKind } from '../../src/errdefs/index.js';
+import type { ErrorKind } from '../../src/core/errdefs.js';
 
 const EMPTY = 'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 const MiB = 1 << 20;

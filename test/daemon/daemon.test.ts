@@ -16,7 +16,7 @@ import { run, type RunResult } from '../helpers/ctr.js';
 import { STRATAD } from '../helpers/paths.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 import { StrataClient, toStrataError } from '../../src/api/client.js';
-import { StrataError } from '../../src/errdefs/index.js';
+import { StrataError } from '../../src/core/errdefs.js';
 import { ContainersService } from '../../src/api/gen/containerd/services/containers/v1/containers.js';
 import { HealthCheckResponse_ServingStatus } from '../../src/api/gen/grpc/health/v1/health.js';
 import type { Plugin } from '../../src/api/gen/containerd/services/introspection/v1/introspection.js';

@@ -13,7 +13,7 @@ import { promisify } from 'node:util';
 import { pack, type Header } from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { applyTar } from '../../src/diff/apply.js';
-import { isInvalidArgument } from '../../src/errdefs/index.js';
+import { isInvalidArgument } from '../../src/core/errdefs.js';
 import { withTempMount } from '../../src/mount/index.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 

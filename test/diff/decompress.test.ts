@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { CompressStream as ZstdCompressStream, DecompressStream as ZstdDecompressStream, compress as zstdCompress } from 'zstd-napi';
 import { decompressStream, detectCompression } from '../../src/diff/decompress.js';
 import { compressionOf, layerMediaTypes, mayBeMislabelled, type Compression } from '../../src/diff/mediatypes.js';
-import { StrataError } from '../../src/errdefs/index.js';
+import { StrataError } from '../../src/core/errdefs.js';
 
 /** `data` as a stream of odd-sized chunks (1, 7, 13, ... bytes up to ~100 KiB), so frame and block boundaries fall anywhere. */
 function oddChunks(data: Buffer): Readable {

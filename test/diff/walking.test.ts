@@ -20,11 +20,12 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import type { ContentStore } from '../../src/content/types.js';
 import { applyTarget, WalkingDiffer } from '../../src/diff/walking.js';
 import { changesTar, encodeHeader, overlayUpperOf, walkChanges, withDiffTar, type Change } from '../../src/diff/compare.js';
-import { LABEL_UNCOMPRESSED } from '../../src/images/types.js';
+import { LABEL_UNCOMPRESSED } from '../../src/core/labels.js';
 import type { MetadataStore } from '../../src/metadata/index.js';
 import { withTempMount } from '../../src/mount/index.js';
 import { openOverlaySnapshotter } from '../../src/snapshots/overlay/index.js';
-import type { Mount, Snapshotter } from '../../src/snapshots/types.js';
+import type { Snapshotter } from '../../src/snapshots/types.js';
+import type { Mount } from '../../src/core/mount.js';
 import { kindOf } from '../helpers/errors.js';
 import { pseudoRandom } from '../helpers/data.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';

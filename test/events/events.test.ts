@@ -11,7 +11,7 @@ import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Exchange, validateTopic, type Subscription } from '../../src/events/exchange.js';
 import { typedEvent, type Envelope as InternalEnvelope } from '../../src/events/types.js';
-import { StrataError } from '../../src/errdefs/index.js';
+import { StrataError } from '../../src/core/errdefs.js';
 import { StrataClient } from '../../src/api/client.js';
 import type { Envelope } from '../../src/api/gen/containerd/services/events/v1/events.js';
 import { NamespaceCreate, NamespaceDelete } from '../../src/api/gen/containerd/events/namespace.js';

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { StrataError } from '../../src/errdefs/index.js';
+import { StrataError } from '../../src/core/errdefs.js';
 import { adapt, always, labelField, parse, parseAll, type Adaptor, type Filter } from '../../src/filters/index.js';
 import {
   Scanner,

@@ -9,7 +9,7 @@ import { unlinkSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ContentWriter } from '../../src/content/types.js';
-import { failedPrecondition } from '../../src/errdefs/index.js';
+import { failedPrecondition } from '../../src/core/errdefs.js';
 import { chainIDs } from '../../src/images/manifest.js';
 import type { LocalContentStore } from '../../src/content/local.js';
 import type { Snapshotter } from '../../src/snapshots/types.js';

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import type { Mount } from '../../src/snapshots/types.js';
+import type { Mount } from '../../src/core/mount.js';
 import { REPO } from '../helpers/paths.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 import { backendKeys, entries, filesUnder, hasBlob, inconsistencies, openStore, paths, SNAPSHOTTER, startIngest, writeBlob, type Store } from './harness.js';

@@ -9,13 +9,13 @@ import { openLocalContentStore, type LocalContentStore } from '../../src/content
 import type { ContentStore } from '../../src/content/types.js';
 import { WalkingDiffer } from '../../src/diff/walking.js';
 import { MetadataCollector } from '../../src/gc/index.js';
-import type { ImageStore } from '../../src/images/types.js';
+import type { ImageStore } from '../../src/metadata/images.js';
 import { defaultTransferConfig, ImageTransfers } from '../../src/images/transfer.js';
 import { silentLogger } from '../../src/log/index.js';
 import { MetadataStore, type NamespacedSnapshots } from '../../src/metadata/index.js';
 import { openOverlaySnapshotter } from '../../src/snapshots/overlay/index.js';
 import type { Info, Snapshotter } from '../../src/snapshots/types.js';
-import { isAlreadyExists } from '../../src/errdefs/index.js';
+import { isAlreadyExists } from '../../src/core/errdefs.js';
 import { sha256 } from '../helpers/data.js';
 
 export const SNAPSHOTTER = 'overlayfs';

@@ -5,7 +5,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { LABEL_GC_EXPIRE, LABEL_GC_FLAT } from '../../src/metadata/index.js';
+import { LABEL_GC_EXPIRE, LABEL_GC_FLAT } from '../../src/core/labels.js';
 import { MetadataCollector } from '../../src/gc/index.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 import { kindOf } from '../helpers/errors.js';

@@ -23,7 +23,7 @@ import { exportArchive, importArchive } from '../../src/images/archive/index.js'
 import { ociReferenceName } from '../../src/images/archive/common.js';
 import { parseManifest } from '../../src/images/manifest.js';
 import { defaultPlatform, formatPlatform } from '../../src/images/platforms.js';
-import type { ImageStore } from '../../src/images/types.js';
+import type { ImageStore } from '../../src/metadata/images.js';
 import { MetadataStore } from '../../src/metadata/index.js';
 import { ctrAt, startContainerd, type StartedContainerd } from '../helpers/containerd.js';
 import { kindOf } from '../helpers/errors.js';
@@ -390,7 +390,7 @@ async function readAll(content: ContentStore, digest: string): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-async function exportToFile(path: string, content: ContentStore, imgs: { name: string; target: import('../../src/images/types.js').Descriptor }[], opts: Parameters<typeof exportArchive>[3] = {}) {
+async function exportToFile(path: string, content: ContentStore, imgs: { name: string; target: import('../../src/core/descriptor.js').Descriptor }[], opts: Parameters<typeof exportArchive>[3] = {}) {
   const out = createWriteStream(path);
   const done = finished(out);
   await exportArchive(out, content, imgs, opts);

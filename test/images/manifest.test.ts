@@ -20,15 +20,8 @@ import {
   resolveManifest,
 } from '../../src/images/manifest.js';
 import { parsePlatform, platformMatcher } from '../../src/images/platforms.js';
-import {
-  MediaTypeDockerConfig,
-  MediaTypeDockerManifest,
-  MediaTypeDockerManifestList,
-  MediaTypeOCIConfig,
-  MediaTypeOCIIndex,
-  MediaTypeOCIManifest,
-  type Descriptor,
-} from '../../src/images/types.js';
+import { MediaTypeDockerConfig, MediaTypeDockerManifest, MediaTypeDockerManifestList, MediaTypeOCIConfig, MediaTypeOCIIndex, MediaTypeOCIManifest } from '../../src/images/types.js';
+import { type Descriptor } from '../../src/core/descriptor.js';
 import { kindOf } from '../helpers/errors.js';
 
 const sha = (s: string) => `sha256:${createHash('sha256').update(s).digest('hex')}`;

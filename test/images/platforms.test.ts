@@ -13,7 +13,7 @@ import {
   platformMatcherStrict,
   platformOrder,
 } from '../../src/images/platforms.js';
-import type { Platform } from '../../src/images/types.js';
+import type { Platform } from '../../src/core/descriptor.js';
 import { kindOf } from '../helpers/errors.js';
 
 const host = defaultPlatform();

@@ -2,7 +2,7 @@
  * Reference parsing and normalization (containerd's reference/docker rules), and the small host helpers.
  */
 import { describe, expect, it } from 'vitest';
-import { StrataError } from '../../src/errdefs/index.js';
+import { StrataError } from '../../src/core/errdefs.js';
 import {
   apiHost,
   familiarName,

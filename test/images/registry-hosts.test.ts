@@ -8,7 +8,7 @@ import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { StrataError } from '../../src/errdefs/index.js';
+import { StrataError } from '../../src/core/errdefs.js';
 import { configureHosts, hostDirCandidates, parseHostsToml } from '../../src/images/remote/hosts.js';
 import { createResolver, type RegistryResolver } from '../../src/images/remote/resolver.js';
 import type { ResolverOptions } from '../../src/images/remote/types.js';

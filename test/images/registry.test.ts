@@ -10,7 +10,7 @@ import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Limiter } from '../../src/images/remote/limit.js';
 import { createResolver, type RegistryResolver } from '../../src/images/remote/resolver.js';
-import type { Descriptor } from '../../src/images/types.js';
+import type { Descriptor } from '../../src/core/descriptor.js';
 import { kindOf } from '../helpers/errors.js';
 import { buildBusyboxArchive } from '../helpers/oci-image.js';
 import { buildOciLayout, extractOciArchive, makeLayerTar, MEDIA_MANIFEST, type LayoutBlob, type OciLayout } from '../helpers/oci-layout.js';

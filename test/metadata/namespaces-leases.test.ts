@@ -9,7 +9,7 @@ import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { tempDir } from '../helpers/temp.js';
 import { kindOf } from '../helpers/errors.js';
 import { sha256 } from '../helpers/data.js';
-import { StrataError } from '../../src/errdefs/index.js';
+import { StrataError } from '../../src/core/errdefs.js';
 import type { StrataClient } from '../../src/api/client.js';
 import { MetadataStore, SCHEMA_VERSION } from '../../src/metadata/index.js';
 import { openLocalContentStore } from '../../src/content/local.js';

@@ -10,7 +10,7 @@ import { serveSnapshotter, type ServedBackend } from '../helpers/serve-snapshott
 import { tempDir, type TempDir } from '../helpers/temp.js';
 import { kindOf } from '../helpers/errors.js';
 import { ProxySnapshotter } from '../../src/snapshots/proxy/index.js';
-import { StrataError } from '../../src/errdefs/index.js';
+import { StrataError } from '../../src/core/errdefs.js';
 import type { Info } from '../../src/snapshots/types.js';
 
 let d: StartedDaemon;

@@ -9,7 +9,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ErrorKind } from '../../src/errdefs/index.js';
+import type { ErrorKind } from '../../src/core/errdefs.js';
 import { silentLogger } from '../../src/log/index.js';
 import { withTempMount } from '../../src/mount/index.js';
 import { PluginSet, PluginType, registered } from '../../src/plugin/index.js';

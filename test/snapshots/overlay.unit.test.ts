@@ -9,7 +9,7 @@ import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, symlink, 
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ErrorKind } from '../../src/errdefs/index.js';
+import type { ErrorKind } from '../../src/core/errdefs.js';
 import { silentLogger } from '../../src/log/index.js';
 import { isMountPoint, mountAll, unmount, withTempMount } from '../../src/mount/index.js';
 import { PluginSet, PluginType, registered } from '../../src/plugin/index.js';
@@ -20,7 +20,8 @@ import {
   overlayOptionsFit,
 } from '../../src/snapshots/overlay/index.js';
 import '../../src/snapshots/overlay/plugin.js';
-import type { Mount, Snapshotter } from '../../src/snapshots/types.js';
+import type { Snapshotter } from '../../src/snapshots/types.js';
+import type { Mount } from '../../src/core/mount.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 
 const run = promisify(execFile);

@@ -38,9 +38,10 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ErrorKind } from '../../src/errdefs/index.js';
+import type { ErrorKind } from '../../src/core/errdefs.js';
 import { mountAll, unmount } from '../../src/mount/index.js';
-import type { Info, Kind, Mount, Snapshotter } from '../../src/snapshots/types.js';
+import type { Info, Kind, Snapshotter } from '../../src/snapshots/types.js';
+import type { Mount } from '../../src/core/mount.js';
 
 /** What the factory hands the suite for one case. */
 export interface SnapshotterUnderTest {

@@ -6,7 +6,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import { ContainersService, type Container as ContainerPb } from '../gen/containerd/services/containers/v1/containers.js';
 import type { Any } from '../gen/google/protobuf/any.js';
-import { invalidArgument } from '../../errdefs/index.js';
+import { invalidArgument } from '../../core/errdefs.js';
 import type { AnyValue, Container, ContainerInput, NamespacedContainers } from '../../metadata/containers.js';
 import type { Logger } from '../../log/index.js';
 import { opContext, serverStream, unary, type GrpcService } from '../call.js';

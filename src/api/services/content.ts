@@ -11,7 +11,7 @@ import {
   type WriteContentRequest,
   type WriteContentResponse,
 } from '../gen/containerd/services/content/v1/content.js';
-import { alreadyExists, invalidArgument, outOfRange } from '../../errdefs/index.js';
+import { alreadyExists, invalidArgument, outOfRange } from '../../core/errdefs.js';
 import type { ContentInfo, ContentWriter, IngestStatus } from '../../content/types.js';
 import type { NamespacedContent } from '../../metadata/content.js';
 import type { Logger } from '../../log/index.js';

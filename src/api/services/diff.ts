@@ -7,10 +7,10 @@
 import type * as grpc from '@grpc/grpc-js';
 import { DiffService, type ApplyRequest, type ApplyResponse, type DiffRequest, type DiffResponse } from '../gen/containerd/services/diff/v1/diff.js';
 import type { Descriptor as PbDescriptor } from '../gen/containerd/types/descriptor.js';
-import { invalidArgument } from '../../errdefs/index.js';
+import { invalidArgument } from '../../core/errdefs.js';
 import type { ContentStore } from '../../content/types.js';
 import type { Differ } from '../../diff/types.js';
-import type { Descriptor } from '../../images/types.js';
+import type { Descriptor } from '../../core/descriptor.js';
 import type { Logger } from '../../log/index.js';
 import { unary, type GrpcService } from '../call.js';
 import { fromPbMount } from './snapshots.js';

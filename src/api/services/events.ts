@@ -2,7 +2,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import { EventsService, type Envelope } from '../gen/containerd/services/events/v1/events.js';
 import type { Any } from '../gen/google/protobuf/any.js';
-import { invalidArgument } from '../../errdefs/index.js';
+import { invalidArgument } from '../../core/errdefs.js';
 import type { Exchange } from '../../events/exchange.js';
 import type { Logger } from '../../log/index.js';
 import { opContext, serverStream, unary, type GrpcService } from '../call.js';

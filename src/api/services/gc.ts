@@ -13,7 +13,7 @@ import {
   type PruneResponse,
   type WhyResponse,
 } from '../gen/strata/services/gc/v1/gc.js';
-import { invalidArgument } from '../../errdefs/index.js';
+import { invalidArgument } from '../../core/errdefs.js';
 import type { Logger } from '../../log/index.js';
 import type { Collector, GCObject, GCObjectType, GCReport, GCScheduler } from '../../gc/types.js';
 import { unary, type GrpcService } from '../call.js';

@@ -6,9 +6,10 @@
 import type * as grpc from '@grpc/grpc-js';
 import { ImagesService, type Image as ImagePb } from '../gen/containerd/services/images/v1/images.js';
 import type { Descriptor as DescriptorPb } from '../gen/containerd/types/descriptor.js';
-import { invalidArgument } from '../../errdefs/index.js';
+import { invalidArgument } from '../../core/errdefs.js';
 import type { NamespacedImages } from '../../metadata/images.js';
-import type { Descriptor, Image } from '../../images/types.js';
+import type { Image } from '../../metadata/images.js';
+import type { Descriptor } from '../../core/descriptor.js';
 import type { Logger } from '../../log/index.js';
 import { opContext, unary, type GrpcService } from '../call.js';
 

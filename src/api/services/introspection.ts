@@ -1,7 +1,7 @@
 /** containerd.services.introspection.v1.Introspection: what the daemon loaded, and its identity. */
 import type * as grpc from '@grpc/grpc-js';
 import { IntrospectionService, type Plugin } from '../gen/containerd/services/introspection/v1/introspection.js';
-import { GrpcCode } from '../../errdefs/index.js';
+import { GrpcCode } from '../../core/errdefs.js';
 import { adapt, parseAll } from '../../filters/index.js';
 import type { LoadedPlugin } from '../../plugin/index.js';
 import type { Logger } from '../../log/index.js';

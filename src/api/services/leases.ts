@@ -1,7 +1,7 @@
 /** containerd.services.leases.v1.Leases over the metadata lease store. */
 import type * as grpc from '@grpc/grpc-js';
 import { LeasesService, type Resource } from '../gen/containerd/services/leases/v1/leases.js';
-import { invalidArgument } from '../../errdefs/index.js';
+import { invalidArgument } from '../../core/errdefs.js';
 import type { LeaseStore } from '../../metadata/leases.js';
 import type { Logger } from '../../log/index.js';
 import { opContext, unary, type GrpcService } from '../call.js';

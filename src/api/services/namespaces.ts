@@ -1,7 +1,7 @@
 /** containerd.services.namespaces.v1.Namespaces over the metadata namespace store. */
 import type * as grpc from '@grpc/grpc-js';
 import { NamespacesService, type Namespace } from '../gen/containerd/services/namespaces/v1/namespaces.js';
-import { invalidArgument } from '../../errdefs/index.js';
+import { invalidArgument } from '../../core/errdefs.js';
 import type { NamespaceStore } from '../../metadata/namespaces.js';
 import type { Logger } from '../../log/index.js';
 import { unary, type GrpcService } from '../call.js';

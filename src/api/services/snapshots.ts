@@ -6,8 +6,9 @@
 import type * as grpc from '@grpc/grpc-js';
 import { Kind as PbKind, SnapshotsService, type Info as PbInfo } from '../gen/containerd/services/snapshots/v1/snapshots.js';
 import type { Mount as PbMount } from '../gen/containerd/types/mount.js';
-import { invalidArgument } from '../../errdefs/index.js';
-import type { Info, Kind, Mount, Snapshotter } from '../../snapshots/types.js';
+import { invalidArgument } from '../../core/errdefs.js';
+import type { Info, Kind, Snapshotter } from '../../snapshots/types.js';
+import type { Mount } from '../../core/mount.js';
 import type { Logger } from '../../log/index.js';
 import { serverStream, unary, type GrpcService } from '../call.js';
 

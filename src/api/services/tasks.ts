@@ -24,7 +24,7 @@ import {
 } from '../gen/containerd/services/tasks/v1/tasks.js';
 import { Status, type Process } from '../gen/containerd/types/task/task.js';
 import type { Any } from '../gen/google/protobuf/any.js';
-import { invalidArgument, notImplemented } from '../../errdefs/index.js';
+import { invalidArgument, notImplemented } from '../../core/errdefs.js';
 import type { Logger } from '../../log/index.js';
 import type { CgroupStats, ExitInfo, ProcessInfo, TaskManager, TaskStatus } from '../../runtime/tasks.js';
 import { opContext, unary, type GrpcService } from '../call.js';

@@ -16,7 +16,7 @@ import {
 import type { ImageTransfers, RegistryRequest } from '../../images/transfer.js';
 import type { TransferProgress } from '../../images/fetch.js';
 import type { Logger } from '../../log/index.js';
-import { invalidArgument } from '../../errdefs/index.js';
+import { invalidArgument } from '../../core/errdefs.js';
 import { opContext, serverStream, type GrpcService } from '../call.js';
 
 const toPb = (p: TransferProgress): PbProgress => ({

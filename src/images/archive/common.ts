@@ -8,8 +8,8 @@ import type { Readable } from 'node:stream';
 import { extract, type Header } from 'tar-stream';
 import { digestOf } from '../../content/digest.js';
 import type { ContentStore } from '../../content/types.js';
-import { invalidArgument, isAlreadyExists, StrataError } from '../../errdefs/index.js';
-import type { Descriptor, Platform } from '../types.js';
+import { invalidArgument, isAlreadyExists, StrataError } from '../../core/errdefs.js';
+import type { Descriptor, Platform } from '../../core/descriptor.js';
 
 /** containerd's limit for JSON read from an archive (manifest.json, oci-layout). */
 export const JSON_LIMIT = 20 << 20;

@@ -25,11 +25,12 @@ import type { Writable } from 'node:stream';
 import { pack, type Header, type Pack } from 'tar-stream';
 import { parseDigest } from '../../content/digest.js';
 import type { ContentStore } from '../../content/types.js';
-import { failedPrecondition, invalidArgument, notFound } from '../../errdefs/index.js';
+import { failedPrecondition, invalidArgument, notFound } from '../../core/errdefs.js';
 import { children, isIndexType, isManifestType, parseIndex, parseManifest } from '../manifest.js';
 import { defaultPlatform, platformMatcherOrdered, platformMatcherStrict, type PlatformMatcher } from '../platforms.js';
 import { familiarName } from '../remote/reference.js';
-import { ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, type Descriptor, type Platform } from '../types.js';
+import { ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME } from '../types.js';
+import { type Descriptor, type Platform } from '../../core/descriptor.js';
 import { descriptorJson, ociReferenceName, readBlob } from './common.js';
 
 export interface ExportOptions {

@@ -37,7 +37,7 @@ import { posix } from 'node:path';
 import { createGzip } from 'node:zlib';
 import { isValidDigest } from '../../content/digest.js';
 import type { ContentStore, ContentWriter } from '../../content/types.js';
-import { invalidArgument, isAlreadyExists, isNotFound, notFound, StrataError } from '../../errdefs/index.js';
+import { invalidArgument, isAlreadyExists, isNotFound, notFound, StrataError } from '../../core/errdefs.js';
 import { detectCompression } from '../../diff/decompress.js';
 import { children, gcRefLabels, isIndexType, isManifestType, parseConfig, parseIndex } from '../manifest.js';
 import {
@@ -49,17 +49,10 @@ import {
   type PlatformMatcher,
 } from '../platforms.js';
 import { normalizeReference } from '../remote/reference.js';
-import {
-  ANNOTATION_IMAGE_NAME,
-  ANNOTATION_REF_NAME,
-  LABEL_UNCOMPRESSED,
-  MediaTypeDockerConfig,
-  MediaTypeDockerManifest,
-  MediaTypeOCIIndex,
-  type Descriptor,
-  type ImageStore,
-  type Platform,
-} from '../types.js';
+import { ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, MediaTypeDockerConfig, MediaTypeDockerManifest, MediaTypeOCIIndex } from '../types.js';
+import { LABEL_UNCOMPRESSED } from '../../core/labels.js';
+import { type ImageStore } from '../../metadata/images.js';
+import { type Descriptor, type Platform } from '../../core/descriptor.js';
 import {
   cleanEntryName,
   descriptorJson,

@@ -10,7 +10,7 @@ import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, type Dispatcher } from 'undici';
-import { StrataError, invalidArgument, unavailable } from '../../errdefs/index.js';
+import { StrataError, invalidArgument, unavailable } from '../../core/errdefs.js';
 import type { Logger } from '../../log/index.js';
 import { STRATA_VERSION } from '../../version.js';
 import { Authorizer } from './auth.js';

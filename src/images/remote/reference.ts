@@ -4,7 +4,7 @@
  * host only when it holds a '.' or a ':' or is "localhost", "index.docker.io" means docker.io, and a
  * reference with both a tag and a digest is named by its digest.
  */
-import { invalidArgument } from '../../errdefs/index.js';
+import { invalidArgument } from '../../core/errdefs.js';
 import { isValidDigest } from '../../content/digest.js';
 
 export const DEFAULT_DOMAIN = 'docker.io';

@@ -3,7 +3,7 @@
  * (src/images/pull.ts, push.ts) see only these interfaces.
  */
 import type { Readable } from 'node:stream';
-import type { Descriptor } from '../types.js';
+import type { Descriptor } from '../../core/descriptor.js';
 import type { Logger } from '../../log/index.js';
 
 export interface Credentials {

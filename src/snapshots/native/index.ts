@@ -15,12 +15,13 @@ import { randomUUID } from 'node:crypto';
 import { renameSync } from 'node:fs';
 import { chmod, mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { alreadyExists, failedPrecondition, invalidArgument, isNotFound, notFound, unknown } from '../../errdefs/index.js';
+import { alreadyExists, failedPrecondition, invalidArgument, isNotFound, notFound, unknown } from '../../core/errdefs.js';
 import type { Logger } from '../../log/index.js';
-import { validateLabels } from '../../metadata/namespaces.js';
+import { validateLabels } from '../../core/labels.js';
 import { diskUsage } from '../fsutil.js';
 import { checkKey, SnapshotStorage, type SnapshotRecord } from '../storage.js';
-import type { Info, Mount, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
+import type { Info, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
+import type { Mount } from '../../core/mount.js';
 import { copier, hasGnuCp, type CopyMethod, type CopyTree } from './copy.js';
 
 export interface NativeOptions {

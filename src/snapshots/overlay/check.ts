@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { isMountPoint, mountAll, unmount } from '../../mount/index.js';
 import type { Logger } from '../../log/index.js';
-import type { Mount } from '../types.js';
+import type { Mount } from '../../core/mount.js';
 
 const run = promisify(execFile);
 

@@ -30,11 +30,12 @@ import {
 import { chmod, mkdir, readdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { compactOverlayOptions } from '../../mount/index.js';
-import { failedPrecondition } from '../../errdefs/index.js';
+import { failedPrecondition } from '../../core/errdefs.js';
 import { silentLogger, type Logger } from '../../log/index.js';
 import { diskUsage } from '../fsutil.js';
 import { checkKey, SnapshotStorage, type SnapshotRecord } from '../storage.js';
-import type { Info, Mount, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
+import type { Info, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
+import type { Mount } from '../../core/mount.js';
 import { checkDType, needsUserXAttr, supportsIndex } from './check.js';
 
 export { checkOverlaySupport, needsUserXAttr, supportsIndex } from './check.js';

@@ -8,7 +8,8 @@ import { SnapshotsClient, type Info as PbInfo } from '../../api/gen/containerd/s
 import { toStrataError } from '../../api/client.js';
 import { NAMESPACE_HEADER } from '../../api/call.js';
 import { fromPbInfo, fromPbMount, toPbInfo } from '../../api/services/snapshots.js';
-import type { Info, Mount, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
+import type { Info, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
+import type { Mount } from '../../core/mount.js';
 
 type UnaryFn<Req, Res> = (req: Req, md: grpc.Metadata, opts: Partial<grpc.CallOptions>, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
 

@@ -2,7 +2,7 @@
  * Identifier rules shared by namespaces and other named objects, as containerd enforces them: alphanumeric
  * runs joined by single '.', '_' or '-', at most 76 characters.
  */
-import { invalidArgument } from '../errdefs/index.js';
+import { invalidArgument } from './errdefs.js';
 
 const MAX_LENGTH = 76;
 const identifierPattern = /^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$/;

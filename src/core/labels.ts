@@ -1,0 +1,86 @@
+/**
+ * The labels containerd's clients, garbage collector and snapshotters read, and the rules every labelled
+ * record follows (size limit, field-path updates, empty values as removals). One home for each name: the
+ * stores, the collector, the workflows and the CLI import them from here.
+ */
+import { invalidArgument } from './errdefs.js';
+
+// Garbage collection (containerd's gc labels; docs/gc.md).
+/** Makes the object a GC root. */
+export const LABEL_GC_ROOT = 'containerd.io/gc.root';
+/** When a lease stops protecting anything (RFC 3339 time). */
+export const LABEL_GC_EXPIRE = 'containerd.io/gc.expire';
+/** Asks GC to protect a lease's resources without following their references. */
+export const LABEL_GC_FLAT = 'containerd.io/gc.flat';
+/** A reference to content; any suffix (`.config`, `.l.<n>`, `.m.<n>`) is allowed. */
+export const LABEL_GC_REF_CONTENT = 'containerd.io/gc.ref.content';
+/** A reference to a snapshot: `containerd.io/gc.ref.snapshot.<snapshotter>`. */
+export const LABEL_GC_REF_SNAPSHOT = 'containerd.io/gc.ref.snapshot';
+/** Back references: the labelled object is kept alive by the one it names. */
+export const LABEL_GC_BREF_CONTENT = 'containerd.io/gc.bref.content';
+/** `containerd.io/gc.bref.snapshot.<snapshotter>`. */
+export const LABEL_GC_BREF_SNAPSHOT = 'containerd.io/gc.bref.snapshot';
+export const LABEL_GC_BREF_IMAGE = 'containerd.io/gc.bref.image';
+export const LABEL_GC_BREF_CONTAINER = 'containerd.io/gc.bref.container';
+
+// Content and distribution.
+/** The digest of a compressed layer's uncompressed form (the diff ID). */
+export const LABEL_UNCOMPRESSED = 'containerd.io/uncompressed';
+/** `containerd.io/distribution.source.<registry host>`: the repositories a blob came from. */
+export const LABEL_DISTRIBUTION_SOURCE = 'containerd.io/distribution.source';
+
+// Snapshots (the remote-snapshot protocol).
+/** The chain ID a client asks a remote snapshotter for; ALREADY_EXISTS means the snapshotter has it. */
+export const LABEL_SNAPSHOT_REF = 'containerd.io/snapshot.ref';
+/** Labels under this prefix are passed from the namespaced layer down to the backend. */
+export const INHERITED_LABEL_PREFIX = 'containerd.io/snapshot/';
+
+const MAX_LABEL_SIZE = 4096;
+
+/** containerd's label rule: key not empty; key + value at most 4096 bytes. */
+export function validateLabels(labels: Record<string, string> | undefined): void {
+  for (const [k, v] of Object.entries(labels ?? {})) {
+    if (k === '') throw invalidArgument('label key must not be empty');
+    if (Buffer.byteLength(k) + Buffer.byteLength(v) > MAX_LABEL_SIZE) {
+      throw invalidArgument(`label key and value greater than maximum size (${MAX_LABEL_SIZE} bytes), key: ${k.slice(0, 10)}`);
+    }
+  }
+}
+
+/** Empty values are dropped, as containerd's boltutil.writeMap does (a label set to "" is a removal). */
+export function compactLabels(m: Record<string, string> | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(m ?? {})) if (v !== '') out[k] = v;
+  return out;
+}
+
+/**
+ * containerd's label update rule for field paths: none or "labels" replaces the map; "labels.<key>" copies that
+ * one key from `next` (deleting it when absent or empty). Any other path is invalid for label-only objects.
+ */
+export function applyLabelPaths(
+  current: Record<string, string>,
+  next: Record<string, string>,
+  fieldpaths: string[],
+): Record<string, string> {
+  if (fieldpaths.length === 0) return { ...next };
+  const out = { ...current };
+  for (const path of fieldpaths) {
+    if (path === 'labels') {
+      for (const k of Object.keys(out)) delete out[k];
+      Object.assign(out, next);
+    } else if (path.startsWith('labels.')) {
+      const key = path.slice('labels.'.length);
+      const v = next[key];
+      if (v === undefined || v === '') delete out[key];
+      else out[key] = v;
+    } else {
+      throw invalidArgument(`cannot update ${JSON.stringify(path)} field`);
+    }
+  }
+  return out;
+}
+
+/** Labels are stored as JSON objects in TEXT columns. */
+export const parseLabels = (json: string): Record<string, string> => JSON.parse(json) as Record<string, string>;
+export const encodeLabels = (labels: Record<string, string> | undefined): string => JSON.stringify(labels ?? {});
