@@ -21,7 +21,7 @@ import { createHash, randomFillSync } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { StrataClient } from '../src/api/client.js';
+import { StrataClient } from '../src/api/clients/strata.js';
 import {
   cleanup,
   clientCpuSeconds,

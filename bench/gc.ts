@@ -30,7 +30,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { StrataClient } from '../src/api/client.js';
+import { StrataClient } from '../src/api/clients/strata.js';
 import { parseGoDuration } from '../src/gc/scheduler.js';
 import {
   benchDirs,

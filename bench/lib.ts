@@ -18,7 +18,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { StrataClient } from '../src/api/client.js';
+import { StrataClient } from '../src/api/clients/strata.js';
 
 export const MiB = 1 << 20;
 

@@ -33,7 +33,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { StrataClient } from '../src/api/client.js';
+import { StrataClient } from '../src/api/clients/strata.js';
 import type { Mount } from '../src/api/gen/containerd/types/mount.js';
 import {
   cleanup,

@@ -163,3 +163,18 @@ export interface GrpcService {
   /** Ends calls that never finish on their own (subscriptions, watches) so that shutdown can drain. */
   drain?(): void;
 }
+
+/**
+ * A service from its generated definition and a handler per method, typed against the generated server
+ * interface: a misspelled or missing method, or a handler with the wrong request or response shape, fails to
+ * compile. `definition` may be the generated one with serializers replaced (content's Read).
+ */
+export function grpcService<Server extends grpc.UntypedServiceImplementation>(
+  definition: { readonly [method in keyof Server]: unknown },
+  implementation: Server,
+  drain?: () => void,
+): GrpcService {
+  const svc: GrpcService = { definition: definition as unknown as grpc.ServiceDefinition, implementation };
+  if (drain) svc.drain = drain;
+  return svc;
+}

@@ -4,7 +4,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { ParseArgsConfig } from 'node:util';
-import { StrataClient } from '../api/client.js';
+import { StrataClient } from '../api/clients/strata.js';
 
 /** Option definitions as node:util parseArgs takes them. */
 export type OptionsConfig = NonNullable<ParseArgsConfig['options']>;

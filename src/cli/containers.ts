@@ -3,7 +3,7 @@
  * API, with ctr's layout: `ls` as ctr's table, `info` as ctr's JSON (Go field names, 4-space indent, the
  * spec decoded), `rm` deletes a stopped task first and the container's snapshot unless --keep-snapshot.
  */
-import type { StrataClient } from '../api/client.js';
+import type { StrataClient } from '../api/clients/strata.js';
 import type { Container as PbContainer } from '../api/gen/containerd/services/containers/v1/containers.js';
 import type { Any } from '../api/gen/google/protobuf/any.js';
 import { Status } from '../api/gen/containerd/types/task/task.js';

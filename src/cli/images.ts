@@ -5,8 +5,8 @@
  */
 import { resolve as resolvePath } from 'node:path';
 import type { ClientReadableStream } from '@grpc/grpc-js';
-import type { StrataClient } from '../api/client.js';
-import { toStrataError } from '../api/client.js';
+import type { StrataClient } from '../api/clients/strata.js';
+import { toStrataError } from '../api/clients/strata.js';
 import type { Image as PbImage } from '../api/gen/containerd/services/images/v1/images.js';
 import type { Progress, RegistryOptions } from '../api/gen/strata/services/transfer/v1/transfer.js';
 import { isNotFound } from '../core/errdefs.js';
@@ -19,6 +19,7 @@ import type { Descriptor } from '../core/descriptor.js';
 import { bool, CliError, str, type Group, type Values } from './command.js';
 import { blobReader } from './run.js';
 import { isoOrNull, printJson, printLines, table, write } from './output.js';
+import { descriptorFromPb } from '../api/convert.js';
 
 const registryOptions = {
   'plain-http': { type: 'boolean' },
@@ -112,12 +113,6 @@ function bar(p: Progress): string {
   return `${label} ${p.status.padEnd(12)}${p.total > 0 ? ` ${formatBytes(p.total)}` : ''}${p.detail ? ` ${p.detail}` : ''}`;
 }
 
-const fromPb = (d: { mediaType: string; digest: string; size: number; annotations?: Record<string, string> }): Descriptor => ({
-  mediaType: d.mediaType,
-  digest: d.digest,
-  size: d.size,
-});
-
 
 async function listImages(c: StrataClient, filters: string[]): Promise<PbImage[]> {
   return (await c.call(c.images, c.images.list, { filters })).images;
@@ -161,7 +156,7 @@ export const images: Group = {
         const rows: string[][] = [];
         const json: unknown[] = [];
         for (const img of list) {
-          const target = fromPb(img.target!);
+          const target = descriptorFromPb(img.target);
           let size = 0;
           try {
             size = (await requiredDescriptors(read, target, host)).required.reduce((n, d) => n + d.size, 0);
@@ -338,7 +333,7 @@ export const images: Group = {
         const rows: string[][] = [];
         const json: unknown[] = [];
         for (const img of await listImages(c, args)) {
-          const target = fromPb(img.target!);
+          const target = descriptorFromPb(img.target);
           const { required, complete } = await requiredDescriptors(read, target, defaultPlatform());
           const present: Descriptor[] = [];
           for (const d of required) {

@@ -22,7 +22,7 @@ import { Socket } from 'node:net';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import type { StrataClient } from '../api/client.js';
+import type { StrataClient } from '../api/clients/strata.js';
 import type { Image as PbImage } from '../api/gen/containerd/services/images/v1/images.js';
 import type { Mount } from '../api/gen/containerd/types/mount.js';
 import { isNotFound } from '../core/errdefs.js';

@@ -6,7 +6,7 @@
  * Tables, the tree, mount command lines and `info` are laid out as ctr lays them out.
  */
 import { BinaryReader } from '@bufbuild/protobuf/wire';
-import { toStrataError, type StrataClient } from '../api/client.js';
+import { toStrataError, type StrataClient } from '../api/clients/strata.js';
 import {
   Kind,
   SnapshotsService,

@@ -5,7 +5,7 @@
  */
 import { constants as osConstants } from 'node:os';
 import { BinaryReader, WireType } from '@bufbuild/protobuf/wire';
-import type { StrataClient } from '../api/client.js';
+import type { StrataClient } from '../api/clients/strata.js';
 import type { Container as PbContainer } from '../api/gen/containerd/services/containers/v1/containers.js';
 import { Status } from '../api/gen/containerd/types/task/task.js';
 import { execProcess, PROCESS_TYPE_URL, resolveUser, type OciProcess, type OciSpec } from '../runtime/spec.js';

@@ -3,7 +3,9 @@
  *  - the local store (src/content/local.ts): blobs and ingests on disk, shared by every namespace, no labels;
  *  - the namespaced store (src/metadata/content.ts): per-namespace records, labels and leases in SQLite,
  *    delegating bytes to the local store.
- * Callers never see file paths: only digests, refs, streams and writers.
+ * The API's clients never see file paths, only digests, refs, streams and writers. Inside the daemon the
+ * namespaced store asks the local one for a blob's path (blobPath) to remove a blob no namespace records
+ * and to check one exists when adopting it; nothing else does.
  */
 import type { Readable } from 'node:stream';
 

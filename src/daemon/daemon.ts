@@ -9,7 +9,7 @@ import { pluginConfig, type Config } from '../config/index.js';
 import type { Logger } from '../log/index.js';
 import type { GrpcService } from '../api/call.js';
 import { prepareSocketPath, secureSocket } from './socket.js';
-import { proxyRegistrations } from '../snapshots/proxy/plugin.js';
+import { proxyRegistrations } from '../api/clients/proxy-plugins.js';
 import './builtins.js';
 
 /** How long stop() lets in-flight calls finish before cutting them. */

@@ -1,6 +1,7 @@
 /**
- * The metadata store: one SQLite database holding namespaces, content records, ingests and leases (and, as
- * later subsystems arrive, snapshots, images and containers). Callers get small stores, never SQL.
+ * The metadata store: one SQLite database holding namespaces, content records, ingests, leases, snapshot
+ * records (per snapshotter, in front of each backend), images and containers. Callers get small stores, never
+ * SQL: this folder owns the schema, including what the garbage collector reads and deletes.
  */
 import type { LocalContentStore } from '../content/local.js';
 import { discardEvents, type EventPublisher } from '../events/types.js';

@@ -7,7 +7,7 @@
  */
 import type * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { StrataClient } from '../../src/api/client.js';
+import type { StrataClient } from '../../src/api/clients/strata.js';
 import { ContainerCreate, ContainerUpdate } from '../../src/api/gen/containerd/events/container.js';
 import type { Container as PbContainer } from '../../src/api/gen/containerd/services/containers/v1/containers.js';
 import type { Envelope } from '../../src/api/gen/containerd/services/events/v1/events.js';

@@ -9,7 +9,7 @@ import { Readable } from 'node:stream';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { digestOfChunks, pseudoRandom, sha256 } from '../helpers/data.js';
 import { StrataError } from '../../src/core/errdefs.js';
-import { toStrataError, type StrataClient } from '../../src/api/client.js';
+import { toStrataError, type StrataClient } from '../../src/api/clients/strata.js';
 import { WriteAction, type WriteContentRequest, type WriteContentResponse } from '../../src/api/gen/containerd/services/content/v1/content.js';
 
 let d: StartedDaemon;

@@ -15,7 +15,7 @@ import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { run, type RunResult } from '../helpers/ctr.js';
 import { STRATAD } from '../helpers/paths.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
-import { StrataClient, toStrataError } from '../../src/api/client.js';
+import { StrataClient, toStrataError } from '../../src/api/clients/strata.js';
 import { StrataError } from '../../src/core/errdefs.js';
 import { ContainersService } from '../../src/api/gen/containerd/services/containers/v1/containers.js';
 import { HealthCheckResponse_ServingStatus } from '../../src/api/gen/grpc/health/v1/health.js';

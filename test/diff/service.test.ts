@@ -9,7 +9,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { StrataClient } from '../../src/api/client.js';
+import type { StrataClient } from '../../src/api/clients/strata.js';
 import type { Mount as PbMount } from '../../src/api/gen/containerd/types/mount.js';
 import type { ApplyRequest, DiffRequest } from '../../src/api/gen/containerd/services/diff/v1/diff.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';

@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Exchange, validateTopic, type Subscription } from '../../src/events/exchange.js';
 import { typedEvent, type Envelope as InternalEnvelope } from '../../src/events/types.js';
 import { StrataError } from '../../src/core/errdefs.js';
-import { StrataClient } from '../../src/api/client.js';
+import { StrataClient } from '../../src/api/clients/strata.js';
 import type { Envelope } from '../../src/api/gen/containerd/services/events/v1/events.js';
 import { NamespaceCreate, NamespaceDelete } from '../../src/api/gen/containerd/events/namespace.js';
 import { ContentDelete } from '../../src/api/gen/containerd/events/content.js';

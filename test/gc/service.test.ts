@@ -12,7 +12,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'smol-toml';
-import type { StrataClient } from '../../src/api/client.js';
+import type { StrataClient } from '../../src/api/clients/strata.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { run, type RunResult } from '../helpers/ctr.js';
 import { STRATA, STRATAD } from '../helpers/paths.js';

@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { StrataClient } from '../../src/api/client.js';
+import { StrataClient } from '../../src/api/clients/strata.js';
 import { STRATAD } from './paths.js';
 import { tempDir, type TempDir } from './temp.js';
 

@@ -2,8 +2,8 @@
  * Driving stratad's transfer service from tests: pull/push/import/export/unpack with the progress collected,
  * errors as StrataErrors (so tests assert on kinds).
  */
-import type { StrataClient } from '../../src/api/client.js';
-import { toStrataError } from '../../src/api/client.js';
+import type { StrataClient } from '../../src/api/clients/strata.js';
+import { toStrataError } from '../../src/api/clients/strata.js';
 import type { Progress, PullRequest } from '../../src/api/gen/strata/services/transfer/v1/transfer.js';
 
 export async function collectProgress(stream: AsyncIterable<unknown>): Promise<Progress[]> {

@@ -6,10 +6,10 @@ import { existsSync } from 'node:fs';
 import { readFile, readdir, stat, writeFile, lstat, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { StrataClient } from '../../src/api/client.js';
+import type { StrataClient } from '../../src/api/clients/strata.js';
 import { chainIDs } from '../../src/images/manifest.js';
 import { withTempMount } from '../../src/mount/index.js';
-import { fromPbMount } from '../../src/api/services/snapshots.js';
+import { mountFromPb } from '../../src/api/convert.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { buildImage, busyboxPlatform, hostileLayer, hostPlatform, type BuiltImage } from '../helpers/images.js';
 import { startRegistry, stopAllRegistries, type StartedRegistry } from '../helpers/registry.js';
@@ -40,7 +40,7 @@ async function withRootfs<T>(c: StrataClient, img: BuiltImage, fn: (root: string
   const key = `view-${Math.random()}`;
   const { mounts } = await c.call(c.snapshots, c.snapshots.view, { snapshotter: 'overlayfs', key, parent: top, labels: {} });
   try {
-    return await withTempMount(mounts.map(fromPbMount), fn);
+    return await withTempMount(mounts.map(mountFromPb), fn);
   } finally {
     await c.call(c.snapshots, c.snapshots.remove, { snapshotter: 'overlayfs', key });
   }

@@ -6,7 +6,7 @@
  */
 import type * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { StrataClient } from '../../src/api/client.js';
+import type { StrataClient } from '../../src/api/clients/strata.js';
 import type { Envelope } from '../../src/api/gen/containerd/services/events/v1/events.js';
 import { ImageCreate, ImageDelete, ImageUpdate } from '../../src/api/gen/containerd/events/image.js';
 import type { Image as ImagePb } from '../../src/api/gen/containerd/services/images/v1/images.js';

@@ -10,7 +10,7 @@ import { tempDir } from '../helpers/temp.js';
 import { kindOf } from '../helpers/errors.js';
 import { sha256 } from '../helpers/data.js';
 import { StrataError } from '../../src/core/errdefs.js';
-import type { StrataClient } from '../../src/api/client.js';
+import type { StrataClient } from '../../src/api/clients/strata.js';
 import { MetadataStore, SCHEMA_VERSION } from '../../src/metadata/index.js';
 import { openLocalContentStore } from '../../src/content/local.js';
 

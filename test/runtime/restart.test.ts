@@ -15,7 +15,7 @@ import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { StrataClient } from '../../src/api/client.js';
+import type { StrataClient } from '../../src/api/clients/strata.js';
 import { Status } from '../../src/api/gen/containerd/types/task/task.js';
 import { chainIDs } from '../../src/images/manifest.js';
 import { run } from '../helpers/ctr.js';

@@ -9,7 +9,7 @@ import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { serveSnapshotter, type ServedBackend } from '../helpers/serve-snapshotter.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 import { kindOf } from '../helpers/errors.js';
-import { ProxySnapshotter } from '../../src/snapshots/proxy/index.js';
+import { ProxySnapshotter } from '../../src/api/clients/snapshotter.js';
 import { StrataError } from '../../src/core/errdefs.js';
 import type { Info } from '../../src/snapshots/types.js';
 

@@ -8,7 +8,7 @@ import { mkdir } from 'node:fs/promises';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { serveSnapshotter, type ServedBackend } from '../helpers/serve-snapshotter.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
-import { ProxySnapshotter } from '../../src/snapshots/proxy/index.js';
+import { ProxySnapshotter } from '../../src/api/clients/snapshotter.js';
 import { snapshotterSuite } from './testsuite.js';
 
 let direct: StartedDaemon;

@@ -4,49 +4,19 @@
  * message, as containerd's does.
  */
 import type * as grpc from '@grpc/grpc-js';
-import { ContainersService, type Container as ContainerPb } from '../gen/containerd/services/containers/v1/containers.js';
-import type { Any } from '../gen/google/protobuf/any.js';
+import { ContainersService, type ContainersServer, type Container as ContainerPb } from '../gen/containerd/services/containers/v1/containers.js';
 import { invalidArgument } from '../../core/errdefs.js';
-import type { AnyValue, Container, ContainerInput, NamespacedContainers } from '../../metadata/containers.js';
+import type { NamespacedContainers } from '../../metadata/containers.js';
 import type { Logger } from '../../log/index.js';
-import { opContext, serverStream, unary, type GrpcService } from '../call.js';
+import { opContext, serverStream, unary, type GrpcService, grpcService } from '../call.js';
+import { containerFromPb, containerToPb } from '../convert.js';
 
-const anyFromPb = (a: Any): AnyValue => ({ typeUrl: a.typeUrl, value: Buffer.from(a.value) });
-const anyToPb = (a: AnyValue): Any => ({ typeUrl: a.typeUrl, value: Buffer.from(a.value) });
 
-export function containerFromPb(c: ContainerPb | undefined): ContainerInput {
-  const input: ContainerInput = {
-    id: c?.id ?? '',
-    labels: { ...(c?.labels ?? {}) },
-    image: c?.image ?? '',
-    runtime: { name: c?.runtime?.name ?? '' },
-    snapshotter: c?.snapshotter ?? '',
-    snapshotKey: c?.snapshotKey ?? '',
-    extensions: Object.fromEntries(Object.entries(c?.extensions ?? {}).map(([k, v]) => [k, anyFromPb(v)])),
-  };
-  if (c?.runtime?.options) input.runtime!.options = anyFromPb(c.runtime.options);
-  if (c?.spec) input.spec = anyFromPb(c.spec);
-  return input;
-}
 
-export function containerToPb(c: Container): ContainerPb {
-  return {
-    id: c.id,
-    labels: { ...c.labels },
-    image: c.image,
-    runtime: { name: c.runtime.name, options: c.runtime.options ? anyToPb(c.runtime.options) : undefined },
-    spec: c.spec ? anyToPb(c.spec) : undefined,
-    snapshotter: c.snapshotter,
-    snapshotKey: c.snapshotKey,
-    createdAt: c.createdAt,
-    updatedAt: c.updatedAt,
-    extensions: Object.fromEntries(Object.entries(c.extensions).map(([k, v]) => [k, anyToPb(v)])),
-  };
-}
 
 export function containersService(store: NamespacedContainers, log: Logger): GrpcService {
   const l = log.child({ service: 'containers' });
-  const implementation = {
+  const implementation: ContainersServer = {
     get: unary(l, 'Get', async (req: { id: string }, call) => ({
       container: containerToPb(await store.bind(opContext(call)).get(req.id)),
     })),
@@ -71,5 +41,5 @@ export function containersService(store: NamespacedContainers, log: Logger): Grp
       return {};
     }),
   };
-  return { definition: ContainersService as unknown as grpc.ServiceDefinition, implementation };
+  return grpcService<ContainersServer>(ContainersService, implementation);
 }

@@ -3,64 +3,43 @@
  * lives in src/metadata/content.ts and src/content/.
  */
 import type * as grpc from '@grpc/grpc-js';
-import {
-  ContentService,
-  WriteAction,
-  type Info,
-  type Status,
-  type WriteContentRequest,
-  type WriteContentResponse,
-} from '../gen/containerd/services/content/v1/content.js';
+import { ContentService, type ContentServer, WriteAction, type Info, type WriteContentRequest, type WriteContentResponse } from '../gen/containerd/services/content/v1/content.js';
 import { alreadyExists, invalidArgument, outOfRange } from '../../core/errdefs.js';
-import type { ContentInfo, ContentWriter, IngestStatus } from '../../content/types.js';
+import type { ContentWriter } from '../../content/types.js';
 import type { NamespacedContent } from '../../metadata/content.js';
 import type { Logger } from '../../log/index.js';
-import { bidiStream, messageReader, opContext, serverStream, unary, type GrpcService } from '../call.js';
+import { bidiStream, messageReader, opContext, serverStream, unary, type GrpcService, grpcService } from '../call.js';
 import { encodeReadContentResponse } from '../wire.js';
+import { contentInfoToPb, ingestStatusToPb } from '../convert.js';
 
 /** The generated definition, with Read responses encoded in one allocation (they carry the bulk data). */
 const definition = {
   ...ContentService,
   read: { ...ContentService.read, responseSerialize: encodeReadContentResponse },
-} as unknown as grpc.ServiceDefinition;
+};
 
 /** Read responses carry up to this many bytes each (containerd uses the same size). */
 const READ_CHUNK = 1 << 20;
 /** List responses are batched to stay well under the message size limit. */
 const LIST_BATCH = 100;
 
-const toInfo = (i: ContentInfo): Info => ({
-  digest: i.digest,
-  size: i.size,
-  createdAt: i.createdAt,
-  updatedAt: i.updatedAt,
-  labels: i.labels,
-});
 
-const toStatus = (s: IngestStatus): Status => ({
-  ref: s.ref,
-  offset: s.offset,
-  total: s.total,
-  expected: s.expected,
-  startedAt: s.startedAt,
-  updatedAt: s.updatedAt,
-});
 
 export function contentService(content: NamespacedContent, log: Logger): GrpcService {
   const store = (call: { metadata: grpc.Metadata }) => content.bind(opContext(call));
   const l = log.child({ service: 'content' });
 
-  const implementation = {
-    info: unary(l, 'Info', async (req: { digest: string }, call) => ({ info: toInfo(await store(call).info(req.digest)) })),
+  const implementation: ContentServer = {
+    info: unary(l, 'Info', async (req: { digest: string }, call) => ({ info: contentInfoToPb(await store(call).info(req.digest)) })),
 
     update: unary(l, 'Update', async (req: { info?: Info; updateMask?: string[] }, call) => {
       if (!req.info) throw invalidArgument('info must be set');
-      return { info: toInfo(await store(call).update(req.info, req.updateMask ?? [])) };
+      return { info: contentInfoToPb(await store(call).update(req.info, req.updateMask ?? [])) };
     }),
 
     list: serverStream(l, 'List', async (req: { filters: string[] }, send, call) => {
       const all = await store(call).list(req.filters);
-      for (let i = 0; i < all.length; i += LIST_BATCH) await send({ info: all.slice(i, i + LIST_BATCH).map(toInfo) });
+      for (let i = 0; i < all.length; i += LIST_BATCH) await send({ info: all.slice(i, i + LIST_BATCH).map(contentInfoToPb) });
     }),
 
     delete: unary(l, 'Delete', async (req: { digest: string }, call) => {
@@ -94,10 +73,10 @@ export function contentService(content: NamespacedContent, log: Logger): GrpcSer
       }
     }),
 
-    status: unary(l, 'Status', async (req: { ref: string }, call) => ({ status: toStatus(await store(call).status(req.ref)) })),
+    status: unary(l, 'Status', async (req: { ref: string }, call) => ({ status: ingestStatusToPb(await store(call).status(req.ref)) })),
 
     listStatuses: unary(l, 'ListStatuses', async (req: { filters: string[] }, call) => ({
-      statuses: (await store(call).listStatuses(req.filters)).map(toStatus),
+      statuses: (await store(call).listStatuses(req.filters)).map(ingestStatusToPb),
     })),
 
     abort: unary(l, 'Abort', async (req: { ref: string }, call) => {
@@ -107,7 +86,7 @@ export function contentService(content: NamespacedContent, log: Logger): GrpcSer
 
     write: bidiStream<WriteContentRequest, WriteContentResponse>(l, 'Write', (call, send) => writeSession(store(call), call, send)),
   };
-  return { definition, implementation };
+  return grpcService<ContentServer>(definition, implementation);
 }
 
 /**

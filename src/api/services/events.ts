@@ -1,17 +1,17 @@
 /** containerd.services.events.v1.Events over the exchange. */
 import type * as grpc from '@grpc/grpc-js';
-import { EventsService, type Envelope } from '../gen/containerd/services/events/v1/events.js';
+import { EventsService, type EventsServer, type Envelope } from '../gen/containerd/services/events/v1/events.js';
 import type { Any } from '../gen/google/protobuf/any.js';
 import { invalidArgument } from '../../core/errdefs.js';
 import type { Exchange } from '../../events/exchange.js';
 import type { Logger } from '../../log/index.js';
-import { opContext, serverStream, unary, type GrpcService } from '../call.js';
+import { opContext, serverStream, unary, type GrpcService, grpcService } from '../call.js';
 import { decodeEvent, encodeEvent } from '../eventtypes.js';
 
 export function eventsService(exchange: Exchange, log: Logger): GrpcService {
   const l = log.child({ service: 'events' });
   const open = new Set<{ close(): void }>();
-  const implementation = {
+  const implementation: EventsServer = {
     publish: unary(l, 'Publish', (req: { topic: string; event?: Any }, call) => {
       if (!req.event) throw invalidArgument('event must be set');
       exchange.publish(opContext(call).namespace, req.topic, decodeEvent(req.event));
@@ -44,11 +44,7 @@ export function eventsService(exchange: Exchange, log: Logger): GrpcService {
       }
     }),
   };
-  return {
-    definition: EventsService as unknown as grpc.ServiceDefinition,
-    implementation,
-    drain: () => {
-      for (const sub of open) sub.close();
-    },
-  };
+  return grpcService<EventsServer>(EventsService, implementation, () => {
+    for (const sub of open) sub.close();
+  });
 }

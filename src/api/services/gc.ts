@@ -6,45 +6,21 @@
  */
 import type * as grpc from '@grpc/grpc-js';
 import {
-  GCService,
+  GCService, type GCServer,
   type CollectResponse,
   type MetricsResponse,
   type Object as ObjectPb,
   type PruneResponse,
   type WhyResponse,
 } from '../gen/strata/services/gc/v1/gc.js';
-import { invalidArgument } from '../../core/errdefs.js';
 import type { Logger } from '../../log/index.js';
-import type { Collector, GCObject, GCObjectType, GCReport, GCScheduler } from '../../gc/types.js';
-import { unary, type GrpcService } from '../call.js';
+import type { Collector, GCScheduler } from '../../gc/types.js';
+import { unary, type GrpcService, grpcService } from '../call.js';
+import { objectToPb, objectFromPb, reportToPb } from '../convert.js';
 
-const TYPES: readonly GCObjectType[] = ['content', 'ingest', 'snapshot', 'image', 'lease', 'container'];
 
-export function objectToPb(o: GCObject & { size?: number }): ObjectPb {
-  return { type: o.type, namespace: o.namespace, snapshotter: o.snapshotter ?? '', id: o.id, size: o.size ?? 0 };
-}
 
-export function objectFromPb(o: ObjectPb | undefined): GCObject {
-  if (!o) throw invalidArgument('object must be set');
-  if (!TYPES.includes(o.type as GCObjectType)) throw invalidArgument(`unknown object type ${JSON.stringify(o.type)} (want one of ${TYPES.join(', ')})`);
-  if (!o.namespace) throw invalidArgument('object namespace must be set');
-  if (!o.id) throw invalidArgument('object id must be set');
-  if (o.type === 'snapshot' && !o.snapshotter) throw invalidArgument('a snapshot needs its snapshotter');
-  const out: GCObject = { type: o.type as GCObjectType, namespace: o.namespace, id: o.id };
-  if (o.snapshotter) out.snapshotter = o.snapshotter;
-  return out;
-}
 
-export function reportToPb(r: GCReport): CollectResponse {
-  return {
-    dryRun: r.dryRun,
-    pauseMs: r.pauseMs,
-    elapsedMs: r.elapsedMs,
-    removed: r.removed.map(objectToPb),
-    expiredLeases: r.expiredLeases.map(objectToPb),
-    errors: r.errors.map((e) => ({ object: objectToPb(e.object), error: e.error })),
-  };
-}
 
 /**
  * The afterDelete hook of the leases and images services: with sync, waits for a collection that started after
@@ -58,7 +34,7 @@ export function syncDelete(scheduler: GCScheduler | undefined): (namespace: stri
 
 export function gcService(scheduler: GCScheduler, collector: Collector, log: Logger): GrpcService {
   const l = log.child({ service: 'gc' });
-  const implementation = {
+  const implementation: GCServer = {
     collect: unary(l, 'Collect', async (req: { dryRun: boolean }): Promise<CollectResponse> => {
       const report = req.dryRun ? await collector.collect({ dryRun: true }) : await scheduler.scheduleAndWait();
       return reportToPb(report);
@@ -93,5 +69,5 @@ export function gcService(scheduler: GCScheduler, collector: Collector, log: Log
       };
     }),
   };
-  return { definition: GCService as unknown as grpc.ServiceDefinition, implementation };
+  return grpcService<GCServer>(GCService, implementation);
 }

@@ -4,31 +4,18 @@
  * which the optional `afterDelete` hook provides (the GC plugin wires it).
  */
 import type * as grpc from '@grpc/grpc-js';
-import { ImagesService, type Image as ImagePb } from '../gen/containerd/services/images/v1/images.js';
-import type { Descriptor as DescriptorPb } from '../gen/containerd/types/descriptor.js';
+import { ImagesService, type ImagesServer, type Image as ImagePb } from '../gen/containerd/services/images/v1/images.js';
 import { invalidArgument } from '../../core/errdefs.js';
 import type { NamespacedImages } from '../../metadata/images.js';
-import type { Image } from '../../metadata/images.js';
-import type { Descriptor } from '../../core/descriptor.js';
 import type { Logger } from '../../log/index.js';
-import { opContext, unary, type GrpcService } from '../call.js';
+import { opContext, unary, type GrpcService, grpcService } from '../call.js';
+import { descriptorFromPb, imageToPb } from '../convert.js';
 
 /** Hook for what a synchronous delete should wait for (garbage collection arrives with the GC plugin). */
 export type AfterImageDelete = (namespace: string, sync: boolean) => Promise<void>;
 
-function descFromPb(d: DescriptorPb | undefined): Descriptor {
-  const out: Descriptor = { mediaType: d?.mediaType ?? '', digest: d?.digest ?? '', size: Number(d?.size ?? 0) };
-  if (d && Object.keys(d.annotations ?? {}).length > 0) out.annotations = { ...d.annotations };
-  return out;
-}
 
-function descToPb(d: Descriptor): DescriptorPb {
-  return { mediaType: d.mediaType, digest: d.digest, size: d.size, annotations: { ...(d.annotations ?? {}) } };
-}
 
-export function imageToPb(i: Image): ImagePb {
-  return { name: i.name, labels: { ...i.labels }, target: descToPb(i.target), createdAt: i.createdAt, updatedAt: i.updatedAt };
-}
 
 export function imagesService(store: NamespacedImages, log: Logger, afterDelete?: AfterImageDelete): GrpcService {
   const l = log.child({ service: 'images' });
@@ -36,7 +23,7 @@ export function imagesService(store: NamespacedImages, log: Logger, afterDelete?
     if (!image?.name) throw invalidArgument('Image.Name required');
     return image;
   };
-  const implementation = {
+  const implementation: ImagesServer = {
     get: unary(l, 'Get', async (req: { name: string }, call) => ({
       image: imageToPb(await store.bind(opContext(call)).get(req.name)),
     })),
@@ -46,7 +33,7 @@ export function imagesService(store: NamespacedImages, log: Logger, afterDelete?
     create: unary(l, 'Create', async (req: { image?: ImagePb }, call) => {
       const ctx = opContext(call);
       const image = required(req.image);
-      const created = await store.bind(ctx).create({ name: image.name, labels: image.labels ?? {}, target: descFromPb(image.target) });
+      const created = await store.bind(ctx).create({ name: image.name, labels: image.labels ?? {}, target: descriptorFromPb(image.target) });
       return { image: imageToPb(created) };
     }),
     update: unary(l, 'Update', async (req: { image?: ImagePb; updateMask?: string[] }, call) => {
@@ -54,7 +41,7 @@ export function imagesService(store: NamespacedImages, log: Logger, afterDelete?
       const image = required(req.image);
       const updated = await store
         .bind(ctx)
-        .update({ name: image.name, labels: image.labels ?? {}, target: descFromPb(image.target) }, req.updateMask ?? []);
+        .update({ name: image.name, labels: image.labels ?? {}, target: descriptorFromPb(image.target) }, req.updateMask ?? []);
       return { image: imageToPb(updated) };
     }),
     delete: unary(l, 'Delete', async (req: { name: string; sync: boolean }, call) => {
@@ -64,5 +51,5 @@ export function imagesService(store: NamespacedImages, log: Logger, afterDelete?
       return {};
     }),
   };
-  return { definition: ImagesService as unknown as grpc.ServiceDefinition, implementation };
+  return grpcService<ImagesServer>(ImagesService, implementation);
 }

@@ -1,35 +1,20 @@
 /** containerd.services.introspection.v1.Introspection: what the daemon loaded, and its identity. */
 import type * as grpc from '@grpc/grpc-js';
-import { IntrospectionService, type Plugin } from '../gen/containerd/services/introspection/v1/introspection.js';
-import { GrpcCode } from '../../core/errdefs.js';
+import { IntrospectionService, type IntrospectionServer } from '../gen/containerd/services/introspection/v1/introspection.js';
 import { adapt, parseAll } from '../../filters/index.js';
 import type { LoadedPlugin } from '../../plugin/index.js';
 import type { Logger } from '../../log/index.js';
-import { unary, type GrpcService } from '../call.js';
+import { unary, type GrpcService, grpcService } from '../call.js';
+import { pluginToPb } from '../convert.js';
 
-function toPlugin(p: LoadedPlugin): Plugin {
-  const r = p.registration;
-  let initErr: Plugin['initErr'];
-  if (p.status.state === 'skipped') initErr = { code: GrpcCode.FAILED_PRECONDITION, message: p.status.reason, details: [] };
-  if (p.status.state === 'error') initErr = { code: GrpcCode.UNKNOWN, message: p.status.error.message, details: [] };
-  return {
-    type: r.type,
-    id: r.id,
-    requires: (r.requires ?? []).map(String),
-    platforms: p.meta.platforms.map((pl) => ({ os: pl.os, architecture: pl.architecture, variant: pl.variant ?? '' })),
-    exports: p.meta.exports,
-    capabilities: p.meta.capabilities,
-    initErr,
-  };
-}
 
 export function introspectionService(plugins: () => readonly LoadedPlugin[], uuid: string, log: Logger): GrpcService {
   const l = log.child({ service: 'introspection' });
-  const implementation = {
+  const implementation: IntrospectionServer = {
     plugins: unary(l, 'Plugins', (req: { filters: string[] }) => {
       const filter = parseAll(req.filters);
       const out = plugins()
-        .map(toPlugin)
+        .map(pluginToPb)
         .filter((p) =>
           filter.match(
             adapt((path) => {
@@ -53,5 +38,5 @@ export function introspectionService(plugins: () => readonly LoadedPlugin[], uui
     }),
     server: unary(l, 'Server', () => ({ uuid })),
   };
-  return { definition: IntrospectionService as unknown as grpc.ServiceDefinition, implementation };
+  return grpcService<IntrospectionServer>(IntrospectionService, implementation);
 }

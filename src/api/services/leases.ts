@@ -1,10 +1,10 @@
 /** containerd.services.leases.v1.Leases over the metadata lease store. */
 import type * as grpc from '@grpc/grpc-js';
-import { LeasesService, type Resource } from '../gen/containerd/services/leases/v1/leases.js';
+import { LeasesService, type LeasesServer, type Resource } from '../gen/containerd/services/leases/v1/leases.js';
 import { invalidArgument } from '../../core/errdefs.js';
 import type { LeaseStore } from '../../metadata/leases.js';
 import type { Logger } from '../../log/index.js';
-import { opContext, unary, type GrpcService } from '../call.js';
+import { opContext, unary, type GrpcService, grpcService } from '../call.js';
 
 /** Hook for what a synchronous delete should wait for (garbage collection arrives with the GC plugin). */
 export type AfterLeaseDelete = (namespace: string, sync: boolean) => Promise<void>;
@@ -15,7 +15,7 @@ export function leasesService(store: LeaseStore, log: Logger, afterDelete?: Afte
     if (!r) throw invalidArgument('resource must be set');
     return { id: r.id, type: r.type };
   };
-  const implementation = {
+  const implementation: LeasesServer = {
     create: unary(l, 'Create', (req: { id: string; labels: Record<string, string> }, call) => ({
       lease: store.create(opContext(call).namespace, req.id, req.labels),
     })),
@@ -38,5 +38,5 @@ export function leasesService(store: LeaseStore, log: Logger, afterDelete?: Afte
       resources: store.listResources(opContext(call).namespace, req.id),
     })),
   };
-  return { definition: LeasesService as unknown as grpc.ServiceDefinition, implementation };
+  return grpcService<LeasesServer>(LeasesService, implementation);
 }

@@ -1,14 +1,14 @@
 /** containerd.services.namespaces.v1.Namespaces over the metadata namespace store. */
 import type * as grpc from '@grpc/grpc-js';
-import { NamespacesService, type Namespace } from '../gen/containerd/services/namespaces/v1/namespaces.js';
+import { NamespacesService, type NamespacesServer, type Namespace } from '../gen/containerd/services/namespaces/v1/namespaces.js';
 import { invalidArgument } from '../../core/errdefs.js';
 import type { NamespaceStore } from '../../metadata/namespaces.js';
 import type { Logger } from '../../log/index.js';
-import { unary, type GrpcService } from '../call.js';
+import { unary, type GrpcService, grpcService } from '../call.js';
 
 export function namespacesService(store: NamespaceStore, log: Logger): GrpcService {
   const l = log.child({ service: 'namespaces' });
-  const implementation = {
+  const implementation: NamespacesServer = {
     get: unary(l, 'Get', (req: { name: string }) => ({ namespace: store.get(req.name) })),
     list: unary(l, 'List', () => ({ namespaces: store.list() })),
     create: unary(l, 'Create', (req: { namespace?: Namespace }) => {
@@ -24,5 +24,5 @@ export function namespacesService(store: NamespaceStore, log: Logger): GrpcServi
       return {};
     }),
   };
-  return { definition: NamespacesService as unknown as grpc.ServiceDefinition, implementation };
+  return grpcService<NamespacesServer>(NamespacesService, implementation);
 }

@@ -4,41 +4,20 @@
  * (every call goes to the one backend, as a containerd proxy plugin expects).
  */
 import type * as grpc from '@grpc/grpc-js';
-import { Kind as PbKind, SnapshotsService, type Info as PbInfo } from '../gen/containerd/services/snapshots/v1/snapshots.js';
-import type { Mount as PbMount } from '../gen/containerd/types/mount.js';
+import { SnapshotsService, type SnapshotsServer, type Info as PbInfo } from '../gen/containerd/services/snapshots/v1/snapshots.js';
 import { invalidArgument } from '../../core/errdefs.js';
-import type { Info, Kind, Snapshotter } from '../../snapshots/types.js';
-import type { Mount } from '../../core/mount.js';
+import type { Snapshotter } from '../../snapshots/types.js';
 import type { Logger } from '../../log/index.js';
-import { serverStream, unary, type GrpcService } from '../call.js';
+import { serverStream, unary, type GrpcService, grpcService } from '../call.js';
+import { mountToPb, snapshotInfoToPb } from '../convert.js';
 
 export type ResolveSnapshotter = (name: string, call: { metadata: grpc.Metadata }) => Snapshotter;
 
 const LIST_BATCH = 100;
 
-const kindToPb: Record<Kind, PbKind> = { view: PbKind.VIEW, active: PbKind.ACTIVE, committed: PbKind.COMMITTED };
-const kindFromPb = (k: PbKind): Kind => (k === PbKind.VIEW ? 'view' : k === PbKind.ACTIVE ? 'active' : 'committed');
 
-export const toPbMount = (m: Mount): PbMount => ({ type: m.type, source: m.source, target: m.target ?? '', options: m.options });
-export const fromPbMount = (m: PbMount): Mount => ({ type: m.type, source: m.source, ...(m.target ? { target: m.target } : {}), options: m.options });
 
-export const toPbInfo = (i: Info): PbInfo => ({
-  name: i.name,
-  parent: i.parent,
-  kind: kindToPb[i.kind],
-  labels: i.labels,
-  createdAt: i.created,
-  updatedAt: i.updated,
-});
 
-export const fromPbInfo = (i: PbInfo): Info => ({
-  name: i.name,
-  parent: i.parent,
-  kind: kindFromPb(i.kind),
-  labels: i.labels,
-  created: i.createdAt ?? new Date(0),
-  updated: i.updatedAt ?? new Date(0),
-});
 
 export function snapshotsService(resolve: ResolveSnapshotter, log: Logger): GrpcService {
   const l = log.child({ service: 'snapshots' });
@@ -46,15 +25,15 @@ export function snapshotsService(resolve: ResolveSnapshotter, log: Logger): Grpc
   const sn = (req: Req, call: { metadata: grpc.Metadata }) => resolve(req.snapshotter, call);
   const labelsOf = (labels: Record<string, string>) => (Object.keys(labels).length > 0 ? { labels } : {});
 
-  const implementation = {
+  const implementation: SnapshotsServer = {
     prepare: unary(l, 'Prepare', async (req: Req & { key: string; parent: string; labels: Record<string, string> }, call) => ({
-      mounts: (await sn(req, call).prepare(req.key, req.parent, labelsOf(req.labels))).map(toPbMount),
+      mounts: (await sn(req, call).prepare(req.key, req.parent, labelsOf(req.labels))).map(mountToPb),
     })),
     view: unary(l, 'View', async (req: Req & { key: string; parent: string; labels: Record<string, string> }, call) => ({
-      mounts: (await sn(req, call).view(req.key, req.parent, labelsOf(req.labels))).map(toPbMount),
+      mounts: (await sn(req, call).view(req.key, req.parent, labelsOf(req.labels))).map(mountToPb),
     })),
     mounts: unary(l, 'Mounts', async (req: Req & { key: string }, call) => ({
-      mounts: (await sn(req, call).mounts(req.key)).map(toPbMount),
+      mounts: (await sn(req, call).mounts(req.key)).map(mountToPb),
     })),
     commit: unary(l, 'Commit', async (req: Req & { name: string; key: string; labels: Record<string, string> }, call) => {
       await sn(req, call).commit(req.name, req.key, labelsOf(req.labels));
@@ -64,15 +43,15 @@ export function snapshotsService(resolve: ResolveSnapshotter, log: Logger): Grpc
       await sn(req, call).remove(req.key);
       return {};
     }),
-    stat: unary(l, 'Stat', async (req: Req & { key: string }, call) => ({ info: toPbInfo(await sn(req, call).stat(req.key)) })),
+    stat: unary(l, 'Stat', async (req: Req & { key: string }, call) => ({ info: snapshotInfoToPb(await sn(req, call).stat(req.key)) })),
     update: unary(l, 'Update', async (req: Req & { info?: PbInfo; updateMask?: string[] }, call) => {
       if (!req.info) throw invalidArgument('info must be set');
-      return { info: toPbInfo(await sn(req, call).update({ name: req.info.name, labels: req.info.labels }, req.updateMask ?? [])) };
+      return { info: snapshotInfoToPb(await sn(req, call).update({ name: req.info.name, labels: req.info.labels }, req.updateMask ?? [])) };
     }),
     list: serverStream(l, 'List', async (req: Req & { filters: string[] }, send, call) => {
       let batch: PbInfo[] = [];
       await sn(req, call).walk(async (info) => {
-        batch.push(toPbInfo(info));
+        batch.push(snapshotInfoToPb(info));
         if (batch.length >= LIST_BATCH) {
           const out = batch;
           batch = [];
@@ -87,5 +66,5 @@ export function snapshotsService(resolve: ResolveSnapshotter, log: Logger): Grpc
       return {};
     }),
   };
-  return { definition: SnapshotsService as unknown as grpc.ServiceDefinition, implementation };
+  return grpcService<SnapshotsServer>(SnapshotsService, implementation);
 }

@@ -6,7 +6,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import {
-  TasksService,
+  TasksService, type TasksServer,
   type CloseIORequest,
   type CreateTaskRequest,
   type DeleteProcessRequest,
@@ -22,37 +22,15 @@ import {
   type StartRequest,
   type WaitRequest,
 } from '../gen/containerd/services/tasks/v1/tasks.js';
-import { Status, type Process } from '../gen/containerd/types/task/task.js';
 import type { Any } from '../gen/google/protobuf/any.js';
 import { invalidArgument, notImplemented } from '../../core/errdefs.js';
 import type { Logger } from '../../log/index.js';
-import type { CgroupStats, ExitInfo, ProcessInfo, TaskManager, TaskStatus } from '../../runtime/tasks.js';
-import { opContext, unary, type GrpcService } from '../call.js';
+import type { CgroupStats, TaskManager } from '../../runtime/tasks.js';
+import { opContext, unary, type GrpcService, grpcService } from '../call.js';
+import { processToPb, exitToPb } from '../convert.js';
 
-const statusToPb: Record<TaskStatus, Status> = {
-  unknown: Status.UNKNOWN,
-  created: Status.CREATED,
-  running: Status.RUNNING,
-  stopped: Status.STOPPED,
-  paused: Status.PAUSED,
-};
 
-function processToPb(p: ProcessInfo): Process {
-  return {
-    containerId: p.containerId,
-    id: p.id,
-    pid: p.pid,
-    status: statusToPb[p.status],
-    stdin: p.stdin,
-    stdout: p.stdout,
-    stderr: p.stderr,
-    terminal: p.terminal,
-    exitStatus: p.exitStatus,
-    exitedAt: p.exitedAt,
-  };
-}
 
-const deleteToPb = (e: ExitInfo) => ({ id: e.id, pid: e.pid, exitStatus: e.exitStatus, exitedAt: e.exitedAt });
 
 /** containerd.runc.v1.ProcessDetails { exec_id = 1 }, what containerd's runc shim attaches to exec pids. */
 function processDetails(execId: string): Any {
@@ -116,7 +94,7 @@ function processSpec(spec: Any | undefined): Record<string, unknown> {
 
 export function tasksService(tasks: TaskManager, log: Logger): GrpcService {
   const l = log.child({ service: 'tasks' });
-  const implementation = {
+  const implementation: TasksServer = {
     create: unary(l, 'Create', async (req: CreateTaskRequest, call) => {
       const ctx = opContext(call);
       const { pid } = await tasks.create(ctx, {
@@ -133,9 +111,9 @@ export function tasksService(tasks: TaskManager, log: Logger): GrpcService {
     start: unary(l, 'Start', async (req: StartRequest, call) => ({
       pid: await tasks.start(opContext(call), req.containerId, req.execId),
     })),
-    delete: unary(l, 'Delete', async (req: DeleteTaskRequest, call) => deleteToPb(await tasks.delete(opContext(call), req.containerId))),
+    delete: unary(l, 'Delete', async (req: DeleteTaskRequest, call) => exitToPb(await tasks.delete(opContext(call), req.containerId))),
     deleteProcess: unary(l, 'DeleteProcess', async (req: DeleteProcessRequest, call) =>
-      deleteToPb(await tasks.deleteProcess(opContext(call), req.containerId, req.execId)),
+      exitToPb(await tasks.deleteProcess(opContext(call), req.containerId, req.execId)),
     ),
     get: unary(l, 'Get', (req: GetRequest, call) => ({
       process: processToPb(tasks.get(opContext(call), req.containerId, req.execId)),
@@ -191,9 +169,5 @@ export function tasksService(tasks: TaskManager, log: Logger): GrpcService {
       return { exitStatus: e.exitStatus, exitedAt: e.exitedAt };
     }),
   };
-  return {
-    definition: TasksService as unknown as grpc.ServiceDefinition,
-    implementation,
-    drain: () => tasks.cancelWaits(),
-  };
+  return grpcService<TasksServer>(TasksService, implementation, () => tasks.cancelWaits());
 }

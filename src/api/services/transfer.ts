@@ -3,45 +3,23 @@
  * daemon and stream their progress. Translation only: the work is in src/images/transfer.ts.
  */
 import type * as grpc from '@grpc/grpc-js';
-import {
-  TransferService,
-  type ExportRequest,
-  type ImportRequest,
-  type Progress as PbProgress,
-  type PullRequest,
-  type PushRequest,
-  type RegistryOptions,
-  type UnpackRequest,
-} from '../gen/strata/services/transfer/v1/transfer.js';
-import type { ImageTransfers, RegistryRequest } from '../../images/transfer.js';
+import { TransferService, type TransferServer, type ExportRequest, type ImportRequest, type Progress as PbProgress, type PullRequest, type PushRequest, type UnpackRequest } from '../gen/strata/services/transfer/v1/transfer.js';
+import type { ImageTransfers } from '../../images/transfer.js';
 import type { TransferProgress } from '../../images/fetch.js';
 import type { Logger } from '../../log/index.js';
 import { invalidArgument } from '../../core/errdefs.js';
-import { opContext, serverStream, type GrpcService } from '../call.js';
+import { opContext, serverStream, type GrpcService, grpcService } from '../call.js';
+import { progressToPb, registryFromPb } from '../convert.js';
 
-const toPb = (p: TransferProgress): PbProgress => ({
-  ref: p.ref,
-  kind: p.kind,
-  status: p.status,
-  offset: p.offset ?? 0,
-  total: p.total ?? 0,
-  detail: p.detail ?? '',
-});
 
-const registry = (r: RegistryOptions | undefined): RegistryRequest => ({
-  plainHttp: r?.plainHttp ?? false,
-  ...(r?.username || r?.secret ? { credentials: { username: r.username, secret: r.secret } } : {}),
-  ...(r?.hostsDir ? { hostsDir: r.hostsDir } : {}),
-  ...(r?.maxConcurrent ? { maxConcurrent: r.maxConcurrent } : {}),
-});
 
 export function transferService(transfers: ImageTransfers, log: Logger): GrpcService {
   const l = log.child({ service: 'transfer' });
   // Progress is advisory: it is queued on the stream without waiting, and dropped once the client is gone.
   const progressTo = (send: (m: PbProgress) => Promise<void>) => (p: TransferProgress) => {
-    send(toPb(p)).catch(() => undefined);
+    send(progressToPb(p)).catch(() => undefined);
   };
-  const implementation = {
+  const implementation: TransferServer = {
     pull: serverStream(l, 'Pull', async (req: PullRequest, send, call) => {
       if (!req.ref) throw invalidArgument('ref must be set');
       const r = await transfers.pull(
@@ -53,21 +31,21 @@ export function transferService(transfers: ImageTransfers, log: Logger): GrpcSer
           unpack: req.unpack,
           snapshotter: req.snapshotter,
           labels: req.labels,
-          registry: registry(req.registry),
+          registry: registryFromPb(req.registry),
         },
         progressTo(send),
       );
-      await send(toPb({ ref: r.image.name, kind: 'image', status: 'pulled', detail: r.image.target.digest }));
+      await send(progressToPb({ ref: r.image.name, kind: 'image', status: 'pulled', detail: r.image.target.digest }));
     }),
     push: serverStream(l, 'Push', async (req: PushRequest, send, call) => {
       if (!req.ref) throw invalidArgument('ref must be set');
       const root = await transfers.push(
         opContext(call).namespace,
         req.ref,
-        { image: req.image, platforms: req.platforms, registry: registry(req.registry) },
+        { image: req.image, platforms: req.platforms, registry: registryFromPb(req.registry) },
         progressTo(send),
       );
-      await send(toPb({ ref: req.ref, kind: 'image', status: 'pushed', detail: root.digest }));
+      await send(progressToPb({ ref: req.ref, kind: 'image', status: 'pushed', detail: root.digest }));
     }),
     import: serverStream(l, 'Import', async (req: ImportRequest, send, call) => {
       if (!req.path) throw invalidArgument('path must be set');
@@ -83,7 +61,7 @@ export function transferService(transfers: ImageTransfers, log: Logger): GrpcSer
         },
         progressTo(send),
       );
-      for (const i of images) await send(toPb({ ref: i.name, kind: 'image', status: 'imported', detail: i.target.digest }));
+      for (const i of images) await send(progressToPb({ ref: i.name, kind: 'image', status: 'imported', detail: i.target.digest }));
     }),
     export: serverStream(l, 'Export', async (req: ExportRequest, send, call) => {
       if (!req.path) throw invalidArgument('path must be set');
@@ -103,8 +81,8 @@ export function transferService(transfers: ImageTransfers, log: Logger): GrpcSer
         { snapshotter: req.snapshotter, platforms: req.platforms },
         progressTo(send),
       );
-      await send(toPb({ ref: req.image, kind: 'image', status: 'unpacked', detail: r.chainID }));
+      await send(progressToPb({ ref: req.image, kind: 'image', status: 'unpacked', detail: r.chainID }));
     }),
   };
-  return { definition: TransferService as unknown as grpc.ServiceDefinition, implementation };
+  return grpcService<TransferServer>(TransferService, implementation);
 }

@@ -4,7 +4,7 @@
  */
 import { PluginType, type PluginRegistration } from '../../plugin/index.js';
 import type { ProxyPluginConfig } from '../../config/index.js';
-import { ProxySnapshotter } from './index.js';
+import { ProxySnapshotter } from './snapshotter.js';
 
 export function proxyRegistrations(proxies: Record<string, ProxyPluginConfig>): PluginRegistration<unknown, Record<string, unknown>>[] {
   return Object.entries(proxies).map(([name, p]) => ({

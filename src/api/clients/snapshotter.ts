@@ -4,12 +4,12 @@
  * name the proxy is configured under, as containerd sends them; errors come back as StrataErrors.
  */
 import * as grpc from '@grpc/grpc-js';
-import { SnapshotsClient, type Info as PbInfo } from '../../api/gen/containerd/services/snapshots/v1/snapshots.js';
-import { toStrataError } from '../../api/client.js';
-import { NAMESPACE_HEADER } from '../../api/call.js';
-import { fromPbInfo, fromPbMount, toPbInfo } from '../../api/services/snapshots.js';
-import type { Info, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
+import { SnapshotsClient, type Info as PbInfo } from '../gen/containerd/services/snapshots/v1/snapshots.js';
+import { toStrataError } from './strata.js';
+import { NAMESPACE_HEADER } from '../call.js';
+import type { Info, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../../snapshots/types.js';
 import type { Mount } from '../../core/mount.js';
+import { mountFromPb, snapshotInfoToPb, snapshotInfoFromPb } from '../convert.js';
 
 type UnaryFn<Req, Res> = (req: Req, md: grpc.Metadata, opts: Partial<grpc.CallOptions>, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
 
@@ -45,13 +45,13 @@ export class ProxySnapshotter implements Snapshotter {
 
   async stat(key: string): Promise<Info> {
     const r = await this.call(this.client.stat, { snapshotter: this.name, key });
-    return fromPbInfo(r.info!);
+    return snapshotInfoFromPb(r.info!);
   }
 
   async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths: string[] = []): Promise<Info> {
-    const pb: PbInfo = toPbInfo({ ...info, kind: 'active', parent: '', created: new Date(0), updated: new Date(0) });
+    const pb: PbInfo = snapshotInfoToPb({ ...info, kind: 'active', parent: '', created: new Date(0), updated: new Date(0) });
     const r = await this.call(this.client.update, { snapshotter: this.name, info: pb, updateMask: fieldpaths });
-    return fromPbInfo(r.info!);
+    return snapshotInfoFromPb(r.info!);
   }
 
   async usage(key: string): Promise<Usage> {
@@ -60,17 +60,17 @@ export class ProxySnapshotter implements Snapshotter {
   }
 
   async mounts(key: string): Promise<Mount[]> {
-    return (await this.call(this.client.mounts, { snapshotter: this.name, key })).mounts.map(fromPbMount);
+    return (await this.call(this.client.mounts, { snapshotter: this.name, key })).mounts.map(mountFromPb);
   }
 
   async prepare(key: string, parent: string, opts: SnapshotOpts = {}): Promise<Mount[]> {
     const r = await this.call(this.client.prepare, { snapshotter: this.name, key, parent, labels: opts.labels ?? {} });
-    return r.mounts.map(fromPbMount);
+    return r.mounts.map(mountFromPb);
   }
 
   async view(key: string, parent: string, opts: SnapshotOpts = {}): Promise<Mount[]> {
     const r = await this.call(this.client.view, { snapshotter: this.name, key, parent, labels: opts.labels ?? {} });
-    return r.mounts.map(fromPbMount);
+    return r.mounts.map(mountFromPb);
   }
 
   async commit(name: string, key: string, opts: SnapshotOpts = {}): Promise<void> {
@@ -85,7 +85,7 @@ export class ProxySnapshotter implements Snapshotter {
     const stream = this.client.list({ snapshotter: this.name, filters }, this.metadata());
     try {
       for await (const batch of stream) {
-        for (const i of (batch as { info: PbInfo[] }).info) await fn(fromPbInfo(i));
+        for (const i of (batch as { info: PbInfo[] }).info) await fn(snapshotInfoFromPb(i));
       }
     } catch (err) {
       throw toStrataError(err);

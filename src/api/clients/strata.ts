@@ -5,29 +5,29 @@
 import * as grpc from '@grpc/grpc-js';
 import { once } from 'node:events';
 import type { Readable } from 'node:stream';
-import { fromGrpcStatus, StrataError } from '../core/errdefs.js';
+import { fromGrpcStatus, StrataError } from '../../core/errdefs.js';
 import {
   ContentService,
   WriteAction,
   type ContentClient,
   type WriteContentRequest,
   type WriteContentResponse,
-} from './gen/containerd/services/content/v1/content.js';
-import { encodeWriteContentRequest } from './wire.js';
-import { NamespacesClient } from './gen/containerd/services/namespaces/v1/namespaces.js';
-import { LeasesClient } from './gen/containerd/services/leases/v1/leases.js';
-import { SnapshotsClient } from './gen/containerd/services/snapshots/v1/snapshots.js';
-import { EventsClient } from './gen/containerd/services/events/v1/events.js';
-import { IntrospectionClient } from './gen/containerd/services/introspection/v1/introspection.js';
-import { VersionClient } from './gen/containerd/services/version/v1/version.js';
-import { HealthClient } from './gen/grpc/health/v1/health.js';
-import { ImagesClient } from './gen/containerd/services/images/v1/images.js';
-import { DiffClient } from './gen/containerd/services/diff/v1/diff.js';
-import { TransferClient } from './gen/strata/services/transfer/v1/transfer.js';
-import { ContainersClient } from './gen/containerd/services/containers/v1/containers.js';
-import { TasksClient } from './gen/containerd/services/tasks/v1/tasks.js';
-import { GCClient } from './gen/strata/services/gc/v1/gc.js';
-import { LEASE_HEADER, NAMESPACE_HEADER } from './call.js';
+} from '../gen/containerd/services/content/v1/content.js';
+import { encodeWriteContentRequest } from '../wire.js';
+import { NamespacesClient } from '../gen/containerd/services/namespaces/v1/namespaces.js';
+import { LeasesClient } from '../gen/containerd/services/leases/v1/leases.js';
+import { SnapshotsClient } from '../gen/containerd/services/snapshots/v1/snapshots.js';
+import { EventsClient } from '../gen/containerd/services/events/v1/events.js';
+import { IntrospectionClient } from '../gen/containerd/services/introspection/v1/introspection.js';
+import { VersionClient } from '../gen/containerd/services/version/v1/version.js';
+import { HealthClient } from '../gen/grpc/health/v1/health.js';
+import { ImagesClient } from '../gen/containerd/services/images/v1/images.js';
+import { DiffClient } from '../gen/containerd/services/diff/v1/diff.js';
+import { TransferClient } from '../gen/strata/services/transfer/v1/transfer.js';
+import { ContainersClient } from '../gen/containerd/services/containers/v1/containers.js';
+import { TasksClient } from '../gen/containerd/services/tasks/v1/tasks.js';
+import { GCClient } from '../gen/strata/services/gc/v1/gc.js';
+import { LEASE_HEADER, NAMESPACE_HEADER } from '../call.js';
 
 export interface ClientOptions {
   namespace?: string;
