@@ -4,7 +4,8 @@
  * A collection has two phases:
  *  1. under the lock, in one synchronous SQLite transaction (so no other call interleaves and a crash keeps all
  *     or nothing): read every record, mark from the roots, and delete expired leases (their resources go with
- *     them) and every unreachable content, ingest and snapshot record. This is the pause (pauseMs).
+ *     them) and every unreachable content, ingest and snapshot record. The metadata store runs the transaction,
+ *     reads and deletes (GCRecordStore.sweep); the mark decides what goes. This is the pause (pauseMs).
  *  2. outside it: remove the data no record accounts for any more, children before parents for snapshots,
  *     each removal re-checked right before it happens (src/gc/prune.ts). This pass also removes data that an
  *     earlier, interrupted collection left, so a second run finishes the job of one killed half way. A failure
@@ -14,8 +15,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { silentLogger, type Logger } from '../log/index.js';
-import type { MetadataStore } from '../metadata/index.js';
-import { loadRecords, RefGraph, type ContentRecord, type IngestRecord, type LeaseRecord, type SnapshotRecord } from './graph.js';
+import { leaseExpired, RefGraph } from './graph.js';
 import {
   contentKey,
   DataRefs,
@@ -28,20 +28,25 @@ import {
   snapshotKey,
   type Exclusions,
 } from './prune.js';
-import type { Collector, GCObject, GCRemoved, GCReport, GCWhy, Orphans } from './types.js';
+import type {
+  Collector,
+  ContentRecord,
+  GCMetadata,
+  GCObject,
+  GCRemoved,
+  GCReport,
+  GCWhy,
+  IngestRecord,
+  LeaseRecord,
+  Orphans,
+  SnapshotRecord,
+  SweepPlan,
+} from './types.js';
 
 export interface CollectorOptions {
   log?: Logger;
   /** The clock expiries are judged by (milliseconds since the epoch); Date.now by default. */
   now?: () => number;
-}
-
-/** What the mark leaves white. */
-interface SweepPlan {
-  expiredLeases: LeaseRecord[];
-  content: ContentRecord[];
-  ingests: IngestRecord[];
-  snapshots: SnapshotRecord[];
 }
 
 const contentObject = (c: ContentRecord): GCObject => ({ type: 'content', namespace: c.namespace, id: c.digest });
@@ -80,7 +85,7 @@ export class MetadataCollector implements Collector {
   private sinceFull = 0;
 
   constructor(
-    private readonly md: MetadataStore,
+    private readonly md: GCMetadata,
     opts: CollectorOptions = {},
   ) {
     this.log = opts.log ?? silentLogger;
@@ -92,9 +97,8 @@ export class MetadataCollector implements Collector {
   }
 
   async why(object: GCObject): Promise<GCWhy> {
-    const db = this.md.db;
     // A read transaction: the records and the mark see one state.
-    return db.transaction(() => new RefGraph(loadRecords(db, this.now())).mark().why(object))();
+    return this.md.gc.read(this.now, (records) => new RefGraph(records).mark().why(object));
   }
 
   prune(opts: { dryRun?: boolean } = {}): Promise<Orphans> {
@@ -107,35 +111,22 @@ export class MetadataCollector implements Collector {
     return run;
   }
 
-  /** Phase 1: mark, and unless dry, delete the white records. Synchronous from start to end. */
+  /**
+   * Phase 1: mark, and unless dry, delete the white records. Synchronous from start to end: the store reads the
+   * records and deletes what the mark leaves white in one transaction.
+   */
   private markAndSweep(dryRun: boolean): SweepPlan {
-    const db = this.md.db;
-    const tx = db.transaction((): SweepPlan => {
-      const records = loadRecords(db, this.now());
+    return this.md.gc.sweep(this.now, dryRun, (records) => {
       const graph = new RefGraph(records);
       const mark = graph.mark();
       const white = <T>(items: T[], nodes: number[]) => items.filter((_, i) => !mark.reachable(nodes[i]!));
-      const plan: SweepPlan = {
-        expiredLeases: records.leases.filter((l) => l.expired),
+      return {
+        expiredLeases: records.leases.filter((l) => leaseExpired(l, records.now)),
         content: white(records.content, graph.nodesOf.content),
         ingests: white(records.ingests, graph.nodesOf.ingests),
         snapshots: white(records.snapshots, graph.nodesOf.snapshots),
       };
-      if (!dryRun) {
-        // Lease resources go with their lease (ON DELETE CASCADE). Live leases name only reachable objects.
-        const delLease = db.prepare('DELETE FROM leases WHERE namespace = ? AND id = ?');
-        for (const l of plan.expiredLeases) delLease.run(l.namespace, l.id);
-        const delContent = db.prepare('DELETE FROM content WHERE namespace = ? AND digest = ?');
-        for (const c of plan.content) delContent.run(c.namespace, c.digest);
-        const delIngest = db.prepare('DELETE FROM ingests WHERE namespace = ? AND ref = ?');
-        for (const i of plan.ingests) delIngest.run(i.namespace, i.ref);
-        const delSnapshot = db.prepare('DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?');
-        for (const s of plan.snapshots) delSnapshot.run(s.namespace, s.snapshotter, s.key);
-      }
-      return plan;
     });
-    // A real sweep takes the write lock from the start (BEGIN IMMEDIATE); a dry run only reads.
-    return dryRun ? tx() : tx.immediate();
   }
 
   private async run(dryRun: boolean): Promise<GCReport> {

@@ -1,86 +1,16 @@
 /**
- * The reference graph of the metadata database and its mark (containerd's metadata/gc.go over SQLite).
+ * The reference graph of the metadata records and its mark (containerd's reference model, docs/gc.md).
  *
- * loadRecords() reads every row GC cares about, synchronously: the collector calls it inside the transaction
- * that also deletes what the mark leaves white, so nothing changes between the read and the sweep. RefGraph
- * turns the rows into nodes (content, ingests, snapshots, images, containers, leases; per namespace), roots and
- * edges, and
- * mark() is a breadth-first tricolour walk that remembers, for each object, the edge it was first reached by:
- * the same walk sweeps and explains (why()).
+ * The records come from src/metadata (GCRecordStore), read inside the transaction that also deletes what the
+ * mark leaves white, so nothing changes between the read and the sweep. RefGraph turns them into nodes
+ * (content, ingests, snapshots, images, containers, leases; per namespace), roots and edges, and mark() is a
+ * breadth-first tricolour walk that remembers, for each object, the edge it was first reached by: the same walk
+ * sweeps and explains (why()).
  *
  * Edges never cross namespaces: a label in namespace A naming a digest only namespace B records is a dead edge.
  */
-import { type DB } from '../core/sqlite.js';
-import { parseLabels } from '../core/labels.js';
-import type { GCEdge, GCObject, GCObjectType, GCWhy } from './types.js';
+import type { GCEdge, GCObject, GCObjectType, GCWhy, LeaseRecord, Records } from './types.js';
 import { LABEL_GC_ROOT, LABEL_GC_EXPIRE, LABEL_GC_FLAT, LABEL_GC_REF_CONTENT, LABEL_GC_REF_SNAPSHOT, LABEL_GC_BREF_CONTENT, LABEL_GC_BREF_IMAGE, LABEL_GC_BREF_CONTAINER, LABEL_GC_BREF_SNAPSHOT } from '../core/labels.js';
-
-
-export interface ContentRecord {
-  namespace: string;
-  digest: string;
-  size: number;
-  labels: Record<string, string>;
-}
-
-export interface IngestRecord {
-  namespace: string;
-  ref: string;
-  backendRef: string;
-  /** The blob an adopting ingest stands for (shared content policy), else null. */
-  sharedDigest: string | null;
-  /** Milliseconds since the epoch; null for an ingest under a lease (the lease keeps it). */
-  expiresAt: number | null;
-  createdAt: number;
-}
-
-export interface SnapshotRecord {
-  namespace: string;
-  snapshotter: string;
-  key: string;
-  backendKey: string;
-  parent: string;
-  kind: string;
-  labels: Record<string, string>;
-}
-
-export interface ImageRecord {
-  namespace: string;
-  name: string;
-  targetDigest: string;
-  labels: Record<string, string>;
-}
-
-export interface ContainerRecord {
-  namespace: string;
-  id: string;
-  snapshotter: string;
-  snapshotKey: string;
-  labels: Record<string, string>;
-}
-
-export interface LeaseRecord {
-  namespace: string;
-  id: string;
-  labels: Record<string, string>;
-  /** containerd.io/gc.expire is a valid time in the past. */
-  expired: boolean;
-  /** containerd.io/gc.flat is set. */
-  flat: boolean;
-  resources: { type: string; id: string }[];
-}
-
-/** Records as GC sees them: `labels` hold only the containerd.io/gc.* labels. */
-export interface Records {
-  /** The time expiries were judged against (milliseconds since the epoch). */
-  now: number;
-  content: ContentRecord[];
-  ingests: IngestRecord[];
-  snapshots: SnapshotRecord[];
-  images: ImageRecord[];
-  containers: ContainerRecord[];
-  leases: LeaseRecord[];
-}
 
 /** A time label's value in milliseconds, or undefined when absent or not a time (then it is ignored). */
 function timeLabel(labels: Record<string, string>, key: string): number | undefined {
@@ -90,103 +20,10 @@ function timeLabel(labels: Record<string, string>, key: string): number | undefi
   return Number.isNaN(t) ? undefined : t;
 }
 
-/**
- * The labels GC reads (containerd.io/gc.*): the JSON is parsed only when it mentions one, which most records'
- * labels (distribution sources, snapshot refs...) do not. Labels are written with JSON.stringify, which never
- * escapes these characters, so the substring test is exact.
- */
-function gcLabels(json: string): Record<string, string> {
-  if (!json.includes('containerd.io/gc.')) return {};
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(parseLabels(json))) if (k.startsWith('containerd.io/gc.')) out[k] = v;
-  return out;
-}
-
-/**
- * Reads every record the mark needs. Synchronous: call it inside the transaction that acts on the result.
- * Containers are read when their table exists (schema 4 on): each is a root, like an image.
- */
-export function loadRecords(db: DB, now: number): Records {
-  const content = (
-    db.prepare('SELECT namespace, digest, size, labels FROM content').all() as { namespace: string; digest: string; size: number; labels: string }[]
-  ).map((r) => ({ namespace: r.namespace, digest: r.digest, size: r.size, labels: gcLabels(r.labels) }));
-
-  const ingests = (
-    db.prepare('SELECT namespace, ref, backend_ref, shared_digest, expires_at, created_at FROM ingests').all() as {
-      namespace: string;
-      ref: string;
-      backend_ref: string;
-      shared_digest: string | null;
-      expires_at: number | null;
-      created_at: number;
-    }[]
-  ).map((r) => ({
-    namespace: r.namespace,
-    ref: r.ref,
-    backendRef: r.backend_ref,
-    sharedDigest: r.shared_digest,
-    expiresAt: r.expires_at,
-    createdAt: r.created_at,
-  }));
-
-  const snapshots = (
-    db.prepare('SELECT namespace, snapshotter, key, backend_key, parent, kind, labels FROM snapshots').all() as {
-      namespace: string;
-      snapshotter: string;
-      key: string;
-      backend_key: string;
-      parent: string;
-      kind: string;
-      labels: string;
-    }[]
-  ).map((r) => ({
-    namespace: r.namespace,
-    snapshotter: r.snapshotter,
-    key: r.key,
-    backendKey: r.backend_key,
-    parent: r.parent,
-    kind: r.kind,
-    labels: gcLabels(r.labels),
-  }));
-
-  const images = (
-    db.prepare('SELECT namespace, name, target_digest, labels FROM images').all() as { namespace: string; name: string; target_digest: string; labels: string }[]
-  ).map((r) => ({ namespace: r.namespace, name: r.name, targetDigest: r.target_digest, labels: gcLabels(r.labels) }));
-
-  const hasContainers = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'containers'").get() !== undefined;
-  const containers = hasContainers
-    ? (
-        db.prepare('SELECT namespace, id, snapshotter, snapshot_key, labels FROM containers').all() as {
-          namespace: string;
-          id: string;
-          snapshotter: string;
-          snapshot_key: string;
-          labels: string;
-        }[]
-      ).map((r) => ({ namespace: r.namespace, id: r.id, snapshotter: r.snapshotter, snapshotKey: r.snapshot_key, labels: gcLabels(r.labels) }))
-    : [];
-
-  const resources = new Map<string, { type: string; id: string }[]>();
-  for (const r of db.prepare('SELECT namespace, lease, type, id FROM lease_resources').all() as { namespace: string; lease: string; type: string; id: string }[]) {
-    const k = `${r.namespace}\0${r.lease}`;
-    let list = resources.get(k);
-    if (!list) resources.set(k, (list = []));
-    list.push({ type: r.type, id: r.id });
-  }
-  const leases = (db.prepare('SELECT namespace, id, labels FROM leases').all() as { namespace: string; id: string; labels: string }[]).map((r) => {
-    const labels = gcLabels(r.labels);
-    const expire = timeLabel(labels, LABEL_GC_EXPIRE);
-    return {
-      namespace: r.namespace,
-      id: r.id,
-      labels,
-      expired: expire !== undefined && expire < now,
-      flat: labels[LABEL_GC_FLAT] !== undefined,
-      resources: resources.get(`${r.namespace}\0${r.id}`) ?? [],
-    };
-  });
-
-  return { now, content, ingests, snapshots, images, containers, leases };
+/** A lease has expired when containerd.io/gc.expire is a valid time before `now`: it is deleted, and keeps nothing. */
+export function leaseExpired(lease: LeaseRecord, now: number): boolean {
+  const expire = timeLabel(lease.labels, LABEL_GC_EXPIRE);
+  return expire !== undefined && expire < now;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -342,13 +179,14 @@ export class RefGraph {
     images.forEach((n) => root(n, 'image'));
     containers.forEach((n) => root(n, 'container'));
     records.leases.forEach((l, i) => {
-      if (l.expired) return;
+      if (leaseExpired(l, now)) return;
       root(leases[i], 'lease not expired');
-      const reason = l.flat ? `lease ${l.id} (flat)` : `lease ${l.id}`;
+      const flat = l.labels[LABEL_GC_FLAT] !== undefined;
+      const reason = flat ? `lease ${l.id} (flat)` : `lease ${l.id}`;
       for (const r of l.resources) {
-        if (r.type === 'content') root(find(objectOf('content', l.namespace, r.id)), reason, l.flat);
+        if (r.type === 'content') root(find(objectOf('content', l.namespace, r.id)), reason, flat);
         else if (r.type === 'ingests') root(find(objectOf('ingest', l.namespace, r.id)), reason);
-        else if (r.type.startsWith('snapshots/')) root(find(objectOf('snapshot', l.namespace, r.id, r.type.slice('snapshots/'.length))), reason, l.flat);
+        else if (r.type.startsWith('snapshots/')) root(find(objectOf('snapshot', l.namespace, r.id, r.type.slice('snapshots/'.length))), reason, flat);
       }
     });
     const labelRoot = (n: number, labels: Record<string, string>) => {

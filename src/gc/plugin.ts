@@ -4,8 +4,7 @@
  * prune); the leases and images services use it for synchronous deletes, the GC service for everything.
  */
 import { PluginType, register } from '../plugin/index.js';
-import type { MetadataStore } from '../metadata/index.js';
-import { MetadataCollector } from './index.js';
+import { MetadataCollector, type GCPluginMetadata } from './index.js';
 import { Scheduler, schedulerDefaults, type SchedulerConfig } from './scheduler.js';
 
 register<Scheduler, SchedulerConfig>({
@@ -14,7 +13,8 @@ register<Scheduler, SchedulerConfig>({
   requires: [PluginType.Metadata],
   config: schedulerDefaults,
   init: (ic) => {
-    const md = ic.get<MetadataStore>(PluginType.Metadata, 'sqlite');
+    // Typed by what GC needs of it (src/metadata's MetadataStore implements GCPluginMetadata): gc never imports metadata.
+    const md = ic.get<GCPluginMetadata>(PluginType.Metadata, 'sqlite');
     const collector = new MetadataCollector(md, { log: ic.log });
     const scheduler = new Scheduler(collector, ic.config, { log: ic.log, nextExpiry: () => md.leases.nextExpiry() });
     const unsubscribe = md.onMutation((deletion) => scheduler.mutated(deletion));

@@ -19,8 +19,7 @@ import { existsSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { isNotFound, isUnavailable } from '../core/errdefs.js';
 import type { Logger } from '../log/index.js';
-import type { MetadataStore, NamespacedSnapshots } from '../metadata/index.js';
-import type { GCObject, Orphans } from './types.js';
+import type { GCMetadata, GCObject, GCSnapshots, Orphans } from './types.js';
 
 /**
  * Slack on the comparison of an ingest row's creation time with a blob's modification time (the commit stamps
@@ -44,54 +43,41 @@ export const leaseKey = (namespace: string, id: string) => `${namespace}\0${id}`
 const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err));
 
 /**
- * Whether records still account for a piece of data: synchronous queries, meant to run right before the
- * removal they guard. With exclusions (a dry run), the excluded records count as gone.
+ * Whether records still account for a piece of data: synchronous queries (the metadata store's), meant to run
+ * right before the removal they guard. With exclusions (a dry run), the excluded records count as gone.
  */
 export class DataRefs {
   /** Set when data without a record was kept only because an operation in progress may still record it. */
   heldInProgress = false;
   constructor(
-    private readonly md: MetadataStore,
+    private readonly md: GCMetadata,
     private readonly ex?: Exclusions,
   ) {}
 
-  private get db() {
-    return this.md.db;
-  }
-
   blobUsed(digest: string, mtimeMs: number): boolean {
     const ex = this.ex;
-    const rows = this.db.prepare('SELECT namespace FROM content WHERE digest = ?').all(digest) as { namespace: string }[];
-    if (rows.some((r) => !ex?.content.has(contentKey(r.namespace, digest)))) return true;
-    const leased = this.db
-      .prepare("SELECT namespace, lease FROM lease_resources WHERE type = 'content' AND id = ?")
-      .all(digest) as { namespace: string; lease: string }[];
-    if (leased.some((r) => !ex?.leases.has(leaseKey(r.namespace, r.lease)))) return true;
-    const adopting = this.db.prepare('SELECT namespace, ref FROM ingests WHERE shared_digest = ?').all(digest) as { namespace: string; ref: string }[];
-    if (adopting.some((r) => !ex?.ingests.has(ingestKey(r.namespace, r.ref)))) return true;
+    const records = this.md.gc;
+    if (records.contentNamespaces(digest).some((r) => !ex?.content.has(contentKey(r.namespace, digest)))) return true;
+    if (records.contentLeases(digest).some((r) => !ex?.leases.has(leaseKey(r.namespace, r.lease)))) return true;
+    if (records.adoptingIngests(digest).some((r) => !ex?.ingests.has(ingestKey(r.namespace, r.ref)))) return true;
     if (this.commitInProgress(mtimeMs)) return (this.heldInProgress = true);
     return false;
   }
 
   /** An ingest row at least as old as the blob whose data file is gone: possibly the commit of this blob. */
   private commitInProgress(mtimeMs: number): boolean {
-    const rows = this.db
-      .prepare('SELECT namespace, ref, backend_ref FROM ingests WHERE shared_digest IS NULL AND created_at <= ?')
-      .all(mtimeMs + CLOCK_SLACK_MS) as { namespace: string; ref: string; backend_ref: string }[];
+    const rows = this.md.gc.writingIngestsCreatedBy(mtimeMs + CLOCK_SLACK_MS);
     const local = this.md.content.local;
-    return rows.some((r) => !this.ex?.ingests.has(ingestKey(r.namespace, r.ref)) && !existsSync(join(local.ingestDir(r.backend_ref), 'data')));
+    return rows.some((r) => !this.ex?.ingests.has(ingestKey(r.namespace, r.ref)) && !existsSync(join(local.ingestDir(r.backendRef), 'data')));
   }
 
   ingestUsed(backendRef: string): boolean {
-    const rows = this.db.prepare('SELECT namespace, ref FROM ingests WHERE backend_ref = ?').all(backendRef) as { namespace: string; ref: string }[];
-    return rows.some((r) => !this.ex?.ingests.has(ingestKey(r.namespace, r.ref)));
+    return this.md.gc.ingestsWithBackendRef(backendRef).some((r) => !this.ex?.ingests.has(ingestKey(r.namespace, r.ref)));
   }
 
-  snapshotUsed(sn: NamespacedSnapshots, backendKey: string): boolean {
+  snapshotUsed(sn: GCSnapshots, backendKey: string): boolean {
     if (sn.pending.has(backendKey)) return (this.heldInProgress = true);
-    const rows = this.db
-      .prepare('SELECT namespace, key FROM snapshots WHERE snapshotter = ? AND backend_key = ?')
-      .all(sn.name, backendKey) as { namespace: string; key: string }[];
+    const rows = this.md.gc.snapshotsWithBackendKey(sn.name, backendKey);
     return rows.some((r) => !this.ex?.snapshots.has(snapshotKey(r.namespace, sn.name, r.key)));
   }
 
@@ -101,15 +87,16 @@ export class DataRefs {
    */
   blobsInUse(): Set<string> {
     const ex = this.ex;
+    const records = this.md.gc;
     const used = new Set<string>();
-    for (const r of this.db.prepare('SELECT namespace, digest FROM content').all() as { namespace: string; digest: string }[]) {
+    for (const r of records.contentKeys()) {
       if (!ex?.content.has(contentKey(r.namespace, r.digest))) used.add(r.digest);
     }
-    for (const r of this.db.prepare("SELECT namespace, lease, id FROM lease_resources WHERE type = 'content'").all() as { namespace: string; lease: string; id: string }[]) {
+    for (const r of records.leasedContent()) {
       if (!ex?.leases.has(leaseKey(r.namespace, r.lease))) used.add(r.id);
     }
-    for (const r of this.db.prepare('SELECT namespace, ref, shared_digest FROM ingests WHERE shared_digest IS NOT NULL').all() as { namespace: string; ref: string; shared_digest: string }[]) {
-      if (!ex?.ingests.has(ingestKey(r.namespace, r.ref))) used.add(r.shared_digest);
+    for (const r of records.adoptions()) {
+      if (!ex?.ingests.has(ingestKey(r.namespace, r.ref))) used.add(r.digest);
     }
     return used;
   }
@@ -130,7 +117,7 @@ export interface DataPassResult<K extends string = string> {
  * Blobs no record accounts for: each is checked again and unlinked synchronously, so a concurrent adoption
  * (which checks the file in its own transaction) never records a blob that is about to vanish.
  */
-export async function removeUnrecordedBlobs(md: MetadataStore, refs: DataRefs, opts: DataPassOptions): Promise<DataPassResult> {
+export async function removeUnrecordedBlobs(md: GCMetadata, refs: DataRefs, opts: DataPassOptions): Promise<DataPassResult> {
   const local = md.content.local;
   const out: DataPassResult = { removed: [], errors: [] };
   const blobs = await local.list();
@@ -157,7 +144,7 @@ export async function removeUnrecordedBlobs(md: MetadataStore, refs: DataRefs, o
 }
 
 /** Ingest directories (by backend ref) no ingest row accounts for. A locked one (a writer has it) stays. */
-export async function removeUnrecordedIngests(md: MetadataStore, refs: DataRefs, opts: DataPassOptions): Promise<DataPassResult> {
+export async function removeUnrecordedIngests(md: GCMetadata, refs: DataRefs, opts: DataPassOptions): Promise<DataPassResult> {
   const local = md.content.local;
   const out: DataPassResult = { removed: [], errors: [] };
   for (const st of await local.listStatuses()) {
@@ -190,7 +177,7 @@ export interface SnapshotPassResult extends DataPassResult {
  * backend key of a record just swept) that is reported as an error, else it waits for a later pass silently.
  */
 export async function removeUnrecordedSnapshots(
-  sn: NamespacedSnapshots,
+  sn: GCSnapshots,
   refs: DataRefs,
   opts: DataPassOptions & { mustGo?: Set<string> },
 ): Promise<SnapshotPassResult> {
@@ -277,7 +264,7 @@ export async function removeUnrecordedSnapshots(
  * record may be all that is left of something a client still expects, and removing it is a decision for the
  * client or the collector, not for a repair tool).
  */
-export async function findOrphans(md: MetadataStore, opts: DataPassOptions): Promise<Orphans> {
+export async function findOrphans(md: GCMetadata, opts: DataPassOptions): Promise<Orphans> {
   const refs = new DataRefs(md);
   const local = md.content.local;
   const orphans: Orphans = { blobs: [], ingests: [], snapshots: [], contentWithoutData: [], snapshotsWithoutData: [] };
@@ -311,21 +298,15 @@ export async function findOrphans(md: MetadataStore, opts: DataPassOptions): Pro
     }
 
     // Records whose backend snapshot is missing: not seen by the walk, not in progress, and confirmed by stat.
-    const rows = md.db
-      .prepare('SELECT namespace, key, backend_key FROM snapshots WHERE snapshotter = ? ORDER BY namespace, key')
-      .all(name) as { namespace: string; key: string; backend_key: string }[];
-    for (const r of rows) {
-      if (pass.seen.has(r.backend_key) || sn.pending.has(r.backend_key)) continue;
+    for (const r of md.gc.snapshotKeys(name)) {
+      if (pass.seen.has(r.backendKey) || sn.pending.has(r.backendKey)) continue;
       try {
-        await sn.backend.stat(r.backend_key);
+        await sn.backend.stat(r.backendKey);
         continue;
       } catch (err) {
         if (!isNotFound(err)) continue;
       }
-      const still = md.db
-        .prepare('SELECT 1 FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ? AND backend_key = ?')
-        .get(r.namespace, name, r.key, r.backend_key);
-      if (still && !sn.pending.has(r.backend_key)) {
+      if (md.gc.snapshotRecorded(r.namespace, name, r.key, r.backendKey) && !sn.pending.has(r.backendKey)) {
         const o: GCObject = { type: 'snapshot', namespace: r.namespace, snapshotter: name, id: r.key };
         orphans.snapshotsWithoutData.push(o);
       }
@@ -334,7 +315,7 @@ export async function findOrphans(md: MetadataStore, opts: DataPassOptions): Pro
 
   // Content rows whose blob file is missing (a row is inserted only after its blob is in place, and a blob is
   // unlinked only in the transaction that deletes its last row, so this is damage, not a race).
-  for (const r of md.db.prepare('SELECT namespace, digest FROM content ORDER BY namespace, digest').all() as { namespace: string; digest: string }[]) {
+  for (const r of md.gc.contentKeys()) {
     let present: boolean;
     try {
       present = statSync(local.blobPath(r.digest)).isFile();

@@ -216,10 +216,7 @@ export class NamespacedContainers {
     return new BoundContainerStore(this, requireNamespace(ctx.namespace));
   }
 
-  /**
-   * Every container record of a namespace, synchronously, ordered by id (for the garbage collector:
-   * containers are roots that keep `snapshotter`/`snapshotKey` and their labels' references alive).
-   */
+  /** Every container record of a namespace, synchronously, ordered by id (what list() filters). */
   listAll(namespace: string): Container[] {
     const rows = this.db.prepare(`SELECT ${COLUMNS} FROM containers WHERE namespace = ? ORDER BY id`).all(namespace) as ContainerRow[];
     return rows.map(toContainer);

@@ -118,12 +118,6 @@ export class NamespacedImages {
     return new BoundImageStore(this, requireNamespace(ctx.namespace));
   }
 
-  /** Every image record of a namespace (for the garbage collector: images are roots). */
-  listAll(namespace: string): Image[] {
-    const rows = this.db.prepare(`SELECT ${COLUMNS} FROM images WHERE namespace = ? ORDER BY name`).all(namespace) as ImageRow[];
-    return rows.map(toImage);
-  }
-
   /** Namespaces and names of the images whose target is `digest` (any namespace). */
   byTarget(digest: string): { namespace: string; name: string }[] {
     return this.db.prepare('SELECT namespace, name FROM images WHERE target_digest = ? ORDER BY namespace, name').all(digest) as {

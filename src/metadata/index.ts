@@ -1,7 +1,7 @@
 /**
- * The metadata store: one SQLite database holding namespaces, content records, ingests, leases, snapshot
- * records (per snapshotter, in front of each backend), images and containers. Callers get small stores, never
- * SQL: this folder owns the schema, including what the garbage collector reads and deletes.
+ * The metadata store: one SQLite database holding namespaces, content records, ingests, leases, snapshots,
+ * images and containers. Callers get small stores, never SQL; the garbage collector gets plain records and
+ * the queries it needs (gc.ts), since src/gc holds the algorithm only.
  */
 import type { LocalContentStore } from '../content/local.js';
 import { discardEvents, type EventPublisher } from '../events/types.js';
@@ -14,6 +14,8 @@ import { NamespacedSnapshots } from './snapshots.js';
 import { NamespacedImages } from './images.js';
 import { NamespacedContainers } from './containers.js';
 import type { Snapshotter } from '../snapshots/types.js';
+import type { GCPluginMetadata } from '../gc/types.js';
+import { MetadataGC } from './gc.js';
 
 export type { OpContext } from './context.js';
 export { requireNamespace } from './context.js';
@@ -25,12 +27,14 @@ export type { NamespacedSnapshots } from './snapshots.js';
 export type { NamespacedImages } from './images.js';
 export type { NamespacedContainers, Container, ContainerStore, ContainerInput, AnyValue } from './containers.js';
 
-export class MetadataStore {
+export class MetadataStore implements GCPluginMetadata {
   readonly namespaces: NamespaceStore;
   readonly leases: LeaseStore;
   readonly content: NamespacedContent;
   readonly images: NamespacedImages;
   readonly containers: NamespacedContainers;
+  /** What the garbage collector reads and deletes (src/gc's algorithm never sees SQL). */
+  readonly gc: MetadataGC;
   private readonly numbers: UniqueNumbers;
   /** The namespaced view of each snapshotter, by name. */
   readonly snapshotters = new Map<string, NamespacedSnapshots>();
@@ -48,6 +52,7 @@ export class MetadataStore {
     this.content = new NamespacedContent(db, local, this.namespaces, this.leases, events, this.numbers, notify);
     this.images = new NamespacedImages(db, this.namespaces, events, notify);
     this.containers = new NamespacedContainers(db, this.namespaces, events, notify);
+    this.gc = new MetadataGC(db);
   }
 
   private readonly mutationListeners = new Set<(deletion: boolean) => void>();
