@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"io/ioutil"
 	"os"
 	"path/filepath"
@@ -218,7 +219,8 @@ func (b *bench) content(ctx context.Context, size int64) result {
 	must(err)
 	desc := ocispec.Descriptor{MediaType: "application/octet-stream", Digest: digest.FromBytes(data), Size: size}
 	start := time.Now()
-	must(content.WriteBlob(ctx, cs, b.key("blob"), bytes.NewReader(data), desc))
+	// A plain reader (no WriterTo), so content.Copy sends 1 MiB writes as a client streaming a download does.
+	must(content.WriteBlob(ctx, cs, b.key("blob"), struct{ io.Reader }{bytes.NewReader(data)}, desc))
 	write := time.Since(start)
 	ra, err := cs.ReaderAt(ctx, desc)
 	must(err)
