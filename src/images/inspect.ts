@@ -1,7 +1,8 @@
 /**
  * Questions about a stored image that `image ls` and `image check` ask, as containerd's images package
- * answers them: which platforms it has, its size for a platform, and which of its blobs are present. Written
- * over a blob reader so the CLI can ask through the content API and the daemon through its store.
+ * answers them: which platforms it has, and which blobs it needs for a platform (their sizes add up to
+ * containerd's image.Size) and which of those are present. Written over a blob reader so the CLI can ask
+ * through the content API and the daemon through its store.
  */
 import { isNotFound } from '../core/errdefs.js';
 import { children, isIndexType, isManifestType, parseConfig } from './manifest.js';
@@ -67,12 +68,6 @@ export async function requiredDescriptors(
   };
   await visit(target);
   return { required, missing, complete };
-}
-
-/** containerd's image.Size: the sum of every descriptor the platform needs (root, manifest, config, layers). */
-export async function imageSize(read: BlobReader, target: Descriptor, platform: Platform): Promise<number> {
-  const { required } = await requiredDescriptors(read, target, platform);
-  return required.reduce((n, d) => n + d.size, 0);
 }
 
 /** Go's humanize as containerd's progress.Bytes prints sizes: "%02.1f <unit>" in powers of 1024. */

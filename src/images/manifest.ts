@@ -244,15 +244,6 @@ export function parseConfig(bytes: Uint8Array | string): ImageConfig {
   return { ...doc, rootfs: { ...(rootfs as Json), type: String((rootfs as Json)['type'] ?? 'layers'), diff_ids: diffIDs } } as ImageConfig;
 }
 
-/** The platform an image config describes (os, architecture, variant, os.version, os.features). */
-export function configPlatform(config: ImageConfig): Platform {
-  const p: Platform = { os: config.os, architecture: config.architecture };
-  if (config.variant) p.variant = config.variant;
-  if (config['os.version']) p['os.version'] = config['os.version'];
-  if (config['os.features']) p['os.features'] = config['os.features'];
-  return p;
-}
-
 // ---------------------------------------------------------------- structure
 
 /**
