@@ -5,8 +5,8 @@
  * through the content API and the daemon through its store.
  */
 import { isNotFound } from '../core/errdefs.js';
-import { children, isIndexType, isManifestType, parseConfig } from './manifest.js';
-import { platformMatcher, platformOrder } from './platforms.js';
+import { children, isIndexType, isManifestType, matchingManifests, parseConfig } from './manifest.js';
+import { platformMatcher } from './platforms.js';
 import type { Descriptor, Platform } from '../core/descriptor.js';
 
 /** Reads a (small, JSON) blob whole; rejects with 'not found' when it is missing. */
@@ -42,7 +42,6 @@ export async function requiredDescriptors(
   platform: Platform,
 ): Promise<{ required: Descriptor[]; missing: Descriptor[]; complete: boolean }> {
   const match = platformMatcher(platform);
-  const order = platformOrder(platform);
   const required: Descriptor[] = [];
   const missing: Descriptor[] = [];
   let complete = true;
@@ -59,11 +58,7 @@ export async function requiredDescriptors(
       return;
     }
     let kids = children(desc, raw);
-    if (isIndexType(desc.mediaType)) {
-      const manifests = kids.filter((k) => !k.platform || match(k.platform));
-      manifests.sort((a, b) => (a.platform && b.platform ? order(a.platform, b.platform) : 0));
-      kids = manifests.slice(0, 1);
-    }
+    if (isIndexType(desc.mediaType)) kids = matchingManifests(kids, match).slice(0, 1);
     for (const k of kids) await visit(k);
   };
   await visit(target);

@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import { isValidDigest } from '../content/digest.js';
 import { invalidArgument, notFound } from '../core/errdefs.js';
-import { allPlatforms, normalizePlatform, type PlatformMatcher } from './platforms.js';
+import { allPlatforms, formatPlatform, normalizePlatform, platformMatcher, type PlatformMatcher } from './platforms.js';
 import { MediaTypeDockerConfig, MediaTypeDockerManifest, MediaTypeDockerManifestList, MediaTypeOCIConfig, MediaTypeOCIIndex, MediaTypeOCIManifest } from './types.js';
 import { LABEL_GC_REF_CONTENT } from '../core/labels.js';
 import { type Descriptor, type Platform } from '../core/descriptor.js';
@@ -313,6 +313,41 @@ export function gcRefLabels(_desc: Pick<Descriptor, 'mediaType'> | undefined, ki
 
 // ---------------------------------------------------------------- resolution
 
+/**
+ * The one manifest selection: the entries of an index that `matcher` accepts, best first, as containerd's
+ * FilterPlatforms then LimitManifests order them. Entries without a platform are kept (resolveManifest checks
+ * their config) and sort after every entry with one; the others by `matcher.compare`, ties in index order.
+ * The comparator is a total order (a platform-less entry is never "equal" to a platformed one), so the
+ * stable sort gives containerd's sort.SliceStable result.
+ */
+export function matchingManifests(manifests: readonly Descriptor[], matcher: PlatformMatcher): Descriptor[] {
+  return manifests
+    .filter((d) => !d.platform || matcher(d.platform))
+    .sort((a, b) => {
+      if (!a.platform) return b.platform ? 1 : 0;
+      if (!b.platform) return -1;
+      return matcher.compare(a.platform, b.platform);
+    });
+}
+
+/**
+ * The manifests of an index to fetch for `platforms`: the best match (matchingManifests) for each, each once,
+ * in platform order; every entry when `all`.
+ * @throws not found "no match for platform in manifest: <platforms>" when none matches.
+ */
+export function selectManifests(index: Descriptor[], platforms: Platform[], all: boolean): Descriptor[] {
+  if (all) return index;
+  const chosen: Descriptor[] = [];
+  for (const p of platforms) {
+    const best = matchingManifests(index, platformMatcher(p))[0];
+    if (best && !chosen.includes(best)) chosen.push(best);
+  }
+  if (chosen.length === 0) {
+    throw notFound(`no match for platform in manifest: ${platforms.map(formatPlatform).join(', ')}`);
+  }
+  return chosen;
+}
+
 /** Reads a whole blob (a content store reader, an archive, ...). */
 export type BlobReader = (desc: Descriptor) => Promise<Uint8Array>;
 
@@ -345,17 +380,7 @@ export async function resolveManifest(
       return;
     }
     if (isIndexType(desc.mediaType)) {
-      const idx = parseIndex(await read(desc));
-      let descs = idx.manifests.filter((d) => !d.platform || matcher(d.platform));
-      descs = descs
-        .map((d, i) => ({ d, i }))
-        .sort((a, b) => {
-          if (!a.d.platform && !b.d.platform) return a.i - b.i;
-          if (!a.d.platform) return 1;
-          if (!b.d.platform) return -1;
-          return matcher.compare(a.d.platform, b.d.platform) || a.i - b.i;
-        })
-        .map((x) => x.d);
+      let descs = matchingManifests(parseIndex(await read(desc)).manifests, matcher);
       wasIndex = true;
       // containerd keeps only the best candidate of an index when a platform is given.
       if (matcher !== allPlatforms) descs = descs.slice(0, 1);

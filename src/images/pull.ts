@@ -12,8 +12,8 @@ import type { ContentStore } from '../content/types.js';
 import type { Applier } from '../diff/types.js';
 import type { Snapshotter } from '../snapshots/types.js';
 import { fetchBlob, readJsonBlob, type ObjectKind, type ProgressFn } from './fetch.js';
-import { children, gcRefLabels, isIndexType, isManifestType, parseConfig, parseIndex, parseManifest } from './manifest.js';
-import { defaultPlatform, formatPlatform, platformMatcher, platformOrder } from './platforms.js';
+import { children, gcRefLabels, isIndexType, isManifestType, parseConfig, parseIndex, parseManifest, selectManifests } from './manifest.js';
+import { defaultPlatform } from './platforms.js';
 import type { Fetcher, Resolver } from './remote/types.js';
 import { parseReference } from './remote/reference.js';
 import { LABEL_DISTRIBUTION_SOURCE } from '../core/labels.js';
@@ -48,24 +48,6 @@ export interface PullOptions {
 export interface PullResult {
   image: Image;
   unpacked?: UnpackResult;
-}
-
-/** The manifests of `root` to fetch for `platforms` (the best match for each), or every one. */
-export function selectManifests(index: Descriptor[], platforms: Platform[], all: boolean): Descriptor[] {
-  if (all) return index;
-  const chosen: Descriptor[] = [];
-  for (const p of platforms) {
-    const match = platformMatcher(p);
-    const order = platformOrder(p);
-    const candidates = index.filter((d) => !d.platform || match(d.platform));
-    candidates.sort((a, b) => (a.platform && b.platform ? order(a.platform, b.platform) : 0));
-    const best = candidates[0];
-    if (best && !chosen.includes(best)) chosen.push(best);
-  }
-  if (chosen.length === 0) {
-    throw notFound(`no match for platform in manifest: ${platforms.map(formatPlatform).join(', ')}`);
-  }
-  return chosen;
 }
 
 interface Walked {

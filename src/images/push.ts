@@ -7,8 +7,7 @@
 import { notFound } from '../core/errdefs.js';
 import type { ContentStore } from '../content/types.js';
 import { readJsonBlob, type ProgressFn } from './fetch.js';
-import { children, isIndexType, isManifestType } from './manifest.js';
-import { selectManifests } from './pull.js';
+import { children, isIndexType, isManifestType, selectManifests } from './manifest.js';
 import type { Resolver } from './remote/types.js';
 import { parseReference } from './remote/reference.js';
 import { LABEL_DISTRIBUTION_SOURCE } from '../core/labels.js';
