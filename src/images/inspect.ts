@@ -5,12 +5,10 @@
  * through the content API and the daemon through its store.
  */
 import { isNotFound } from '../core/errdefs.js';
+import type { BlobReader } from './blob.js';
 import { children, isIndexType, isManifestType, matchingManifests, parseConfig } from './manifest.js';
 import { platformMatcher } from './platforms.js';
 import type { Descriptor, Platform } from '../core/descriptor.js';
-
-/** Reads a (small, JSON) blob whole; rejects with 'not found' when it is missing. */
-export type BlobReader = (desc: Descriptor) => Promise<Buffer>;
 
 /** Every platform the image has: from index entries, or from the config of a single manifest. */
 export async function imagePlatforms(read: BlobReader, target: Descriptor): Promise<Platform[]> {
@@ -48,7 +46,7 @@ export async function requiredDescriptors(
   const visit = async (desc: Descriptor): Promise<void> => {
     required.push(desc);
     if (!isIndexType(desc.mediaType) && !isManifestType(desc.mediaType)) return;
-    let raw: Buffer;
+    let raw: Uint8Array;
     try {
       raw = await read(desc);
     } catch (err) {

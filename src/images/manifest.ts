@@ -9,6 +9,7 @@
  * schema 1 `fsLayers`), as containerd's validateMediaType does. Every failure is 'invalid argument'.
  */
 import { createHash } from 'node:crypto';
+import type { BlobReader } from './blob.js';
 import { isValidDigest } from '../content/digest.js';
 import { invalidArgument, notFound } from '../core/errdefs.js';
 import { allPlatforms, formatPlatform, normalizePlatform, platformMatcher, type PlatformMatcher } from './platforms.js';
@@ -347,9 +348,6 @@ export function selectManifests(index: Descriptor[], platforms: Platform[], all:
   }
   return chosen;
 }
-
-/** Reads a whole blob (a content store reader, an archive, ...). */
-export type BlobReader = (desc: Descriptor) => Promise<Uint8Array>;
 
 /**
  * containerd's images.Manifest: the manifest of `root` for the platforms `matcher` accepts. An index is walked

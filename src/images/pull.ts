@@ -11,7 +11,8 @@ import { notFound } from '../core/errdefs.js';
 import type { ContentStore } from '../content/types.js';
 import type { Applier } from '../diff/types.js';
 import type { Snapshotter } from '../snapshots/types.js';
-import { fetchBlob, readJsonBlob, type ObjectKind, type ProgressFn } from './fetch.js';
+import { readBlob } from './blob.js';
+import { fetchBlob, type ObjectKind, type ProgressFn } from './fetch.js';
 import { children, gcRefLabels, isIndexType, isManifestType, parseConfig, parseIndex, parseManifest, selectManifests } from './manifest.js';
 import { defaultPlatform } from './platforms.js';
 import type { Fetcher, Resolver } from './remote/types.js';
@@ -84,7 +85,7 @@ export async function pull(resolver: Resolver, ref: string, svc: ImageServices, 
   const visit = async (desc: Descriptor): Promise<void> => {
     if (isIndexType(desc.mediaType)) {
       await fetch(desc, 'index');
-      const index = parseIndex(await readJsonBlob(svc.content, desc));
+      const index = parseIndex(await readBlob(svc.content, desc));
       const selected = selectManifests(index.manifests, platforms, opts.allPlatforms ?? false);
       await labelChildren(svc.content, desc, selected);
       for (const m of selected) await visit(m);
@@ -92,7 +93,7 @@ export async function pull(resolver: Resolver, ref: string, svc: ImageServices, 
     }
     if (isManifestType(desc.mediaType)) {
       await fetch(desc, 'manifest');
-      const raw = await readJsonBlob(svc.content, desc);
+      const raw = await readBlob(svc.content, desc);
       const manifest = parseManifest(raw);
       // The config first (the unpacker needs its diffIDs), then every layer: downloads are served in the
       // order they queue for the concurrency limit, so a config queued behind the layers would hold the
@@ -112,7 +113,7 @@ export async function pull(resolver: Resolver, ref: string, svc: ImageServices, 
     let unpacked: UnpackResult | undefined;
     if (opts.unpack && walked.manifests.length > 0) {
       const target = walked.manifests[0]!;
-      const config = parseConfig(await readJsonBlob(svc.content, target.config));
+      const config = parseConfig(await readBlob(svc.content, target.config));
       unpacked = await unpackLayers(
         opts.unpack.snapshotter,
         opts.unpack.applier,

@@ -31,7 +31,8 @@ import { defaultPlatform, platformMatcherOrdered, platformMatcherStrict, type Pl
 import { familiarName } from '../remote/reference.js';
 import { ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME } from '../types.js';
 import { type Descriptor, type Platform } from '../../core/descriptor.js';
-import { descriptorJson, ociReferenceName, readBlob } from './common.js';
+import { readBlob } from '../blob.js';
+import { descriptorJson, ociReferenceName } from './common.js';
 
 export interface ExportOptions {
   /** One platform (ctr image export --platform). */
