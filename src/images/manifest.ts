@@ -1,7 +1,8 @@
 /**
  * OCI / Docker schema 2 documents: typed parsing of manifests, indexes and image configs, media type
- * predicates, the children of a blob, chain IDs, containerd's gc.ref labels for a parent blob, and manifest
- * resolution for a platform (containerd's images.Manifest).
+ * predicates, the children of a blob, chain IDs, containerd's gc.ref labels for a parent blob, the one
+ * selection of an index's manifests for a platform (matchingManifests: every caller, from pull to export, uses
+ * it), and manifest resolution for a platform (containerd's images.Manifest).
  *
  * Parsing is strict about shape (every descriptor needs a string mediaType, a valid digest and a
  * non-negative integer size; a manifest needs a config; an index needs manifests) and rejects documents whose
