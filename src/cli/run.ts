@@ -26,7 +26,8 @@ import type { StrataClient } from '../api/clients/strata.js';
 import type { Image as PbImage } from '../api/gen/containerd/services/images/v1/images.js';
 import type { Mount } from '../api/gen/containerd/types/mount.js';
 import { isNotFound } from '../core/errdefs.js';
-import { requiredDescriptors, type BlobReader } from '../images/inspect.js';
+import { checkDocumentSize, type BlobReader } from '../images/blob.js';
+import { requiredDescriptors } from '../images/inspect.js';
 import { chainIDs, isConfigType, parseConfig, type ImageConfig } from '../images/manifest.js';
 import { defaultPlatform, formatPlatform, parsePlatform } from '../images/platforms.js';
 import type { Descriptor } from '../core/descriptor.js';
@@ -53,8 +54,10 @@ export const list = (values: Values, key: string): string[] => {
 
 export const snapshotterOf = (values: Values): string => str(values, 'snapshotter') ?? (process.env.CONTAINERD_SNAPSHOTTER || 'overlayfs');
 
+/** The CLI's BlobReader: a whole blob through the content API, under the daemon's cap on documents. */
 export function blobReader(c: StrataClient): BlobReader {
   return async (desc) => {
+    checkDocumentSize(desc.digest, desc.size);
     const chunks: Buffer[] = [];
     for await (const b of c.readBlob(desc.digest)) chunks.push(b);
     return Buffer.concat(chunks);

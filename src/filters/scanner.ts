@@ -22,20 +22,6 @@ export interface ScannedToken {
   text: string;
 }
 
-const tokenNames: Record<number, string> = {
-  [tokenEOF]: 'EOF',
-  [tokenQuoted]: 'Quoted',
-  [tokenValue]: 'Value',
-  [tokenField]: 'Field',
-  [tokenSeparator]: 'Separator',
-  [tokenOperator]: 'Operator',
-  [tokenIllegal]: 'Illegal',
-};
-
-export function tokenName(t: Token): string {
-  return tokenNames[t] ?? String.fromCodePoint(t);
-}
-
 export class Scanner {
   readonly input: string;
   /** Start of the character most recently read. */

@@ -31,9 +31,6 @@ export const ingestRef = (kind: ObjectKind, digest: string) => `${kind}-${digest
 /** How often (bytes) downloading progress is reported. */
 const PROGRESS_EVERY = 1 << 20;
 
-/** Largest manifest, index or config read into memory. */
-export const MAX_JSON_BLOB = 16 << 20;
-
 export async function hasBlob(content: ContentStore, digest: string): Promise<boolean> {
   try {
     await content.info(digest);
@@ -137,12 +134,4 @@ async function mergeLabels(content: ContentStore, digest: string, labels: Record
   const keys = Object.keys(labels);
   if (keys.length === 0) return;
   await content.update({ digest, labels }, keys.map((k) => `labels.${k}`));
-}
-
-/** Reads a small JSON blob (manifest, index, config) whole. */
-export async function readJsonBlob(content: ContentStore, desc: Descriptor): Promise<Buffer> {
-  if (desc.size > MAX_JSON_BLOB) throw invalidArgument(`${desc.mediaType} ${desc.digest} is ${desc.size} bytes; at most ${MAX_JSON_BLOB} are read`);
-  const chunks: Buffer[] = [];
-  for await (const c of await content.read(desc.digest)) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
 }

@@ -1,15 +1,14 @@
 /**
  * Questions about a stored image that `image ls` and `image check` ask, as containerd's images package
- * answers them: which platforms it has, its size for a platform, and which of its blobs are present. Written
- * over a blob reader so the CLI can ask through the content API and the daemon through its store.
+ * answers them: which platforms it has, and which blobs it needs for a platform (their sizes add up to
+ * containerd's image.Size) and which of those are present. Written over a blob reader so the CLI can ask
+ * through the content API and the daemon through its store.
  */
 import { isNotFound } from '../core/errdefs.js';
-import { children, isIndexType, isManifestType, parseConfig } from './manifest.js';
-import { platformMatcher, platformOrder } from './platforms.js';
+import type { BlobReader } from './blob.js';
+import { children, isIndexType, isManifestType, matchingManifests, parseConfig } from './manifest.js';
+import { platformMatcher } from './platforms.js';
 import type { Descriptor, Platform } from '../core/descriptor.js';
-
-/** Reads a (small, JSON) blob whole; rejects with 'not found' when it is missing. */
-export type BlobReader = (desc: Descriptor) => Promise<Buffer>;
 
 /** Every platform the image has: from index entries, or from the config of a single manifest. */
 export async function imagePlatforms(read: BlobReader, target: Descriptor): Promise<Platform[]> {
@@ -41,14 +40,13 @@ export async function requiredDescriptors(
   platform: Platform,
 ): Promise<{ required: Descriptor[]; missing: Descriptor[]; complete: boolean }> {
   const match = platformMatcher(platform);
-  const order = platformOrder(platform);
   const required: Descriptor[] = [];
   const missing: Descriptor[] = [];
   let complete = true;
   const visit = async (desc: Descriptor): Promise<void> => {
     required.push(desc);
     if (!isIndexType(desc.mediaType) && !isManifestType(desc.mediaType)) return;
-    let raw: Buffer;
+    let raw: Uint8Array;
     try {
       raw = await read(desc);
     } catch (err) {
@@ -58,21 +56,11 @@ export async function requiredDescriptors(
       return;
     }
     let kids = children(desc, raw);
-    if (isIndexType(desc.mediaType)) {
-      const manifests = kids.filter((k) => !k.platform || match(k.platform));
-      manifests.sort((a, b) => (a.platform && b.platform ? order(a.platform, b.platform) : 0));
-      kids = manifests.slice(0, 1);
-    }
+    if (isIndexType(desc.mediaType)) kids = matchingManifests(kids, match).slice(0, 1);
     for (const k of kids) await visit(k);
   };
   await visit(target);
   return { required, missing, complete };
-}
-
-/** containerd's image.Size: the sum of every descriptor the platform needs (root, manifest, config, layers). */
-export async function imageSize(read: BlobReader, target: Descriptor, platform: Platform): Promise<number> {
-  const { required } = await requiredDescriptors(read, target, platform);
-  return required.reduce((n, d) => n + d.size, 0);
 }
 
 /** Go's humanize as containerd's progress.Bytes prints sizes: "%02.1f <unit>" in powers of 1024. */

@@ -1,7 +1,8 @@
 /**
  * OCI / Docker schema 2 documents: typed parsing of manifests, indexes and image configs, media type
- * predicates, the children of a blob, chain IDs, containerd's gc.ref labels for a parent blob, and manifest
- * resolution for a platform (containerd's images.Manifest).
+ * predicates, the children of a blob, chain IDs, containerd's gc.ref labels for a parent blob, the one
+ * selection of an index's manifests for a platform (matchingManifests: every caller, from pull to export, uses
+ * it), and manifest resolution for a platform (containerd's images.Manifest).
  *
  * Parsing is strict about shape (every descriptor needs a string mediaType, a valid digest and a
  * non-negative integer size; a manifest needs a config; an index needs manifests) and rejects documents whose
@@ -9,9 +10,10 @@
  * schema 1 `fsLayers`), as containerd's validateMediaType does. Every failure is 'invalid argument'.
  */
 import { createHash } from 'node:crypto';
+import type { BlobReader } from './blob.js';
 import { isValidDigest } from '../content/digest.js';
 import { invalidArgument, notFound } from '../core/errdefs.js';
-import { allPlatforms, normalizePlatform, type PlatformMatcher } from './platforms.js';
+import { allPlatforms, formatPlatform, normalizePlatform, platformMatcher, type PlatformMatcher } from './platforms.js';
 import { MediaTypeDockerConfig, MediaTypeDockerManifest, MediaTypeDockerManifestList, MediaTypeOCIConfig, MediaTypeOCIIndex, MediaTypeOCIManifest } from './types.js';
 import { LABEL_GC_REF_CONTENT } from '../core/labels.js';
 import { type Descriptor, type Platform } from '../core/descriptor.js';
@@ -244,15 +246,6 @@ export function parseConfig(bytes: Uint8Array | string): ImageConfig {
   return { ...doc, rootfs: { ...(rootfs as Json), type: String((rootfs as Json)['type'] ?? 'layers'), diff_ids: diffIDs } } as ImageConfig;
 }
 
-/** The platform an image config describes (os, architecture, variant, os.version, os.features). */
-export function configPlatform(config: ImageConfig): Platform {
-  const p: Platform = { os: config.os, architecture: config.architecture };
-  if (config.variant) p.variant = config.variant;
-  if (config['os.version']) p['os.version'] = config['os.version'];
-  if (config['os.features']) p['os.features'] = config['os.features'];
-  return p;
-}
-
 // ---------------------------------------------------------------- structure
 
 /**
@@ -322,8 +315,40 @@ export function gcRefLabels(_desc: Pick<Descriptor, 'mediaType'> | undefined, ki
 
 // ---------------------------------------------------------------- resolution
 
-/** Reads a whole blob (a content store reader, an archive, ...). */
-export type BlobReader = (desc: Descriptor) => Promise<Uint8Array>;
+/**
+ * The one manifest selection: the entries of an index that `matcher` accepts, best first, as containerd's
+ * FilterPlatforms then LimitManifests order them. Entries without a platform are kept (resolveManifest checks
+ * their config) and sort after every entry with one; the others by `matcher.compare`, ties in index order.
+ * The comparator is a total order (a platform-less entry is never "equal" to a platformed one), so the
+ * stable sort gives containerd's sort.SliceStable result.
+ */
+export function matchingManifests(manifests: readonly Descriptor[], matcher: PlatformMatcher): Descriptor[] {
+  return manifests
+    .filter((d) => !d.platform || matcher(d.platform))
+    .sort((a, b) => {
+      if (!a.platform) return b.platform ? 1 : 0;
+      if (!b.platform) return -1;
+      return matcher.compare(a.platform, b.platform);
+    });
+}
+
+/**
+ * The manifests of an index to fetch for `platforms`: the best match (matchingManifests) for each, each once,
+ * in platform order; every entry when `all`.
+ * @throws not found "no match for platform in manifest: <platforms>" when none matches.
+ */
+export function selectManifests(index: Descriptor[], platforms: Platform[], all: boolean): Descriptor[] {
+  if (all) return index;
+  const chosen: Descriptor[] = [];
+  for (const p of platforms) {
+    const best = matchingManifests(index, platformMatcher(p))[0];
+    if (best && !chosen.includes(best)) chosen.push(best);
+  }
+  if (chosen.length === 0) {
+    throw notFound(`no match for platform in manifest: ${platforms.map(formatPlatform).join(', ')}`);
+  }
+  return chosen;
+}
 
 /**
  * containerd's images.Manifest: the manifest of `root` for the platforms `matcher` accepts. An index is walked
@@ -354,17 +379,7 @@ export async function resolveManifest(
       return;
     }
     if (isIndexType(desc.mediaType)) {
-      const idx = parseIndex(await read(desc));
-      let descs = idx.manifests.filter((d) => !d.platform || matcher(d.platform));
-      descs = descs
-        .map((d, i) => ({ d, i }))
-        .sort((a, b) => {
-          if (!a.d.platform && !b.d.platform) return a.i - b.i;
-          if (!a.d.platform) return 1;
-          if (!b.d.platform) return -1;
-          return matcher.compare(a.d.platform, b.d.platform) || a.i - b.i;
-        })
-        .map((x) => x.d);
+      let descs = matchingManifests(parseIndex(await read(desc)).manifests, matcher);
       wasIndex = true;
       // containerd keeps only the best candidate of an index when a platform is given.
       if (matcher !== allPlatforms) descs = descs.slice(0, 1);

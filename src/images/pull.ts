@@ -11,9 +11,10 @@ import { notFound } from '../core/errdefs.js';
 import type { ContentStore } from '../content/types.js';
 import type { Applier } from '../diff/types.js';
 import type { Snapshotter } from '../snapshots/types.js';
-import { fetchBlob, readJsonBlob, type ObjectKind, type ProgressFn } from './fetch.js';
-import { children, gcRefLabels, isIndexType, isManifestType, parseConfig, parseIndex, parseManifest } from './manifest.js';
-import { defaultPlatform, formatPlatform, platformMatcher, platformOrder } from './platforms.js';
+import { readBlob } from './blob.js';
+import { fetchBlob, type ObjectKind, type ProgressFn } from './fetch.js';
+import { children, gcRefLabels, isIndexType, isManifestType, parseConfig, parseIndex, parseManifest, selectManifests } from './manifest.js';
+import { defaultPlatform } from './platforms.js';
 import type { Fetcher, Resolver } from './remote/types.js';
 import { parseReference } from './remote/reference.js';
 import { LABEL_DISTRIBUTION_SOURCE } from '../core/labels.js';
@@ -50,24 +51,6 @@ export interface PullResult {
   unpacked?: UnpackResult;
 }
 
-/** The manifests of `root` to fetch for `platforms` (the best match for each), or every one. */
-export function selectManifests(index: Descriptor[], platforms: Platform[], all: boolean): Descriptor[] {
-  if (all) return index;
-  const chosen: Descriptor[] = [];
-  for (const p of platforms) {
-    const match = platformMatcher(p);
-    const order = platformOrder(p);
-    const candidates = index.filter((d) => !d.platform || match(d.platform));
-    candidates.sort((a, b) => (a.platform && b.platform ? order(a.platform, b.platform) : 0));
-    const best = candidates[0];
-    if (best && !chosen.includes(best)) chosen.push(best);
-  }
-  if (chosen.length === 0) {
-    throw notFound(`no match for platform in manifest: ${platforms.map(formatPlatform).join(', ')}`);
-  }
-  return chosen;
-}
-
 interface Walked {
   /** Manifests fetched, in platform preference order. */
   manifests: { desc: Descriptor; config: Descriptor; layers: Descriptor[] }[];
@@ -102,7 +85,7 @@ export async function pull(resolver: Resolver, ref: string, svc: ImageServices, 
   const visit = async (desc: Descriptor): Promise<void> => {
     if (isIndexType(desc.mediaType)) {
       await fetch(desc, 'index');
-      const index = parseIndex(await readJsonBlob(svc.content, desc));
+      const index = parseIndex(await readBlob(svc.content, desc));
       const selected = selectManifests(index.manifests, platforms, opts.allPlatforms ?? false);
       await labelChildren(svc.content, desc, selected);
       for (const m of selected) await visit(m);
@@ -110,7 +93,7 @@ export async function pull(resolver: Resolver, ref: string, svc: ImageServices, 
     }
     if (isManifestType(desc.mediaType)) {
       await fetch(desc, 'manifest');
-      const raw = await readJsonBlob(svc.content, desc);
+      const raw = await readBlob(svc.content, desc);
       const manifest = parseManifest(raw);
       // The config first (the unpacker needs its diffIDs), then every layer: downloads are served in the
       // order they queue for the concurrency limit, so a config queued behind the layers would hold the
@@ -130,7 +113,7 @@ export async function pull(resolver: Resolver, ref: string, svc: ImageServices, 
     let unpacked: UnpackResult | undefined;
     if (opts.unpack && walked.manifests.length > 0) {
       const target = walked.manifests[0]!;
-      const config = parseConfig(await readJsonBlob(svc.content, target.config));
+      const config = parseConfig(await readBlob(svc.content, target.config));
       unpacked = await unpackLayers(
         opts.unpack.snapshotter,
         opts.unpack.applier,

@@ -6,9 +6,9 @@
  */
 import { notFound } from '../core/errdefs.js';
 import type { ContentStore } from '../content/types.js';
-import { readJsonBlob, type ProgressFn } from './fetch.js';
-import { children, isIndexType, isManifestType } from './manifest.js';
-import { selectManifests } from './pull.js';
+import { readBlob } from './blob.js';
+import type { ProgressFn } from './fetch.js';
+import { children, isIndexType, isManifestType, selectManifests } from './manifest.js';
 import type { Resolver } from './remote/types.js';
 import { parseReference } from './remote/reference.js';
 import { LABEL_DISTRIBUTION_SOURCE } from '../core/labels.js';
@@ -34,7 +34,7 @@ export async function push(
   const image = await svc.images.get(opts.image || ref);
   let root = image.target;
   if (opts.platforms && opts.platforms.length > 0 && isIndexType(root.mediaType)) {
-    const kids = children(root, await readJsonBlob(svc.content, root));
+    const kids = children(root, await readBlob(svc.content, root));
     root = selectManifests(kids, opts.platforms, false)[0]!;
   }
   const pusher = resolver.pusher(target.name);
@@ -46,7 +46,7 @@ export async function push(
     if (seen.has(desc.digest)) return;
     seen.add(desc.digest);
     if (isIndexType(desc.mediaType) || isManifestType(desc.mediaType)) {
-      for (const c of children(desc, await readJsonBlob(svc.content, desc))) await walk(c);
+      for (const c of children(desc, await readBlob(svc.content, desc))) await walk(c);
     }
     order.push(desc);
   };

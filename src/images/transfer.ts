@@ -13,11 +13,11 @@ import { generateLeaseId, type MetadataStore, type OpContext } from '../metadata
 import { LABEL_GC_EXPIRE } from '../core/labels.js';
 import type { Differ } from '../diff/types.js';
 import type { ContentStore } from '../content/types.js';
+import { readBlob } from './blob.js';
 import type { ProgressFn } from './fetch.js';
-import { readJsonBlob } from './fetch.js';
-import { children, isIndexType, isManifestType, parseConfig, parseManifest } from './manifest.js';
+import { children, isIndexType, isManifestType, parseConfig, parseManifest, selectManifests } from './manifest.js';
 import { defaultPlatform, parsePlatform } from './platforms.js';
-import { pull, selectManifests, type PullResult, type UnpackTarget } from './pull.js';
+import { pull, type PullResult, type UnpackTarget } from './pull.js';
 import { push } from './push.js';
 import { createResolver } from './remote/resolver.js';
 import type { Credentials, ResolverOptions } from './remote/types.js';
@@ -164,11 +164,11 @@ export class ImageTransfers {
     let desc = image.target;
     const wanted = platforms && platforms.length > 0 ? platforms.map(parsePlatform) : [defaultPlatform()];
     while (isIndexType(desc.mediaType)) {
-      desc = selectManifests(children(desc, await readJsonBlob(content, desc)), wanted, false)[0]!;
+      desc = selectManifests(children(desc, await readBlob(content, desc)), wanted, false)[0]!;
     }
     if (!isManifestType(desc.mediaType)) throw invalidArgument(`image ${image.name}: cannot unpack a ${desc.mediaType}`);
-    const manifest = parseManifest(await readJsonBlob(content, desc));
-    const config = parseConfig(await readJsonBlob(content, manifest.config));
+    const manifest = parseManifest(await readBlob(content, desc));
+    const config = parseConfig(await readBlob(content, manifest.config));
     return unpackLayers(target.snapshotter, target.applier, content, manifest.layers, config.rootfs.diff_ids, {
       snapshotterName: target.snapshotterName,
       config: manifest.config,

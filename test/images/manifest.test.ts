@@ -1,6 +1,7 @@
 /**
  * Manifest helpers: typed parsing with shape checks, media type predicates, children, chain IDs against an
- * independently computed vector, containerd's gc.ref label keys, and manifest resolution for a platform.
+ * independently computed vector, containerd's gc.ref label keys, manifest resolution for a platform, and the one
+ * manifest selection every caller shares.
  */
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
@@ -14,11 +15,14 @@ import {
   isIndexType,
   isLayerType,
   isManifestType,
+  matchingManifests,
   parseConfig,
   parseIndex,
   parseManifest,
   resolveManifest,
+  selectManifests,
 } from '../../src/images/manifest.js';
+import { requiredDescriptors } from '../../src/images/inspect.js';
 import { parsePlatform, platformMatcher } from '../../src/images/platforms.js';
 import { MediaTypeDockerConfig, MediaTypeDockerManifest, MediaTypeDockerManifestList, MediaTypeOCIConfig, MediaTypeOCIIndex, MediaTypeOCIManifest } from '../../src/images/types.js';
 import { type Descriptor } from '../../src/core/descriptor.js';
@@ -226,5 +230,43 @@ describe('resolveManifest', () => {
     expect(await kindOf(resolveManifest(read, plain, platformMatcher(parsePlatform('linux/amd64'))))).toBe('not found');
     expect((await resolveManifest(read, plain, platformMatcher(parsePlatform('linux/arm64')))).descriptor.digest).toBe(arm64.digest);
     expect((await resolveManifest(read, arm64, platformMatcher(parsePlatform('linux/amd64')))).manifest.layers).toEqual([]);
+  });
+});
+
+describe('manifest selection: one order for resolveManifest, pull, push, unpack, image check and export', () => {
+  // An index whose best entry for linux/amd64 comes after a platform-less one and a worse match (386): the old
+  // comparator of pull and image check called a platform-less entry "equal" to any other, which is no order,
+  // and the sort then kept 386 (or the platform-less entry) first.
+  const blobs = new Map<string, string>();
+  const put = (mediaType: string, body: string) => {
+    blobs.set(sha(body), body);
+    return desc(mediaType, body);
+  };
+  const read = async (d: Descriptor) => Buffer.from(blobs.get(d.digest)!);
+  const mk = (arch: string) => {
+    const c = put(MediaTypeOCIConfig, JSON.stringify({ architecture: arch, os: 'linux', rootfs: { type: 'layers', diff_ids: [] } }));
+    return { config: c, manifest: put(MediaTypeOCIManifest, JSON.stringify({ schemaVersion: 2, config: c, layers: [] })) };
+  };
+  const i386 = { ...mk('386').manifest, platform: { os: 'linux', architecture: '386' } };
+  const plain = mk('amd64').manifest;
+  const amd = mk('amd64');
+  const amd64 = { ...amd.manifest, platform: { os: 'linux', architecture: 'amd64' } };
+  const arm = { ...mk('arm').manifest, platform: { os: 'linux', architecture: 'arm', variant: 'v7' } };
+  const entries = [i386, plain, arm, amd64];
+  const idx = put(MediaTypeOCIIndex, JSON.stringify({ schemaVersion: 2, manifests: entries }));
+  const linuxAmd64 = parsePlatform('linux/amd64');
+
+  it('keeps the matches and platform-less entries, best first, platform-less last (containerd LimitManifests)', () => {
+    expect(matchingManifests(entries, platformMatcher(linuxAmd64)).map((d) => d.digest)).toEqual([amd64.digest, i386.digest, plain.digest]);
+    expect(matchingManifests([plain, amd64], platformMatcher(linuxAmd64))[0]!.digest).toBe(amd64.digest);
+    expect(matchingManifests(entries, platformMatcher(parsePlatform('linux/s390x'))).map((d) => d.digest)).toEqual([plain.digest]);
+  });
+
+  it('pull/push/unpack (selectManifests) and image check (requiredDescriptors) pick what resolveManifest picks', async () => {
+    expect(selectManifests(entries, [linuxAmd64], false).map((d) => d.digest)).toEqual([amd64.digest]);
+    expect(selectManifests([plain, amd64], [linuxAmd64], false).map((d) => d.digest)).toEqual([amd64.digest]);
+    expect((await resolveManifest(read, idx, platformMatcher(linuxAmd64))).descriptor.digest).toBe(amd64.digest);
+    const { required } = await requiredDescriptors(read, idx, linuxAmd64);
+    expect(required.map((d) => d.digest)).toEqual([idx.digest, amd64.digest, amd.config.digest]);
   });
 });

@@ -1,7 +1,7 @@
 /**
  * Helpers shared by archive import and export: reading tar streams entry by entry, JSON in the byte form
- * containerd (Go's encoding/json over the OCI structs) writes, whole-blob reads and writes on a content
- * store, and containerd's reference helpers for archive names.
+ * containerd (Go's encoding/json over the OCI structs) writes, whole-blob writes on a content store (reads:
+ * ../blob.ts), and containerd's reference helpers for archive names.
  */
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
@@ -10,9 +10,6 @@ import { digestOf } from '../../content/digest.js';
 import type { ContentStore } from '../../content/types.js';
 import { invalidArgument, isAlreadyExists, StrataError } from '../../core/errdefs.js';
 import type { Descriptor, Platform } from '../../core/descriptor.js';
-
-/** containerd's limit for JSON read from an archive (manifest.json, oci-layout). */
-export const JSON_LIMIT = 20 << 20;
 
 /** An entry's data as tar-stream (streamx) gives it. */
 export interface EntryData extends AsyncIterable<Buffer> {
@@ -93,15 +90,6 @@ export async function drainEntry(data: EntryData): Promise<void> {
   for await (const _ of data) {
     // discard
   }
-}
-
-/** A whole blob from the content store, refusing blobs over `limit` bytes. */
-export async function readBlob(content: ContentStore, desc: Pick<Descriptor, 'digest' | 'size'>, limit = JSON_LIMIT): Promise<Buffer> {
-  const info = await content.info(desc.digest);
-  if (info.size > limit) throw invalidArgument(`blob ${desc.digest}: ${info.size} bytes, more than the ${limit} allowed for a document`);
-  const chunks: Buffer[] = [];
-  for await (const c of await content.read(desc.digest)) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
 }
 
 /**

@@ -26,12 +26,13 @@ import { pack, type Header, type Pack } from 'tar-stream';
 import { parseDigest } from '../../content/digest.js';
 import type { ContentStore } from '../../content/types.js';
 import { failedPrecondition, invalidArgument, notFound } from '../../core/errdefs.js';
-import { children, isIndexType, isManifestType, parseIndex, parseManifest } from '../manifest.js';
+import { children, isIndexType, isManifestType, matchingManifests, parseIndex, parseManifest } from '../manifest.js';
 import { defaultPlatform, platformMatcherOrdered, platformMatcherStrict, type PlatformMatcher } from '../platforms.js';
 import { familiarName } from '../remote/reference.js';
 import { ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME } from '../types.js';
 import { type Descriptor, type Platform } from '../../core/descriptor.js';
-import { descriptorJson, ociReferenceName, readBlob } from './common.js';
+import { readBlob } from '../blob.js';
+import { descriptorJson, ociReferenceName } from './common.js';
 
 export interface ExportOptions {
   /** One platform (ctr image export --platform). */
@@ -139,26 +140,14 @@ async function collectRecords(content: ContentStore, images: ExportImage[], opts
         d = '';
         blobRecord(desc);
         const index = parseIndex(await readBlob(content, desc));
-        const candidates: { m: Descriptor; i: number }[] = [];
-        for (const [i, m] of index.manifests.entries()) {
-          if (!m.platform || platform(m.platform)) candidates.push({ m, i });
-          else if (!opts.allPlatforms) continue;
-          await getRecords(m);
+        for (const m of index.manifests) {
+          if (opts.allPlatforms || !m.platform || platform(m.platform)) await getRecords(m);
         }
         if (!opts.skipDockerManifest) {
-          if (candidates.length >= 1) {
-            candidates.sort((a, b) => {
-              if (!a.m.platform && !b.m.platform) return a.i - b.i;
-              if (!a.m.platform) return 1;
-              if (!b.m.platform) return -1;
-              return platform.compare(a.m.platform, b.m.platform) || a.i - b.i;
-            });
-            const best = candidates[0]!.m;
-            d = best.digest;
-            if (!dManifests.has(d)) dManifests.set(d, { manifest: best, names: [] });
-          } else {
-            throw notFound('no manifest found for platform');
-          }
+          const best = matchingManifests(index.manifests, platform)[0];
+          if (!best) throw notFound('no manifest found for platform');
+          d = best.digest;
+          if (!dManifests.has(d)) dManifests.set(d, { manifest: best, names: [] });
         }
         resolvedIndex.set(desc.digest, d);
       }

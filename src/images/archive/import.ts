@@ -53,15 +53,14 @@ import { ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, MediaTypeDockerConfig, Medi
 import { LABEL_UNCOMPRESSED } from '../../core/labels.js';
 import { type ImageStore } from '../../metadata/images.js';
 import { type Descriptor, type Platform } from '../../core/descriptor.js';
+import { MAX_DOCUMENT_SIZE, readBlob } from '../blob.js';
 import {
   cleanEntryName,
   descriptorJson,
   drainEntry,
   entryRef,
   forEachTarEntry,
-  JSON_LIMIT,
   ociReferenceName,
-  readBlob,
   readEntry,
   writeBlobBytes,
   type EntryData,
@@ -333,9 +332,9 @@ export async function importIndex(input: Readable, content: ContentStore, opts: 
       return;
     }
     if (name === 'oci-layout') {
-      ociLayout = parseJsonEntry(await readEntry(data, JSON_LIMIT, name), name) as { imageLayoutVersion?: unknown };
+      ociLayout = parseJsonEntry(await readEntry(data, MAX_DOCUMENT_SIZE, name), name) as { imageLayoutVersion?: unknown };
     } else if (name === 'manifest.json') {
-      const v = parseJsonEntry(await readEntry(data, JSON_LIMIT, name), name);
+      const v = parseJsonEntry(await readEntry(data, MAX_DOCUMENT_SIZE, name), name);
       if (!Array.isArray(v)) throw invalidArgument('manifest.json: not a list');
       mfsts = v as DockerManifestEntry[];
     } else if (isDockerLegacyMetadata(name)) {
