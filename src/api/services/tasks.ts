@@ -26,7 +26,8 @@ import { Status, type Process } from '../gen/containerd/types/task/task.js';
 import type { Any } from '../gen/google/protobuf/any.js';
 import { invalidArgument, notImplemented } from '../../core/errdefs.js';
 import type { Logger } from '../../log/index.js';
-import type { CgroupStats, ExitInfo, ProcessInfo, TaskManager, TaskStatus } from '../../runtime/tasks.js';
+import type { ExitInfo, ProcessInfo, TaskManager, TaskStatus } from '../../runtime/tasks.js';
+import type { CgroupStats } from '../../runtime/cgroups.js';
 import { opContext, unary, type GrpcService } from '../call.js';
 
 const statusToPb: Record<TaskStatus, Status> = {
