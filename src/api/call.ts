@@ -24,11 +24,6 @@ export function opContext(call: AnyCall): OpContext {
   return lease ? { namespace, lease } : { namespace };
 }
 
-/** The namespace of a call if it has one (for calls where it is optional). */
-export function optionalNamespace(call: AnyCall): string | undefined {
-  return header(call, NAMESPACE_HEADER) || undefined;
-}
-
 export function toStatus(err: unknown): Partial<grpc.StatusObject> {
   if (err instanceof StrataError) return { code: err.grpcCode as grpc.status, details: err.message };
   const e = err as { code?: unknown; details?: unknown; message?: unknown };

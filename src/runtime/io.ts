@@ -32,8 +32,6 @@ export interface StdioPaths {
   terminal: boolean;
 }
 
-export const noStdio: StdioPaths = { stdin: '', stdout: '', stderr: '', terminal: false };
-
 /** Creates a FIFO (Node has no mkfifo). */
 export function mkfifo(path: string): void {
   try {

@@ -9,7 +9,7 @@
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { constants } from 'node:os';
-import { StrataError, failedPrecondition, invalidArgument, notFound, unknown } from '../core/errdefs.js';
+import { StrataError, failedPrecondition, notFound, unknown } from '../core/errdefs.js';
 
 export interface RuncOptions {
   /** The runc binary (a name on PATH or a path). */
@@ -89,15 +89,6 @@ function classify(msg: string): StrataError {
   }
   if (/container is paused|not paused|is not running|cannot/.test(msg)) return failedPrecondition(msg);
   return unknown(msg);
-}
-
-/** A signal as a number, from a number or a name such as "SIGKILL" or "KILL". */
-export function signalNumber(sig: number | string): number {
-  if (typeof sig === 'number') return sig;
-  const name = (sig.startsWith('SIG') ? sig : `SIG${sig}`).toUpperCase() as NodeJS.Signals;
-  const n = constants.signals[name];
-  if (n === undefined) throw invalidArgument(`unknown signal ${sig}`);
-  return n;
 }
 
 export async function kill(o: RuncOptions, id: string, signal: number, all: boolean): Promise<void> {

@@ -1,19 +1,16 @@
 /**
  * The task manager: containerd's tasks service semantics over runc, one monitor process per task
- * (monitor.ts), per namespace. stratad keeps a connection to each monitor and a copy of its state (every
- * message from a monitor carries it), publishes the /tasks/* events, and finds its tasks again after a
- * restart by scanning the bundles.
+ * (monitor.ts, started by monitor-pool.ts), per namespace. stratad keeps a connection to each monitor and a
+ * copy of its state (every message from a monitor carries it), publishes the /tasks/* events, and finds its
+ * tasks again after a restart by scanning the bundles. Metrics read the tasks' cgroups (cgroups.ts).
  *
  * States: CREATED (bundle ready, rootfs mounted, monitor up, nothing in runc yet: pid 0), RUNNING, PAUSED,
  * STOPPED (exit status recorded). A task whose monitor died reports STOPPED with the status its monitor
  * recorded, or 255 if it recorded none (containerd's status for a task whose shim is gone).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { connect as netConnect, type Socket } from 'node:net';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
-import { readFile, rm } from 'node:fs/promises';
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   StrataError,
@@ -47,7 +44,9 @@ import {
   type Request,
   type TaskConfig,
 } from './bundle.js';
+import { cgroupStats, type CgroupStats } from './cgroups.js';
 import type { StdioPaths } from './io.js';
+import { MonitorPool } from './monitor-pool.js';
 import * as runc from './runc.js';
 
 /** What a task needs from its container record (the containers store's Container has these fields). */
@@ -118,26 +117,6 @@ export interface ExitInfo {
   exitedAt?: Date;
 }
 
-export type CgroupStats =
-  | {
-      version: 1;
-      pids: { current: bigint; limit: bigint };
-      cpu: { total: bigint; kernel: bigint; user: bigint; perCpu: bigint[] };
-      memory: {
-        cache: bigint;
-        rss: bigint;
-        totalCache: bigint;
-        totalRss: bigint;
-        usage: { limit: bigint; usage: bigint; max: bigint; failcnt: bigint };
-      };
-    }
-  | {
-      version: 2;
-      pids: { current: bigint; limit: bigint };
-      cpu: { usageUsec: bigint; userUsec: bigint; systemUsec: bigint; nrPeriods: bigint; nrThrottled: bigint; throttledUsec: bigint };
-      memory: { anon: bigint; file: bigint; usage: bigint; usageLimit: bigint; swapUsage: bigint; swapLimit: bigint };
-    };
-
 export interface TaskMetrics {
   id: string;
   timestamp: Date;
@@ -174,8 +153,6 @@ class Task {
   }
 }
 
-const defaultMonitor = () => fileURLToPath(new URL('./monitor.js', import.meta.url));
-
 const toDate = (s: string | undefined) => (s ? new Date(s) : undefined);
 
 const taskKey = (namespace: string, id: string) => `${namespace}/${id}`;
@@ -184,16 +161,18 @@ export class TaskManager {
   private readonly tasks = new Map<string, Task>();
   private readonly creating = new Set<string>();
   private readonly runcBinary: string;
-  private readonly monitorPath: string;
-  private readonly nodePath: string;
+  private readonly monitors: MonitorPool;
   private closed = false;
-  private spareMonitor?: { child: ChildProcess; conn?: Socket };
-  private spareSeq = 0;
 
   constructor(private readonly opts: TaskManagerOptions) {
     this.runcBinary = opts.runc ?? 'runc';
-    this.monitorPath = opts.monitor ?? defaultMonitor();
-    this.nodePath = opts.node ?? process.execPath;
+    this.monitors = new MonitorPool({
+      root: opts.root,
+      monitor: opts.monitor,
+      node: opts.node,
+      spare: opts.spareMonitors !== false,
+      log: opts.log,
+    });
   }
 
   private runcOptions(namespace: string): runc.RuncOptions {
@@ -287,7 +266,7 @@ export class TaskManager {
         await mountAll(mounts, rootfsDir);
         mounted = true;
       }
-      const child = this.takeSpare(bundle) ?? this.spawnMonitor(bundle);
+      const child = this.monitors.start(bundle);
       monitorPid = child.pid;
       const alive = () => child.exitCode === null && child.signalCode === null;
       const conn = await MonitorConnection.connect(cfg.socket, alive);
@@ -317,82 +296,6 @@ export class TaskManager {
       throw err;
     } finally {
       this.creating.delete(key);
-    }
-  }
-
-  /**
-   * Hands `bundle` to the spare monitor if one is ready (and starts the next spare); undefined if none is.
-   * A spare spares a task create the monitor's start-up time (see monitor.ts).
-   */
-  private takeSpare(bundle: string): ChildProcess | undefined {
-    const s = this.spareMonitor;
-    this.spareMonitor = undefined;
-    let taken: ChildProcess | undefined;
-    if (s?.conn && s.child.exitCode === null && s.child.signalCode === null && !s.conn.destroyed) {
-      s.conn.write(`${bundle}\n`);
-      taken = s.child;
-    } else if (s) {
-      s.conn?.destroy();
-      s.child.kill('SIGKILL');
-    }
-    this.startSpare();
-    return taken;
-  }
-
-  /** Starts a spare monitor and connects to it (it exits if that connection closes before it is used). */
-  private startSpare(): void {
-    if (this.closed || this.opts.spareMonitors === false) return;
-    // Not under root: its entries are namespaces.
-    const dir = join(dirname(this.opts.root), 'strata-spare-monitors');
-    const sock = join(dir, `${process.pid}-${++this.spareSeq}.sock`);
-    try {
-      mkdirSync(dir, { recursive: true, mode: 0o700 });
-      rmSync(sock, { force: true });
-    } catch {
-      return;
-    }
-    const child = spawn(this.nodePath, [this.monitorPath, '--spare', sock], {
-      detached: true,
-      stdio: 'ignore',
-      cwd: '/',
-      env: { ...process.env, UV_THREADPOOL_SIZE: '16' },
-    });
-    child.on('error', () => undefined);
-    child.unref();
-    const spare: { child: ChildProcess; conn?: Socket } = { child };
-    this.spareMonitor = spare;
-    const tryConnect = (left: number) => {
-      if (this.spareMonitor !== spare || child.exitCode !== null) return;
-      const c = netConnect(sock);
-      c.once('connect', () => {
-        c.removeAllListeners('error');
-        c.on('error', () => undefined);
-        c.unref();
-        spare.conn = c;
-      });
-      c.once('error', () => {
-        c.destroy();
-        if (left > 0) setTimeout(() => tryConnect(left - 1), 10).unref();
-      });
-    };
-    tryConnect(500);
-  }
-
-  private spawnMonitor(bundle: string) {
-    const logFd = openSync(join(bundle, files.monitorLog), 'a', 0o600);
-    try {
-      const child = spawn(this.nodePath, [this.monitorPath, bundle], {
-        detached: true,
-        stdio: ['ignore', logFd, logFd],
-        cwd: '/',
-        // Blocking FIFO opens wait in the thread pool; give them room.
-        env: { ...process.env, UV_THREADPOOL_SIZE: '16' },
-      });
-      child.on('error', (err) => this.opts.log.error('task monitor failed to start', { bundle, error: err }));
-      child.unref();
-      return child;
-    } finally {
-      closeSync(logFd);
     }
   }
 
@@ -789,95 +692,8 @@ export class TaskManager {
   /** Disconnects from every monitor (stratad stops; the tasks do not). */
   close(): void {
     this.closed = true;
-    // The spare exits when its connection closes.
-    this.spareMonitor?.conn?.destroy();
-    this.spareMonitor?.child.kill('SIGKILL');
-    this.spareMonitor = undefined;
+    this.monitors.close();
     this.cancelWaits();
     for (const t of this.tasks.values()) t.conn?.close();
   }
-}
-
-// ---- cgroups ------------------------------------------------------------------------------------------------
-
-const CGROUP2_SUPER_MAGIC = 0x63677270;
-const big = (s: string | undefined): bigint => {
-  const v = s?.trim();
-  if (!v || v === 'max') return 0n;
-  try {
-    return BigInt(v);
-  } catch {
-    return 0n;
-  }
-};
-const readOr = async (path: string): Promise<string | undefined> => readFile(path, 'utf8').catch(() => undefined);
-const keyed = (text: string | undefined): Map<string, string> =>
-  new Map(
-    (text ?? '')
-      .split('\n')
-      .map((l) => l.trim().split(/\s+/))
-      .filter((f) => f.length >= 2)
-      .map((f) => [f[0]!, f[1]!]),
-  );
-
-/** The cgroup statistics of the cgroup a process is in (v2 on a unified host, else v1). */
-export async function cgroupStats(pid: number): Promise<CgroupStats> {
-  const lines = readFileSync(`/proc/${pid}/cgroup`, 'utf8').trim().split('\n');
-  const paths = new Map<string, string>();
-  for (const line of lines) {
-    const [, controllers, path] = line.split(':');
-    for (const c of (controllers ?? '').split(',')) paths.set(c, path ?? '/');
-  }
-  if (statfsSync('/sys/fs/cgroup').type === CGROUP2_SUPER_MAGIC) {
-    const dir = join('/sys/fs/cgroup', paths.get('') ?? '/');
-    const cpu = keyed(await readOr(join(dir, 'cpu.stat')));
-    const mem = keyed(await readOr(join(dir, 'memory.stat')));
-    return {
-      version: 2,
-      pids: { current: big(await readOr(join(dir, 'pids.current'))), limit: big(await readOr(join(dir, 'pids.max'))) },
-      cpu: {
-        usageUsec: big(cpu.get('usage_usec')),
-        userUsec: big(cpu.get('user_usec')),
-        systemUsec: big(cpu.get('system_usec')),
-        nrPeriods: big(cpu.get('nr_periods')),
-        nrThrottled: big(cpu.get('nr_throttled')),
-        throttledUsec: big(cpu.get('throttled_usec')),
-      },
-      memory: {
-        anon: big(mem.get('anon')),
-        file: big(mem.get('file')),
-        usage: big(await readOr(join(dir, 'memory.current'))),
-        usageLimit: big(await readOr(join(dir, 'memory.max'))),
-        swapUsage: big(await readOr(join(dir, 'memory.swap.current'))),
-        swapLimit: big(await readOr(join(dir, 'memory.swap.max'))),
-      },
-    };
-  }
-  const v1 = (controller: string, file: string) => readOr(join('/sys/fs/cgroup', controller, paths.get(controller) ?? '/', file));
-  const stat = keyed(await v1('memory', 'memory.stat'));
-  const cpuStat = keyed(await v1('cpuacct', 'cpuacct.stat'));
-  // cpuacct.stat counts USER_HZ ticks (100 per second on Linux).
-  const ticks = (n: bigint) => n * 10_000_000n;
-  return {
-    version: 1,
-    pids: { current: big(await v1('pids', 'pids.current')), limit: big(await v1('pids', 'pids.max')) },
-    cpu: {
-      total: big(await v1('cpuacct', 'cpuacct.usage')),
-      kernel: ticks(big(cpuStat.get('system'))),
-      user: ticks(big(cpuStat.get('user'))),
-      perCpu: ((await v1('cpuacct', 'cpuacct.usage_percpu')) ?? '').trim().split(/\s+/).filter(Boolean).map((x) => big(x)),
-    },
-    memory: {
-      cache: big(stat.get('cache')),
-      rss: big(stat.get('rss')),
-      totalCache: big(stat.get('total_cache')),
-      totalRss: big(stat.get('total_rss')),
-      usage: {
-        limit: big(await v1('memory', 'memory.limit_in_bytes')),
-        usage: big(await v1('memory', 'memory.usage_in_bytes')),
-        max: big(await v1('memory', 'memory.max_usage_in_bytes')),
-        failcnt: big(await v1('memory', 'memory.failcnt')),
-      },
-    },
-  };
 }

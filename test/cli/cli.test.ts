@@ -14,7 +14,7 @@ import { humanDuration, humanSize, rfc3339, tabwrite } from '../../src/cli/outpu
 import { pluginStatus } from '../../src/cli/plugins.js';
 import { STRATA_VERSION } from '../../src/version.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
-import { ctr, run, type RunResult } from '../helpers/ctr.js';
+import { ctr, run, tableRows, type RunResult } from '../helpers/ctr.js';
 import { STRATA } from '../helpers/paths.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 
@@ -48,26 +48,6 @@ async function ok(args: string[], opts: { input?: string | Buffer; env?: NodeJS.
   expect(r.stderr, `strata ${args.join(' ')}`).toBe('');
   expect(r.code, `strata ${args.join(' ')}`).toBe(0);
   return r.stdout;
-}
-
-/** Tabs expanded to spaces at tab stops of 8, as a terminal shows them. */
-function expandTabs(line: string): string {
-  let out = '';
-  for (const ch of line) out += ch === '\t' ? ' '.repeat(8 - (out.length % 8)) : ch;
-  return out;
-}
-
-/**
- * Parses an aligned table: checks the header, then cuts every row at the columns where the header's cells
- * start (cells may hold spaces, e.g. "CREATED AT").
- */
-function parseTable(out: string, header: string[]): string[][] {
-  const lines = out.split('\n').filter((l) => l !== '').map(expandTabs);
-  const starts = header.map((h) => lines[0]!.indexOf(h));
-  const cut = (l: string) => starts.map((s, i) => l.slice(s, starts[i + 1]).trim());
-  expect(cut(lines[0]!), 'table header').toEqual(header);
-  for (let i = 1; i < starts.length; i++) expect(starts[i]).toBeGreaterThan(starts[i - 1]!);
-  return lines.slice(1).map(cut);
 }
 
 /**
@@ -113,14 +93,14 @@ describe('strata namespaces', () => {
   it('creates, lists, labels and removes namespaces', async () => {
     expect(await ok(['namespaces', 'create', 'cli-ns', 'team=storage', 'flag'])).toBe('');
     let out = await ok(['ns', 'ls']);
-    expect(parseTable(out, NS_HEADER)).toContainEqual(['cli-ns', 'flag=true,team=storage']);
+    expect(tableRows(out, NS_HEADER)).toContainEqual(['cli-ns', 'flag=true,team=storage']);
 
     expect((await ok(['ns', 'ls', '-q'])).split('\n')).toContain('cli-ns');
 
     // KEY=VALUE sets, KEY= removes, like ctr.
     expect(await ok(['ns', 'label', 'cli-ns', 'team=', 'tier=gold'])).toBe('');
     out = await ok(['ns', 'ls']);
-    expect(parseTable(out, NS_HEADER)).toContainEqual(['cli-ns', 'flag=true,tier=gold']);
+    expect(tableRows(out, NS_HEADER)).toContainEqual(['cli-ns', 'flag=true,tier=gold']);
 
     const json = JSON.parse(await ok(['ns', 'ls', '--json'])) as { name: string; labels: Record<string, string> }[];
     expect(json).toContainEqual({ name: 'cli-ns', labels: { flag: 'true', tier: 'gold' } });
@@ -166,7 +146,7 @@ describe('strata content', () => {
       }),
     ).toBe('');
 
-    const line = parseTable(await ok([...ns, 'content', 'ls']), CONTENT_HEADER).find((r) => r[0] === dgst);
+    const line = tableRows(await ok([...ns, 'content', 'ls']), CONTENT_HEADER).find((r) => r[0] === dgst);
     expect(line).toBeDefined();
     expect(line![1]).toBe('3.146MB');
     expect(line![2]).toMatch(/^(Less than a second|\d+ seconds?)$/);
@@ -211,7 +191,7 @@ describe('strata content', () => {
     expect(await ok([...ns, 'content', 'label', dgst, 'owner=cli', 'tmp=1'])).toBe('owner=cli,tmp=1\n');
     expect(await ok([...ns, 'content', 'label', dgst, 'tmp='])).toBe('owner=cli\n');
     expect(await ok([...ns, 'content', 'label', dgst])).toBe('owner=cli\n');
-    const line = parseTable(await ok([...ns, 'content', 'ls']), CONTENT_HEADER).find((r) => r[0] === dgst);
+    const line = tableRows(await ok([...ns, 'content', 'ls']), CONTENT_HEADER).find((r) => r[0] === dgst);
     expect(line![3]).toBe('owner=cli');
 
     const json = JSON.parse(await ok([...ns, 'content', 'ls', '--json'])) as Record<string, unknown>[];
@@ -229,7 +209,7 @@ describe('strata content', () => {
     await partialIngest('cli-content', 'resume-ref', data.subarray(0, 120_000), data.length, sha256(data));
 
     const out = await ok([...ns, 'content', 'active']);
-    const line = parseTable(out, ACTIVE_HEADER).find((r) => r[0] === 'resume-ref');
+    const line = tableRows(out, ACTIVE_HEADER).find((r) => r[0] === 'resume-ref');
     expect(line?.slice(0, 2)).toEqual(['resume-ref', '120kB']);
 
     const json = JSON.parse(await ok([...ns, 'content', 'active', '--json'])) as Record<string, unknown>[];
@@ -237,7 +217,7 @@ describe('strata content', () => {
 
     // The same ref with the whole input: the first 120 kB are skipped, the rest written, then committed.
     expect(await ok([...ns, 'content', 'ingest', '--expected-digest', sha256(data), 'resume-ref'], { input: data })).toBe('');
-    expect(parseTable(await ok([...ns, 'content', 'active']), ACTIVE_HEADER).find((r) => r[0] === 'resume-ref')).toBeUndefined();
+    expect(tableRows(await ok([...ns, 'content', 'active']), ACTIVE_HEADER).find((r) => r[0] === 'resume-ref')).toBeUndefined();
     const got = await strataRaw([...ns, 'content', 'get', sha256(data)]);
     expect(got.stdout.equals(data)).toBe(true);
   });
@@ -285,7 +265,7 @@ describe('strata leases', () => {
     const dflt = Date.parse(leases.find((l) => l.id === generated)!.labels[EXPIRE]!);
     expect(Math.abs(dflt - (Date.now() + 24 * 3_600_000))).toBeLessThan(60_000);
 
-    const table = parseTable(await ok(['-n', 'cli-leases', 'leases', 'ls']), ['ID', 'CREATED AT', 'LABELS']);
+    const table = tableRows(await ok(['-n', 'cli-leases', 'leases', 'ls']), ['ID', 'CREATED AT', 'LABELS']);
     expect(table).toContainEqual(['cli-l2', rfc3339(new Date(Date.parse(leases.find((l) => l.id === 'cli-l2')!.createdAt))), '-']);
     expect(table.find((r) => r[0] === 'cli-l1')![2]).toBe(`${EXPIRE}=${l1.labels[EXPIRE]},purpose=test`);
     expect((await ok(['-n', 'cli-leases', 'leases', 'ls', '-q', 'id==cli-l1'])).trim()).toBe('cli-l1');
@@ -310,7 +290,7 @@ describe('strata plugins', () => {
   it('lists the plugins with their status', async () => {
     const out = await ok(['plugins', 'ls']);
     expect(out).toMatch(/^io\.containerd\.content\.v1 +content +\S+ +ok *$/m);
-    expect(parseTable(out, ['TYPE', 'ID', 'PLATFORMS', 'STATUS'])).toContainEqual(['io.containerd.grpc.v1', 'introspection', expect.stringMatching(/^linux\//), 'ok']);
+    expect(tableRows(out, ['TYPE', 'ID', 'PLATFORMS', 'STATUS'])).toContainEqual(['io.containerd.grpc.v1', 'introspection', expect.stringMatching(/^linux\//), 'ok']);
 
     expect((await ok(['plugin', 'ls', '-q'])).split('\n')).toContain('content');
 

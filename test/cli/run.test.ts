@@ -2,19 +2,16 @@
  * `strata run` and `strata task` against a real stratad with runc: the busybox test image (imported without
  * unpacking, so run unpacks it), output and exit status passed through, stdin forwarded, --env/--cwd, --rm
  * cleaning up task, container and snapshot, -d with task ls/ps/pause/resume/exec/kill/rm, and ctr seeing
- * the same tasks. Needs the tasks service (src/api/services/tasks.ts).
+ * the same tasks.
  */
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chainIDs } from '../../src/images/manifest.js';
-import { ctr, run } from '../helpers/ctr.js';
+import { ctr, run, tableRows as rows } from '../helpers/ctr.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { buildImage, busyboxPlatform, type BuiltImage } from '../helpers/images.js';
-import { REPO, STRATA } from '../helpers/paths.js';
+import { STRATA } from '../helpers/paths.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 
-const HAVE_TASKS = existsSync(join(REPO, 'src/api/services/tasks.ts'));
 const IMAGE = 'docker.io/library/busybox:strata';
 const NS = 'run';
 
@@ -24,13 +21,6 @@ let busybox: BuiltImage;
 
 const strata = (args: string[], opts: { input?: string } = {}) =>
   run(STRATA, ['--address', d.address, '--namespace', NS, ...args], { input: opts.input, timeoutMs: 60_000 });
-const rows = (out: string) =>
-  out
-    .trim()
-    .split('\n')
-    .slice(1)
-    .filter(Boolean)
-    .map((l) => l.trim().split(/\s+/));
 
 async function ok(args: string[], opts: { input?: string } = {}): Promise<string> {
   const r = await strata(args, opts);
@@ -49,7 +39,6 @@ async function waitStatus(id: string, status: string): Promise<void> {
 }
 
 beforeAll(async () => {
-  if (!HAVE_TASKS) return;
   dir = await tempDir();
   d = await startDaemon();
   busybox = await buildImage(dir.path, { basename: 'busybox', name: IMAGE, platforms: [await busyboxPlatform()] });
@@ -70,7 +59,7 @@ afterAll(async () => {
   await dir?.cleanup();
 });
 
-describe.skipIf(!HAVE_TASKS)('strata run', () => {
+describe('strata run', () => {
   it('runs echo hi: prints hi, exits 0, unpacks the image first, and --rm leaves nothing behind', async () => {
     const chain = chainIDs(busybox.manifests[0]!.layers.map((l) => l.diffID));
     const r = await strata(['run', '--rm', IMAGE, 'c1', 'echo', 'hi']);
@@ -142,7 +131,7 @@ describe.skipIf(!HAVE_TASKS)('strata run', () => {
   });
 });
 
-describe.skipIf(!HAVE_TASKS)('strata task', () => {
+describe('strata task', () => {
   it('-d detaches; task ls, ps, exec, pause, resume, kill and rm; ctr sees the same task', async () => {
     expect(await ok(['run', '-d', IMAGE, 'bg', 'sleep', '300'])).toBe('');
     await waitStatus('bg', 'RUNNING');
@@ -160,7 +149,7 @@ describe.skipIf(!HAVE_TASKS)('strata task', () => {
     expect(code.code).toBe(4);
 
     // Metrics: the rows ctr prints for the task's cgroup (values move between the two calls, names do not).
-    const metricRows = (out: string) => out.slice(out.indexOf('METRIC')).trim().split('\n').slice(1).map((l) => l.trim().split(/\s+/));
+    const metricRows = (out: string) => rows(out.slice(out.indexOf('METRIC')));
     const ours = metricRows(await ok(['task', 'metrics', 'bg']));
     const theirs = await ctr(d.address, ['task', 'metrics', 'bg'], { namespace: NS });
     expect(theirs.code, theirs.stderr).toBe(0);

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it, type TestContext } from 'vit
 import { Kind, StatSnapshotResponse, type Info } from '../../src/api/gen/containerd/services/snapshots/v1/snapshots.js';
 import { ctrBytes, drawTree, goJson, goTime, mountCommands, rawTimes } from '../../src/cli/snapshots.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
-import { ctr, run, type RunResult } from '../helpers/ctr.js';
+import { ctr, run, tableRows, type RunResult } from '../helpers/ctr.js';
 import { STRATA } from '../helpers/paths.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 
@@ -195,7 +195,7 @@ describe.each(['native', 'overlayfs'])('strata snapshot --snapshotter %s', (sn) 
       unmountUnder(rw);
     }
     const usage = await snapOk(['usage', '-b', 'work']);
-    const [, size, inodes] = usage.split('\n')[1]!.trim().split(/\s+/);
+    const [, size, inodes] = tableRows(usage)[0]!;
     expect(Number(size)).toBeGreaterThanOrEqual('written through the snapshot\n'.length);
     expect(Number(inodes)).toBeGreaterThanOrEqual(1);
 

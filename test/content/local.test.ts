@@ -490,8 +490,12 @@ describe('locks', () => {
 
   it('waits briefly for a lock that is about to be released', async () => {
     const w = await store.writer({ ref: 'soon' });
-    setTimeout(() => void w.close(), 5);
+    let released = false;
+    setTimeout(() => void w.close().then(() => (released = true)), 5);
     const w2 = await store.writer({ ref: 'soon' });
+    // The second writer got the ref once the first had let go of it (close releases the lock last), not
+    // alongside it: without the lock it would be here before the first writer's close.
+    expect(released).toBe(true);
     await w2.close();
   });
 

@@ -1,5 +1,6 @@
-/** Runs the unmodified ctr from Debian's containerd package against a socket. */
+/** Runs the unmodified ctr from Debian's containerd package against a socket, and reads its tables. */
 import { spawn } from 'node:child_process';
+import { expect } from 'vitest';
 
 export interface RunResult {
   code: number | null;
@@ -30,10 +31,26 @@ export function ctr(address: string, args: string[], opts: { namespace?: string;
   return run('ctr', ['--address', address, '--namespace', opts.namespace ?? 'default', ...args], { input: opts.input });
 }
 
-/** Rows of a ctr-style table (header dropped), each split on runs of whitespace. */
-export const tableRows = (out: string): string[][] =>
-  out
-    .trim()
-    .split('\n')
-    .slice(1)
-    .map((l) => l.trim().split(/\s+/));
+/** Tabs expanded to spaces at tab stops of 8, as a terminal shows them. */
+function expandTabs(line: string): string {
+  let out = '';
+  for (const ch of line) out += ch === '\t' ? ' '.repeat(8 - (out.length % 8)) : ch;
+  return out;
+}
+
+/**
+ * The rows of a table as ctr and strata print them (Go's tabwriter), the header line dropped, blank lines
+ * skipped. Without `header`, each row is split on runs of whitespace (an empty cell vanishes). With `header`,
+ * the header line must hold exactly these column names, and every row is cut at the columns where they start
+ * (tabs expanded), so a cell may be empty or hold spaces (e.g. "CREATED AT", ctr's "2 seconds").
+ */
+export function tableRows(out: string, header?: string[]): string[][] {
+  const lines = out.split('\n').filter((l) => l.trim() !== '');
+  if (!header) return lines.slice(1).map((l) => l.trim().split(/\s+/));
+  const expanded = lines.map(expandTabs);
+  const starts = header.map((h) => expanded[0]!.indexOf(h));
+  const cut = (l: string) => starts.map((s, i) => l.slice(s, starts[i + 1]).trim());
+  expect(cut(expanded[0]!), 'table header').toEqual(header);
+  for (let i = 1; i < starts.length; i++) expect(starts[i]).toBeGreaterThan(starts[i - 1]!);
+  return expanded.slice(1).map(cut);
+}

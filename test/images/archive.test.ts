@@ -26,6 +26,7 @@ import { defaultPlatform, formatPlatform } from '../../src/images/platforms.js';
 import type { ImageStore } from '../../src/metadata/images.js';
 import { MetadataStore } from '../../src/metadata/index.js';
 import { ctrAt, startContainerd, type StartedContainerd } from '../helpers/containerd.js';
+import { tableRows } from '../helpers/ctr.js';
 import { kindOf } from '../helpers/errors.js';
 import {
   buildImage,
@@ -551,7 +552,7 @@ describe('interop with a real containerd', () => {
     expect(r.stdout).toMatch(/unpacking docker\.io\/library\/strata-export:1 \(sha256:[0-9a-f]{64}\)\.\.\.done/);
     r = await ctrAt(c.address, ['image', 'ls'], ns2);
     expect(r.code, r.stderr).toBe(0);
-    const row = r.stdout.trim().split('\n').slice(1).map((l) => l.trim().split(/\s+/)).find((x) => x[0] === 'docker.io/library/strata-export:1');
+    const row = tableRows(r.stdout).find((x) => x[0] === 'docker.io/library/strata-export:1');
     expect(row, r.stdout).toBeDefined();
     expect(row![2]).toBe(bb.manifestDigest);
     expect(row![5]).toBe(formatPlatform({ ...defaultPlatform(), variant: undefined }));
@@ -567,7 +568,7 @@ describe('interop with a real containerd', () => {
     const r = await ctrAt(c.address, ['image', 'import', '--no-unpack', '--index-name', 'the-index', ds.archivePath], ns);
     expect(r.code, r.stderr).toBe(0);
     const ls = await run(['image', 'ls']);
-    const rowOf = (name: string) => ls.stdout.split('\n').map((l) => l.trim().split(/\s+/)).find((x) => x[0] === name);
+    const rowOf = (name: string) => tableRows(ls.stdout).find((x) => x[0] === name);
     const { content } = stores();
     const imp = await importArchive(createReadStream(ds.archivePath), content, { indexName: 'the-index' });
     expect(rowOf('docker.io/library/interop-dsave:1')?.[2], ls.stdout).toBe(imp.images.find((i) => i.name === 'docker.io/library/interop-dsave:1')!.target.digest);

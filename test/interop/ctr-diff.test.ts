@@ -13,7 +13,7 @@ import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { ctrAt } from '../helpers/containerd.js';
-import type { RunResult } from '../helpers/ctr.js';
+import { tableRows, type RunResult } from '../helpers/ctr.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 import { listTar } from '../diff/helpers.js';
 
@@ -34,26 +34,6 @@ function ctrRaw(address: string, args: string[]): Promise<{ code: number | null;
       resolve({ code, stdout: Buffer.concat(out), stderr });
     });
   });
-}
-
-/** ctr's tables: one record per row, keyed by the header's column names. */
-function table(out: string): Record<string, string>[] {
-  const [header, ...lines] = out.split('\n').filter((l) => l.trim() !== '');
-  if (!header) return [];
-  const cols = [...header.matchAll(/\S+/g)].map((m) => ({ name: m[0], start: m.index }));
-  return lines.map((l) => Object.fromEntries(cols.map((c, i) => [c.name, l.slice(c.start, cols[i + 1]?.start ?? l.length).trim()])));
-}
-
-/** `ctr content ls` rows (its tabwriter pads with tabs): digest and labels. */
-function contentRows(out: string): { digest: string; labels: string }[] {
-  return out
-    .split('\n')
-    .slice(1)
-    .filter((l) => l.trim() !== '')
-    .map((l) => {
-      const cols = l.split(/\t+/);
-      return { digest: cols[0]!, labels: cols[cols.length - 1]! };
-    });
 }
 
 const ok = (r: RunResult | { code: number | null; stderr: string }, what: string) =>
@@ -100,11 +80,12 @@ describe('ctr snapshot diff against stratad', () => {
     const digest = sha(kept.stdout);
     const ls = await ctr(['content', 'ls']);
     ok(ls, 'ctr content ls');
-    const row = contentRows(ls.stdout).find((x) => x.digest === digest);
+    const row = tableRows(ls.stdout, ['DIGEST', 'SIZE', 'AGE', 'LABELS']).find((x) => x[0] === digest);
     expect(row, ls.stdout).toBeDefined();
-    expect(row!.labels).toContain(`containerd.io/uncompressed=${sha(gunzipSync(kept.stdout))}`);
-    expect(row!.labels).toContain('containerd.io/gc.root=');
-    expect(row!.labels).toContain('com.example/by=ctr');
+    const labels = row![3]!;
+    expect(labels).toContain(`containerd.io/uncompressed=${sha(gunzipSync(kept.stdout))}`);
+    expect(labels).toContain('containerd.io/gc.root=');
+    expect(labels).toContain('com.example/by=ctr');
 
     // The layer is deterministic (no deletions, same tree): the same bytes again.
     const again = await ctrRaw(d.address, ['snapshot', 'diff', 'k1']);
@@ -112,11 +93,11 @@ describe('ctr snapshot diff against stratad', () => {
     expect(again.stdout.equals(kept.stdout)).toBe(true);
 
     // ctr's temporary parent views are removed, and so is its lease.
-    const snaps = table((await ctr(['snapshot', 'ls'])).stdout).map((x) => x.KEY);
+    const snaps = tableRows((await ctr(['snapshot', 'ls'])).stdout).map((x) => x[0]);
     expect(snaps).toEqual(['k1']);
     const leases = await ctr(['leases', 'ls']);
     ok(leases, 'ctr leases ls');
-    expect(table(leases.stdout)).toEqual([]);
+    expect(tableRows(leases.stdout)).toEqual([]);
   });
 
   it('diffs a child snapshot against its parent (gzip and plain tar) and two snapshots given by name', async () => {
@@ -144,7 +125,7 @@ describe('ctr snapshot diff against stratad', () => {
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toContain('unsupported diff media type');
 
-    const snaps = table((await ctr(['snapshot', 'ls'])).stdout).map((x) => x.KEY).sort();
+    const snaps = tableRows((await ctr(['snapshot', 'ls'])).stdout).map((x) => x[0]).sort();
     expect(snaps).toEqual(['c1', 'k2']);
   });
 });

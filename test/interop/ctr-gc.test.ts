@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'smol-toml';
 import { chainIDs } from '../../src/images/manifest.js';
 import { parseGoDuration } from '../../src/gc/scheduler.js';
-import { ctr, run } from '../helpers/ctr.js';
+import { ctr, run, tableRows } from '../helpers/ctr.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { buildImage, sha256, type BuiltImage } from '../helpers/images.js';
 import { STRATAD } from '../helpers/paths.js';
@@ -30,13 +30,7 @@ const NAME = 'docker.io/library/gc-interop:1';
 const OTHER = 'docker.io/library/gc-interop-async:1';
 
 /** The first column of every row after the header. */
-const firstColumn = (out: string) =>
-  out
-    .trim()
-    .split('\n')
-    .slice(1)
-    .map((l) => l.trim().split(/\s+/)[0]!)
-    .filter(Boolean);
+const firstColumn = (out: string) => tableRows(out).map((r) => r[0]!);
 
 const blobFile = (digest: string) => join(d.root, 'io.containerd.content.v1.content', 'blobs', 'sha256', digest.slice('sha256:'.length));
 

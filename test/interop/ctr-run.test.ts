@@ -8,14 +8,14 @@
  * `ctr task kill` does not stop `sleep 60`. The detached case kills with SIGKILL; a second container that traps
  * TERM shows the default signal working.
  */
-import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, rmdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ctr, run } from '../helpers/ctr.js';
+import { ctr, run, tableRows } from '../helpers/ctr.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { buildImage, busyboxPlatform } from '../helpers/images.js';
+import { cleanupRuntime, mountsUnder } from '../helpers/runtime.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 
 const IMAGE = 'docker.io/library/busybox:strata-run';
@@ -28,22 +28,11 @@ let dir: TempDir;
 const c = (args: string[], input?: string) => ctr(d.address, args, { input, namespace: NS });
 const taskRoot = () => join(d.state, 'io.containerd.runtime.v2.task');
 
-function mountsUnder(prefix: string): string[] {
-  return readFileSync('/proc/mounts', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[1] ?? '')
-    .filter((m) => m.startsWith(prefix));
-}
-
 /** `ctr task ls` as rows of [TASK, PID, STATUS]. */
 async function taskRows(): Promise<string[][]> {
   const r = await c(['task', 'ls']);
   expect(r.code, r.stderr).toBe(0);
-  return r.stdout
-    .trim()
-    .split('\n')
-    .slice(1)
-    .map((l) => l.trim().split(/\s+/));
+  return tableRows(r.stdout);
 }
 
 async function waitStatus(id: string, status: string): Promise<void> {
@@ -52,48 +41,6 @@ async function waitStatus(id: string, status: string): Promise<void> {
     await sleep(20);
   }
   throw new Error(`task ${id} never reached ${status}: ${JSON.stringify(await taskRows())}`);
-}
-
-async function cleanupRuntime(): Promise<void> {
-  const root = taskRoot();
-  if (existsSync(root)) {
-    for (const ns of readdirSync(root).filter((n) => !n.startsWith('.'))) {
-      for (const id of readdirSync(join(root, ns))) {
-        try {
-          process.kill((JSON.parse(readFileSync(join(root, ns, id, 'monitor.json'), 'utf8')) as { pid: number }).pid, 'SIGKILL');
-        } catch {
-          // no monitor
-        }
-      }
-    }
-  }
-  const runcRoot = join(d.state, 'runc');
-  if (existsSync(runcRoot)) {
-    for (const ns of readdirSync(runcRoot)) {
-      for (const id of readdirSync(join(runcRoot, ns))) {
-        try {
-          execFileSync('runc', ['--root', join(runcRoot, ns), 'delete', '--force', id], { stdio: 'ignore' });
-        } catch {
-          // gone
-        }
-      }
-    }
-  }
-  for (const m of mountsUnder(d.dir.path).reverse()) {
-    try {
-      execFileSync('umount', ['-l', m], { stdio: 'ignore' });
-    } catch {
-      // gone
-    }
-  }
-  // runc removes a container's cgroup, not its parent /<namespace> (neither does containerd).
-  for (const ctl of readdirSync('/sys/fs/cgroup')) {
-    try {
-      rmdirSync(join('/sys/fs/cgroup', ctl, NS));
-    } catch {
-      // not there (or not a hierarchy)
-    }
-  }
 }
 
 beforeAll(async () => {
@@ -107,7 +54,7 @@ beforeAll(async () => {
 afterAll(async () => {
   if (d) {
     await stopAll();
-    await cleanupRuntime();
+    await cleanupRuntime({ taskRoot: taskRoot(), runcRoot: join(d.state, 'runc'), mountsUnder: d.dir.path, cgroupNamespace: NS });
     await d.dir.cleanup();
   }
   await dir?.cleanup();

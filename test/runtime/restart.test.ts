@@ -23,6 +23,7 @@ import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { kindOf } from '../helpers/errors.js';
 import { buildImage, busyboxPlatform, type BuiltImage } from '../helpers/images.js';
 import { STRATA } from '../helpers/paths.js';
+import { cleanupRuntime, mountsUnder } from '../helpers/runtime.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 
 const IMAGE = 'docker.io/library/busybox:strata-rt';
@@ -35,13 +36,6 @@ let baseSpec: Record<string, any>;
 
 const taskRoot = () => join(d.state, 'io.containerd.runtime.v2.task');
 const runcRoot = () => join(d.state, 'runc');
-
-function mountsUnder(prefix: string): string[] {
-  return readFileSync('/proc/mounts', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[1] ?? '')
-    .filter((m) => m.startsWith(prefix));
-}
 
 let fifoCount = 0;
 function fifo(name: string): string {
@@ -99,40 +93,6 @@ const wait = (c: StrataClient, id: string) => c.call(c.tasks, c.tasks.wait, { co
 const kill = (c: StrataClient, id: string, signal = 9) => c.call(c.tasks, c.tasks.kill, { containerId: id, execId: '', signal, all: false });
 const del = (c: StrataClient, id: string) => c.call(c.tasks, c.tasks.delete, { containerId: id });
 
-/** Kills the monitors of a state root, removes what runc still knows, unmounts what is left under dir. */
-async function cleanupRuntime(): Promise<void> {
-  const root = taskRoot();
-  if (existsSync(root)) {
-    for (const ns of readdirSync(root).filter((n) => !n.startsWith('.'))) {
-      for (const id of readdirSync(join(root, ns))) {
-        try {
-          process.kill((JSON.parse(readFileSync(join(root, ns, id, 'monitor.json'), 'utf8')) as { pid: number }).pid, 'SIGKILL');
-        } catch {
-          // no monitor
-        }
-      }
-    }
-  }
-  if (existsSync(runcRoot())) {
-    for (const ns of readdirSync(runcRoot())) {
-      for (const id of readdirSync(join(runcRoot(), ns))) {
-        try {
-          execFileSync('runc', ['--root', join(runcRoot(), ns), 'delete', '--force', id], { stdio: 'ignore' });
-        } catch {
-          // gone
-        }
-      }
-    }
-  }
-  for (const m of mountsUnder(d.dir.path).reverse()) {
-    try {
-      execFileSync('umount', ['-l', m], { stdio: 'ignore' });
-    } catch {
-      // gone
-    }
-  }
-}
-
 beforeAll(async () => {
   dir = await tempDir('strata-rt-restart-');
   img = await buildImage(dir.path, { basename: 'busybox', name: IMAGE, platforms: [await busyboxPlatform({ compression: 'gzip' })] });
@@ -149,7 +109,7 @@ beforeAll(async () => {
 afterAll(async () => {
   if (d) {
     await stopAll();
-    await cleanupRuntime();
+    await cleanupRuntime({ taskRoot: taskRoot(), runcRoot: runcRoot(), mountsUnder: d.dir.path });
     await d.dir.cleanup();
   }
   await dir?.cleanup();

@@ -8,7 +8,7 @@
  * what runc still knows and unmounts anything under the temp dir.
  */
 import { execFileSync } from 'node:child_process';
-import { constants as fsc, existsSync, openSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { constants as fsc, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,6 +19,7 @@ import { TaskManager, type ContainerInfo } from '../../src/runtime/tasks.js';
 import { buildImage, busyboxPlatform } from '../helpers/images.js';
 import { kindOf } from '../helpers/errors.js';
 import { REPO } from '../helpers/paths.js';
+import { cleanupRuntime, mountsUnder } from '../helpers/runtime.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 
 const MONITOR = join(REPO, 'dist/src/runtime/monitor.js');
@@ -86,13 +87,6 @@ function writeFifo(path: string): Socket {
   return new Socket({ fd: openSync(path, fsc.O_RDWR), readable: false, writable: true });
 }
 
-function mountsUnder(prefix: string): string[] {
-  return readFileSync('/proc/mounts', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[1] ?? '')
-    .filter((m) => m.startsWith(prefix));
-}
-
 function collectEvents(): { envelopes: Envelope[]; topics: (id: string) => string[]; stop: () => void } {
   const sub = exchange.subscribe([`namespace==${NS}`]);
   const envelopes: Envelope[] = [];
@@ -107,41 +101,6 @@ function collectEvents(): { envelopes: Envelope[]; topics: (id: string) => strin
         .map((e) => e.topic),
     stop: () => sub.close(),
   };
-}
-
-/** Kills every monitor under a state root, removes runc's containers, unmounts and removes what is left. */
-async function cleanupRuntime(state: string, runcState: string): Promise<void> {
-  if (existsSync(state)) {
-    for (const ns of readdirSync(state)) {
-      if (ns.startsWith('.')) continue;
-      for (const id of readdirSync(join(state, ns))) {
-        try {
-          const { pid } = JSON.parse(readFileSync(join(state, ns, id, 'monitor.json'), 'utf8')) as { pid: number };
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          // no monitor
-        }
-      }
-    }
-  }
-  if (existsSync(runcState)) {
-    for (const ns of readdirSync(runcState)) {
-      for (const id of readdirSync(join(runcState, ns))) {
-        try {
-          execFileSync('runc', ['--root', join(runcState, ns), 'delete', '--force', id], { stdio: 'ignore' });
-        } catch {
-          // gone
-        }
-      }
-    }
-  }
-  for (const m of mountsUnder(dir.path).reverse()) {
-    try {
-      execFileSync('umount', ['-l', m], { stdio: 'ignore' });
-    } catch {
-      // already gone
-    }
-  }
 }
 
 beforeAll(async () => {
@@ -176,7 +135,7 @@ beforeAll(async () => {
 afterAll(async () => {
   tasks?.close();
   if (dir) {
-    await cleanupRuntime(stateRoot, runcRoot);
+    await cleanupRuntime({ taskRoot: stateRoot, runcRoot, mountsUnder: dir.path });
     await dir.cleanup();
   }
 });

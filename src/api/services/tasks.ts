@@ -25,7 +25,8 @@ import {
 import type { Any } from '../gen/google/protobuf/any.js';
 import { invalidArgument, notImplemented } from '../../core/errdefs.js';
 import type { Logger } from '../../log/index.js';
-import type { CgroupStats, TaskManager } from '../../runtime/tasks.js';
+import type { TaskManager } from '../../runtime/tasks.js';
+import type { CgroupStats } from '../../runtime/cgroups.js';
 import { opContext, unary, type GrpcService, grpcService } from '../call.js';
 import { processToPb, exitToPb } from '../convert.js';
 

@@ -1,0 +1,129 @@
+/**
+ * Starting task monitors (monitor.ts) for the task manager, with one spare monitor kept started ahead of the
+ * next create: Node takes 70-100 ms to start, more than the rest of a task create (docs/runtime.md, "The
+ * spare monitor").
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { connect as netConnect, type Socket } from 'node:net';
+import { closeSync, mkdirSync, openSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from '../log/index.js';
+import { files } from './bundle.js';
+
+export interface MonitorPoolOptions {
+  /** The task manager's bundle root (the spares' sockets go next to it). */
+  root: string;
+  /** The monitor entry (default: monitor.js next to this module, in dist/). */
+  monitor?: string;
+  /** The node binary for monitors (default: this process's). */
+  node?: string;
+  /** Keep a spare monitor started ahead of the next create. */
+  spare: boolean;
+  log: Logger;
+}
+
+const defaultMonitor = () => fileURLToPath(new URL('./monitor.js', import.meta.url));
+
+export class MonitorPool {
+  private readonly monitorPath: string;
+  private readonly nodePath: string;
+  private closed = false;
+  private spareMonitor?: { child: ChildProcess; conn?: Socket };
+  private spareSeq = 0;
+
+  constructor(private readonly opts: MonitorPoolOptions) {
+    this.monitorPath = opts.monitor ?? defaultMonitor();
+    this.nodePath = opts.node ?? process.execPath;
+  }
+
+  /** A monitor process for `bundle` (which holds task.json): the spare if one is ready, else a new one. */
+  start(bundle: string): ChildProcess {
+    return this.takeSpare(bundle) ?? this.spawnMonitor(bundle);
+  }
+
+  /** Stops the spare; start() starts no more. */
+  close(): void {
+    this.closed = true;
+    // The spare exits when its connection closes.
+    this.spareMonitor?.conn?.destroy();
+    this.spareMonitor?.child.kill('SIGKILL');
+    this.spareMonitor = undefined;
+  }
+
+  /**
+   * Hands `bundle` to the spare monitor if one is ready (and starts the next spare); undefined if none is.
+   * A spare spares a task create the monitor's start-up time (see monitor.ts).
+   */
+  private takeSpare(bundle: string): ChildProcess | undefined {
+    const s = this.spareMonitor;
+    this.spareMonitor = undefined;
+    let taken: ChildProcess | undefined;
+    if (s?.conn && s.child.exitCode === null && s.child.signalCode === null && !s.conn.destroyed) {
+      s.conn.write(`${bundle}\n`);
+      taken = s.child;
+    } else if (s) {
+      s.conn?.destroy();
+      s.child.kill('SIGKILL');
+    }
+    this.startSpare();
+    return taken;
+  }
+
+  /** Starts a spare monitor and connects to it (it exits if that connection closes before it is used). */
+  private startSpare(): void {
+    if (this.closed || !this.opts.spare) return;
+    // Not under root: its entries are namespaces.
+    const dir = join(dirname(this.opts.root), 'strata-spare-monitors');
+    const sock = join(dir, `${process.pid}-${++this.spareSeq}.sock`);
+    try {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      rmSync(sock, { force: true });
+    } catch {
+      return;
+    }
+    const child = spawn(this.nodePath, [this.monitorPath, '--spare', sock], {
+      detached: true,
+      stdio: 'ignore',
+      cwd: '/',
+      env: { ...process.env, UV_THREADPOOL_SIZE: '16' },
+    });
+    child.on('error', () => undefined);
+    child.unref();
+    const spare: { child: ChildProcess; conn?: Socket } = { child };
+    this.spareMonitor = spare;
+    const tryConnect = (left: number) => {
+      if (this.spareMonitor !== spare || child.exitCode !== null) return;
+      const c = netConnect(sock);
+      c.once('connect', () => {
+        c.removeAllListeners('error');
+        c.on('error', () => undefined);
+        c.unref();
+        spare.conn = c;
+      });
+      c.once('error', () => {
+        c.destroy();
+        if (left > 0) setTimeout(() => tryConnect(left - 1), 10).unref();
+      });
+    };
+    tryConnect(500);
+  }
+
+  private spawnMonitor(bundle: string): ChildProcess {
+    const logFd = openSync(join(bundle, files.monitorLog), 'a', 0o600);
+    try {
+      const child = spawn(this.nodePath, [this.monitorPath, bundle], {
+        detached: true,
+        stdio: ['ignore', logFd, logFd],
+        cwd: '/',
+        // Blocking FIFO opens wait in the thread pool; give them room.
+        env: { ...process.env, UV_THREADPOOL_SIZE: '16' },
+      });
+      child.on('error', (err) => this.opts.log.error('task monitor failed to start', { bundle, error: err }));
+      child.unref();
+      return child;
+    } finally {
+      closeSync(logFd);
+    }
+  }
+}
