@@ -32,7 +32,8 @@ import type { Mount } from '../../src/core/mount.js';
 import { kindOf } from '../helpers/errors.js';
 import { pseudoRandom } from '../helpers/data.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
-import { contentStore, getxattr, listTar, makeTar, mountsContaining, putBlob, readBlob, setxattr, snapshotTree, type Node } from './helpers.js';
+import { contentStore, getxattr, listTar, mountsContaining, putBlob, readBlob, setxattr, snapshotTree, type Node } from './helpers.js';
+import { makeTar } from '../helpers/tar.js';
 
 const run = promisify(execFile);
 const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
