@@ -44,7 +44,7 @@ export interface TarHandler {
 }
 
 /** Tar's unit: headers are one block, entry data is padded to a whole number of blocks. */
-export const BLOCK = 512;
+const BLOCK = 512;
 /** Largest PAX or GNU long-name payload accepted (names are at most a few KiB in practice). */
 const MAX_META = 1 << 20;
 
