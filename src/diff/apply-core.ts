@@ -41,6 +41,7 @@ import {
 import { join } from 'node:path';
 import { invalidArgument, notImplemented, StrataError } from '../core/errdefs.js';
 import { TarParser, type TarHeader } from './tar.js';
+import { OVERLAY_OPAQUE, OVERLAY_WHITEOUT_MKNOD, overlayOpaqueXattr, WH_OPAQUE, WH_PREFIX } from './whiteouts.js';
 
 export interface CoreOptions {
   whiteouts: 'delete' | 'overlay';
@@ -51,8 +52,6 @@ export interface CoreOptions {
   warn: (msg: string, fields: Record<string, unknown>) => void;
 }
 
-const WH_PREFIX = '.wh.';
-const WH_OPAQUE = '.wh..wh..opq';
 const MAX_LINKS = 255;
 const CREATE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 
@@ -98,8 +97,24 @@ export function cleanComponents(name: string, what = name): string[] {
   return out;
 }
 
-/** Resolves `rel` (components) inside `root` as fs.RootPath does, for reading lower layers; undefined if absent. */
-function rootPath(root: string, comps: string[]): string | undefined {
+/**
+ * The one symlink-safe path resolver of the applier: resolves `comps` inside `root` as continuity's
+ * fs.RootPath does. Empty and `.` components are skipped, `..` goes up but never above `root`, and a symlink
+ * met on the way (the last component included) is followed with `root` as `/`, so nothing outside `root` is
+ * ever looked at or written. More than MAX_LINKS symlinks is an error naming the tar entry `name` (a loop
+ * must neither hang the applier nor pass unnoticed; containerd's mkparent fails on it too).
+ *
+ * `step` is called for each component reached that is not a symlink, with its path, its lstat (undefined: it
+ * does not exist) and the components resolved so far, itself included. It returns whether to go on: after
+ * creating a missing directory, say, or throwing for a component that must be a directory and is not.
+ * Giving up makes the result undefined.
+ */
+function resolveInRoot(
+  root: string,
+  comps: string[],
+  name: string,
+  step: (path: string, st: Stats | undefined, rel: string[]) => boolean,
+): string | undefined {
   const resolved: string[] = [];
   const pending = [...comps];
   let links = 0;
@@ -112,15 +127,15 @@ function rootPath(root: string, comps: string[]): string | undefined {
     }
     const p = join(root, ...resolved, c);
     const st = lstatOrUndefined(p);
-    if (!st) return undefined;
-    if (st.isSymbolicLink()) {
-      if (++links > MAX_LINKS) return undefined;
+    if (st?.isSymbolicLink()) {
+      if (++links > MAX_LINKS) throw invalidArgument(`tar entry ${JSON.stringify(name)}: too many symlinks`);
       const dest = readlinkSync(p);
       if (dest.startsWith('/')) resolved.length = 0;
       pending.unshift(...dest.split('/'));
       continue;
     }
     resolved.push(c);
+    if (!step(p, st, resolved)) return undefined;
   }
   return join(root, ...resolved);
 }
@@ -200,8 +215,8 @@ export class LayerApplier {
   }
 
   /**
-   * Resolves the parent components of an entry to a real directory inside the root, creating missing ones.
-   * Symlinks on the way are followed with the root as `/`.
+   * Resolves the parent components of an entry to a real directory inside the root (resolveInRoot), creating
+   * missing ones; a component that exists must be a directory.
    */
   private parentDir(comps: string[], name: string): string {
     const key = comps.join('/');
@@ -210,49 +225,28 @@ export class LayerApplier {
       this.parentSgid = cached.sgid;
       return cached.path;
     }
-    const resolved: string[] = [];
     let sgid = lstatSync(this.root).mode & 0o2000;
-    const pending = [...comps];
-    let links = 0;
-    while (pending.length > 0) {
-      const c = pending.shift()!;
-      if (c === '' || c === '.') continue;
-      if (c === '..') {
-        resolved.pop();
-        continue;
-      }
-      const p = join(this.root, ...resolved, c);
-      const st = lstatOrUndefined(p);
-      if (!st) {
-        sgid = this.mkparent(p, [...resolved, c]) & 0o2000;
-        resolved.push(c);
-        continue;
-      }
-      if (st.isSymbolicLink()) {
-        if (++links > MAX_LINKS) throw invalidArgument(`tar entry ${JSON.stringify(name)}: too many symlinks`);
-        const dest = readlinkSync(p);
-        if (dest.startsWith('/')) resolved.length = 0;
-        pending.unshift(...dest.split('/'));
-        continue;
-      }
-      if (!st.isDirectory()) {
-        throw invalidArgument(`tar entry ${JSON.stringify(name)}: parent ${JSON.stringify([...resolved, c].join('/'))} is not a directory`);
-      }
-      sgid = st.mode & 0o2000;
-      resolved.push(c);
-    }
-    const dir = join(this.root, ...resolved);
+    const dir = resolveInRoot(this.root, comps, name, (p, st, rel) => {
+      if (!st) sgid = this.mkparent(p, rel, name) & 0o2000;
+      else if (!st.isDirectory()) throw invalidArgument(`tar entry ${JSON.stringify(name)}: parent ${JSON.stringify(rel.join('/'))} is not a directory`);
+      else sgid = st.mode & 0o2000;
+      return true;
+    })!;
     this.parentSgid = sgid !== 0;
     this.dirs.set(key, { path: dir, sgid: sgid !== 0 });
     return dir;
   }
 
-  /** Creates a missing parent: with the lower layers' metadata for that directory if they have it, else 0755. Returns its mode. */
-  private mkparent(path: string, rel: string[]): number {
+  /**
+   * Creates a missing parent (`rel`: its components) for entry `name`: with the lower layers' metadata for that
+   * directory if they have it, else 0755. Returns its mode.
+   */
+  private mkparent(path: string, rel: string[], name: string): number {
     mkdirSync(path, { mode: 0o755 });
     this.unpacked.add(path);
     for (const lower of this.opts.parents) {
-      const lp = rootPath(lower, rel);
+      // In a lower layer the path may be absent, or cross a file (nothing there either): then the next layer.
+      const lp = resolveInRoot(lower, rel, name, (_p, st) => st !== undefined);
       if (lp === undefined) continue;
       const st = lstatOrUndefined(lp);
       if (!st || !st.isDirectory()) break; // replaced in a lower layer: defaults
@@ -387,9 +381,8 @@ export class LayerApplier {
     const overlay = this.opts.whiteouts === 'overlay';
     if (base === WH_OPAQUE) {
       if (overlay) {
-        const key = this.opts.userxattr ? 'user.overlay.opaque' : 'trusted.overlay.opaque';
         const list = this.xattrs.get(dir) ?? [];
-        list.push([key, Buffer.from('y')]);
+        list.push([overlayOpaqueXattr(this.opts.userxattr), Buffer.from(OVERLAY_OPAQUE)]);
         this.xattrs.set(dir, list);
       } else {
         this.emptyLower(dir);
@@ -405,7 +398,7 @@ export class LayerApplier {
     if (st) this.remove(path, st);
     if (overlay) {
       if (!this.opts.isRoot) throw notImplemented(`whiteout ${JSON.stringify(name)}: overlay whiteouts need root`);
-      execFileSync('mknod', ['-m', '0', path, 'c', '0', '0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      execFileSync('mknod', ['-m', '0', path, ...OVERLAY_WHITEOUT_MKNOD], { stdio: ['ignore', 'ignore', 'pipe'] });
     }
   }
 

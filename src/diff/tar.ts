@@ -1,12 +1,20 @@
 /**
- * A synchronous, push-style tar reader: feed it chunks as they arrive, it calls back for each entry header,
- * each piece of entry data and each entry's end. No stream machinery and no promise per entry: a layer of
- * 50k small files is parsed in a few milliseconds of CPU, which is what lets the applier keep up with GNU tar.
+ * The layer tar format, read and written in one place: the header layout (ustar fields at fixed offsets, PAX
+ * extended headers) is defined once here and used by both sides.
  *
+ * Reading: a synchronous, push-style parser. Feed it chunks as they arrive, it calls back for each entry
+ * header, each piece of entry data and each entry's end. No stream machinery and no promise per entry: a layer
+ * of 50k small files is parsed in a few milliseconds of CPU, which is what lets the applier keep up with GNU tar.
  * Formats: ustar (name prefix), GNU (long names 'L', long link names 'K', base-256 numbers) and PAX
  * (per-entry 'x' records: path, linkpath, size, uid, gid, mtime, atime, SCHILY.xattr.*; global 'g' records
  * are read and ignored, as containerd does). Sparse files and multi-volume archives are refused.
  * A bad header checksum is an error (a corrupt or truncated layer must never apply as a short success).
+ *
+ * Writing: `encodeHeader` gives the header block(s) of one entry, as Go's archive/tar does in its PAX format:
+ * ustar fields, with PAX records (path, linkpath, uid, gid, size, mtime, SCHILY.xattr.*) for what does not
+ * fit. Headers are written here rather than with tar-stream's pack, which cannot carry binary PAX values and
+ * silently clamps uid/gid above 2^18. (Image archives, docker save and OCI layouts, go through tar-stream in
+ * src/images/archive: they hold only regular files with small headers.)
  */
 import { invalidArgument, notImplemented } from '../core/errdefs.js';
 
@@ -35,9 +43,33 @@ export interface TarHandler {
   endEntry(): void;
 }
 
+/** Tar's unit: headers are one block, entry data is padded to a whole number of blocks. */
 const BLOCK = 512;
 /** Largest PAX or GNU long-name payload accepted (names are at most a few KiB in practice). */
 const MAX_META = 1 << 20;
+
+/** The ustar header fields: [offset, length] in the header block. */
+const F = {
+  name: [0, 100],
+  mode: [100, 8],
+  uid: [108, 8],
+  gid: [116, 8],
+  size: [124, 12],
+  mtime: [136, 12],
+  checksum: [148, 8],
+  typeflag: [156, 1],
+  linkname: [157, 100],
+  magic: [257, 8],
+  devmajor: [329, 8],
+  devminor: [337, 8],
+  prefix: [345, 155],
+} as const;
+
+/** PAX record key prefix of an extended attribute (the rest of the key is the xattr's name). */
+export const PAX_XATTR = 'SCHILY.xattr.';
+
+/** Padding after `size` bytes of entry data, up to the next block. */
+export const padding = (size: number) => (BLOCK - (size % BLOCK)) % BLOCK;
 
 const typeFlags: Record<string, EntryType> = {
   '0': 'file',
@@ -87,11 +119,11 @@ function numeric(buf: Buffer, start: number, len: number, field: string): number
 }
 
 function checksumOk(block: Buffer): boolean {
-  const stored = numeric(block, 148, 8, 'checksum');
+  const stored = numeric(block, F.checksum[0], F.checksum[1], 'checksum');
   let unsigned = 0;
   let signed = 0;
   for (let i = 0; i < BLOCK; i++) {
-    const b = i >= 148 && i < 156 ? 0x20 : block[i]!;
+    const b = i >= F.checksum[0] && i < F.checksum[0] + F.checksum[1] ? 0x20 : block[i]!;
     unsigned += b;
     signed += b > 127 ? b - 256 : b;
   }
@@ -141,7 +173,7 @@ function parsePax(buf: Buffer, into: Pax): void {
     else if (key === 'gid') into.gid = num('gid');
     else if (key === 'mtime') into.mtime = num('mtime');
     else if (key === 'atime') into.atime = num('atime');
-    else if (key.startsWith('SCHILY.xattr.')) into.xattrs.push([key.slice('SCHILY.xattr.'.length), Buffer.from(raw)]);
+    else if (key.startsWith(PAX_XATTR)) into.xattrs.push([key.slice(PAX_XATTR.length), Buffer.from(raw)]);
     else if (key.startsWith('GNU.sparse.')) throw notImplemented('sparse files in layers are not supported');
   }
 }
@@ -232,15 +264,14 @@ export class TarParser {
     }
     if (this.zeroBlocks > 0) throw invalidArgument('invalid tar header: data after an empty block');
     if (!checksumOk(block)) throw invalidArgument('invalid tar header: checksum mismatch');
-    const flag = String.fromCharCode(block[156]!);
-    let size = numeric(block, 124, 12, 'size');
-    const padTo = (n: number) => (BLOCK - (n % BLOCK)) % BLOCK;
+    const flag = String.fromCharCode(block[F.typeflag[0]]!);
+    let size = numeric(block, F.size[0], F.size[1], 'size');
 
     if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
       if (size > MAX_META) throw invalidArgument(`invalid tar header: ${size}-byte extended header`);
       this.metaKind = flag;
       this.remaining = size;
-      this.padding = padTo(size);
+      this.padding = padding(size);
       if (size === 0) this.onMeta(Buffer.alloc(0));
       else this.state = 'meta';
       if (size === 0 && this.padding > 0) this.state = 'padding';
@@ -251,31 +282,31 @@ export class TarParser {
     if (!type) throw invalidArgument(`unsupported tar entry type ${JSON.stringify(flag)}`);
 
     // ustar: a name prefix at 345; GNU ("ustar  \0") keeps other fields there.
-    const magic = block.toString('latin1', 257, 265);
-    let name = cstring(block, 0, 100);
+    const magic = block.toString('latin1', F.magic[0], F.magic[0] + F.magic[1]);
+    let name = cstring(block, F.name[0], F.name[1]);
     if (magic.startsWith('ustar\0')) {
-      const prefix = cstring(block, 345, 155);
+      const prefix = cstring(block, F.prefix[0], F.prefix[1]);
       if (prefix) name = `${prefix}/${name}`;
     }
     const pax = this.pax;
     if (this.longName !== undefined) name = this.longName;
     if (pax.path !== undefined) name = pax.path;
-    let linkname = cstring(block, 157, 100);
+    let linkname = cstring(block, F.linkname[0], F.linkname[1]);
     if (this.longLink !== undefined) linkname = this.longLink;
     if (pax.linkpath !== undefined) linkname = pax.linkpath;
     if (pax.size !== undefined) size = pax.size;
     const header: TarHeader = {
       name,
       type,
-      mode: numeric(block, 100, 8, 'mode'),
-      uid: pax.uid ?? numeric(block, 108, 8, 'uid'),
-      gid: pax.gid ?? numeric(block, 116, 8, 'gid'),
+      mode: numeric(block, F.mode[0], F.mode[1], 'mode'),
+      uid: pax.uid ?? numeric(block, F.uid[0], F.uid[1], 'uid'),
+      gid: pax.gid ?? numeric(block, F.gid[0], F.gid[1], 'gid'),
       size: type === 'file' ? size : 0,
-      mtime: pax.mtime ?? numeric(block, 136, 12, 'mtime'),
+      mtime: pax.mtime ?? numeric(block, F.mtime[0], F.mtime[1], 'mtime'),
       ...(pax.atime !== undefined ? { atime: pax.atime } : {}),
       linkname,
-      devmajor: type === 'character-device' || type === 'block-device' ? numeric(block, 329, 8, 'devmajor') : 0,
-      devminor: type === 'character-device' || type === 'block-device' ? numeric(block, 337, 8, 'devminor') : 0,
+      devmajor: type === 'character-device' || type === 'block-device' ? numeric(block, F.devmajor[0], F.devmajor[1], 'devmajor') : 0,
+      devminor: type === 'character-device' || type === 'block-device' ? numeric(block, F.devminor[0], F.devminor[1], 'devminor') : 0,
       xattrs: pax.xattrs,
     };
     this.pax = { xattrs: [] };
@@ -284,7 +315,7 @@ export class TarParser {
     // Non-file entries may still carry data (a hardlink with a size, in some writers): skip it.
     this.handler.header(header);
     this.remaining = size;
-    this.padding = padTo(size);
+    this.padding = padding(size);
     if (size > 0) {
       if (type === 'file') this.state = 'data';
       else {
@@ -315,3 +346,92 @@ export class TarParser {
     }
   }
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Writing.
+ * ---------------------------------------------------------------------------------------------------------- */
+
+export type TypeFlag = '0' | '1' | '2' | '3' | '4' | '5' | '6' | 'x';
+
+export interface TarWriteHeader {
+  name: string;
+  type: TypeFlag;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  /** Seconds since the epoch. */
+  mtime: bigint;
+  linkname?: string;
+  devmajor?: number;
+  devminor?: number;
+  /** PAX records beyond the ones the header needs (e.g. SCHILY.xattr.*), binary-safe. */
+  pax?: [string, Buffer][];
+}
+
+const MAX_OCTAL_7 = 0o7777777;
+const MAX_OCTAL_11 = 0o77777777777;
+const isAscii = (s: string) => /^[\x00-\x7f]*$/.test(s);
+const toAscii = (s: string) => s.replace(/[^\x00-\x7f]/g, '');
+
+function putString(buf: Buffer, off: number, len: number, s: string): void {
+  buf.write(toAscii(s).slice(0, len), off, len, 'latin1');
+}
+
+function putOctal(buf: Buffer, off: number, len: number, v: number | bigint): void {
+  const s = v.toString(8).padStart(len - 1, '0');
+  buf.write(s, off, len - 1, 'latin1');
+  buf[off + len - 1] = 0;
+}
+
+function paxRecord(key: string, value: Buffer): Buffer {
+  // "<len> <key>=<value>\n", len counting its own digits.
+  const rest = Buffer.byteLength(key) + value.length + 3;
+  let len = rest + String(rest).length;
+  if (String(len).length !== String(rest).length) len = rest + String(len).length;
+  return Buffer.concat([Buffer.from(`${len} ${key}=`, 'utf8'), value, Buffer.from('\n')]);
+}
+
+function rawHeader(h: TarWriteHeader): Buffer {
+  const b = Buffer.alloc(BLOCK);
+  putString(b, ...F.name, h.name);
+  putOctal(b, ...F.mode, h.mode & 0o7777);
+  putOctal(b, ...F.uid, h.uid <= MAX_OCTAL_7 && h.uid >= 0 ? h.uid : 0);
+  putOctal(b, ...F.gid, h.gid <= MAX_OCTAL_7 && h.gid >= 0 ? h.gid : 0);
+  putOctal(b, ...F.size, h.size <= MAX_OCTAL_11 ? h.size : 0);
+  putOctal(b, ...F.mtime, h.mtime >= 0n && h.mtime <= BigInt(MAX_OCTAL_11) ? h.mtime : 0n);
+  b.fill(0x20, F.checksum[0], F.checksum[0] + F.checksum[1]); // checksum: spaces while summing
+  b.write(h.type, F.typeflag[0], F.typeflag[1], 'latin1');
+  if (h.linkname) putString(b, ...F.linkname, h.linkname);
+  b.write('ustar\x0000', F.magic[0], F.magic[1], 'latin1');
+  putOctal(b, ...F.devmajor, h.devmajor ?? 0);
+  putOctal(b, ...F.devminor, h.devminor ?? 0);
+  let sum = 0;
+  for (let i = 0; i < BLOCK; i++) sum += b[i]!;
+  putOctal(b, F.checksum[0], F.checksum[1] - 1, sum); // six digits and a NUL; the eighth byte stays a space
+  return b;
+}
+
+/** The header block(s) of one entry: a PAX extended header first when a field does not fit ustar. */
+export function encodeHeader(h: TarWriteHeader): Buffer {
+  const records: [string, Buffer][] = [];
+  if (Buffer.byteLength(h.name) > F.name[1] || !isAscii(h.name)) records.push(['path', Buffer.from(h.name, 'utf8')]);
+  if (h.linkname && (Buffer.byteLength(h.linkname) > F.linkname[1] || !isAscii(h.linkname))) {
+    records.push(['linkpath', Buffer.from(h.linkname, 'utf8')]);
+  }
+  if (h.uid > MAX_OCTAL_7 || h.uid < 0) records.push(['uid', Buffer.from(String(h.uid))]);
+  if (h.gid > MAX_OCTAL_7 || h.gid < 0) records.push(['gid', Buffer.from(String(h.gid))]);
+  if (h.size > MAX_OCTAL_11) records.push(['size', Buffer.from(String(h.size))]);
+  if (h.mtime < 0n || h.mtime > BigInt(MAX_OCTAL_11)) records.push(['mtime', Buffer.from(String(h.mtime))]);
+  for (const r of h.pax ?? []) records.push(r);
+  const header = rawHeader(h);
+  if (records.length === 0) return header;
+  records.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
+  const data = Buffer.concat(records.map(([k, v]) => paxRecord(k, v)));
+  const base = h.name.replace(/\/+$/, '').split('/').pop() ?? '';
+  const paxHeader = rawHeader({ name: `PaxHeaders.0/${base}`, type: 'x', mode: 0, uid: 0, gid: 0, size: data.length, mtime: 0n });
+  return Buffer.concat([paxHeader, data, Buffer.alloc(padding(data.length)), header]);
+}
+
+/** The end-of-archive marker: two zero blocks. */
+export const endOfArchive = () => Buffer.alloc(2 * BLOCK);

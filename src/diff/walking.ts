@@ -11,9 +11,9 @@
  * The blob is streamed from the content store through the decompressor into the tar applier; nothing is
  * buffered whole. The diffID is returned, not checked (the unpacker compares it with the image config).
  *
- * Compare: see ./compare.ts for the changes and the tar; here the tar is hashed (diffID), compressed (gzip
- * unless the plain tar type is asked for) and written into the content store, committed with the
- * containerd.io/uncompressed label.
+ * Compare: see ./compare.ts (and the modules it names) for the changes and the tar; here the tar is hashed
+ * (diffID), compressed (gzip unless the plain tar type is asked for) and written into the content store,
+ * committed with the containerd.io/uncompressed label.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
@@ -27,7 +27,8 @@ import { type Descriptor } from '../core/descriptor.js';
 import { silentLogger, type Logger } from '../log/index.js';
 import type { Mount } from '../core/mount.js';
 import { applyTar } from './apply.js';
-import { isBindMount, withDiffTar, withMountedDir, type DiffMethod } from './compare.js';
+import { isBindMount, parseOverlayOptions, withTempMount } from '../mount/index.js';
+import { withDiffTar, type DiffMethod } from './compare.js';
 import { decompressStream } from './decompress.js';
 import { compressionOf, mayBeMislabelled, MediaTypeImageLayer, MediaTypeImageLayerGzip } from './mediatypes.js';
 import type { ApplyOpts, CompareOpts, Differ } from './types.js';
@@ -41,14 +42,12 @@ export type ApplyTarget =
 export function applyTarget(mounts: Mount[]): ApplyTarget {
   if (mounts.length === 1) {
     const m = mounts[0]!;
-    const upper = m.type === 'overlay' ? m.options.find((o) => o.startsWith('upperdir=')) : undefined;
+    const overlay = m.type === 'overlay' ? parseOverlayOptions(m.options) : undefined;
     // Overlay whiteouts are character devices: making them needs CAP_MKNOD (containerd: not in a user namespace).
-    if (upper && process.getuid?.() === 0) {
+    if (overlay?.upperdir !== undefined && process.getuid?.() === 0) {
       // The lower layers, top first: a directory the layer implies without an entry of its own takes its
       // attributes from them (containerd's WithParents).
-      const lower = m.options.find((o) => o.startsWith('lowerdir='));
-      const parents = lower ? lower.slice('lowerdir='.length).split(':').filter((d) => d !== '') : [];
-      return { kind: 'dir', dir: upper.slice('upperdir='.length), whiteouts: 'overlay', userxattr: m.options.includes('userxattr'), parents };
+      return { kind: 'dir', dir: overlay.upperdir, whiteouts: 'overlay', userxattr: overlay.userxattr, parents: overlay.lowerdirs };
     }
     if (isBindMount(m) && !m.options.includes('ro')) {
       return { kind: 'dir', dir: m.source, whiteouts: 'delete', userxattr: false, parents: [] };
@@ -107,7 +106,7 @@ export class WalkingDiffer implements Differ {
               ...(target.parents.length > 0 ? { parents: target.parents } : {}),
               logger: this.log,
             })
-          : await withMountedDir(target.mounts, (dir) => applyTar(stream, dir, { whiteouts: 'delete', logger: this.log }));
+          : await withTempMount(target.mounts, (dir) => applyTar(stream, dir, { whiteouts: 'delete', logger: this.log }));
     } catch (err) {
       stream.destroy();
       source.destroy();

@@ -3,6 +3,10 @@
  * bind/rbind options, anything else by type. Overlay option strings longer than the kernel's one-page limit
  * are compacted as containerd compacts them: every layer path is made relative to their common directory,
  * and the mount runs with that directory as its working directory.
+ *
+ * This is also the one place that reads and writes overlay options (lowerdir=, upperdir=, workdir=,
+ * userxattr, metacopy=, redirect_dir=): the snapshotters that build them and the differ that reads them back
+ * go through parseOverlayDirOption / formatOverlayDirOption / parseOverlayOptions.
  */
 import { execFile } from 'node:child_process';
 import { mkdtemp, rmdir } from 'node:fs/promises';
@@ -13,6 +17,64 @@ import type { Mount } from '../core/mount.js';
 import { StrataError, unknown } from '../core/errdefs.js';
 
 const run = promisify(execFile);
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Overlay options.
+ * ---------------------------------------------------------------------------------------------------------- */
+
+/** The overlay options that name directories; lowerdir lists several, top first, separated by ':'. */
+export type OverlayDirKey = 'lowerdir' | 'upperdir' | 'workdir';
+
+const OVERLAY_DIR_KEYS: readonly OverlayDirKey[] = ['lowerdir', 'upperdir', 'workdir'];
+
+/** `lowerdir=/a:/b` -> { key: 'lowerdir', value: '/a:/b' }; undefined for an option that names no directory. */
+export function parseOverlayDirOption(option: string): { key: OverlayDirKey; value: string } | undefined {
+  for (const key of OVERLAY_DIR_KEYS) if (option.startsWith(`${key}=`)) return { key, value: option.slice(key.length + 1) };
+  return undefined;
+}
+
+/** The option naming `dirs` (several only for lowerdir, top first). */
+export function formatOverlayDirOption(key: OverlayDirKey, dirs: string[]): string {
+  return `${key}=${dirs.join(':')}`;
+}
+
+/** What an overlay mount's options say about its layers and the xattrs it keeps. */
+export interface OverlayOptions {
+  /** The lower directories, top first (empty entries dropped). */
+  lowerdirs: string[];
+  upperdir?: string;
+  workdir?: string;
+  /** The overlay keeps its xattrs in user.overlay.* (opaque directories: user.overlay.opaque). */
+  userxattr: boolean;
+  /** The values of metacopy= and redirect_dir=, when given. */
+  metacopy?: string;
+  redirectDir?: string;
+}
+
+/**
+ * Reads an overlay mount's options. When an option is repeated the last one counts, as the kernel and
+ * containerd's getOverlayPath read them.
+ */
+export function parseOverlayOptions(options: string[]): OverlayOptions {
+  const out: OverlayOptions = { lowerdirs: [], userxattr: false };
+  for (const o of options) {
+    const dir = parseOverlayDirOption(o);
+    if (dir?.key === 'lowerdir') out.lowerdirs = dir.value.split(':').filter((d) => d !== '');
+    else if (dir?.key === 'upperdir') out.upperdir = dir.value;
+    else if (dir?.key === 'workdir') out.workdir = dir.value;
+    else if (o === 'userxattr') out.userxattr = true;
+    else if (o.startsWith('metacopy=')) out.metacopy = o.slice('metacopy='.length);
+    else if (o.startsWith('redirect_dir=')) out.redirectDir = o.slice('redirect_dir='.length);
+  }
+  return out;
+}
+
+/** A bind mount: by type, or by the bind/rbind option (what containerd's mount package looks at). */
+export const isBindMount = (m: Mount) => m.type === 'bind' || m.options.includes('bind') || m.options.includes('rbind');
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Mounting.
+ * ---------------------------------------------------------------------------------------------------------- */
 
 /** The kernel takes mount data up to one page; containerd keeps 512 bytes of slack. */
 const MAX_OPTIONS = 4096 - 512;
@@ -32,24 +94,23 @@ function commonDir(paths: string[]): string {
 /** Rewrites an overlay mount's options relative to the layers' common directory when they are too long. */
 export function compactOverlayOptions(options: string[]): { options: string[]; cwd?: string } {
   if (options.join(',').length < MAX_OPTIONS) return { options };
-  const layerKeys = ['lowerdir=', 'upperdir=', 'workdir='];
   const paths: string[] = [];
   for (const o of options) {
-    const k = layerKeys.find((p) => o.startsWith(p));
-    if (k) paths.push(...o.slice(k.length).split(':').filter((x) => x.startsWith('/')));
+    const dir = parseOverlayDirOption(o);
+    if (dir) paths.push(...dir.value.split(':').filter((x) => x.startsWith('/')));
   }
   if (paths.length === 0) return { options };
   const cwd = commonDir(paths);
   const rewritten = options.map((o) => {
-    const k = layerKeys.find((p) => o.startsWith(p));
-    if (!k) return o;
-    return k + o.slice(k.length).split(':').map((x) => (x.startsWith('/') ? relative(cwd, x) || '.' : x)).join(':');
+    const dir = parseOverlayDirOption(o);
+    if (!dir) return o;
+    return formatOverlayDirOption(dir.key, dir.value.split(':').map((x) => (x.startsWith('/') ? relative(cwd, x) || '.' : x)));
   });
   return { options: rewritten, cwd };
 }
 
 async function mountOne(m: Mount, target: string): Promise<void> {
-  const isBind = m.type === 'bind' || m.options.includes('bind') || m.options.includes('rbind');
+  const isBind = isBindMount(m);
   let options = m.options;
   let cwd: string | undefined;
   if (m.type === 'overlay') ({ options, cwd } = compactOverlayOptions(options));
@@ -128,14 +189,24 @@ export function readonlyMounts(mounts: Mount[]): Mount[] {
       let upper = '';
       const out: string[] = [];
       for (const o of m.options) {
-        if (o.startsWith('upperdir=')) upper = o.slice('upperdir='.length);
-        else if (!o.startsWith('workdir=') && o !== 'volatile') out.push(o);
+        const dir = parseOverlayDirOption(o);
+        if (dir?.key === 'upperdir') upper = dir.value;
+        else if (dir?.key !== 'workdir' && o !== 'volatile') out.push(o);
       }
       if (!upper) return { ...m, options: out };
-      const hasLower = out.some((o) => o.startsWith('lowerdir='));
+      const lowerOf = (o: string) => {
+        const dir = parseOverlayDirOption(o);
+        return dir?.key === 'lowerdir' ? dir.value : undefined;
+      };
+      const hasLower = out.some((o) => lowerOf(o) !== undefined);
       return {
         ...m,
-        options: hasLower ? out.map((o) => (o.startsWith('lowerdir=') ? `lowerdir=${upper}:${o.slice('lowerdir='.length)}` : o)) : [...out, `lowerdir=${upper}`],
+        options: hasLower
+          ? out.map((o) => {
+              const lower = lowerOf(o);
+              return lower === undefined ? o : formatOverlayDirOption('lowerdir', [upper, lower]);
+            })
+          : [...out, formatOverlayDirOption('lowerdir', [upper])],
       };
     }
     return { ...m, options: [...m.options.filter((o) => o !== 'rw' && o !== 'ro'), 'ro'] };

@@ -10,32 +10,14 @@ import { lstat, mkdir, readdir, readFile, readlink, stat, symlink, writeFile } f
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
-import { pack, type Header } from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { applyTar } from '../../src/diff/apply.js';
 import { isInvalidArgument } from '../../src/core/errdefs.js';
 import { withTempMount } from '../../src/mount/index.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
+import { makeTar, type TarEntry } from '../helpers/tar.js';
 
 const run = promisify(execFile);
-
-type E = Partial<Header> & { name: string; body?: string | Buffer; pax?: Record<string, string> };
-
-async function makeTar(entries: E[]): Promise<Buffer> {
-  const p = pack();
-  const chunks: Buffer[] = [];
-  const collected = (async () => {
-    for await (const c of p) chunks.push(Buffer.from(c as Uint8Array));
-  })();
-  for (const { body, ...h } of entries) {
-    await new Promise<void>((resolve, reject) =>
-      p.entry({ mtime: new Date(1_600_000_000_000), ...h } as Header, body ?? '', (err) => (err ? reject(err) : resolve())),
-    );
-  }
-  p.finalize();
-  await collected;
-  return Buffer.concat(chunks);
-}
 
 async function getxattr(path: string, key: string): Promise<string | null> {
   const { stdout } = await run('python3', [
@@ -223,7 +205,7 @@ describe('hostile layers', () => {
     expect(await readdir(join(tmp.path, 'a', 'b'))).toEqual(['target']);
     for (const p of [`/tmp/pwned-${tag}`, `/etc/passwd-${tag}`, `/x-${tag}`, `/escape-${tag}`]) expect(existsSync(p)).toBe(false);
   };
-  const rejected = async (entries: E[], what: string) => {
+  const rejected = async (entries: TarEntry[], what: string) => {
     const err = await apply(await makeTar(entries)).catch((e: unknown) => e);
     expect(isInvalidArgument(err), String(err)).toBe(true);
     expect(String(err)).toContain(what);

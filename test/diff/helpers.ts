@@ -7,30 +7,12 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { createGunzip } from 'node:zlib';
-import { extract, pack, type Header } from 'tar-stream';
+import { extract } from 'tar-stream';
 import { openLocalContentStore } from '../../src/content/local.js';
 import type { ContentStore } from '../../src/content/types.js';
 import { MetadataStore } from '../../src/metadata/index.js';
 
 const run = promisify(execFile);
-
-export type E = Partial<Header> & { name: string; body?: string | Buffer; pax?: Record<string, string> };
-
-export async function makeTar(entries: E[]): Promise<Buffer> {
-  const p = pack();
-  const chunks: Buffer[] = [];
-  const collected = (async () => {
-    for await (const c of p) chunks.push(Buffer.from(c as Uint8Array));
-  })();
-  for (const { body, ...h } of entries) {
-    await new Promise<void>((resolve, reject) =>
-      p.entry({ mtime: new Date(1_600_000_000_000), ...h } as Header, body ?? '', (err) => (err ? reject(err) : resolve())),
-    );
-  }
-  p.finalize();
-  await collected;
-  return Buffer.concat(chunks);
-}
 
 /** A namespaced content store (namespace "default") over a local store in dir. */
 export async function contentStore(dir: string): Promise<{ content: ContentStore; md: MetadataStore }> {

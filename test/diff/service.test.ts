@@ -14,7 +14,8 @@ import type { Mount as PbMount } from '../../src/api/gen/containerd/types/mount.
 import type { ApplyRequest, DiffRequest } from '../../src/api/gen/containerd/services/diff/v1/diff.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { kindOf } from '../helpers/errors.js';
-import { listTar, makeTar } from './helpers.js';
+import { listTar } from './helpers.js';
+import { makeTar } from '../helpers/tar.js';
 
 const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip';

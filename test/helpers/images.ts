@@ -34,8 +34,8 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { pack, type Header } from 'tar-stream';
 import { compress as zstdCompress } from 'zstd-napi';
+import { FIXED_MTIME, makeTar, type TarEntry } from './tar.js';
 
 export interface Platform {
   architecture: string;
@@ -142,9 +142,6 @@ export const MEDIA = {
   dockerLayerGzip: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
 } as const;
 
-/** 2000-01-01T00:00:00Z, for every entry and the config's `created`. */
-export const FIXED_MTIME = new Date(946684800 * 1000);
-
 export const sha256 = (b: Uint8Array | string) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 export function hostPlatform(): Platform {
@@ -158,28 +155,7 @@ export function hostPlatform(): Platform {
   return map[process.arch] ?? { os: 'linux', architecture: process.arch };
 }
 
-/** A tar of raw headers (for hostile or unusual archives); bodies default to empty. */
-export async function makeTar(entries: (Partial<Header> & { name: string; body?: string | Buffer })[]): Promise<Buffer> {
-  const p = pack();
-  const chunks: Buffer[] = [];
-  const collected = (async () => {
-    for await (const c of p) chunks.push(Buffer.from(c as Uint8Array));
-  })();
-  for (const { body, ...h } of entries) {
-    await new Promise<void>((resolve, reject) =>
-      p.entry(
-        { mtime: FIXED_MTIME, uid: 0, gid: 0, uname: '', gname: '', ...h } as Header,
-        body ?? '',
-        (err) => (err ? reject(err) : resolve()),
-      ),
-    );
-  }
-  p.finalize();
-  await collected;
-  return Buffer.concat(chunks);
-}
-
-function entryHeaders(e: LayerEntry): Partial<Header> & { name: string; body?: string | Buffer } {
+function entryHeaders(e: LayerEntry): TarEntry {
   const base = { uid: e.uid ?? 0, gid: e.gid ?? 0 };
   const parent = (p: string) => (p.includes('/') ? p.slice(0, p.lastIndexOf('/') + 1) : '');
   const leaf = (p: string) => p.slice(p.lastIndexOf('/') + 1);
@@ -400,7 +376,7 @@ export interface BuiltDockerArchive {
  * start of the tar instead of the end (docker writes it last).
  */
 export async function dockerSaveArchive(dir: string, images: DockerSaveImage[], opts: { basename?: string; manifestFirst?: boolean } = {}): Promise<BuiltDockerArchive> {
-  const entries: (Partial<Header> & { name: string; body?: string | Buffer })[] = [];
+  const entries: TarEntry[] = [];
   const manifest: { Config: string; RepoTags: string[]; Layers: string[] }[] = [];
   const out: BuiltDockerArchive['images'] = [];
   const seen = new Set<string>();

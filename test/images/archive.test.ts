@@ -28,18 +28,8 @@ import { MetadataStore } from '../../src/metadata/index.js';
 import { ctrAt, startContainerd, type StartedContainerd } from '../helpers/containerd.js';
 import { tableRows } from '../helpers/ctr.js';
 import { kindOf } from '../helpers/errors.js';
-import {
-  buildImage,
-  busyboxPlatform,
-  dockerSaveArchive,
-  hostileLayer,
-  hostPlatform,
-  makeTar,
-  MEDIA,
-  sha256,
-  type BuiltImage,
-  type Platform,
-} from '../helpers/images.js';
+import { buildImage, busyboxPlatform, dockerSaveArchive, hostileLayer, hostPlatform, MEDIA, sha256, type BuiltImage, type Platform } from '../helpers/images.js';
+import { makeTar } from '../helpers/tar.js';
 import { buildBusyboxArchive, type BusyboxArchive } from '../helpers/oci-image.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 

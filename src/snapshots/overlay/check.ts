@@ -9,7 +9,7 @@ import { mkdir, mkdtemp, readFile, readdir, rm, statfs, writeFile } from 'node:f
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { isMountPoint, mountAll, unmount } from '../../mount/index.js';
+import { formatOverlayDirOption, isMountPoint, mountAll, unmount } from '../../mount/index.js';
 import type { Logger } from '../../log/index.js';
 import type { Mount } from '../../core/mount.js';
 
@@ -50,7 +50,11 @@ function kernelAtLeast(major: number, minor: number): boolean | undefined {
 async function scratchLayers(parent: string, prefix: string): Promise<{ dir: string; mounts: Mount[]; merged: string }> {
   const dir = await mkdtemp(join(parent, prefix));
   for (const d of ['lower1', 'lower2', 'upper', 'work', 'merged']) await mkdir(join(dir, d), { mode: 0o755 });
-  const opts = [`lowerdir=${join(dir, 'lower2')}:${join(dir, 'lower1')}`, `upperdir=${join(dir, 'upper')}`, `workdir=${join(dir, 'work')}`];
+  const opts = [
+    formatOverlayDirOption('lowerdir', [join(dir, 'lower2'), join(dir, 'lower1')]),
+    formatOverlayDirOption('upperdir', [join(dir, 'upper')]),
+    formatOverlayDirOption('workdir', [join(dir, 'work')]),
+  ];
   return { dir, mounts: [{ type: 'overlay', source: 'overlay', options: opts }], merged: join(dir, 'merged') };
 }
 

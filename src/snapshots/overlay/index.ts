@@ -29,7 +29,7 @@ import {
 } from 'node:fs';
 import { chmod, mkdir, readdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { compactOverlayOptions } from '../../mount/index.js';
+import { compactOverlayOptions, formatOverlayDirOption, parseOverlayDirOption } from '../../mount/index.js';
 import { failedPrecondition } from '../../core/errdefs.js';
 import { silentLogger, type Logger } from '../../log/index.js';
 import { diskUsage } from '../fsutil.js';
@@ -69,9 +69,10 @@ function goPathDir(p: string): string {
 export function containerdCompaction(options: string[]): { options: string[]; cwd?: string } {
   const total = options.reduce((n, o) => n + o.length, 0);
   if (total < PAGE_SIZE - 512) return { options };
-  const idx = options.findIndex((o) => o.startsWith('lowerdir='));
+  // The first lowerdir option, as containerd's findOverlayLowerdirs takes it.
+  const idx = options.findIndex((o) => parseOverlayDirOption(o)?.key === 'lowerdir');
   if (idx < 0) return { options };
-  const dirs = options[idx]!.slice('lowerdir='.length).split(':');
+  const dirs = parseOverlayDirOption(options[idx]!)!.value.split(':');
   if (dirs.length === 1) return { options };
   let min = dirs[0]!;
   let max = dirs[0]!;
@@ -87,7 +88,7 @@ export function containerdCompaction(options: string[]): { options: string[]; cw
   if (common === '/') return { options };
   const strip = common.length + 1;
   const rest = options.filter((_, i) => i !== idx);
-  return { options: [...rest, `lowerdir=${dirs.map((d) => d.slice(strip)).join(':')}`], cwd: common };
+  return { options: [...rest, formatOverlayDirOption('lowerdir', dirs.map((d) => d.slice(strip)))], cwd: common };
 }
 
 /** Whether an overlay mount with these options fits the kernel's page through both mount codes. */
@@ -349,11 +350,13 @@ class OverlaySnapshotter implements Snapshotter {
       return [{ type: 'bind', source: this.upperPath(parentIds[0]!), options: ['ro', 'rbind'] }];
     }
     const options = [...this.baseOptions];
-    if (kind === 'active') options.push(`workdir=${this.workPath(id)}`, `upperdir=${this.upperPath(id)}`);
-    const plain = [...options, `lowerdir=${parentIds.map((p) => this.upperPath(p)).join(':')}`];
+    if (kind === 'active') {
+      options.push(formatOverlayDirOption('workdir', [this.workPath(id)]), formatOverlayDirOption('upperdir', [this.upperPath(id)]));
+    }
+    const plain = [...options, formatOverlayDirOption('lowerdir', parentIds.map((p) => this.upperPath(p)))];
     if (overlayOptionsFit(plain)) return [{ type: 'overlay', source: 'overlay', options: plain }];
     this.ensureLinks(parentIds);
-    const linked = [...options, `lowerdir=${parentIds.map((p) => this.linkPath(p)).join(':')}`];
+    const linked = [...options, formatOverlayDirOption('lowerdir', parentIds.map((p) => this.linkPath(p)))];
     if (!overlayOptionsFit(linked)) {
       this.log.warn('overlay mount options exceed a page even through layer links', { layers: parentIds.length });
     }
