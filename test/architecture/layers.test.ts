@@ -19,7 +19,6 @@ const RANK: Record<string, number> = {
   plugin: 1,
   config: 1,
   mount: 1, // mounting, and the one parser of overlay options
-  archive: 1, // the tar format
   content: 2,
   events: 2,
   snapshots: 3, // backends: never metadata, never the gRPC layer

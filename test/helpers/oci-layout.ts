@@ -10,7 +10,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
-import { pack, type Header as TarHeader } from 'tar-stream';
+import { makeTar } from './tar.js';
 
 const execFileP = promisify(execFile);
 
@@ -44,19 +44,7 @@ const blob = (mediaType: string, bytes: Buffer): LayoutBlob => ({ mediaType, dig
 
 /** A tar of regular files (path → content), mtime 2000-01-01, mode 0644, root-owned, in the given order. */
 export async function makeLayerTar(files: Record<string, string | Buffer>): Promise<Buffer> {
-  const p = pack();
-  const chunks: Buffer[] = [];
-  const collected = (async () => {
-    for await (const c of p) chunks.push(Buffer.from(c as Uint8Array));
-  })();
-  for (const [name, content] of Object.entries(files)) {
-    const body = typeof content === 'string' ? Buffer.from(content) : content;
-    const h = { name, size: body.length, mode: 0o644, mtime: new Date(946684800_000), uid: 0, gid: 0, type: 'file' } as TarHeader;
-    await new Promise<void>((resolve, reject) => p.entry(h, body, (err) => (err ? reject(err) : resolve())));
-  }
-  p.finalize();
-  await collected;
-  return Buffer.concat(chunks);
+  return makeTar(Object.entries(files).map(([name, body]) => ({ name, body, mode: 0o644, type: 'file' })));
 }
 
 export interface LayoutSpec {

@@ -11,7 +11,7 @@
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes, sign, X509Certificate, createPrivateKey } from 'node:crypto';
-import { writeFile, readFile, rm } from 'node:fs/promises';
+import { writeFile, readFile } from 'node:fs/promises';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
