@@ -249,7 +249,12 @@ describe('bad input', () => {
     await expectKind(info(other, sha256('anything')), 'not found');
     expect(await list(other)).toEqual([]);
     await expectKind(status(other, 'nope'), 'not found');
-    await expectKind(other.call(other.namespaces, other.namespaces.get, { name: 'never-created' }), 'not found');
+    // As containerd's Namespaces.Get: empty labels for a namespace with no record, and none is created.
+    expect(await other.call(other.namespaces, other.namespaces.get, { name: 'never-created' })).toEqual({
+      namespace: { name: 'never-created', labels: {} },
+    });
+    const names = (await other.call(other.namespaces, other.namespaces.list, { filter: '' })).namespaces.map((n) => n.name);
+    expect(names).not.toContain('never-created');
   });
 
   it('rejects invalid namespace names', async () => {

@@ -9,7 +9,11 @@ import { unary, type GrpcService } from '../call.js';
 export function namespacesService(store: NamespaceStore, log: Logger): GrpcService {
   const l = log.child({ service: 'namespaces' });
   const implementation = {
-    get: unary(l, 'Get', (req: { name: string }) => ({ namespace: store.get(req.name) })),
+    // As containerd's: a namespace with no record yet answers with empty labels, not NOT_FOUND (the Go
+    // client reads the default namespace's labels when it connects, before anything exists in it).
+    get: unary(l, 'Get', (req: { name: string }) => ({
+      namespace: store.exists(req.name) ? store.get(req.name) : { name: req.name, labels: {} },
+    })),
     list: unary(l, 'List', () => ({ namespaces: store.list() })),
     create: unary(l, 'Create', (req: { namespace?: Namespace }) => {
       if (!req.namespace) throw invalidArgument('namespace must be set');
