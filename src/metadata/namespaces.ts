@@ -7,6 +7,7 @@ import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '..
 import { typedEvent, type EventPublisher } from '../events/types.js';
 import { encodeLabels, parseLabels, type DB } from './db.js';
 import { validateIdentifier } from './identifiers.js';
+import { now as nowTime } from '../time/index.js';
 
 export interface Namespace {
   name: string;
@@ -37,7 +38,8 @@ export class NamespaceStore {
 
   /** Creates the namespace if it does not exist; used inside write transactions of other stores. */
   ensure(name: string): void {
-    this.db.prepare('INSERT OR IGNORE INTO namespaces (name, created_at) VALUES (?, ?)').run(name, Date.now());
+    const t = nowTime();
+    this.db.prepare('INSERT OR IGNORE INTO namespaces (name, created_at, created_ns) VALUES (?, ?, ?)').run(name, t.getTime(), t.subMs);
   }
 
   exists(name: string): boolean {
@@ -47,9 +49,10 @@ export class NamespaceStore {
   create(name: string, labels: Record<string, string> = {}): Namespace {
     validateIdentifier(name);
     validateLabels(labels);
+    const created = nowTime();
     const res = this.db
-      .prepare('INSERT OR IGNORE INTO namespaces (name, labels, created_at) VALUES (?, ?, ?)')
-      .run(name, encodeLabels(labels), Date.now());
+      .prepare('INSERT OR IGNORE INTO namespaces (name, labels, created_at, created_ns) VALUES (?, ?, ?, ?)')
+      .run(name, encodeLabels(labels), created.getTime(), created.subMs);
     if (res.changes === 0) throw alreadyExists(`namespace ${name}`);
     this.events.publish(name, '/namespaces/create', typedEvent('containerd.events.NamespaceCreate', { name, labels }));
     return { name, labels };
