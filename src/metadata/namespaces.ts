@@ -81,6 +81,14 @@ export class NamespaceStore {
   update(ns: Namespace, fieldpaths: string[] = []): Namespace {
     validateLabels(ns.labels);
     const updated = this.db.transaction(() => {
+      if (!this.exists(ns.name)) {
+        // containerd's Update sets each label in the namespace's label bucket, creating the namespace: one with
+        // no record yet appears once a label is set, and an update that sets none answers empty labels.
+        validateIdentifier(ns.name);
+        const labels = applyLabelPaths({}, ns.labels, fieldpaths);
+        if (Object.keys(labels).length === 0 && !fieldpaths.some((p) => p.startsWith('labels.'))) return { name: ns.name, labels };
+        this.ensure(ns.name);
+      }
       const current = this.get(ns.name);
       const labels = applyLabelPaths(current.labels, ns.labels, fieldpaths);
       this.db.prepare('UPDATE namespaces SET labels = ? WHERE name = ?').run(encodeLabels(labels), ns.name);
