@@ -26,6 +26,8 @@ import (
 	"github.com/containerd/containerd/images"
 	"github.com/containerd/containerd/images/archive"
 	"github.com/containerd/containerd/leases"
+	"github.com/containerd/containerd/mount"
+	"github.com/containerd/containerd/rootfs"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
 	"github.com/containerd/containerd/remotes/docker"
@@ -85,6 +87,10 @@ func main() {
 		{"container with a new snapshot and the image config", checkContainer},
 		{"task with cio streams, wait, start, exit status and output", checkTask},
 		{"task exec", checkExec},
+		{"task pids, pause, resume and metrics; containers listed by label", checkTaskControl},
+		{"images and content listed with filters", checkListFilters},
+		{"a container snapshot's diff (rootfs.CreateDiff) applied to a new snapshot", checkDiff},
+		{"events published by the client reach a subscriber", checkPublish},
 		{"push to the local registry", checkPush},
 		{"export and import", checkExportImport},
 		{"content ReaderAt at offsets", checkReaderAt},
@@ -777,6 +783,198 @@ func checkErrors(s *state) error {
 	}
 	if _, err := s.client.SnapshotService(*snapshotter).Stat(s.ctx, "no-such-snapshot"); !errdefs.IsNotFound(err) {
 		return fmt.Errorf("snapshot Stat of an unknown key: %v, want not found", err)
+	}
+	return nil
+}
+
+func checkTaskControl(s *state) error {
+	if s.image == nil {
+		return errors.New("no image (pull failed)")
+	}
+	c, err := s.client.NewContainer(s.ctx, "go-c3",
+		containerd.WithSnapshotter(*snapshotter),
+		containerd.WithNewSnapshot("go-c3-snapshot", s.image),
+		containerd.WithNewSpec(oci.WithImageConfig(s.image), oci.WithProcessArgs("sleep", "60")),
+		containerd.WithContainerLabels(map[string]string{"app": "go-tier"}),
+	)
+	if err != nil {
+		return fmt.Errorf("NewContainer: %w", err)
+	}
+	defer c.Delete(s.ctx, containerd.WithSnapshotCleanup)
+	cs, err := s.client.Containers(s.ctx, `labels.app==go-tier`)
+	if err != nil || len(cs) != 1 || cs[0].ID() != "go-c3" {
+		return fmt.Errorf("Containers by label: %v %v", cs, err)
+	}
+	if cs, err := s.client.Containers(s.ctx, `labels.app==other`); err != nil || len(cs) != 0 {
+		return fmt.Errorf("Containers by another label: %v %v", cs, err)
+	}
+	task, err := c.NewTask(s.ctx, cio.NewCreator(cio.WithStreams(new(bytes.Buffer), io.Discard, io.Discard)))
+	if err != nil {
+		return fmt.Errorf("NewTask: %w", err)
+	}
+	defer task.Delete(s.ctx, containerd.WithProcessKill)
+	statusC, err := task.Wait(s.ctx)
+	if err != nil {
+		return fmt.Errorf("Wait: %w", err)
+	}
+	if err := task.Start(s.ctx); err != nil {
+		return fmt.Errorf("Start: %w", err)
+	}
+	pids, err := task.Pids(s.ctx)
+	if err != nil || len(pids) != 1 || pids[0].Pid != task.Pid() {
+		return fmt.Errorf("Pids %v (task pid %d): %v", pids, task.Pid(), err)
+	}
+	if err := task.Pause(s.ctx); err != nil {
+		return fmt.Errorf("Pause: %w", err)
+	}
+	if st, err := task.Status(s.ctx); err != nil || st.Status != containerd.Paused {
+		return fmt.Errorf("status after Pause: %v %v", st.Status, err)
+	}
+	if err := task.Resume(s.ctx); err != nil {
+		return fmt.Errorf("Resume: %w", err)
+	}
+	if st, err := task.Status(s.ctx); err != nil || st.Status != containerd.Running {
+		return fmt.Errorf("status after Resume: %v %v", st.Status, err)
+	}
+	m, err := task.Metrics(s.ctx)
+	if err != nil || m == nil || m.Data == nil || m.Timestamp.IsZero() {
+		return fmt.Errorf("Metrics: %v %v", m, err)
+	}
+	if err := task.Kill(s.ctx, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("Kill: %w", err)
+	}
+	select {
+	case <-statusC:
+	case <-time.After(30 * time.Second):
+		return errors.New("the task did not exit in 30s after SIGKILL")
+	}
+	return nil
+}
+
+func checkListFilters(s *state) error {
+	if s.image == nil {
+		return errors.New("no image (pull failed)")
+	}
+	imgs, err := s.client.ListImages(s.ctx, `name==`+*ref)
+	if err != nil || len(imgs) != 1 || imgs[0].Name() != *ref {
+		return fmt.Errorf("ListImages name==: %v %v", imgs, err)
+	}
+	imgs, err = s.client.ListImages(s.ctx, `target.digest==`+s.image.Target().Digest.String())
+	if err != nil || len(imgs) != 1 {
+		return fmt.Errorf("ListImages target.digest==: %v %v", imgs, err)
+	}
+	if imgs, err := s.client.ListImages(s.ctx, `name~=^nothing-like-this$`); err != nil || len(imgs) != 0 {
+		return fmt.Errorf("ListImages with no match: %v %v", imgs, err)
+	}
+	var found []string
+	err = s.client.ContentStore().Walk(s.ctx, func(info content.Info) error {
+		found = append(found, info.Digest.String())
+		return nil
+	}, `digest==`+s.image.Target().Digest.String())
+	if err != nil || len(found) != 1 {
+		return fmt.Errorf("content Walk digest==: %v %v", found, err)
+	}
+	// The pull labels the manifest with its children (gc references), as containerd's does.
+	info, err := s.client.ContentStore().Info(s.ctx, s.image.Target().Digest)
+	if err != nil {
+		return fmt.Errorf("Info of the manifest: %w", err)
+	}
+	refs := 0
+	for k := range info.Labels {
+		if strings.HasPrefix(k, "containerd.io/gc.ref.content.") {
+			refs++
+		}
+	}
+	if refs < 2 {
+		return fmt.Errorf("the manifest's gc reference labels: %v", info.Labels)
+	}
+	return nil
+}
+
+func checkDiff(s *state) error {
+	if s.image == nil {
+		return errors.New("no image (pull failed)")
+	}
+	sn := s.client.SnapshotService(*snapshotter)
+	diffIDs, err := s.image.RootFS(s.ctx)
+	if err != nil {
+		return fmt.Errorf("RootFS: %w", err)
+	}
+	ctx, done, err := s.client.WithLease(s.ctx)
+	if err != nil {
+		return fmt.Errorf("WithLease: %w", err)
+	}
+	defer done(ctx)
+	mounts, err := sn.Prepare(ctx, "go-diff-upper", diffIDs[0].String())
+	if err != nil {
+		return fmt.Errorf("Prepare: %w", err)
+	}
+	if err := mount.WithTempMount(ctx, mounts, func(root string) error {
+		if err := os.WriteFile(root+"/added-by-go", []byte("diff me\n"), 0644); err != nil {
+			return err
+		}
+		return os.Remove(root + "/etc/group")
+	}); err != nil {
+		return fmt.Errorf("writing into the snapshot: %w", err)
+	}
+	desc, err := rootfs.CreateDiff(ctx, "go-diff-upper", sn, s.client.DiffService())
+	if err != nil {
+		return fmt.Errorf("CreateDiff: %w", err)
+	}
+	if desc.MediaType != ocispec.MediaTypeImageLayerGzip || desc.Size == 0 {
+		return fmt.Errorf("diff descriptor %+v", desc)
+	}
+	if _, err := s.client.ContentStore().Info(ctx, desc.Digest); err != nil {
+		return fmt.Errorf("the diff is not in the content store: %w", err)
+	}
+	// Apply it on a fresh copy of the image's layer: the new file is there and /etc/group is gone.
+	mounts, err = sn.Prepare(ctx, "go-diff-apply", diffIDs[0].String())
+	if err != nil {
+		return fmt.Errorf("Prepare: %w", err)
+	}
+	if _, err := s.client.DiffService().Apply(ctx, desc, mounts); err != nil {
+		return fmt.Errorf("Apply: %w", err)
+	}
+	return mount.WithReadonlyTempMount(ctx, mounts, func(root string) error {
+		b, err := os.ReadFile(root + "/added-by-go")
+		if err != nil || string(b) != "diff me\n" {
+			return fmt.Errorf("the applied diff's file: %q %v", b, err)
+		}
+		if _, err := os.Stat(root + "/etc/group"); !os.IsNotExist(err) {
+			return fmt.Errorf("the applied diff's whiteout: /etc/group %v", err)
+		}
+		if _, err := os.Stat(root + "/etc/passwd"); err != nil {
+			return fmt.Errorf("the image's /etc/passwd under the applied diff: %v", err)
+		}
+		return nil
+	})
+}
+
+func checkPublish(s *state) error {
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	ch, errs := s.client.Subscribe(ctx, `topic~="^/strata-go/"`)
+	time.Sleep(200 * time.Millisecond)
+	if err := s.client.EventService().Publish(s.ctx, "/strata-go/hello", &eventtypes.ImageCreate{Name: "published"}); err != nil {
+		return fmt.Errorf("Publish: %w", err)
+	}
+	if err := s.client.EventService().Publish(s.ctx, "bad topic", &eventtypes.ImageCreate{Name: "x"}); !errdefs.IsInvalidArgument(err) {
+		return fmt.Errorf("Publish on an invalid topic: %v, want invalid argument", err)
+	}
+	select {
+	case env := <-ch:
+		v, err := typeurl.UnmarshalAny(env.Event)
+		if err != nil {
+			return fmt.Errorf("event: %w", err)
+		}
+		e, ok := v.(*eventtypes.ImageCreate)
+		if !ok || e.Name != "published" || env.Topic != "/strata-go/hello" || env.Namespace != *namespace {
+			return fmt.Errorf("received %s %s %#v", env.Namespace, env.Topic, v)
+		}
+	case err := <-errs:
+		return fmt.Errorf("subscription: %v", err)
+	case <-time.After(10 * time.Second):
+		return errors.New("no event after 10s")
 	}
 	return nil
 }
