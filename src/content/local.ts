@@ -364,7 +364,9 @@ class Store implements LocalContentStore {
 
   async abort(ref: string): Promise<void> {
     const dir = this.ingestDir(ref);
-    if (!tryLock(dir)) throw unavailable(`ref ${ref} locked`);
+    // A client that closed its writer and aborts right away races the server's end of that Write stream:
+    // wait for the lock as a new writer would (containerd's Abort does not lock at all).
+    await lockWithRetry(dir, ref);
     try {
       if (!(await this.removeIngestDir(dir))) throw notFound(`ingest ref "${ref}"`);
     } finally {

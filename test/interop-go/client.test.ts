@@ -36,6 +36,10 @@ const CHECKS = [
   'filtered event subscription',
   'introspection with filters',
   'error kinds',
+  'fetch without unpack, then unpack; image size and usage',
+  'container labels set and extensions read back',
+  'ingest status, list with filters and abort',
+  'image delete with synchronous garbage collection',
 ];
 
 let d: StartedDaemon;

@@ -99,6 +99,10 @@ func main() {
 		{"filtered event subscription", checkEvents},
 		{"introspection with filters", checkIntrospection},
 		{"error kinds", checkErrors},
+		{"fetch without unpack, then unpack; image size and usage", checkFetchUnpack},
+		{"container labels set and extensions read back", checkContainerLabels},
+		{"ingest status, list with filters and abort", checkIngests},
+		{"image delete with synchronous garbage collection", checkImageDeleteSync},
 	}
 	want := map[string]bool{}
 	for _, n := range strings.Split(*only, ",") {
@@ -975,6 +979,143 @@ func checkPublish(s *state) error {
 		return fmt.Errorf("subscription: %v", err)
 	case <-time.After(10 * time.Second):
 		return errors.New("no event after 10s")
+	}
+	return nil
+}
+
+func checkFetchUnpack(s *state) error {
+	ctx := namespaces.WithNamespace(s.ctx, *namespace+"-fetch")
+	img, err := s.client.Fetch(ctx, *ref, resolver())
+	if err != nil {
+		return fmt.Errorf("Fetch: %w", err)
+	}
+	i := containerd.NewImage(s.client, img)
+	if ok, err := i.IsUnpacked(ctx, "native"); err != nil || ok {
+		return fmt.Errorf("IsUnpacked after Fetch: %v %v, want false", ok, err)
+	}
+	if err := i.Unpack(ctx, "native"); err != nil {
+		return fmt.Errorf("Unpack on native: %w", err)
+	}
+	if ok, err := i.IsUnpacked(ctx, "native"); err != nil || !ok {
+		return fmt.Errorf("IsUnpacked after Unpack: %v %v", ok, err)
+	}
+	size, err := i.Size(ctx)
+	if err != nil || size <= 0 {
+		return fmt.Errorf("Size: %d %v", size, err)
+	}
+	usage, err := i.Usage(ctx, containerd.WithSnapshotUsage())
+	if err != nil || usage <= size {
+		return fmt.Errorf("Usage with snapshots %d (content %d): %v", usage, size, err)
+	}
+	return nil
+}
+
+func checkContainerLabels(s *state) error {
+	if s.image == nil {
+		return errors.New("no image (pull failed)")
+	}
+	c, err := s.client.NewContainer(s.ctx, "go-c4",
+		containerd.WithNewSpec(oci.WithProcessArgs("true")),
+		containerd.WithContainerLabels(map[string]string{"a": "1"}),
+		containerd.WithContainerExtension("strata.test/ext", &eventtypes.ImageCreate{Name: "in an extension"}),
+	)
+	if err != nil {
+		return fmt.Errorf("NewContainer: %w", err)
+	}
+	defer c.Delete(s.ctx)
+	labels, err := c.SetLabels(s.ctx, map[string]string{"b": "2"})
+	if err != nil {
+		return fmt.Errorf("SetLabels: %w", err)
+	}
+	if len(labels) != 2 || labels["a"] != "1" || labels["b"] != "2" {
+		return fmt.Errorf("labels after SetLabels: %v", labels)
+	}
+	if labels, err = c.SetLabels(s.ctx, map[string]string{"a": ""}); err != nil || len(labels) != 1 || labels["b"] != "2" {
+		return fmt.Errorf("labels after clearing a: %v %v", labels, err)
+	}
+	ext, err := c.Extensions(s.ctx)
+	if err != nil {
+		return fmt.Errorf("Extensions: %w", err)
+	}
+	any, ok := ext["strata.test/ext"]
+	if !ok {
+		return fmt.Errorf("extensions %v", ext)
+	}
+	v, err := typeurl.UnmarshalAny(&any)
+	if err != nil || v.(*eventtypes.ImageCreate).Name != "in an extension" {
+		return fmt.Errorf("the extension reads back as %#v %v", v, err)
+	}
+	return nil
+}
+
+func checkIngests(s *state) error {
+	cs := s.client.ContentStore()
+	for _, ref := range []string{"go-ingest-a", "go-ingest-b"} {
+		w, err := cs.Writer(s.ctx, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Size: 100}))
+		if err != nil {
+			return fmt.Errorf("Writer %s: %w", ref, err)
+		}
+		if _, err := w.Write([]byte("partial")); err != nil {
+			return fmt.Errorf("Write: %w", err)
+		}
+		w.Close()
+	}
+	st, err := cs.Status(s.ctx, "go-ingest-a")
+	if err != nil || st.Offset != 7 || st.Total != 100 || st.Ref != "go-ingest-a" {
+		return fmt.Errorf("Status: %+v %v", st, err)
+	}
+	if st.StartedAt.IsZero() || st.UpdatedAt.Before(st.StartedAt) {
+		return fmt.Errorf("Status times: %+v", st)
+	}
+	sts, err := cs.ListStatuses(s.ctx, `ref==go-ingest-b`)
+	if err != nil || len(sts) != 1 || sts[0].Ref != "go-ingest-b" {
+		return fmt.Errorf("ListStatuses ref==: %v %v", sts, err)
+	}
+	sts, err = cs.ListStatuses(s.ctx, `ref~="^go-ingest-"`)
+	if err != nil || len(sts) != 2 {
+		return fmt.Errorf("ListStatuses ref~=: %v %v", sts, err)
+	}
+	// Resuming picks up where it was.
+	w, err := cs.Writer(s.ctx, content.WithRef("go-ingest-a"))
+	if err != nil {
+		return fmt.Errorf("Writer to resume: %w", err)
+	}
+	ws, err := w.Status()
+	w.Close()
+	if err != nil || ws.Offset != 7 {
+		return fmt.Errorf("resumed writer status: %+v %v", ws, err)
+	}
+	for _, ref := range []string{"go-ingest-a", "go-ingest-b"} {
+		if err := cs.Abort(s.ctx, ref); err != nil {
+			return fmt.Errorf("Abort %s: %w", ref, err)
+		}
+	}
+	if _, err := cs.Status(s.ctx, "go-ingest-a"); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("Status after Abort: %v, want not found", err)
+	}
+	if err := cs.Abort(s.ctx, "go-ingest-a"); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("a second Abort: %v, want not found", err)
+	}
+	return nil
+}
+
+func checkImageDeleteSync(s *state) error {
+	// The imported copy lives alone in its namespace: deleting its image with a synchronous collection takes its
+	// content (and nothing of the first namespace's).
+	ctx := namespaces.WithNamespace(s.ctx, *namespace+"-import")
+	is := s.client.ImageService()
+	img, err := is.Get(ctx, *ref)
+	if err != nil {
+		return fmt.Errorf("the imported image: %w", err)
+	}
+	if err := is.Delete(ctx, *ref, images.SynchronousDelete()); err != nil {
+		return fmt.Errorf("Delete with SynchronousDelete: %w", err)
+	}
+	if _, err := s.client.ContentStore().Info(ctx, img.Target.Digest); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("the deleted image's manifest after a synchronous collection: %v, want not found", err)
+	}
+	if _, err := s.client.ContentStore().Info(s.ctx, img.Target.Digest); err != nil {
+		return fmt.Errorf("the first namespace's manifest: %v", err)
 	}
 	return nil
 }
