@@ -1,7 +1,8 @@
 /**
  * containerd's own test suites, unmodified, against a real stratad over gRPC: content/testsuite's
  * ContentSuite through content/proxy (with leases through leases/proxy, one namespace per case, as
- * containerd's integration/client/content_test.go does), and snapshots/testsuite's SnapshotterSuite through
+ * containerd's integration/client/content_test.go does) and its ContentCrossNSSharedSuite (the shared content
+ * policy, Strata's), and snapshots/testsuite's SnapshotterSuite through
  * snapshots/proxy on overlayfs, native and btrfs (btrfs on a loop-mounted btrfs, the plugin's root_path).
  * The Go test binary (test/go/gopath/src/strata.test/interop/suites) runs once per daemon with -test.v; each
  * case of the suite is one test here, asserted on the parsed `--- PASS` line, with the case's output on failure.
@@ -32,14 +33,14 @@ function expectCase(run: GoResult | undefined, name: string, status: 'PASS' | 'S
   expect(results.get(name), `${name}:\n${goTestOutput(run!.stdout, name)}\n--- stderr:\n${run!.stderr.slice(-3000)}`).toBe(status);
 }
 
-describe("containerd's content suite (content/testsuite over content/proxy) against stratad", () => {
+describe("containerd's content suites (content/testsuite over content/proxy) against stratad", () => {
   let d: StartedDaemon;
   let run: GoResult;
 
   beforeAll(async () => {
     const bin = await goBinary('suites');
     d = await startDaemon({ logLevel: 'info' });
-    run = await runGo(bin, ['-test.v', '-test.count=1', '-test.run', '^TestContentSuite$'], {
+    run = await runGo(bin, ['-test.v', '-test.count=1', '-test.run', '^TestContent(Suite|CrossNSSharedSuite)$'], {
       env: { STRATA_ADDRESS: d.address },
       timeoutMs: 170_000,
     });
@@ -58,6 +59,12 @@ describe("containerd's content suite (content/testsuite over content/proxy) agai
 
   for (const c of CONTENT_CASES) {
     it(`the content suite's ${c} case passes`, () => expectCase(run, `TestContentSuite/${c}`));
+  }
+
+  // containerd's shared content policy (its default, and Strata's): a blob committed in one namespace is
+  // adopted by another without sending it again, and appending to a shared blob's ingest works.
+  for (const c of ['CrossNamespaceAppend', 'CrossNamespaceShare']) {
+    it(`the shared-policy content suite's ${c} case passes`, () => expectCase(run, `TestContentCrossNSSharedSuite/${c}`));
   }
 });
 

@@ -56,9 +56,20 @@ func dial(t *testing.T) *grpc.ClientConn {
 func TestContentSuite(t *testing.T) {
 	conn := dial(t)
 	defer conn.Close()
+	contenttestsuite.ContentSuite(t, "ContentClient", contentStore(conn))
+}
+
+// Strata shares blobs across namespaces as containerd's default ("shared") policy does.
+func TestContentCrossNSSharedSuite(t *testing.T) {
+	conn := dial(t)
+	defer conn.Close()
+	contenttestsuite.ContentCrossNSSharedSuite(t, "ContentClientShared", contentStore(conn))
+}
+
+func contentStore(conn *grpc.ClientConn) contenttestsuite.StoreInitFn {
 	lm := leasesproxy.NewLeaseManager(leasesapi.NewLeasesClient(conn))
 	var count uint64
-	newStore := func(ctx context.Context, root string) (context.Context, content.Store, func() error, error) {
+	return func(ctx context.Context, root string) (context.Context, content.Store, func() error, error) {
 		cs := contentproxy.NewContentStore(contentapi.NewContentClient(conn))
 		name := contenttestsuite.Name(ctx)
 		wrap := func(ctx context.Context) (context.Context, func(context.Context) error, error) {
@@ -94,7 +105,6 @@ func TestContentSuite(t *testing.T) {
 			})
 		}, nil
 	}
-	contenttestsuite.ContentSuite(t, "ContentClient", newStore)
 }
 
 // As containerd's integration/client/snapshot_test.go: the suite on the daemon's snapshotter.
