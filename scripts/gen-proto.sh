@@ -47,6 +47,16 @@ for f in $(grep -l 'asBuffer(' -r "$OUT" --include='*.ts'); do
   sed -i "0,/^import /s||import { asBuffer } from \"./${rel%.ts}.js\";\nimport |" "$f"
 done
 
+# Timestamps keep their nanoseconds (ts-proto's Date conversion drops everything below the millisecond): the
+# generated toTimestamp/fromTimestamp call src/api/wire.ts, which reads and makes src/time's NanoTime.
+find "$OUT" -name '*.ts' -print0 | xargs -0 perl -0pi \
+  -e 's/(function toTimestamp\(date: Date\): Timestamp \{\n).*?\n\}\n/$1  return dateToTimestamp(date);\n}\n/s;' \
+  -e 's/(function fromTimestamp\(t: Timestamp\): Date \{\n).*?\n\}\n/$1  return timestampToDate(t);\n}\n/s'
+for f in $(grep -l 'dateToTimestamp(' -r "$OUT" --include='*.ts'); do
+  rel=$(realpath --relative-to="$(dirname "$f")" "$OUT/../wire.ts")
+  sed -i "0,/^import /s||import { dateToTimestamp, timestampToDate } from \"./${rel%.ts}.js\";\nimport |" "$f"
+done
+
 cat > "$OUT/README.md" <<'MD'
 # GENERATED CODE — DO NOT EDIT
 

@@ -12,9 +12,14 @@ export const LEASE_HEADER = 'containerd-lease';
 
 type AnyCall = { metadata: grpc.Metadata; getPath?: () => string };
 
+/**
+ * The first value of a header. A Go client that sets the namespace twice (namespaces.WithNamespace on an
+ * already namespaced context) sends the header twice, newest first, and containerd takes the first; Node's
+ * http2 joins repeated headers with ", ", so the first value is what precedes the first ", ".
+ */
 function header(call: AnyCall, key: string): string | undefined {
   const v = call.metadata.get(key)[0];
-  return v === undefined ? undefined : String(v);
+  return v === undefined ? undefined : String(v).split(', ')[0];
 }
 
 /** The namespace (required: INVALID_ARGUMENT without it) and optional lease of a call. */

@@ -5,6 +5,7 @@
  */
 
 import { headroomOf } from '../content/headroom.js';
+import { fromParts, subMsOf, type NanoTime } from '../core/time.js';
 
 /** A Buffer view of the same memory (no copy). */
 export function asBuffer(u: Uint8Array): Buffer {
@@ -129,4 +130,20 @@ export function encodeWriteContentRequest(m: {
     at = putString(buf, at, 0x12, e.v);
   }
   return buf;
+}
+
+/**
+ * google.protobuf.Timestamp <-> Date for the generated code (scripts/gen-proto.sh rewrites ts-proto's
+ * toTimestamp/fromTimestamp into these): exact to the nanosecond through src/time's NanoTime, where ts-proto's
+ * own conversion keeps milliseconds.
+ */
+export function dateToTimestamp(d: Date): { seconds: number; nanos: number } {
+  const ms = d.getTime();
+  const seconds = Math.floor(ms / 1000);
+  return { seconds, nanos: (ms - seconds * 1000) * 1_000_000 + subMsOf(d) };
+}
+
+export function timestampToDate(t: { seconds: number; nanos: number }): NanoTime {
+  const nanos = t.nanos || 0;
+  return fromParts((t.seconds || 0) * 1000 + Math.floor(nanos / 1_000_000), nanos % 1_000_000);
 }

@@ -12,11 +12,12 @@ import { bool, CliError, labelArgs, type Group } from './command.js';
 import { isoOrNull, printJson, printLines, table, write } from './output.js';
 import { goJson } from './snapshots.js';
 import { loadContainer, statusName } from './tasks.js';
+import { toRFC3339Nano } from '../core/time.js';
 
-/** Go's RFC3339Nano of a time with millisecond precision, as encoding/json writes a UTC time.Time. */
+/** Go's RFC3339Nano of a time (nanoseconds kept), as encoding/json writes a UTC time.Time. */
 function goTimeOf(d: Date | undefined): string {
   if (!d) return '0001-01-01T00:00:00Z';
-  return d.toISOString().replace(/\.(\d+)Z$/, (_, f: string) => (f.replace(/0+$/, '') ? `.${f.replace(/0+$/, '')}Z` : 'Z'));
+  return toRFC3339Nano(d);
 }
 
 /** A gogo types.Any as encoding/json writes it (type_url, value in base64, both omitempty). */

@@ -19,6 +19,7 @@ import type { Mount } from '../api/gen/containerd/types/mount.js';
 import { bool, CliError, labelArgs, str, type Command, type Group, type Invocation, type OptionsConfig } from './command.js';
 import { formatLabels, isoOrNull, printJson, printLines, table, write } from './output.js';
 import { LABEL_GC_ROOT } from '../core/labels.js';
+import { subMsOf } from '../core/time.js';
 
 export const DEFAULT_SNAPSHOTTER = 'overlayfs';
 /** The label ctr puts on the snapshots it prepares and commits so that GC keeps them. */
@@ -70,7 +71,7 @@ export function goTime(ts: Timestamp | undefined): string {
 }
 
 const timestampOf = (d: Date | undefined): Timestamp | undefined =>
-  d ? { seconds: Math.floor(d.getTime() / 1000), nanos: (((d.getTime() % 1000) + 1000) % 1000) * 1e6 } : undefined;
+  d ? { seconds: Math.floor(d.getTime() / 1000), nanos: (((d.getTime() % 1000) + 1000) % 1000) * 1e6 + subMsOf(d) } : undefined;
 
 /** Go's json.MarshalIndent(x, "", "    "): four-space indent and HTML-safe escapes. */
 export function goJson(value: unknown): string {

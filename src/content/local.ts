@@ -36,6 +36,7 @@ import {
 import { allocWithHeadroom, shrinkWithHeadroom } from './headroom.js';
 import { Digester, isDigestAlgorithm, isValidDigest, isValidHex, parseDigest, type DigestAlgorithm } from './digest.js';
 import type { CommitOptions, ContentWriter, Digest, IngestStatus, ReadOptions, WriterOptions } from './types.js';
+import { fromNanos, fromParts, now as nowTime, parseRFC3339Nano, toNanos, toRFC3339Nano, type NanoTime } from '../core/time.js';
 
 /** What the local store knows about a blob: no labels (the metadata layer keeps those). */
 export interface LocalBlobInfo {
@@ -147,10 +148,13 @@ async function fsyncDir(path: string): Promise<void> {
   }
 }
 
-function parseTime(s: string | undefined): number | undefined {
+/** An ingest's startedat/updatedat: RFC 3339 with nanoseconds (older files: milliseconds). */
+function parseTime(s: string | undefined): NanoTime | undefined {
   if (s === undefined) return undefined;
+  const exact = parseRFC3339Nano(s);
+  if (exact) return exact;
   const t = Date.parse(s.trim());
-  return Number.isNaN(t) ? undefined : t;
+  return Number.isNaN(t) ? undefined : fromParts(t, 0);
 }
 
 /**
@@ -319,7 +323,7 @@ class Store implements LocalContentStore {
   async readIngest(dir: string): Promise<IngestStatus | undefined> {
     let st;
     try {
-      st = await stat(join(dir, 'data'));
+      st = await stat(join(dir, 'data'), { bigint: true });
     } catch (err) {
       if (isMissing(err)) return undefined;
       throw err;
@@ -328,19 +332,20 @@ class Store implements LocalContentStore {
       ['ref', 'startedat', 'updatedat', 'total', 'expected'].map((f) => readOptional(join(dir, f))),
     );
     if (!ref) return undefined;
-    const mtime = st.mtime.getTime();
+    const mtime = fromNanos(st.mtimeNs);
     const startedAt = parseTime(startedS) ?? mtime;
     // updatedat is only refreshed on close; a more recent write shows in the data file's mtime.
-    const updatedAt = Math.max(parseTime(updatedS) ?? startedAt, mtime);
+    const updated = parseTime(updatedS) ?? startedAt;
+    const updatedAt = toNanos(updated) >= st.mtimeNs ? updated : mtime;
     const total = totalS !== undefined && /^\d+$/.test(totalS.trim()) ? Number(totalS.trim()) : 0;
     const expected = expectedS !== undefined && isValidDigest(expectedS.trim()) ? expectedS.trim() : '';
     return {
       ref,
-      offset: st.size,
+      offset: Number(st.size),
       total: Number.isSafeInteger(total) ? total : 0,
       expected,
-      startedAt: new Date(startedAt),
-      updatedAt: new Date(updatedAt),
+      startedAt,
+      updatedAt,
     };
   }
 
@@ -359,7 +364,9 @@ class Store implements LocalContentStore {
 
   async abort(ref: string): Promise<void> {
     const dir = this.ingestDir(ref);
-    if (!tryLock(dir)) throw unavailable(`ref ${ref} locked`);
+    // A client that closed its writer and aborts right away races the server's end of that Write stream:
+    // wait for the lock as a new writer would (containerd's Abort does not lock at all).
+    await lockWithRetry(dir, ref);
     try {
       if (!(await this.removeIngestDir(dir))) throw notFound(`ingest ref "${ref}"`);
     } finally {
@@ -432,12 +439,12 @@ class Store implements LocalContentStore {
     // Whatever is in the way (a different object, a half-built directory from another tool, leftovers of a
     // commit interrupted after its rename) is discarded.
     await this.removeIngestDir(dir);
-    const startedAt = new Date();
+    const startedAt = nowTime();
     const tmp = join(this.ingestRoot, `${TMP_PREFIX}${randomSuffix()}`);
     await mkdir(tmp, { mode: 0o755 });
     let fh: FileHandle | undefined;
     try {
-      const ts = startedAt.toISOString();
+      const ts = toRFC3339Nano(startedAt);
       const files: Promise<void>[] = [
         writeSynced(join(tmp, 'ref'), ref),
         writeFile(join(tmp, 'startedat'), ts),
@@ -557,8 +564,8 @@ class LocalWriter implements ContentWriter {
   /** Undefined once closed or committed. */
   private fh: FileHandle | undefined;
   private off: number;
-  private updatedAtMs: number;
-  private persistedUpdatedAtMs: number;
+  private updatedAt: Date;
+  private persistedUpdatedAt: Date;
   /** Operations run one at a time in call order, even when a caller does not await each one. */
   private tail: Promise<unknown> = Promise.resolve();
 
@@ -576,8 +583,8 @@ class LocalWriter implements ContentWriter {
   ) {
     this.fh = fh;
     this.off = offset;
-    this.updatedAtMs = updatedAt.getTime();
-    this.persistedUpdatedAtMs = this.updatedAtMs;
+    this.updatedAt = updatedAt;
+    this.persistedUpdatedAt = updatedAt;
   }
 
   get offset(): number {
@@ -601,8 +608,8 @@ class LocalWriter implements ContentWriter {
       offset: this.off,
       total: this.total,
       expected: this.expected,
-      startedAt: new Date(this.startedAt.getTime()),
-      updatedAt: new Date(this.updatedAtMs),
+      startedAt: this.startedAt,
+      updatedAt: this.updatedAt,
     };
   }
 
@@ -634,7 +641,7 @@ class LocalWriter implements ContentWriter {
         throw err;
       }
       this.off = pos + len;
-      this.updatedAtMs = Date.now();
+      this.updatedAt = nowTime();
     });
   }
 
@@ -649,7 +656,7 @@ class LocalWriter implements ContentWriter {
       const hashed = await hashFile(fh, size, digester);
       this.digester = digester;
       this.off = hashed;
-      this.updatedAtMs = Date.now();
+      this.updatedAt = nowTime();
     });
   }
 
@@ -703,7 +710,7 @@ class LocalWriter implements ContentWriter {
     await fh.sync();
     // Read-only and stamped with the commit time before it becomes visible under its digest.
     await fh.chmod(0o444);
-    const now = new Date();
+    const now = nowTime();
     await fh.utimes(now, now);
     try {
       await rename(join(this.dir, 'data'), target);
@@ -714,7 +721,7 @@ class LocalWriter implements ContentWriter {
     await fsyncDir(targetDir);
     if (created !== undefined) await fsyncDir(dirname(targetDir)).catch(() => undefined);
     await this.store.removeIngestDir(this.dir).catch(() => undefined);
-    this.updatedAtMs = now.getTime();
+    this.updatedAt = now;
   }
 
   /** Releases the lock; the ingest stays for a later writer. Idempotent, and a no-op after commit. */
@@ -727,8 +734,8 @@ class LocalWriter implements ContentWriter {
         await fh.sync();
       } finally {
         await fh.close().catch(() => undefined);
-        if (this.updatedAtMs !== this.persistedUpdatedAtMs) {
-          await replaceFile(join(this.dir, 'updatedat'), new Date(this.updatedAtMs).toISOString()).catch(
+        if (this.updatedAt !== this.persistedUpdatedAt) {
+          await replaceFile(join(this.dir, 'updatedat'), toRFC3339Nano(this.updatedAt)).catch(
             () => undefined,
           );
         }

@@ -7,6 +7,7 @@ import { invalidArgument } from '../core/errdefs.js';
 import { adapt, parseAll, type Filter } from '../filters/index.js';
 import { validateIdentifier } from '../core/identifiers.js';
 import type { Envelope, EventPayload, EventPublisher } from './types.js';
+import { now as nowTime } from '../core/time.js';
 
 const MAX_QUEUE = 10_000;
 
@@ -100,7 +101,7 @@ export class Exchange implements EventPublisher {
   private readonly subscribers = new Set<Subscriber>();
 
   publish(namespace: string, topic: string, event: EventPayload): void {
-    this.forward({ timestamp: new Date(), namespace, topic, event });
+    this.forward({ timestamp: nowTime(), namespace, topic, event });
   }
 
   /** Publishes an envelope as given (the Forward call: timestamp and namespace come from the sender). */

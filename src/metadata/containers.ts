@@ -32,6 +32,7 @@ import { validateIdentifier } from '../core/identifiers.js';
 import { type NamespaceStore } from './namespaces.js';
 import { validateLabels, compactLabels as compact } from '../core/labels.js';
 import { requireNamespace, type OpContext } from './context.js';
+import { fromParts, now as nowTime, subMsOf } from '../core/time.js';
 
 /** A protobuf Any as stored: the type URL and the encoded bytes, opaque to the store. */
 export interface AnyValue {
@@ -96,10 +97,12 @@ interface ContainerRow {
   sandbox_id: string;
   created_at: number;
   updated_at: number;
+  created_ns: number;
+  updated_ns: number;
 }
 
 const COLUMNS =
-  'id, labels, image, runtime_name, runtime_options_type, runtime_options, spec_type, spec, snapshotter, snapshot_key, extensions, sandbox_id, created_at, updated_at';
+  'id, labels, image, runtime_name, runtime_options_type, runtime_options, spec_type, spec, snapshotter, snapshot_key, extensions, sandbox_id, created_at, updated_at, created_ns, updated_ns';
 
 const copyAny = (a: AnyValue): AnyValue => ({ typeUrl: a.typeUrl, value: Buffer.from(a.value) });
 
@@ -126,8 +129,8 @@ function toContainer(r: ContainerRow): Container {
     runtime,
     snapshotter: r.snapshotter,
     snapshotKey: r.snapshot_key,
-    createdAt: new Date(r.created_at),
-    updatedAt: new Date(r.updated_at),
+    createdAt: fromParts(r.created_at, r.created_ns),
+    updatedAt: fromParts(r.updated_at, r.updated_ns),
     extensions: decodeExtensions(r.extensions),
   };
   if (r.spec_type !== null) c.spec = { typeUrl: r.spec_type, value: Buffer.from(r.spec ?? []) };
@@ -151,6 +154,8 @@ function toRow(c: Container): ContainerRow {
     sandbox_id: c.sandboxId ?? '',
     created_at: c.createdAt.getTime(),
     updated_at: c.updatedAt.getTime(),
+    created_ns: subMsOf(c.createdAt),
+    updated_ns: subMsOf(c.updatedAt),
   };
 }
 
@@ -266,14 +271,14 @@ class BoundContainerStore implements ContainerStore {
   }
 
   async create(input: ContainerInput): Promise<Container> {
-    const c = normalize(input, new Date());
+    const c = normalize(input, nowTime());
     validateContainer(c, 'create container failed validation');
     c.labels = compact(c.labels);
     const r = toRow(c);
     this.s.db.transaction(() => {
       this.s.namespaces.ensure(this.ns);
       const res = this.s.db
-        .prepare(`INSERT OR IGNORE INTO containers (namespace, ${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+        .prepare(`INSERT OR IGNORE INTO containers (namespace, ${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
         .run(
           this.ns,
           r.id,
@@ -290,6 +295,8 @@ class BoundContainerStore implements ContainerStore {
           r.sandbox_id,
           r.created_at,
           r.updated_at,
+          r.created_ns,
+          r.updated_ns,
         );
       if (res.changes === 0) throw alreadyExists(`container ${JSON.stringify(c.id)}`);
     }).immediate();
@@ -356,13 +363,13 @@ class BoundContainerStore implements ContainerStore {
       }
       validateContainer(u, 'update failed validation');
       u.labels = compact(u.labels);
-      u.updatedAt = new Date();
+      u.updatedAt = nowTime();
       const r = toRow(u);
       this.s.db
         .prepare(
-          'UPDATE containers SET labels = ?, image = ?, spec_type = ?, spec = ?, snapshot_key = ?, extensions = ?, updated_at = ? WHERE namespace = ? AND id = ?',
+          'UPDATE containers SET labels = ?, image = ?, spec_type = ?, spec = ?, snapshot_key = ?, extensions = ?, updated_at = ?, updated_ns = ? WHERE namespace = ? AND id = ?',
         )
-        .run(r.labels, r.image, r.spec_type, r.spec, r.snapshot_key, r.extensions, r.updated_at, this.ns, u.id);
+        .run(r.labels, r.image, r.spec_type, r.spec, r.snapshot_key, r.extensions, r.updated_at, r.updated_ns, this.ns, u.id);
       return u;
     }).immediate();
     this.s.notifyMutation(false);

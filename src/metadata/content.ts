@@ -38,6 +38,7 @@ import { type NamespaceStore } from './namespaces.js';
 import { applyLabelPaths, validateLabels } from '../core/labels.js';
 import type { LeaseStore } from './leases.js';
 import type { OpContext } from './context.js';
+import { fromParts, now as nowTime } from '../core/time.js';
 
 /** Ingests not protected by a lease become collectable this long after they start (containerd's rule). */
 const UNLEASED_INGEST_TTL_MS = 24 * 60 * 60 * 1000;
@@ -47,7 +48,9 @@ interface ContentRow {
   size: number;
   labels: string;
   created_at: number;
+  created_ns: number;
   updated_at: number;
+  updated_ns: number;
 }
 
 interface IngestRow {
@@ -56,14 +59,15 @@ interface IngestRow {
   shared_digest: string | null;
   shared_size: number | null;
   created_at: number;
+  created_ns: number;
 }
 
 const toInfo = (r: ContentRow): ContentInfo => ({
   digest: r.digest,
   size: r.size,
   labels: parseLabels(r.labels),
-  createdAt: new Date(r.created_at),
-  updatedAt: new Date(r.updated_at),
+  createdAt: fromParts(r.created_at, r.created_ns),
+  updatedAt: fromParts(r.updated_at, r.updated_ns),
 });
 
 export class NamespacedContent {
@@ -118,7 +122,7 @@ class BoundContentStore implements ContentStore {
 
   private row(digest: Digest): ContentRow | undefined {
     return this.c.db
-      .prepare('SELECT digest, size, labels, created_at, updated_at FROM content WHERE namespace = ? AND digest = ?')
+      .prepare('SELECT digest, size, labels, created_at, created_ns, updated_at, updated_ns FROM content WHERE namespace = ? AND digest = ?')
       .get(this.ns, digest) as ContentRow | undefined;
   }
 
@@ -135,11 +139,11 @@ class BoundContentStore implements ContentStore {
       const row = this.row(info.digest);
       if (!row) throw notFound(`content ${info.digest}`);
       const labels = applyLabelPaths(parseLabels(row.labels), info.labels ?? {}, fieldpaths);
-      const now = Date.now();
+      const now = nowTime();
       this.c.db
-        .prepare('UPDATE content SET labels = ?, updated_at = ? WHERE namespace = ? AND digest = ?')
-        .run(encodeLabels(labels), now, this.ns, info.digest);
-      return { ...toInfo(row), labels, updatedAt: new Date(now) };
+        .prepare('UPDATE content SET labels = ?, updated_at = ?, updated_ns = ? WHERE namespace = ? AND digest = ?')
+        .run(encodeLabels(labels), now.getTime(), now.subMs, this.ns, info.digest);
+      return { ...toInfo(row), labels, updatedAt: now };
     }).immediate();
     this.c.notifyMutation(false);
     return updated;
@@ -148,7 +152,7 @@ class BoundContentStore implements ContentStore {
   async list(filters: string[] = []): Promise<ContentInfo[]> {
     const filter = parseAll(filters);
     const rows = this.c.db
-      .prepare('SELECT digest, size, labels, created_at, updated_at FROM content WHERE namespace = ? ORDER BY digest')
+      .prepare('SELECT digest, size, labels, created_at, created_ns, updated_at, updated_ns FROM content WHERE namespace = ? ORDER BY digest')
       .all(this.ns) as ContentRow[];
     return rows.map(toInfo).filter((info) =>
       filter.match(
@@ -182,7 +186,7 @@ class BoundContentStore implements ContentStore {
 
   private ingestRow(ref: string): IngestRow | undefined {
     return this.c.db
-      .prepare('SELECT ref, backend_ref, shared_digest, shared_size, created_at FROM ingests WHERE namespace = ? AND ref = ?')
+      .prepare('SELECT ref, backend_ref, shared_digest, shared_size, created_at, created_ns FROM ingests WHERE namespace = ? AND ref = ?')
       .get(this.ns, ref) as IngestRow | undefined;
   }
 
@@ -192,7 +196,7 @@ class BoundContentStore implements ContentStore {
       return { ...st, ref: row.ref };
     } catch (err) {
       if (!isNotFound(err) || row.shared_digest === null) throw err;
-      const at = new Date(row.created_at);
+      const at = fromParts(row.created_at, row.created_ns);
       const size = row.shared_size ?? 0;
       return { ref: row.ref, offset: size, total: size, expected: row.shared_digest, startedAt: at, updatedAt: at };
     }
@@ -207,7 +211,7 @@ class BoundContentStore implements ContentStore {
   async listStatuses(filters: string[] = []): Promise<IngestStatus[]> {
     const filter = parseAll(filters);
     const rows = this.c.db
-      .prepare('SELECT ref, backend_ref, shared_digest, shared_size, created_at FROM ingests WHERE namespace = ? ORDER BY ref')
+      .prepare('SELECT ref, backend_ref, shared_digest, shared_size, created_at, created_ns FROM ingests WHERE namespace = ? ORDER BY ref')
       .all(this.ns) as IngestRow[];
     const out: IngestStatus[] = [];
     for (const row of rows) {
@@ -266,13 +270,14 @@ class BoundContentStore implements ContentStore {
       }
       let row = this.ingestRow(ref);
       if (!row) {
+        const created = nowTime();
         const seq = this.c.numbers.next();
         const backend = `${this.ns}/${seq}/${ref}`;
         this.c.db
           .prepare(
-            'INSERT INTO ingests (namespace, ref, backend_ref, shared_digest, shared_size, expires_at, created_at) VALUES (?, ?, ?, NULL, NULL, NULL, ?)',
+            'INSERT INTO ingests (namespace, ref, backend_ref, shared_digest, shared_size, expires_at, created_at, created_ns) VALUES (?, ?, ?, NULL, NULL, NULL, ?, ?)',
           )
-          .run(this.ns, ref, backend, Date.now());
+          .run(this.ns, ref, backend, created.getTime(), created.subMs);
         row = this.ingestRow(ref)!;
       }
       const leased = this.c.leases.attach(this.ctx, 'ingests', ref);
@@ -296,7 +301,7 @@ class BoundContentStore implements ContentStore {
 }
 
 class NamespacedWriter implements ContentWriter {
-  private readonly startedAt = new Date();
+  private readonly startedAt = nowTime();
 
   constructor(
     private readonly c: NamespacedContent,
@@ -392,12 +397,12 @@ class NamespacedWriter implements ContentWriter {
         throw failedPrecondition(`content ${actual} was removed while "${this.ref}" was being committed; write it again`);
       }
       this.c.namespaces.ensure(this.ctx.namespace);
-      const now = Date.now();
+      const now = nowTime();
       const res = this.c.db
         .prepare(
-          'INSERT OR IGNORE INTO content (namespace, digest, size, labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)',
+          'INSERT OR IGNORE INTO content (namespace, digest, size, labels, created_at, created_ns, updated_at, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
         )
-        .run(this.ctx.namespace, actual, finalSize, encodeLabels(opts.labels), now, now);
+        .run(this.ctx.namespace, actual, finalSize, encodeLabels(opts.labels), now.getTime(), now.subMs, now.getTime(), now.subMs);
       if (res.changes === 0) innerErr = alreadyExists(`content ${actual}`);
       this.c.db.prepare('DELETE FROM ingests WHERE namespace = ? AND ref = ?').run(this.ctx.namespace, this.ref);
       this.c.leases.detach(this.ctx, 'ingests', this.ref);

@@ -11,7 +11,8 @@ export type { DB };
 
 /**
  * Schema migrations, applied in order. Never edit a released step: append a new one.
- * Labels are JSON objects in TEXT columns; times are milliseconds since the epoch.
+ * Labels are JSON objects in TEXT columns; times are milliseconds since the epoch (*_at) plus the nanoseconds
+ * within that millisecond (*_ns, from step 5).
  */
 const migrations: string[] = [
   // 1: namespaces, content, ingests, leases.
@@ -118,6 +119,21 @@ const migrations: string[] = [
     PRIMARY KEY (namespace, id)
   ) WITHOUT ROWID;
   CREATE INDEX containers_by_snapshot ON containers(namespace, snapshotter, snapshot_key);
+  `,
+  // 5: nanosecond timestamps (src/time): each *_at column keeps its milliseconds, a *_ns sibling holds the
+  // nanoseconds within that millisecond (0 for rows written before).
+  `
+  ALTER TABLE namespaces ADD COLUMN created_ns INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE content ADD COLUMN created_ns INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE content ADD COLUMN updated_ns INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE ingests ADD COLUMN created_ns INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE leases ADD COLUMN created_ns INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE snapshots ADD COLUMN created_ns INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE snapshots ADD COLUMN updated_ns INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE images ADD COLUMN created_ns INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE images ADD COLUMN updated_ns INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE containers ADD COLUMN created_ns INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE containers ADD COLUMN updated_ns INTEGER NOT NULL DEFAULT 0;
   `,
 ];
 

@@ -20,6 +20,7 @@ import { encodeLabels, parseLabels } from '../core/labels.js';
 import { type NamespaceStore } from './namespaces.js';
 import { validateLabels, compactLabels as compact } from '../core/labels.js';
 import { requireNamespace, type OpContext } from './context.js';
+import { fromParts, now as nowTime } from '../core/time.js';
 
 /** An image record: a name pointing at a root descriptor (manifest or index), as containerd stores it. */
 export interface Image {
@@ -56,10 +57,12 @@ interface ImageRow {
   target_annotations: string;
   labels: string;
   created_at: number;
+  created_ns: number;
   updated_at: number;
+  updated_ns: number;
 }
 
-const COLUMNS = 'name, target_media_type, target_digest, target_size, target_annotations, labels, created_at, updated_at';
+const COLUMNS = 'name, target_media_type, target_digest, target_size, target_annotations, labels, created_at, updated_at, created_ns, updated_ns';
 
 /** Event type names (containerd 1.6 declares them in the images service package). */
 export const IMAGE_EVENT_CREATE = 'containerd.services.images.v1.ImageCreate';
@@ -74,8 +77,8 @@ function toImage(r: ImageRow): Image {
     name: r.name,
     target,
     labels: parseLabels(r.labels),
-    createdAt: new Date(r.created_at),
-    updatedAt: new Date(r.updated_at),
+    createdAt: fromParts(r.created_at, r.created_ns),
+    updatedAt: fromParts(r.updated_at, r.updated_ns),
   };
 }
 
@@ -175,12 +178,12 @@ class BoundImageStore implements ImageStore {
     validateImage(image);
     const labels = compact(image.labels);
     const annotations = compact(image.target.annotations);
-    const now = Date.now();
+    const now = nowTime();
     this.s.db.transaction(() => {
       this.s.namespaces.ensure(this.ns);
       const res = this.s.db
         .prepare(
-          `INSERT OR IGNORE INTO images (namespace, ${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          `INSERT OR IGNORE INTO images (namespace, ${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         )
         .run(
           this.ns,
@@ -190,8 +193,10 @@ class BoundImageStore implements ImageStore {
           image.target.size,
           encodeLabels(annotations),
           encodeLabels(labels),
-          now,
-          now,
+          now.getTime(),
+          now.getTime(),
+          now.subMs,
+          now.subMs,
         );
       if (res.changes === 0) throw alreadyExists(`image ${JSON.stringify(image.name)}`);
     }).immediate();
@@ -203,8 +208,10 @@ class BoundImageStore implements ImageStore {
       target_size: image.target.size,
       target_annotations: encodeLabels(annotations),
       labels: encodeLabels(labels),
-      created_at: now,
-      updated_at: now,
+      created_at: now.getTime(),
+      created_ns: now.subMs,
+      updated_at: now.getTime(),
+      updated_ns: now.subMs,
     });
     this.s.events.publish(this.ns, '/images/create', typedEvent(IMAGE_EVENT_CREATE, { name: created.name, labels: created.labels }));
     return created;
@@ -248,12 +255,12 @@ class BoundImageStore implements ImageStore {
       validateImage({ name: image.name, target, labels });
       labels = compact(labels);
       const annotations = compact(target.annotations);
-      const now = Date.now();
+      const now = nowTime();
       this.s.db
         .prepare(
-          'UPDATE images SET target_media_type = ?, target_digest = ?, target_size = ?, target_annotations = ?, labels = ?, updated_at = ? WHERE namespace = ? AND name = ?',
+          'UPDATE images SET target_media_type = ?, target_digest = ?, target_size = ?, target_annotations = ?, labels = ?, updated_at = ?, updated_ns = ? WHERE namespace = ? AND name = ?',
         )
-        .run(target.mediaType, target.digest, target.size, encodeLabels(annotations), encodeLabels(labels), now, this.ns, image.name);
+        .run(target.mediaType, target.digest, target.size, encodeLabels(annotations), encodeLabels(labels), now.getTime(), now.subMs, this.ns, image.name);
       return toImage({
         name: image.name,
         target_media_type: target.mediaType,
@@ -262,7 +269,9 @@ class BoundImageStore implements ImageStore {
         target_annotations: encodeLabels(annotations),
         labels: encodeLabels(labels),
         created_at: row.created_at,
-        updated_at: now,
+        created_ns: row.created_ns,
+        updated_at: now.getTime(),
+        updated_ns: now.subMs,
       });
     }).immediate();
     this.s.notifyMutation(false);

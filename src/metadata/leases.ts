@@ -13,6 +13,7 @@ import { type NamespaceStore } from './namespaces.js';
 import { validateLabels } from '../core/labels.js';
 import type { OpContext } from './context.js';
 import { LABEL_GC_EXPIRE } from '../core/labels.js';
+import { fromParts, now as nowTime } from '../core/time.js';
 
 export interface Lease {
   id: string;
@@ -46,32 +47,32 @@ export class LeaseStore {
     if (expire !== undefined && Number.isNaN(Date.parse(expire))) {
       throw invalidArgument(`lease ${JSON.stringify(id)}: label ${LABEL_GC_EXPIRE} is not an RFC 3339 time: ${expire}`);
     }
-    const createdAt = Date.now();
+    const createdAt = nowTime();
     this.db.transaction(() => {
       this.namespaces.ensure(namespace);
       const res = this.db
-        .prepare('INSERT OR IGNORE INTO leases (namespace, id, labels, created_at) VALUES (?, ?, ?, ?)')
-        .run(namespace, id, encodeLabels(labels), createdAt);
+        .prepare('INSERT OR IGNORE INTO leases (namespace, id, labels, created_at, created_ns) VALUES (?, ?, ?, ?, ?)')
+        .run(namespace, id, encodeLabels(labels), createdAt.getTime(), createdAt.subMs);
       if (res.changes === 0) throw alreadyExists(`lease "${id}"`);
     }).immediate();
     this.notifyMutation(false);
-    return { id, createdAt: new Date(createdAt), labels };
+    return { id, createdAt, labels };
   }
 
   get(namespace: string, id: string): Lease {
-    const row = this.db.prepare('SELECT labels, created_at FROM leases WHERE namespace = ? AND id = ?').get(namespace, id) as
-      | { labels: string; created_at: number }
+    const row = this.db.prepare('SELECT labels, created_at, created_ns FROM leases WHERE namespace = ? AND id = ?').get(namespace, id) as
+      | { labels: string; created_at: number; created_ns: number }
       | undefined;
     if (!row) throw notFound(`lease "${id}"`);
-    return { id, createdAt: new Date(row.created_at), labels: parseLabels(row.labels) };
+    return { id, createdAt: fromParts(row.created_at, row.created_ns), labels: parseLabels(row.labels) };
   }
 
   list(namespace: string, filters: string[] = []): Lease[] {
     const filter = parseAll(filters);
     const rows = this.db
-      .prepare('SELECT id, labels, created_at FROM leases WHERE namespace = ? ORDER BY created_at, id')
-      .all(namespace) as { id: string; labels: string; created_at: number }[];
-    const leases = rows.map((r) => ({ id: r.id, createdAt: new Date(r.created_at), labels: parseLabels(r.labels) }));
+      .prepare('SELECT id, labels, created_at, created_ns FROM leases WHERE namespace = ? ORDER BY created_at, created_ns, id')
+      .all(namespace) as { id: string; labels: string; created_at: number; created_ns: number }[];
+    const leases = rows.map((r) => ({ id: r.id, createdAt: fromParts(r.created_at, r.created_ns), labels: parseLabels(r.labels) }));
     return leases.filter((l) =>
       filter.match(
         adapt((path) => {

@@ -9,6 +9,7 @@ import { type DB } from '../core/sqlite.js';
 import { encodeLabels, parseLabels } from '../core/labels.js';
 import { validateIdentifier } from '../core/identifiers.js';
 import { validateLabels, applyLabelPaths } from '../core/labels.js';
+import { now as nowTime } from '../core/time.js';
 
 export interface Namespace {
   name: string;
@@ -39,7 +40,8 @@ export class NamespaceStore {
 
   /** Creates the namespace if it does not exist; used inside write transactions of other stores. */
   ensure(name: string): void {
-    this.db.prepare('INSERT OR IGNORE INTO namespaces (name, created_at) VALUES (?, ?)').run(name, Date.now());
+    const t = nowTime();
+    this.db.prepare('INSERT OR IGNORE INTO namespaces (name, created_at, created_ns) VALUES (?, ?, ?)').run(name, t.getTime(), t.subMs);
   }
 
   exists(name: string): boolean {
@@ -49,9 +51,10 @@ export class NamespaceStore {
   create(name: string, labels: Record<string, string> = {}): Namespace {
     validateIdentifier(name);
     validateLabels(labels);
+    const created = nowTime();
     const res = this.db
-      .prepare('INSERT OR IGNORE INTO namespaces (name, labels, created_at) VALUES (?, ?, ?)')
-      .run(name, encodeLabels(labels), Date.now());
+      .prepare('INSERT OR IGNORE INTO namespaces (name, labels, created_at, created_ns) VALUES (?, ?, ?, ?)')
+      .run(name, encodeLabels(labels), created.getTime(), created.subMs);
     if (res.changes === 0) throw alreadyExists(`namespace ${name}`);
     this.events.publish(name, '/namespaces/create', typedEvent('containerd.events.NamespaceCreate', { name, labels }));
     return { name, labels };
@@ -80,6 +83,14 @@ export class NamespaceStore {
   update(ns: Namespace, fieldpaths: string[] = []): Namespace {
     validateLabels(ns.labels);
     const updated = this.db.transaction(() => {
+      if (!this.exists(ns.name)) {
+        // containerd's Update sets each label in the namespace's label bucket, creating the namespace: one with
+        // no record yet appears once a label is set, and an update that sets none answers empty labels.
+        validateIdentifier(ns.name);
+        const labels = applyLabelPaths({}, ns.labels, fieldpaths);
+        if (Object.keys(labels).length === 0 && !fieldpaths.some((p) => p.startsWith('labels.'))) return { name: ns.name, labels };
+        this.ensure(ns.name);
+      }
       const current = this.get(ns.name);
       const labels = applyLabelPaths(current.labels, ns.labels, fieldpaths);
       this.db.prepare('UPDATE namespaces SET labels = ? WHERE name = ?').run(encodeLabels(labels), ns.name);

@@ -22,6 +22,7 @@ import { type NamespaceStore } from './namespaces.js';
 import { applyLabelPaths, validateLabels } from '../core/labels.js';
 import type { LeaseStore } from './leases.js';
 import type { OpContext } from './context.js';
+import { fromParts, now as nowTime, subMsOf } from '../core/time.js';
 
 interface Row {
   key: string;
@@ -30,7 +31,9 @@ interface Row {
   kind: Kind;
   labels: string;
   created_at: number;
+  created_ns: number;
   updated_at: number;
+  updated_ns: number;
 }
 
 const toInfo = (r: Row): Info => ({
@@ -38,8 +41,8 @@ const toInfo = (r: Row): Info => ({
   parent: r.parent,
   kind: r.kind,
   labels: parseLabels(r.labels),
-  created: new Date(r.created_at),
-  updated: new Date(r.updated_at),
+  created: fromParts(r.created_at, r.created_ns),
+  updated: fromParts(r.updated_at, r.updated_ns),
 });
 
 export class NamespacedSnapshots {
@@ -87,7 +90,7 @@ export class NamespacedSnapshots {
   /** @internal */ row(ns: string, key: string): Row | undefined {
     return this.db
       .prepare(
-        'SELECT key, backend_key, parent, kind, labels, created_at, updated_at FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?',
+        'SELECT key, backend_key, parent, kind, labels, created_at, created_ns, updated_at, updated_ns FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?',
       )
       .get(ns, this.name, key) as Row | undefined;
   }
@@ -137,10 +140,10 @@ class BoundSnapshotter implements Snapshotter {
       } catch {
         throw invalidArgument(`cannot update ${JSON.stringify(fieldpaths)} field on snapshot ${info.name}`);
       }
-      const now = Date.now();
+      const now = nowTime();
       this.db
-        .prepare('UPDATE snapshots SET labels = ?, updated_at = ? WHERE namespace = ? AND snapshotter = ? AND key = ?')
-        .run(encodeLabels(labels), now, this.ns, this.s.name, info.name);
+        .prepare('UPDATE snapshots SET labels = ?, updated_at = ?, updated_ns = ? WHERE namespace = ? AND snapshotter = ? AND key = ?')
+        .run(encodeLabels(labels), now.getTime(), now.subMs, this.ns, this.s.name, info.name);
       return { row, labels, now };
     }).immediate();
     this.s.notifyMutation(false);
@@ -149,7 +152,7 @@ class BoundSnapshotter implements Snapshotter {
     if (touched) {
       await this.s.backend.update({ name: row.backend_key, labels: inheritedLabels(labels) }, ['labels']).catch(() => undefined);
     }
-    return { ...toInfo(row), labels, updated: new Date(now) };
+    return { ...toInfo(row), labels, updated: now };
   }
 
   async usage(key: string): Promise<Usage> {
@@ -199,7 +202,8 @@ class BoundSnapshotter implements Snapshotter {
     let mounts: Mount[] = [];
     let created = false;
     let adopted: Error | undefined;
-    let times = { created: Date.now(), updated: Date.now() };
+    const made = nowTime();
+    let times: { created: Date; updated: Date } = { created: made, updated: made };
     const blabels = inheritedLabels(labels);
     try {
       mounts = readonly ? await this.s.backend.view(bkey, bparent, { labels: blabels }) : await this.s.backend.prepare(bkey, bparent, { labels: blabels });
@@ -220,7 +224,7 @@ class BoundSnapshotter implements Snapshotter {
       recordKey = target;
       bkey = found.name;
       kind = 'committed';
-      times = { created: found.created.getTime(), updated: found.updated.getTime() };
+      times = { created: found.created, updated: found.updated };
       for (const [k, v] of Object.entries(found.labels)) if (!(k in labels)) labels[k] = v;
       adopted = alreadyExists(`target snapshot "${target}" from snapshotter`);
       recordParent = parent;
@@ -234,9 +238,9 @@ class BoundSnapshotter implements Snapshotter {
         if (recordParent && !this.s.row(this.ns, recordParent)) throw notFound(`parent snapshot ${recordParent} does not exist`);
         this.db
           .prepare(
-            'INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+            'INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, created_ns, updated_at, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
           )
-          .run(this.ns, this.s.name, recordKey, bkey, recordParent, kind, encodeLabels(labels), times.created, times.updated);
+          .run(this.ns, this.s.name, recordKey, bkey, recordParent, kind, encodeLabels(labels), times.created.getTime(), subMsOf(times.created), times.updated.getTime(), subMsOf(times.updated));
         this.s.store.leases.attach(this.ctx, this.resource, recordKey);
       }).immediate();
       this.s.notifyMutation(false);
@@ -272,13 +276,13 @@ class BoundSnapshotter implements Snapshotter {
     this.db.transaction(() => {
       // The active snapshot may have been removed (or garbage collected) while the backend committed it.
       this.s.mustRow(this.ns, key);
-      const now = Date.now();
+      const now = nowTime();
       this.db.prepare('DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?').run(this.ns, this.s.name, key);
       this.db
         .prepare(
-          'INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+          'INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, created_ns, updated_at, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
         )
-        .run(this.ns, this.s.name, name, bname, row.parent, 'committed', encodeLabels(labels), now, now);
+        .run(this.ns, this.s.name, name, bname, row.parent, 'committed', encodeLabels(labels), now.getTime(), now.subMs, now.getTime(), now.subMs);
       // The active key's lease entries now protect the committed snapshot.
       this.db
         .prepare('UPDATE OR IGNORE lease_resources SET id = ? WHERE namespace = ? AND type = ? AND id = ?')
@@ -317,7 +321,7 @@ class BoundSnapshotter implements Snapshotter {
     const filter = parseAll(filters);
     const rows = this.db
       .prepare(
-        'SELECT key, backend_key, parent, kind, labels, created_at, updated_at FROM snapshots WHERE namespace = ? AND snapshotter = ? ORDER BY created_at, key',
+        'SELECT key, backend_key, parent, kind, labels, created_at, created_ns, updated_at, updated_ns FROM snapshots WHERE namespace = ? AND snapshotter = ? ORDER BY created_at, created_ns, key',
       )
       .all(this.ns, this.s.name) as Row[];
     for (const r of rows) {

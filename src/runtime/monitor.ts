@@ -42,6 +42,7 @@ import {
 } from './bundle.js';
 import { ProcessIO, resizeTerminal, withTerminal } from './io.js';
 import * as runc from './runc.js';
+import { now as nowTime, toRFC3339Nano } from '../core/time.js';
 
 interface Running {
   child: ChildProcess;
@@ -59,7 +60,7 @@ interface Handled {
 let logFd = 2;
 const log = (msg: string, fields: Record<string, unknown> = {}) => {
   try {
-    writeSync(logFd, JSON.stringify({ time: new Date().toISOString(), msg, ...fields }) + '\n');
+    writeSync(logFd, JSON.stringify({ time: toRFC3339Nano(nowTime()), msg, ...fields }) + '\n');
   } catch {
     // nowhere to log
   }
@@ -264,7 +265,7 @@ class Monitor {
       this.running.delete(execId);
       p.status = 'stopped';
       p.exitStatus = status;
-      p.exitedAt = new Date().toISOString();
+      p.exitedAt = toRFC3339Nano(nowTime());
       this.persist();
       const why = spawnError ?? (await runc.lastLoggedError(logFile)) ?? `runc exited with status ${status}`;
       throw unknown(`failed to start ${execId ? `exec ${execId}` : 'task'}: ${why}`);
@@ -283,7 +284,7 @@ class Monitor {
     if (!p || p.status === 'stopped') return;
     p.status = 'stopped';
     p.exitStatus = status;
-    p.exitedAt = new Date().toISOString();
+    p.exitedAt = toRFC3339Nano(nowTime());
     p.exitPending = true;
     this.persist();
     log('process exited', { execId, status });

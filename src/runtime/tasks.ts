@@ -48,6 +48,7 @@ import { cgroupStats, type CgroupStats } from './cgroups.js';
 import type { StdioPaths } from './io.js';
 import { MonitorPool } from './monitor-pool.js';
 import * as runc from './runc.js';
+import { now as nowTime, parseRFC3339Nano, toRFC3339Nano } from '../core/time.js';
 
 /** What a task needs from its container record (the containers store's Container has these fields). */
 export interface ContainerInfo {
@@ -153,7 +154,7 @@ class Task {
   }
 }
 
-const toDate = (s: string | undefined) => (s ? new Date(s) : undefined);
+const toDate = (s: string | undefined) => (s ? (parseRFC3339Nano(s) ?? new Date(s)) : undefined);
 
 const taskKey = (namespace: string, id: string) => `${namespace}/${id}`;
 
@@ -257,7 +258,7 @@ export class TaskManager {
         io,
         rootfs: mounts,
         runtime: container.runtime?.name ?? '',
-        createdAt: new Date().toISOString(),
+        createdAt: toRFC3339Nano(nowTime()),
       };
       // task.json first: after a crash from here on, a restart knows what to unmount.
       writeJsonAtomic(join(bundle, files.task), cfg);
@@ -382,7 +383,7 @@ export class TaskManager {
     t.conn = undefined;
     const recorded = readJson<MonitorState>(join(t.bundle, files.state));
     if (recorded) t.state = recorded;
-    const now = new Date().toISOString();
+    const now = toRFC3339Nano(nowTime());
     let changed = false;
     for (const p of this.procs(t)) {
       if (p.status === 'stopped') continue;
@@ -517,7 +518,7 @@ export class TaskManager {
     if (init.status === 'created') {
       init.status = 'stopped';
       init.exitStatus = 137;
-      init.exitedAt = new Date().toISOString();
+      init.exitedAt = toRFC3339Nano(nowTime());
     }
     this.settleWaiters(t);
     for (const ws of t.waiters.values()) for (const w of ws) w.reject(notFound(`task ${id}`));

@@ -18,6 +18,7 @@ import { adapt, labelField, parseAll } from '../filters/index.js';
 import { applyLabelPaths, validateLabels } from '../core/labels.js';
 import { openSqlite, type DB } from '../core/sqlite.js';
 import type { Info, Kind, Usage } from './types.js';
+import { fromParts, now as nowTime } from '../core/time.js';
 
 export interface SnapshotRecord {
   id: number;
@@ -35,11 +36,13 @@ interface Row {
   labels: string;
   created_at: number;
   updated_at: number;
+  created_ns: number;
+  updated_ns: number;
   size: number | null;
   inodes: number | null;
 }
 
-const SELECT = `SELECT s.id, s.key, s.parent_id, p.key AS parent_key, s.kind, s.labels, s.created_at, s.updated_at, s.size, s.inodes
+const SELECT = `SELECT s.id, s.key, s.parent_id, p.key AS parent_key, s.kind, s.labels, s.created_at, s.updated_at, s.created_ns, s.updated_ns, s.size, s.inodes
   FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id`;
 
 const toInfo = (r: Row): Info => ({
@@ -47,8 +50,8 @@ const toInfo = (r: Row): Info => ({
   name: r.key,
   parent: r.parent_key ?? '',
   labels: JSON.parse(r.labels) as Record<string, string>,
-  created: new Date(r.created_at),
-  updated: new Date(r.updated_at),
+  created: fromParts(r.created_at, r.created_ns),
+  updated: fromParts(r.updated_at, r.updated_ns),
 });
 
 const schema = [
@@ -64,6 +67,9 @@ const schema = [
      inodes     INTEGER
    );
    CREATE INDEX snapshots_by_parent ON snapshots(parent_id);`,
+  // 2: nanosecond timestamps (src/time): the nanoseconds within the *_at millisecond.
+  `ALTER TABLE snapshots ADD COLUMN created_ns INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE snapshots ADD COLUMN updated_ns INTEGER NOT NULL DEFAULT 0;`,
 ];
 
 export function checkKey(key: string, what = 'key'): void {
@@ -148,10 +154,10 @@ export class SnapshotStorage {
         parentId = p.id;
       }
       if (this.row(key)) throw alreadyExists(`snapshot ${key}`);
-      const now = Date.now();
+      const now = nowTime();
       const res = this.db
-        .prepare('INSERT INTO snapshots (key, parent_id, kind, labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)')
-        .run(key, parentId, kind, JSON.stringify(labels), now, now);
+        .prepare('INSERT INTO snapshots (key, parent_id, kind, labels, created_at, updated_at, created_ns, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
+        .run(key, parentId, kind, JSON.stringify(labels), now.getTime(), now.getTime(), now.subMs, now.subMs);
       const id = Number(res.lastInsertRowid);
       const parentIds = this.chain(parentId);
       place?.(id, parentIds);
@@ -172,10 +178,10 @@ export class SnapshotStorage {
       if (this.row(name)) throw alreadyExists(`committed snapshot ${name}`);
       const r = this.mustRow(key);
       if (r.kind !== 'active') throw failedPrecondition(`snapshot ${JSON.stringify(key)} is not active`);
-      const now = Date.now();
+      const now = nowTime();
       this.db
-        .prepare('UPDATE snapshots SET key = ?, kind = ?, labels = ?, created_at = ?, updated_at = ?, size = ?, inodes = ? WHERE id = ?')
-        .run(name, 'committed', JSON.stringify(labels), now, now, usage?.size ?? null, usage?.inodes ?? null, r.id);
+        .prepare('UPDATE snapshots SET key = ?, kind = ?, labels = ?, created_at = ?, updated_at = ?, created_ns = ?, updated_ns = ?, size = ?, inodes = ? WHERE id = ?')
+        .run(name, 'committed', JSON.stringify(labels), now.getTime(), now.getTime(), now.subMs, now.subMs, usage?.size ?? null, usage?.inodes ?? null, r.id);
       place?.(r.id);
       return r.id;
     }).immediate();
@@ -203,9 +209,9 @@ export class SnapshotStorage {
       } catch {
         throw invalidArgument(`cannot update ${JSON.stringify(fieldpaths)} field on snapshot ${info.name}`);
       }
-      const now = Date.now();
-      this.db.prepare('UPDATE snapshots SET labels = ?, updated_at = ? WHERE id = ?').run(JSON.stringify(labels), now, r.id);
-      return { ...toInfo(r), labels, updated: new Date(now) };
+      const now = nowTime();
+      this.db.prepare('UPDATE snapshots SET labels = ?, updated_at = ?, updated_ns = ? WHERE id = ?').run(JSON.stringify(labels), now.getTime(), now.subMs, r.id);
+      return { ...toInfo(r), labels, updated: now };
     }).immediate();
   }
 

@@ -5,6 +5,7 @@
 // source: containerd/services/snapshots/v1/snapshots.proto
 
 /* eslint-disable */
+import { dateToTimestamp, timestampToDate } from "./../../../../../wire.js";
 import { asBuffer } from "./../../../../../wire.js";
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import {
@@ -2533,15 +2534,11 @@ export type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
 
 function toTimestamp(date: Date): Timestamp {
-  const seconds = Math.trunc(date.getTime() / 1_000);
-  const nanos = (date.getTime() % 1_000) * 1_000_000;
-  return { seconds, nanos };
+  return dateToTimestamp(date);
 }
 
 function fromTimestamp(t: Timestamp): Date {
-  let millis = (t.seconds || 0) * 1_000;
-  millis += (t.nanos || 0) / 1_000_000;
-  return new globalThis.Date(millis);
+  return timestampToDate(t);
 }
 
 function fromJsonTimestamp(o: any): Date {
