@@ -115,7 +115,11 @@ export class ServerCall extends EventEmitter {
   private headersSent = false;
   private finished = false;
   private status: CallStatus = { code: GrpcCode.OK };
-  private received: Buffer | undefined;
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  /** The length of the message being received, -1 between messages. */
+  private expected = -1;
+  private rejected = false;
   private pending: unknown[] = [];
   private paused = false;
   private inputEnded = false;
@@ -163,39 +167,82 @@ export class ServerCall extends EventEmitter {
     this.finish({ code: GrpcCode.DEADLINE_EXCEEDED, details: 'Deadline exceeded' });
   }
 
-  /** Feeds request bytes: splits them into messages and decodes each. */
+  /**
+   * Feeds request bytes: splits them into messages and decodes each. Chunks (HTTP/2 frames of 16 KiB) are
+   * kept in a list and joined once a whole message is there, so a large message costs one copy.
+   */
   onData(chunk: Buffer): void {
-    let buf = this.received ? Buffer.concat([this.received, chunk]) : chunk;
-    while (buf.length >= 5) {
-      const len = buf.readUInt32BE(1);
-      if (len > this.options.maxReceiveMessageLength) {
-        this.fail({
-          code: GrpcCode.RESOURCE_EXHAUSTED,
-          details: `Received message larger than max (${len} vs. ${this.options.maxReceiveMessageLength})`,
-        });
-        this.received = undefined;
-        return;
+    if (this.rejected) return;
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    while (this.buffered >= 5) {
+      if (this.expected < 0) {
+        const head = this.peek(5);
+        if (head[0] !== 0) return this.reject({ code: GrpcCode.UNIMPLEMENTED, details: 'compressed messages are not supported' });
+        const len = head.readUInt32BE(1);
+        if (len > this.options.maxReceiveMessageLength) {
+          return this.reject({
+            code: GrpcCode.RESOURCE_EXHAUSTED,
+            details: `Received message larger than max (${len} vs. ${this.options.maxReceiveMessageLength})`,
+          });
+        }
+        this.expected = len;
       }
-      if (buf.length < 5 + len) break;
-      if (buf[0] !== 0) {
-        this.fail({ code: GrpcCode.UNIMPLEMENTED, details: 'compressed messages are not supported' });
-        this.received = undefined;
-        return;
-      }
-      const payload = buf.subarray(5, 5 + len);
-      buf = buf.subarray(5 + len);
+      if (this.buffered < 5 + this.expected) break;
+      const payload = this.take(5 + this.expected).subarray(5);
+      this.expected = -1;
       let message: unknown;
       try {
         message = this.method.requestDeserialize(payload);
       } catch (err) {
-        this.fail({ code: GrpcCode.INTERNAL, details: `error deserializing request: ${(err as Error).message}` });
-        this.received = undefined;
-        return;
+        return this.reject({ code: GrpcCode.INTERNAL, details: `error deserializing request: ${(err as Error).message}` });
       }
       this.pending.push(message);
     }
-    this.received = buf.length > 0 ? buf : undefined;
     this.flush();
+  }
+
+  /** The first n buffered bytes, without consuming them (n is small: a message prefix). */
+  private peek(n: number): Buffer {
+    if (this.chunks[0]!.length >= n) return this.chunks[0]!;
+    const joined = Buffer.concat(this.chunks);
+    this.chunks = [joined];
+    return joined;
+  }
+
+  /** Consumes exactly n buffered bytes. */
+  private take(n: number): Buffer {
+    this.buffered -= n;
+    const first = this.chunks[0]!;
+    if (first.length >= n) {
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    let at = 0;
+    while (at < n) {
+      const c = this.chunks[0]!;
+      const want = n - at;
+      if (c.length <= want) {
+        out.set(c, at);
+        at += c.length;
+        this.chunks.shift();
+      } else {
+        out.set(c.subarray(0, want), at);
+        this.chunks[0] = c.subarray(want);
+        at += want;
+      }
+    }
+    return out;
+  }
+
+  /** A request that cannot be read ends the call; what else arrives is dropped. */
+  private reject(status: CallStatus): void {
+    this.chunks = [];
+    this.buffered = 0;
+    this.rejected = true;
+    this.fail(status);
   }
 
   onEnd(): void {
@@ -215,7 +262,8 @@ export class ServerCall extends EventEmitter {
 
   /** The single request of a unary or server-streaming call, once the client half-closed. */
   takeRequest(): boolean {
-    if (this.pending.length !== 1 || this.received) {
+    if (this.rejected) return false;
+    if (this.pending.length !== 1 || this.buffered > 0) {
       this.fail({
         code: GrpcCode.UNIMPLEMENTED,
         details: this.pending.length === 0 ? 'received no request message' : 'received more than one request message',
