@@ -377,13 +377,11 @@ export class GrpcServer {
       session.on('close', () => this.sessions.delete(session));
       session.on('error', () => undefined);
       // A larger connection window lets bulk writes (content ingests) stream without waiting on updates.
-      session.on('connect', () => {
-        try {
-          session.setLocalWindowSize(16 << 20);
-        } catch {
-          /* the session went away */
-        }
-      });
+      try {
+        session.setLocalWindowSize(16 << 20);
+      } catch {
+        /* the session went away */
+      }
     });
     this.server.on('stream', (stream, headers) => this.dispatch(stream, headers));
   }

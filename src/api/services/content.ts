@@ -51,10 +51,8 @@ export function contentService(content: NamespacedContent, log: Logger): GrpcSer
 
     read: serverStream(l, 'Read', async (req: { digest: string; offset: number; size: number }, send, call) => {
       if (req.offset < 0 || req.size < 0) throw invalidArgument('offset and size must not be negative');
-      const cs = store(call);
-      const info = await cs.info(req.digest);
-      if (req.offset > info.size) throw outOfRange(`read past object length ${info.size} bytes`);
-      const stream = await cs.read(req.digest, { offset: req.offset, size: req.size });
+      // The store answers NOT_FOUND and OUT_OF_RANGE (an offset past the end) itself.
+      const stream = await store(call).read(req.digest, { offset: req.offset, size: req.size });
       let offset = req.offset;
       try {
         for await (const chunk of stream as AsyncIterable<Buffer>) {
