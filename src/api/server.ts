@@ -54,8 +54,8 @@ export class CallMetadata {
   get(key: string): (string | Buffer)[] {
     const v = this.headers[key];
     if (v === undefined) return [];
-    // Node joins a repeated header's values with ", "; gRPC metadata values are split back.
-    const values = (Array.isArray(v) ? v : [v]).flatMap((s) => s.split(',').map((x) => x.trim()));
+    // Node joins a repeated header's values with ", "; they are split back (a value with a bare comma stays whole).
+    const values = (Array.isArray(v) ? v : [v]).flatMap((s) => s.split(', '));
     return key.endsWith('-bin') ? values.map((s) => Buffer.from(s, 'base64')) : values;
   }
 }
