@@ -1,40 +1,44 @@
 /**
  * Plumbing shared by every service: reading the namespace and lease from call metadata, and turning thrown
- * errors into gRPC statuses. Handlers are written as async functions; these wrappers adapt them to grpc-js.
+ * errors into gRPC statuses. Handlers are written as plain or async functions; these wrappers adapt them to
+ * the server (src/api/server.ts). Their types are grpc-js's handler types, which the generated server
+ * interfaces use, so that each service is checked against its protobuf definition at compile time.
  */
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { GrpcCode, StrataError, grpcCodeOf } from '../core/errdefs.js';
 import { requireNamespace, type OpContext } from '../metadata/index.js';
 import type { Logger } from '../log/index.js';
+import type { CallStatus, ServerCall } from './server.js';
 
 export const NAMESPACE_HEADER = 'containerd-namespace';
 export const LEASE_HEADER = 'containerd-lease';
 
-type AnyCall = { metadata: grpc.Metadata; getPath?: () => string };
+/** What a handler may read of its call: the request metadata (and the method's path). */
+export type CallContext = { metadata: { get(key: string): unknown[] }; getPath?: () => string };
 
 /**
  * The first value of a header. A Go client that sets the namespace twice (namespaces.WithNamespace on an
- * already namespaced context) sends the header twice, newest first, and containerd takes the first; Node's
- * http2 joins repeated headers with ", ", so the first value is what precedes the first ", ".
+ * already namespaced context) sends the header twice, newest first, and containerd takes the first; the
+ * server splits Node's joined repeated headers back into values (src/api/server.ts).
  */
-function header(call: AnyCall, key: string): string | undefined {
+function header(call: CallContext, key: string): string | undefined {
   const v = call.metadata.get(key)[0];
-  return v === undefined ? undefined : String(v).split(', ')[0];
+  return v === undefined ? undefined : String(v);
 }
 
 /** The namespace (required: INVALID_ARGUMENT without it) and optional lease of a call. */
-export function opContext(call: AnyCall): OpContext {
+export function opContext(call: CallContext): OpContext {
   const namespace = requireNamespace(header(call, NAMESPACE_HEADER));
   const lease = header(call, LEASE_HEADER);
   return lease ? { namespace, lease } : { namespace };
 }
 
-export function toStatus(err: unknown): Partial<grpc.StatusObject> {
-  if (err instanceof StrataError) return { code: err.grpcCode as grpc.status, details: err.message };
+export function toStatus(err: unknown): CallStatus {
+  if (err instanceof StrataError) return { code: err.grpcCode, details: err.message };
   const e = err as { code?: unknown; details?: unknown; message?: unknown };
   // Already a gRPC status (e.g. from a proxied backend): pass it through.
-  if (typeof e?.code === 'number' && typeof e.details === 'string') return { code: e.code as grpc.status, details: e.details };
-  return { code: grpcCodeOf(err) as grpc.status, details: err instanceof Error ? err.message : String(err) };
+  if (typeof e?.code === 'number' && typeof e.details === 'string') return { code: e.code, details: e.details };
+  return { code: grpcCodeOf(err), details: err instanceof Error ? err.message : String(err) };
 }
 
 function logFailure(log: Logger, method: string, err: unknown): void {
@@ -44,27 +48,37 @@ function logFailure(log: Logger, method: string, err: unknown): void {
   else log.error('call failed', { method, error: err instanceof Error ? err.stack : String(err) });
 }
 
+const isPromise = <T>(v: unknown): v is PromiseLike<T> => typeof (v as { then?: unknown } | null)?.then === 'function';
+
+/**
+ * A unary method. A handler that answers synchronously is answered in the same turn (no promise hops: a
+ * small call's whole cost is this path).
+ */
 export function unary<Req, Res>(
   log: Logger,
   method: string,
-  fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res> | Res,
+  fn: (req: Req, call: ServerCall) => Promise<Res> | Res,
 ): grpc.handleUnaryCall<Req, Res> {
-  return (call, callback) => {
+  const handler = (call: ServerCall, callback: (err: CallStatus | null, res?: Res) => void) => {
     if (log.enabled('debug')) log.debug('call', { method });
-    Promise.resolve()
-      .then(() => fn(call.request, call))
-      .then(
-        (res) => callback(null, res),
-        (err) => {
-          logFailure(log, method, err);
-          callback(toStatus(err) as grpc.ServiceError);
-        },
-      );
+    const failed = (err: unknown) => {
+      logFailure(log, method, err);
+      callback(toStatus(err));
+    };
+    let res: Promise<Res> | Res;
+    try {
+      res = fn(call.request as Req, call);
+    } catch (err) {
+      return failed(err);
+    }
+    if (isPromise<Res>(res)) res.then((r) => callback(null, r), failed);
+    else callback(null, res);
   };
+  return handler as unknown as grpc.handleUnaryCall<Req, Res>;
 }
 
 /** A send function that waits for the stream to drain when its buffer is full, and fails once the client left. */
-function sender<Res>(call: { cancelled: boolean; write(m: Res): boolean; once(ev: 'drain', fn: () => void): unknown }) {
+function sender<Res>(call: ServerCall) {
   return (msg: Res) =>
     new Promise<void>((resolve, reject) => {
       if (call.cancelled) return reject(new StrataError('canceled', 'call cancelled by client'));
@@ -77,45 +91,46 @@ function sender<Res>(call: { cancelled: boolean; write(m: Res): boolean; once(ev
 export function serverStream<Req, Res>(
   log: Logger,
   method: string,
-  fn: (req: Req, send: (msg: Res) => Promise<void>, call: grpc.ServerWritableStream<Req, Res>) => Promise<void>,
+  fn: (req: Req, send: (msg: Res) => Promise<void>, call: ServerCall) => Promise<void>,
 ): grpc.handleServerStreamingCall<Req, Res> {
-  return (call) => {
+  const handler = (call: ServerCall) => {
     if (log.enabled('debug')) log.debug('call', { method });
-    fn(call.request, sender(call), call).then(
+    fn(call.request as Req, sender(call), call).then(
       () => call.end(),
       (err) => {
         if (call.cancelled) return;
         logFailure(log, method, err);
-        call.emit('error', toStatus(err));
+        call.fail(toStatus(err));
       },
     );
   };
+  return handler as unknown as grpc.handleServerStreamingCall<Req, Res>;
 }
 
 export function bidiStream<Req, Res>(
   log: Logger,
   method: string,
-  fn: (call: grpc.ServerDuplexStream<Req, Res>, send: (msg: Res) => Promise<void>) => Promise<void>,
+  fn: (call: ServerCall, send: (msg: Res) => Promise<void>) => Promise<void>,
 ): grpc.handleBidiStreamingCall<Req, Res> {
-  return (call) => {
+  const handler = (call: ServerCall) => {
     if (log.enabled('debug')) log.debug('call', { method });
     fn(call, sender(call)).then(
       () => call.end(),
       (err) => {
         if (call.cancelled) return;
         logFailure(log, method, err);
-        call.emit('error', toStatus(err));
+        call.fail(toStatus(err));
       },
     );
   };
+  return handler as unknown as grpc.handleBidiStreamingCall<Req, Res>;
 }
 
 /**
- * Reads a client stream one message at a time. Async iteration over a grpc-js call would destroy the stream
- * when the client half-closes, and then the final status could no longer be sent: this reader only pauses
- * and resumes, so the handler can still answer after the client's end.
+ * Reads a client stream one message at a time: the call delivers messages as 'data' events; this reader pauses
+ * it while a message waits to be taken, so a slow handler holds the client back (HTTP/2 flow control).
  */
-export function messageReader<T>(stream: NodeJS.ReadableStream & { on(event: string, fn: (...a: any[]) => void): unknown }): {
+export function messageReader<T>(stream: ServerCall): {
   next(): Promise<T | undefined>;
 } {
   const queue: T[] = [];

@@ -4,7 +4,7 @@
  * messages that carry bulk data (Read responses, Write requests) with a single allocation and one copy.
  */
 
-import { headroomOf } from '../content/headroom.js';
+import { extendIntoHeadroom, headroomOf } from '../content/headroom.js';
 import { fromParts, subMsOf, type NanoTime } from '../core/time.js';
 
 /** A Buffer view of the same memory (no copy). */
@@ -58,7 +58,7 @@ export function encodeReadContentResponse(m: { offset: number; data: Uint8Array 
     }
     out[at++] = 0x12;
     putVarint(out, at, len);
-    return out;
+    return extendIntoHeadroom(out, m.data, header);
   }
   const size = header + len;
   const buf = Buffer.allocUnsafe(size);

@@ -203,10 +203,73 @@ function checkCount(name: string, n: unknown): number {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+/**
+ * Open blobs, shared by concurrent and back-to-back reads of the same digest. A client reading a blob through
+ * containerd's ReaderAt sends one Read call per 1 MiB; without this each call would open, stat and close the
+ * file (three thread-pool round trips) for one read. A handle is closed once unused for HANDLE_IDLE_MS.
+ * Safe because blobs are content-addressed and never modified: a handle to a blob deleted meanwhile still
+ * reads the right bytes (and callers check the record first); its disk space is freed when the handle closes.
+ */
+const HANDLE_IDLE_MS = 1000;
+const MAX_IDLE_HANDLES = 64;
+
+interface BlobHandle {
+  fh: FileHandle;
+  size: number;
+  users: number;
+  idle?: NodeJS.Timeout;
+}
+
+class BlobHandles {
+  private readonly open = new Map<string, Promise<BlobHandle>>();
+  private idleCount = 0;
+
+  async acquire(path: string): Promise<BlobHandle> {
+    let p = this.open.get(path);
+    if (!p) {
+      p = (async () => {
+        const fh = await open(path, 'r');
+        try {
+          return { fh, size: (await fh.stat()).size, users: 0 };
+        } catch (err) {
+          await fh.close().catch(() => undefined);
+          throw err;
+        }
+      })();
+      this.open.set(path, p);
+      p.catch(() => this.open.delete(path));
+    }
+    const h = await p;
+    if (h.idle) {
+      clearTimeout(h.idle);
+      h.idle = undefined;
+      this.idleCount--;
+    }
+    h.users++;
+    return h;
+  }
+
+  release(path: string, h: BlobHandle): void {
+    if (--h.users > 0) return;
+    const close = () => {
+      if (h.idle) this.idleCount--;
+      h.idle = undefined;
+      if (h.users > 0) return;
+      if (this.open.get(path) !== undefined) this.open.delete(path);
+      void h.fh.close().catch(() => undefined);
+    };
+    if (this.idleCount >= MAX_IDLE_HANDLES) return close();
+    h.idle = setTimeout(close, HANDLE_IDLE_MS);
+    h.idle.unref();
+    this.idleCount++;
+  }
+}
+
 class Store implements LocalContentStore {
   readonly root: string;
   private readonly blobsRoot: string;
   private readonly ingestRoot: string;
+  private readonly handles = new BlobHandles();
 
   constructor(root: string) {
     this.root = root;
@@ -289,34 +352,28 @@ class Store implements LocalContentStore {
     const offset = checkCount('read offset', opts.offset);
     const size = checkCount('read size', opts.size);
     const p = this.blobPath(digest);
-    let fh: FileHandle;
+    let h: BlobHandle;
     try {
-      fh = await open(p, 'r');
+      h = await this.handles.acquire(p);
     } catch (err) {
       if (isMissing(err)) throw notFound(`content ${digest}`);
       throw err;
     }
-    let length: number;
-    try {
-      length = (await fh.stat()).size;
-    } catch (err) {
-      await fh.close();
-      throw err;
+    const release = () => this.handles.release(p, h);
+    if (offset > h.size) {
+      release();
+      throw outOfRange(`read past object length ${h.size} bytes`);
     }
-    if (offset > length) {
-      await fh.close();
-      throw outOfRange(`read past object length ${length} bytes`);
-    }
-    const end = size > 0 ? Math.min(offset + size, length) : length;
+    const end = size > 0 ? Math.min(offset + size, h.size) : h.size;
     if (end <= offset) {
-      await fh.close();
+      release();
       return new Readable({
         read() {
           this.push(null);
         },
       });
     }
-    return blobStream(fh, offset, end);
+    return blobStream(h.fh, offset, end, release);
   }
 
   /** Reads an ingest directory; undefined when it is not a complete ingest (missing data or ref). */
@@ -510,16 +567,16 @@ class Store implements LocalContentStore {
 
 /**
  * Streams [start, end) of an open blob in IO_CHUNK pieces, each read into a buffer with headroom (see
- * headroom.ts) so the gRPC layer can frame it without a copy. The stream owns the handle, including when the
- * consumer destroys it early.
+ * headroom.ts) so the gRPC layer can frame it without a copy. The stream releases the handle once, at its end
+ * or when the consumer destroys it early.
  */
-function blobStream(fh: FileHandle, start: number, end: number): Readable {
+function blobStream(fh: FileHandle, start: number, end: number, release: () => void): Readable {
   let pos = start;
   let closed = false;
   const close = async () => {
     if (closed) return;
     closed = true;
-    await fh.close().catch(() => undefined);
+    release();
   };
   return new Readable({
     highWaterMark: 2,

@@ -11,12 +11,13 @@ import type { GrpcService } from '../api/call.js';
 import { prepareSocketPath, secureSocket } from './socket.js';
 import { proxyRegistrations } from '../api/clients/proxy-plugins.js';
 import './builtins.js';
+import { GrpcServer } from '../api/server.js';
 
 /** How long stop() lets in-flight calls finish before cutting them. */
 const SHUTDOWN_GRACE_MS = 10_000;
 
 export class Daemon {
-  private server: grpc.Server | undefined;
+  private server: GrpcServer | undefined;
   private stopping: Promise<void> | undefined;
 
   private constructor(
@@ -88,15 +89,13 @@ export class Daemon {
 export async function serveGrpc(
   cfg: Pick<Config['grpc'], 'address' | 'uid' | 'gid' | 'max_recv_message_size' | 'max_send_message_size'>,
   services: GrpcService[],
-): Promise<grpc.Server> {
-  const server = new grpc.Server({
-    'grpc.max_receive_message_length': cfg.max_recv_message_size,
-    'grpc.max_send_message_length': cfg.max_send_message_size,
+): Promise<GrpcServer> {
+  const server = new GrpcServer({
+    maxReceiveMessageLength: cfg.max_recv_message_size,
+    maxSendMessageLength: cfg.max_send_message_size,
   });
-  for (const svc of services) server.addService(svc.definition, svc.implementation);
-  await new Promise<void>((resolve, reject) =>
-    server.bindAsync(`unix://${cfg.address}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-  );
+  for (const svc of services) server.addService(svc.definition as never, svc.implementation as never);
+  await server.listen(cfg.address);
   secureSocket(cfg.address, cfg.uid, cfg.gid);
   return server;
 }

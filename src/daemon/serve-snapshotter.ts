@@ -53,7 +53,7 @@ export async function serveSnapshotter(o: ServeSnapshotterOptions): Promise<Serv
     throw failedPrecondition(`snapshotter ${pluginUri(reg.type, reg.id)} cannot run here: ${why}`);
   }
   const backend = loaded.instance as Snapshotter;
-  const server: grpc.Server = await serveGrpc({ ...o.config.grpc, address: o.address }, [
+  const server = await serveGrpc({ ...o.config.grpc, address: o.address }, [
     snapshotsService(() => backend, o.log),
     healthService(o.log),
     versionService(STRATA_VERSION, STRATA_REVISION, o.log),

@@ -11,6 +11,8 @@ import type { Logger } from '../../log/index.js';
 import { bidiStream, messageReader, opContext, serverStream, unary, type GrpcService, grpcService } from '../call.js';
 import { encodeReadContentResponse } from '../wire.js';
 import { contentInfoToPb, ingestStatusToPb } from '../convert.js';
+import type { CallContext } from '../call.js';
+import type { ServerCall } from '../server.js';
 
 /** The generated definition, with Read responses encoded in one allocation (they carry the bulk data). */
 const definition = {
@@ -26,7 +28,7 @@ const LIST_BATCH = 100;
 
 
 export function contentService(content: NamespacedContent, log: Logger): GrpcService {
-  const store = (call: { metadata: grpc.Metadata }) => content.bind(opContext(call));
+  const store = (call: CallContext) => content.bind(opContext(call));
   const l = log.child({ service: 'content' });
 
   const implementation: ContentServer = {
@@ -49,10 +51,8 @@ export function contentService(content: NamespacedContent, log: Logger): GrpcSer
 
     read: serverStream(l, 'Read', async (req: { digest: string; offset: number; size: number }, send, call) => {
       if (req.offset < 0 || req.size < 0) throw invalidArgument('offset and size must not be negative');
-      const cs = store(call);
-      const info = await cs.info(req.digest);
-      if (req.offset > info.size) throw outOfRange(`read past object length ${info.size} bytes`);
-      const stream = await cs.read(req.digest, { offset: req.offset, size: req.size });
+      // The store answers NOT_FOUND and OUT_OF_RANGE (an offset past the end) itself.
+      const stream = await store(call).read(req.digest, { offset: req.offset, size: req.size });
       let offset = req.offset;
       try {
         for await (const chunk of stream as AsyncIterable<Buffer>) {
@@ -96,7 +96,7 @@ export function contentService(content: NamespacedContent, log: Logger): GrpcSer
  */
 async function writeSession(
   cs: ReturnType<NamespacedContent['bind']>,
-  call: grpc.ServerDuplexStream<WriteContentRequest, WriteContentResponse>,
+  call: ServerCall,
   send: (m: WriteContentResponse) => Promise<void>,
 ): Promise<void> {
   const reader = messageReader<WriteContentRequest>(call);

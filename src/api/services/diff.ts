@@ -12,9 +12,10 @@ import type { Differ } from '../../diff/types.js';
 import type { Logger } from '../../log/index.js';
 import { unary, type GrpcService, grpcService } from '../call.js';
 import { mountFromPb, descriptorFromPb, descriptorToPb } from '../convert.js';
+import type { CallContext } from '../call.js';
 
 /** The content store a call works in (its namespace and lease). */
-export type ResolveContent = (call: { metadata: grpc.Metadata }) => ContentStore;
+export type ResolveContent = (call: CallContext) => ContentStore;
 
 
 

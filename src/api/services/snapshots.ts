@@ -10,8 +10,9 @@ import type { Snapshotter } from '../../snapshots/types.js';
 import type { Logger } from '../../log/index.js';
 import { serverStream, unary, type GrpcService, grpcService } from '../call.js';
 import { mountToPb, snapshotInfoToPb } from '../convert.js';
+import type { CallContext } from '../call.js';
 
-export type ResolveSnapshotter = (name: string, call: { metadata: grpc.Metadata }) => Snapshotter;
+export type ResolveSnapshotter = (name: string, call: CallContext) => Snapshotter;
 
 const LIST_BATCH = 100;
 
@@ -22,7 +23,7 @@ const LIST_BATCH = 100;
 export function snapshotsService(resolve: ResolveSnapshotter, log: Logger): GrpcService {
   const l = log.child({ service: 'snapshots' });
   type Req = { snapshotter: string };
-  const sn = (req: Req, call: { metadata: grpc.Metadata }) => resolve(req.snapshotter, call);
+  const sn = (req: Req, call: CallContext) => resolve(req.snapshotter, call);
   const labelsOf = (labels: Record<string, string>) => (Object.keys(labels).length > 0 ? { labels } : {});
 
   const implementation: SnapshotsServer = {
