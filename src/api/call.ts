@@ -44,6 +44,31 @@ function logFailure(log: Logger, method: string, err: unknown): void {
   else log.error('call failed', { method, error: err instanceof Error ? err.stack : String(err) });
 }
 
+/** A call's kind, as go-grpc-prometheus names it (its grpc_type label). */
+export type CallType = 'unary' | 'client_stream' | 'server_stream' | 'bidi_stream';
+
+/**
+ * Sees every call start and end (src/metrics: the Prometheus counters and the SIGUSR1 dump of calls in flight).
+ * started() runs on every call, so it must cost next to nothing; its result is handed back to the others.
+ * It counts the one request message of unary and server-streaming calls itself.
+ */
+export interface CallObserver<T = unknown> {
+  started(path: string, type: CallType, metadata: grpc.Metadata): T;
+  received(token: T): void;
+  sent(token: T): void;
+  handled(token: T, code: number): void;
+}
+
+let observer: CallObserver | undefined;
+
+/** Installs the observer of every call (undefined removes it). Without one the wrappers do nothing more. */
+export function observeCalls(o: CallObserver<any> | undefined): void {
+  observer = o;
+}
+
+/** The received() hook of a bidi call, for messageReader (which sees the messages the wrapper does not). */
+const receivers = new WeakMap<object, () => void>();
+
 export function unary<Req, Res>(
   log: Logger,
   method: string,
@@ -51,23 +76,34 @@ export function unary<Req, Res>(
 ): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
     if (log.enabled('debug')) log.debug('call', { method });
+    const o = observer;
+    const t = o?.started(call.getPath(), 'unary', call.metadata);
     Promise.resolve()
       .then(() => fn(call.request, call))
       .then(
-        (res) => callback(null, res),
+        (res) => {
+          if (o) {
+            o.sent(t);
+            o.handled(t, 0);
+          }
+          callback(null, res);
+        },
         (err) => {
           logFailure(log, method, err);
-          callback(toStatus(err) as grpc.ServiceError);
+          const st = toStatus(err);
+          o?.handled(t, st.code ?? 2);
+          callback(st as grpc.ServiceError);
         },
       );
   };
 }
 
 /** A send function that waits for the stream to drain when its buffer is full, and fails once the client left. */
-function sender<Res>(call: { cancelled: boolean; write(m: Res): boolean; once(ev: 'drain', fn: () => void): unknown }) {
+function sender<Res>(call: { cancelled: boolean; write(m: Res): boolean; once(ev: 'drain', fn: () => void): unknown }, onSent?: () => void) {
   return (msg: Res) =>
     new Promise<void>((resolve, reject) => {
       if (call.cancelled) return reject(new StrataError('canceled', 'call cancelled by client'));
+      onSent?.();
       if (call.write(msg)) resolve();
       else call.once('drain', resolve);
     });
@@ -81,12 +117,19 @@ export function serverStream<Req, Res>(
 ): grpc.handleServerStreamingCall<Req, Res> {
   return (call) => {
     if (log.enabled('debug')) log.debug('call', { method });
-    fn(call.request, sender(call), call).then(
-      () => call.end(),
+    const o = observer;
+    const t = o?.started(call.getPath(), 'server_stream', call.metadata);
+    fn(call.request, sender(call, o && (() => o.sent(t))), call).then(
+      () => {
+        o?.handled(t, 0);
+        call.end();
+      },
       (err) => {
-        if (call.cancelled) return;
+        if (call.cancelled) return o?.handled(t, 1);
         logFailure(log, method, err);
-        call.emit('error', toStatus(err));
+        const st = toStatus(err);
+        o?.handled(t, st.code ?? 2);
+        call.emit('error', st);
       },
     );
   };
@@ -99,12 +142,20 @@ export function bidiStream<Req, Res>(
 ): grpc.handleBidiStreamingCall<Req, Res> {
   return (call) => {
     if (log.enabled('debug')) log.debug('call', { method });
-    fn(call, sender(call)).then(
-      () => call.end(),
+    const o = observer;
+    const t = o?.started(call.getPath(), 'bidi_stream', call.metadata);
+    if (o) receivers.set(call, () => o.received(t));
+    fn(call, sender(call, o && (() => o.sent(t)))).then(
+      () => {
+        o?.handled(t, 0);
+        call.end();
+      },
       (err) => {
-        if (call.cancelled) return;
+        if (call.cancelled) return o?.handled(t, 1);
         logFailure(log, method, err);
-        call.emit('error', toStatus(err));
+        const st = toStatus(err);
+        o?.handled(t, st.code ?? 2);
+        call.emit('error', st);
       },
     );
   };
@@ -122,12 +173,14 @@ export function messageReader<T>(stream: NodeJS.ReadableStream & { on(event: str
   let ended = false;
   let failed: unknown;
   let wake: (() => void) | undefined;
+  const onReceived = receivers.get(stream);
   const poke = () => {
     const w = wake;
     wake = undefined;
     w?.();
   };
   stream.on('data', (m: T) => {
+    onReceived?.();
     queue.push(m);
     stream.pause();
     poke();
