@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # ctr and containerd are the interop peers of the tests and benchmarks; docker-registry serves images on
-# loopback for the pull/push tests; skopeo copies test images into it.
-debs=(containerd runc busybox-static btrfs-progs tar docker-registry skopeo python3)
+# loopback for the pull/push tests; skopeo copies test images into it. prometheus (with promtool) scrapes the
+# metrics endpoint in test/metrics; systemd's systemd-analyze verifies contrib/strata.service.
+debs=(containerd runc busybox-static btrfs-progs tar docker-registry skopeo python3 prometheus systemd)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
