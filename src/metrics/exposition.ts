@@ -38,9 +38,17 @@ export function formatLabels(labels: Labels): string {
   return out + '}';
 }
 
-/** Collects the text of one scrape. Every family is written whole (HELP, TYPE, then all its samples). */
+/** The formatted labels of each bucket of a histogram: `labels` plus le, the last one le="+Inf". */
+export function bucketLabels(labels: Labels, bounds: readonly number[]): string[] {
+  return [...bounds.map((b) => formatValue(b)), '+Inf'].map((le) => formatLabels([...labels, ['le', le]]));
+}
+
+/**
+ * Collects the text of one scrape. Every family is written whole (HELP, TYPE, then all its samples). Parts may
+ * be encoded already (chunk()): series that rarely change are kept as bytes between scrapes by their owner.
+ */
 export class TextWriter {
-  private readonly parts: string[] = [];
+  private readonly parts: (string | Buffer)[] = [];
   private readonly seen = new Set<string>();
 
   /** Starts a family; throws if the same name was started before in this scrape (a programming error). */
@@ -56,6 +64,18 @@ export class TextWriter {
     return this;
   }
 
+  /** A sample whose labels were formatted before (formatLabels), for series written at every scrape. */
+  sampleText(name: string, labelText: string, value: number): this {
+    this.parts.push(`${name}${labelText} ${formatValue(value)}\n`);
+    return this;
+  }
+
+  /** Samples already in the text format, as UTF-8 (whole lines). */
+  chunk(bytes: Buffer): this {
+    this.parts.push(bytes);
+    return this;
+  }
+
   /** A family with one sample and no labels. */
   single(name: string, type: 'counter' | 'gauge', help: string, value: number): this {
     return this.family(name, type, help).sample(name, [], value);
@@ -66,21 +86,40 @@ export class TextWriter {
    * counts those above every bound), written as the cumulative _bucket series, _sum and _count.
    */
   histogram(name: string, labels: Labels, bounds: readonly number[], counts: readonly number[], sum: number): this {
-    const prefix = formatLabels(labels);
-    const open = prefix === '' ? '{' : `${prefix.slice(0, -1)},`;
+    return this.histogramText(name, formatLabels(labels), bucketLabels(labels, bounds), counts, sum);
+  }
+
+  /** As histogram(), with the labels formatted before: `buckets` from bucketLabels(). */
+  histogramText(name: string, labelText: string, buckets: readonly string[], counts: readonly number[], sum: number): this {
     let cumulative = 0;
-    for (let i = 0; i < bounds.length; i++) {
+    let out = '';
+    for (let i = 0; i < buckets.length; i++) {
       cumulative += counts[i] ?? 0;
-      this.parts.push(`${name}_bucket${open}le="${formatValue(bounds[i]!)}"} ${cumulative}\n`);
+      out += `${name}_bucket${buckets[i]} ${cumulative}\n`;
     }
-    cumulative += counts[bounds.length] ?? 0;
-    this.parts.push(`${name}_bucket${open}le="+Inf"} ${cumulative}\n`);
-    this.parts.push(`${name}_sum${prefix} ${formatValue(sum)}\n${name}_count${prefix} ${cumulative}\n`);
+    out += `${name}_sum${labelText} ${formatValue(sum)}\n${name}_count${labelText} ${cumulative}\n`;
+    this.parts.push(out);
     return this;
   }
 
   text(): string {
-    return this.parts.join('');
+    return this.parts.map((p) => (typeof p === 'string' ? p : p.toString('utf8'))).join('');
+  }
+
+  /** The scrape's bytes (strings encoded in runs, chunks as they are). */
+  bytes(): Buffer[] {
+    const out: Buffer[] = [];
+    let run: string[] = [];
+    for (const p of this.parts) {
+      if (typeof p === 'string') run.push(p);
+      else {
+        if (run.length > 0) out.push(Buffer.from(run.join(''), 'utf8'));
+        run = [];
+        out.push(p);
+      }
+    }
+    if (run.length > 0) out.push(Buffer.from(run.join(''), 'utf8'));
+    return out;
   }
 }
 
@@ -104,6 +143,11 @@ export class Histogram {
   write(w: TextWriter, name: string, labels: Labels): void {
     w.histogram(name, labels, this.bounds, this.counts, this.sum);
   }
+
+  /** Writes with labels formatted once by the caller (formatLabels, bucketLabels). */
+  writeText(w: TextWriter, name: string, labelText: string, buckets: readonly string[]): void {
+    w.histogramText(name, labelText, buckets, this.counts, this.sum);
+  }
 }
 
 /** Writes some families into a scrape. May be async (a database or disk walk). */
@@ -123,17 +167,17 @@ export class Registry {
    * One scrape. Collectors run in order; one that fails is left out of this scrape (reported through onError)
    * rather than failing the whole page, as the Go client's registry gathers what it can.
    */
-  async render(): Promise<string> {
-    const out: string[] = [];
+  async render(): Promise<Buffer> {
+    const out: Buffer[] = [];
     for (const { name, fn } of this.collectors) {
       const w = new TextWriter();
       try {
         await fn(w);
-        out.push(w.text());
+        out.push(...w.bytes());
       } catch (err) {
         this.onError(name, err);
       }
     }
-    return out.join('');
+    return Buffer.concat(out);
   }
 }

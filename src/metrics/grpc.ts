@@ -7,8 +7,7 @@
  * It is installed as src/api/call.ts's observer (structurally: this folder does not import the gRPC layer). Per
  * call it does a map lookup by path, a few increments, one Set insert and delete and two clock reads.
  */
-import type { Labels, TextWriter } from './exposition.js';
-import { DEFAULT_BUCKETS, Histogram } from './exposition.js';
+import { DEFAULT_BUCKETS, Histogram, TextWriter, bucketLabels, formatLabels } from './exposition.js';
 
 /** grpc_type values (src/api/call.ts's CallType). */
 export type GrpcType = 'unary' | 'client_stream' | 'server_stream' | 'bidi_stream';
@@ -34,17 +33,36 @@ export const GRPC_CODE_NAMES = [
   'Unauthenticated',
 ] as const;
 
-const codeName = (code: number): string => GRPC_CODE_NAMES[code] ?? `Code(${code})`;
+/** The families this file writes, in order. */
+const FAMILIES = [
+  ['grpc_server_started_total', 'Total number of RPCs started on the server.'],
+  ['grpc_server_handled_total', 'Total number of RPCs completed on the server, regardless of success or failure.'],
+  ['grpc_server_msg_received_total', 'Total number of RPC stream messages received on the server.'],
+  ['grpc_server_msg_sent_total', 'Total number of gRPC stream messages sent by the server.'],
+  ['grpc_server_handling_seconds', 'Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.'],
+] as const;
 
-/** The counters of one method. */
+/**
+ * The counters of one method. A scrape writes ~35 series per method for every method served, most of them
+ * unchanged since the previous scrape: each method keeps its series as encoded bytes, rebuilt only after a
+ * change (`version`), so a scrape mostly copies bytes.
+ */
 class MethodStats {
+  /** Bumped by every event; the encoded series are of `encodedAt`. */
+  version = 0;
+  private encodedAt = -1;
+  private encoded: Buffer[] = [];
   started = 0;
   received = 0;
   sent = 0;
   /** Handled calls by code number. */
   readonly handled: number[] = new Array<number>(GRPC_CODE_NAMES.length).fill(0);
-  readonly labels: Labels;
-  histogram: Histogram | undefined;
+  /** {grpc_method,grpc_service,grpc_type}, the labels Go's client writes sorted by name. */
+  readonly labelText: string;
+  /** The same with grpc_code first, by code number. */
+  readonly handledText: string[];
+  readonly histogram: Histogram | undefined;
+  readonly bucketText: string[] = [];
 
   constructor(
     readonly type: GrpcType,
@@ -52,12 +70,39 @@ class MethodStats {
     readonly method: string,
     withHistogram: boolean,
   ) {
-    this.labels = [
+    const labels = [
       ['grpc_method', method],
       ['grpc_service', service],
       ['grpc_type', type],
+    ] as const;
+    this.labelText = formatLabels(labels);
+    this.handledText = GRPC_CODE_NAMES.map((code) => formatLabels([['grpc_code', code], ...labels]));
+    if (withHistogram) {
+      this.histogram = new Histogram(DEFAULT_BUCKETS);
+      this.bucketText = bucketLabels(labels, DEFAULT_BUCKETS);
+    }
+  }
+
+  /** This method's samples of each family (FAMILIES' order), as text-format bytes. */
+  series(): Buffer[] {
+    if (this.encodedAt === this.version) return this.encoded;
+    const l = this.labelText;
+    let handled = '';
+    for (let code = 0; code < this.handled.length; code++) handled += `grpc_server_handled_total${this.handledText[code]} ${this.handled[code]}\n`;
+    const parts = [
+      `grpc_server_started_total${l} ${this.started}\n`,
+      handled,
+      `grpc_server_msg_received_total${l} ${this.received}\n`,
+      `grpc_server_msg_sent_total${l} ${this.sent}\n`,
     ];
-    if (withHistogram) this.histogram = new Histogram(DEFAULT_BUCKETS);
+    if (this.histogram) {
+      const w = new TextWriter();
+      this.histogram.writeText(w, 'grpc_server_handling_seconds', l, this.bucketText);
+      parts.push(w.text());
+    }
+    this.encoded = parts.map((p) => Buffer.from(p, 'utf8'));
+    this.encodedAt = this.version;
+    return this.encoded;
   }
 }
 
@@ -96,6 +141,8 @@ export const typeOf = (m: Pick<MethodDefinition, 'requestStream' | 'responseStre
 export class GrpcMetrics {
   private readonly methods = new Map<string, MethodStats>();
   private readonly inflight = new Set<InflightCall>();
+  /** The methods in output order, until a new one comes. */
+  private sorted: MethodStats[] | undefined;
 
   /** @param histogram keep grpc_server_handling_seconds (containerd's [metrics] grpc_histogram). */
   constructor(readonly histogram: boolean) {}
@@ -114,12 +161,14 @@ export class GrpcMetrics {
       const [service, method] = splitPath(path);
       s = new MethodStats(type, service, method, this.histogram);
       this.methods.set(path, s);
+      this.sorted = undefined;
     }
     return s;
   }
 
   started(path: string, type: GrpcType, metadata: InflightCall['metadata']): InflightCall {
     const stats = this.methods.get(path) ?? this.stats(path, type);
+    stats.version++;
     stats.started++;
     // Unary and server-streaming calls have their one request in hand when they start.
     if (type !== 'bidi_stream') stats.received++;
@@ -129,16 +178,19 @@ export class GrpcMetrics {
   }
 
   received(call: InflightCall): void {
+    call.stats.version++;
     call.stats.received++;
   }
 
   sent(call: InflightCall): void {
+    call.stats.version++;
     call.stats.sent++;
   }
 
   handled(call: InflightCall, code: number): void {
     if (!this.inflight.delete(call)) return; // handled twice: count the first outcome only
     const s = call.stats;
+    s.version++;
     if (code >= 0 && code < s.handled.length) s.handled[code]!++;
     s.histogram?.observe((performance.now() - call.start) / 1000);
   }
@@ -157,28 +209,15 @@ export class GrpcMetrics {
 
   /** The families, each whole, methods in a stable (sorted) order. */
   write(w: TextWriter): void {
-    const all = [...this.methods.values()].sort((a, b) =>
+    const all = (this.sorted ??= [...this.methods.values()].sort((a, b) =>
       a.service === b.service ? (a.method < b.method ? -1 : 1) : a.service < b.service ? -1 : 1,
-    );
-    w.family('grpc_server_started_total', 'counter', 'Total number of RPCs started on the server.');
-    for (const s of all) w.sample('grpc_server_started_total', s.labels, s.started);
-    w.family('grpc_server_handled_total', 'counter', 'Total number of RPCs completed on the server, regardless of success or failure.');
-    for (const s of all) {
-      for (let code = 0; code < s.handled.length; code++) {
-        w.sample('grpc_server_handled_total', [['grpc_code', codeName(code)], ...s.labels], s.handled[code]!);
-      }
-    }
-    w.family('grpc_server_msg_received_total', 'counter', 'Total number of RPC stream messages received on the server.');
-    for (const s of all) w.sample('grpc_server_msg_received_total', s.labels, s.received);
-    w.family('grpc_server_msg_sent_total', 'counter', 'Total number of gRPC stream messages sent by the server.');
-    for (const s of all) w.sample('grpc_server_msg_sent_total', s.labels, s.sent);
-    if (this.histogram) {
-      w.family(
-        'grpc_server_handling_seconds',
-        'histogram',
-        'Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.',
-      );
-      for (const s of all) s.histogram!.write(w, 'grpc_server_handling_seconds', s.labels);
+    ));
+    const series = all.map((s) => s.series());
+    const families = this.histogram ? FAMILIES.length : FAMILIES.length - 1;
+    for (let f = 0; f < families; f++) {
+      const [name, help] = FAMILIES[f]!;
+      w.family(name, f === 4 ? 'histogram' : 'counter', help);
+      for (const s of series) w.chunk(s[f]!);
     }
   }
 }

@@ -43,7 +43,7 @@ export class Observability {
   private process: ProcessCollector | undefined;
   private metricsServer: Server | undefined;
   private debugServer: DebugServer | undefined;
-  private scrape: Promise<string> | undefined;
+  private scrape: Promise<Buffer> | undefined;
   private readonly registry: Registry;
   private readonly onUsr1 = () => this.dump();
 
@@ -109,7 +109,7 @@ export class Observability {
   }
 
   /** One scrape's text; scrapes that arrive while one is being computed share it. */
-  render(): Promise<string> {
+  render(): Promise<Buffer> {
     this.scrape ??= this.registry.render().finally(() => (this.scrape = undefined));
     return this.scrape;
   }

@@ -45,7 +45,7 @@ describe('TextWriter', () => {
       .add('broken', async () => {
         throw new Error('disk gone');
       });
-    expect(await r.render()).toBe('# HELP one one\n# TYPE one gauge\none 1\n');
+    expect((await r.render()).toString()).toBe('# HELP one one\n# TYPE one gauge\none 1\n');
     expect(errors).toEqual(['broken']);
   });
 });
