@@ -17,6 +17,7 @@ import { STRATA } from '../helpers/paths.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 import { startRegistry, stopAllRegistries, type StartedRegistry } from '../helpers/registry.js';
 import { buildOciLayout, makeLayerTar } from '../helpers/oci-layout.js';
+import { buildImage, busyboxPlatform } from '../helpers/images.js';
 import type { StrataClient } from '../../src/api/clients/strata.js';
 import { freePort } from './helpers.js';
 
@@ -260,5 +261,34 @@ describe('SIGUSR1', () => {
     const v = await c.call(c.version, c.version.version, {});
     expect(v.version).not.toBe('');
     expect(existsSync(d.address)).toBe(true);
+  });
+});
+
+describe('tasks', () => {
+  it('are in the SIGUSR1 dump (id, pid, status) and counted by status', async () => {
+    const strata = (args: string[]) => run(process.execPath, [STRATA, '-a', d.address, '-n', 'metrics-tasks', ...args], { timeoutMs: 60_000 });
+    const busybox = await buildImage(tmp.path, { basename: 'busybox', name: 'docker.io/library/busybox:metrics', platforms: [await busyboxPlatform()] });
+    const imp = await strata(['image', 'import', busybox.archivePath]);
+    expect(imp.code, imp.stderr).toBe(0);
+    const started = await strata(['run', '-d', 'docker.io/library/busybox:metrics', 'sleeper', 'sleep', '300']);
+    expect(started.code, started.stderr).toBe(0);
+    try {
+      await eventually(async () => (await scrape()).m.get('strata_tasks{status="running"}') === 1, 'a running task in the metrics', 20_000);
+      const mark = d.logs.length;
+      d.proc.kill('SIGUSR1');
+      let line: string | undefined;
+      await eventually(async () => {
+        line = d.logs.slice(mark).split('\n').find((l) => l.includes('"msg":"state dump (SIGUSR1)"'));
+        return line !== undefined;
+      }, 'the dump');
+      const rec = JSON.parse(line!) as { tasks: { namespace: string; id: string; pid: number; status: string }[] };
+      expect(rec.tasks).toHaveLength(1);
+      expect(rec.tasks[0]).toMatchObject({ namespace: 'metrics-tasks', id: 'sleeper', status: 'running' });
+      expect(rec.tasks[0]!.pid).toBeGreaterThan(1);
+    } finally {
+      await strata(['task', 'rm', '-f', 'sleeper']);
+      await strata(['container', 'rm', 'sleeper']);
+    }
+    expect((await scrape()).m.get('strata_tasks{status="running"}')).toBe(0);
   });
 });
