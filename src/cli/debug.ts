@@ -12,7 +12,7 @@
 import { createWriteStream } from 'node:fs';
 import { request, type IncomingMessage } from 'node:http';
 import { pipeline } from 'node:stream/promises';
-import { parseListenAddress } from '../metrics/index.js';
+import { parseListenAddress } from '../core/address.js';
 import { CliError, str, type Command, type Group, type Values } from './command.js';
 import { humanSize, write } from './output.js';
 

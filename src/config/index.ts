@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { parse, stringify } from 'smol-toml';
 import { invalidArgument } from '../core/errdefs.js';
+import { isLoopback, parseListenAddress } from '../core/address.js';
 
 export interface GrpcConfig {
   address: string;
@@ -155,16 +156,18 @@ function validate(cfg: Config): void {
   if (!cfg.state.startsWith('/')) throw invalidArgument(`state must be an absolute path: ${cfg.state}`);
   if (cfg.root === cfg.state) throw invalidArgument('root and state must be different directories');
   if (!cfg.grpc.address) throw invalidArgument('grpc.address must be set');
-  const hostPort = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/;
-  if (cfg.metrics.address && !hostPort.test(cfg.metrics.address)) {
-    throw invalidArgument(`metrics.address must be host:port: ${cfg.metrics.address}`);
-  }
-  if (cfg.debug.address && !cfg.debug.address.startsWith('/')) {
+  const address = (key: string, value: string, allowUnix: boolean) => {
+    try {
+      return parseListenAddress(key, value, allowUnix);
+    } catch (err) {
+      throw invalidArgument((err as Error).message);
+    }
+  };
+  if (cfg.metrics.address) address('metrics.address', cfg.metrics.address, false);
+  if (cfg.debug.address) {
+    const at = address('debug.address', cfg.debug.address, true);
     // A heap snapshot holds whatever is in memory (registry credentials): never served beyond this host.
-    const m = hostPort.exec(cfg.debug.address);
-    const host = m?.[1] ?? m?.[2];
-    if (host === undefined) throw invalidArgument(`debug.address must be a unix socket path or host:port: ${cfg.debug.address}`);
-    if (!(host === 'localhost' || host === '::1' || /^127(\.\d{1,3}){3}$/.test(host))) {
+    if ('host' in at && !isLoopback(at.host)) {
       throw invalidArgument(`debug.address must be a unix socket or a loopback address (127.0.0.1, ::1, localhost): ${cfg.debug.address}`);
     }
   }

@@ -13,7 +13,8 @@ import { Session } from 'node:inspector';
 import { getHeapSnapshot } from 'node:v8';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from '../log/index.js';
-import { closeServer, listen, type ListenAddress } from './listen.js';
+import { closeServer, listen } from './listen.js';
+import type { ListenAddress } from '../core/address.js';
 
 /** The longest profile one request may ask for. */
 export const MAX_PROFILE_SECONDS = 600;

@@ -14,11 +14,11 @@ import { GrpcMetrics, type CallSnapshot, type MethodDefinition } from './grpc.js
 import { ProcessCollector } from './process.js';
 import { StoreMetrics, type Sources } from './stores.js';
 import { DebugServer } from './debug.js';
-import { boundAddress, closeServer, listen, parseListenAddress, type ListenAddress } from './listen.js';
+import { boundAddress, closeServer, listen } from './listen.js';
+import { parseListenAddress, type ListenAddress } from '../core/address.js';
 
 export { GrpcMetrics } from './grpc.js';
 export type { Sources } from './stores.js';
-export { parseListenAddress, isLoopback, type ListenAddress } from './listen.js';
 
 /** The path containerd serves its metrics on. */
 export const METRICS_PATH = '/v1/metrics';

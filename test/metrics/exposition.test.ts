@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Histogram, Registry, TextWriter, formatValue } from '../../src/metrics/exposition.js';
 import { GrpcMetrics } from '../../src/metrics/grpc.js';
-import { parseListenAddress, isLoopback } from '../../src/metrics/listen.js';
+import { parseListenAddress, isLoopback } from '../../src/core/address.js';
 import { defaultConfig, loadConfig } from '../../src/config/index.js';
 import { run } from '../helpers/ctr.js';
 
