@@ -281,13 +281,18 @@ export interface Daemon {
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-export async function startStrata(tmp: string, mnt: string): Promise<Daemon> {
-  const root = join(mnt, 'strata', 'root');
-  const state = join(tmp, 'strata', 'state');
-  const socket = join(tmp, 'strata', 'strata.sock');
-  mkdirSync(join(tmp, 'strata'), { recursive: true });
-  const config = join(tmp, 'strata', 'config.toml');
-  writeFileSync(config, `version = 2\nroot = "${root}"\nstate = "${state}"\n\n[grpc]\n  address = "${socket}"\n`);
+/**
+ * stratad on the loop fs. `opts.dir` names its directories (a second stratad beside the first: gobench's
+ * --compare metrics); `opts.config` is TOML appended to its config (tables such as [metrics]).
+ */
+export async function startStrata(tmp: string, mnt: string, opts: { dir?: string; config?: string } = {}): Promise<Daemon> {
+  const dir = opts.dir ?? 'strata';
+  const root = join(mnt, dir, 'root');
+  const state = join(tmp, dir, 'state');
+  const socket = join(tmp, dir, 'strata.sock');
+  mkdirSync(join(tmp, dir), { recursive: true });
+  const config = join(tmp, dir, 'config.toml');
+  writeFileSync(config, `version = 2\nroot = "${root}"\nstate = "${state}"\n\n[grpc]\n  address = "${socket}"\n${opts.config ? `\n${opts.config}\n` : ''}`);
   const nodeArgs: string[] = [];
   if (process.env.STRATA_BENCH_CPU_PROF) {
     mkdirSync(process.env.STRATA_BENCH_CPU_PROF, { recursive: true });
@@ -296,7 +301,7 @@ export async function startStrata(tmp: string, mnt: string): Promise<Daemon> {
   if (process.env.STRATA_BENCH_STRATAD_NODE_ARGS) nodeArgs.push(...process.env.STRATA_BENCH_STRATAD_NODE_ARGS.split(/\s+/).filter(Boolean));
   const args = [...nodeArgs, join(repoRoot, 'bin', 'stratad'), '--config', config, '--log-level', 'warn'];
   log(`starting stratad: ${process.execPath} ${args.join(' ')}`);
-  const child = startChild('stratad', process.execPath, args, join(tmp, 'stratad.log'));
+  const child = startChild('stratad', process.execPath, args, join(tmp, dir === 'strata' ? 'stratad.log' : `${dir}.log`));
   await waitSocket(child, socket, 30_000);
   return { name: 'strata', child, socket, root, blobsDir: join(root, 'io.containerd.content.v1.content', 'blobs', 'sha256'), version: '' };
 }

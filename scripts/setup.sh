@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 # ctr and containerd are the interop peers of the tests and benchmarks; docker-registry serves images on
 # loopback for the pull/push tests; skopeo copies test images into it. golang-go and containerd's Go sources
 # build the Go interop tier (test/interop-go: containerd's client library and test suites, offline, GOPATH mode).
-debs=(containerd runc busybox-static btrfs-progs tar docker-registry skopeo python3 golang-go golang-github-containerd-containerd-dev)
+# prometheus (with promtool) scrapes the metrics endpoint in test/metrics; systemd's systemd-analyze verifies
+# contrib/strata.service.
+debs=(containerd runc busybox-static btrfs-progs tar docker-registry skopeo python3 golang-go golang-github-containerd-containerd-dev prometheus systemd)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -48,6 +48,31 @@ function logFailure(log: Logger, method: string, err: unknown): void {
   else log.error('call failed', { method, error: err instanceof Error ? err.stack : String(err) });
 }
 
+/** A call's kind, as go-grpc-prometheus names it (its grpc_type label). */
+export type CallType = 'unary' | 'client_stream' | 'server_stream' | 'bidi_stream';
+
+/**
+ * Sees every call start and end (src/metrics: the Prometheus counters and the SIGUSR1 dump of calls in flight).
+ * started() runs on every call, so it must cost next to nothing; its result is handed back to the others.
+ * It counts the one request message of unary and server-streaming calls itself.
+ */
+export interface CallObserver<T = unknown> {
+  started(path: string, type: CallType, metadata: CallContext['metadata']): T;
+  received(token: T): void;
+  sent(token: T): void;
+  handled(token: T, code: number): void;
+}
+
+let observer: CallObserver | undefined;
+
+/** Installs the observer of every call (undefined removes it). Without one the wrappers do nothing more. */
+export function observeCalls(o: CallObserver<any> | undefined): void {
+  observer = o;
+}
+
+/** The received() hook of a bidi call, for messageReader (which sees the messages the wrapper does not). */
+const receivers = new WeakMap<object, () => void>();
+
 const isPromise = <T>(v: unknown): v is PromiseLike<T> => typeof (v as { then?: unknown } | null)?.then === 'function';
 
 /**
@@ -61,9 +86,20 @@ export function unary<Req, Res>(
 ): grpc.handleUnaryCall<Req, Res> {
   const handler = (call: ServerCall, callback: (err: CallStatus | null, res?: Res) => void) => {
     if (log.enabled('debug')) log.debug('call', { method });
+    const o = observer;
+    const t = o?.started(call.getPath(), 'unary', call.metadata);
     const failed = (err: unknown) => {
       logFailure(log, method, err);
-      callback(toStatus(err));
+      const st = toStatus(err);
+      o?.handled(t, st.code ?? GrpcCode.UNKNOWN);
+      callback(st);
+    };
+    const answer = (r: Res) => {
+      if (o) {
+        o.sent(t);
+        o.handled(t, GrpcCode.OK);
+      }
+      callback(null, r);
     };
     let res: Promise<Res> | Res;
     try {
@@ -71,17 +107,18 @@ export function unary<Req, Res>(
     } catch (err) {
       return failed(err);
     }
-    if (isPromise<Res>(res)) res.then((r) => callback(null, r), failed);
-    else callback(null, res);
+    if (isPromise<Res>(res)) res.then(answer, failed);
+    else answer(res);
   };
   return handler as unknown as grpc.handleUnaryCall<Req, Res>;
 }
 
 /** A send function that waits for the stream to drain when its buffer is full, and fails once the client left. */
-function sender<Res>(call: ServerCall) {
+function sender<Res>(call: ServerCall, onSent?: () => void) {
   return (msg: Res) =>
     new Promise<void>((resolve, reject) => {
       if (call.cancelled) return reject(new StrataError('canceled', 'call cancelled by client'));
+      onSent?.();
       if (call.write(msg)) resolve();
       else call.once('drain', resolve);
     });
@@ -95,12 +132,19 @@ export function serverStream<Req, Res>(
 ): grpc.handleServerStreamingCall<Req, Res> {
   const handler = (call: ServerCall) => {
     if (log.enabled('debug')) log.debug('call', { method });
-    fn(call.request as Req, sender(call), call).then(
-      () => call.end(),
+    const o = observer;
+    const t = o?.started(call.getPath(), 'server_stream', call.metadata);
+    fn(call.request as Req, sender(call, o && (() => o.sent(t))), call).then(
+      () => {
+        o?.handled(t, GrpcCode.OK);
+        call.end();
+      },
       (err) => {
-        if (call.cancelled) return;
+        if (call.cancelled) return o?.handled(t, GrpcCode.CANCELLED);
         logFailure(log, method, err);
-        call.fail(toStatus(err));
+        const st = toStatus(err);
+        o?.handled(t, st.code ?? GrpcCode.UNKNOWN);
+        call.fail(st);
       },
     );
   };
@@ -114,12 +158,20 @@ export function bidiStream<Req, Res>(
 ): grpc.handleBidiStreamingCall<Req, Res> {
   const handler = (call: ServerCall) => {
     if (log.enabled('debug')) log.debug('call', { method });
-    fn(call, sender(call)).then(
-      () => call.end(),
+    const o = observer;
+    const t = o?.started(call.getPath(), 'bidi_stream', call.metadata);
+    if (o) receivers.set(call, () => o.received(t));
+    fn(call, sender(call, o && (() => o.sent(t)))).then(
+      () => {
+        o?.handled(t, GrpcCode.OK);
+        call.end();
+      },
       (err) => {
-        if (call.cancelled) return;
+        if (call.cancelled) return o?.handled(t, GrpcCode.CANCELLED);
         logFailure(log, method, err);
-        call.fail(toStatus(err));
+        const st = toStatus(err);
+        o?.handled(t, st.code ?? GrpcCode.UNKNOWN);
+        call.fail(st);
       },
     );
   };
@@ -137,12 +189,14 @@ export function messageReader<T>(stream: ServerCall): {
   let ended = false;
   let failed: unknown;
   let wake: (() => void) | undefined;
+  const onReceived = receivers.get(stream);
   const poke = () => {
     const w = wake;
     wake = undefined;
     w?.();
   };
   stream.on('data', (m: T) => {
+    onReceived?.();
     queue.push(m);
     stream.pause();
     poke();

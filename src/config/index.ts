@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { parse, stringify } from 'smol-toml';
 import { invalidArgument } from '../core/errdefs.js';
+import { isLoopback, parseListenAddress } from '../core/address.js';
 
 export interface GrpcConfig {
   address: string;
@@ -26,7 +27,10 @@ export interface Config {
   disabled_plugins: string[];
   required_plugins: string[];
   grpc: GrpcConfig;
-  debug: { level: string };
+  /** address: a unix socket path or loopback host:port for the debug endpoint ("" = none). */
+  debug: { level: string; address: string };
+  /** The Prometheus endpoint (containerd's [metrics]): address host:port ("" = none), grpc_histogram. */
+  metrics: { address: string; grpc_histogram: boolean };
   plugins: Record<string, Record<string, unknown>>;
   proxy_plugins: Record<string, ProxyPluginConfig>;
 }
@@ -50,7 +54,8 @@ export function defaultConfig(): Config {
       max_recv_message_size: 16 << 20,
       max_send_message_size: 16 << 20,
     },
-    debug: { level: 'info' },
+    debug: { level: 'info', address: '' },
+    metrics: { address: '', grpc_histogram: false },
     plugins: {},
     proxy_plugins: {},
   };
@@ -108,9 +113,11 @@ const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'];
 
 /** Checks the type of every known key, so a mistyped file fails with a message instead of misbehaving. */
 function checkTypes(cfg: Config): void {
-  const want = (path: string, value: unknown, type: 'string' | 'number' | 'string[]' | 'table') => {
+  const want = (path: string, value: unknown, type: 'string' | 'number' | 'boolean' | 'string[]' | 'table') => {
     const ok =
-      type === 'string[]'
+      type === 'boolean'
+        ? typeof value === 'boolean'
+        : type === 'string[]'
         ? Array.isArray(value) && value.every((v) => typeof v === 'string')
         : type === 'table'
           ? isObject(value)
@@ -131,6 +138,10 @@ function checkTypes(cfg: Config): void {
   want('grpc.max_send_message_size', cfg.grpc.max_send_message_size, 'number');
   want('debug', cfg.debug, 'table');
   want('debug.level', cfg.debug.level, 'string');
+  want('debug.address', cfg.debug.address, 'string');
+  want('metrics', cfg.metrics, 'table');
+  want('metrics.address', cfg.metrics.address, 'string');
+  want('metrics.grpc_histogram', cfg.metrics.grpc_histogram, 'boolean');
   want('plugins', cfg.plugins, 'table');
   for (const [uri, section] of Object.entries(cfg.plugins)) want(`plugins."${uri}"`, section, 'table');
   want('proxy_plugins', cfg.proxy_plugins, 'table');
@@ -145,6 +156,21 @@ function validate(cfg: Config): void {
   if (!cfg.state.startsWith('/')) throw invalidArgument(`state must be an absolute path: ${cfg.state}`);
   if (cfg.root === cfg.state) throw invalidArgument('root and state must be different directories');
   if (!cfg.grpc.address) throw invalidArgument('grpc.address must be set');
+  const address = (key: string, value: string, allowUnix: boolean) => {
+    try {
+      return parseListenAddress(key, value, allowUnix);
+    } catch (err) {
+      throw invalidArgument((err as Error).message);
+    }
+  };
+  if (cfg.metrics.address) address('metrics.address', cfg.metrics.address, false);
+  if (cfg.debug.address) {
+    const at = address('debug.address', cfg.debug.address, true);
+    // A heap snapshot holds whatever is in memory (registry credentials): never served beyond this host.
+    if ('host' in at && !isLoopback(at.host)) {
+      throw invalidArgument(`debug.address must be a unix socket or a loopback address (127.0.0.1, ::1, localhost): ${cfg.debug.address}`);
+    }
+  }
   for (const [name, p] of Object.entries(cfg.proxy_plugins)) {
     if (!p.type || !p.address) throw invalidArgument(`proxy_plugins.${name} needs both type and address`);
   }

@@ -48,6 +48,35 @@ export interface RegistryRequest {
   maxConcurrent?: number;
 }
 
+/** One pull's outcome, for the metrics endpoint. */
+export interface PullRecord {
+  ok: boolean;
+  seconds: number;
+  /** Bytes downloaded from the registry (blobs already present count nothing). */
+  bytes: number;
+}
+
+/** Wraps a progress function to count the bytes each blob's download moved, from its start or resume offset. */
+function countDownloads(onProgress: ProgressFn | undefined): { progress: ProgressFn; bytes(): number } {
+  const from = new Map<string, number>();
+  const to = new Map<string, number>();
+  return {
+    progress: (p) => {
+      // Only the fetcher's reports carry an offset (the unpacker's 'done' for a layer does not).
+      if (p.offset !== undefined && (p.status === 'downloading' || p.status === 'resuming' || p.status === 'done')) {
+        if (!from.has(p.ref)) from.set(p.ref, p.status === 'done' ? 0 : p.offset);
+        to.set(p.ref, p.offset);
+      }
+      onProgress?.(p);
+    },
+    bytes: () => {
+      let n = 0;
+      for (const [ref, end] of to) n += Math.max(0, end - from.get(ref)!);
+      return n;
+    },
+  };
+}
+
 /** How long a transfer's lease protects its work if the daemon dies before deleting it. */
 const LEASE_TTL_MS = 24 * 60 * 60 * 1000;
 
@@ -106,6 +135,14 @@ export class ImageTransfers {
     return { content: this.md.content.bind(ctx), images: this.md.images.bind(ctx) };
   }
 
+  private readonly pullListeners = new Set<(p: PullRecord) => void>();
+
+  /** Calls `fn` after every pull, with its outcome, duration and bytes downloaded (the metrics' feed). */
+  onPull(fn: (p: PullRecord) => void): () => void {
+    this.pullListeners.add(fn);
+    return () => this.pullListeners.delete(fn);
+  }
+
   async pull(
     namespace: string,
     ref: string,
@@ -114,15 +151,28 @@ export class ImageTransfers {
   ): Promise<PullResult> {
     const resolver = createResolver(this.resolverOptions(opts.registry));
     const platforms = (opts.platforms ?? []).map(parsePlatform);
-    return this.leased(namespace, async (ctx) =>
-      pull(resolver, ref, this.stores(ctx), {
-        platforms,
-        allPlatforms: opts.allPlatforms ?? false,
-        ...(opts.unpack ? { unpack: this.unpackTarget(ctx, opts.snapshotter) } : {}),
-        labels: opts.labels ?? {},
-        ...(onProgress ? { onProgress } : {}),
-      }),
-    );
+    const counted = this.pullListeners.size > 0 ? countDownloads(onProgress) : undefined;
+    const progress = counted?.progress ?? onProgress;
+    const start = performance.now();
+    let ok = false;
+    try {
+      const r = await this.leased(namespace, async (ctx) =>
+        pull(resolver, ref, this.stores(ctx), {
+          platforms,
+          allPlatforms: opts.allPlatforms ?? false,
+          ...(opts.unpack ? { unpack: this.unpackTarget(ctx, opts.snapshotter) } : {}),
+          labels: opts.labels ?? {},
+          ...(progress ? { onProgress: progress } : {}),
+        }),
+      );
+      ok = true;
+      return r;
+    } finally {
+      if (counted) {
+        const record = { ok, seconds: (performance.now() - start) / 1000, bytes: counted.bytes() };
+        for (const fn of this.pullListeners) fn(record);
+      }
+    }
   }
 
   async push(
