@@ -21,6 +21,7 @@ import { run } from './run.js';
 import { tasks } from './tasks.js';
 import { version } from './version.js';
 import { debug } from './debug.js';
+import { du } from './du.js';
 
 export const DEFAULT_ADDRESS = '/run/strata/strata.sock';
 const DEFAULT_CONNECT_TIMEOUT = '5s';
@@ -38,7 +39,7 @@ const GLOBAL_OPTIONS = {
 // Options that take a value and may come before the command name (the scan must skip their value).
 const VALUE_FLAGS = new Set(['--address', '-a', '--namespace', '-n', '--connect-timeout', '--snapshotter', '--platform', '--user', '-u', '--hosts-dir']);
 
-const ENTRIES: (Group | Command)[] = [namespaces, content, images, containers, run, tasks, leases, snapshots, gc, prune, plugins, debug, version];
+const ENTRIES: (Group | Command)[] = [namespaces, content, images, containers, run, tasks, leases, snapshots, du, gc, prune, plugins, debug, version];
 
 const isGroup = (e: Group | Command): e is Group => 'commands' in e;
 

@@ -201,6 +201,28 @@ export class RefGraph {
     });
   }
 
+  /** The node number of an object, if the records hold it. */
+  nodeOf(object: GCObject): number | undefined {
+    return this.index.get(nodeKey(object));
+  }
+
+  /**
+   * Every node reachable from `start` by full-mode edges (labels, back references, targets, parents), `start`
+   * included: what an image or a container holds on its own, whatever else also holds it (`strata du`).
+   */
+  reachableFrom(start: number): Set<number> {
+    const seen = new Set<number>([start]);
+    const queue = [start];
+    for (let head = 0; head < queue.length; head++) {
+      for (const e of this.full[queue[head]!]!) {
+        if (seen.has(e.to)) continue;
+        seen.add(e.to);
+        queue.push(e.to);
+      }
+    }
+    return seen;
+  }
+
   /**
    * Breadth-first mark over (node, mode) states, state = node * 2 + (flat ? 1 : 0). A flat state follows only
    * snapshot parents; the same node reached again in full mode is walked again in full mode (containerd keeps
