@@ -20,6 +20,7 @@ import type { Descriptor } from '../core/descriptor.js';
 import { bool, CliError, str, type Group, type Values } from './command.js';
 import { blobReader } from './run.js';
 import { isoOrNull, printJson, printLines, table, write } from './output.js';
+import { frame } from './progress.js';
 import { descriptorFromPb } from '../api/convert.js';
 
 const registryOptions = {
@@ -70,13 +71,14 @@ async function follow(stream: ClientReadableStream<Progress>, quiet = false): Pr
   const finals: Progress[] = [];
   let drawn = 0;
   let last = 0;
-  const draw = (force = false) => {
+  // Each frame climbs over the previous one and rewrites the table, lines cut to the width (src/cli/progress.ts).
+  const draw = (force = false, final = false) => {
     const now = Date.now();
     if (!force && now - last < 100) return;
     last = now;
-    const lines = [...rows.values()].map(bar);
-    process.stderr.write((drawn > 0 ? `\x1b[${drawn}A` : '') + lines.map((l) => `\x1b[2K${l}\n`).join(''));
-    drawn = lines.length;
+    const f = frame([...rows.values()].map(bar), drawn, process.stderr.columns ?? 0, process.stderr.rows ?? 0, final);
+    process.stderr.write(f.text);
+    drawn = f.drawn;
   };
   try {
     for await (const p of stream as AsyncIterable<Progress>) {
@@ -89,10 +91,10 @@ async function follow(stream: ClientReadableStream<Progress>, quiet = false): Pr
       else if (prev?.status !== p.status) process.stderr.write(`${plain(p)}\n`);
     }
   } catch (err) {
-    if (tty) draw(true);
+    if (tty) draw(true, true);
     throw toStrataError(err);
   }
-  if (tty) draw(true);
+  if (tty) draw(true, true);
   return finals;
 }
 
