@@ -10,6 +10,8 @@ import type { StrataClient } from '../../src/api/clients/strata.js';
 import { diskUsage, type DuReport, type ImageUsage, type Orphan } from '../../src/cli/du.js';
 import { chainIDs } from '../../src/images/manifest.js';
 import { run, type RunResult } from '../helpers/ctr.js';
+import { StrataClient as Client } from '../../src/api/clients/strata.js';
+import { ctrAt, startContainerd, stopAllContainerd } from '../helpers/containerd.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { sha256 } from '../helpers/data.js';
 import { buildImage, type BuiltImage } from '../helpers/images.js';
@@ -27,10 +29,10 @@ let imgB: BuiltImage;
 let refA: string;
 let refB: string;
 
-const strata = (args: string[]): Promise<RunResult> => run(process.execPath, [STRATA, '--address', d.address, ...args], { timeoutMs: 60_000 });
+const strata = (args: string[], address = d.address): Promise<RunResult> => run(process.execPath, [STRATA, '--address', address, ...args], { timeoutMs: 60_000 });
 
-async function ok(args: string[]): Promise<string> {
-  const r = await strata(args);
+async function ok(args: string[], address?: string): Promise<string> {
+  const r = await strata(args, address);
   expect(r.stderr, `strata ${args.join(' ')}`).toBe('');
   expect(r.code, `strata ${args.join(' ')}`).toBe(0);
   return r.stdout;
@@ -60,6 +62,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   c?.close();
+  await stopAllContainerd();
   await stopAll();
   await stopAllRegistries();
   await dir?.cleanup();
@@ -237,6 +240,42 @@ describe('strata du', () => {
     // And default's report has none of it.
     expect((await duJson()).orphans.some((o) => o.id === sha256(blob))).toBe(false);
   });
+});
+
+describe('strata du against containerd', () => {
+  it('reads a real containerd through the same API calls: images pulled by ctr, their shared base layer, a leased blob', async () => {
+    const ctd = await startContainerd();
+    for (const ref of [refA, refB]) {
+      const r = await ctrAt(ctd.address, ['image', 'pull', '--plain-http', ref]);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    const cc = new Client(ctd.address, { namespace: 'default' });
+    await cc.call(cc.leases, cc.leases.create, { id: 'du-lease', labels: {} });
+    const blob = randomBytes(777);
+    const lc = new Client(ctd.address, { namespace: 'default', lease: 'du-lease' });
+    await lc.writeBlob([blob], { ref: 'du-ctd', expected: sha256(blob), total: blob.length });
+    lc.close();
+    try {
+      const r = JSON.parse(await ok(['du', '--json'], ctd.address)) as DuReport;
+      const base = imgA.manifests[0]!.layers[0]!.descriptor.digest;
+      const sizes = new Map((await listContent(cc)).map((i) => [i.digest, i.size]));
+      const chain0 = chainIDs([imgA.manifests[0]!.layers[0]!.diffID])[0]!;
+      const u0 = (await cc.call(cc.snapshots, cc.snapshots.usage, { snapshotter: 'overlayfs', key: chain0 })).size;
+      for (const ref of [refA, refB]) {
+        const got = r.images.find((i) => i.name === ref)!;
+        expect(got.content.count).toBe(4);
+        expect(got.content.shared).toBe(sizes.get(base));
+        expect(got.snapshots.count).toBe(2);
+        expect(got.snapshots.shared).toBe(u0);
+      }
+      expect(r.snapshotters.map((s) => s.name)).toEqual(expect.arrayContaining(['overlayfs', 'native']));
+      expect(r.snapshotters.find((s) => s.name === 'overlayfs')!.count).toBe(3);
+      expect(r.orphans).toContainEqual({ type: 'content', id: sha256(blob), size: 777, keptBy: { root: 'lease du-lease', path: [], summary: 'lease du-lease' } });
+    } finally {
+      cc.close();
+      await ctd.stop();
+    }
+  }, 120_000);
 });
 
 describe('strata du\'s report', () => {
