@@ -17,6 +17,7 @@
  *
  * docs/gc.md has the JSON fields.
  */
+import { NAMESPACE_HEADER } from '../api/call.js';
 import type { StrataClient } from '../api/clients/strata.js';
 import { Kind } from '../api/gen/containerd/services/snapshots/v1/snapshots.js';
 import { isNotFound } from '../core/errdefs.js';
@@ -45,6 +46,8 @@ export interface DuInput {
   snapshots: { snapshotter: string; key: string; parent: string; kind: string; labels: Record<string, string>; size: number; inodes: number }[];
   containers: { id: string; snapshotter: string; snapshotKey: string; labels: Record<string, string> }[];
   leases: { id: string; labels: Record<string, string>; resources: { type: string; id: string }[] }[];
+  /** For blobs the other namespaces record too (the content store keeps one file for all): digest -> namespaces. */
+  elsewhere?: Record<string, string[]>;
 }
 
 // ---- what is reported (the JSON output; docs/gc.md) ----
@@ -87,6 +90,11 @@ export interface Orphan {
   size: number;
   /** What keeps it, or null: nothing does, the next garbage collection removes it. */
   keptBy: KeptBy | null;
+  /**
+   * Other namespaces that record the same blob (content only; [] otherwise): the blob file stays on disk while
+   * any of them does, even when this namespace lets go of it.
+   */
+  alsoIn: string[];
 }
 
 export interface DuReport {
@@ -100,7 +108,7 @@ export interface DuReport {
   imagesTotal: { size: number; unique: number; shared: number };
   /** Blobs, snapshots and ingests no image holds. */
   orphans: Orphan[];
-  /** Bytes of the orphans that nothing keeps (what a garbage collection would free now). */
+  /** Bytes of the orphans that nothing keeps and no other namespace records (what a garbage collection would free now). */
   reclaimable: number;
 }
 
@@ -125,6 +133,9 @@ export function keptSummary(root: string, path: GCEdge[]): string {
   if (path.length === 1) return ownRoot ? head : `${head} (${root})`;
   return `${head}, kept by ${ownRoot ? shortName(first) : `${root} on ${shortName(first)}`}`;
 }
+
+/** Whether a collection now would free the orphan's bytes: nothing keeps it and no other namespace records it. */
+const freed = (o: Orphan): boolean => o.keptBy === null && o.alsoIn.length === 0;
 
 const emptyUsage = (): Usage => ({ count: 0, size: 0, unique: 0, shared: 0 });
 
@@ -208,15 +219,16 @@ export function diskUsage(input: DuInput): DuReport {
   const orphans: Orphan[] = [];
   input.content.forEach((c, i) => {
     if (holders.has(graph.nodesOf.content[i]!)) return;
-    orphans.push({ type: 'content', id: c.digest, size: c.size, keptBy: keptBy({ type: 'content', namespace: ns, id: c.digest }) });
+    const alsoIn = [...(input.elsewhere?.[c.digest] ?? [])].sort();
+    orphans.push({ type: 'content', id: c.digest, size: c.size, keptBy: keptBy({ type: 'content', namespace: ns, id: c.digest }), alsoIn });
   });
   input.snapshots.forEach((s, i) => {
     if (holders.has(graph.nodesOf.snapshots[i]!)) return;
     const object: GCObject = { type: 'snapshot', namespace: ns, snapshotter: s.snapshotter, id: s.key };
-    orphans.push({ type: 'snapshot', id: `${s.snapshotter}/${s.key}`, size: s.size, keptBy: keptBy(object) });
+    orphans.push({ type: 'snapshot', id: `${s.snapshotter}/${s.key}`, size: s.size, keptBy: keptBy(object), alsoIn: [] });
   });
   for (const ig of input.ingests) {
-    orphans.push({ type: 'ingest', id: ig.ref, size: ig.offset, keptBy: keptBy({ type: 'ingest', namespace: ns, id: ig.ref }) });
+    orphans.push({ type: 'ingest', id: ig.ref, size: ig.offset, keptBy: keptBy({ type: 'ingest', namespace: ns, id: ig.ref }), alsoIn: [] });
   }
 
   return {
@@ -226,7 +238,7 @@ export function diskUsage(input: DuInput): DuReport {
     content: { count: input.content.length, size: input.content.reduce((a, c) => a + c.size, 0) },
     imagesTotal: imagesTotal,
     orphans,
-    reclaimable: orphans.filter((o) => o.keptBy === null).reduce((a, o) => a + o.size, 0),
+    reclaimable: orphans.filter(freed).reduce((a, o) => a + o.size, 0),
   };
 }
 
@@ -275,9 +287,20 @@ export async function gather(c: StrataClient, namespace: string, named: string[]
     }
     withResources.push({ id: l.id, labels: l.labels, resources });
   }
+  // The blobs other namespaces record: one content listing per namespace.
+  const elsewhere: Record<string, string[]> = {};
+  const { namespaces } = await c.call(c.namespaces, c.namespaces.list, { filter: '' });
+  for (const other of namespaces.map((n) => n.name).filter((n) => n !== namespace)) {
+    const md = c.metadata();
+    md.set(NAMESPACE_HEADER, other);
+    for (const r of await c.collect(c.content.list({ filters: [] }, md))) {
+      for (const i of r.info) (elsewhere[i.digest] ??= []).push(other);
+    }
+  }
   return {
     namespace,
     now,
+    elsewhere,
     images: images.map((im) => ({ name: im.name, digest: im.target?.digest ?? '', labels: im.labels })),
     content: content.map((i) => ({ digest: i.digest, size: i.size, labels: i.labels })),
     ingests: statuses.map((s) => ({
@@ -313,9 +336,14 @@ export function formatReport(r: DuReport, bytes: boolean): string {
   if (r.orphans.length === 0) {
     out.push('orphans: none (every blob and snapshot belongs to an image)\n');
   } else {
-    const rows = r.orphans.map((o) => [o.type, o.id, size(o.size), o.keptBy ? o.keptBy.summary : '- (nothing: the next gc removes it)']);
+    const why = (o: Orphan): string => {
+      const also = o.alsoIn.length > 0 ? `namespace${o.alsoIn.length === 1 ? '' : 's'} ${o.alsoIn.join(', ')} also record${o.alsoIn.length === 1 ? 's' : ''} it` : '';
+      if (o.keptBy) return also ? `${o.keptBy.summary}; ${also}` : o.keptBy.summary;
+      return also ? `- (the next gc drops this namespace's record; the data stays: ${also})` : '- (nothing: the next gc removes it)';
+    };
+    const rows = r.orphans.map((o) => [o.type, o.id, size(o.size), why(o)]);
     out.push(table([['ORPHAN', 'ID', 'SIZE', 'KEPT BY'], ...rows], TABLE));
-    const free = r.orphans.filter((o) => o.keptBy === null).length;
+    const free = r.orphans.filter(freed).length;
     out.push(`orphans: ${r.orphans.length}, ${size(r.orphans.reduce((a, o) => a + o.size, 0))}; reclaimable by gc now: ${free}, ${size(r.reclaimable)}\n`);
   }
   return out.join('');

@@ -180,8 +180,9 @@ describe('strata du', () => {
     const held = orphan(`content ${sha256(leased)}`);
     expect(held.size).toBe(3000);
     expect(held.keptBy).toEqual({ root: 'lease du-lease', path: [], summary: 'lease du-lease' });
+    expect(held.alsoIn).toEqual([]);
     const free = orphan(`content ${sha256(loose)}`);
-    expect(free).toEqual({ type: 'content', id: sha256(loose), size: 2000, keptBy: null });
+    expect(free).toEqual({ type: 'content', id: sha256(loose), size: 2000, keptBy: null, alsoIn: [] });
     expect(orphan(`content ${sha256(parent)}`).keptBy).toEqual({ root: 'label containerd.io/gc.root', path: [], summary: 'label containerd.io/gc.root' });
     const ref = orphan(`content ${sha256(child)}`).keptBy!;
     expect(ref.root).toBe('label containerd.io/gc.root');
@@ -235,10 +236,20 @@ describe('strata du', () => {
     expect(r.namespace).toBe('du-other');
     expect(r.images).toEqual([]);
     expect(r.content).toEqual({ count: 1, size: 1234 });
-    expect(r.orphans).toEqual([{ type: 'content', id: sha256(blob), size: 1234, keptBy: { root: 'lease other-lease', path: [], summary: 'lease other-lease' } }]);
+    const kept = { root: 'lease other-lease', path: [], summary: 'lease other-lease' };
+    expect(r.orphans).toEqual([{ type: 'content', id: sha256(blob), size: 1234, keptBy: kept, alsoIn: [] }]);
     expect(r.snapshotters.find((s) => s.name === 'overlayfs')).toEqual({ name: 'overlayfs', count: 0, size: 0, inodes: 0 });
     // And default's report has none of it.
     expect((await duJson()).orphans.some((o) => o.id === sha256(blob))).toBe(false);
+
+    // The same blob recorded in default too, under nothing: default's record would go, the file would stay.
+    await c.writeBlob([blob], { ref: 'other-blob-in-default', expected: sha256(blob), total: blob.length });
+    expect((await c.call(c.content, c.content.info, { digest: sha256(blob) })).info?.size).toBe(1234);
+    const def = await duJson();
+    expect(def.orphans.find((o) => o.id === sha256(blob))).toEqual({ type: 'content', id: sha256(blob), size: 1234, keptBy: null, alsoIn: ['du-other'] });
+    expect(def.reclaimable).toBe(0);
+    expect((await ok(['du'])).split('\n').find((l) => l.includes(sha256(blob)))).toMatch(/- \(the next gc drops this namespace's record; the data stays: namespace du-other also records it\)$/);
+    expect((await duJson(['-n', 'du-other'])).orphans).toEqual([{ type: 'content', id: sha256(blob), size: 1234, keptBy: kept, alsoIn: ['default'] }]);
   });
 });
 
@@ -270,7 +281,7 @@ describe('strata du against containerd', () => {
       }
       expect(r.snapshotters.map((s) => s.name)).toEqual(expect.arrayContaining(['overlayfs', 'native']));
       expect(r.snapshotters.find((s) => s.name === 'overlayfs')!.count).toBe(3);
-      expect(r.orphans).toContainEqual({ type: 'content', id: sha256(blob), size: 777, keptBy: { root: 'lease du-lease', path: [], summary: 'lease du-lease' } });
+      expect(r.orphans).toContainEqual({ type: 'content', id: sha256(blob), size: 777, keptBy: { root: 'lease du-lease', path: [], summary: 'lease du-lease' }, alsoIn: [] });
     } finally {
       cc.close();
       await ctd.stop();
@@ -302,7 +313,7 @@ describe('strata du\'s report', () => {
       ],
       summary: 'parent of snapshot overlayfs/mid, kept by container c1',
     });
-    expect(r.orphans.find((o) => o.type === 'content')).toEqual({ type: 'content', id: `sha256:${'a'.repeat(64)}`, size: 10, keptBy: null });
+    expect(r.orphans.find((o) => o.type === 'content')).toEqual({ type: 'content', id: `sha256:${'a'.repeat(64)}`, size: 10, keptBy: null, alsoIn: [] });
     expect(r.snapshotters).toEqual([{ name: 'overlayfs', count: 3, size: 123, inodes: 3 }]);
     expect(r.reclaimable).toBe(10);
   });
