@@ -8,6 +8,7 @@ import { isAlreadyExists, isFailedPrecondition, isNotFound, isUnavailable, inval
 import type { ContentStore, ContentWriter } from '../content/types.js';
 import type { Fetcher } from './remote/types.js';
 import type { Descriptor } from '../core/descriptor.js';
+import { appendDistributionSource, distributionSourceKey } from '../core/labels.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export type ObjectKind = 'index' | 'manifest' | 'config' | 'layer' | 'blob';
@@ -41,18 +42,27 @@ export async function hasBlob(content: ContentStore, digest: string): Promise<bo
   }
 }
 
+/** Where a blob came from: the reference's registry host (port and all) and repository. */
+export interface DistributionSource {
+  registryHost: string;
+  repository: string;
+}
+
 /**
  * Makes sure `desc` is in `content`, downloading what is missing. Returns 'exists' when nothing was needed.
- * Labels are set on the committed blob (or merged into an existing one's).
+ * Labels are set on the committed blob (or merged into an existing one's). With `source`, the blob's
+ * `containerd.io/distribution.source.<host>` label gets the repository added to its sorted list, whether
+ * the blob was downloaded or already there (containerd's AppendDistributionSourceLabel handler).
  */
 export async function fetchBlob(
   content: ContentStore,
   fetcher: Fetcher,
   desc: Descriptor,
   kind: ObjectKind,
-  opts: { labels?: Record<string, string>; onProgress?: ProgressFn } = {},
+  opts: { labels?: Record<string, string>; source?: DistributionSource; onProgress?: ProgressFn } = {},
 ): Promise<'exists' | 'done'> {
   const labels = opts.labels ?? {};
+  const source = opts.source;
   const report = (status: string, offset?: number) =>
     opts.onProgress?.({ ref: desc.digest, kind, status, offset: offset ?? 0, total: desc.size });
   // No separate "is it there?" check: opening the writer answers ALREADY_EXISTS for a blob this namespace
@@ -65,7 +75,7 @@ export async function fetchBlob(
       break;
     } catch (err) {
       if (isAlreadyExists(err)) {
-        await mergeLabels(content, desc.digest, labels);
+        await mergeLabels(content, desc.digest, labels, source);
         report('exists', desc.size);
         return 'exists';
       }
@@ -73,7 +83,7 @@ export async function fetchBlob(
       if (isUnavailable(err) && attempt < 600) {
         await sleep(100);
         if (await hasBlob(content, desc.digest)) {
-          await mergeLabels(content, desc.digest, labels);
+          await mergeLabels(content, desc.digest, labels, source);
           report('exists', desc.size);
           return 'exists';
         }
@@ -109,10 +119,11 @@ export async function fetchBlob(
       }
     }
     try {
-      await writer.commit(desc.size, desc.digest, { labels });
+      const commitLabels = source ? { ...labels, [distributionSourceKey(source.registryHost)]: appendDistributionSource(undefined, source.repository) } : labels;
+      await writer.commit(desc.size, desc.digest, { labels: commitLabels });
     } catch (err) {
       if (isAlreadyExists(err)) {
-        await mergeLabels(content, desc.digest, labels);
+        await mergeLabels(content, desc.digest, labels, source);
         report('exists', desc.size);
         return 'exists';
       }
@@ -130,8 +141,16 @@ export async function fetchBlob(
   }
 }
 
-async function mergeLabels(content: ContentStore, digest: string, labels: Record<string, string>): Promise<void> {
-  const keys = Object.keys(labels);
+async function mergeLabels(content: ContentStore, digest: string, labels: Record<string, string>, source: DistributionSource | undefined): Promise<void> {
+  const merged = { ...labels };
+  if (source) {
+    const key = distributionSourceKey(source.registryHost);
+    const current = (await content.info(digest)).labels[key];
+    const value = appendDistributionSource(current, source.repository);
+    if (value === current) delete merged[key];
+    else merged[key] = value;
+  }
+  const keys = Object.keys(merged);
   if (keys.length === 0) return;
-  await content.update({ digest, labels }, keys.map((k) => `labels.${k}`));
+  await content.update({ digest, labels: merged }, keys.map((k) => `labels.${k}`));
 }
