@@ -4,7 +4,7 @@
  * continues from its offset (an HTTP Range request) instead of starting over. The content writer verifies
  * size and digest at commit; a blob that does not match is discarded with its ingest, never committed.
  */
-import { isAlreadyExists, isFailedPrecondition, isNotFound, isUnavailable, invalidArgument } from '../core/errdefs.js';
+import { isAlreadyExists, isFailedPrecondition, isNotFound, isUnavailable, invalidArgument, unavailable } from '../core/errdefs.js';
 import type { ContentStore, ContentWriter } from '../content/types.js';
 import type { Fetcher } from './remote/types.js';
 import type { Descriptor } from '../core/descriptor.js';
@@ -28,6 +28,9 @@ export type ProgressFn = (p: TransferProgress) => void;
 
 /** containerd's ingest key for a fetched object. */
 export const ingestRef = (kind: ObjectKind, digest: string) => `${kind}-${digest}`;
+
+/** Resumptions of one download after it broke off, before the pull fails. */
+const MAX_RESUMES = 3;
 
 /** How often (bytes) downloading progress is reported. */
 const PROGRESS_EVERY = 1 << 20;
@@ -99,23 +102,36 @@ export async function fetchBlob(
       offset = 0;
     }
     report(offset > 0 ? 'resuming' : 'downloading', offset);
-    if (offset < desc.size) {
-      const body = await fetcher.fetch(desc, { offset });
-      let reported = offset;
+    let reported = offset;
+    // A download that breaks (the mirror went away, a reset) is resumed from the bytes already written, the
+    // fetcher trying its hosts in order again (so a dead mirror falls through to the next host). containerd
+    // fails the pull there instead.
+    for (let resumes = 0; offset < desc.size; resumes++) {
+      let streaming = false;
       try {
-        for await (const chunk of body as AsyncIterable<Buffer>) {
-          if (offset + chunk.length > desc.size) {
-            throw invalidArgument(`${desc.digest}: registry sent more than the ${desc.size} bytes of the descriptor`);
+        const body = await fetcher.fetch(desc, { offset });
+        streaming = true;
+        try {
+          for await (const chunk of body as AsyncIterable<Buffer>) {
+            if (offset + chunk.length > desc.size) {
+              throw invalidArgument(`${desc.digest}: registry sent more than the ${desc.size} bytes of the descriptor`);
+            }
+            await writer.write(chunk);
+            offset += chunk.length;
+            if (offset - reported >= PROGRESS_EVERY) {
+              reported = offset;
+              report('downloading', offset);
+            }
           }
-          await writer.write(chunk);
-          offset += chunk.length;
-          if (offset - reported >= PROGRESS_EVERY) {
-            reported = offset;
-            report('downloading', offset);
-          }
+        } finally {
+          body.destroy();
         }
-      } finally {
-        body.destroy();
+        if (offset < desc.size) throw unavailable(`${desc.digest}: the registry ended the download at ${offset} of ${desc.size} bytes`);
+      } catch (err) {
+        // Only a download that broke off mid-stream is resumed (the fetcher has tried every host already
+        // when it fails to start one), a bounded number of times.
+        if (!streaming || !isUnavailable(err) || resumes >= MAX_RESUMES) throw err;
+        report('resuming', offset);
       }
     }
     try {

@@ -54,7 +54,22 @@ export interface TransportOptions {
   logger?: Logger;
   /** Base of the backoff, ms (tests may lower it). */
   backoffBaseMs?: number;
+  /** TCP connect + TLS handshake limit per connection, ms; default 30 s (containerd's dialer timeout). */
+  connectTimeoutMs?: number;
+  /** Limit between sending a request and the response's headers, ms; default 30 s (containerd has none). */
+  responseHeaderTimeoutMs?: number;
 }
+
+/** containerd's dialer timeout (remotes/docker/config: net.Dialer{Timeout: 30 * time.Second}). */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 30_000;
+/**
+ * containerd sets no response-header timeout, so a registry that accepts and never answers stalls a pull
+ * for good; Strata gives up on such a host after this long and goes on to the next one.
+ */
+export const DEFAULT_RESPONSE_HEADER_TIMEOUT_MS = 30_000;
+
+/** Errors that mean the host did not answer in time: worth trying another host, not the same one again. */
+const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT']);
 
 /** Error codes of transport failures worth retrying. */
 const TRANSIENT_CODES = new Set([
@@ -84,6 +99,11 @@ const errCode = (err: unknown): string | undefined => {
 export const isTransientError = (err: unknown): boolean => {
   const c = errCode(err);
   return c !== undefined && TRANSIENT_CODES.has(c);
+};
+
+export const isTimeoutError = (err: unknown): boolean => {
+  const c = errCode(err);
+  return c !== undefined && TIMEOUT_CODES.has(c);
 };
 
 export const isRetryableStatus = (s: number): boolean => s === 408 || s === 429 || (s >= 500 && s !== 501 && s !== 505);
@@ -167,6 +187,8 @@ export class RegistryTransport {
   private readonly retries: number;
   private readonly backoffBase: number;
   private readonly connections: number;
+  private readonly connectTimeout: number;
+  private readonly headersTimeout: number;
   private readonly log: Logger | undefined;
   private closed = false;
 
@@ -174,6 +196,11 @@ export class RegistryTransport {
     this.retries = opts.retries ?? 3;
     this.backoffBase = opts.backoffBaseMs ?? 100;
     this.connections = opts.connections ?? 16;
+    this.connectTimeout = opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    this.headersTimeout = opts.responseHeaderTimeoutMs ?? DEFAULT_RESPONSE_HEADER_TIMEOUT_MS;
+    for (const [name, v] of [['connect timeout', this.connectTimeout], ['response header timeout', this.headersTimeout]] as const) {
+      if (!Number.isFinite(v) || v <= 0) throw invalidArgument(`registry ${name} must be a positive duration, got ${v} ms`);
+    }
     this.log = opts.logger;
     this.defaultAgent = this.newAgent({});
     this.authorizer = new Authorizer(
@@ -189,7 +216,8 @@ export class RegistryTransport {
     return new Agent({
       connections: this.connections,
       keepAliveTimeout: 30_000,
-      connect: { timeout: 30_000, ...connect },
+      headersTimeout: this.headersTimeout,
+      connect: { timeout: this.connectTimeout, ...connect },
     });
   }
 
@@ -280,7 +308,8 @@ export class RegistryTransport {
         res = await this.authorizedRoundTrip(req);
       } catch (err) {
         if (err instanceof StrataError) throw err;
-        if (isTransientError(err) && attempt < retries) {
+        // A host that did not answer in time is not asked again: the caller moves on to the next host.
+        if (isTransientError(err) && !isTimeoutError(err) && attempt < retries) {
           this.log?.debug('registry request failed, retrying', { method: req.method, url, attempt, error: err });
           await this.backoff(attempt, undefined);
           continue;

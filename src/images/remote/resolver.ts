@@ -151,6 +151,8 @@ class RegistryResolverImpl implements RegistryResolver {
       ...(opts.logger ? { logger: opts.logger } : {}),
       ...(internals.backoffBaseMs !== undefined ? { backoffBaseMs: internals.backoffBaseMs } : {}),
       connections: internals.connections ?? Math.max(16, maxConcurrent * 2),
+      ...(opts.connectTimeoutMs !== undefined ? { connectTimeoutMs: opts.connectTimeoutMs } : {}),
+      ...(opts.responseHeaderTimeoutMs !== undefined ? { responseHeaderTimeoutMs: opts.responseHeaderTimeoutMs } : {}),
     });
   }
 
@@ -184,6 +186,11 @@ class RegistryResolverImpl implements RegistryResolver {
     return base.hosts.filter((h) => caps.every((c) => h.capabilities.includes(c)));
   }
 
+  /** Retries for a request to one of `hosts`: none before the last host (the next host is the retry). */
+  private retriesFor(hosts: RegistryHost[], host: RegistryHost): { retries?: number } {
+    return host === hosts[hosts.length - 1] ? {} : { retries: 0 };
+  }
+
   async resolve(ref: string): Promise<Resolved> {
     const base = await this.base(ref);
     const { ref: p } = base;
@@ -200,11 +207,12 @@ class RegistryResolverImpl implements RegistryResolver {
         const path = this.path(base, host, ...parts);
         const where = `${host.scheme}://${host.host}${path}`;
         try {
-          let res = await this.transport.roundTrip({ host, method: 'HEAD', path, headers: { accept: MANIFEST_ACCEPT }, scopes });
+          const retries = this.retriesFor(hosts, host);
+          let res = await this.transport.roundTrip({ host, method: 'HEAD', path, headers: { accept: MANIFEST_ACCEPT }, scopes, ...retries });
           if (res.status === 405) {
             // Registries without HEAD on manifests.
             await drain(res);
-            res = await this.transport.roundTrip({ host, method: 'GET', path, headers: { accept: MANIFEST_ACCEPT }, scopes });
+            res = await this.transport.roundTrip({ host, method: 'GET', path, headers: { accept: MANIFEST_ACCEPT }, scopes, ...retries });
           }
           if (res.status === 404) {
             await drain(res);
@@ -233,7 +241,7 @@ class RegistryResolverImpl implements RegistryResolver {
           const knownType = FETCH_MANIFEST_TYPES.has(mediaType);
           await drain(res);
           if (!digest || size === undefined || !knownType) {
-            const get = await this.transport.roundTrip({ host, method: 'GET', path, headers: { accept: MANIFEST_ACCEPT }, scopes });
+            const get = await this.transport.roundTrip({ host, method: 'GET', path, headers: { accept: MANIFEST_ACCEPT }, scopes, ...retries });
             if (get.status > 299) {
               firstErr ??= await statusError(get, `resolve ${p.name} on ${host.host}`);
               continue;
@@ -356,7 +364,7 @@ class RegistryResolverImpl implements RegistryResolver {
       for (const host of hosts) {
         const path = this.path(base, host, isManifest ? 'manifests' : 'blobs', desc.digest);
         try {
-          const res = await this.transport.roundTrip({ host, method: 'GET', path, headers, scopes });
+          const res = await this.transport.roundTrip({ host, method: 'GET', path, headers, scopes, ...this.retriesFor(hosts, host) });
           const s = await attempt(res, host.host);
           if (s) return s;
         } catch (err) {
