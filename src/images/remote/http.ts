@@ -6,6 +6,7 @@
  * before a response is handed to the caller, so no body byte is ever delivered twice.
  */
 import { readFile } from 'node:fs/promises';
+import { basename } from 'node:path';
 import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -100,6 +101,17 @@ export const isTransientError = (err: unknown): boolean => {
   const c = errCode(err);
   return c !== undefined && TRANSIENT_CODES.has(c);
 };
+
+/** OpenSSL/Node verification failures of a server certificate. */
+const TLS_TRUST_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_UNTRUSTED',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
 
 export const isTimeoutError = (err: unknown): boolean => {
   const c = errCode(err);
@@ -233,13 +245,18 @@ export class RegistryTransport {
         a = (async () => {
           const connect: Record<string, unknown> = {};
           if (h.skipVerify) connect['rejectUnauthorized'] = false;
-          if (h.caFiles.length) connect['ca'] = [...rootCertificates, ...(await Promise.all(h.caFiles.map((f) => readFile(f, 'utf8'))))];
+          // Errors name the file by its base name only (no host paths in messages).
+          const pem = (f: string, what: string) =>
+            readFile(f, 'utf8').catch((err: NodeJS.ErrnoException) => {
+              throw invalidArgument(`unable to read ${what} ${JSON.stringify(basename(f))} for ${h.host}: ${err.code ?? 'read error'}`, err);
+            });
+          if (h.caFiles.length) connect['ca'] = [...rootCertificates, ...(await Promise.all(h.caFiles.map((f) => pem(f, 'CA certificate'))))];
           if (h.clientPairs.length) {
             // Node takes one client certificate per connection: the first pair.
             const [cert, key] = h.clientPairs[0]!;
-            const certPem = await readFile(cert, 'utf8');
+            const certPem = await pem(cert, 'client certificate');
             connect['cert'] = certPem;
-            connect['key'] = key ? await readFile(key, 'utf8') : certPem;
+            connect['key'] = key ? await pem(key, 'client key') : certPem;
           }
           return this.newAgent(connect);
         })();
@@ -318,7 +335,8 @@ export class RegistryTransport {
         if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH') {
           throw invalidArgument(`${req.method} ${url}: the content does not have the announced size`, err);
         }
-        throw unavailable(`${req.method} ${url}: ${(err as Error).message}${code && !(err as Error).message.includes(code) ? ` (${code})` : ''}`, err);
+        const hint = code && TLS_TRUST_CODES.has(code) ? `; the certificate is not trusted: give the registry's CA as \`ca\` in its hosts.toml, or set skip_verify` : '';
+        throw unavailable(`${req.method} ${url}: ${(err as Error).message}${code && !(err as Error).message.includes(code) ? ` (${code})` : ''}${hint}`, err);
       }
       if (isRetryableStatus(res.status) && attempt < retries) {
         this.log?.debug('registry answered a retryable status, retrying', { method: req.method, url, status: res.status, attempt });
