@@ -41,8 +41,10 @@ export interface RegistryOptions {
   clientAuth?: boolean;
   /** Extra top-level YAML for the registry config (e.g. a `proxy:` section for a pull-through cache). */
   extraConfig?: string;
-  /** Access log on (each request logged as a line with the method, path and status). */
+  /** Access log on (each request logged as a line with the method, path and status); the whole log is kept. */
   accessLog?: boolean;
+  /** The address to listen on (default 127.0.0.1), e.g. a test bridge's address reachable from namespaces. */
+  bindHost?: string;
 }
 
 export interface TokenRequest {
@@ -74,6 +76,8 @@ export interface StartedRegistry {
   /** Copies the image of an OCI layout dir to `<repo>:<tag>` with skopeo, digests preserved. */
   pushOciLayout(layoutDir: string, repoTag: string, opts?: { layoutRef?: string }): Promise<void>;
   stop(): Promise<void>;
+  /** SIGKILL (a crash: connections drop mid-response), then the same cleanup as stop(). */
+  kill(): Promise<void>;
 }
 
 const running = new Set<RunningRegistry>();
@@ -94,11 +98,11 @@ function installExitHook(): void {
   });
 }
 
-async function freePort(): Promise<number> {
+async function freePort(bindHost = '127.0.0.1'): Promise<number> {
   const srv = createNetServer();
   await new Promise<void>((resolve, reject) => {
     srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => resolve());
+    srv.listen(0, bindHost, () => resolve());
   });
   const port = (srv.address() as AddressInfo).port;
   await new Promise<void>((resolve) => srv.close(() => resolve()));
@@ -125,9 +129,10 @@ class RunningRegistry implements StartedRegistry {
     private readonly opts: RegistryOptions,
     private readonly tokenServer: Server | undefined,
   ) {
+    const keep = opts.accessLog ? 64 << 20 : 256 * 1024;
     const add = (d: Buffer) => {
       this.output += d.toString();
-      if (this.output.length > 256 * 1024) this.output = this.output.slice(-256 * 1024);
+      if (this.output.length > keep) this.output = this.output.slice(-keep);
     };
     proc.stdout?.on('data', add);
     proc.stderr?.on('data', add);
@@ -170,6 +175,11 @@ class RunningRegistry implements StartedRegistry {
       const e = err as Error & { stderr?: string };
       throw new Error(`skopeo ${args.join(' ')} failed: ${e.stderr ?? e.message}\nregistry logs:\n${this.output.slice(-4000)}`);
     }
+  }
+
+  async kill(): Promise<void> {
+    if (this.alive) this.proc.kill('SIGKILL');
+    await this.stop();
   }
 
   async stop(): Promise<void> {
@@ -327,8 +337,8 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Started
     let tokenServer: Server | undefined;
     try {
       const storage = join(dir.path, 'storage');
-      const port = await freePort();
-      const host = `127.0.0.1:${port}`;
+      const port = await freePort(opts.bindHost);
+      const host = `${opts.bindHost ?? '127.0.0.1'}:${port}`;
       const lines = [
         'version: 0.1',
         'log:',
