@@ -4,9 +4,10 @@
  * lists all three before the registry; resolve, every fetch and a whole pull through stratad (with the hosts
  * directory from the daemon's `config_path` and the response-header timeout from its config) fall through
  * to the registry and complete within a generous correctness bound, each broken host asked in file order.
+ * And a mirror that cuts each blob's first download in half: the pull resumes every blob from its offset.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
-import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { createServer as createHttpServer, request as httpRequest, type Server as HttpServer } from 'node:http';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -159,6 +160,71 @@ describe('failover past broken mirrors', () => {
     expect(progress.at(-1)).toMatchObject({ kind: 'image', status: 'pulled' });
     const digests = new Set((await listContent(c)).map((i) => i.digest));
     for (const b of [image.manifest, image.config, ...image.layers]) expect(digests.has(b.digest)).toBe(true);
+  });
+
+  it('a download that breaks off mid-blob resumes from its offset through the host list (mirror first again)', async () => {
+    // A mirror that forwards to the registry but cuts every blob's first response after half its bytes.
+    const cut = new Set<string>();
+    const ranges: string[] = [];
+    const breaking = createHttpServer((req, res) => {
+      if (req.headers.range) ranges.push(req.headers.range);
+      const url = (req.url ?? '/').split('?')[0]!;
+      const [host, port] = reg.host.split(':');
+      const up = httpRequest({ host, port: Number(port), method: req.method, path: url, headers: { ...req.headers, host: reg.host } }, (ur) => {
+        const blob = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(url)?.[1];
+        res.writeHead(ur.statusCode ?? 502, ur.headers);
+        if (!blob || req.method !== 'GET' || cut.has(blob)) {
+          ur.pipe(res);
+          return;
+        }
+        cut.add(blob);
+        const half = Math.floor(Number(ur.headers['content-length']) / 2);
+        let sent = 0;
+        ur.on('data', (chunk: Buffer) => {
+          if (sent >= half) return;
+          const part = chunk.subarray(0, half - sent);
+          sent += part.length;
+          res.write(part, () => {
+            if (sent >= half) res.socket?.destroy();
+          });
+        });
+      });
+      up.on('error', () => res.destroy());
+      req.pipe(up);
+    });
+    const mirrorHost = await listen(breaking);
+    // The server entry: a proxy in front of the registry that records Range headers too.
+    const recorder = createHttpServer((req, res) => {
+      if (req.headers.range) ranges.push(req.headers.range);
+      const [host, port] = reg.host.split(':');
+      const up = httpRequest({ host, port: Number(port), method: req.method, path: req.url, headers: { ...req.headers, host: reg.host } }, (ur) => {
+        res.writeHead(ur.statusCode ?? 502, ur.headers);
+        ur.pipe(res);
+      });
+      up.on('error', () => res.destroy());
+      req.pipe(up);
+    });
+    const upstreamHost = await listen(recorder);
+    try {
+      const root = join(tmp.path, 'breaking');
+      const dir = join(root, reg.host.replace(':', '_') + '_');
+      await mkdir(dir, { recursive: true });
+      await writeFile(join(dir, 'hosts.toml'), `server = "http://${upstreamHost}"\n\n[host."http://${mirrorHost}"]\n  capabilities = ["pull", "resolve"]\n`);
+      const d = await startDaemon({ config: `[plugins."io.containerd.transfer.v1.images"]\nconfig_path = "${root}"\n` });
+      const c = d.client('resume');
+      const progress = await pullImage(c, `${reg.host}/fail/over:v1`);
+      expect(progress.at(-1)).toMatchObject({ kind: 'image', status: 'pulled' });
+      const blobs = [image.config, ...image.layers];
+      for (const b of blobs) expect(cut.has(b.digest), b.digest).toBe(true);
+      // Each blob was resumed from where the cut stopped it, not downloaded again.
+      expect(ranges.sort()).toEqual(blobs.map((b) => `bytes=${Math.floor(b.size / 2)}-`).sort());
+      expect(progress.filter((p) => p.status === 'resuming').length).toBeGreaterThanOrEqual(blobs.length);
+    } finally {
+      for (const s of [breaking, recorder]) {
+        s.closeAllConnections();
+        await new Promise<void>((resolve) => s.close(() => resolve()));
+      }
+    }
   });
 
   it('refuses a transfer config with a response_header_timeout that is not a positive duration', async () => {
