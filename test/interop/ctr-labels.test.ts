@@ -2,7 +2,8 @@
  * Content labels written by a pull, compared with the real containerd 1.6: the same image pulled from two
  * repositories of one docker-registry by `ctr image pull` into containerd and by stratad's transfer service
  * must leave the same `containerd.io/distribution.source.<host>` labels (host without its port, the
- * repositories merged and sorted) and the same `containerd.io/uncompressed` labels on every blob. Also the
+ * repositories merged and sorted) and the same `containerd.io/uncompressed` labels on every blob; a push reads
+ * the label to mount blobs from their source repository (and writes none). Also the
  * content plugin's `root` export in introspection, as containerd's has it.
  */
 import { join } from 'node:path';
@@ -13,7 +14,7 @@ import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { buildImage, type BuiltImage } from '../helpers/images.js';
 import { startRegistry, stopAllRegistries, type StartedRegistry } from '../helpers/registry.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
-import { listContent, pullImage } from '../helpers/transfer.js';
+import { collectProgress, listContent, pullImage } from '../helpers/transfer.js';
 
 let d: StartedDaemon;
 let reg: StartedRegistry;
@@ -101,6 +102,24 @@ describe('content labels after a pull, as containerd writes them', () => {
     expect(progress.filter((p) => p.kind === 'layer' && p.status === 'unpacked')).toEqual([]);
     const after = new Map((await listContent(c)).map((i) => [i.digest, i.labels]));
     for (const l of layers) expect(after.get(l.descriptor.digest)!['containerd.io/uncompressed']).toBe(l.diffID);
+  });
+
+  it('a push to another repository of the registry mounts every blob from the source the label names', async () => {
+    const c = d.client('push-mount');
+    await pullImage(c, `${reg.host}/team/zeta:v1`);
+    const target = `${reg.host}/team/copy:v1`;
+    const progress = await collectProgress(
+      c.transfer.push(
+        { ref: target, image: `${reg.host}/team/zeta:v1`, platforms: [], registry: { plainHttp: false, username: '', secret: '', hostsDir: '', maxConcurrent: 0 } },
+        c.metadata(),
+      ) as unknown as AsyncIterable<unknown>,
+    );
+    const m = image.manifests[0]!;
+    const blobs = [m.config.descriptor.digest, ...m.layers.map((l) => l.descriptor.digest)];
+    for (const dg of blobs) expect(progress.find((p) => p.ref === dg && p.status !== 'uploading')?.status, dg).toBe('mounted');
+    // Pushing writes no label (containerd's pusher does not either).
+    const labels = new Map((await listContent(c)).map((i) => [i.digest, i.labels]));
+    for (const dg of blobs) expect(labels.get(dg)!['containerd.io/distribution.source.127.0.0.1']).toBe('team/zeta');
   });
 
   it('the content plugin exports its root in introspection, as containerd does', async () => {
