@@ -1,5 +1,5 @@
 /**
- * Content labels written by a pull, compared with the real containerd 1.6: the same image pulled from two
+ * Content labels written by a pull, compared with the real containerd 1.6: the same image pulled from three
  * repositories of one docker-registry by `ctr image pull` into containerd and by stratad's transfer service
  * must leave the same `containerd.io/distribution.source.<host>` labels (host without its port, the
  * repositories merged and sorted) and the same `containerd.io/uncompressed` labels on every blob; a push reads

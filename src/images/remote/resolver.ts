@@ -131,6 +131,8 @@ class RegistryResolverImpl implements RegistryResolver {
   private readonly transport: RegistryTransport;
   private readonly limiter: Limiter;
   private readonly hostsCache = new Map<string, Promise<RegistryHost[]>>();
+  /** Hosts that could not be reached or timed out: tried after the others from then on (see filter()). */
+  private readonly unreachable = new Set<RegistryHost>();
   private readonly log: Logger | undefined;
   private readonly backoffBase: number;
 
@@ -182,13 +184,24 @@ class RegistryResolverImpl implements RegistryResolver {
     return p;
   }
 
+  /**
+   * The hosts with `caps`, in configuration order, except that hosts this resolver found unreachable (a
+   * connection refused, a timeout) come last: one pull pays for a dead or hanging mirror once, not once per
+   * request (containerd tries it again every time). They are still tried when every other host fails.
+   */
   private filter(base: Base, caps: HostCapability[]): RegistryHost[] {
-    return base.hosts.filter((h) => caps.every((c) => h.capabilities.includes(c)));
+    const capable = base.hosts.filter((h) => caps.every((c) => h.capabilities.includes(c)));
+    return [...capable.filter((h) => !this.unreachable.has(h)), ...capable.filter((h) => this.unreachable.has(h))];
   }
 
-  /** Retries for a request to one of `hosts`: none before the last host (the next host is the retry). */
-  private retriesFor(hosts: RegistryHost[], host: RegistryHost): { retries?: number } {
-    return host === hosts[hosts.length - 1] ? {} : { retries: 0 };
+  /** Notes a transport failure (thrown, not a status) of a mirror (never of the configured server). */
+  private noteFailure(base: Base, host: RegistryHost, err: StrataError): void {
+    if (err.kind === 'unavailable' && host !== base.hosts[base.hosts.length - 1]) this.unreachable.add(host);
+  }
+
+  /** Retries for a request to a host: only the configured last one (the server) retries; for a mirror, the next host is the retry. */
+  private retriesFor(base: Base, host: RegistryHost): { retries?: number } {
+    return host === base.hosts[base.hosts.length - 1] ? {} : { retries: 0 };
   }
 
   async resolve(ref: string): Promise<Resolved> {
@@ -207,7 +220,7 @@ class RegistryResolverImpl implements RegistryResolver {
         const path = this.path(base, host, ...parts);
         const where = `${host.scheme}://${host.host}${path}`;
         try {
-          const retries = this.retriesFor(hosts, host);
+          const retries = this.retriesFor(base, host);
           let res = await this.transport.roundTrip({ host, method: 'HEAD', path, headers: { accept: MANIFEST_ACCEPT }, scopes, ...retries });
           if (res.status === 405) {
             // Registries without HEAD on manifests.
@@ -266,6 +279,7 @@ class RegistryResolverImpl implements RegistryResolver {
           if (!(err instanceof StrataError)) throw err;
           if (err.kind === 'invalid argument') throw err;
           firstErr ??= err;
+          this.noteFailure(base, host, err);
           this.log?.info('resolve failed on host, trying the next one', { host: host.host, ref: p.name, error: err });
         }
       }
@@ -364,12 +378,13 @@ class RegistryResolverImpl implements RegistryResolver {
       for (const host of hosts) {
         const path = this.path(base, host, isManifest ? 'manifests' : 'blobs', desc.digest);
         try {
-          const res = await this.transport.roundTrip({ host, method: 'GET', path, headers, scopes, ...this.retriesFor(hosts, host) });
+          const res = await this.transport.roundTrip({ host, method: 'GET', path, headers, scopes, ...this.retriesFor(base, host) });
           const s = await attempt(res, host.host);
           if (s) return s;
         } catch (err) {
           if (!(err instanceof StrataError)) throw err;
           firstErr ??= err;
+          this.noteFailure(base, host, err);
           this.log?.info('fetch failed on host, trying the next one', { host: host.host, digest: desc.digest, error: err });
         }
       }
