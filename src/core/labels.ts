@@ -29,6 +29,60 @@ export const LABEL_UNCOMPRESSED = 'containerd.io/uncompressed';
 /** `containerd.io/distribution.source.<registry host>`: the repositories a blob came from. */
 export const LABEL_DISTRIBUTION_SOURCE = 'containerd.io/distribution.source';
 
+/**
+ * The host part of a distribution-source label key, as containerd derives it (remotes/docker/handler.go):
+ * the reference's registry host without its port ("127.0.0.1:5000" → "127.0.0.1", "[::1]:5000" → "::1",
+ * "docker.io" stays "docker.io"). Two registries on one address share the key, as in containerd.
+ */
+export function distributionSourceHost(registryHost: string): string {
+  let h = registryHost;
+  if (h.startsWith('[')) {
+    const end = h.indexOf(']');
+    return end > 0 ? h.slice(1, end) : h;
+  }
+  const colon = h.lastIndexOf(':');
+  if (colon >= 0 && h.indexOf(':') === colon) h = h.slice(0, colon);
+  return h;
+}
+
+/** `containerd.io/distribution.source.<host without port>` for a reference's registry host. */
+export const distributionSourceKey = (registryHost: string): string => `${LABEL_DISTRIBUTION_SOURCE}.${distributionSourceHost(registryHost)}`;
+
+/**
+ * Adds a repository to a distribution-source label value: the comma-separated list, merged, de-duplicated
+ * and sorted byte-wise, empty entries dropped (containerd's appendDistributionSourceLabel).
+ */
+export function appendDistributionSource(current: string | undefined, repository: string): string {
+  const repos = new Set((current ?? '').split(',').filter((r) => r !== ''));
+  if (repository !== '') repos.add(repository);
+  return [...repos].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)).join(',');
+}
+
+/**
+ * The repository a push to `host/repository` may mount a blob from, read from the blob's labels as
+ * containerd's pusher does (selectRepositoryMountCandidate): among the source repositories of the same host
+ * (port ignored) other than the target, the one sharing the most leading path components, the last listed
+ * winning ties; undefined when there is none.
+ */
+export function selectMountCandidate(labels: Record<string, string>, registryHost: string, repository: string): string | undefined {
+  const value = labels[distributionSourceKey(registryHost)];
+  if (!value) return undefined;
+  const target = repository.split('/');
+  let best = -1;
+  let match: string | undefined;
+  for (const repo of value.split(',')) {
+    if (repo === repository) continue;
+    const parts = repo.split('/');
+    let n = 0;
+    while (n < target.length && n < parts.length && target[n] === parts[n]) n++;
+    if (n >= best) {
+      best = n;
+      match = repo;
+    }
+  }
+  return match;
+}
+
 // Snapshots (the remote-snapshot protocol).
 /** The chain ID a client asks a remote snapshotter for; ALREADY_EXISTS means the snapshotter has it. */
 export const LABEL_SNAPSHOT_REF = 'containerd.io/snapshot.ref';

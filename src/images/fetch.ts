@@ -4,10 +4,11 @@
  * continues from its offset (an HTTP Range request) instead of starting over. The content writer verifies
  * size and digest at commit; a blob that does not match is discarded with its ingest, never committed.
  */
-import { isAlreadyExists, isFailedPrecondition, isNotFound, isUnavailable, invalidArgument } from '../core/errdefs.js';
+import { isAlreadyExists, isFailedPrecondition, isNotFound, isUnavailable, invalidArgument, unavailable } from '../core/errdefs.js';
 import type { ContentStore, ContentWriter } from '../content/types.js';
 import type { Fetcher } from './remote/types.js';
 import type { Descriptor } from '../core/descriptor.js';
+import { appendDistributionSource, distributionSourceKey } from '../core/labels.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export type ObjectKind = 'index' | 'manifest' | 'config' | 'layer' | 'blob';
@@ -28,6 +29,9 @@ export type ProgressFn = (p: TransferProgress) => void;
 /** containerd's ingest key for a fetched object. */
 export const ingestRef = (kind: ObjectKind, digest: string) => `${kind}-${digest}`;
 
+/** Resumptions of one download after it broke off, before the pull fails. */
+const MAX_RESUMES = 3;
+
 /** How often (bytes) downloading progress is reported. */
 const PROGRESS_EVERY = 1 << 20;
 
@@ -41,18 +45,27 @@ export async function hasBlob(content: ContentStore, digest: string): Promise<bo
   }
 }
 
+/** Where a blob came from: the reference's registry host (port and all) and repository. */
+export interface DistributionSource {
+  registryHost: string;
+  repository: string;
+}
+
 /**
  * Makes sure `desc` is in `content`, downloading what is missing. Returns 'exists' when nothing was needed.
- * Labels are set on the committed blob (or merged into an existing one's).
+ * Labels are set on the committed blob (or merged into an existing one's). With `source`, the blob's
+ * `containerd.io/distribution.source.<host>` label gets the repository added to its sorted list, whether
+ * the blob was downloaded or already there (containerd's AppendDistributionSourceLabel handler).
  */
 export async function fetchBlob(
   content: ContentStore,
   fetcher: Fetcher,
   desc: Descriptor,
   kind: ObjectKind,
-  opts: { labels?: Record<string, string>; onProgress?: ProgressFn } = {},
+  opts: { labels?: Record<string, string>; source?: DistributionSource; onProgress?: ProgressFn } = {},
 ): Promise<'exists' | 'done'> {
   const labels = opts.labels ?? {};
+  const source = opts.source;
   const report = (status: string, offset?: number) =>
     opts.onProgress?.({ ref: desc.digest, kind, status, offset: offset ?? 0, total: desc.size });
   // No separate "is it there?" check: opening the writer answers ALREADY_EXISTS for a blob this namespace
@@ -65,7 +78,7 @@ export async function fetchBlob(
       break;
     } catch (err) {
       if (isAlreadyExists(err)) {
-        await mergeLabels(content, desc.digest, labels);
+        await mergeLabels(content, desc.digest, labels, source);
         report('exists', desc.size);
         return 'exists';
       }
@@ -73,7 +86,7 @@ export async function fetchBlob(
       if (isUnavailable(err) && attempt < 600) {
         await sleep(100);
         if (await hasBlob(content, desc.digest)) {
-          await mergeLabels(content, desc.digest, labels);
+          await mergeLabels(content, desc.digest, labels, source);
           report('exists', desc.size);
           return 'exists';
         }
@@ -89,30 +102,44 @@ export async function fetchBlob(
       offset = 0;
     }
     report(offset > 0 ? 'resuming' : 'downloading', offset);
-    if (offset < desc.size) {
-      const body = await fetcher.fetch(desc, { offset });
-      let reported = offset;
+    let reported = offset;
+    // A download that breaks (the mirror went away, a reset) is resumed from the bytes already written, the
+    // fetcher trying its hosts in order again (so a dead mirror falls through to the next host). containerd
+    // fails the pull there instead.
+    for (let resumes = 0; offset < desc.size; resumes++) {
+      let streaming = false;
       try {
-        for await (const chunk of body as AsyncIterable<Buffer>) {
-          if (offset + chunk.length > desc.size) {
-            throw invalidArgument(`${desc.digest}: registry sent more than the ${desc.size} bytes of the descriptor`);
+        const body = await fetcher.fetch(desc, { offset });
+        streaming = true;
+        try {
+          for await (const chunk of body as AsyncIterable<Buffer>) {
+            if (offset + chunk.length > desc.size) {
+              throw invalidArgument(`${desc.digest}: registry sent more than the ${desc.size} bytes of the descriptor`);
+            }
+            await writer.write(chunk);
+            offset += chunk.length;
+            if (offset - reported >= PROGRESS_EVERY) {
+              reported = offset;
+              report('downloading', offset);
+            }
           }
-          await writer.write(chunk);
-          offset += chunk.length;
-          if (offset - reported >= PROGRESS_EVERY) {
-            reported = offset;
-            report('downloading', offset);
-          }
+        } finally {
+          body.destroy();
         }
-      } finally {
-        body.destroy();
+        if (offset < desc.size) throw unavailable(`${desc.digest}: the registry ended the download at ${offset} of ${desc.size} bytes`);
+      } catch (err) {
+        // Only a download that broke off mid-stream is resumed (the fetcher has tried every host already
+        // when it fails to start one), a bounded number of times.
+        if (!streaming || !isUnavailable(err) || resumes >= MAX_RESUMES) throw err;
+        report('resuming', offset);
       }
     }
     try {
-      await writer.commit(desc.size, desc.digest, { labels });
+      const commitLabels = source ? { ...labels, [distributionSourceKey(source.registryHost)]: appendDistributionSource(undefined, source.repository) } : labels;
+      await writer.commit(desc.size, desc.digest, { labels: commitLabels });
     } catch (err) {
       if (isAlreadyExists(err)) {
-        await mergeLabels(content, desc.digest, labels);
+        await mergeLabels(content, desc.digest, labels, source);
         report('exists', desc.size);
         return 'exists';
       }
@@ -130,8 +157,16 @@ export async function fetchBlob(
   }
 }
 
-async function mergeLabels(content: ContentStore, digest: string, labels: Record<string, string>): Promise<void> {
-  const keys = Object.keys(labels);
+async function mergeLabels(content: ContentStore, digest: string, labels: Record<string, string>, source: DistributionSource | undefined): Promise<void> {
+  const merged = { ...labels };
+  if (source) {
+    const key = distributionSourceKey(source.registryHost);
+    const current = (await content.info(digest)).labels[key];
+    const value = appendDistributionSource(current, source.repository);
+    if (value === current) delete merged[key];
+    else merged[key] = value;
+  }
+  const keys = Object.keys(merged);
   if (keys.length === 0) return;
-  await content.update({ digest, labels }, keys.map((k) => `labels.${k}`));
+  await content.update({ digest, labels: merged }, keys.map((k) => `labels.${k}`));
 }

@@ -17,7 +17,6 @@ import { children, gcRefLabels, isIndexType, isManifestType, parseConfig, parseI
 import { defaultPlatform } from './platforms.js';
 import type { Fetcher, Resolver } from './remote/types.js';
 import { parseReference } from './remote/reference.js';
-import { LABEL_DISTRIBUTION_SOURCE } from '../core/labels.js';
 import { type Image, type ImageStore } from '../metadata/images.js';
 import { type Descriptor, type Platform } from '../core/descriptor.js';
 import { unpackLayers, type UnpackResult } from './unpack.js';
@@ -62,11 +61,12 @@ export async function pull(resolver: Resolver, ref: string, svc: ImageServices, 
   const resolved = await resolver.resolve(ref);
   const fetcher = resolver.fetcher(resolved.name);
   const parsed = parseReference(resolved.name);
-  const sourceLabels = { [`${LABEL_DISTRIBUTION_SOURCE}.${parsed.host}`]: parsed.repository };
+  // Every object walked gets the distribution-source label merged in, fetched now or found already.
+  const source = { registryHost: parsed.host, repository: parsed.repository };
   const platforms = opts.platforms && opts.platforms.length > 0 ? opts.platforms : [defaultPlatform()];
 
   const fetch = (desc: Descriptor, kind: ObjectKind) =>
-    fetchBlob(svc.content, fetcher, desc, kind, { labels: sourceLabels, onProgress: progress });
+    fetchBlob(svc.content, fetcher, desc, kind, { source, onProgress: progress });
 
   // Walk index → manifests → config, fetching as we go; layers start downloading as soon as their manifest
   // is known, and the unpacker waits on them one by one.

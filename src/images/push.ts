@@ -11,7 +11,7 @@ import type { ProgressFn } from './fetch.js';
 import { children, isIndexType, isManifestType, selectManifests } from './manifest.js';
 import type { Resolver } from './remote/types.js';
 import { parseReference } from './remote/reference.js';
-import { LABEL_DISTRIBUTION_SOURCE } from '../core/labels.js';
+import { selectMountCandidate } from '../core/labels.js';
 import { type ImageStore } from '../metadata/images.js';
 import { type Descriptor, type Platform } from '../core/descriptor.js';
 
@@ -57,9 +57,9 @@ export async function push(
     const info = await svc.content.info(desc.digest).catch(() => {
       throw notFound(`content ${desc.digest} of ${image.name} is not in the content store`);
     });
-    const mountFrom = Object.entries(info.labels)
-      .filter(([k, v]) => k === `${LABEL_DISTRIBUTION_SOURCE}.${target.host}` && v !== target.repository)
-      .flatMap(([, v]) => v.split(','));
+    // containerd's pusher reads the label to pick one mount source; it does not write labels on push.
+    const candidate = selectMountCandidate(info.labels, target.host, target.repository);
+    const mountFrom = candidate ? [candidate] : [];
     progress({ ref: desc.digest, kind: isJson(desc) ? 'manifest' : 'blob', status: 'uploading', total: desc.size });
     const result = await pusher.push(desc, () => svc.content.read(desc.digest), { tag, mountFrom });
     progress({ ref: desc.digest, kind: isJson(desc) ? 'manifest' : 'blob', status: result, offset: desc.size, total: desc.size });

@@ -11,6 +11,7 @@ import { invalidArgument, notFound } from '../core/errdefs.js';
 import type { Logger } from '../log/index.js';
 import { generateLeaseId, type MetadataStore, type OpContext } from '../metadata/index.js';
 import { LABEL_GC_EXPIRE } from '../core/labels.js';
+import { parseGoDuration } from '../gc/scheduler.js';
 import type { Differ } from '../diff/types.js';
 import type { ContentStore } from '../content/types.js';
 import { readBlob } from './blob.js';
@@ -31,15 +32,33 @@ export interface TransferConfig {
   max_concurrent_downloads: number;
   /** Snapshotter used when a request names none; "" = overlayfs if loaded, else native. */
   snapshotter: string;
-  /** Default hosts.toml directory for mirrors ("" = none). */
+  /** Default hosts.toml directory for mirrors ("" = none); containerd's CRI `registry.config_path`. */
   config_path: string;
+  /** Per connection to a registry host: TCP connect + TLS handshake limit (Go duration; containerd's 30s). */
+  connect_timeout: string;
+  /** Per request to a registry host: the limit for the response headers, after which the next host is tried. */
+  response_header_timeout: string;
 }
 
 export const defaultTransferConfig = (): TransferConfig => ({
   max_concurrent_downloads: 3,
   snapshotter: '',
   config_path: '',
+  connect_timeout: '30s',
+  response_header_timeout: '30s',
 });
+
+/** A positive Go duration from the transfer config, in ms. */
+function configDuration(key: string, v: unknown): number {
+  let ms = NaN;
+  try {
+    if (typeof v === 'string') ms = parseGoDuration(v);
+  } catch {
+    // reported below
+  }
+  if (!(ms > 0)) throw invalidArgument(`transfer config: ${key} must be a positive duration such as "30s", not ${JSON.stringify(v)}`);
+  return ms;
+}
 
 export interface RegistryRequest {
   plainHttp?: boolean;
@@ -81,12 +100,19 @@ function countDownloads(onProgress: ProgressFn | undefined): { progress: Progres
 const LEASE_TTL_MS = 24 * 60 * 60 * 1000;
 
 export class ImageTransfers {
+  private readonly connectTimeoutMs: number;
+  private readonly responseHeaderTimeoutMs: number;
+
   constructor(
     private readonly md: MetadataStore,
     private readonly differ: Differ,
     private readonly config: TransferConfig,
     private readonly log: Logger,
-  ) {}
+  ) {
+    const defaults = defaultTransferConfig();
+    this.connectTimeoutMs = configDuration('connect_timeout', config.connect_timeout ?? defaults.connect_timeout);
+    this.responseHeaderTimeoutMs = configDuration('response_header_timeout', config.response_header_timeout ?? defaults.response_header_timeout);
+  }
 
   private snapshotterName(requested: string | undefined): string {
     const name = requested || this.config.snapshotter || (this.md.snapshotters.has('overlayfs') ? 'overlayfs' : 'native');
@@ -100,6 +126,8 @@ export class ImageTransfers {
       plainHttp: r.plainHttp ?? false,
       maxConcurrent: r.maxConcurrent && r.maxConcurrent > 0 ? r.maxConcurrent : this.config.max_concurrent_downloads,
       ...(hostsDir ? { hostsDir } : {}),
+      connectTimeoutMs: this.connectTimeoutMs,
+      responseHeaderTimeoutMs: this.responseHeaderTimeoutMs,
       ...(r.credentials ? { credentials: () => r.credentials } : {}),
       logger: this.log,
     };

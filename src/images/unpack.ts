@@ -9,7 +9,8 @@
  * and the layer counts as unpacked without a byte read. Every failure removes the extraction snapshot, so a
  * half-applied layer never survives.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { decompressStream } from '../diff/decompress.js';
 import { failedPrecondition, isAlreadyExists, isNotFound } from '../core/errdefs.js';
 import type { ContentStore } from '../content/types.js';
 import type { Applier } from '../diff/types.js';
@@ -63,6 +64,8 @@ export async function unpackLayers(
   const chain = chainIDs(diffIDs);
   let parent = '';
   let extracted = 0;
+  /** Layers found unpacked: their blobs get the uncompressed label afterwards (see labelUncompressed). */
+  const found: number[] = [];
   for (let i = 0; i < layers.length; i++) {
     const layer = layers[i]!;
     const chainID = chain[i]!;
@@ -71,6 +74,7 @@ export async function unpackLayers(
       // Protected now; if a collection removed it between the stat and the protection, unpack it again.
       if (await exists(snapshotter, chainID)) {
         opts.onProgress?.(layer, 'exists');
+        found.push(i);
         parent = chainID;
         continue;
       }
@@ -86,6 +90,7 @@ export async function unpackLayers(
       if (isAlreadyExists(err) && (await exists(snapshotter, chainID))) {
         await opts.protect?.(chainID);
         opts.onProgress?.(layer, 'exists', 'remote snapshot');
+        found.push(i);
         parent = chainID;
         continue;
       }
@@ -114,11 +119,35 @@ export async function unpackLayers(
     opts.onProgress?.(layer, 'unpacked');
     parent = chainID;
   }
+  for (const i of found) {
+    await opts.ready?.(i);
+    await labelUncompressed(content, layers[i]!);
+  }
   if (opts.config && parent) {
     const label = `${LABEL_GC_REF_SNAPSHOT}.${opts.snapshotterName}`;
     await content.update({ digest: opts.config.digest, labels: { [label]: parent } }, [`labels.${label}`]);
   }
   return { chainID: parent, extracted };
+}
+
+/**
+ * Gives a layer blob found already unpacked its `containerd.io/uncompressed` label when it lacks one, the
+ * way containerd's images.GetDiffID memorises it: the value is computed from the blob (decompressed and
+ * hashed), never taken on trust from the image config. A blob not in the store is left alone.
+ */
+async function labelUncompressed(content: ContentStore, layer: Descriptor): Promise<void> {
+  let info;
+  try {
+    info = await content.info(layer.digest);
+  } catch (err) {
+    if (isNotFound(err)) return;
+    throw err;
+  }
+  if (info.labels[LABEL_UNCOMPRESSED]) return;
+  const hash = createHash('sha256');
+  for await (const chunk of decompressStream(await content.read(layer.digest), 'detect')) hash.update(chunk as Buffer);
+  const diffID = `sha256:${hash.digest('hex')}`;
+  await content.update({ digest: layer.digest, labels: { [LABEL_UNCOMPRESSED]: diffID } }, [`labels.${LABEL_UNCOMPRESSED}`]).catch(() => undefined);
 }
 
 async function exists(sn: Snapshotter, key: string): Promise<boolean> {

@@ -26,6 +26,8 @@ export interface DaemonOptions {
    * deletion makes a collection due and it would remove them, as containerd's would. GC tests opt in.
    */
   gc?: boolean;
+  /** A command prefix that execs the daemon, e.g. ['ip', 'netns', 'exec', NAME] to run it in a network namespace. */
+  exec?: string[];
 }
 
 const running = new Set<StartedDaemon>();
@@ -101,9 +103,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<StartedD
     // The test's own TOML goes before the [grpc] table so its top-level keys stay top-level.
     `version = 2\nroot = "${root}"\nstate = "${state}"\n${noGc}${options.config ?? ''}\n[grpc]\naddress = "${address}"\n${options.grpc ?? ''}\n`,
   );
-  const proc = spawn(process.execPath, [STRATAD, '--config', configPath, '--log-level', options.logLevel ?? 'debug'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const argv = [process.execPath, STRATAD, '--config', configPath, '--log-level', options.logLevel ?? 'debug'];
+  const [cmd, ...args] = [...(options.exec ?? []), ...argv] as [string, ...string[]];
+  // The prefix execs (ip netns exec does), so the child's pid is the daemon's and signals reach it.
+  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const d = new StartedDaemon(dir, proc, options);
   running.add(d);
   await waitReady(d);

@@ -5,13 +5,15 @@
  *  - token (Bearer) auth: an in-process token server that issues ES256 JWTs with an x5c header, signed by
  *    a throwaway key whose self-signed certificate is the registry's rootcertbundle (made with openssl);
  *    valid credentials get every requested action, anonymous requests get none,
- *  - TLS with a throwaway self-signed certificate for 127.0.0.1 (`caFile` is its PEM).
+ *  - TLS with a throwaway self-signed certificate for 127.0.0.1 (`caFile` is its PEM), or (`privateCA`) a
+ *    server certificate issued by a throwaway CA made with openssl (`caFile` is then the CA's PEM), and
+ *    optionally (`clientAuth`) client certificates required, issued by the same CA (`clientCert`/`clientKey`).
  * Images are seeded with skopeo from an OCI layout directory. Every registry is stopped by
  * stopAllRegistries() (call it in afterAll), and killed on process exit as a last resort.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes, sign, X509Certificate, createPrivateKey } from 'node:crypto';
-import { writeFile, readFile } from 'node:fs/promises';
+import { copyFile, mkdir, writeFile, readFile } from 'node:fs/promises';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -33,6 +35,16 @@ export interface RegistryOptions {
   token?: boolean;
   /** Serve https with a self-signed certificate for 127.0.0.1. */
   tls?: boolean;
+  /** With `tls`: the server certificate is issued by a private CA (caFile = the CA certificate). */
+  privateCA?: boolean;
+  /** With `tls` and `privateCA`: require a client certificate issued by that CA (http.tls.clientcas). */
+  clientAuth?: boolean;
+  /** Extra top-level YAML for the registry config (e.g. a `proxy:` section for a pull-through cache). */
+  extraConfig?: string;
+  /** Access log on (each request logged as a line with the method, path and status); the whole log is kept. */
+  accessLog?: boolean;
+  /** The address to listen on (default 127.0.0.1), e.g. a test bridge's address reachable from namespaces. */
+  bindHost?: string;
 }
 
 export interface TokenRequest {
@@ -50,8 +62,11 @@ export interface StartedRegistry {
   url: string;
   /** The registry's storage root (docker/registry/v2/... below). */
   storage: string;
-  /** The PEM certificate of a `tls` registry (its own CA). */
+  /** The PEM certificate of a `tls` registry (its own CA), or the private CA's certificate. */
   caFile?: string;
+  /** A client certificate and key issued by the private CA (`clientAuth`). */
+  clientCert?: string;
+  clientKey?: string;
   /** Token requests seen by a `token` registry's token server. */
   tokenRequests: TokenRequest[];
   /** The registry's log output so far (stdout and stderr, the last 256 KiB). */
@@ -61,6 +76,8 @@ export interface StartedRegistry {
   /** Copies the image of an OCI layout dir to `<repo>:<tag>` with skopeo, digests preserved. */
   pushOciLayout(layoutDir: string, repoTag: string, opts?: { layoutRef?: string }): Promise<void>;
   stop(): Promise<void>;
+  /** SIGKILL (a crash: connections drop mid-response), then the same cleanup as stop(). */
+  kill(): Promise<void>;
 }
 
 const running = new Set<RunningRegistry>();
@@ -81,11 +98,11 @@ function installExitHook(): void {
   });
 }
 
-async function freePort(): Promise<number> {
+async function freePort(bindHost = '127.0.0.1'): Promise<number> {
   const srv = createNetServer();
   await new Promise<void>((resolve, reject) => {
     srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => resolve());
+    srv.listen(0, bindHost, () => resolve());
   });
   const port = (srv.address() as AddressInfo).port;
   await new Promise<void>((resolve) => srv.close(() => resolve()));
@@ -100,6 +117,8 @@ class RunningRegistry implements StartedRegistry {
   private stopped = false;
   tokenRequests: TokenRequest[] = [];
   caFile?: string;
+  clientCert?: string;
+  clientKey?: string;
 
   constructor(
     readonly proc: ChildProcess,
@@ -110,9 +129,10 @@ class RunningRegistry implements StartedRegistry {
     private readonly opts: RegistryOptions,
     private readonly tokenServer: Server | undefined,
   ) {
+    const keep = opts.accessLog ? 64 << 20 : 256 * 1024;
     const add = (d: Buffer) => {
       this.output += d.toString();
-      if (this.output.length > 256 * 1024) this.output = this.output.slice(-256 * 1024);
+      if (this.output.length > keep) this.output = this.output.slice(-keep);
     };
     proc.stdout?.on('data', add);
     proc.stderr?.on('data', add);
@@ -140,6 +160,14 @@ class RunningRegistry implements StartedRegistry {
     await writeFile(policy, JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }));
     const args = ['copy', '--all', '--preserve-digests', '--policy', policy, '--dest-tls-verify=false'];
     if (this.opts.auth) args.push('--dest-creds', `${this.opts.auth.username}:${this.opts.auth.password}`);
+    if (this.clientCert && this.clientKey) {
+      // skopeo reads a client pair from a directory in Docker's certs.d layout.
+      const certDir = join(this.dir.path, 'skopeo-certs');
+      await mkdir(certDir, { recursive: true });
+      await copyFile(this.clientCert, join(certDir, 'client.cert'));
+      await copyFile(this.clientKey, join(certDir, 'client.key'));
+      args.push('--dest-cert-dir', certDir);
+    }
     args.push(`oci:${layoutDir}${opts.layoutRef ? `:${opts.layoutRef}` : ''}`, `docker://${this.host}/${repoTag}`);
     try {
       await execFileP('skopeo', args, { env: { ...process.env, TMPDIR: this.dir.path }, timeout: 60_000 });
@@ -147,6 +175,11 @@ class RunningRegistry implements StartedRegistry {
       const e = err as Error & { stderr?: string };
       throw new Error(`skopeo ${args.join(' ')} failed: ${e.stderr ?? e.message}\nregistry logs:\n${this.output.slice(-4000)}`);
     }
+  }
+
+  async kill(): Promise<void> {
+    if (this.alive) this.proc.kill('SIGKILL');
+    await this.stop();
   }
 
   async stop(): Promise<void> {
@@ -179,6 +212,35 @@ async function selfSigned(dir: string, name: string, cn: string): Promise<{ cert
     '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost',
   ]);
   return { cert, key };
+}
+
+/** A private CA, and certificates it issues (EC P-256): a server one for 127.0.0.1, a client one. */
+async function privateCA(dir: string): Promise<{ ca: string; issue(name: string, cn: string, server: boolean): Promise<{ cert: string; key: string }> }> {
+  const ca = join(dir, 'ca.crt');
+  const caKey = join(dir, 'ca.key');
+  await execFileP('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+    '-keyout', caKey, '-out', ca, '-days', '2', '-subj', '/CN=strata test CA',
+    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
+  return {
+    ca,
+    async issue(name, cn, server) {
+      const cert = join(dir, `${name}.crt`);
+      const key = join(dir, `${name}.key`);
+      const csr = join(dir, `${name}.csr`);
+      const ext = join(dir, `${name}.ext`);
+      await execFileP('openssl', ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', csr, '-subj', `/CN=${cn}`]);
+      await writeFile(
+        ext,
+        server
+          ? 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n'
+          : 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n',
+      );
+      await execFileP('openssl', ['x509', '-req', '-in', csr, '-CA', ca, '-CAkey', caKey, '-CAcreateserial', '-out', cert, '-days', '2', '-extfile', ext]);
+      return { cert, key };
+    },
+  };
 }
 
 /** The token server of a `token` registry. */
@@ -244,8 +306,9 @@ async function startTokenServer(
   return { server, realm: `http://127.0.0.1:${(server.address() as AddressInfo).port}/token` };
 }
 
-async function waitReady(url: string, proc: ChildProcess, output: () => string): Promise<void> {
-  const agent = new Agent({ connect: { rejectUnauthorized: false } });
+async function waitReady(url: string, proc: ChildProcess, output: () => string, client?: { cert: string; key: string }): Promise<void> {
+  const tlsClient = client ? { cert: await readFile(client.cert, 'utf8'), key: await readFile(client.key, 'utf8') } : {};
+  const agent = new Agent({ connect: { rejectUnauthorized: false, ...tlsClient } });
   try {
     const deadline = Date.now() + 20_000;
     for (;;) {
@@ -274,14 +337,14 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Started
     let tokenServer: Server | undefined;
     try {
       const storage = join(dir.path, 'storage');
-      const port = await freePort();
-      const host = `127.0.0.1:${port}`;
+      const port = await freePort(opts.bindHost);
+      const host = `${opts.bindHost ?? '127.0.0.1'}:${port}`;
       const lines = [
         'version: 0.1',
         'log:',
-        '  level: warn',
+        `  level: ${opts.accessLog ? 'info' : 'warn'}`,
         '  accesslog:',
-        '    disabled: true',
+        `    disabled: ${opts.accessLog ? 'false' : 'true'}`,
         'storage:',
         '  filesystem:',
         `    rootdirectory: ${storage}`,
@@ -295,7 +358,17 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Started
         `  secret: ${randomBytes(16).toString('hex')}`,
       ];
       let caFile: string | undefined;
-      if (opts.tls) {
+      let client: { cert: string; key: string } | undefined;
+      if (opts.tls && opts.privateCA) {
+        const pki = await privateCA(dir.path);
+        const { cert, key } = await pki.issue('server', '127.0.0.1', true);
+        caFile = pki.ca;
+        lines.push('  tls:', `    certificate: ${cert}`, `    key: ${key}`);
+        if (opts.clientAuth) {
+          client = await pki.issue('client', 'strata test client', false);
+          lines.push('    clientcas:', `      - ${pki.ca}`);
+        }
+      } else if (opts.tls) {
         const { cert, key } = await selfSigned(dir.path, 'tls', '127.0.0.1');
         caFile = cert;
         lines.push('  tls:', `    certificate: ${cert}`, `    key: ${key}`);
@@ -319,6 +392,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Started
         await writeFile(htpasswd, `${opts.auth.username}:${bcrypt.hashSync(opts.auth.password, 6)}\n`);
         lines.push('auth:', '  htpasswd:', '    realm: strata-test', `    path: ${htpasswd}`);
       }
+      if (opts.extraConfig) lines.push(opts.extraConfig);
       const config = join(dir.path, 'config.yml');
       await writeFile(config, lines.join('\n') + '\n');
       const proc = spawn(DOCKER_REGISTRY, ['serve', config], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -326,9 +400,13 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Started
       const reg = new RunningRegistry(proc, dir, host, url, storage, opts, tokenServer);
       reg.tokenRequests = tokenLog;
       if (caFile) reg.caFile = caFile;
+      if (client) {
+        reg.clientCert = client.cert;
+        reg.clientKey = client.key;
+      }
       running.add(reg);
       try {
-        await waitReady(url, proc, () => reg.logs());
+        await waitReady(url, proc, () => reg.logs(), client);
       } catch (err) {
         await reg.stop();
         throw err;

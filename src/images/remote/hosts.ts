@@ -10,7 +10,7 @@
  * Docker-style certificate files (`*.crt` CAs, `*.cert` + `*.key` client pairs) for the default host.
  */
 import { readdir, readFile, stat } from 'node:fs/promises';
-import { isAbsolute, join } from 'node:path';
+import { basename, isAbsolute, join } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { invalidArgument } from '../../core/errdefs.js';
 import { DEFAULT_DOMAIN, DOCKER_IO_API_HOST, isLocalhost } from './reference.js';
@@ -137,8 +137,11 @@ function parseHostEntry(server: string, cfg: Record<string, unknown>, baseDir: s
   return h;
 }
 
-/** Parses a hosts.toml text: the mirrors in file order, then the server entry ('' host = the default). */
-export function parseHostsToml(text: string, baseDir: string, opts: HostsOptions = {}, file = join(baseDir, 'hosts.toml')): PartialHost[] {
+/**
+ * Parses a hosts.toml text: the mirrors in file order, then the server entry ('' host = the default).
+ * Errors name the file as "<host directory>/hosts.toml", never by its path on this machine.
+ */
+export function parseHostsToml(text: string, baseDir: string, opts: HostsOptions = {}, file = `${basename(baseDir)}/hosts.toml`): PartialHost[] {
   let doc: Record<string, unknown>;
   try {
     doc = parseToml(text) as Record<string, unknown>;
@@ -197,7 +200,7 @@ export async function configureHosts(refHost: string, opts: HostsOptions = {}): 
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       }
-      hosts = text.trim() === '' ? await loadCertFiles(dir) : parseHostsToml(text, dir, opts, file);
+      hosts = text.trim() === '' ? await loadCertFiles(dir) : parseHostsToml(text, dir, opts);
       break;
     }
   }

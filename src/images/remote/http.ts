@@ -6,6 +6,7 @@
  * before a response is handed to the caller, so no body byte is ever delivered twice.
  */
 import { readFile } from 'node:fs/promises';
+import { basename } from 'node:path';
 import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -54,7 +55,22 @@ export interface TransportOptions {
   logger?: Logger;
   /** Base of the backoff, ms (tests may lower it). */
   backoffBaseMs?: number;
+  /** TCP connect + TLS handshake limit per connection, ms; default 30 s (containerd's dialer timeout). */
+  connectTimeoutMs?: number;
+  /** Limit between sending a request and the response's headers, ms; default 30 s (containerd has none). */
+  responseHeaderTimeoutMs?: number;
 }
+
+/** containerd's dialer timeout (remotes/docker/config: net.Dialer{Timeout: 30 * time.Second}). */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 30_000;
+/**
+ * containerd sets no response-header timeout, so a registry that accepts and never answers stalls a pull
+ * for good; Strata gives up on such a host after this long and goes on to the next one.
+ */
+export const DEFAULT_RESPONSE_HEADER_TIMEOUT_MS = 30_000;
+
+/** Errors that mean the host did not answer in time: worth trying another host, not the same one again. */
+const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT']);
 
 /** Error codes of transport failures worth retrying. */
 const TRANSIENT_CODES = new Set([
@@ -84,6 +100,22 @@ const errCode = (err: unknown): string | undefined => {
 export const isTransientError = (err: unknown): boolean => {
   const c = errCode(err);
   return c !== undefined && TRANSIENT_CODES.has(c);
+};
+
+/** OpenSSL/Node verification failures of a server certificate. */
+const TLS_TRUST_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_UNTRUSTED',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+export const isTimeoutError = (err: unknown): boolean => {
+  const c = errCode(err);
+  return c !== undefined && TIMEOUT_CODES.has(c);
 };
 
 export const isRetryableStatus = (s: number): boolean => s === 408 || s === 429 || (s >= 500 && s !== 501 && s !== 505);
@@ -167,6 +199,8 @@ export class RegistryTransport {
   private readonly retries: number;
   private readonly backoffBase: number;
   private readonly connections: number;
+  private readonly connectTimeout: number;
+  private readonly headersTimeout: number;
   private readonly log: Logger | undefined;
   private closed = false;
 
@@ -174,6 +208,11 @@ export class RegistryTransport {
     this.retries = opts.retries ?? 3;
     this.backoffBase = opts.backoffBaseMs ?? 100;
     this.connections = opts.connections ?? 16;
+    this.connectTimeout = opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    this.headersTimeout = opts.responseHeaderTimeoutMs ?? DEFAULT_RESPONSE_HEADER_TIMEOUT_MS;
+    for (const [name, v] of [['connect timeout', this.connectTimeout], ['response header timeout', this.headersTimeout]] as const) {
+      if (!Number.isFinite(v) || v <= 0) throw invalidArgument(`registry ${name} must be a positive duration, got ${v} ms`);
+    }
     this.log = opts.logger;
     this.defaultAgent = this.newAgent({});
     this.authorizer = new Authorizer(
@@ -189,7 +228,8 @@ export class RegistryTransport {
     return new Agent({
       connections: this.connections,
       keepAliveTimeout: 30_000,
-      connect: { timeout: 30_000, ...connect },
+      headersTimeout: this.headersTimeout,
+      connect: { timeout: this.connectTimeout, ...connect },
     });
   }
 
@@ -205,13 +245,18 @@ export class RegistryTransport {
         a = (async () => {
           const connect: Record<string, unknown> = {};
           if (h.skipVerify) connect['rejectUnauthorized'] = false;
-          if (h.caFiles.length) connect['ca'] = [...rootCertificates, ...(await Promise.all(h.caFiles.map((f) => readFile(f, 'utf8'))))];
+          // Errors name the file by its base name only (no host paths in messages).
+          const pem = (f: string, what: string) =>
+            readFile(f, 'utf8').catch((err: NodeJS.ErrnoException) => {
+              throw invalidArgument(`unable to read ${what} ${JSON.stringify(basename(f))} for ${h.host}: ${err.code ?? 'read error'}`, err);
+            });
+          if (h.caFiles.length) connect['ca'] = [...rootCertificates, ...(await Promise.all(h.caFiles.map((f) => pem(f, 'CA certificate'))))];
           if (h.clientPairs.length) {
             // Node takes one client certificate per connection: the first pair.
             const [cert, key] = h.clientPairs[0]!;
-            const certPem = await readFile(cert, 'utf8');
+            const certPem = await pem(cert, 'client certificate');
             connect['cert'] = certPem;
-            connect['key'] = key ? await readFile(key, 'utf8') : certPem;
+            connect['key'] = key ? await pem(key, 'client key') : certPem;
           }
           return this.newAgent(connect);
         })();
@@ -280,7 +325,8 @@ export class RegistryTransport {
         res = await this.authorizedRoundTrip(req);
       } catch (err) {
         if (err instanceof StrataError) throw err;
-        if (isTransientError(err) && attempt < retries) {
+        // A host that did not answer in time is not asked again: the caller moves on to the next host.
+        if (isTransientError(err) && !isTimeoutError(err) && attempt < retries) {
           this.log?.debug('registry request failed, retrying', { method: req.method, url, attempt, error: err });
           await this.backoff(attempt, undefined);
           continue;
@@ -289,7 +335,8 @@ export class RegistryTransport {
         if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH') {
           throw invalidArgument(`${req.method} ${url}: the content does not have the announced size`, err);
         }
-        throw unavailable(`${req.method} ${url}: ${(err as Error).message}${code && !(err as Error).message.includes(code) ? ` (${code})` : ''}`, err);
+        const hint = code && TLS_TRUST_CODES.has(code) ? `; the certificate is not trusted: give the registry's CA as \`ca\` in its hosts.toml, or set skip_verify` : '';
+        throw unavailable(`${req.method} ${url}: ${(err as Error).message}${code && !(err as Error).message.includes(code) ? ` (${code})` : ''}${hint}`, err);
       }
       if (isRetryableStatus(res.status) && attempt < retries) {
         this.log?.debug('registry answered a retryable status, retrying', { method: req.method, url, status: res.status, attempt });

@@ -131,6 +131,8 @@ class RegistryResolverImpl implements RegistryResolver {
   private readonly transport: RegistryTransport;
   private readonly limiter: Limiter;
   private readonly hostsCache = new Map<string, Promise<RegistryHost[]>>();
+  /** Hosts that could not be reached or timed out: tried after the others from then on (see filter()). */
+  private readonly unreachable = new Set<RegistryHost>();
   private readonly log: Logger | undefined;
   private readonly backoffBase: number;
 
@@ -151,6 +153,8 @@ class RegistryResolverImpl implements RegistryResolver {
       ...(opts.logger ? { logger: opts.logger } : {}),
       ...(internals.backoffBaseMs !== undefined ? { backoffBaseMs: internals.backoffBaseMs } : {}),
       connections: internals.connections ?? Math.max(16, maxConcurrent * 2),
+      ...(opts.connectTimeoutMs !== undefined ? { connectTimeoutMs: opts.connectTimeoutMs } : {}),
+      ...(opts.responseHeaderTimeoutMs !== undefined ? { responseHeaderTimeoutMs: opts.responseHeaderTimeoutMs } : {}),
     });
   }
 
@@ -180,8 +184,24 @@ class RegistryResolverImpl implements RegistryResolver {
     return p;
   }
 
+  /**
+   * The hosts with `caps`, in configuration order, except that hosts this resolver found unreachable (a
+   * connection refused, a timeout) come last: one pull pays for a dead or hanging mirror once, not once per
+   * request (containerd tries it again every time). They are still tried when every other host fails.
+   */
   private filter(base: Base, caps: HostCapability[]): RegistryHost[] {
-    return base.hosts.filter((h) => caps.every((c) => h.capabilities.includes(c)));
+    const capable = base.hosts.filter((h) => caps.every((c) => h.capabilities.includes(c)));
+    return [...capable.filter((h) => !this.unreachable.has(h)), ...capable.filter((h) => this.unreachable.has(h))];
+  }
+
+  /** Notes a transport failure (thrown, not a status) of a mirror (never of the configured server). */
+  private noteFailure(base: Base, host: RegistryHost, err: StrataError): void {
+    if (err.kind === 'unavailable' && host !== base.hosts[base.hosts.length - 1]) this.unreachable.add(host);
+  }
+
+  /** Retries for a request to a host: only the configured last one (the server) retries; for a mirror, the next host is the retry. */
+  private retriesFor(base: Base, host: RegistryHost): { retries?: number } {
+    return host === base.hosts[base.hosts.length - 1] ? {} : { retries: 0 };
   }
 
   async resolve(ref: string): Promise<Resolved> {
@@ -200,11 +220,12 @@ class RegistryResolverImpl implements RegistryResolver {
         const path = this.path(base, host, ...parts);
         const where = `${host.scheme}://${host.host}${path}`;
         try {
-          let res = await this.transport.roundTrip({ host, method: 'HEAD', path, headers: { accept: MANIFEST_ACCEPT }, scopes });
+          const retries = this.retriesFor(base, host);
+          let res = await this.transport.roundTrip({ host, method: 'HEAD', path, headers: { accept: MANIFEST_ACCEPT }, scopes, ...retries });
           if (res.status === 405) {
             // Registries without HEAD on manifests.
             await drain(res);
-            res = await this.transport.roundTrip({ host, method: 'GET', path, headers: { accept: MANIFEST_ACCEPT }, scopes });
+            res = await this.transport.roundTrip({ host, method: 'GET', path, headers: { accept: MANIFEST_ACCEPT }, scopes, ...retries });
           }
           if (res.status === 404) {
             await drain(res);
@@ -233,7 +254,7 @@ class RegistryResolverImpl implements RegistryResolver {
           const knownType = FETCH_MANIFEST_TYPES.has(mediaType);
           await drain(res);
           if (!digest || size === undefined || !knownType) {
-            const get = await this.transport.roundTrip({ host, method: 'GET', path, headers: { accept: MANIFEST_ACCEPT }, scopes });
+            const get = await this.transport.roundTrip({ host, method: 'GET', path, headers: { accept: MANIFEST_ACCEPT }, scopes, ...retries });
             if (get.status > 299) {
               firstErr ??= await statusError(get, `resolve ${p.name} on ${host.host}`);
               continue;
@@ -258,6 +279,7 @@ class RegistryResolverImpl implements RegistryResolver {
           if (!(err instanceof StrataError)) throw err;
           if (err.kind === 'invalid argument') throw err;
           firstErr ??= err;
+          this.noteFailure(base, host, err);
           this.log?.info('resolve failed on host, trying the next one', { host: host.host, ref: p.name, error: err });
         }
       }
@@ -356,12 +378,13 @@ class RegistryResolverImpl implements RegistryResolver {
       for (const host of hosts) {
         const path = this.path(base, host, isManifest ? 'manifests' : 'blobs', desc.digest);
         try {
-          const res = await this.transport.roundTrip({ host, method: 'GET', path, headers, scopes });
+          const res = await this.transport.roundTrip({ host, method: 'GET', path, headers, scopes, ...this.retriesFor(base, host) });
           const s = await attempt(res, host.host);
           if (s) return s;
         } catch (err) {
           if (!(err instanceof StrataError)) throw err;
           firstErr ??= err;
+          this.noteFailure(base, host, err);
           this.log?.info('fetch failed on host, trying the next one', { host: host.host, digest: desc.digest, error: err });
         }
       }

@@ -21,8 +21,16 @@ export interface ResolverOptions {
   credentials?: (host: string) => Credentials | undefined;
   /** Most concurrent blob downloads (or uploads) per resolver; default 3 (containerd's max_concurrent_downloads). */
   maxConcurrent?: number;
-  /** Retries of a failed request (connection error, 5xx, 429) with exponential backoff; default 3. */
+  /**
+   * Retries of a failed request (connection error, 5xx, 429) with exponential backoff; default 3. Only the
+   * last host of a mirror list is retried: a failing mirror is given up at once for the next host, as
+   * containerd does. Timeouts are never retried on the same host.
+   */
   retries?: number;
+  /** TCP connect + TLS handshake limit, ms; default 30 s (containerd's dialer timeout). */
+  connectTimeoutMs?: number;
+  /** Request → response headers limit per host, ms; default 30 s (a hanging mirror is then skipped). */
+  responseHeaderTimeoutMs?: number;
   logger?: Logger;
 }
 
