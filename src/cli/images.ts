@@ -55,11 +55,13 @@ function registry(values: Values, ref: string): RegistryOptions {
     if (creds) ({ username, secret } = creds);
   }
   const max = str(values, 'max-concurrent-downloads');
+  const hostsDir = str(values, 'hosts-dir');
   return {
     plainHttp: bool(values, 'plain-http'),
     username,
     secret,
-    hostsDir: str(values, 'hosts-dir') ?? '',
+    // The daemon reads the directory, from its own working directory: send it an absolute path.
+    hostsDir: hostsDir ? resolvePath(hostsDir) : '',
     maxConcurrent: max ? Number.parseInt(max, 10) : 0,
   };
 }

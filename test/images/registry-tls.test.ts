@@ -63,6 +63,13 @@ describe('https registries through hosts.toml', () => {
     expect(r.stdout.trim()).toBe(`${tls.host}/sec/img:v1 ${image.manifest.digest}`);
   });
 
+  it('a relative --hosts-dir is read from the CLI\'s working directory, not the daemon\'s', async () => {
+    await hostsDir('relative', tls.host, `server = "https://${tls.host}"\nca = "private-ca.pem"\n`, { 'private-ca.pem': tls.caFile! });
+    const r = await run(STRATA, ['--address', d.address, '--namespace', 'tls-relative', 'image', 'pull', '--hosts-dir', 'relative', `${tls.host}/sec/img:v1`], { cwd: tmp.path });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.trim()).toBe(`${tls.host}/sec/img:v1 ${image.manifest.digest}`);
+  });
+
   it('without the CA the pull fails as unavailable, says the certificate is not trusted, and names no host path', async () => {
     const root = await hostsDir('no-ca', tls.host, `server = "https://${tls.host}"\n`);
     const r = await strata(['image', 'pull', '--hosts-dir', root, `${tls.host}/sec/img:v1`], 'tls-noca');
