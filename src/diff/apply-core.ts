@@ -32,7 +32,6 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
-  rmSync,
   symlinkSync,
   utimesSync,
   writeSync,
@@ -40,6 +39,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { invalidArgument, notImplemented, StrataError } from '../core/errdefs.js';
+import { removeTreeSync } from '../core/remove.js';
 import { TarParser, type TarHeader } from './tar.js';
 import { OVERLAY_OPAQUE, OVERLAY_WHITEOUT_MKNOD, overlayOpaqueXattr, WH_OPAQUE, WH_PREFIX } from './whiteouts.js';
 
@@ -264,7 +264,7 @@ export class LayerApplier {
 
   /** Removes a path; forgets resolved directories if a directory or symlink goes (resolution may change). */
   private remove(path: string, st: Stats): void {
-    rmSync(path, { recursive: true, force: true });
+    removeTreeSync(path);
     if (st.isDirectory() || st.isSymbolicLink()) this.dirs.clear();
     if (this.xattrs.size > 0) for (const p of [...this.xattrs.keys()]) if (p === path || p.startsWith(`${path}/`)) this.xattrs.delete(p);
   }
