@@ -12,6 +12,8 @@ import { Worker } from 'node:worker_threads';
 import { invalidArgument, StrataError, type ErrorKind } from '../core/errdefs.js';
 import type { Logger } from '../log/index.js';
 
+import { layerError } from './apply-core.js';
+
 export { cleanComponents } from './apply-core.js';
 
 export interface ApplyOptions {
@@ -48,9 +50,14 @@ const HIGH_WATER = 8 << 20;
  * entry is ever written outside `target`.
  */
 export async function applyTar(tar: Readable, target: string, opts: ApplyOptions = {}): Promise<ApplyResult> {
-  const root = await realpath(target);
+  let root: string;
+  try {
+    root = await realpath(target);
+  } catch (err) {
+    throw layerError(err, target, undefined).wrap('apply target');
+  }
   const st = await lstat(root);
-  if (!st.isDirectory()) throw invalidArgument(`apply target ${target} is not a directory`);
+  if (!st.isDirectory()) throw invalidArgument('apply target is not a directory');
   const worker = pool.acquire();
   let healthy = true;
   try {
