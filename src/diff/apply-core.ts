@@ -40,6 +40,7 @@ import {
 import { join } from 'node:path';
 import { invalidArgument, notImplemented, StrataError } from '../core/errdefs.js';
 import { removeTreeSync } from '../core/remove.js';
+import { limitError, type LayerLimits } from './limits.js';
 import { TarParser, type TarHeader } from './tar.js';
 import { OVERLAY_OPAQUE, OVERLAY_WHITEOUT_MKNOD, overlayOpaqueXattr, WH_OPAQUE, WH_PREFIX } from './whiteouts.js';
 
@@ -50,6 +51,8 @@ export interface CoreOptions {
   parents: string[];
   isRoot: boolean;
   warn: (msg: string, fields: Record<string, unknown>) => void;
+  /** Limits checked per entry (./limits.ts; 0: none). The uncompressed size is bounded by the caller. */
+  limits?: Pick<LayerLimits, 'max_entries' | 'max_path_length' | 'max_path_depth'>;
 }
 
 const MAX_LINKS = 255;
@@ -199,6 +202,8 @@ export class LayerApplier {
   private failed?: unknown;
   /** Name of the entry being applied (for error messages). */
   private entry?: string;
+  /** Entries seen (for max_entries). */
+  private entries = 0;
 
   constructor(
     private readonly root: string,
@@ -311,7 +316,7 @@ export class LayerApplier {
 
   private onHeader(h: TarHeader): void {
     this.entry = h.name;
-    const comps = cleanComponents(h.name);
+    const comps = this.checkLimits(h);
     if (comps.length === 0) return; // the root itself: ignored, as containerd does
     const base = comps[comps.length - 1]!;
     const dir = this.parentDir(comps.slice(0, -1), h.name);
@@ -394,6 +399,28 @@ export class LayerApplier {
     }
     this.unpacked.add(path);
     this.noteXattrs(path, h);
+  }
+
+  /** Counts the entry and checks its name against the limits; returns its clean components. */
+  private checkLimits(h: TarHeader): string[] {
+    const limits = this.opts.limits;
+    if (!limits) return cleanComponents(h.name);
+    if (limits.max_entries > 0 && ++this.entries > limits.max_entries) {
+      throw limitError('max_entries', limits.max_entries, `more than ${limits.max_entries} entries`);
+    }
+    if (limits.max_path_length > 0) {
+      for (const [what, name] of [['name', h.name], ['link target', h.linkname]] as const) {
+        const len = Buffer.byteLength(name);
+        if (len > limits.max_path_length) {
+          throw limitError('max_path_length', limits.max_path_length, `tar entry ${shown(h.name)}: ${what} of ${len} bytes`);
+        }
+      }
+    }
+    const comps = cleanComponents(h.name);
+    if (limits.max_path_depth > 0 && comps.length > limits.max_path_depth) {
+      throw limitError('max_path_depth', limits.max_path_depth, `tar entry ${shown(h.name)}: ${comps.length} levels deep`);
+    }
+    return comps;
   }
 
   private onData(data: Buffer): void {

@@ -1,7 +1,8 @@
 /**
  * What a client learns when a hostile layer fails to apply, through a real stratad's Diff service: the error
  * names the entry (shortened when its name is huge) and what failed, never the daemon's own paths, and stays
- * short (a 100,000-level path once came back as a 4 KB message holding the snapshot's absolute path).
+ * short (a 100,000-level path once came back as a 4 KB message holding the snapshot's absolute path; with the
+ * default limits it is now refused by max_path_length, so a 3,000-level one reaches the file calls).
  */
 import { createHash } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
@@ -56,12 +57,20 @@ function expectClean(err: StrataError): void {
 }
 
 describe('Apply errors from file system calls', () => {
-  it('a 100,000-level path: name too long, invalid argument, no daemon path, short', async () => {
-    const err = await applyError([{ name: `${'a/'.repeat(100_000)}f`, body: 'x' }]);
+  it('a 3,000-level path: name too long, invalid argument, no daemon path, short', async () => {
+    const err = await applyError([{ name: `${'a/'.repeat(3000)}f`, body: 'x' }]);
     expectClean(err);
     expect(err.kind).toBe('invalid argument');
     expect(err.message).toMatch(/name too long/i);
     expect(err.message).toContain('a/a/a/a');
+    expect(err.message).toContain('6001 bytes');
+  });
+
+  it('a 100,000-level path: refused by max_path_length before anything is created, short', async () => {
+    const err = await applyError([{ name: `${'a/'.repeat(100_000)}f`, body: 'x' }]);
+    expectClean(err);
+    expect(err.kind).toBe('invalid argument');
+    expect(err.message).toContain('max_path_length = 16384');
     expect(err.message).toContain('200001 bytes');
   });
 
