@@ -5,6 +5,8 @@
  * default limits it is now refused by max_path_length, so a 3,000-level one reaches the file calls).
  */
 import { createHash } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StrataClient } from '../../src/api/clients/strata.js';
@@ -64,6 +66,9 @@ describe('Apply errors from file system calls', () => {
     expect(err.message).toMatch(/name too long/i);
     expect(err.message).toContain('a/a/a/a');
     expect(err.message).toContain('6001 bytes');
+    // The ~2,000 directories it made went with the snapshot's removal (deeper than fs.rm could reach once the
+    // snapshot was renamed to its trash name).
+    expect(await readdir(join(d.root, 'io.containerd.snapshotter.v1.overlayfs', 'snapshots'))).toEqual([]);
   });
 
   it('a 100,000-level path: refused by max_path_length before anything is created, short', async () => {
