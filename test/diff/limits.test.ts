@@ -13,7 +13,10 @@ import type { StrataClient } from '../../src/api/clients/strata.js';
 import { StrataError } from '../../src/core/errdefs.js';
 import { differDefaults, limitsFromConfig } from '../../src/diff/limits.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
+import { buildImage } from '../helpers/images.js';
+import { startRegistry, stopAllRegistries } from '../helpers/registry.js';
 import { makeTar, type TarEntry } from '../helpers/tar.js';
+import { listSnapshots, pullImage } from '../helpers/transfer.js';
 
 const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip';
@@ -38,6 +41,7 @@ beforeAll(async () => {
 afterAll(async () => {
   c?.close();
   await stopAll();
+  await stopAllRegistries();
   await d?.dir.cleanup();
 });
 
@@ -133,6 +137,29 @@ describe('layer limits', () => {
     expect(err!.message).toContain('10 levels deep');
     const ok = await applyLayer(await makeTar([{ name: `${'d/../'.repeat(20)}${'d/'.repeat(7)}f`, body: 'x' }]));
     expect(ok.err).toBeUndefined();
+  });
+});
+
+describe('layer limits in a pull', () => {
+  it('a layer over max_layer_size fails the unpack with the limit named, and leaves no snapshot or directory', async () => {
+    const reg = await startRegistry();
+    const img = await buildImage(d.dir.path, {
+      basename: 'over-limit',
+      platforms: [{ layers: [{ entries: [], tar: await makeTar([{ name: 'big', body: randomBytes(2 << 20) }]), compression: 'gzip' }] }],
+    });
+    await reg.pushOciLayout(img.layoutDir, 'over-limit:latest');
+    const cl = d.client('over-limit');
+    try {
+      const err = await pullImage(cl, `${reg.host}/over-limit:latest`).then(
+        () => undefined,
+        (e: unknown) => e as StrataError,
+      );
+      expectLimit(err, 'max_layer_size = 1048576');
+      expect(await listSnapshots(cl)).toEqual([]);
+      expect(await readdir(snapshotsDir())).toEqual([]);
+    } finally {
+      cl.close();
+    }
   });
 });
 
