@@ -11,9 +11,8 @@ import type { Readable } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { invalidArgument, StrataError, type ErrorKind } from '../core/errdefs.js';
 import type { Logger } from '../log/index.js';
-import { NO_LIMITS, uncompressedCap, type LayerLimits } from './limits.js';
-
 import { layerError } from './apply-core.js';
+import { NO_LIMITS, uncompressedCap, type LayerLimits } from './limits.js';
 
 export { cleanComponents } from './apply-core.js';
 
