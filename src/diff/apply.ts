@@ -11,6 +11,8 @@ import type { Readable } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { invalidArgument, StrataError, type ErrorKind } from '../core/errdefs.js';
 import type { Logger } from '../log/index.js';
+import { layerError } from './apply-core.js';
+import { NO_LIMITS, uncompressedCap, type LayerLimits } from './limits.js';
 
 export { cleanComponents } from './apply-core.js';
 
@@ -27,6 +29,10 @@ export interface ApplyOptions {
   parents?: string[];
   /** Where warnings go (devices skipped when not root). */
   logger?: Logger;
+  /** Limits on what the layer may expand to (./limits.ts); none if not given. */
+  limits?: LayerLimits;
+  /** Bytes of the compressed blob the stream comes from (for max_expansion_ratio); undefined: not compressed. */
+  compressedSize?: number;
 }
 
 export interface ApplyResult {
@@ -48,9 +54,14 @@ const HIGH_WATER = 8 << 20;
  * entry is ever written outside `target`.
  */
 export async function applyTar(tar: Readable, target: string, opts: ApplyOptions = {}): Promise<ApplyResult> {
-  const root = await realpath(target);
+  let root: string;
+  try {
+    root = await realpath(target);
+  } catch (err) {
+    throw layerError(err, target, undefined).wrap('apply target');
+  }
   const st = await lstat(root);
-  if (!st.isDirectory()) throw invalidArgument(`apply target ${target} is not a directory`);
+  if (!st.isDirectory()) throw invalidArgument('apply target is not a directory');
   const worker = pool.acquire();
   let healthy = true;
   try {
@@ -122,16 +133,32 @@ function runApply(worker: Worker, tar: Readable, root: string, opts: ApplyOption
     worker.on('message', onMessage);
     worker.on('error', onCrash);
     worker.on('exit', onCrash);
+    const limits = opts.limits ?? NO_LIMITS;
     worker.postMessage({
       op: 'start',
       id,
       root,
-      options: { whiteouts: opts.whiteouts ?? 'delete', userxattr: opts.userxattr ?? false, parents: opts.parents ?? [] },
+      options: {
+        whiteouts: opts.whiteouts ?? 'delete',
+        userxattr: opts.userxattr ?? false,
+        parents: opts.parents ?? [],
+        limits: { max_entries: limits.max_entries, max_path_length: limits.max_path_length, max_path_depth: limits.max_path_depth },
+      },
     });
+    // The uncompressed size is bounded here, before the bytes reach the worker: nothing past the cap is written.
+    const cap = uncompressedCap(limits, opts.compressedSize);
+    let total = 0;
     (async () => {
       for await (const chunk of tar as AsyncIterable<Buffer | string>) {
         if (settled) return;
         const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+        total += buf.length;
+        if (cap !== undefined && total > cap.max) {
+          worker.postMessage({ op: 'abort', id });
+          settle(() => reject(cap.error()));
+          tar.destroy();
+          return;
+        }
         hash.update(buf);
         // A copy the worker owns, moved rather than cloned. (Moving the stream's own buffer would save the
         // copy, but whoever produced the chunk may still hold it: a moved ArrayBuffer is emptied for them.)

@@ -1,13 +1,16 @@
 /**
  * The walking differ as a plugin (io.containerd.differ.v1.walking). It needs no store: content is handed to
  * each call (namespaced by the caller), so it requires nothing. Its platform is the host's (filled in by the
- * registry, as containerd's walking plugin reports platforms.DefaultSpec()).
+ * registry, as containerd's walking plugin reports platforms.DefaultSpec()). Its config: the layer limits.
  */
 import { PluginType, register } from '../plugin/index.js';
+import { differDefaults, limitsFromConfig, type DifferConfig } from './limits.js';
 import { WalkingDiffer } from './walking.js';
 
-register<WalkingDiffer, Record<string, unknown>>({
+register<WalkingDiffer, DifferConfig>({
   type: PluginType.Differ,
   id: 'walking',
-  init: (ic) => new WalkingDiffer({ log: ic.log }),
+  config: differDefaults,
+  // Limits on what one layer may expand to (./limits.ts); a bad value fails the plugin with its key named.
+  init: (ic) => new WalkingDiffer({ log: ic.log, limits: limitsFromConfig(ic.config as unknown as Record<string, unknown>) }),
 });

@@ -30,6 +30,7 @@ import { applyTar } from './apply.js';
 import { isBindMount, parseOverlayOptions, withTempMount } from '../mount/index.js';
 import { withDiffTar, type DiffMethod } from './compare.js';
 import { decompressStream } from './decompress.js';
+import { differDefaults, type LayerLimits } from './limits.js';
 import { compressionOf, mayBeMislabelled, MediaTypeImageLayer, MediaTypeImageLayerGzip } from './mediatypes.js';
 import type { ApplyOpts, CompareOpts, Differ } from './types.js';
 
@@ -62,13 +63,17 @@ function uniqueRef(): string {
 
 export interface WalkingDifferOptions {
   log?: Logger;
+  /** Limits on what a layer may expand to (default: differDefaults(), see ./limits.ts). */
+  limits?: LayerLimits;
 }
 
 export class WalkingDiffer implements Differ {
   private readonly log: Logger;
+  readonly limits: LayerLimits;
 
   constructor(opts: WalkingDifferOptions = {}) {
     this.log = opts.log ?? silentLogger;
+    this.limits = opts.limits ?? differDefaults();
   }
 
   async apply(desc: Descriptor, mounts: Mount[], content: ContentStore, opts: ApplyOpts = {}): Promise<Descriptor> {
@@ -77,6 +82,11 @@ export class WalkingDiffer implements Differ {
     const started = Date.now();
     // Open the blob first: a missing blob fails before anything is mounted.
     const source = await content.read(desc.digest);
+    // The blob's own size, not the caller's word, bounds the expansion ratio.
+    const compressedSize = await content.info(desc.digest).then(
+      (i) => i.size,
+      () => desc.size,
+    );
     // Which failed first tells a source failure (which the decompressor sees too) from a decompression
     // failure (which destroys the source with the same error).
     let sourceError: unknown;
@@ -105,8 +115,12 @@ export class WalkingDiffer implements Differ {
               userxattr: target.userxattr,
               ...(target.parents.length > 0 ? { parents: target.parents } : {}),
               logger: this.log,
+              limits: this.limits,
+              compressedSize,
             })
-          : await withTempMount(target.mounts, (dir) => applyTar(stream, dir, { whiteouts: 'delete', logger: this.log }));
+          : await withTempMount(target.mounts, (dir) =>
+              applyTar(stream, dir, { whiteouts: 'delete', logger: this.log, limits: this.limits, compressedSize }),
+            );
     } catch (err) {
       stream.destroy();
       source.destroy();

@@ -142,7 +142,8 @@ describe('Diff service', () => {
     const tag = randomBytes(4).toString('hex');
     const good = await makeTar([{ name: 'f', body: 'f' }]);
     const digest = await upload(c, good);
-    const hostile = await makeTar([{ name: `../../../escape-${tag}`, body: 'x' }]);
+    // A hardlink to a host file: refused (`../` names are cleaned to stay inside, as containerd does).
+    const hostile = await makeTar([{ name: `escape-${tag}`, type: 'link', linkname: '/etc/passwd' }]);
     const hostileDigest = await upload(c, hostile);
     const desc = (mediaType: string, dg = digest, size = good.length) => ({ mediaType, digest: dg, size, annotations: {} });
 

@@ -203,7 +203,8 @@ export async function buildLayer(spec: LayerSpec, docker = false): Promise<Built
 
 /**
  * An uncompressed layer tar that tries to write outside the directory it is applied to:
- *  - 'traversal': a file named `../strata-escape` (and `a/../../strata-escape2`);
+ *  - 'traversal': a file named `../strata-escape` (and `a/../../strata-escape2`): cleaned as containerd does,
+ *    they land inside;
  *  - 'symlink-escape': a symlink `evil` → `/tmp` (absolute) and `up` → `../../..`, then files written through them;
  *  - 'hardlink-escape': a hard link `passwd` to `../../../../etc/passwd`.
  */

@@ -18,7 +18,8 @@
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { renameSync } from 'node:fs';
-import { chmod, lstat, mkdir, readdir, rm, statfs } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readdir, statfs } from 'node:fs/promises';
+import { removeTree } from '../../core/remove.js';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { failedPrecondition, isNotFound, unknown } from '../../core/errdefs.js';
@@ -93,7 +94,7 @@ export async function deleteSubvolume(path: string): Promise<void> {
     throw err;
   }
   if (!(await isSubvolume(path))) {
-    await rm(path, { recursive: true, force: true });
+    await removeTree(path);
     return;
   }
   try {

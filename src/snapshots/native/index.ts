@@ -13,7 +13,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import { renameSync } from 'node:fs';
-import { chmod, mkdir, readdir, rm } from 'node:fs/promises';
+import { chmod, mkdir, readdir } from 'node:fs/promises';
+import { removeTree } from '../../core/remove.js';
 import { join } from 'node:path';
 import { alreadyExists, failedPrecondition, invalidArgument, isNotFound, notFound, unknown } from '../../core/errdefs.js';
 import type { Logger } from '../../log/index.js';
@@ -124,9 +125,9 @@ export class NativeSnapshotter implements Snapshotter {
       placed = undefined;
       return this.mountsOf(rec);
     } catch (err) {
-      await rm(tmp, { recursive: true, force: true }).catch(() => undefined);
+      await removeTree(tmp).catch(() => undefined);
       // Renamed into place, but the transaction did not commit: the directory is nobody's.
-      if (placed) await rm(placed, { recursive: true, force: true }).catch(() => undefined);
+      if (placed) await removeTree(placed).catch(() => undefined);
       throw err;
     } finally {
       this.busy.delete(tmp);
@@ -155,7 +156,7 @@ export class NativeSnapshotter implements Snapshotter {
         if (errno(err) === 'ENOENT') return;
         throw err;
       }
-      await rm(removed, { recursive: true, force: true });
+      await removeTree(removed);
     } catch (err) {
       // The record is gone already: what is left on disk is cleanup()'s to delete.
       this.log?.warn('failed to remove snapshot directory', { path, error: err });
@@ -178,7 +179,7 @@ export class NativeSnapshotter implements Snapshotter {
       if (this.busy.has(path)) continue;
       this.busy.add(path);
       try {
-        await rm(path, { recursive: true, force: true });
+        await removeTree(path);
       } catch (err) {
         this.log?.warn('cleanup: failed to remove', { path, error: err });
       } finally {

@@ -27,7 +27,8 @@ import {
   statSync,
   symlinkSync,
 } from 'node:fs';
-import { chmod, mkdir, readdir, rm } from 'node:fs/promises';
+import { chmod, mkdir, readdir } from 'node:fs/promises';
+import { removeTree } from '../../core/remove.js';
 import { join, resolve } from 'node:path';
 import { compactOverlayOptions, formatOverlayDirOption, parseOverlayDirOption } from '../../mount/index.js';
 import { failedPrecondition } from '../../core/errdefs.js';
@@ -209,7 +210,7 @@ class OverlaySnapshotter implements Snapshotter {
         this.log.warn('failed to remove layer link', { path: this.linkPath(id), error: err });
       }
       if (target) {
-        await rm(target, { recursive: true, force: true }).catch((err: unknown) => {
+        await removeTree(target).catch((err: unknown) => {
           this.log.warn('failed to remove snapshot directory', { path: target, error: err });
         });
       }
@@ -259,7 +260,7 @@ class OverlaySnapshotter implements Snapshotter {
     }
     await Promise.all(
       doomed.map((path) =>
-        rm(path, { recursive: true, force: true }).catch((err: unknown) => {
+        removeTree(path).catch((err: unknown) => {
           this.log.warn('failed to remove directory', { path, error: err });
         }),
       ),
@@ -309,11 +310,11 @@ class OverlaySnapshotter implements Snapshotter {
       // The transaction failed after the directory moved into place: take it back out.
       if (placed !== undefined && !this.recorded(placed)) {
         rmSync(this.linkPath(placed), { force: true });
-        await rm(this.dir(placed), { recursive: true, force: true }).catch(() => undefined);
+        await removeTree(this.dir(placed)).catch(() => undefined);
       }
       throw err;
     } finally {
-      await rm(td, { recursive: true, force: true }).catch((err: unknown) => {
+      await removeTree(td).catch((err: unknown) => {
         this.log.warn('failed to remove temporary snapshot directory', { path: td, error: err });
       });
       this.inflight.delete(tmpName);

@@ -1,0 +1,178 @@
+/**
+ * The layer limits ([plugins."io.containerd.differ.v1.walking"]) on a real stratad configured with small
+ * values: a layer over each limit fails Apply with INVALID_ARGUMENT naming the limit and its value, writes no
+ * more than the limit, and once its snapshot is removed nothing is left on disk. A layer within the limits
+ * applies. The config's values are checked.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { StrataClient } from '../../src/api/clients/strata.js';
+import { StrataError } from '../../src/core/errdefs.js';
+import { differDefaults, limitsFromConfig } from '../../src/diff/limits.js';
+import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
+import { buildImage } from '../helpers/images.js';
+import { startRegistry, stopAllRegistries } from '../helpers/registry.js';
+import { makeTar, type TarEntry } from '../helpers/tar.js';
+import { listSnapshots, pullImage } from '../helpers/transfer.js';
+
+const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+const GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip';
+
+let d: StartedDaemon;
+let c: StrataClient;
+
+beforeAll(async () => {
+  d = await startDaemon({
+    config: [
+      '[plugins."io.containerd.differ.v1.walking"]',
+      'max_layer_size = 1048576',
+      'max_expansion_ratio = 50',
+      'expansion_ratio_min_size = 262144',
+      'max_entries = 20',
+      'max_path_length = 200',
+      'max_path_depth = 8',
+    ].join('\n'),
+  });
+  c = d.client();
+});
+afterAll(async () => {
+  c?.close();
+  await stopAll();
+  await stopAllRegistries();
+  await d?.dir.cleanup();
+});
+
+const snapshotsDir = () => join(d.root, 'io.containerd.snapshotter.v1.overlayfs', 'snapshots');
+
+/** Bytes of the regular files under dir. */
+async function bytesUnder(dir: string): Promise<number> {
+  let total = 0;
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) total += await bytesUnder(p);
+    else if (e.isFile()) total += (await stat(p)).size;
+  }
+  return total;
+}
+
+let n = 0;
+/**
+ * Applies a layer (the tar, gzipped) onto a fresh snapshot; returns the error (undefined on success) and the
+ * bytes written into the snapshot, then removes the snapshot and checks that nothing is left of it.
+ */
+async function applyLayer(tar: Buffer): Promise<{ err: StrataError | undefined; written: number }> {
+  const blob = gzipSync(tar);
+  const digest = sha(blob);
+  await c.writeBlob([blob], { ref: `up-${digest}`, expected: digest, total: blob.length });
+  const key = `limits-${++n}`;
+  const { mounts } = await c.call(c.snapshots, c.snapshots.prepare, { snapshotter: 'overlayfs', key, parent: '', labels: {} });
+  const err = await c
+    .call(c.diff, c.diff.apply, { mounts, payloads: {}, diff: { mediaType: GZIP, digest, size: blob.length, annotations: {} } })
+    .then(
+      () => undefined,
+      (e: unknown) => e as StrataError,
+    );
+  const [dir] = await readdir(snapshotsDir());
+  const written = await bytesUnder(join(snapshotsDir(), dir!));
+  await c.call(c.snapshots, c.snapshots.remove, { snapshotter: 'overlayfs', key });
+  expect(await readdir(snapshotsDir())).toEqual([]);
+  return { err, written };
+}
+
+function expectLimit(err: StrataError | undefined, text: string): void {
+  expect(err).toBeInstanceOf(StrataError);
+  expect(err!.kind).toBe('invalid argument');
+  expect(err!.message).toContain(text);
+  expect(err!.message).toContain('plugins."io.containerd.differ.v1.walking"');
+  expect(err!.message).not.toContain(d.dir.path);
+}
+
+describe('layer limits', () => {
+  it('applies a layer within every limit', async () => {
+    const entries: TarEntry[] = [{ name: 'a/', type: 'directory' }, { name: 'a/b/', type: 'directory' }];
+    for (let i = 0; i < 10; i++) entries.push({ name: `a/b/f${i}`, body: randomBytes(1000) });
+    const { err, written } = await applyLayer(await makeTar(entries));
+    expect(err).toBeUndefined();
+    expect(written).toBe(10_000);
+  });
+
+  it('max_layer_size: 2 MiB of incompressible data is refused, and no more than 1 MiB is written', async () => {
+    const { err, written } = await applyLayer(await makeTar([{ name: 'big', body: randomBytes(2 << 20) }]));
+    expectLimit(err, 'max_layer_size = 1048576');
+    expect(written).toBeLessThanOrEqual(1 << 20);
+  });
+
+  it('max_expansion_ratio: 1 MiB of zeros (a few KB of gzip) is refused past the minimum size', async () => {
+    const { err, written } = await applyLayer(await makeTar([{ name: 'zeros', body: Buffer.alloc(1 << 20) }]));
+    expectLimit(err, 'max_expansion_ratio = 50');
+    expect(err!.message).toContain('expansion_ratio_min_size = 262144');
+    expect(written).toBeLessThan(1 << 20);
+  });
+
+  it('max_entries: the 21st entry is refused', async () => {
+    const entries: TarEntry[] = [];
+    for (let i = 0; i < 21; i++) entries.push({ name: `f${i}`, body: 'x' });
+    const { err } = await applyLayer(await makeTar(entries));
+    expectLimit(err, 'max_entries = 20');
+  });
+
+  it('max_path_length: a 300-byte name is refused', async () => {
+    const { err } = await applyLayer(await makeTar([{ name: `${'p'.repeat(150)}/${'q'.repeat(149)}`, body: 'x' }]));
+    expectLimit(err, 'max_path_length = 200');
+    expect(err!.message).toContain('300 bytes');
+  });
+
+  it('max_path_length: a hardlink target of 300 bytes is refused', async () => {
+    const { err } = await applyLayer(await makeTar([{ name: 'h', type: 'link', linkname: `${'p'.repeat(150)}/${'q'.repeat(149)}` }]));
+    expectLimit(err, 'max_path_length = 200');
+    expect(err!.message).toContain('link target of 300 bytes');
+  });
+
+  it('max_path_depth: a name 10 levels deep is refused, counted after cleaning', async () => {
+    const { err } = await applyLayer(await makeTar([{ name: `${'d/'.repeat(9)}f`, body: 'x' }]));
+    expectLimit(err, 'max_path_depth = 8');
+    expect(err!.message).toContain('10 levels deep');
+    const ok = await applyLayer(await makeTar([{ name: `${'d/../'.repeat(20)}${'d/'.repeat(7)}f`, body: 'x' }]));
+    expect(ok.err).toBeUndefined();
+  });
+});
+
+describe('layer limits in a pull', () => {
+  it('a layer over max_layer_size fails the unpack with the limit named, and leaves no snapshot or directory', async () => {
+    const reg = await startRegistry();
+    const img = await buildImage(d.dir.path, {
+      basename: 'over-limit',
+      platforms: [{ layers: [{ entries: [], tar: await makeTar([{ name: 'big', body: randomBytes(2 << 20) }]), compression: 'gzip' }] }],
+    });
+    await reg.pushOciLayout(img.layoutDir, 'over-limit:latest');
+    const cl = d.client('over-limit');
+    try {
+      const err = await pullImage(cl, `${reg.host}/over-limit:latest`).then(
+        () => undefined,
+        (e: unknown) => e as StrataError,
+      );
+      expectLimit(err, 'max_layer_size = 1048576');
+      expect(await listSnapshots(cl)).toEqual([]);
+      expect(await readdir(snapshotsDir())).toEqual([]);
+    } finally {
+      cl.close();
+    }
+  });
+});
+
+describe('the limits config', () => {
+  it('defaults to values real images never reach, and 0 turns a limit off', () => {
+    expect(limitsFromConfig({})).toEqual(differDefaults());
+    expect(differDefaults().max_layer_size).toBe(64 * 2 ** 30);
+    expect(limitsFromConfig({ max_entries: 0 }).max_entries).toBe(0);
+  });
+
+  it('refuses a value that is not a whole number of 0 or more, naming the key', () => {
+    for (const bad of [-1, 1.5, 'many', true]) {
+      expect(() => limitsFromConfig({ max_entries: bad })).toThrow(/max_entries must be a whole number/);
+    }
+  });
+});
