@@ -90,21 +90,38 @@ export class NamespacedSnapshots {
   removeLater(bkey: string): void {
     this.doomed.push(bkey);
     this.removing ??= this.removeDoomed();
+    if (this.doomed.length >= NamespacedSnapshots.REMOVE_BATCH) this.wake?.();
   }
 
-  /** Resolves once every queued backend removal has been attempted. */
+  /** Resolves once every queued backend removal has been attempted (at once, without the batching delay). */
   async settled(): Promise<void> {
-    while (this.removing) await this.removing;
+    while (this.removing) {
+      this.wake?.();
+      await this.removing;
+    }
   }
+
+  /** Waits this long (or for a full batch) before removing queued backend snapshots, so removals share syncs. */
+  static readonly REMOVE_DELAY_MS = 50;
+  private static readonly REMOVE_BATCH = 64;
+  private wake: (() => void) | undefined;
 
   private async removeDoomed(): Promise<void> {
-    // The Remove that queued the key answers first.
-    await new Promise((r) => setImmediate(r));
+    // The Remove that queued the key answers first; a burst of removals gathers into one batch.
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, NamespacedSnapshots.REMOVE_DELAY_MS);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wake = done;
+    });
+    this.wake = undefined;
     try {
       while (this.doomed.length > 0) {
         // Checked right before the removal: a key another record has taken since (a namespace adopting a shared
         // layer) or that a call in progress holds stays.
-        const keys = this.doomed.splice(0, 64).filter((k) => !this.pending.has(k) && !this.recordsBackendKey(k));
+        const keys = this.doomed.splice(0, NamespacedSnapshots.REMOVE_BATCH).filter((k) => !this.pending.has(k) && !this.recordsBackendKey(k));
         if (keys.length === 0) continue;
         const many = (this.backend as Snapshotter & { removeMany?: (keys: string[]) => Promise<void> }).removeMany;
         if (many && keys.length > 1) {

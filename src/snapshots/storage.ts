@@ -19,7 +19,7 @@
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, StrataError } from '../core/errdefs.js';
 import { adapt, labelField, parseAll } from '../filters/index.js';
 import { applyLabelPaths, validateLabels } from '../core/labels.js';
-import { open } from 'node:fs/promises';
+import { closeSync, fdatasync, openSync } from 'node:fs';
 import { openSqlite, type DB } from '../core/sqlite.js';
 import type { Info, Kind, Usage } from './types.js';
 import { fromParts, now as nowTime } from '../core/time.js';
@@ -140,23 +140,47 @@ export class GroupCommit {
     return p;
   }
 
-  private async sync(): Promise<void> {
-    if (!this.db.open) return;
-    let fh;
+  /** Closes the WAL descriptor; a sync in flight finishes first. Call when the connection closes. */
+  static release(db: DB): void {
+    const g = GroupCommit.byDb.get(db);
+    if (!g) return;
+    GroupCommit.byDb.delete(db);
+    const close = () => g.closeFd();
+    if (g.inflight || g.queued) void Promise.allSettled([g.inflight, g.queued]).then(close);
+    else close();
+  }
+
+  private fd: number | undefined;
+
+  private closeFd(): void {
+    if (this.fd === undefined) return;
     try {
-      // Opened per sync (microseconds beside the fdatasync): no descriptor to keep in step with the connection.
-      fh = await open(`${this.db.name}-wal`, 'r');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      // No WAL file (never expected while the connection is open): let SQLite checkpoint and sync itself.
-      if (this.db.open) this.db.pragma('wal_checkpoint(FULL)');
-      return;
+      closeSync(this.fd);
+    } catch {
+      // already gone
     }
-    try {
-      await fh.datasync();
-    } finally {
-      await fh.close();
+    this.fd = undefined;
+  }
+
+  private sync(): Promise<void> {
+    if (!this.db.open) {
+      this.closeFd();
+      return Promise.resolve();
     }
+    if (this.fd === undefined) {
+      try {
+        // Kept open: the WAL file stays the same inode while this connection is open (SQLite deletes it only
+        // when the last connection closes).
+        this.fd = openSync(`${this.db.name}-wal`, 'r');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return Promise.reject(err);
+        // No WAL file (never expected while the connection is open): let SQLite checkpoint and sync itself.
+        this.db.pragma('wal_checkpoint(FULL)');
+        return Promise.resolve();
+      }
+    }
+    const fd = this.fd;
+    return new Promise((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
   }
 }
 
@@ -183,6 +207,7 @@ export class SnapshotStorage {
   }
 
   close(): void {
+    GroupCommit.release(this.db);
     if (this.db.open) this.db.close();
   }
 
