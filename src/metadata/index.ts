@@ -11,6 +11,7 @@ import { NamespaceStore } from './namespaces.js';
 import { LeaseStore } from './leases.js';
 import { NamespacedContent } from './content.js';
 import { NamespacedSnapshots } from './snapshots.js';
+import { GroupCommit } from '../snapshots/storage.js';
 import { NamespacedImages } from './images.js';
 import { NamespacedContainers } from './containers.js';
 import type { Snapshotter } from '../snapshots/types.js';
@@ -92,6 +93,7 @@ export class MetadataStore implements GCPluginMetadata {
   }
 
   close(): void {
+    GroupCommit.release(this.db);
     if (this.db.open) this.db.close();
   }
 }

@@ -7,11 +7,22 @@
  * The remote-snapshot protocol: a prepare carrying containerd.io/snapshot.ref=<target> to which the backend
  * answers ALREADY_EXISTS means the backend already has that committed layer; it is recorded here under the
  * target name and the caller gets ALREADY_EXISTS.
+ *
+ * Durability and order: each mutating call writes its records in one transaction of the metadata database
+ * through a GroupCommit (concurrent calls share one fdatasync, off the event loop) and answers only once it is
+ * on disk; a backend's own change is durable before the record that names it is written, so a crash never
+ * leaves a record naming a backend snapshot that does not exist.
+ *
+ * Remove drops the record (durably) and answers; the backend snapshot is removed afterwards in the background,
+ * queued removals going to the backend in batches (removeMany when the backend has it), as containerd's Remove
+ * drops the record and leaves the backend snapshot to its garbage collector. Cleanup waits for the queue first.
+ * A crash before the backend removal leaves a backend snapshot no record names: the garbage collector's prune
+ * (and containerd's) removes exactly those.
  */
-import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, isFailedPrecondition, isNotFound, notFound, unknown } from '../core/errdefs.js';
+import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, notFound, unknown } from '../core/errdefs.js';
 import { parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
-import { snapshotAdaptor } from '../snapshots/storage.js';
+import { GroupCommit, snapshotAdaptor } from '../snapshots/storage.js';
 import { inheritedLabels, type Info, type Kind, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../snapshots/types.js';
 import { LABEL_SNAPSHOT_REF, INHERITED_LABEL_PREFIX } from '../core/labels.js';
 import { type Mount } from '../core/mount.js';
@@ -56,6 +67,7 @@ export class NamespacedSnapshots {
     private readonly numbers: UniqueNumbers,
     readonly notifyMutation: (deletion: boolean) => void = () => {},
   ) {
+    this.commits = GroupCommit.of(db);
     namespaces.registerOccupant({
       describe: (d, ns) =>
         d.prepare('SELECT 1 FROM snapshots WHERE namespace = ? AND snapshotter = ? LIMIT 1').get(ns, name)
@@ -64,8 +76,68 @@ export class NamespacedSnapshots {
     });
   }
 
+  /** @internal Durable writes of the metadata database (shared by every snapshotter's layer: one per connection). */
+  readonly commits: GroupCommit;
+  /** Backend keys whose records are gone, waiting for the background removal; and that removal. */
+  private doomed: string[] = [];
+  private removing: Promise<void> | undefined;
+
   bind(ctx: OpContext): Snapshotter {
     return new BoundSnapshotter(this, ctx);
+  }
+
+  /** @internal Queues the removal of a backend snapshot whose record is gone. */
+  removeLater(bkey: string): void {
+    this.doomed.push(bkey);
+    this.removing ??= this.removeDoomed();
+    if (this.doomed.length >= NamespacedSnapshots.REMOVE_BATCH) this.wake?.();
+  }
+
+  /** Resolves once every queued backend removal has been attempted (at once, without the batching delay). */
+  async settled(): Promise<void> {
+    while (this.removing) {
+      this.wake?.();
+      await this.removing;
+    }
+  }
+
+  /** Waits this long (or for a full batch) before removing queued backend snapshots, so removals share syncs. */
+  static readonly REMOVE_DELAY_MS = 50;
+  private static readonly REMOVE_BATCH = 64;
+  private wake: (() => void) | undefined;
+
+  private async removeDoomed(): Promise<void> {
+    // The Remove that queued the key answers first; a burst of removals gathers into one batch.
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, NamespacedSnapshots.REMOVE_DELAY_MS);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wake = done;
+    });
+    this.wake = undefined;
+    try {
+      while (this.doomed.length > 0) {
+        // Checked right before the removal: a key another record has taken since (a namespace adopting a shared
+        // layer) or that a call in progress holds stays.
+        const keys = this.doomed.splice(0, NamespacedSnapshots.REMOVE_BATCH).filter((k) => !this.pending.has(k) && !this.recordsBackendKey(k));
+        if (keys.length === 0) continue;
+        const many = (this.backend as Snapshotter & { removeMany?: (keys: string[]) => Promise<void> }).removeMany;
+        if (many && keys.length > 1) {
+          // Failures (a child in another namespace, gone already) keep the snapshot for the garbage collector.
+          await many.call(this.backend, keys).catch(() => undefined);
+          continue;
+        }
+        for (const k of keys) await this.backend.remove(k).catch(() => undefined);
+      }
+    } finally {
+      this.removing = undefined;
+    }
+  }
+
+  private recordsBackendKey(bkey: string): boolean {
+    return this.db.prepare('SELECT 1 FROM snapshots WHERE snapshotter = ? AND backend_key = ? LIMIT 1').get(this.name, bkey) !== undefined;
   }
 
   /**
@@ -132,7 +204,7 @@ class BoundSnapshotter implements Snapshotter {
 
   async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths: string[] = []): Promise<Info> {
     validateLabels(info.labels);
-    const { row, labels, now } = this.db.transaction(() => {
+    const { row, labels, now } = this.s.commits.write(() => {
       const row = this.s.mustRow(this.ns, info.name);
       let labels: Record<string, string>;
       try {
@@ -145,7 +217,8 @@ class BoundSnapshotter implements Snapshotter {
         .prepare('UPDATE snapshots SET labels = ?, updated_at = ?, updated_ns = ? WHERE namespace = ? AND snapshotter = ? AND key = ?')
         .run(encodeLabels(labels), now.getTime(), now.subMs, this.ns, this.s.name, info.name);
       return { row, labels, now };
-    }).immediate();
+    });
+    await this.s.commits.durable();
     this.s.notifyMutation(false);
     // Inherited labels are the backend's too (a lazy-pull snapshotter reads them).
     const touched = fieldpaths.length === 0 || fieldpaths.some((p) => p === 'labels' || p.startsWith(`labels.${INHERITED_LABEL_PREFIX}`) || p === `labels.${LABEL_SNAPSHOT_REF}`);
@@ -231,7 +304,7 @@ class BoundSnapshotter implements Snapshotter {
     }
 
     try {
-      this.db.transaction(() => {
+      this.s.commits.write(() => {
         this.s.store.namespaces.ensure(this.ns);
         if (this.s.row(this.ns, recordKey)) throw alreadyExists(`snapshot "${recordKey}"`);
         // The parent may have been removed (or garbage collected) while the backend worked.
@@ -242,12 +315,13 @@ class BoundSnapshotter implements Snapshotter {
           )
           .run(this.ns, this.s.name, recordKey, bkey, recordParent, kind, encodeLabels(labels), times.created.getTime(), subMsOf(times.created), times.updated.getTime(), subMsOf(times.updated));
         this.s.store.leases.attach(this.ctx, this.resource, recordKey);
-      }).immediate();
-      this.s.notifyMutation(false);
+      });
     } catch (err) {
       if (created) await this.s.backend.remove(bkey).catch(() => undefined);
       throw err;
     }
+    await this.s.commits.durable();
+    this.s.notifyMutation(false);
     if (adopted) throw adopted;
     this.s.store.events.publish(this.ns, '/snapshot/prepare', typedEvent('containerd.events.SnapshotPrepare', { key, parent }));
     return mounts;
@@ -273,7 +347,7 @@ class BoundSnapshotter implements Snapshotter {
 
     await this.s.backend.commit(bname, row.backend_key, { labels: inheritedLabels(labels) });
 
-    this.db.transaction(() => {
+    this.s.commits.write(() => {
       // The active snapshot may have been removed (or garbage collected) while the backend committed it.
       this.s.mustRow(this.ns, key);
       const now = nowTime();
@@ -289,13 +363,14 @@ class BoundSnapshotter implements Snapshotter {
         .run(name, this.ns, this.resource, key);
       this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND type = ? AND id = ?').run(this.ns, this.resource, key);
       this.s.store.leases.attach(this.ctx, this.resource, name);
-    }).immediate();
+    });
+    await this.s.commits.durable();
     this.s.notifyMutation(false);
     this.s.store.events.publish(this.ns, '/snapshot/commit', typedEvent('containerd.events.SnapshotCommit', { key, name }));
   }
 
   async remove(key: string): Promise<void> {
-    const row = this.db.transaction(() => {
+    const row = this.s.commits.write(() => {
       const row = this.s.mustRow(this.ns, key);
       const child = this.db
         .prepare('SELECT 1 FROM snapshots WHERE namespace = ? AND snapshotter = ? AND parent = ? LIMIT 1')
@@ -305,15 +380,12 @@ class BoundSnapshotter implements Snapshotter {
       this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND type = ? AND id = ?').run(this.ns, this.resource, key);
       const shared = this.db.prepare('SELECT 1 FROM snapshots WHERE snapshotter = ? AND backend_key = ? LIMIT 1').get(this.s.name, row.backend_key);
       return { ...row, shared: shared !== undefined };
-    }).immediate();
+    });
+    await this.s.commits.durable();
     this.s.notifyMutation(true);
-    // The record is gone; the backend data follows unless another namespace still records it. A backend that
-    // refuses (e.g. a child in another namespace) keeps it for the garbage collector.
-    if (!row.shared) {
-      await this.s.backend.remove(row.backend_key).catch((err) => {
-        if (!isNotFound(err) && !isFailedPrecondition(err)) throw err;
-      });
-    }
+    // The record is gone; the backend data follows in the background unless another namespace still records it.
+    // A backend that refuses (e.g. a child in another namespace) keeps it for the garbage collector.
+    if (!row.shared) this.s.removeLater(row.backend_key);
     this.s.store.events.publish(this.ns, '/snapshot/remove', typedEvent('containerd.events.SnapshotRemove', { key }));
   }
 
@@ -330,8 +402,10 @@ class BoundSnapshotter implements Snapshotter {
     }
   }
 
-  cleanup(): Promise<void> {
-    return this.s.backend.cleanup();
+  async cleanup(): Promise<void> {
+    // containerd's Cleanup removes what removals left behind: the queued backend removals first.
+    await this.s.settled();
+    await this.s.backend.cleanup();
   }
 
   async close(): Promise<void> {

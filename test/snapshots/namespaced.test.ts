@@ -55,6 +55,8 @@ describe('namespaced snapshots', () => {
     expect(keys).toEqual(expect.arrayContaining([expect.stringMatching(/^ns-a\/\d+\/c1$/), expect.stringMatching(/^ns-b\/\d+\/k1$/)]));
     await sn('ns-b').remove('k1');
     await sn('ns-a').remove('c1');
+    // Remove drops the records; the backend's data goes afterwards, all of it by the time Cleanup returns.
+    await sn('ns-a').cleanup();
     expect(await backendInfos()).toEqual([]);
   });
 

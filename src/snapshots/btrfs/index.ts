@@ -185,7 +185,9 @@ export class BtrfsSnapshotter implements Snapshotter {
   }
 
   async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths?: string[]): Promise<Info> {
-    return this.storage.update(info, fieldpaths);
+    const out = this.storage.update(info, fieldpaths);
+    await this.storage.durable();
+    return out;
   }
 
   /** Committed: recorded at commit. Active: what differs from the parent now. View: nothing of its own. */
@@ -245,6 +247,7 @@ export class BtrfsSnapshotter implements Snapshotter {
       });
       this.subvolIds.set(this.path(kind, rec.id), sid);
       placed = undefined;
+      await this.storage.durable();
       return await this.mountsOf(rec);
     } catch (err) {
       await this.discard(tmp);
@@ -286,6 +289,7 @@ export class BtrfsSnapshotter implements Snapshotter {
     } finally {
       this.busy.delete(tmp);
     }
+    await this.storage.durable();
     this.busy.add(source);
     try {
       await this.discard(source);
@@ -296,6 +300,7 @@ export class BtrfsSnapshotter implements Snapshotter {
 
   async remove(key: string): Promise<void> {
     const { id, kind } = this.storage.remove(key);
+    await this.storage.durable();
     const path = this.path(kind, id);
     this.busy.add(path);
     try {

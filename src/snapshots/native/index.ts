@@ -74,7 +74,9 @@ export class NativeSnapshotter implements Snapshotter {
   }
 
   async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths?: string[]): Promise<Info> {
-    return this.storage.update(info, fieldpaths);
+    const out = this.storage.update(info, fieldpaths);
+    await this.storage.durable();
+    return out;
   }
 
   async usage(key: string): Promise<Usage> {
@@ -123,6 +125,7 @@ export class NativeSnapshotter implements Snapshotter {
         renameSync(tmp, placed);
       });
       placed = undefined;
+      await this.storage.durable();
       return this.mountsOf(rec);
     } catch (err) {
       await removeTree(tmp).catch(() => undefined);
@@ -142,10 +145,12 @@ export class NativeSnapshotter implements Snapshotter {
     this.storage.commitActive(key, name, usage, opts.labels, (id) => {
       if (id !== rec.id) throw failedPrecondition(`snapshot ${key} changed while being committed`);
     });
+    await this.storage.durable();
   }
 
   async remove(key: string): Promise<void> {
     const { id } = this.storage.remove(key);
+    await this.storage.durable();
     const path = this.path(id);
     const removed = join(this.dir, `rm-${id}`);
     this.busy.add(removed);

@@ -5,10 +5,14 @@
  *   <root>/snapshots/<id>/fs     the snapshot's own layer (overlay upper dir while active, a lower once committed)
  *   <root>/snapshots/<id>/work   overlay's work dir (active snapshots only)
  *   <root>/l/<id in base 36>     a short symlink to ../snapshots/<id>/fs, for very long chains (see below)
+ *   <root>/trash/<id>            a removed snapshot's directory until its deletion (see below)
  *
  * Creation builds `new-<random>` in snapshots/ and renames it to its id inside the storage transaction; removal
- * drops the record, renames the directory to `rm-<id>`, then deletes it. Whatever a crash leaves (new-*, rm-*, an
- * id with no record, a dangling link) belongs to no record and goes at the next cleanup().
+ * drops the record (durably) and renames the directory into trash/ within the call, and deletes it afterwards
+ * in the background (as containerd's Remove drops the record and leaves the data to a later cleanup): the call
+ * costs a record and a rename, whatever the snapshot holds. cleanup() and close() wait for those deletions, and
+ * cleanup() and the next start delete whatever a crash left in trash/. Whatever else a crash leaves (new-*,
+ * rm-*, an id with no record, a dangling link) belongs to no record and goes at the next cleanup().
  *
  * Long chains: the kernel reads mount data from a single page, so lowerdir cannot list hundreds of full paths.
  * containerd's mount code (and src/mount) make layer paths relative to their common directory, which still
@@ -19,15 +23,18 @@
  */
 import { randomBytes } from 'node:crypto';
 import {
+  chmodSync,
   existsSync,
   lchownSync,
   lstatSync,
+  mkdirSync,
+  readdirSync,
   renameSync,
   rmSync,
   statSync,
   symlinkSync,
 } from 'node:fs';
-import { chmod, mkdir, readdir } from 'node:fs/promises';
+import { mkdir, readdir } from 'node:fs/promises';
 import { removeTree } from '../../core/remove.js';
 import { join, resolve } from 'node:path';
 import { compactOverlayOptions, formatOverlayDirOption, parseOverlayDirOption } from '../../mount/index.js';
@@ -107,10 +114,14 @@ const isErrno = (err: unknown, code: string) => (err as NodeJS.ErrnoException | 
 class OverlaySnapshotter implements Snapshotter {
   private readonly snapshotsDir: string;
   private readonly linksDir: string;
+  private readonly trashDir: string;
   /** Entries of snapshots/ that an operation in progress owns (new-*, rm-*): cleanup() leaves them alone. */
   private readonly inflight = new Set<string>();
   /** Mounts by snapshot id (see mountsOf). */
   private readonly mountCache = new Map<number, Mount[]>();
+  /** Entries of trash/ waiting for the background deletion, and that deletion. */
+  private trash: string[] = [];
+  private emptying: Promise<void> | undefined;
 
   constructor(
     private readonly root: string,
@@ -121,6 +132,7 @@ class OverlaySnapshotter implements Snapshotter {
   ) {
     this.snapshotsDir = join(root, 'snapshots');
     this.linksDir = join(root, 'l');
+    this.trashDir = join(root, 'trash');
   }
 
   private dir(id: number): string {
@@ -144,7 +156,9 @@ class OverlaySnapshotter implements Snapshotter {
   }
 
   async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths?: string[]): Promise<Info> {
-    return this.storage.update(info, fieldpaths);
+    const out = this.storage.update(info, fieldpaths);
+    await this.storage.durable();
+    return out;
   }
 
   /**
@@ -189,34 +203,70 @@ class OverlaySnapshotter implements Snapshotter {
     // Usage is measured when first asked for (see usage()); commitActive reports wrong kinds by itself.
     const id = this.storage.commitActive(key, name, undefined, opts?.labels ?? {});
     this.mountCache.delete(id);
+    await this.storage.durable();
   }
 
   async remove(key: string): Promise<void> {
     const { id } = this.storage.remove(key);
+    // The record's drop is on disk before the data moves: a crash never leaves a record without its directory.
+    await this.storage.durable();
+    this.discard(id);
+  }
+
+  /** Removes many snapshots with one transaction and one sync; the first failure is thrown after the rest went. */
+  async removeMany(keys: string[]): Promise<void> {
+    const results = this.storage.removeMany(keys);
+    await this.storage.durable();
+    for (const r of results) if (!(r instanceof Error)) this.discard(r.id);
+    const failed = results.find((r): r is Error => r instanceof Error);
+    if (failed) throw failed;
+  }
+
+  /**
+   * After a record's drop is durable: moves the directory out of its id's place and the layer link away, and
+   * queues the directory for deletion. From here on nothing fails the call; whatever stays behind (a cleanup()
+   * may have moved the directory first) is cleanup()'s.
+   */
+  private discard(id: number): void {
     this.mountCache.delete(id);
-    // The record is gone: from here on nothing fails the call, and whatever stays behind is cleanup()'s.
-    const trashName = `rm-${id}`;
-    this.inflight.add(trashName);
     try {
-      let target: string | undefined = join(this.snapshotsDir, trashName);
-      try {
-        renameSync(this.dir(id), target);
-      } catch (err) {
-        target = isErrno(err, 'ENOENT') ? undefined : this.dir(id);
-      }
-      try {
-        rmSync(this.linkPath(id), { force: true });
-      } catch (err) {
-        this.log.warn('failed to remove layer link', { path: this.linkPath(id), error: err });
-      }
-      if (target) {
-        await removeTree(target).catch((err: unknown) => {
-          this.log.warn('failed to remove snapshot directory', { path: target, error: err });
-        });
+      renameSync(this.dir(id), join(this.trashDir, String(id)));
+      this.trash.push(String(id));
+    } catch (err) {
+      if (!isErrno(err, 'ENOENT')) this.log.warn('failed to move a removed snapshot directory', { id, error: err });
+    }
+    try {
+      rmSync(this.linkPath(id), { force: true });
+    } catch (err) {
+      this.log.warn('failed to remove layer link', { path: this.linkPath(id), error: err });
+    }
+    this.emptying ??= this.emptyTrash();
+  }
+
+  /** Deletes queued directories until none is left (a few at a time, off the calls' path). */
+  private async emptyTrash(): Promise<void> {
+    // Let the call that queued the directory answer first.
+    await new Promise((r) => setImmediate(r));
+    try {
+      while (this.trash.length > 0) {
+        const batch = this.trash.splice(0, 8);
+        await Promise.all(
+          batch.map((name) => {
+            const path = join(this.trashDir, name);
+            return removeTree(path).catch((err: unknown) => {
+              this.log.warn('failed to remove snapshot directory', { path, error: err });
+            });
+          }),
+        );
       }
     } finally {
-      this.inflight.delete(trashName);
+      this.emptying = undefined;
     }
+  }
+
+  /** Resolves when no removed snapshot's directory is waiting for deletion. */
+  private async settled(): Promise<void> {
+    while (this.emptying) await this.emptying;
   }
 
   async walk(fn: WalkFn, filters?: string[]): Promise<void> {
@@ -224,6 +274,10 @@ class OverlaySnapshotter implements Snapshotter {
   }
 
   async cleanup(): Promise<void> {
+    await this.settled();
+    // What a crash (or a failed deletion) left in the trash.
+    this.deleteLeftTrash();
+    await this.settled();
     const entries = await readdir(this.snapshotsDir).catch((err: unknown) => {
       if (isErrno(err, 'ENOENT')) return [] as string[];
       throw err;
@@ -268,7 +322,22 @@ class OverlaySnapshotter implements Snapshotter {
   }
 
   async close(): Promise<void> {
+    await this.settled();
+    await this.storage.durable();
     this.storage.close();
+  }
+
+  /** Queues for deletion what is in the trash and not queued yet (left by a crash, a stop, a failed deletion). */
+  deleteLeftTrash(): void {
+    let names: string[];
+    try {
+      names = readdirSync(this.trashDir);
+    } catch {
+      return;
+    }
+    const queued = new Set(this.trash);
+    for (const n of names) if (!queued.has(n)) this.trash.push(n);
+    if (this.trash.length > 0) this.emptying ??= this.emptyTrash();
   }
 
   private async createSnapshot(kind: 'active' | 'view', key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
@@ -279,12 +348,13 @@ class OverlaySnapshotter implements Snapshotter {
     this.inflight.add(tmpName);
     let placed: number | undefined;
     try {
-      await mkdir(td, { mode: 0o700 });
-      await mkdir(join(td, 'fs'), { mode: 0o755 });
-      await chmod(join(td, 'fs'), 0o755); // whatever the umask
+      // A handful of synchronous calls (tens of microseconds) cost less than as many thread-pool round trips.
+      mkdirSync(td, { mode: 0o700 });
+      mkdirSync(join(td, 'fs'), { mode: 0o755 });
+      chmodSync(join(td, 'fs'), 0o755); // whatever the umask
       if (kind === 'active') {
-        await mkdir(join(td, 'work'), { mode: 0o711 });
-        await chmod(join(td, 'work'), 0o711);
+        mkdirSync(join(td, 'work'), { mode: 0o711 });
+        chmodSync(join(td, 'work'), 0o711);
       }
       const rec = this.storage.create(kind, key, parent, opts?.labels ?? {}, (id, parentIds) => {
         // A child's root belongs to whoever owns the parent's root, as in containerd.
@@ -305,6 +375,7 @@ class OverlaySnapshotter implements Snapshotter {
         }
         placed = id;
       });
+      await this.storage.durable();
       return this.mountsOf(rec);
     } catch (err) {
       // The transaction failed after the directory moved into place: take it back out.
@@ -314,9 +385,12 @@ class OverlaySnapshotter implements Snapshotter {
       }
       throw err;
     } finally {
-      await removeTree(td).catch((err: unknown) => {
-        this.log.warn('failed to remove temporary snapshot directory', { path: td, error: err });
-      });
+      // Gone when it was renamed into place.
+      if (placed === undefined || existsSync(td)) {
+        await removeTree(td).catch((err: unknown) => {
+          this.log.warn('failed to remove temporary snapshot directory', { path: td, error: err });
+        });
+      }
       this.inflight.delete(tmpName);
     }
   }
@@ -401,6 +475,7 @@ export async function openOverlaySnapshotter(root: string, opts: OverlayOptions 
   await checkDType(abs);
   await mkdir(join(abs, 'snapshots'), { recursive: true, mode: 0o700 });
   await mkdir(join(abs, 'l'), { recursive: true, mode: 0o700 });
+  await mkdir(join(abs, 'trash'), { recursive: true, mode: 0o700 });
   let userxattr = false;
   try {
     userxattr = await needsUserXAttr(abs, log);
@@ -408,5 +483,7 @@ export async function openOverlaySnapshotter(root: string, opts: OverlayOptions 
     log.warn('cannot detect whether "userxattr" is needed, assuming not', { error: err });
   }
   const storage = SnapshotStorage.open(join(abs, 'metadata.db'));
-  return new OverlaySnapshotter(abs, storage, baseOptions(opts.mountOptions ?? [], supportsIndex(), userxattr), log);
+  const sn = new OverlaySnapshotter(abs, storage, baseOptions(opts.mountOptions ?? [], supportsIndex(), userxattr), log);
+  sn.deleteLeftTrash();
+  return sn;
 }
