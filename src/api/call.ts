@@ -26,6 +26,15 @@ function header(call: CallContext, key: string): string | undefined {
   return v === undefined ? undefined : String(v);
 }
 
+/** The call's namespace when it has a valid one (services whose requests name their own namespace). */
+export function callNamespace(call: CallContext): string | undefined {
+  try {
+    return requireNamespace(header(call, NAMESPACE_HEADER));
+  } catch {
+    return undefined;
+  }
+}
+
 /** The namespace (required: INVALID_ARGUMENT without it) and optional lease of a call. */
 export function opContext(call: CallContext): OpContext {
   const namespace = requireNamespace(header(call, NAMESPACE_HEADER));

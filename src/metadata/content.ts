@@ -233,7 +233,7 @@ class BoundContentStore implements ContentStore {
     try {
       await this.c.local.abort(row.backend_ref);
     } catch (err) {
-      if (!isNotFound(err)) throw err; // a locked ingest stays, with its row
+      if (!isNotFound(err)) throw err; // no data yet: the row goes all the same
     }
     this.c.db.transaction(() => {
       this.c.db.prepare('DELETE FROM ingests WHERE namespace = ? AND ref = ?').run(this.ns, ref);

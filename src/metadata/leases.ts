@@ -70,7 +70,7 @@ export class LeaseStore {
   list(namespace: string, filters: string[] = []): Lease[] {
     const filter = parseAll(filters);
     const rows = this.db
-      .prepare('SELECT id, labels, created_at, created_ns FROM leases WHERE namespace = ? ORDER BY created_at, created_ns, id')
+      .prepare('SELECT id, labels, created_at, created_ns FROM leases WHERE namespace = ? ORDER BY id') // containerd's order: its bolt bucket's, by id bytes
       .all(namespace) as { id: string; labels: string; created_at: number; created_ns: number }[];
     const leases = rows.map((r) => ({ id: r.id, createdAt: fromParts(r.created_at, r.created_ns), labels: parseLabels(r.labels) }));
     return leases.filter((l) =>
@@ -91,10 +91,11 @@ export class LeaseStore {
     this.notifyMutation(true);
   }
 
+  // As containerd's: an unknown lease is NOT_FOUND before the resource is looked at.
   addResource(namespace: string, id: string, resource: LeaseResource): void {
-    const r = normalizeResource(resource);
     this.db.transaction(() => {
       this.get(namespace, id);
+      const r = normalizeResource(resource);
       this.db
         .prepare('INSERT OR IGNORE INTO lease_resources (namespace, lease, type, id) VALUES (?, ?, ?, ?)')
         .run(namespace, id, r.type, r.id);
@@ -103,9 +104,9 @@ export class LeaseStore {
   }
 
   deleteResource(namespace: string, id: string, resource: LeaseResource): void {
-    const r = normalizeResource(resource);
     this.db.transaction(() => {
       this.get(namespace, id);
+      const r = normalizeResource(resource);
       this.db
         .prepare('DELETE FROM lease_resources WHERE namespace = ? AND lease = ? AND type = ? AND id = ?')
         .run(namespace, id, r.type, r.id);

@@ -96,8 +96,8 @@ export class NamespacedSnapshots {
   }
 
   /** @internal */ mustRow(ns: string, key: string): Row {
-    if (!key) throw invalidArgument('snapshot key must not be empty');
-    const r = this.row(ns, key);
+    // An empty key names no snapshot: NOT_FOUND, as containerd's bolt lookups answer.
+    const r = key ? this.row(ns, key) : undefined;
     if (!r) throw notFound(`snapshot ${key} does not exist`);
     return r;
   }
@@ -131,6 +131,7 @@ class BoundSnapshotter implements Snapshotter {
   }
 
   async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths: string[] = []): Promise<Info> {
+    if (!info.name) throw invalidArgument('snapshot name must not be empty');
     validateLabels(info.labels);
     const { row, labels, now } = this.db.transaction(() => {
       const row = this.s.mustRow(this.ns, info.name);
@@ -249,7 +250,8 @@ class BoundSnapshotter implements Snapshotter {
       throw err;
     }
     if (adopted) throw adopted;
-    this.s.store.events.publish(this.ns, '/snapshot/prepare', typedEvent('containerd.events.SnapshotPrepare', { key, parent }));
+    // containerd publishes for Prepare only, not for View.
+    if (!readonly) this.s.store.events.publish(this.ns, '/snapshot/prepare', typedEvent('containerd.events.SnapshotPrepare', { key, parent }));
     return mounts;
   }
 
@@ -262,8 +264,9 @@ class BoundSnapshotter implements Snapshotter {
     const labels = opts.labels ?? {};
     validateLabels(labels);
     const { row, bname } = this.db.transaction(() => {
-      const row = this.s.mustRow(this.ns, key);
+      // containerd's order: the name taken first (ALREADY_EXISTS even for an unknown key), then the key.
       if (this.s.row(this.ns, name)) throw alreadyExists(`snapshot "${name}"`);
+      const row = this.s.mustRow(this.ns, key);
       // containerd's words (its backend reports this, wrapped by the commit).
       if (row.kind !== 'active') throw failedPrecondition(`failed to commit snapshot: snapshot ${JSON.stringify(key)} is not active`);
       return { row, bname: `${this.ns}/${this.s.store.numbers.next()}/${name}` };
@@ -321,7 +324,7 @@ class BoundSnapshotter implements Snapshotter {
     const filter = parseAll(filters);
     const rows = this.db
       .prepare(
-        'SELECT key, backend_key, parent, kind, labels, created_at, created_ns, updated_at, updated_ns FROM snapshots WHERE namespace = ? AND snapshotter = ? ORDER BY created_at, created_ns, key',
+        'SELECT key, backend_key, parent, kind, labels, created_at, created_ns, updated_at, updated_ns FROM snapshots WHERE namespace = ? AND snapshotter = ? ORDER BY key', // containerd's order: by key bytes
       )
       .all(this.ns, this.s.name) as Row[];
     for (const r of rows) {

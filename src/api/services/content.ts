@@ -50,10 +50,11 @@ export function contentService(content: NamespacedContent, log: Logger): GrpcSer
     }),
 
     read: serverStream(l, 'Read', async (req: { digest: string; offset: number; size: number }, send, call) => {
-      if (req.offset < 0 || req.size < 0) throw invalidArgument('offset and size must not be negative');
-      // The store answers NOT_FOUND and OUT_OF_RANGE (an offset past the end) itself.
-      const stream = await store(call).read(req.digest, { offset: req.offset, size: req.size });
-      let offset = req.offset;
+      // As containerd's content server: a negative offset reads from the start, a size of zero or less reads to
+      // the end. The store answers NOT_FOUND and OUT_OF_RANGE (an offset past the end) itself.
+      const from = Math.max(0, req.offset);
+      const stream = await store(call).read(req.digest, { offset: from, size: Math.max(0, req.size) });
+      let offset = from;
       try {
         for await (const chunk of stream as AsyncIterable<Buffer>) {
           if (chunk.length <= READ_CHUNK) {
@@ -157,7 +158,8 @@ async function writeSession(
           msg.digest = wr.digest();
           break;
         default:
-          throw invalidArgument(`unknown write action ${String(req.action)}`);
+          // containerd's server has no case for other actions: it answers with the action and the offset only.
+          break;
       }
       await send(msg);
       if (req.action === WriteAction.COMMIT) return;
