@@ -1,0 +1,565 @@
+// Command audit checks, through containerd's Go client library (1.6.20) and its raw gRPC API clients, the answers
+// in which Strata's services once differed from containerd's service and store code (issue 11's audit; the
+// table at the end of docs/go-interop.md). It prints one line per check, "PASS <name>" or "FAIL <name>: <why>";
+// test/interop-go/audit.test.ts asserts on those lines.
+//
+//	audit -address SOCK [-snapshotter native]
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"flag"
+
+	"github.com/containerd/containerd"
+	eventtypes "github.com/containerd/containerd/api/events"
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
+	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/content"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/events"
+	"github.com/containerd/containerd/leases"
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/snapshots"
+	"github.com/containerd/typeurl"
+	ptypes "github.com/gogo/protobuf/types"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+const ns = "go-audit"
+
+var (
+	address     = flag.String("address", "", "stratad's socket")
+	snapshotter = flag.String("snapshotter", "native", "the snapshotter")
+	failed      bool
+)
+
+type state struct {
+	client *containerd.Client
+	ctx    context.Context
+}
+
+func main() {
+	flag.Parse()
+	client, err := containerd.New(*address, containerd.WithDefaultNamespace(ns))
+	if err != nil {
+		fmt.Printf("FAIL connect: %v\n", err)
+		os.Exit(1)
+	}
+	defer client.Close()
+	s := &state{client: client, ctx: namespaces.WithNamespace(context.Background(), ns)}
+	checks := []struct {
+		name string
+		fn   func(*state) error
+	}{
+		{"content Read with a negative offset or size reads from the start and to the end", checkContentRead},
+		{"content Write with an unknown action answers the offset", checkWriteUnknownAction},
+		{"content Abort removes an ingest under an open writer, whose commit then fails", checkAbortOpenWriter},
+		{"namespaces Update answers an empty namespace, takes labels.<key> paths only, publishes the request", checkNamespaceUpdate},
+		{"leases are listed by id; calls on an unknown lease are not found", checkLeases},
+		{"events Forward keeps the envelope's timestamp and refuses none", checkForward},
+		{"introspection lists the service plugins and filters on type and id only", checkIntrospection},
+		{"snapshots answer empty keys, existing keys and names, children and update paths", checkSnapshotErrors},
+		{"snapshots walk in key order with filters; usage of an active snapshot; events", checkSnapshotWalk},
+	}
+	for _, c := range checks {
+		done := make(chan error, 1)
+		go func() {
+			defer func() {
+				if r := recover(); r != nil {
+					done <- fmt.Errorf("panic: %v", r)
+				}
+			}()
+			done <- c.fn(s)
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				failed = true
+				fmt.Printf("FAIL %s: %s\n", c.name, strings.ReplaceAll(err.Error(), "\n", " | "))
+			} else {
+				fmt.Printf("PASS %s\n", c.name)
+			}
+		case <-time.After(60 * time.Second):
+			failed = true
+			fmt.Printf("FAIL %s: timed out after 60s\n", c.name)
+		}
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+func writeBlob(s *state, ref string, data []byte) (digest.Digest, error) {
+	dgst := digest.FromBytes(data)
+	desc := ocispec.Descriptor{MediaType: "application/octet-stream", Digest: dgst, Size: int64(len(data))}
+	if err := content.WriteBlob(s.ctx, s.client.ContentStore(), ref, strings.NewReader(string(data)), desc); err != nil && !errdefs.IsAlreadyExists(err) {
+		return "", fmt.Errorf("WriteBlob: %w", err)
+	}
+	return dgst, nil
+}
+
+func readRaw(s *state, dgst digest.Digest, offset, size int64) (string, error) {
+	rc, err := contentapi.NewContentClient(s.client.Conn()).Read(s.ctx, &contentapi.ReadContentRequest{Digest: dgst, Offset: offset, Size_: size})
+	if err != nil {
+		return "", err
+	}
+	var out []byte
+	for {
+		r, err := rc.Recv()
+		if err == io.EOF {
+			return string(out), nil
+		}
+		if err != nil {
+			return string(out), err
+		}
+		out = append(out, r.Data...)
+	}
+}
+
+func checkContentRead(s *state) error {
+	dgst, err := writeBlob(s, "audit-read", []byte("0123456789"))
+	if err != nil {
+		return err
+	}
+	for _, c := range []struct {
+		offset, size int64
+		want         string
+	}{{-5, 0, "0123456789"}, {-5, 3, "012"}, {2, -1, "23456789"}, {4, 100, "456789"}, {10, 0, ""}} {
+		got, err := readRaw(s, dgst, c.offset, c.size)
+		if err != nil || got != c.want {
+			return fmt.Errorf("Read offset %d size %d: %q %v, want %q", c.offset, c.size, got, err, c.want)
+		}
+	}
+	if _, err := readRaw(s, dgst, 11, 0); status.Code(err) != codes.OutOfRange {
+		return fmt.Errorf("Read past the end: %v, want out of range", err)
+	}
+	return nil
+}
+
+func checkWriteUnknownAction(s *state) error {
+	wc, err := contentapi.NewContentClient(s.client.Conn()).Write(s.ctx)
+	if err != nil {
+		return err
+	}
+	if err := wc.Send(&contentapi.WriteContentRequest{Action: contentapi.WriteActionWrite, Ref: "audit-action", Data: []byte("abc")}); err != nil {
+		return err
+	}
+	if r, err := wc.Recv(); err != nil || r.Offset != 3 {
+		return fmt.Errorf("WRITE: %v %v", r, err)
+	}
+	if err := wc.Send(&contentapi.WriteContentRequest{Action: contentapi.WriteAction(7), Ref: "audit-action", Data: []byte("ignored")}); err != nil {
+		return err
+	}
+	r, err := wc.Recv()
+	if err != nil {
+		return fmt.Errorf("action 7: %v, want an answer", errdefs.FromGRPC(err))
+	}
+	if r.Action != contentapi.WriteAction(7) || r.Offset != 3 || r.Digest != "" {
+		return fmt.Errorf("action 7 answered %+v, want the action and offset 3 only", r)
+	}
+	if err := wc.CloseSend(); err != nil {
+		return err
+	}
+	for {
+		if _, err := wc.Recv(); err != nil {
+			if err != io.EOF {
+				return fmt.Errorf("stream end: %v", err)
+			}
+			break
+		}
+	}
+	st, err := s.client.ContentStore().Status(s.ctx, "audit-action")
+	if err != nil || st.Offset != 3 {
+		return fmt.Errorf("Status after the unknown action: %+v %v, want offset 3", st, err)
+	}
+	return s.client.ContentStore().Abort(s.ctx, "audit-action")
+}
+
+func checkAbortOpenWriter(s *state) error {
+	cs := s.client.ContentStore()
+	w, err := cs.Writer(s.ctx, content.WithRef("audit-abort"))
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	if _, err := w.Write([]byte("partial")); err != nil {
+		return err
+	}
+	if st, err := cs.Status(s.ctx, "audit-abort"); err != nil || st.Offset != 7 {
+		return fmt.Errorf("Status: %+v %v", st, err)
+	}
+	start := time.Now()
+	if err := cs.Abort(s.ctx, "audit-abort"); err != nil {
+		return fmt.Errorf("Abort under an open writer: %v, want success", err)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		return fmt.Errorf("Abort waited %v for the writer", d)
+	}
+	if _, err := cs.Status(s.ctx, "audit-abort"); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("Status after Abort: %v, want not found", err)
+	}
+	if err := w.Commit(s.ctx, 0, ""); err == nil {
+		return errors.New("Commit of an aborted ingest succeeded")
+	}
+	return nil
+}
+
+func checkNamespaceUpdate(s *state) error {
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	evs, errs := s.client.Subscribe(ctx, `topic=="/namespaces/update"`)
+	time.Sleep(200 * time.Millisecond)
+	store := s.client.NamespaceService()
+	if err := store.Create(s.ctx, "audit-upd", map[string]string{"a": "1", "b": "2"}); err != nil {
+		return err
+	}
+	api := namespacesapi.NewNamespacesClient(s.client.Conn())
+	resp, err := api.Update(s.ctx, &namespacesapi.UpdateNamespaceRequest{
+		Namespace:  namespacesapi.Namespace{Name: "audit-upd", Labels: map[string]string{"a": "9", "c": "3"}},
+		UpdateMask: &ptypes.FieldMask{Paths: []string{"labels.a", "labels.b"}},
+	})
+	if err != nil {
+		return fmt.Errorf("Update: %v", err)
+	}
+	if resp.Namespace.Name != "" || len(resp.Namespace.Labels) != 0 {
+		return fmt.Errorf("Update answered %+v, want an empty namespace", resp.Namespace)
+	}
+	labels, err := store.Labels(s.ctx, "audit-upd")
+	if err != nil || fmt.Sprint(labels) != "map[a:9]" {
+		return fmt.Errorf("labels after the update: %v %v, want map[a:9]", labels, err)
+	}
+	_, err = api.Update(s.ctx, &namespacesapi.UpdateNamespaceRequest{
+		Namespace:  namespacesapi.Namespace{Name: "audit-upd", Labels: map[string]string{"z": "1"}},
+		UpdateMask: &ptypes.FieldMask{Paths: []string{"labels"}},
+	})
+	if !errdefs.IsInvalidArgument(errdefs.FromGRPC(err)) {
+		return fmt.Errorf(`Update with the path "labels": %v, want invalid argument`, err)
+	}
+	select {
+	case env := <-evs:
+		if env.Namespace != ns {
+			return fmt.Errorf("update event in namespace %q, want the caller's %q", env.Namespace, ns)
+		}
+		v, err := typeurl.UnmarshalAny(env.Event)
+		if err != nil {
+			return err
+		}
+		e, ok := v.(*eventtypes.NamespaceUpdate)
+		if !ok || e.Name != "audit-upd" || fmt.Sprint(e.Labels) != "map[a:9 c:3]" {
+			return fmt.Errorf("update event %+v, want the request's name and labels", v)
+		}
+	case err := <-errs:
+		return fmt.Errorf("subscription: %v", err)
+	case <-time.After(5 * time.Second):
+		return errors.New("no /namespaces/update event")
+	}
+	return nil
+}
+
+func checkLeases(s *state) error {
+	lm := s.client.LeasesService()
+	for _, id := range []string{"audit-b", "audit-c", "audit-a"} {
+		if _, err := lm.Create(s.ctx, leases.WithID(id)); err != nil {
+			return err
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	all, err := lm.List(s.ctx, `id~="^audit-"`)
+	if err != nil {
+		return err
+	}
+	var ids []string
+	for _, l := range all {
+		ids = append(ids, l.ID)
+	}
+	if strings.Join(ids, ",") != "audit-a,audit-b,audit-c" {
+		return fmt.Errorf("List order %v, want by id", ids)
+	}
+	unknown := leases.Lease{ID: "audit-none"}
+	if err := lm.Delete(s.ctx, unknown); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("Delete: %v, want not found", err)
+	}
+	if err := lm.AddResource(s.ctx, unknown, leases.Resource{ID: "x", Type: "no-such-type"}); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("AddResource (a bad resource too): %v, want not found", err)
+	}
+	if err := lm.DeleteResource(s.ctx, unknown, leases.Resource{ID: "x", Type: "ingests"}); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("DeleteResource: %v, want not found", err)
+	}
+	if _, err := lm.ListResources(s.ctx, unknown); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("ListResources: %v, want not found", err)
+	}
+	if err := lm.AddResource(s.ctx, leases.Lease{ID: "audit-a"}, leases.Resource{ID: "x", Type: "no-such-type"}); !errdefs.IsNotImplemented(err) {
+		return fmt.Errorf("AddResource of an unknown type: %v, want not implemented", err)
+	}
+	return nil
+}
+
+func checkForward(s *state) error {
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	evs, errs := s.client.Subscribe(ctx, `topic=="/audit/forward"`)
+	time.Sleep(200 * time.Millisecond)
+	any, err := typeurl.MarshalAny(&eventtypes.NamespaceCreate{Name: "forwarded"})
+	if err != nil {
+		return err
+	}
+	at := time.Date(2001, 2, 3, 4, 5, 6, 123456789, time.UTC)
+	es := s.client.EventService()
+	if err := es.Forward(s.ctx, &events.Envelope{Timestamp: at, Namespace: "elsewhere", Topic: "/audit/forward", Event: any}); err != nil {
+		return fmt.Errorf("Forward: %v", err)
+	}
+	select {
+	case env := <-evs:
+		if !env.Timestamp.Equal(at) || env.Namespace != "elsewhere" {
+			return fmt.Errorf("forwarded envelope %s in %q, want %s in \"elsewhere\"", env.Timestamp.Format(time.RFC3339Nano), env.Namespace, at.Format(time.RFC3339Nano))
+		}
+	case err := <-errs:
+		return fmt.Errorf("subscription: %v", err)
+	case <-time.After(5 * time.Second):
+		return errors.New("no forwarded event")
+	}
+	if err := es.Forward(s.ctx, &events.Envelope{Namespace: "elsewhere", Topic: "/audit/forward", Event: any}); !errdefs.IsInvalidArgument(err) {
+		return fmt.Errorf("Forward without a timestamp: %v, want invalid argument", err)
+	}
+	if err := es.Forward(s.ctx, &events.Envelope{Timestamp: at, Namespace: "elsewhere", Topic: "no-slash", Event: any}); !errdefs.IsInvalidArgument(err) {
+		return fmt.Errorf("Forward with a bad topic: %v, want invalid argument", err)
+	}
+	return nil
+}
+
+func checkIntrospection(s *state) error {
+	in := s.client.IntrospectionService()
+	resp, err := in.Plugins(s.ctx, []string{`type==io.containerd.service.v1`})
+	if err != nil {
+		return err
+	}
+	var ids []string
+	for _, p := range resp.Plugins {
+		if p.InitErr != nil {
+			return fmt.Errorf("service plugin %s failed: %v", p.ID, p.InitErr)
+		}
+		ids = append(ids, p.ID)
+	}
+	sort.Strings(ids)
+	want := "containers-service,content-service,diff-service,images-service,introspection-service,leases-service,namespaces-service,snapshots-service,tasks-service"
+	if strings.Join(ids, ",") != want {
+		return fmt.Errorf("service plugins %v, want %s", ids, want)
+	}
+	resp, err = in.Plugins(s.ctx, []string{`type==io.containerd.grpc.v1,id==content`})
+	if err != nil || len(resp.Plugins) != 1 {
+		return fmt.Errorf("grpc content plugin: %v %v", resp, err)
+	}
+	reqs := strings.Join(resp.Plugins[0].Requires, ",")
+	if !strings.Contains(reqs, "io.containerd.service.v1") {
+		return fmt.Errorf("the content grpc plugin requires %s, want the service plugins among them", reqs)
+	}
+	// containerd's adaptor matches plugins on type and id only.
+	for _, f := range []string{`platforms==linux/amd64`, `capabilities`, `platforms`, `requires`} {
+		resp, err = in.Plugins(s.ctx, []string{f})
+		if err != nil || len(resp.Plugins) != 0 {
+			return fmt.Errorf("filter %s: %d plugins %v, want none", f, len(resp.Plugins), err)
+		}
+	}
+	return nil
+}
+
+func checkSnapshotErrors(s *state) error {
+	sn := s.client.SnapshotService(*snapshotter)
+	if _, err := sn.Stat(s.ctx, ""); !errdefs.IsNotFound(err) {
+		return fmt.Errorf(`Stat(""): %v, want not found`, err)
+	}
+	if _, err := sn.Mounts(s.ctx, ""); !errdefs.IsNotFound(err) {
+		return fmt.Errorf(`Mounts(""): %v, want not found`, err)
+	}
+	if _, err := sn.Usage(s.ctx, ""); !errdefs.IsNotFound(err) {
+		return fmt.Errorf(`Usage(""): %v, want not found`, err)
+	}
+	if err := sn.Remove(s.ctx, ""); !errdefs.IsNotFound(err) {
+		return fmt.Errorf(`Remove(""): %v, want not found`, err)
+	}
+	if _, err := sn.Update(s.ctx, snapshots.Info{Name: ""}); !errdefs.IsInvalidArgument(err) {
+		return fmt.Errorf(`Update of "": %v, want invalid argument`, err)
+	}
+	// (The client library names its default snapshotter when given none: the raw API sends none.)
+	if _, err := snapshotsapi.NewSnapshotsClient(s.client.Conn()).Stat(s.ctx, &snapshotsapi.StatSnapshotRequest{Key: "x"}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "snapshotter argument missing") {
+		return fmt.Errorf("no snapshotter named: %v, want invalid argument", err)
+	}
+	if _, err := sn.Prepare(s.ctx, "e-active", ""); err != nil {
+		return err
+	}
+	if _, err := sn.Prepare(s.ctx, "e-active", ""); !errdefs.IsAlreadyExists(err) {
+		return fmt.Errorf("Prepare of an existing key: %v, want already exists", err)
+	}
+	if err := sn.Commit(s.ctx, "e-base", "e-active", snapshots.WithLabels(map[string]string{"keep": "1"})); err != nil {
+		return err
+	}
+	if _, err := sn.Prepare(s.ctx, "e-child", "e-base"); err != nil {
+		return err
+	}
+	if _, err := sn.Prepare(s.ctx, "e-on-active", "e-child"); !errdefs.IsInvalidArgument(err) {
+		return fmt.Errorf("Prepare on an active parent: %v, want invalid argument", err)
+	}
+	if err := sn.Commit(s.ctx, "e-base", "e-child"); !errdefs.IsAlreadyExists(err) {
+		return fmt.Errorf("Commit to an existing name: %v, want already exists", err)
+	}
+	if err := sn.Commit(s.ctx, "e-base", "no-such-key"); !errdefs.IsAlreadyExists(err) {
+		return fmt.Errorf("Commit of an unknown key to an existing name: %v, want already exists (the name is checked first)", err)
+	}
+	if err := sn.Commit(s.ctx, "e-new", "no-such-key"); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("Commit of an unknown key: %v, want not found", err)
+	}
+	if _, err := sn.View(s.ctx, "e-view", "e-base"); err != nil {
+		return err
+	}
+	if err := sn.Commit(s.ctx, "e-from-view", "e-view"); !errdefs.IsFailedPrecondition(err) {
+		return fmt.Errorf("Commit of a view: %v, want failed precondition", err)
+	}
+	if err := sn.Remove(s.ctx, "e-base"); !errdefs.IsFailedPrecondition(err) {
+		return fmt.Errorf("Remove of a snapshot with children: %v, want failed precondition", err)
+	}
+	info, err := sn.Update(s.ctx, snapshots.Info{Name: "e-base", Labels: map[string]string{"x": "1", "y": "2"}}, "labels.x", "labels.keep")
+	if err != nil || fmt.Sprint(info.Labels) != "map[x:1]" || info.Kind != snapshots.KindCommitted || info.Name != "e-base" {
+		return fmt.Errorf("Update labels.x and labels.keep: %+v %v, want labels map[x:1]", info, err)
+	}
+	info, err = sn.Update(s.ctx, snapshots.Info{Name: "e-base", Labels: map[string]string{"z": "3"}}, "labels")
+	if err != nil || fmt.Sprint(info.Labels) != "map[z:3]" {
+		return fmt.Errorf("Update labels: %+v %v, want map[z:3]", info, err)
+	}
+	info, err = sn.Update(s.ctx, snapshots.Info{Name: "e-base", Labels: map[string]string{"x": "1"}})
+	if err != nil || fmt.Sprint(info.Labels) != "map[x:1]" {
+		return fmt.Errorf("Update with no paths: %+v %v, want map[x:1]", info, err)
+	}
+	if _, err := sn.Update(s.ctx, snapshots.Info{Name: "e-base", Parent: "x"}, "parent"); !errdefs.IsInvalidArgument(err) {
+		return fmt.Errorf("Update of the parent: %v, want invalid argument", err)
+	}
+	if _, err := sn.Update(s.ctx, snapshots.Info{Name: "no-such"}, "labels.x"); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("Update of an unknown snapshot: %v, want not found", err)
+	}
+	return nil
+}
+
+func checkSnapshotWalk(s *state) error {
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	evs, errs := s.client.Subscribe(ctx, `topic~="^/snapshot/",namespace=="go-audit-walk"`)
+	time.Sleep(200 * time.Millisecond)
+	sn := s.client.SnapshotService(*snapshotter)
+	wctx := namespaces.WithNamespace(context.Background(), "go-audit-walk")
+	// Created out of key order: containerd walks in key order.
+	if _, err := sn.Prepare(wctx, "w-c", ""); err != nil {
+		return err
+	}
+	if err := sn.Commit(wctx, "w-b", "w-c", snapshots.WithLabels(map[string]string{"role": "base"})); err != nil {
+		return err
+	}
+	if _, err := sn.View(wctx, "w-z", "w-b"); err != nil {
+		return err
+	}
+	mounts, err := sn.Prepare(wctx, "w-a", "w-b")
+	if err != nil {
+		return err
+	}
+	walk := func(filters ...string) (string, error) {
+		var names []string
+		err := sn.Walk(wctx, func(_ context.Context, i snapshots.Info) error {
+			names = append(names, i.Name)
+			return nil
+		}, filters...)
+		return strings.Join(names, ","), err
+	}
+	for _, c := range []struct {
+		filters []string
+		want    string
+	}{
+		{nil, "w-a,w-b,w-z"},
+		{[]string{"kind==committed"}, "w-b"},
+		{[]string{"kind==active", "kind==view"}, "w-a,w-z"},
+		{[]string{"parent==w-b"}, "w-a,w-z"},
+		{[]string{`name~="^w-[az]$"`}, "w-a,w-z"},
+		{[]string{"labels.role==base"}, "w-b"},
+		{[]string{"parent"}, "w-a,w-b,w-z"},
+	} {
+		got, err := walk(c.filters...)
+		if err != nil || got != c.want {
+			return fmt.Errorf("Walk %v: %q %v, want %q", c.filters, got, err, c.want)
+		}
+	}
+	// The raw List stream, in key order too.
+	lc, err := snapshotsapi.NewSnapshotsClient(s.client.Conn()).List(wctx, &snapshotsapi.ListSnapshotsRequest{Snapshotter: *snapshotter})
+	if err != nil {
+		return err
+	}
+	var listed []string
+	for {
+		r, err := lc.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		for _, i := range r.Info {
+			listed = append(listed, i.Name)
+		}
+	}
+	if strings.Join(listed, ",") != "w-a,w-b,w-z" {
+		return fmt.Errorf("List %v, want key order", listed)
+	}
+
+	// Usage of an active snapshot counts what was written into it.
+	if len(mounts) != 1 || mounts[0].Type != "bind" {
+		return fmt.Errorf("native mounts %+v", mounts)
+	}
+	if err := os.WriteFile(filepath.Join(mounts[0].Source, "file"), make([]byte, 64*1024), 0o644); err != nil {
+		return err
+	}
+	u, err := sn.Usage(wctx, "w-a")
+	if err != nil || u.Size < 64*1024 || u.Inodes < 2 {
+		return fmt.Errorf("Usage of the active snapshot: %+v %v, want at least 64 KiB in 2 inodes", u, err)
+	}
+
+	// The events: the prepares, the commit (no event for the view), then the removes.
+	if err := sn.Remove(wctx, "w-a"); err != nil {
+		return err
+	}
+	var got []string
+	deadline := time.After(5 * time.Second)
+	for len(got) < 4 {
+		select {
+		case env := <-evs:
+			v, err := typeurl.UnmarshalAny(env.Event)
+			if err != nil {
+				return err
+			}
+			switch e := v.(type) {
+			case *eventtypes.SnapshotPrepare:
+				got = append(got, env.Topic+" "+e.Key)
+			case *eventtypes.SnapshotCommit:
+				got = append(got, env.Topic+" "+e.Key+">"+e.Name)
+			case *eventtypes.SnapshotRemove:
+				got = append(got, env.Topic+" "+e.Key)
+			}
+		case err := <-errs:
+			return fmt.Errorf("subscription: %v", err)
+		case <-deadline:
+			return fmt.Errorf("events %v, want 4", got)
+		}
+	}
+	if strings.Join(got, ";") != "/snapshot/prepare w-c;/snapshot/commit w-c>w-b;/snapshot/prepare w-a;/snapshot/remove w-a" {
+		return fmt.Errorf("events %v", got)
+	}
+	return nil
+}
