@@ -16,8 +16,8 @@
  *
  * Differences from containerd, deliberate: `extensions.<k>` with no such key in the request removes the
  * extension (containerd stores an empty Any), and `extensions` replaces the whole map (containerd's bolt code
- * only ever adds keys). Filters accept containerd's fields (`id`, `image`, `runtime.name`, `labels.<k>`) and
- * also `snapshotter` and `snapshotkey`.
+ * only ever adds keys). Filters take containerd's fields only (`id`, `image`, `runtime.name`, `labels.<k>`): a
+ * filter on another field (`snapshotter`, `snapshotkey`) matches nothing, as in containerd.
  *
  * Every change publishes an event: /containers/create (containerd.events.ContainerCreate{id, image,
  * runtime}), /containers/update (ContainerUpdate{id, image, labels, snapshotKey}), /containers/delete
@@ -256,10 +256,6 @@ class BoundContainerStore implements ContainerStore {
               return path.length === 1 && c.image !== '' ? c.image : undefined;
             case 'runtime':
               return path.length === 2 && path[1] === 'name' && c.runtime.name !== '' ? c.runtime.name : undefined;
-            case 'snapshotter':
-              return path.length === 1 && c.snapshotter !== '' ? c.snapshotter : undefined;
-            case 'snapshotkey':
-              return path.length === 1 && c.snapshotKey !== '' ? c.snapshotKey : undefined;
             case 'labels':
               return labelField(c.labels, path.slice(1));
             default:

@@ -18,6 +18,7 @@ const CHECKS = [
   'introspection lists the service plugins and filters on type and id only',
   'snapshots answer empty keys, existing keys and names, children and update paths',
   'snapshots walk in key order with filters; usage of an active snapshot; events',
+  "content and container filters take containerd's fields only",
 ];
 
 let d: StartedDaemon | undefined;
