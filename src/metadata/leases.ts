@@ -42,11 +42,8 @@ export class LeaseStore {
 
   create(namespace: string, id: string, labels: Record<string, string> = {}): Lease {
     if (id === '') id = generateLeaseId();
+    // As containerd: a containerd.io/gc.expire that is not a time is stored; the collector ignores it.
     validateLabels(labels);
-    const expire = labels[LABEL_GC_EXPIRE];
-    if (expire !== undefined && Number.isNaN(Date.parse(expire))) {
-      throw invalidArgument(`lease ${JSON.stringify(id)}: label ${LABEL_GC_EXPIRE} is not an RFC 3339 time: ${expire}`);
-    }
     const createdAt = nowTime();
     this.db.transaction(() => {
       this.namespaces.ensure(namespace);

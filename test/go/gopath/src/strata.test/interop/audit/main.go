@@ -303,6 +303,10 @@ func checkLeases(s *state) error {
 	if _, err := lm.ListResources(s.ctx, unknown); !errdefs.IsNotFound(err) {
 		return fmt.Errorf("ListResources: %v, want not found", err)
 	}
+	// containerd stores a gc.expire label that is not a time (its collector ignores it).
+	if l, err := lm.Create(s.ctx, leases.WithID("audit-bad-expire"), leases.WithLabels(map[string]string{"containerd.io/gc.expire": "tomorrow"})); err != nil || l.Labels["containerd.io/gc.expire"] != "tomorrow" {
+		return fmt.Errorf("Create with a gc.expire that is not a time: %+v %v, want it stored", l, err)
+	}
 	if err := lm.AddResource(s.ctx, leases.Lease{ID: "audit-a"}, leases.Resource{ID: "x", Type: "no-such-type"}); !errdefs.IsNotImplemented(err) {
 		return fmt.Errorf("AddResource of an unknown type: %v, want not implemented", err)
 	}
