@@ -433,6 +433,18 @@ func checkSnapshotErrors(s *state) error {
 	if err := sn.Commit(s.ctx, "e-from-view", "e-view"); !errdefs.IsFailedPrecondition(err) {
 		return fmt.Errorf("Commit of a view: %v, want failed precondition", err)
 	}
+	if _, err := sn.Mounts(s.ctx, "e-base"); !errdefs.IsFailedPrecondition(err) {
+		return fmt.Errorf("Mounts of a committed snapshot: %v, want failed precondition", err)
+	}
+	if u, err := sn.Usage(s.ctx, "e-base"); err != nil || u.Inodes < 1 {
+		return fmt.Errorf("Usage of a committed snapshot: %+v %v", u, err)
+	}
+	if _, err := sn.Prepare(s.ctx, "e-orphan", "no-such-parent"); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("Prepare on an unknown parent: %v, want not found", err)
+	}
+	if _, err := sn.Prepare(s.ctx, "e-bad-label", "", snapshots.WithLabels(map[string]string{"": "v"})); !errdefs.IsInvalidArgument(err) {
+		return fmt.Errorf("Prepare with an empty label key: %v, want invalid argument", err)
+	}
 	if err := sn.Remove(s.ctx, "e-base"); !errdefs.IsFailedPrecondition(err) {
 		return fmt.Errorf("Remove of a snapshot with children: %v, want failed precondition", err)
 	}
