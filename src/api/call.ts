@@ -35,7 +35,7 @@ export function callNamespace(call: CallContext): string | undefined {
   }
 }
 
-/** The namespace (required: INVALID_ARGUMENT without it) and optional lease of a call. */
+/** The namespace (required: FAILED_PRECONDITION without it, as containerd) and optional lease of a call. */
 export function opContext(call: CallContext): OpContext {
   const namespace = requireNamespace(header(call, NAMESPACE_HEADER));
   const lease = header(call, LEASE_HEADER);

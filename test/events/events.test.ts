@@ -396,7 +396,7 @@ describe('events service', () => {
     expect(await kind(c.call(c.events, c.events.publish, { topic: '/a', event: undefined }))).toBe('invalid argument');
     const bare = new StrataClient(d.address, {});
     clients.push(bare);
-    expect(await kind(publish(bare, '/a', 'strata.test.X', Buffer.alloc(0)))).toBe('invalid argument');
+    expect(await kind(publish(bare, '/a', 'strata.test.X', Buffer.alloc(0)))).toBe('failed precondition');
     expect(await kind(c.call(c.events, c.events.forward, { envelope: undefined }))).toBe('invalid argument');
   });
 

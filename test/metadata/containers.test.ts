@@ -244,7 +244,7 @@ describe('container store', () => {
   });
 
   it('requires a valid namespace', async () => {
-    expect(await kindOf(Promise.resolve().then(() => md.containers.bind({ namespace: '' })))).toBe('invalid argument');
+    expect(await kindOf(Promise.resolve().then(() => md.containers.bind({ namespace: '' })))).toBe('failed precondition');
     expect(await kindOf(Promise.resolve().then(() => md.containers.bind({ namespace: 'a/b' })))).toBe('invalid argument');
   });
 
