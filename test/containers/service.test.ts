@@ -238,10 +238,10 @@ describe('containers gRPC service', () => {
     expect((nsErr as StrataError).message).toMatch(/still has containers/);
     await c.call(c.containers, c.containers.delete, { id: 'y' });
     await c.call(c.namespaces, c.namespaces.delete, { name: 'svc-err' });
-    // Without a namespace header.
+    // Without a namespace header: containerd's NamespaceRequired answers FAILED_PRECONDITION.
     const bare = d.client('');
     clients.push(bare);
-    expect(await kindOf(bare.call(bare.containers, bare.containers.list, { filters: [] }))).toBe('invalid argument');
+    expect(await kindOf(bare.call(bare.containers, bare.containers.list, { filters: [] }))).toBe('failed precondition');
   });
 
   it('publishes /containers/create, update and delete on the wire', async () => {
