@@ -372,6 +372,14 @@ func checkIntrospection(s *state) error {
 	if !strings.Contains(reqs, "io.containerd.service.v1") {
 		return fmt.Errorf("the content grpc plugin requires %s, want the service plugins among them", reqs)
 	}
+	// A skipped plugin: containerd's skip error is no error kind, so its code is UNKNOWN ("skip" to ctr).
+	resp, err = in.Plugins(s.ctx, []string{`type==io.containerd.snapshotter.v1,id==aufs`})
+	if err != nil || len(resp.Plugins) != 1 || resp.Plugins[0].InitErr == nil {
+		return fmt.Errorf("the aufs snapshotter: %v %v, want it listed as skipped", resp, err)
+	}
+	if ie := resp.Plugins[0].InitErr; ie.Code != int32(codes.Unknown) || !strings.HasSuffix(ie.Message, "skip plugin") {
+		return fmt.Errorf("skipped plugin's error %d %q, want UNKNOWN ending in \"skip plugin\"", ie.Code, ie.Message)
+	}
 	// containerd's adaptor matches plugins on type and id only.
 	for _, f := range []string{`platforms==linux/amd64`, `capabilities`, `platforms`, `requires`} {
 		resp, err = in.Plugins(s.ctx, []string{f})
