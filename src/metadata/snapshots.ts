@@ -192,6 +192,8 @@ class BoundSnapshotter implements Snapshotter {
         if (!p) throw notFound(`parent snapshot ${parent} does not exist`);
         bparent = p.backend_key;
       }
+      // As containerd's first transaction: the namespace exists from here on, whatever the backend answers.
+      if (!this.s.store.namespaces.exists(this.ns)) this.s.store.namespaces.ensure(this.ns);
       return { bkey: `${this.ns}/${this.s.store.numbers.next()}/${key}`, bparent };
     })();
     hold(reserved);

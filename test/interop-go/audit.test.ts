@@ -19,6 +19,7 @@ const CHECKS = [
   'snapshots answer empty keys, existing keys and names, children and update paths',
   'snapshots walk in key order with filters; usage of an active snapshot; events',
   "content and container filters take containerd's fields only",
+  'namespaces appear when something is first made in them, not on failed or read-only calls',
 ];
 
 let d: StartedDaemon | undefined;

@@ -28,6 +28,7 @@ import (
 	"github.com/containerd/containerd/content"
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/events"
+	"github.com/containerd/containerd/images"
 	"github.com/containerd/containerd/leases"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/snapshots"
@@ -75,6 +76,7 @@ func main() {
 		{"snapshots answer empty keys, existing keys and names, children and update paths", checkSnapshotErrors},
 		{"snapshots walk in key order with filters; usage of an active snapshot; events", checkSnapshotWalk},
 		{"content and container filters take containerd's fields only", checkFilterFields},
+		{"namespaces appear when something is first made in them, not on failed or read-only calls", checkImplicitNamespaces},
 	}
 	for _, c := range checks {
 		done := make(chan error, 1)
@@ -630,4 +632,70 @@ func checkFilterFields(s *state) error {
 		}
 	}
 	return cs.Delete(s.ctx, "audit-ctr")
+}
+
+func checkImplicitNamespaces(s *state) error {
+	listed := func(name string) (bool, error) {
+		all, err := s.client.NamespaceService().List(s.ctx)
+		if err != nil {
+			return false, err
+		}
+		for _, n := range all {
+			if n == name {
+				return true, nil
+			}
+		}
+		return false, nil
+	}
+	sn := s.client.SnapshotService(*snapshotter)
+	for _, c := range []struct {
+		ns   string
+		call func(ctx context.Context) error
+		made bool
+	}{
+		{"go-audit-i1", func(ctx context.Context) error {
+			_, err := sn.Prepare(ctx, "k", "no-such-parent")
+			if !errdefs.IsNotFound(err) {
+				return fmt.Errorf("Prepare on an unknown parent: %v", err)
+			}
+			_, err = sn.Stat(ctx, "k")
+			if !errdefs.IsNotFound(err) {
+				return fmt.Errorf("Stat: %v", err)
+			}
+			_, err = s.client.ImageService().Update(ctx, images.Image{Name: "no/such:image", Target: ocispec.Descriptor{MediaType: "application/octet-stream", Digest: digest.FromString("x"), Size: 1}})
+			if !errdefs.IsNotFound(err) {
+				return fmt.Errorf("image Update of an unknown image: %v", err)
+			}
+			_, err = s.client.LeasesService().List(ctx)
+			return err
+		}, false},
+		{"go-audit-i2", func(ctx context.Context) error {
+			w, err := s.client.ContentStore().Writer(ctx, content.WithRef("implicit"))
+			if err != nil {
+				return err
+			}
+			return w.Close()
+		}, true},
+		{"go-audit-i3", func(ctx context.Context) error {
+			_, err := s.client.LeasesService().Create(ctx, leases.WithID("implicit"))
+			return err
+		}, true},
+		{"go-audit-i4", func(ctx context.Context) error {
+			_, err := sn.Prepare(ctx, "implicit", "")
+			return err
+		}, true},
+	} {
+		ctx := namespaces.WithNamespace(context.Background(), c.ns)
+		if err := c.call(ctx); err != nil {
+			return fmt.Errorf("%s: %v", c.ns, err)
+		}
+		got, err := listed(c.ns)
+		if err != nil {
+			return err
+		}
+		if got != c.made {
+			return fmt.Errorf("namespace %s listed: %v, want %v", c.ns, got, c.made)
+		}
+	}
+	return nil
 }
