@@ -109,17 +109,23 @@ async function writeSession(
   let expected = req.expected;
 
   const wr: ContentWriter = await cs.writer({ ref, total, expected });
+  // As containerd's server: one response message for the whole session, so what a STAT filled in (total,
+  // times) stays in later answers; and after a normal end (COMMIT, or the client closing its side) the last
+  // answer is sent once more (containerd's deferred Send), after the writer is closed.
+  const msg: WriteContentResponse = { action: req.action, offset: 0, total: 0, digest: '', startedAt: undefined, updatedAt: undefined };
   try {
+    await writeLoop(req);
+  } finally {
+    await wr.close();
+  }
+  await send(msg).catch(() => undefined); // the client may be gone: nothing to tell it then
+
+  async function writeLoop(first: WriteContentRequest): Promise<void> {
+    let req = first;
     for (;;) {
       const st = await wr.status();
-      const msg: WriteContentResponse = {
-        action: req.action,
-        offset: st.offset,
-        total: 0,
-        digest: '',
-        startedAt: undefined,
-        updatedAt: undefined,
-      };
+      msg.action = req.action;
+      msg.offset = st.offset;
       if (req.expected) {
         expected = req.expected;
         const existing = await cs.info(req.expected).catch(() => undefined);
@@ -158,16 +164,15 @@ async function writeSession(
           msg.digest = wr.digest();
           break;
         default:
-          // containerd's server has no case for other actions: it answers with the action and the offset only.
+          // containerd's server has no case for other actions: the answer is the message as it stands, with this
+          // action and the current offset.
           break;
       }
-      await send(msg);
+      await send({ ...msg });
       if (req.action === WriteAction.COMMIT) return;
       const next = await reader.next();
       if (!next) return;
       req = next;
     }
-  } finally {
-    await wr.close();
   }
 }

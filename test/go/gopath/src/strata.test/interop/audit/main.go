@@ -171,19 +171,23 @@ func checkWriteUnknownAction(s *state) error {
 	if err != nil {
 		return fmt.Errorf("action 7: %v, want an answer", errdefs.FromGRPC(err))
 	}
-	if r.Action != contentapi.WriteAction(7) || r.Offset != 3 || r.Digest != "" {
-		return fmt.Errorf("action 7 answered %+v, want the action and offset 3 only", r)
+	// containerd's server keeps one answer for the session: the WRITE's digest is still in it.
+	if r.Action != contentapi.WriteAction(7) || r.Offset != 3 || r.Digest != digest.FromString("abc") {
+		return fmt.Errorf("action 7 answered %+v, want the action, offset 3 and the digest so far", r)
 	}
 	if err := wc.CloseSend(); err != nil {
 		return err
 	}
-	for {
-		if _, err := wc.Recv(); err != nil {
-			if err != io.EOF {
-				return fmt.Errorf("stream end: %v", err)
-			}
-			break
-		}
+	// After the client's end, the server sends its last answer once more (a deferred Send), then ends.
+	last, err := wc.Recv()
+	if err != nil || last.Action != contentapi.WriteAction(7) || last.Offset != 3 {
+		return fmt.Errorf("after CloseSend: %+v %v, want the last answer again", last, err)
+	}
+	if _, err := wc.Recv(); err != io.EOF {
+		return fmt.Errorf("stream end: %v, want EOF", err)
+	}
+	if err := checkWriteSession(s); err != nil {
+		return err
 	}
 	st, err := s.client.ContentStore().Status(s.ctx, "audit-action")
 	if err != nil || st.Offset != 3 {
@@ -698,4 +702,43 @@ func checkImplicitNamespaces(s *state) error {
 		}
 	}
 	return nil
+}
+
+// A STAT fills in total and times, which stay in the WRITE and COMMIT answers; after the COMMIT, the server sends
+// the COMMIT answer once more and ends.
+func checkWriteSession(s *state) error {
+	wc, err := contentapi.NewContentClient(s.client.Conn()).Write(s.ctx)
+	if err != nil {
+		return err
+	}
+	data := []byte("session data")
+	if err := wc.Send(&contentapi.WriteContentRequest{Action: contentapi.WriteActionStat, Ref: "audit-session", Total: int64(len(data))}); err != nil {
+		return err
+	}
+	st, err := wc.Recv()
+	if err != nil || st.Total != int64(len(data)) || st.StartedAt.IsZero() {
+		return fmt.Errorf("STAT: %+v %v", st, err)
+	}
+	if err := wc.Send(&contentapi.WriteContentRequest{Action: contentapi.WriteActionWrite, Ref: "audit-session", Data: data}); err != nil {
+		return err
+	}
+	w, err := wc.Recv()
+	if err != nil || w.Offset != int64(len(data)) || w.Total != int64(len(data)) || !w.StartedAt.Equal(st.StartedAt) {
+		return fmt.Errorf("WRITE after STAT: %+v %v, want the STAT's total and times kept", w, err)
+	}
+	if err := wc.Send(&contentapi.WriteContentRequest{Action: contentapi.WriteActionCommit, Ref: "audit-session", Total: int64(len(data)), Offset: int64(len(data))}); err != nil {
+		return err
+	}
+	c, err := wc.Recv()
+	if err != nil || c.Action != contentapi.WriteActionCommit || c.Digest != digest.FromBytes(data) {
+		return fmt.Errorf("COMMIT: %+v %v", c, err)
+	}
+	again, err := wc.Recv()
+	if err != nil || again.Action != contentapi.WriteActionCommit || again.Digest != c.Digest || again.Offset != c.Offset {
+		return fmt.Errorf("after COMMIT: %+v %v, want the COMMIT answer again", again, err)
+	}
+	if _, err := wc.Recv(); err != io.EOF {
+		return fmt.Errorf("after the repeated answer: %v, want EOF", err)
+	}
+	return s.client.ContentStore().Delete(s.ctx, digest.FromBytes(data))
 }
