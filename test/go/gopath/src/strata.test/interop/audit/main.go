@@ -343,6 +343,21 @@ func checkForward(s *state) error {
 	case <-time.After(5 * time.Second):
 		return errors.New("no forwarded event")
 	}
+	// The event's bytes pass through as sent, even a field this server's types do not know (field 15 here).
+	extra := &ptypes.Any{TypeUrl: any.TypeUrl, Value: append(append([]byte{}, any.Value...), 0x78, 0x01)}
+	if err := es.Forward(s.ctx, &events.Envelope{Timestamp: at, Namespace: "elsewhere", Topic: "/audit/forward", Event: extra}); err != nil {
+		return fmt.Errorf("Forward: %v", err)
+	}
+	select {
+	case env := <-evs:
+		if env.Event.TypeUrl != extra.TypeUrl || string(env.Event.Value) != string(extra.Value) {
+			return fmt.Errorf("forwarded event %q %x, want %q %x", env.Event.TypeUrl, env.Event.Value, extra.TypeUrl, extra.Value)
+		}
+	case err := <-errs:
+		return fmt.Errorf("subscription: %v", err)
+	case <-time.After(5 * time.Second):
+		return errors.New("no second forwarded event")
+	}
 	if err := es.Forward(s.ctx, &events.Envelope{Namespace: "elsewhere", Topic: "/audit/forward", Event: any}); !errdefs.IsInvalidArgument(err) {
 		return fmt.Errorf("Forward without a timestamp: %v, want invalid argument", err)
 	}
