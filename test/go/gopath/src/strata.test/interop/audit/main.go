@@ -650,6 +650,25 @@ func checkFilterFields(s *state) error {
 			return fmt.Errorf("containers filter %s: %d %v, want %d", c.filter, len(got), err, c.want)
 		}
 	}
+	// Extensions as containerd's bolt store keeps them: an absent key under extensions.<k> is an empty Any, and
+	// "extensions" only ever adds to what is stored (the answer shows the request's set).
+	e1 := ptypes.Any{TypeUrl: "x.E1", Value: []byte("1")}
+	e2 := ptypes.Any{TypeUrl: "x.E2", Value: []byte("2")}
+	if _, err := cs.Update(s.ctx, containers.Container{ID: "audit-ctr", Extensions: map[string]ptypes.Any{"e1": e1}}, "extensions.e1", "extensions.gone"); err != nil {
+		return err
+	}
+	got, err := cs.Get(s.ctx, "audit-ctr")
+	if g, ok := got.Extensions["gone"]; err != nil || !ok || g.TypeUrl != "" || len(got.Extensions) != 2 {
+		return fmt.Errorf("extensions after extensions.e1, extensions.gone: %v %v, want e1 and an empty gone", got.Extensions, err)
+	}
+	upd, err := cs.Update(s.ctx, containers.Container{ID: "audit-ctr", Extensions: map[string]ptypes.Any{"e2": e2}}, "extensions")
+	if err != nil || len(upd.Extensions) != 1 {
+		return fmt.Errorf("Update extensions answered %v %v, want the request's one", upd.Extensions, err)
+	}
+	got, err = cs.Get(s.ctx, "audit-ctr")
+	if err != nil || len(got.Extensions) != 3 || got.Extensions["e1"].TypeUrl != "x.E1" || got.Extensions["e2"].TypeUrl != "x.E2" {
+		return fmt.Errorf("stored extensions %v %v, want e1, gone and e2", got.Extensions, err)
+	}
 	return cs.Delete(s.ctx, "audit-ctr")
 }
 
