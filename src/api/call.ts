@@ -26,6 +26,15 @@ function header(call: CallContext, key: string): string | undefined {
   return v === undefined ? undefined : String(v);
 }
 
+/**
+ * An error that containerd returns without converting it to a status: gRPC answers UNKNOWN with the error's
+ * text (e.g. a bad filter in snapshot List or event Subscribe). The detail keeps the original wording.
+ */
+export function unconverted(err: unknown, context: string): Error {
+  const details = `${context}${err instanceof Error ? err.message : String(err)}`;
+  return Object.assign(new Error(details), { code: GrpcCode.UNKNOWN, details });
+}
+
 /** The call's namespace when it has a valid one (services whose requests name their own namespace). */
 export function callNamespace(call: CallContext): string | undefined {
   try {

@@ -20,6 +20,7 @@ const CHECKS = [
   'snapshots walk in key order with filters; usage of an active snapshot; events',
   "content and container filters take containerd's fields only",
   'namespaces appear when something is first made in them, not on failed or read-only calls',
+  'a malformed filter is UNKNOWN in snapshot walks and event subscriptions, invalid argument elsewhere',
 ];
 
 let d: StartedDaemon | undefined;

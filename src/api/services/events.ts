@@ -9,7 +9,7 @@ import { validateIdentifier } from '../../core/identifiers.js';
 /** Go's zero time.Time (0001-01-01T00:00:00Z) in milliseconds since the epoch. */
 const GO_ZERO_TIME_MS = -62135596800000;
 import type { Logger } from '../../log/index.js';
-import { opContext, serverStream, unary, type GrpcService, grpcService } from '../call.js';
+import { opContext, serverStream, unary, unconverted, type GrpcService, grpcService } from '../call.js';
 import { decodeEvent, encodeEvent } from '../eventtypes.js';
 
 export function eventsService(exchange: Exchange, log: Logger): GrpcService {
@@ -40,7 +40,13 @@ export function eventsService(exchange: Exchange, log: Logger): GrpcService {
       return {};
     }),
     subscribe: serverStream(l, 'Subscribe', async (req: { filters: string[] }, send, call) => {
-      const sub = exchange.subscribe(req.filters);
+      let sub: ReturnType<Exchange['subscribe']>;
+      try {
+        sub = exchange.subscribe(req.filters);
+      } catch (err) {
+        // containerd's Subscribe returns this error unconverted: UNKNOWN, in its words.
+        throw unconverted(err, 'subscription error: failed parsing subscription filters: ');
+      }
       open.add(sub);
       const stop = () => sub.close();
       call.on('cancelled', stop);
