@@ -35,7 +35,7 @@ import { type UniqueNumbers } from './db.js';
 import { type DB } from '../core/sqlite.js';
 import { encodeLabels, parseLabels } from '../core/labels.js';
 import { type NamespaceStore } from './namespaces.js';
-import { applyLabelPaths, validateLabels } from '../core/labels.js';
+import { applyLabelPaths, compactLabels, validateLabels } from '../core/labels.js';
 import type { LeaseStore } from './leases.js';
 import type { OpContext } from './context.js';
 import { fromParts, now as nowTime } from '../core/time.js';
@@ -402,7 +402,7 @@ class NamespacedWriter implements ContentWriter {
         .prepare(
           'INSERT OR IGNORE INTO content (namespace, digest, size, labels, created_at, created_ns, updated_at, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
         )
-        .run(this.ctx.namespace, actual, finalSize, encodeLabels(opts.labels), now.getTime(), now.subMs, now.getTime(), now.subMs);
+        .run(this.ctx.namespace, actual, finalSize, encodeLabels(compactLabels(opts.labels)), now.getTime(), now.subMs, now.getTime(), now.subMs);
       if (res.changes === 0) innerErr = alreadyExists(`content ${actual}`);
       this.c.db.prepare('DELETE FROM ingests WHERE namespace = ? AND ref = ?').run(this.ctx.namespace, this.ref);
       this.c.leases.detach(this.ctx, 'ingests', this.ref);

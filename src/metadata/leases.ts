@@ -10,7 +10,7 @@ import { parseDigest } from '../content/digest.js';
 import { type DB } from '../core/sqlite.js';
 import { encodeLabels, parseLabels } from '../core/labels.js';
 import { type NamespaceStore } from './namespaces.js';
-import { validateLabels } from '../core/labels.js';
+import { compactLabels, validateLabels } from '../core/labels.js';
 import type { OpContext } from './context.js';
 import { LABEL_GC_EXPIRE } from '../core/labels.js';
 import { fromParts, now as nowTime } from '../core/time.js';
@@ -42,8 +42,10 @@ export class LeaseStore {
 
   create(namespace: string, id: string, labels: Record<string, string> = {}): Lease {
     if (id === '') id = generateLeaseId();
-    // As containerd: a containerd.io/gc.expire that is not a time is stored; the collector ignores it.
+    // As containerd: a containerd.io/gc.expire that is not a time is stored; the collector ignores it. A label
+    // set to "" is not stored, nor answered (containerd's writeMap drops it from the map it answers with).
     validateLabels(labels);
+    labels = compactLabels(labels);
     const createdAt = nowTime();
     this.db.transaction(() => {
       this.namespaces.ensure(namespace);

@@ -19,7 +19,7 @@ import { type UniqueNumbers } from './db.js';
 import { type DB } from '../core/sqlite.js';
 import { encodeLabels, parseLabels } from '../core/labels.js';
 import { type NamespaceStore } from './namespaces.js';
-import { applyLabelPaths, validateLabels } from '../core/labels.js';
+import { applyLabelPaths, compactLabels, validateLabels } from '../core/labels.js';
 import type { LeaseStore } from './leases.js';
 import type { OpContext } from './context.js';
 import { fromParts, now as nowTime, subMsOf } from '../core/time.js';
@@ -178,8 +178,8 @@ class BoundSnapshotter implements Snapshotter {
 
   private async createHeld(key: string, parent: string, readonly: boolean, opts: SnapshotOpts, hold: (bkey: string) => void): Promise<Mount[]> {
     if (!key) throw invalidArgument('snapshot key must not be empty');
-    const labels = { ...(opts.labels ?? {}) };
-    validateLabels(labels);
+    validateLabels(opts.labels);
+    const labels = compactLabels(opts.labels); // "" values are not stored, as containerd's writeMap
     const target = labels[LABEL_SNAPSHOT_REF];
 
     // Check and pick a backend key (a read-only transaction: no fsync); the backend call happens outside it.
@@ -263,8 +263,8 @@ class BoundSnapshotter implements Snapshotter {
 
   private async commitHeld(name: string, key: string, opts: SnapshotOpts, hold: (bkey: string) => void): Promise<void> {
     if (!name) throw invalidArgument('snapshot name must not be empty');
-    const labels = opts.labels ?? {};
-    validateLabels(labels);
+    validateLabels(opts.labels);
+    const labels = compactLabels(opts.labels); // "" values are not stored, as containerd's writeMap
     const { row, bname } = this.db.transaction(() => {
       // containerd's order: the name taken first (ALREADY_EXISTS even for an unknown key), then the key.
       if (this.s.row(this.ns, name)) throw alreadyExists(`snapshot "${name}"`);

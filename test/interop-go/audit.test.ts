@@ -21,6 +21,7 @@ const CHECKS = [
   "content and container filters take containerd's fields only",
   'namespaces appear when something is first made in them, not on failed or read-only calls',
   'a malformed filter is UNKNOWN in snapshot walks and event subscriptions, invalid argument elsewhere',
+  'a label set to an empty value is not stored',
 ];
 
 let d: StartedDaemon | undefined;

@@ -78,6 +78,7 @@ func main() {
 		{"content and container filters take containerd's fields only", checkFilterFields},
 		{"namespaces appear when something is first made in them, not on failed or read-only calls", checkImplicitNamespaces},
 		{"a malformed filter is UNKNOWN in snapshot walks and event subscriptions, invalid argument elsewhere", checkBadFilters},
+		{"a label set to an empty value is not stored", checkEmptyLabels},
 	}
 	for _, c := range checks {
 		done := make(chan error, 1)
@@ -806,6 +807,42 @@ func checkBadFilters(s *state) error {
 	}
 	if _, err := s.client.ImageService().List(s.ctx, bad); !errdefs.IsInvalidArgument(err) {
 		return fmt.Errorf("image List: %v, want invalid argument", err)
+	}
+	return nil
+}
+
+func checkEmptyLabels(s *state) error {
+	dgst, err := writeBlob(s, "audit-empty-labels", []byte("labels"))
+	if err != nil {
+		return err
+	}
+	cs := s.client.ContentStore()
+	for _, paths := range [][]string{nil, {"labels"}} {
+		info, err := cs.Update(s.ctx, content.Info{Digest: dgst, Labels: map[string]string{"a": "1", "b": ""}}, paths...)
+		if err != nil || fmt.Sprint(info.Labels) != "map[a:1]" {
+			return fmt.Errorf("content Update %v: %v %v, want map[a:1]", paths, info.Labels, err)
+		}
+		if info, err = cs.Info(s.ctx, dgst); err != nil || fmt.Sprint(info.Labels) != "map[a:1]" {
+			return fmt.Errorf("content Info after Update %v: %v %v, want map[a:1]", paths, info.Labels, err)
+		}
+	}
+	sn := s.client.SnapshotService(*snapshotter)
+	if _, err := sn.Prepare(s.ctx, "audit-empty-labels", "", snapshots.WithLabels(map[string]string{"a": "1", "b": ""})); err != nil {
+		return err
+	}
+	if info, err := sn.Stat(s.ctx, "audit-empty-labels"); err != nil || fmt.Sprint(info.Labels) != "map[a:1]" {
+		return fmt.Errorf("snapshot labels %v %v, want map[a:1]", info.Labels, err)
+	}
+	if info, err := sn.Update(s.ctx, snapshots.Info{Name: "audit-empty-labels", Labels: map[string]string{"c": "3", "d": ""}}, "labels"); err != nil || fmt.Sprint(info.Labels) != "map[c:3]" {
+		return fmt.Errorf("snapshot Update labels %v %v, want map[c:3]", info.Labels, err)
+	}
+	l, err := s.client.LeasesService().Create(s.ctx, leases.WithID("audit-empty-labels"), leases.WithLabels(map[string]string{"a": "1", "b": ""}))
+	if err != nil || fmt.Sprint(l.Labels) != "map[a:1]" {
+		return fmt.Errorf("lease Create answered %v %v, want map[a:1]", l.Labels, err)
+	}
+	all, err := s.client.LeasesService().List(s.ctx, "id==audit-empty-labels")
+	if err != nil || len(all) != 1 || fmt.Sprint(all[0].Labels) != "map[a:1]" {
+		return fmt.Errorf("lease List %v %v, want map[a:1]", all, err)
 	}
 	return nil
 }
