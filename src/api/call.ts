@@ -26,7 +26,25 @@ function header(call: CallContext, key: string): string | undefined {
   return v === undefined ? undefined : String(v);
 }
 
-/** The namespace (required: INVALID_ARGUMENT without it) and optional lease of a call. */
+/**
+ * An error that containerd returns without converting it to a status: gRPC answers UNKNOWN with the error's
+ * text (e.g. a bad filter in snapshot List or event Subscribe). The detail keeps the original wording.
+ */
+export function unconverted(err: unknown, context: string): Error {
+  const details = `${context}${err instanceof Error ? err.message : String(err)}`;
+  return Object.assign(new Error(details), { code: GrpcCode.UNKNOWN, details });
+}
+
+/** The call's namespace when it has a valid one (services whose requests name their own namespace). */
+export function callNamespace(call: CallContext): string | undefined {
+  try {
+    return requireNamespace(header(call, NAMESPACE_HEADER));
+  } catch {
+    return undefined;
+  }
+}
+
+/** The namespace (required: FAILED_PRECONDITION without it, as containerd) and optional lease of a call. */
 export function opContext(call: CallContext): OpContext {
   const namespace = requireNamespace(header(call, NAMESPACE_HEADER));
   const lease = header(call, LEASE_HEADER);

@@ -199,7 +199,8 @@ export const registryFromPb = (r: RegistryOptions | undefined): RegistryRequest 
 export function pluginToPb(p: LoadedPlugin): Plugin {
   const r = p.registration;
   let initErr: Plugin['initErr'];
-  if (p.status.state === 'skipped') initErr = { code: GrpcCode.FAILED_PRECONDITION, message: p.status.reason, details: [] };
+  // containerd's skip error is no errdefs kind: ToGRPC makes it UNKNOWN, its message ending in "skip plugin".
+  if (p.status.state === 'skipped') initErr = { code: GrpcCode.UNKNOWN, message: p.status.reason, details: [] };
   if (p.status.state === 'error') initErr = { code: GrpcCode.UNKNOWN, message: p.status.error.message, details: [] };
   return {
     type: r.type,

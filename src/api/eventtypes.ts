@@ -33,6 +33,8 @@ const messageName = (typeUrl: string) => typeUrl.replace(/^.*\//, '');
 
 export function encodeEvent(e: EventPayload): Any {
   if (e.kind === 'opaque') return { typeUrl: e.typeUrl, value: Buffer.from(e.value) };
+  // A client's event goes out byte for byte as it came in, as containerd's exchange passes the Any through.
+  if (e.raw) return { typeUrl: e.type, value: Buffer.from(e.raw) };
   const codec = codecs.get(messageName(e.type));
   if (!codec) throw new Error(`no protobuf type for event ${e.type}`);
   return { typeUrl: e.type, value: Buffer.from(codec.encode(codec.fromPartial(e.data)).finish()) };
@@ -43,7 +45,7 @@ export function decodeEvent(any: Any): EventPayload {
   const codec = codecs.get(messageName(any.typeUrl));
   if (codec) {
     try {
-      return { kind: 'typed', type: any.typeUrl, data: codec.decode(any.value) as Record<string, unknown> };
+      return { kind: 'typed', type: any.typeUrl, data: codec.decode(any.value) as Record<string, unknown>, raw: any.value };
     } catch {
       // fall through: keep the bytes as they came
     }

@@ -29,20 +29,39 @@ import { invalidArgument } from '../core/errdefs.js';
 
 const metadata = (ic: { get<T>(t: PluginType, id?: string): T }) => ic.get<MetadataStore>(PluginType.Metadata, 'sqlite');
 
+// containerd's in-process service layer (io.containerd.service.v1), listed by introspection as containerd lists
+// it: each grpc service below stands over one of these (clients such as the CRI plugin look them up by type and
+// id). Each is the store its gRPC service translates; requires are containerd's, for the types Strata has.
+const servicePlugins: [string, PluginType[], (ic: { get<T>(t: PluginType, id?: string): T }) => unknown][] = [
+  ['introspection-service', [], () => ({})],
+  ['namespaces-service', [PluginType.Event, PluginType.Metadata], (ic) => metadata(ic).namespaces],
+  ['containers-service', [PluginType.Event, PluginType.Metadata], (ic) => metadata(ic).containers],
+  ['images-service', [PluginType.Metadata, PluginType.GC], (ic) => metadata(ic).images],
+  ['tasks-service', [PluginType.Event, PluginType.Runtime, PluginType.Metadata], (ic) => ic.get(PluginType.Runtime, 'task')],
+  ['snapshots-service', [PluginType.Event, PluginType.Metadata], (ic) => metadata(ic).snapshotters],
+  ['content-service', [PluginType.Event, PluginType.Metadata], (ic) => metadata(ic).content],
+  ['leases-service', [PluginType.Metadata], (ic) => metadata(ic).leases],
+  ['diff-service', [PluginType.Differ, PluginType.Metadata], (ic) => ic.get(PluginType.Differ, 'walking')],
+];
+for (const [id, requires, init] of servicePlugins) {
+  register<unknown, Record<string, unknown>>({ type: PluginType.Service, id, requires, init });
+}
+
 register<GrpcService, Record<string, unknown>>({
   type: PluginType.GRPC,
   id: 'content',
-  requires: [PluginType.Metadata],
+  requires: [PluginType.Service, PluginType.Metadata],
   init: (ic) => contentService(metadata(ic).content, ic.log),
 });
 
 register<GrpcService, Record<string, unknown>>({
   type: PluginType.GRPC,
   id: 'snapshots',
-  requires: [PluginType.Metadata],
+  requires: [PluginType.Service, PluginType.Metadata],
   init: (ic) => {
     const md = metadata(ic);
     return snapshotsService((name, call) => {
+      if (!name) throw invalidArgument('snapshotter argument missing');
       const sn = md.snapshotters.get(name);
       if (!sn) throw invalidArgument(`snapshotter not loaded: ${name}`);
       return sn.bind(opContext(call));
@@ -53,7 +72,7 @@ register<GrpcService, Record<string, unknown>>({
 register<GrpcService, Record<string, unknown>>({
   type: PluginType.GRPC,
   id: 'namespaces',
-  requires: [PluginType.Metadata],
+  requires: [PluginType.Service, PluginType.Metadata],
   init: (ic) => namespacesService(metadata(ic).namespaces, ic.log),
 });
 
@@ -61,7 +80,7 @@ register<GrpcService, Record<string, unknown>>({
   type: PluginType.GRPC,
   id: 'leases',
   // After the GC plugin (when loaded): Delete with sync waits for a collection, as containerd's.
-  requires: [PluginType.Metadata, PluginType.GC],
+  requires: [PluginType.Service, PluginType.Metadata, PluginType.GC],
   init: (ic) => leasesService(metadata(ic).leases, ic.log, syncDelete(ic.getAll<Scheduler>(PluginType.GC).get('scheduler'))),
 });
 
@@ -106,14 +125,14 @@ register<GrpcService, Record<string, unknown>>({
 register<GrpcService, Record<string, unknown>>({
   type: PluginType.GRPC,
   id: 'images',
-  requires: [PluginType.Metadata, PluginType.GC],
+  requires: [PluginType.Service, PluginType.Metadata, PluginType.GC],
   init: (ic) => imagesService(metadata(ic).images, ic.log, syncDelete(ic.getAll<Scheduler>(PluginType.GC).get('scheduler'))),
 });
 
 register<GrpcService, Record<string, unknown>>({
   type: PluginType.GRPC,
   id: 'diff',
-  requires: [PluginType.Metadata, PluginType.Differ],
+  requires: [PluginType.Service, PluginType.Metadata, PluginType.Differ],
   init: (ic) => {
     const md = metadata(ic);
     return diffService(ic.get<Differ>(PluginType.Differ, 'walking'), (call) => md.content.bind(opContext(call)), ic.log);
@@ -144,7 +163,7 @@ import { containersService } from './services/containers.js';
 register<GrpcService, Record<string, unknown>>({
   type: PluginType.GRPC,
   id: 'containers',
-  requires: [PluginType.Metadata],
+  requires: [PluginType.Service, PluginType.Metadata],
   init: (ic) => containersService(metadata(ic).containers, ic.log),
 });
 
@@ -154,6 +173,6 @@ import type { TaskManager } from '../runtime/tasks.js';
 register<GrpcService, Record<string, unknown>>({
   type: PluginType.GRPC,
   id: 'tasks',
-  requires: [PluginType.Runtime],
+  requires: [PluginType.Service, PluginType.Runtime],
   init: (ic) => tasksService(ic.get<TaskManager>(PluginType.Runtime, 'task'), ic.log),
 });

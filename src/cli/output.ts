@@ -4,6 +4,7 @@
  * writes to stdout.
  */
 import { once } from 'node:events';
+import { toRFC3339Nano } from '../core/time.js';
 
 export interface TabOptions {
   /** Minimal cell width including padding. */
@@ -128,7 +129,8 @@ export function formatLabels(labels: Record<string, string> | undefined, empty =
   return pairs.length === 0 ? empty : pairs.sort().join(',');
 }
 
-export const isoOrNull = (d: Date | undefined): string | null => (d ? d.toISOString() : null);
+/** A time in JSON output: RFC 3339 with nanoseconds, as Go's time.RFC3339Nano in UTC (what ctr's JSON shows). */
+export const isoOrNull = (d: Date | undefined): string | null => (d ? toRFC3339Nano(d) : null);
 
 /** Writes to stdout, waiting for 'drain' when the pipe is full. */
 export async function write(chunk: string | Uint8Array): Promise<void> {

@@ -32,6 +32,7 @@ import {
   notFound,
   outOfRange,
   unavailable,
+  unknown,
 } from '../core/errdefs.js';
 import { allocWithHeadroom, shrinkWithHeadroom } from './headroom.js';
 import { Digester, isDigestAlgorithm, isValidDigest, isValidHex, parseDigest, type DigestAlgorithm } from './digest.js';
@@ -421,13 +422,14 @@ class Store implements LocalContentStore {
 
   async abort(ref: string): Promise<void> {
     const dir = this.ingestDir(ref);
-    // A client that closed its writer and aborts right away races the server's end of that Write stream:
-    // wait for the lock as a new writer would (containerd's Abort does not lock at all).
-    await lockWithRetry(dir, ref);
+    // As containerd's: the ingest goes even under an open writer (which keeps its lock and its open file, so its
+    // writes land nowhere and its commit fails). The lock is taken only when free, so that no writer starts on
+    // this ref while the directory is being removed.
+    const locked = tryLock(dir);
     try {
       if (!(await this.removeIngestDir(dir))) throw notFound(`ingest ref "${ref}"`);
     } finally {
-      unlock(dir);
+      if (locked) unlock(dir);
     }
   }
 
@@ -773,6 +775,8 @@ class LocalWriter implements ContentWriter {
       await rename(join(this.dir, 'data'), target);
     } catch (err) {
       await fh.chmod(0o644).catch(() => undefined);
+      // The ingest was aborted under this writer: containerd's rename fails the same way (an unknown error).
+      if (isMissing(err)) throw unknown(`failed to commit ingest ref ${JSON.stringify(this.ref)}: the ingest was aborted`);
       throw err;
     }
     await fsyncDir(targetDir);

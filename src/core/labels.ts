@@ -117,12 +117,11 @@ export function applyLabelPaths(
   next: Record<string, string>,
   fieldpaths: string[],
 ): Record<string, string> {
-  if (fieldpaths.length === 0) return { ...next };
-  const out = { ...current };
+  if (fieldpaths.length === 0) return compactLabels(next);
+  let out = { ...current };
   for (const path of fieldpaths) {
     if (path === 'labels') {
-      for (const k of Object.keys(out)) delete out[k];
-      Object.assign(out, next);
+      out = compactLabels(next);
     } else if (path.startsWith('labels.')) {
       const key = path.slice('labels.'.length);
       const v = next[key];

@@ -5,7 +5,8 @@
  * plain objects of known types and passes opaque ones through untouched.
  */
 export type EventPayload =
-  | { kind: 'typed'; type: string; data: Record<string, unknown> }
+  /** `raw`: the bytes a client sent (Publish/Forward), passed on as they came; absent for Strata's own events. */
+  | { kind: 'typed'; type: string; data: Record<string, unknown>; raw?: Uint8Array }
   | { kind: 'opaque'; typeUrl: string; value: Uint8Array };
 
 export interface Envelope {

@@ -14,10 +14,10 @@
  *  - containers are not lease resources: a container is itself a GC root (its snapshot and its
  *    `containerd.io/gc.ref.*` labels are what it keeps alive).
  *
- * Differences from containerd, deliberate: `extensions.<k>` with no such key in the request removes the
- * extension (containerd stores an empty Any), and `extensions` replaces the whole map (containerd's bolt code
- * only ever adds keys). Filters accept containerd's fields (`id`, `image`, `runtime.name`, `labels.<k>`) and
- * also `snapshotter` and `snapshotkey`.
+ * As containerd: `extensions.<k>` with no such key in the request stores an empty Any under k, and extensions
+ * are only ever added to what is stored (containerd's bolt code never clears the bucket), though the update's
+ * answer shows the update's own set. Filters take containerd's fields only (`id`, `image`, `runtime.name`, `labels.<k>`): a
+ * filter on another field (`snapshotter`, `snapshotkey`) matches nothing, as in containerd.
  *
  * Every change publishes an event: /containers/create (containerd.events.ContainerCreate{id, image,
  * runtime}), /containers/update (ContainerUpdate{id, image, labels, snapshotKey}), /containers/delete
@@ -256,10 +256,6 @@ class BoundContainerStore implements ContainerStore {
               return path.length === 1 && c.image !== '' ? c.image : undefined;
             case 'runtime':
               return path.length === 2 && path[1] === 'name' && c.runtime.name !== '' ? c.runtime.name : undefined;
-            case 'snapshotter':
-              return path.length === 1 && c.snapshotter !== '' ? c.snapshotter : undefined;
-            case 'snapshotkey':
-              return path.length === 1 && c.snapshotKey !== '' ? c.snapshotKey : undefined;
             case 'labels':
               return labelField(c.labels, path.slice(1));
             default:
@@ -320,6 +316,7 @@ class BoundContainerStore implements ContainerStore {
       const row = this.row(input.id);
       if (!row) throw notFound(`container ${JSON.stringify(input.id)}`);
       const u = toContainer(row);
+      const storedExtensions = { ...u.extensions };
       let paths = fieldpaths;
       if (paths.length === 0) {
         // A full replace: only these fields may change, and the immutable ones must match.
@@ -335,9 +332,8 @@ class BoundContainerStore implements ContainerStore {
         }
         if (path.startsWith('extensions.')) {
           const key = path.slice('extensions.'.length);
-          const v = next.extensions[key];
-          if (v === undefined) delete u.extensions[key];
-          else u.extensions[key] = v;
+          // containerd: an extension the request lacks becomes an empty Any under that key.
+          u.extensions[key] = next.extensions[key] ?? { typeUrl: '', value: Buffer.alloc(0) };
           continue;
         }
         switch (path) {
@@ -364,7 +360,9 @@ class BoundContainerStore implements ContainerStore {
       validateContainer(u, 'update failed validation');
       u.labels = compact(u.labels);
       u.updatedAt = nowTime();
-      const r = toRow(u);
+      // containerd writes extensions into the container's extensions bucket without clearing it: what is stored
+      // is the old set with the update's laid over it, while the answer shows the update's own set.
+      const r = toRow({ ...u, extensions: { ...storedExtensions, ...u.extensions } });
       this.s.db
         .prepare(
           'UPDATE containers SET labels = ?, image = ?, spec_type = ?, spec = ?, snapshot_key = ?, extensions = ?, updated_at = ?, updated_ns = ? WHERE namespace = ? AND id = ?',

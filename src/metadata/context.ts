@@ -3,7 +3,7 @@
  * created by the operation are attached to. The gRPC layer builds it from the `containerd-namespace` and
  * `containerd-lease` headers; in-process callers build it directly.
  */
-import { invalidArgument } from '../core/errdefs.js';
+import { failedPrecondition } from '../core/errdefs.js';
 import { validateIdentifier } from '../core/identifiers.js';
 
 export interface OpContext {
@@ -11,8 +11,9 @@ export interface OpContext {
   lease?: string;
 }
 
+/** containerd's NamespaceRequired: none is FAILED_PRECONDITION, an invalid one INVALID_ARGUMENT. */
 export function requireNamespace(namespace: string | undefined): string {
-  if (!namespace) throw invalidArgument('namespace is required');
+  if (!namespace) throw failedPrecondition('namespace is required');
   validateIdentifier(namespace);
   return namespace;
 }

@@ -10,7 +10,7 @@ import { parseDigest } from '../content/digest.js';
 import { type DB } from '../core/sqlite.js';
 import { encodeLabels, parseLabels } from '../core/labels.js';
 import { type NamespaceStore } from './namespaces.js';
-import { validateLabels } from '../core/labels.js';
+import { compactLabels, validateLabels } from '../core/labels.js';
 import type { OpContext } from './context.js';
 import { LABEL_GC_EXPIRE } from '../core/labels.js';
 import { fromParts, now as nowTime } from '../core/time.js';
@@ -42,11 +42,10 @@ export class LeaseStore {
 
   create(namespace: string, id: string, labels: Record<string, string> = {}): Lease {
     if (id === '') id = generateLeaseId();
+    // As containerd: a containerd.io/gc.expire that is not a time is stored; the collector ignores it. A label
+    // set to "" is not stored, nor answered (containerd's writeMap drops it from the map it answers with).
     validateLabels(labels);
-    const expire = labels[LABEL_GC_EXPIRE];
-    if (expire !== undefined && Number.isNaN(Date.parse(expire))) {
-      throw invalidArgument(`lease ${JSON.stringify(id)}: label ${LABEL_GC_EXPIRE} is not an RFC 3339 time: ${expire}`);
-    }
+    labels = compactLabels(labels);
     const createdAt = nowTime();
     this.db.transaction(() => {
       this.namespaces.ensure(namespace);
@@ -70,7 +69,7 @@ export class LeaseStore {
   list(namespace: string, filters: string[] = []): Lease[] {
     const filter = parseAll(filters);
     const rows = this.db
-      .prepare('SELECT id, labels, created_at, created_ns FROM leases WHERE namespace = ? ORDER BY created_at, created_ns, id')
+      .prepare('SELECT id, labels, created_at, created_ns FROM leases WHERE namespace = ? ORDER BY id') // containerd's order: its bolt bucket's, by id bytes
       .all(namespace) as { id: string; labels: string; created_at: number; created_ns: number }[];
     const leases = rows.map((r) => ({ id: r.id, createdAt: fromParts(r.created_at, r.created_ns), labels: parseLabels(r.labels) }));
     return leases.filter((l) =>
@@ -91,10 +90,11 @@ export class LeaseStore {
     this.notifyMutation(true);
   }
 
+  // As containerd's: an unknown lease is NOT_FOUND before the resource is looked at.
   addResource(namespace: string, id: string, resource: LeaseResource): void {
-    const r = normalizeResource(resource);
     this.db.transaction(() => {
       this.get(namespace, id);
+      const r = normalizeResource(resource);
       this.db
         .prepare('INSERT OR IGNORE INTO lease_resources (namespace, lease, type, id) VALUES (?, ?, ?, ?)')
         .run(namespace, id, r.type, r.id);
@@ -103,9 +103,9 @@ export class LeaseStore {
   }
 
   deleteResource(namespace: string, id: string, resource: LeaseResource): void {
-    const r = normalizeResource(resource);
     this.db.transaction(() => {
       this.get(namespace, id);
+      const r = normalizeResource(resource);
       this.db
         .prepare('DELETE FROM lease_resources WHERE namespace = ? AND lease = ? AND type = ? AND id = ?')
         .run(namespace, id, r.type, r.id);

@@ -8,7 +8,7 @@ import { typedEvent, type EventPublisher } from '../events/types.js';
 import { type DB } from '../core/sqlite.js';
 import { encodeLabels, parseLabels } from '../core/labels.js';
 import { validateIdentifier } from '../core/identifiers.js';
-import { validateLabels, applyLabelPaths } from '../core/labels.js';
+import { validateLabels } from '../core/labels.js';
 import { now as nowTime } from '../core/time.js';
 
 export interface Namespace {
@@ -48,7 +48,11 @@ export class NamespaceStore {
     return this.db.prepare('SELECT 1 FROM namespaces WHERE name = ?').get(name) !== undefined;
   }
 
-  create(name: string, labels: Record<string, string> = {}): Namespace {
+  /**
+   * Creates a namespace. The event goes to `eventNamespace`: containerd publishes it in the caller's namespace
+   * (the client's default), not in the namespace created.
+   */
+  create(name: string, labels: Record<string, string> = {}, eventNamespace = name): Namespace {
     validateIdentifier(name);
     validateLabels(labels);
     const created = nowTime();
@@ -56,7 +60,7 @@ export class NamespaceStore {
       .prepare('INSERT OR IGNORE INTO namespaces (name, labels, created_at, created_ns) VALUES (?, ?, ?, ?)')
       .run(name, encodeLabels(labels), created.getTime(), created.subMs);
     if (res.changes === 0) throw alreadyExists(`namespace ${name}`);
-    this.events.publish(name, '/namespaces/create', typedEvent('containerd.events.NamespaceCreate', { name, labels }));
+    this.events.publish(eventNamespace, '/namespaces/create', typedEvent('containerd.events.NamespaceCreate', { name, labels }));
     return { name, labels };
   }
 
@@ -77,27 +81,35 @@ export class NamespaceStore {
   }
 
   /**
-   * Updates labels. With no field paths all labels are replaced; "labels" replaces all; "labels.<key>" sets
-   * one key (or removes it when the new value is absent or empty).
+   * Updates labels as containerd's namespaces service does. With no field paths every label is replaced by the
+   * request's; otherwise only "labels.<key>" paths are accepted (not "labels": containerd refuses it here, unlike
+   * its other stores), each setting one key or removing it when the request has no value for it. An empty value
+   * removes a label. Each label set creates the namespace when it has no record yet (so does a "labels.<key>"
+   * path, even one that removes); an update that sets nothing creates nothing. The event carries the request's
+   * labels and goes to `eventNamespace` (containerd: the caller's namespace).
    */
-  update(ns: Namespace, fieldpaths: string[] = []): Namespace {
-    validateLabels(ns.labels);
-    const updated = this.db.transaction(() => {
-      if (!this.exists(ns.name)) {
-        // containerd's Update sets each label in the namespace's label bucket, creating the namespace: one with
-        // no record yet appears once a label is set, and an update that sets none answers empty labels.
-        validateIdentifier(ns.name);
-        const labels = applyLabelPaths({}, ns.labels, fieldpaths);
-        if (Object.keys(labels).length === 0 && !fieldpaths.some((p) => p.startsWith('labels.'))) return { name: ns.name, labels };
-        this.ensure(ns.name);
+  update(ns: Namespace, fieldpaths: string[] = [], eventNamespace = ns.name): void {
+    validateIdentifier(ns.name);
+    const requested = ns.labels ?? {};
+    for (const path of fieldpaths) {
+      if (!path.startsWith('labels.')) throw invalidArgument(`cannot update ${JSON.stringify(path)} field`);
+    }
+    const set: Record<string, string> = {};
+    const keys = fieldpaths.length > 0 ? fieldpaths.map((p) => p.slice('labels.'.length)) : Object.keys(requested);
+    for (const k of keys) set[k] = requested[k] ?? '';
+    validateLabels(Object.fromEntries(Object.entries(set).filter(([, v]) => v !== '')));
+    this.db.transaction(() => {
+      const exists = this.exists(ns.name);
+      if (!exists && keys.length === 0) return;
+      this.ensure(ns.name);
+      const labels = fieldpaths.length > 0 ? this.get(ns.name).labels : {};
+      for (const [k, v] of Object.entries(set)) {
+        if (v === '') delete labels[k];
+        else labels[k] = v;
       }
-      const current = this.get(ns.name);
-      const labels = applyLabelPaths(current.labels, ns.labels, fieldpaths);
       this.db.prepare('UPDATE namespaces SET labels = ? WHERE name = ?').run(encodeLabels(labels), ns.name);
-      return { name: ns.name, labels };
-    })();
-    this.events.publish(ns.name, '/namespaces/update', typedEvent('containerd.events.NamespaceUpdate', { ...updated }));
-    return updated;
+    }).immediate();
+    this.events.publish(eventNamespace, '/namespaces/update', typedEvent('containerd.events.NamespaceUpdate', { name: ns.name, labels: requested }));
   }
 
   delete(name: string): void {

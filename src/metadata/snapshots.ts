@@ -30,7 +30,7 @@ import { type UniqueNumbers } from './db.js';
 import { type DB } from '../core/sqlite.js';
 import { encodeLabels, parseLabels } from '../core/labels.js';
 import { type NamespaceStore } from './namespaces.js';
-import { applyLabelPaths, validateLabels } from '../core/labels.js';
+import { applyLabelPaths, compactLabels, validateLabels } from '../core/labels.js';
 import type { LeaseStore } from './leases.js';
 import type { OpContext } from './context.js';
 import { fromParts, now as nowTime, subMsOf } from '../core/time.js';
@@ -168,8 +168,8 @@ export class NamespacedSnapshots {
   }
 
   /** @internal */ mustRow(ns: string, key: string): Row {
-    if (!key) throw invalidArgument('snapshot key must not be empty');
-    const r = this.row(ns, key);
+    // An empty key names no snapshot: NOT_FOUND, as containerd's bolt lookups answer.
+    const r = key ? this.row(ns, key) : undefined;
     if (!r) throw notFound(`snapshot ${key} does not exist`);
     return r;
   }
@@ -203,6 +203,7 @@ class BoundSnapshotter implements Snapshotter {
   }
 
   async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths: string[] = []): Promise<Info> {
+    if (!info.name) throw invalidArgument('snapshot name must not be empty');
     validateLabels(info.labels);
     const { row, labels, now } = this.s.commits.write(() => {
       const row = this.s.mustRow(this.ns, info.name);
@@ -250,8 +251,8 @@ class BoundSnapshotter implements Snapshotter {
 
   private async createHeld(key: string, parent: string, readonly: boolean, opts: SnapshotOpts, hold: (bkey: string) => void): Promise<Mount[]> {
     if (!key) throw invalidArgument('snapshot key must not be empty');
-    const labels = { ...(opts.labels ?? {}) };
-    validateLabels(labels);
+    validateLabels(opts.labels);
+    const labels = compactLabels(opts.labels); // "" values are not stored, as containerd's writeMap
     const target = labels[LABEL_SNAPSHOT_REF];
 
     // Check and pick a backend key (a read-only transaction: no fsync); the backend call happens outside it.
@@ -264,6 +265,8 @@ class BoundSnapshotter implements Snapshotter {
         if (!p) throw notFound(`parent snapshot ${parent} does not exist`);
         bparent = p.backend_key;
       }
+      // As containerd's first transaction: the namespace exists from here on, whatever the backend answers.
+      if (!this.s.store.namespaces.exists(this.ns)) this.s.store.namespaces.ensure(this.ns);
       return { bkey: `${this.ns}/${this.s.store.numbers.next()}/${key}`, bparent };
     })();
     hold(reserved);
@@ -323,7 +326,8 @@ class BoundSnapshotter implements Snapshotter {
     await this.s.commits.durable();
     this.s.notifyMutation(false);
     if (adopted) throw adopted;
-    this.s.store.events.publish(this.ns, '/snapshot/prepare', typedEvent('containerd.events.SnapshotPrepare', { key, parent }));
+    // containerd publishes for Prepare only, not for View.
+    if (!readonly) this.s.store.events.publish(this.ns, '/snapshot/prepare', typedEvent('containerd.events.SnapshotPrepare', { key, parent }));
     return mounts;
   }
 
@@ -333,11 +337,12 @@ class BoundSnapshotter implements Snapshotter {
 
   private async commitHeld(name: string, key: string, opts: SnapshotOpts, hold: (bkey: string) => void): Promise<void> {
     if (!name) throw invalidArgument('snapshot name must not be empty');
-    const labels = opts.labels ?? {};
-    validateLabels(labels);
+    validateLabels(opts.labels);
+    const labels = compactLabels(opts.labels); // "" values are not stored, as containerd's writeMap
     const { row, bname } = this.db.transaction(() => {
-      const row = this.s.mustRow(this.ns, key);
+      // containerd's order: the name taken first (ALREADY_EXISTS even for an unknown key), then the key.
       if (this.s.row(this.ns, name)) throw alreadyExists(`snapshot "${name}"`);
+      const row = this.s.mustRow(this.ns, key);
       // containerd's words (its backend reports this, wrapped by the commit).
       if (row.kind !== 'active') throw failedPrecondition(`failed to commit snapshot: snapshot ${JSON.stringify(key)} is not active`);
       return { row, bname: `${this.ns}/${this.s.store.numbers.next()}/${name}` };
@@ -393,7 +398,7 @@ class BoundSnapshotter implements Snapshotter {
     const filter = parseAll(filters);
     const rows = this.db
       .prepare(
-        'SELECT key, backend_key, parent, kind, labels, created_at, created_ns, updated_at, updated_ns FROM snapshots WHERE namespace = ? AND snapshotter = ? ORDER BY created_at, created_ns, key',
+        'SELECT key, backend_key, parent, kind, labels, created_at, created_ns, updated_at, updated_ns FROM snapshots WHERE namespace = ? AND snapshotter = ? ORDER BY key', // containerd's order: by key bytes
       )
       .all(this.ns, this.s.name) as Row[];
     for (const r of rows) {

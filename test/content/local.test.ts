@@ -625,13 +625,17 @@ describe('status, listStatuses and abort', () => {
     await rejectsWith(store.abort('nope'), 'not found', 'ingest ref "nope"');
   });
 
-  it('aborts an ingest, but not while a writer holds it', async () => {
+  it('aborts an ingest, even under an open writer, whose commit then fails as containerd\'s does', async () => {
     const w = await store.writer({ ref: 'ab' });
     await w.write(Buffer.from('partial'));
-    await rejectsWith(store.abort('ab'), 'unavailable', 'ref ab locked');
     expect((await store.status('ab')).offset).toBe(7);
-    await w.close();
     await store.abort('ab');
+    await rejectsWith(store.status('ab'), 'not found');
+    // The writer still holds the ref: no second writer while it is open.
+    await rejectsWith(store.writer({ ref: 'ab' }), 'unavailable', 'ref ab locked');
+    await w.write(Buffer.from(' more'));
+    await rejectsWith(w.commit(12), 'unknown', 'failed to commit ingest ref "ab": the ingest was aborted');
+    await w.close();
     await rejectsWith(store.status('ab'), 'not found');
     await rejectsWith(store.abort('ab'), 'not found');
     expect(await readdir(join(root, 'ingest'))).toEqual([]);

@@ -439,20 +439,20 @@ describe('services', () => {
     }
   });
 
-  it('rejects a namespaced call without the containerd-namespace header as invalid argument', async () => {
+  it('rejects a namespaced call without the containerd-namespace header as a failed precondition, as containerd does', async () => {
     const bare = new StrataClient(d.address, {});
     clients.push(bare);
     expect(bare.metadata().get('containerd-namespace')).toEqual([]);
     const err = await rejection(bare.collect(bare.content.list({ filters: [] }, bare.metadata())));
     expect(err).toBeInstanceOf(StrataError);
-    expect((err as StrataError).kind).toBe('invalid argument');
-    expect((err as StrataError).grpcCode).toBe(3);
+    expect((err as StrataError).kind).toBe('failed precondition');
+    expect((err as StrataError).grpcCode).toBe(9);
     expect((err as StrataError).message).toMatch(/namespace/);
-    // The raw status code is 3 too, for a unary call.
+    // The raw status code is 9 too, for a unary call.
     const raw = await new Promise<grpc.ServiceError>((resolve, reject) =>
       bare.content.info({ digest: 'sha256:' + '0'.repeat(64) }, bare.metadata(), (e) => (e ? resolve(e) : reject(new Error('info succeeded')))),
     );
-    expect(raw.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(raw.code).toBe(grpc.status.FAILED_PRECONDITION);
     // Non-namespaced services still work without it.
     expect((await bare.call(bare.version, bare.version.version, {})).version).toMatch(/^v/);
     expect(await namespaceNames(bare)).toBeInstanceOf(Array);

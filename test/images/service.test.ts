@@ -118,7 +118,7 @@ describe('images service', () => {
     expect((await c.call(c.images, c.images.get, { name: 'shared-name' })).image!.labels).toEqual({ ns: 'default' });
     await c.call(c.images, c.images.delete, { name: 'shared-name', sync: false });
     const none = c.with({ namespace: '' });
-    expect(await kindOf(none.call(none.images, none.images.list, { filters: [] }))).toBe('invalid argument');
+    expect(await kindOf(none.call(none.images, none.images.list, { filters: [] }))).toBe('failed precondition');
     other.close();
   });
 

@@ -172,7 +172,7 @@ describe('image store', () => {
   });
 
   it('requires a valid namespace', async () => {
-    expect(await kindOf(Promise.resolve().then(() => md.images.bind({ namespace: '' })))).toBe('invalid argument');
+    expect(await kindOf(Promise.resolve().then(() => md.images.bind({ namespace: '' })))).toBe('failed precondition');
   });
 
   it('persists across a reopen of the database', async () => {

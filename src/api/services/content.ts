@@ -50,10 +50,11 @@ export function contentService(content: NamespacedContent, log: Logger): GrpcSer
     }),
 
     read: serverStream(l, 'Read', async (req: { digest: string; offset: number; size: number }, send, call) => {
-      if (req.offset < 0 || req.size < 0) throw invalidArgument('offset and size must not be negative');
-      // The store answers NOT_FOUND and OUT_OF_RANGE (an offset past the end) itself.
-      const stream = await store(call).read(req.digest, { offset: req.offset, size: req.size });
-      let offset = req.offset;
+      // As containerd's content server: a negative offset reads from the start, a size of zero or less reads to
+      // the end. The store answers NOT_FOUND and OUT_OF_RANGE (an offset past the end) itself.
+      const from = Math.max(0, req.offset);
+      const stream = await store(call).read(req.digest, { offset: from, size: Math.max(0, req.size) });
+      let offset = from;
       try {
         for await (const chunk of stream as AsyncIterable<Buffer>) {
           if (chunk.length <= READ_CHUNK) {
@@ -108,17 +109,23 @@ async function writeSession(
   let expected = req.expected;
 
   const wr: ContentWriter = await cs.writer({ ref, total, expected });
+  // As containerd's server: one response message for the whole session, so what a STAT filled in (total,
+  // times) stays in later answers; and after a normal end (COMMIT, or the client closing its side) the last
+  // answer is sent once more (containerd's deferred Send), after the writer is closed.
+  const msg: WriteContentResponse = { action: req.action, offset: 0, total: 0, digest: '', startedAt: undefined, updatedAt: undefined };
   try {
+    await writeLoop(req);
+  } finally {
+    await wr.close();
+  }
+  await send(msg).catch(() => undefined); // the client may be gone: nothing to tell it then
+
+  async function writeLoop(first: WriteContentRequest): Promise<void> {
+    let req = first;
     for (;;) {
       const st = await wr.status();
-      const msg: WriteContentResponse = {
-        action: req.action,
-        offset: st.offset,
-        total: 0,
-        digest: '',
-        startedAt: undefined,
-        updatedAt: undefined,
-      };
+      msg.action = req.action;
+      msg.offset = st.offset;
       if (req.expected) {
         expected = req.expected;
         const existing = await cs.info(req.expected).catch(() => undefined);
@@ -157,15 +164,15 @@ async function writeSession(
           msg.digest = wr.digest();
           break;
         default:
-          throw invalidArgument(`unknown write action ${String(req.action)}`);
+          // containerd's server has no case for other actions: the answer is the message as it stands, with this
+          // action and the current offset.
+          break;
       }
-      await send(msg);
+      await send({ ...msg });
       if (req.action === WriteAction.COMMIT) return;
       const next = await reader.next();
       if (!next) return;
       req = next;
     }
-  } finally {
-    await wr.close();
   }
 }

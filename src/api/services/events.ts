@@ -3,9 +3,13 @@ import type * as grpc from '@grpc/grpc-js';
 import { EventsService, type EventsServer, type Envelope } from '../gen/containerd/services/events/v1/events.js';
 import type { Any } from '../gen/google/protobuf/any.js';
 import { invalidArgument } from '../../core/errdefs.js';
-import type { Exchange } from '../../events/exchange.js';
+import { validateTopic, type Exchange } from '../../events/exchange.js';
+import { validateIdentifier } from '../../core/identifiers.js';
+
+/** Go's zero time.Time (0001-01-01T00:00:00Z) in milliseconds since the epoch. */
+const GO_ZERO_TIME_MS = -62135596800000;
 import type { Logger } from '../../log/index.js';
-import { opContext, serverStream, unary, type GrpcService, grpcService } from '../call.js';
+import { opContext, serverStream, unary, unconverted, type GrpcService, grpcService } from '../call.js';
 import { decodeEvent, encodeEvent } from '../eventtypes.js';
 
 export function eventsService(exchange: Exchange, log: Logger): GrpcService {
@@ -20,8 +24,15 @@ export function eventsService(exchange: Exchange, log: Logger): GrpcService {
     forward: unary(l, 'Forward', (req: { envelope?: Envelope }) => {
       const env = req.envelope;
       if (!env?.event) throw invalidArgument('envelope with an event must be set');
+      // containerd forwards the envelope as sent, and refuses one without a timestamp (Go's zero time: none, or
+      // 0001-01-01T00:00:00Z), after checking the namespace and the topic.
+      validateIdentifier(env.namespace);
+      validateTopic(env.topic);
+      if (!env.timestamp || env.timestamp.getTime() === GO_ZERO_TIME_MS) {
+        throw invalidArgument('timestamp must be set on forwarded event');
+      }
       exchange.forward({
-        timestamp: env.timestamp ?? new Date(),
+        timestamp: env.timestamp,
         namespace: env.namespace,
         topic: env.topic,
         event: decodeEvent(env.event),
@@ -29,7 +40,13 @@ export function eventsService(exchange: Exchange, log: Logger): GrpcService {
       return {};
     }),
     subscribe: serverStream(l, 'Subscribe', async (req: { filters: string[] }, send, call) => {
-      const sub = exchange.subscribe(req.filters);
+      let sub: ReturnType<Exchange['subscribe']>;
+      try {
+        sub = exchange.subscribe(req.filters);
+      } catch (err) {
+        // containerd's Subscribe returns this error unconverted: UNKNOWN, in its words.
+        throw unconverted(err, 'subscription error: failed parsing subscription filters: ');
+      }
       open.add(sub);
       const stop = () => sub.close();
       call.on('cancelled', stop);

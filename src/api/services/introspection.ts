@@ -17,20 +17,11 @@ export function introspectionService(plugins: () => readonly LoadedPlugin[], uui
         .map(pluginToPb)
         .filter((p) =>
           filter.match(
+            // containerd's adaptor: type and id (present when not empty); platforms and capabilities are never
+            // matched (its TODOs), so a filter on them matches no plugin.
             adapt((path) => {
-              if (path.length !== 1) return path[0] === 'capabilities' ? undefined : undefined;
-              switch (path[0]) {
-                case 'type':
-                  return p.type;
-                case 'id':
-                  return p.id;
-                case 'platforms':
-                  return p.platforms.map((pl) => `${pl.os}/${pl.architecture}`).join(',');
-                case 'capabilities':
-                  return p.capabilities.join(',');
-                default:
-                  return undefined;
-              }
+              const v = path[0] === 'type' ? p.type : path[0] === 'id' ? p.id : '';
+              return v === '' ? undefined : v;
             }),
           ),
         );

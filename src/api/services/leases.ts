@@ -1,7 +1,6 @@
 /** containerd.services.leases.v1.Leases over the metadata lease store. */
 import type * as grpc from '@grpc/grpc-js';
 import { LeasesService, type LeasesServer, type Resource } from '../gen/containerd/services/leases/v1/leases.js';
-import { invalidArgument } from '../../core/errdefs.js';
 import type { LeaseStore } from '../../metadata/leases.js';
 import type { Logger } from '../../log/index.js';
 import { opContext, unary, type GrpcService, grpcService } from '../call.js';
@@ -11,10 +10,8 @@ export type AfterLeaseDelete = (namespace: string, sync: boolean) => Promise<voi
 
 export function leasesService(store: LeaseStore, log: Logger, afterDelete?: AfterLeaseDelete): GrpcService {
   const l = log.child({ service: 'leases' });
-  const resource = (r: Resource | undefined) => {
-    if (!r) throw invalidArgument('resource must be set');
-    return { id: r.id, type: r.type };
-  };
+  // containerd's resource field is never nil: a missing one is the empty resource (NOT_IMPLEMENTED: no type).
+  const resource = (r: Resource | undefined) => ({ id: r?.id ?? '', type: r?.type ?? '' });
   const implementation: LeasesServer = {
     create: unary(l, 'Create', (req: { id: string; labels: Record<string, string> }, call) => ({
       lease: store.create(opContext(call).namespace, req.id, req.labels),

@@ -4,7 +4,7 @@ import { NamespacesService, type NamespacesServer, type Namespace } from '../gen
 import { invalidArgument } from '../../core/errdefs.js';
 import type { NamespaceStore } from '../../metadata/namespaces.js';
 import type { Logger } from '../../log/index.js';
-import { unary, type GrpcService, grpcService } from '../call.js';
+import { callNamespace, unary, type GrpcService, grpcService } from '../call.js';
 
 export function namespacesService(store: NamespaceStore, log: Logger): GrpcService {
   const l = log.child({ service: 'namespaces' });
@@ -15,13 +15,17 @@ export function namespacesService(store: NamespaceStore, log: Logger): GrpcServi
       namespace: store.exists(req.name) ? store.get(req.name) : { name: req.name, labels: {} },
     })),
     list: unary(l, 'List', () => ({ namespaces: store.list() })),
-    create: unary(l, 'Create', (req: { namespace?: Namespace }) => {
+    // The create and update events go to the caller's namespace, as containerd publishes them (with no namespace
+    // on the call, where containerd's publish fails after the change, to the namespace itself).
+    create: unary(l, 'Create', (req: { namespace?: Namespace }, call) => {
       if (!req.namespace) throw invalidArgument('namespace must be set');
-      return { namespace: store.create(req.namespace.name, req.namespace.labels) };
+      return { namespace: store.create(req.namespace.name, req.namespace.labels, callNamespace(call) ?? req.namespace.name) };
     }),
-    update: unary(l, 'Update', (req: { namespace?: Namespace; updateMask?: string[] }) => {
+    // containerd answers an empty namespace (its response is never filled in).
+    update: unary(l, 'Update', (req: { namespace?: Namespace; updateMask?: string[] }, call) => {
       if (!req.namespace) throw invalidArgument('namespace must be set');
-      return { namespace: store.update(req.namespace, req.updateMask ?? []) };
+      store.update(req.namespace, req.updateMask ?? [], callNamespace(call) ?? req.namespace.name);
+      return { namespace: { name: '', labels: {} } };
     }),
     delete: unary(l, 'Delete', (req: { name: string }) => {
       store.delete(req.name);

@@ -8,7 +8,8 @@ import { SnapshotsService, type SnapshotsServer, type Info as PbInfo } from '../
 import { invalidArgument } from '../../core/errdefs.js';
 import type { Snapshotter } from '../../snapshots/types.js';
 import type { Logger } from '../../log/index.js';
-import { serverStream, unary, type GrpcService, grpcService } from '../call.js';
+import { serverStream, unary, unconverted, type GrpcService, grpcService } from '../call.js';
+import { parseAll } from '../../filters/index.js';
 import { mountToPb, snapshotInfoToPb } from '../convert.js';
 import type { CallContext } from '../call.js';
 
@@ -50,8 +51,14 @@ export function snapshotsService(resolve: ResolveSnapshotter, log: Logger): Grpc
       return { info: snapshotInfoToPb(await sn(req, call).update({ name: req.info.name, labels: req.info.labels }, req.updateMask ?? [])) };
     }),
     list: serverStream(l, 'List', async (req: Req & { filters: string[] }, send, call) => {
+      const backend = sn(req, call);
+      try {
+        parseAll(req.filters);
+      } catch (err) {
+        throw unconverted(err, ''); // containerd's List passes the walk's error on unconverted: UNKNOWN
+      }
       let batch: PbInfo[] = [];
-      await sn(req, call).walk(async (info) => {
+      await backend.walk(async (info) => {
         batch.push(snapshotInfoToPb(info));
         if (batch.length >= LIST_BATCH) {
           const out = batch;
