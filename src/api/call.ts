@@ -56,7 +56,22 @@ export function toStatus(err: unknown): CallStatus {
   const e = err as { code?: unknown; details?: unknown; message?: unknown };
   // Already a gRPC status (e.g. from a proxied backend): pass it through.
   if (typeof e?.code === 'number' && typeof e.details === 'string') return { code: e.code, details: e.details };
-  return { code: grpcCodeOf(err), details: err instanceof Error ? err.message : String(err) };
+  return { code: grpcCodeOf(err), details: err instanceof Error ? withoutHostPaths(err) : String(err) };
+}
+
+/**
+ * A Node file-call error (ENOSPC, EACCES...) that escaped a store's own wrapping names the daemon's file in its
+ * message ("ENOSPC: no space left on device, write '/var/lib/strata/...'"). The client gets the error without
+ * the path and the path stays in the daemon's log.
+ */
+function withoutHostPaths(err: Error): string {
+  const e = err as NodeJS.ErrnoException & { dest?: unknown };
+  let message = err.message;
+  if (typeof e.syscall === 'string') {
+    if (typeof e.dest === 'string') message = message.split(` -> '${e.dest}'`).join('');
+    if (typeof e.path === 'string') message = message.split(` '${e.path}'`).join('');
+  }
+  return message;
 }
 
 function logFailure(log: Logger, method: string, err: unknown): void {
