@@ -78,6 +78,8 @@ async function applyLayer(tar: Buffer): Promise<{ err: StrataError | undefined; 
   const [dir] = await readdir(snapshotsDir());
   const written = await bytesUnder(join(snapshotsDir(), dir!));
   await c.call(c.snapshots, c.snapshots.remove, { snapshotter: 'overlayfs', key });
+  // Remove leaves the data to the background (containerd leaves it to its GC); Cleanup waits for it.
+  await c.call(c.snapshots, c.snapshots.cleanup, { snapshotter: 'overlayfs' });
   expect(await readdir(snapshotsDir())).toEqual([]);
   return { err, written };
 }
@@ -156,6 +158,7 @@ describe('layer limits in a pull', () => {
       );
       expectLimit(err, 'max_layer_size = 1048576');
       expect(await listSnapshots(cl)).toEqual([]);
+      await cl.call(cl.snapshots, cl.snapshots.cleanup, { snapshotter: 'overlayfs' });
       expect(await readdir(snapshotsDir())).toEqual([]);
     } finally {
       cl.close();
