@@ -9,7 +9,7 @@ import { closeSync, mkdirSync, openSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from '../log/index.js';
-import { files } from './bundle.js';
+import { SPARE_FIFO_SUFFIX, files } from './bundle.js';
 
 export interface MonitorPoolOptions {
   /** The task manager's bundle root (the spares' sockets go next to it). */
@@ -25,11 +25,23 @@ export interface MonitorPoolOptions {
 
 const defaultMonitor = () => fileURLToPath(new URL('./monitor.js', import.meta.url));
 
+/** A monitor for a task: its process, and for a spare, the connection it serves as its first control client. */
+export interface StartedMonitor {
+  child: ChildProcess;
+  conn?: Socket;
+}
+
+interface Spare {
+  child: ChildProcess;
+  sock: string;
+  conn?: Socket;
+}
+
 export class MonitorPool {
   private readonly monitorPath: string;
   private readonly nodePath: string;
   private closed = false;
-  private spareMonitor?: { child: ChildProcess; conn?: Socket };
+  private spareMonitor?: Spare;
   private spareSeq = 0;
 
   constructor(private readonly opts: MonitorPoolOptions) {
@@ -37,34 +49,43 @@ export class MonitorPool {
     this.nodePath = opts.node ?? process.execPath;
   }
 
-  /** A monitor process for `bundle` (which holds task.json): the spare if one is ready, else a new one. */
-  start(bundle: string): ChildProcess {
-    return this.takeSpare(bundle) ?? this.spawnMonitor(bundle);
+  /**
+   * A monitor process for `bundle` (which holds task.json): the spare if one is ready (with the connection
+   * it now serves), else a new one (to connect to on the bundle's socket).
+   */
+  start(bundle: string): StartedMonitor {
+    return this.takeSpare(bundle) ?? { child: this.spawnMonitor(bundle) };
   }
 
   /** Stops the spare; start() starts no more. */
   close(): void {
     this.closed = true;
-    // The spare exits when its connection closes.
-    this.spareMonitor?.conn?.destroy();
-    this.spareMonitor?.child.kill('SIGKILL');
+    const s = this.spareMonitor;
     this.spareMonitor = undefined;
+    if (s) this.discard(s);
+  }
+
+  /** Ends a spare that will not be used, and removes what it made. */
+  private discard(s: Spare): void {
+    s.conn?.destroy();
+    s.child.kill('SIGKILL');
+    rmSync(`${s.sock}${SPARE_FIFO_SUFFIX}`, { force: true });
+    rmSync(s.sock, { force: true });
   }
 
   /**
    * Hands `bundle` to the spare monitor if one is ready (and starts the next spare); undefined if none is.
    * A spare spares a task create the monitor's start-up time (see monitor.ts).
    */
-  private takeSpare(bundle: string): ChildProcess | undefined {
+  private takeSpare(bundle: string): StartedMonitor | undefined {
     const s = this.spareMonitor;
     this.spareMonitor = undefined;
-    let taken: ChildProcess | undefined;
+    let taken: StartedMonitor | undefined;
     if (s?.conn && s.child.exitCode === null && s.child.signalCode === null && !s.conn.destroyed) {
       s.conn.write(`${bundle}\n`);
-      taken = s.child;
+      taken = { child: s.child, conn: s.conn };
     } else if (s) {
-      s.conn?.destroy();
-      s.child.kill('SIGKILL');
+      this.discard(s);
     }
     this.startSpare();
     return taken;
@@ -90,7 +111,7 @@ export class MonitorPool {
     });
     child.on('error', () => undefined);
     child.unref();
-    const spare: { child: ChildProcess; conn?: Socket } = { child };
+    const spare: Spare = { child, sock };
     this.spareMonitor = spare;
     const tryConnect = (left: number) => {
       if (this.spareMonitor !== spare || child.exitCode !== null) return;
