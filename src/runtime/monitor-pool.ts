@@ -35,6 +35,8 @@ interface Spare {
   child: ChildProcess;
   sock: string;
   conn?: Socket;
+  /** Resolves with the connection once the spare listens, or undefined if it died or never listened. */
+  ready: Promise<Socket | undefined>;
 }
 
 export class MonitorPool {
@@ -50,11 +52,25 @@ export class MonitorPool {
   }
 
   /**
-   * A monitor process for `bundle` (which holds task.json): the spare if one is ready (with the connection
-   * it now serves), else a new one (to connect to on the bundle's socket).
+   * A monitor process for `bundle` (which holds task.json): the spare if there is one (with the connection it
+   * now serves; one still starting is waited for, it is ready sooner than a new process would be), else a new
+   * one (to connect to on the bundle's socket).
    */
-  start(bundle: string): StartedMonitor {
-    return this.takeSpare(bundle) ?? { child: this.spawnMonitor(bundle) };
+  async start(bundle: string): Promise<StartedMonitor> {
+    const s = this.spareMonitor;
+    this.spareMonitor = undefined;
+    let taken: StartedMonitor | undefined;
+    if (s) {
+      const conn = s.conn ?? (await s.ready);
+      if (conn && !conn.destroyed && s.child.exitCode === null && s.child.signalCode === null) {
+        conn.write(`${bundle}\n`);
+        taken = { child: s.child, conn };
+      } else {
+        this.discard(s);
+      }
+    }
+    this.startSpare();
+    return taken ?? { child: this.spawnMonitor(bundle) };
   }
 
   /** Stops the spare; start() starts no more. */
@@ -73,27 +89,9 @@ export class MonitorPool {
     rmSync(s.sock, { force: true });
   }
 
-  /**
-   * Hands `bundle` to the spare monitor if one is ready (and starts the next spare); undefined if none is.
-   * A spare spares a task create the monitor's start-up time (see monitor.ts).
-   */
-  private takeSpare(bundle: string): StartedMonitor | undefined {
-    const s = this.spareMonitor;
-    this.spareMonitor = undefined;
-    let taken: StartedMonitor | undefined;
-    if (s?.conn && s.child.exitCode === null && s.child.signalCode === null && !s.conn.destroyed) {
-      s.conn.write(`${bundle}\n`);
-      taken = { child: s.child, conn: s.conn };
-    } else if (s) {
-      this.discard(s);
-    }
-    this.startSpare();
-    return taken;
-  }
-
   /** Starts a spare monitor and connects to it (it exits if that connection closes before it is used). */
   private startSpare(): void {
-    if (this.closed || !this.opts.spare) return;
+    if (this.closed || !this.opts.spare || this.spareMonitor) return;
     // Not under root: its entries are namespaces.
     const dir = join(dirname(this.opts.root), 'strata-spare-monitors');
     const sock = join(dir, `${process.pid}-${++this.spareSeq}.sock`);
@@ -111,23 +109,28 @@ export class MonitorPool {
     });
     child.on('error', () => undefined);
     child.unref();
-    const spare: Spare = { child, sock };
+    let settle!: (c: Socket | undefined) => void;
+    const ready = new Promise<Socket | undefined>((resolve) => (settle = resolve));
+    const spare: Spare = { child, sock, ready };
     this.spareMonitor = spare;
+    child.once('exit', () => settle(undefined));
     const tryConnect = (left: number) => {
-      if (this.spareMonitor !== spare || child.exitCode !== null) return;
+      if (child.exitCode !== null || child.signalCode !== null) return settle(undefined);
       const c = netConnect(sock);
       c.once('connect', () => {
         c.removeAllListeners('error');
         c.on('error', () => undefined);
         c.unref();
         spare.conn = c;
+        settle(c);
       });
       c.once('error', () => {
         c.destroy();
-        if (left > 0) setTimeout(() => tryConnect(left - 1), 10).unref();
+        if (left > 0) setTimeout(() => tryConnect(left - 1), 5).unref();
+        else settle(undefined);
       });
     };
-    tryConnect(500);
+    tryConnect(1000);
   }
 
   private spawnMonitor(bundle: string): ChildProcess {

@@ -265,11 +265,12 @@ export class TaskManager {
       mkdirSync(dirname(cfg.socket), { recursive: true, mode: 0o700 });
       // The monitor comes up while the rootfs is mounted: it has nothing to do with the rootfs before Start.
       // (A restart that finds a created task whose rootfs is not mounted takes it for an unfinished create.)
-      const started = this.monitors.start(bundle);
-      const child = started.child;
-      monitorPid = child.pid;
-      const alive = () => child.exitCode === null && child.signalCode === null;
+      const mountDone = mounts.length > 0 ? mountAll(mounts, rootfsDir).then(() => (mounted = true)) : Promise.resolve();
       const monitorUp = (async () => {
+        const started = await this.monitors.start(bundle);
+        const child = started.child;
+        monitorPid = child.pid;
+        const alive = () => child.exitCode === null && child.signalCode === null;
         const conn = started.conn ? MonitorConnection.over(started.conn) : await MonitorConnection.connect(cfg.socket, alive);
         try {
           return { conn, state: (await conn.request({ op: 'state' })).state };
@@ -278,7 +279,6 @@ export class TaskManager {
           throw err;
         }
       })();
-      const mountDone = mounts.length > 0 ? mountAll(mounts, rootfsDir).then(() => (mounted = true)) : Promise.resolve();
       const [up, mount] = await Promise.allSettled([monitorUp, mountDone]);
       if (up.status === 'rejected') {
         if (mount.status === 'fulfilled') throw up.reason;
