@@ -54,21 +54,38 @@ export class DataRefs {
     private readonly ex?: Exclusions,
   ) {}
 
-  blobUsed(digest: string, mtimeMs: number): boolean {
+  /**
+   * Of these blobs, the ones a record keeps, or that may be the blob of a commit in progress: one query for the
+   * batch. Synchronous: the caller removes the others before it awaits anything.
+   */
+  blobsUsed(blobs: { digest: string; mtimeMs: number }[]): Set<string> {
     const ex = this.ex;
-    const records = this.md.gc;
-    if (records.contentNamespaces(digest).some((r) => !ex?.content.has(contentKey(r.namespace, digest)))) return true;
-    if (records.contentLeases(digest).some((r) => !ex?.leases.has(leaseKey(r.namespace, r.lease)))) return true;
-    if (records.adoptingIngests(digest).some((r) => !ex?.ingests.has(ingestKey(r.namespace, r.ref)))) return true;
-    if (this.commitInProgress(mtimeMs)) return (this.heldInProgress = true);
-    return false;
-  }
-
-  /** An ingest row at least as old as the blob whose data file is gone: possibly the commit of this blob. */
-  private commitInProgress(mtimeMs: number): boolean {
-    const rows = this.md.gc.writingIngestsCreatedBy(mtimeMs + CLOCK_SLACK_MS);
+    const used = new Set<string>();
+    if (blobs.length === 0) return used;
+    for (const r of this.md.gc.blobRecords(blobs.map((b) => b.digest))) {
+      const excluded =
+        r.kind === 'content'
+          ? ex?.content.has(contentKey(r.namespace, r.digest))
+          : r.kind === 'lease'
+            ? ex?.leases.has(leaseKey(r.namespace, r.id))
+            : ex?.ingests.has(ingestKey(r.namespace, r.id));
+      if (!excluded) used.add(r.digest);
+    }
+    const rest = blobs.filter((b) => !used.has(b.digest));
+    if (rest.length === 0) return used;
+    // An ingest row at least as old as a blob whose data file is gone: possibly the commit of this blob.
+    const newest = Math.max(...rest.map((b) => b.mtimeMs));
     const local = this.md.content.local;
-    return rows.some((r) => !this.ex?.ingests.has(ingestKey(r.namespace, r.ref)) && !existsSync(join(local.ingestDir(r.backendRef), 'data')));
+    const committing = this.md.gc
+      .writingIngestsCreatedBy(newest + CLOCK_SLACK_MS)
+      .filter((r) => !this.ex?.ingests.has(ingestKey(r.namespace, r.ref)) && !existsSync(join(local.ingestDir(r.backendRef), 'data')));
+    for (const b of rest) {
+      if (committing.some((r) => r.createdAt <= b.mtimeMs + CLOCK_SLACK_MS)) {
+        used.add(b.digest);
+        this.heldInProgress = true;
+      }
+    }
+    return used;
   }
 
   ingestUsed(backendRef: string): boolean {
@@ -113,7 +130,7 @@ export interface DataPassResult<K extends string = string> {
   errors: { key: K; error: string }[];
 }
 
-/** Removals between two yields to the event loop in the blob pass (so the snapshot pass runs meanwhile). */
+/** Blobs checked (one query) and removed between two yields to the event loop (the snapshot pass runs meanwhile). */
 const BLOBS_PER_TURN = 64;
 
 /**
@@ -132,25 +149,27 @@ export async function removeUnrecordedBlobs(
   const out: DataPassResult = { removed: [], errors: [] };
   const blobs = opts.only ? statBlobs(md, opts.only) : await local.list();
   const inUse = refs.blobsInUse();
-  let n = 0;
-  for (const b of blobs) {
-    if (inUse.has(b.digest)) continue;
-    // Between two blobs, never between a check and its unlink.
-    if (++n % BLOBS_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
-    const mtime = b.createdAt.getTime();
-    if (refs.blobUsed(b.digest, mtime)) continue;
-    if (opts.dryRun) {
-      out.removed.push({ key: b.digest, size: b.size });
-      continue;
-    }
-    try {
-      // No await between the check above and the unlink.
-      unlinkSync(local.blobPath(b.digest));
-      out.removed.push({ key: b.digest, size: b.size });
-      opts.log.debug('removed blob', { digest: b.digest, size: b.size });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
-      out.errors.push({ key: b.digest, error: errorText(err) });
+  const candidates = blobs.filter((b) => !inUse.has(b.digest)).map((b) => ({ ...b, mtimeMs: b.createdAt.getTime() }));
+  for (let at = 0; at < candidates.length; at += BLOBS_PER_TURN) {
+    // Between two batches, never between a batch's check and its unlinks.
+    if (at > 0) await new Promise((resolve) => setImmediate(resolve));
+    const batch = candidates.slice(at, at + BLOBS_PER_TURN);
+    const used = refs.blobsUsed(batch);
+    for (const b of batch) {
+      if (used.has(b.digest)) continue;
+      if (opts.dryRun) {
+        out.removed.push({ key: b.digest, size: b.size });
+        continue;
+      }
+      try {
+        // No await between the check above and the unlink.
+        unlinkSync(local.blobPath(b.digest));
+        out.removed.push({ key: b.digest, size: b.size });
+        opts.log.debug('removed blob', { digest: b.digest, size: b.size });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        out.errors.push({ key: b.digest, error: errorText(err) });
+      }
     }
   }
   return out;
