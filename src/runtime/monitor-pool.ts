@@ -69,7 +69,8 @@ export class MonitorPool {
         this.discard(s);
       }
     }
-    this.startSpare();
+    // The next spare once the caller's own spawns (the rootfs mount) have started: a spawn blocks for a few ms.
+    setImmediate(() => this.startSpare());
     return taken ?? { child: this.spawnMonitor(bundle) };
   }
 

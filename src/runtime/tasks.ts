@@ -265,7 +265,7 @@ export class TaskManager {
       mkdirSync(dirname(cfg.socket), { recursive: true, mode: 0o700 });
       // The monitor comes up while the rootfs is mounted: it has nothing to do with the rootfs before Start.
       // (A restart that finds a created task whose rootfs is not mounted takes it for an unfinished create.)
-      const mountDone = mounts.length > 0 ? mountAll(mounts, rootfsDir).then(() => (mounted = true)) : Promise.resolve();
+      // The bundle goes to the spare before the mount's process is spawned (a spawn blocks for a few ms).
       const monitorUp = (async () => {
         const started = await this.monitors.start(bundle);
         const child = started.child;
@@ -279,6 +279,7 @@ export class TaskManager {
           throw err;
         }
       })();
+      const mountDone = mounts.length > 0 ? mountAll(mounts, rootfsDir).then(() => (mounted = true)) : Promise.resolve();
       const [up, mount] = await Promise.allSettled([monitorUp, mountDone]);
       if (up.status === 'rejected') {
         if (mount.status === 'fulfilled') throw up.reason;
