@@ -137,10 +137,6 @@ export class MetadataCollector implements Collector {
 
     const removed: GCRemoved[] = [];
     const errors: GCReport['errors'] = [];
-    const fail = (object: GCObject, error: string) => {
-      errors.push({ object, error });
-      this.log.warn('gc: could not remove data', { ...object, error });
-    };
 
     // In a dry run the swept records still exist: the data passes treat them as gone. A real run must not
     // exclude anything (a record of the same name may have been created since the sweep).
@@ -158,130 +154,148 @@ export class MetadataCollector implements Collector {
 
     for (const l of plan.expiredLeases) removed.push({ ...leaseObject(l), size: 0 });
 
-    // Snapshots: per snapshotter, the backend keys no record has any more (the swept ones and leftovers).
-    const sweptSnapshots = groupBy(plan.snapshots, (s) => s.snapshotter);
-    for (const [name, sn] of this.md.snapshotters) {
-      const swept = groupBy(sweptSnapshots.get(name) ?? [], (s) => s.backendKey);
-      sweptSnapshots.delete(name);
-      if (!full && swept.size === 0) continue;
-      let res;
-      try {
-        res = await removeUnrecordedSnapshots(sn, refs, { ...pass, mustGo: new Set(swept.keys()) });
+    // The snapshot passes and the content passes run at the same time (as containerd runs its snapshotters'
+    // and its content store's cleanups): each reports into its own lists, joined in a fixed order after.
+    const part = () => {
+      const p = { removed: [] as GCRemoved[], errors: [] as GCReport['errors'] };
+      const failIn = (object: GCObject, error: string) => {
+        p.errors.push({ object, error });
+        this.log.warn('gc: could not remove data', { ...object, error });
+      };
+      return { ...p, fail: failIn };
+    };
+    const snaps = part();
+    const content = part();
+    const snapshotPasses = async ({ removed, fail }: typeof snaps) => {
+      // Snapshots: per snapshotter, the backend keys no record has any more (the swept ones and leftovers).
+      const sweptSnapshots = groupBy(plan.snapshots, (s) => s.snapshotter);
+      for (const [name, sn] of this.md.snapshotters) {
+        const swept = groupBy(sweptSnapshots.get(name) ?? [], (s) => s.backendKey);
+        sweptSnapshots.delete(name);
+        if (!full && swept.size === 0) continue;
+        let res;
+        try {
+          res = await removeUnrecordedSnapshots(sn, refs, { ...pass, mustGo: new Set(swept.keys()) });
+        } catch (err) {
+          // The walk failed: nothing of this snapshotter's data can be judged this time.
+          for (const recs of swept.values()) {
+            for (const s of recs) {
+              removed.push({ ...snapshotObject(s), size: 0 });
+              fail(snapshotObject(s), `cannot walk snapshotter ${name}: ${String(err)}`);
+            }
+          }
+          continue;
+        }
+        for (const r of res.removed) {
+          const recs = swept.get(r.key);
+          if (recs) {
+            recs.forEach((s, i) => removed.push({ ...snapshotObject(s), size: i === 0 ? r.size : 0 }));
+            swept.delete(r.key);
+          } else {
+            removed.push({ type: 'snapshot', namespace: '', snapshotter: name, id: r.key, size: r.size });
+          }
+        }
+        for (const e of res.errors) {
+          const recs = swept.get(e.key);
+          if (recs) {
+            // The records are gone all the same (listed as removed, nothing freed); the data waits.
+            for (const s of recs) {
+              removed.push({ ...snapshotObject(s), size: 0 });
+              fail(snapshotObject(s), e.error);
+            }
+            swept.delete(e.key);
+          } else {
+            fail({ type: 'snapshot', namespace: '', snapshotter: name, id: e.key }, e.error);
+          }
+        }
+        // Swept records whose backend snapshot stays for another namespace's record, or was already gone.
+        for (const recs of swept.values()) for (const s of recs) removed.push({ ...snapshotObject(s), size: 0 });
+      }
+      for (const [name, recs] of sweptSnapshots) {
+        for (const s of recs) {
+          removed.push({ ...snapshotObject(s), size: 0 });
+          if (!dryRun) fail(snapshotObject(s), `snapshotter ${name} is not loaded: its data stays`);
+        }
+      }
+    };
+    const contentPasses = async ({ removed, fail }: typeof content) => {
+      // Ingests: the data of swept ingest rows, and any other ingest directory without a row.
+      const sweptIngests = groupBy(plan.ingests, (i) => i.backendRef);
+      if (full || sweptIngests.size > 0) try {
+        const res = await removeUnrecordedIngests(this.md, refs, pass);
+        for (const r of res.removed) {
+          const recs = sweptIngests.get(r.key);
+          if (recs) {
+            for (const i of recs) removed.push({ ...ingestObject(i), size: r.size });
+            sweptIngests.delete(r.key);
+          } else {
+            removed.push({ type: 'ingest', namespace: '', id: r.key, size: r.size });
+          }
+        }
+        for (const e of res.errors) {
+          const recs = sweptIngests.get(e.key);
+          if (recs) {
+            for (const i of recs) {
+              removed.push({ ...ingestObject(i), size: 0 });
+              fail(ingestObject(i), e.error);
+            }
+            sweptIngests.delete(e.key);
+          } else {
+            fail({ type: 'ingest', namespace: '', id: e.key }, e.error);
+          }
+        }
       } catch (err) {
-        // The walk failed: nothing of this snapshotter's data can be judged this time.
-        for (const recs of swept.values()) {
-          for (const s of recs) {
-            removed.push({ ...snapshotObject(s), size: 0 });
-            fail(snapshotObject(s), `cannot walk snapshotter ${name}: ${String(err)}`);
-          }
-        }
-        continue;
-      }
-      for (const r of res.removed) {
-        const recs = swept.get(r.key);
-        if (recs) {
-          recs.forEach((s, i) => removed.push({ ...snapshotObject(s), size: i === 0 ? r.size : 0 }));
-          swept.delete(r.key);
-        } else {
-          removed.push({ type: 'snapshot', namespace: '', snapshotter: name, id: r.key, size: r.size });
-        }
-      }
-      for (const e of res.errors) {
-        const recs = swept.get(e.key);
-        if (recs) {
-          // The records are gone all the same (listed as removed, nothing freed); the data waits.
-          for (const s of recs) {
-            removed.push({ ...snapshotObject(s), size: 0 });
-            fail(snapshotObject(s), e.error);
-          }
-          swept.delete(e.key);
-        } else {
-          fail({ type: 'snapshot', namespace: '', snapshotter: name, id: e.key }, e.error);
-        }
-      }
-      // Swept records whose backend snapshot stays for another namespace's record, or was already gone.
-      for (const recs of swept.values()) for (const s of recs) removed.push({ ...snapshotObject(s), size: 0 });
-    }
-    for (const [name, recs] of sweptSnapshots) {
-      for (const s of recs) {
-        removed.push({ ...snapshotObject(s), size: 0 });
-        if (!dryRun) fail(snapshotObject(s), `snapshotter ${name} is not loaded: its data stays`);
-      }
-    }
-
-    // Ingests: the data of swept ingest rows, and any other ingest directory without a row.
-    const sweptIngests = groupBy(plan.ingests, (i) => i.backendRef);
-    if (full || sweptIngests.size > 0) try {
-      const res = await removeUnrecordedIngests(this.md, refs, pass);
-      for (const r of res.removed) {
-        const recs = sweptIngests.get(r.key);
-        if (recs) {
-          for (const i of recs) removed.push({ ...ingestObject(i), size: r.size });
-          sweptIngests.delete(r.key);
-        } else {
-          removed.push({ type: 'ingest', namespace: '', id: r.key, size: r.size });
-        }
-      }
-      for (const e of res.errors) {
-        const recs = sweptIngests.get(e.key);
-        if (recs) {
+        for (const recs of sweptIngests.values()) {
           for (const i of recs) {
             removed.push({ ...ingestObject(i), size: 0 });
-            fail(ingestObject(i), e.error);
+            fail(ingestObject(i), `cannot list ingests: ${String(err)}`);
           }
-          sweptIngests.delete(e.key);
-        } else {
-          fail({ type: 'ingest', namespace: '', id: e.key }, e.error);
         }
+        sweptIngests.clear();
       }
-    } catch (err) {
-      for (const recs of sweptIngests.values()) {
-        for (const i of recs) {
-          removed.push({ ...ingestObject(i), size: 0 });
-          fail(ingestObject(i), `cannot list ingests: ${String(err)}`);
-        }
-      }
-      sweptIngests.clear();
-    }
-    // Swept ingests with no data of their own (adoptions, or nothing written yet).
-    for (const recs of sweptIngests.values()) for (const i of recs) removed.push({ ...ingestObject(i), size: 0 });
+      // Swept ingests with no data of their own (adoptions, or nothing written yet).
+      for (const recs of sweptIngests.values()) for (const i of recs) removed.push({ ...ingestObject(i), size: 0 });
 
-    // Blobs: those of swept content rows that no namespace keeps, and any other blob without a record.
-    const sweptContent = groupBy(plan.content, (c) => c.digest);
-    if (full || sweptContent.size > 0) try {
-      const res = await removeUnrecordedBlobs(this.md, refs, pass);
-      for (const r of res.removed) {
-        const recs = sweptContent.get(r.key);
-        if (recs) {
-          recs.forEach((c, i) => removed.push({ ...contentObject(c), size: i === 0 ? r.size : 0 }));
-          sweptContent.delete(r.key);
-        } else {
-          removed.push({ type: 'content', namespace: '', id: r.key, size: r.size });
+      // Blobs: those of swept content rows that no namespace keeps, and any other blob without a record.
+      const sweptContent = groupBy(plan.content, (c) => c.digest);
+      if (full || sweptContent.size > 0) try {
+        const res = await removeUnrecordedBlobs(this.md, refs, full ? pass : { ...pass, only: sweptContent.keys() });
+        for (const r of res.removed) {
+          const recs = sweptContent.get(r.key);
+          if (recs) {
+            recs.forEach((c, i) => removed.push({ ...contentObject(c), size: i === 0 ? r.size : 0 }));
+            sweptContent.delete(r.key);
+          } else {
+            removed.push({ type: 'content', namespace: '', id: r.key, size: r.size });
+          }
         }
-      }
-      for (const e of res.errors) {
-        const recs = sweptContent.get(e.key);
-        if (recs) {
+        for (const e of res.errors) {
+          const recs = sweptContent.get(e.key);
+          if (recs) {
+            for (const c of recs) {
+              removed.push({ ...contentObject(c), size: 0 });
+              fail(contentObject(c), e.error);
+            }
+            sweptContent.delete(e.key);
+          } else {
+            fail({ type: 'content', namespace: '', id: e.key }, e.error);
+          }
+        }
+      } catch (err) {
+        for (const recs of sweptContent.values()) {
           for (const c of recs) {
             removed.push({ ...contentObject(c), size: 0 });
-            fail(contentObject(c), e.error);
+            fail(contentObject(c), `cannot list blobs: ${String(err)}`);
           }
-          sweptContent.delete(e.key);
-        } else {
-          fail({ type: 'content', namespace: '', id: e.key }, e.error);
         }
+        sweptContent.clear();
       }
-    } catch (err) {
-      for (const recs of sweptContent.values()) {
-        for (const c of recs) {
-          removed.push({ ...contentObject(c), size: 0 });
-          fail(contentObject(c), `cannot list blobs: ${String(err)}`);
-        }
-      }
-      sweptContent.clear();
-    }
-    // Swept content rows whose blob another namespace (or a lease, or an adopting ingest) still keeps.
-    for (const recs of sweptContent.values()) for (const c of recs) removed.push({ ...contentObject(c), size: 0 });
+      // Swept content rows whose blob another namespace (or a lease, or an adopting ingest) still keeps.
+      for (const recs of sweptContent.values()) for (const c of recs) removed.push({ ...contentObject(c), size: 0 });
+    };
+    await Promise.all([snapshotPasses(snaps), contentPasses(content)]);
+    removed.push(...snaps.removed, ...content.removed);
+    errors.push(...snaps.errors, ...content.errors);
 
     if (!dryRun) {
       this.clean = errors.length === 0 && !refs.heldInProgress;

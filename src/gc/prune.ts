@@ -54,21 +54,38 @@ export class DataRefs {
     private readonly ex?: Exclusions,
   ) {}
 
-  blobUsed(digest: string, mtimeMs: number): boolean {
+  /**
+   * Of these blobs, the ones a record keeps, or that may be the blob of a commit in progress: one query for the
+   * batch. Synchronous: the caller removes the others before it awaits anything.
+   */
+  blobsUsed(blobs: { digest: string; mtimeMs: number }[]): Set<string> {
     const ex = this.ex;
-    const records = this.md.gc;
-    if (records.contentNamespaces(digest).some((r) => !ex?.content.has(contentKey(r.namespace, digest)))) return true;
-    if (records.contentLeases(digest).some((r) => !ex?.leases.has(leaseKey(r.namespace, r.lease)))) return true;
-    if (records.adoptingIngests(digest).some((r) => !ex?.ingests.has(ingestKey(r.namespace, r.ref)))) return true;
-    if (this.commitInProgress(mtimeMs)) return (this.heldInProgress = true);
-    return false;
-  }
-
-  /** An ingest row at least as old as the blob whose data file is gone: possibly the commit of this blob. */
-  private commitInProgress(mtimeMs: number): boolean {
-    const rows = this.md.gc.writingIngestsCreatedBy(mtimeMs + CLOCK_SLACK_MS);
+    const used = new Set<string>();
+    if (blobs.length === 0) return used;
+    for (const r of this.md.gc.blobRecords(blobs.map((b) => b.digest))) {
+      const excluded =
+        r.kind === 'content'
+          ? ex?.content.has(contentKey(r.namespace, r.digest))
+          : r.kind === 'lease'
+            ? ex?.leases.has(leaseKey(r.namespace, r.id))
+            : ex?.ingests.has(ingestKey(r.namespace, r.id));
+      if (!excluded) used.add(r.digest);
+    }
+    const rest = blobs.filter((b) => !used.has(b.digest));
+    if (rest.length === 0) return used;
+    // An ingest row at least as old as a blob whose data file is gone: possibly the commit of this blob.
+    const newest = Math.max(...rest.map((b) => b.mtimeMs));
     const local = this.md.content.local;
-    return rows.some((r) => !this.ex?.ingests.has(ingestKey(r.namespace, r.ref)) && !existsSync(join(local.ingestDir(r.backendRef), 'data')));
+    const committing = this.md.gc
+      .writingIngestsCreatedBy(newest + CLOCK_SLACK_MS)
+      .filter((r) => !this.ex?.ingests.has(ingestKey(r.namespace, r.ref)) && !existsSync(join(local.ingestDir(r.backendRef), 'data')));
+    for (const b of rest) {
+      if (committing.some((r) => r.createdAt <= b.mtimeMs + CLOCK_SLACK_MS)) {
+        used.add(b.digest);
+        this.heldInProgress = true;
+      }
+    }
+    return used;
   }
 
   ingestUsed(backendRef: string): boolean {
@@ -113,32 +130,63 @@ export interface DataPassResult<K extends string = string> {
   errors: { key: K; error: string }[];
 }
 
+/** Blobs checked (one query) and removed between two yields to the event loop (the snapshot pass runs meanwhile). */
+const BLOBS_PER_TURN = 64;
+
 /**
  * Blobs no record accounts for: each is checked again and unlinked synchronously, so a concurrent adoption
  * (which checks the file in its own transaction) never records a blob that is about to vanish.
+ *
+ * `only`: look at these digests only (those of the records a collection just swept) instead of listing every
+ * blob; leftovers of earlier failures wait for a full pass.
  */
-export async function removeUnrecordedBlobs(md: GCMetadata, refs: DataRefs, opts: DataPassOptions): Promise<DataPassResult> {
+export async function removeUnrecordedBlobs(
+  md: GCMetadata,
+  refs: DataRefs,
+  opts: DataPassOptions & { only?: Iterable<string> },
+): Promise<DataPassResult> {
   const local = md.content.local;
   const out: DataPassResult = { removed: [], errors: [] };
-  const blobs = await local.list();
+  const blobs = opts.only ? statBlobs(md, opts.only) : await local.list();
   const inUse = refs.blobsInUse();
-  for (const b of blobs) {
-    if (inUse.has(b.digest)) continue;
-    const mtime = b.createdAt.getTime();
-    if (refs.blobUsed(b.digest, mtime)) continue;
-    if (opts.dryRun) {
-      out.removed.push({ key: b.digest, size: b.size });
-      continue;
+  const candidates = blobs.filter((b) => !inUse.has(b.digest)).map((b) => ({ ...b, mtimeMs: b.createdAt.getTime() }));
+  for (let at = 0; at < candidates.length; at += BLOBS_PER_TURN) {
+    // Between two batches, never between a batch's check and its unlinks.
+    if (at > 0) await new Promise((resolve) => setImmediate(resolve));
+    const batch = candidates.slice(at, at + BLOBS_PER_TURN);
+    const used = refs.blobsUsed(batch);
+    for (const b of batch) {
+      if (used.has(b.digest)) continue;
+      if (opts.dryRun) {
+        out.removed.push({ key: b.digest, size: b.size });
+        continue;
+      }
+      try {
+        // No await between the check above and the unlink.
+        unlinkSync(local.blobPath(b.digest));
+        out.removed.push({ key: b.digest, size: b.size });
+        opts.log.debug('removed blob', { digest: b.digest, size: b.size });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        out.errors.push({ key: b.digest, error: errorText(err) });
+      }
     }
+  }
+  return out;
+}
+
+/** What local.list() reports of these digests' blob files (the ones that exist), in digest order. */
+function statBlobs(md: GCMetadata, digests: Iterable<string>): { digest: string; size: number; createdAt: Date }[] {
+  const out: { digest: string; size: number; createdAt: Date }[] = [];
+  for (const digest of [...new Set(digests)].sort()) {
+    let st;
     try {
-      // No await between the check above and the unlink.
-      unlinkSync(local.blobPath(b.digest));
-      out.removed.push({ key: b.digest, size: b.size });
-      opts.log.debug('removed blob', { digest: b.digest, size: b.size });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
-      out.errors.push({ key: b.digest, error: errorText(err) });
+      st = statSync(md.content.local.blobPath(digest));
+    } catch {
+      continue; // gone already (another namespace's record was the last, or an earlier pass)
     }
+    // As the content store reports it: the commit stamps whole milliseconds.
+    if (st.isFile()) out.push({ digest, size: st.size, createdAt: new Date(Math.round(st.mtimeMs)) });
   }
   return out;
 }
@@ -165,6 +213,9 @@ export async function removeUnrecordedIngests(md: GCMetadata, refs: DataRefs, op
   }
   return out;
 }
+
+/** Snapshot removals of one depth in flight at once (each is a record commit, a rename and a directory removal). */
+const SNAPSHOT_REMOVALS = 8;
 
 export interface SnapshotPassResult extends DataPassResult {
   /** Every backend key the walk saw. */
@@ -216,41 +267,59 @@ export async function removeUnrecordedSnapshots(
   };
 
   const candidates = [...parents.keys()].filter((k) => !refs.snapshotUsed(sn, k));
-  candidates.sort((a, b) => depth(b) - depth(a));
   const gone = new Set<string>();
-  for (const key of candidates) {
+  // Children before parents: one depth at a time, deepest first; the removals of one depth run together
+  // (SNAPSHOT_REMOVALS at a time), since none is the parent of another.
+  const byDepth = new Map<number, string[]>();
+  for (const k of candidates) {
+    const d = depth(k);
+    let list = byDepth.get(d);
+    if (!list) byDepth.set(d, (list = []));
+    list.push(k);
+  }
+  const removeOne = async (key: string): Promise<void> => {
     const stay = (children.get(key) ?? []).find((c) => !gone.has(c));
     if (stay !== undefined) {
       if (opts.mustGo?.has(key)) out.errors.push({ key, error: `kept: its child snapshot ${stay} stays` });
-      continue;
-    }
-    let size = 0;
-    try {
-      size = (await backend.usage(key)).size;
-    } catch {
-      // best effort: the size is informational
+      return;
     }
     if (opts.dryRun) {
+      // A dry run reports what each would free. A real run does not measure (the overlay backend records a
+      // committed snapshot's usage when first measured: a durable write for each snapshot about to go).
+      let size = 0;
+      try {
+        size = (await backend.usage(key)).size;
+      } catch {
+        // best effort: the size is informational
+      }
       if (!refs.snapshotUsed(sn, key)) {
         gone.add(key);
         out.removed.push({ key, size });
       }
-      continue;
+      return;
     }
     // Checked again right before the removal, with no await in between.
-    if (refs.snapshotUsed(sn, key)) continue;
+    if (refs.snapshotUsed(sn, key)) return;
     try {
       await backend.remove(key);
       gone.add(key);
-      out.removed.push({ key, size });
-      opts.log.debug('removed backend snapshot', { snapshotter: sn.name, key, size });
+      out.removed.push({ key, size: 0 });
+      opts.log.debug('removed backend snapshot', { snapshotter: sn.name, key });
     } catch (err) {
       if (isNotFound(err)) {
         gone.add(key); // someone else removed it
-        continue;
+        return;
       }
       out.errors.push({ key, error: errorText(err) });
     }
+  };
+  for (const d of [...byDepth.keys()].sort((a, b) => b - a)) {
+    const keys = byDepth.get(d)!;
+    let next = 0;
+    const worker = async () => {
+      while (next < keys.length) await removeOne(keys[next++]!);
+    };
+    await Promise.all(Array.from({ length: Math.min(SNAPSHOT_REMOVALS, keys.length) }, worker));
   }
   if (!opts.dryRun) {
     // What the backend itself may have left (directories of interrupted removals): containerd's Cleanup.

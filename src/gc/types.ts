@@ -183,14 +183,13 @@ export interface GCRecordStore {
   sweep(now: () => number, dryRun: boolean, decide: (records: Records) => SweepPlan): SweepPlan;
 
   // Who records a piece of data, any namespace: the data passes ask right before each removal.
-  /** Namespaces with a content row for `digest`. */
-  contentNamespaces(digest: string): { namespace: string }[];
-  /** Leases that hold blob `digest` as a resource. */
-  contentLeases(digest: string): { namespace: string; lease: string }[];
-  /** Ingests adopting blob `digest` (shared content policy). */
-  adoptingIngests(digest: string): { namespace: string; ref: string }[];
+  /**
+   * What records any of these blobs: content rows (`id` = ''), leases holding one as a resource (`id` = the
+   * lease) and ingests adopting one (`id` = the ref), each with its namespace.
+   */
+  blobRecords(digests: string[]): { digest: string; kind: 'content' | 'lease' | 'ingest'; namespace: string; id: string }[];
   /** Ingests writing data of their own (not adopting) created at or before `ms`. */
-  writingIngestsCreatedBy(ms: number): { namespace: string; ref: string; backendRef: string }[];
+  writingIngestsCreatedBy(ms: number): { namespace: string; ref: string; backendRef: string; createdAt: number }[];
   ingestsWithBackendRef(backendRef: string): { namespace: string; ref: string }[];
   snapshotsWithBackendKey(snapshotter: string, backendKey: string): { namespace: string; key: string }[];
   /** Whether that snapshot row still exists with that backend key. */

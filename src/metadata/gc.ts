@@ -129,25 +129,28 @@ export class MetadataGC implements GCRecordStore {
     return dryRun ? tx() : tx.immediate();
   }
 
-  contentNamespaces(digest: string): { namespace: string }[] {
-    return this.db.prepare('SELECT namespace FROM content WHERE digest = ?').all(digest) as { namespace: string }[];
+  blobRecords(digests: string[]): { digest: string; kind: 'content' | 'lease' | 'ingest'; namespace: string; id: string }[] {
+    const out: { digest: string; kind: 'content' | 'lease' | 'ingest'; namespace: string; id: string }[] = [];
+    // SQLite's default limit on bound parameters is 32766; callers pass batches far below it.
+    for (let at = 0; at < digests.length; at += 500) {
+      const part = digests.slice(at, at + 500);
+      const marks = part.map(() => '?').join(', ');
+      const rows = this.db
+        .prepare(
+          `SELECT digest, 'content' AS kind, namespace, '' AS id FROM content WHERE digest IN (${marks})` +
+            ` UNION ALL SELECT id AS digest, 'lease' AS kind, namespace, lease AS id FROM lease_resources WHERE type = 'content' AND id IN (${marks})` +
+            ` UNION ALL SELECT shared_digest AS digest, 'ingest' AS kind, namespace, ref AS id FROM ingests WHERE shared_digest IN (${marks})`,
+        )
+        .all(...part, ...part, ...part) as { digest: string; kind: 'content' | 'lease' | 'ingest'; namespace: string; id: string }[];
+      out.push(...rows);
+    }
+    return out;
   }
 
-  contentLeases(digest: string): { namespace: string; lease: string }[] {
-    return this.db.prepare("SELECT namespace, lease FROM lease_resources WHERE type = 'content' AND id = ?").all(digest) as {
-      namespace: string;
-      lease: string;
-    }[];
-  }
-
-  adoptingIngests(digest: string): { namespace: string; ref: string }[] {
-    return this.db.prepare('SELECT namespace, ref FROM ingests WHERE shared_digest = ?').all(digest) as { namespace: string; ref: string }[];
-  }
-
-  writingIngestsCreatedBy(ms: number): { namespace: string; ref: string; backendRef: string }[] {
+  writingIngestsCreatedBy(ms: number): { namespace: string; ref: string; backendRef: string; createdAt: number }[] {
     return this.db
-      .prepare('SELECT namespace, ref, backend_ref AS backendRef FROM ingests WHERE shared_digest IS NULL AND created_at <= ?')
-      .all(ms) as { namespace: string; ref: string; backendRef: string }[];
+      .prepare('SELECT namespace, ref, backend_ref AS backendRef, created_at AS createdAt FROM ingests WHERE shared_digest IS NULL AND created_at <= ?')
+      .all(ms) as { namespace: string; ref: string; backendRef: string; createdAt: number }[];
   }
 
   ingestsWithBackendRef(backendRef: string): { namespace: string; ref: string }[] {

@@ -19,7 +19,7 @@
  * has published it (op `ack`), so exits that happen while stratad is down are published once it is back.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -119,18 +119,26 @@ export const freshState = (io: StdioPaths): MonitorState => ({
 /** The process an exec id names ('' = init), or undefined. */
 export const procOf = (s: MonitorState, execId: string): ProcState | undefined => (execId ? s.execs[execId] : s.init);
 
-/** Writes JSON through a temporary file and a rename, so a reader never sees half a file. */
+/**
+ * Writes JSON through a temporary file and a rename, so a reader (stratad after a restart, the monitor) never
+ * sees half a file, whichever process stops when. Not fsynced: a bundle is runtime state, like containerd's
+ * bundles and shim state (which it writes without fsync either) it describes processes that a machine crash
+ * ends anyway, and its directory is normally on tmpfs (/run). A restart after a machine crash finds either the
+ * old or the new file, or none (a create that never finished, which recovery removes).
+ */
 export function writeJsonAtomic(path: string, value: unknown): void {
   const tmp = `${path}.tmp`;
   const fd = openSync(tmp, 'w', 0o600);
   try {
     writeSync(fd, JSON.stringify(value));
-    fsyncSync(fd);
   } finally {
     closeSync(fd);
   }
   renameSync(tmp, path);
 }
+
+/** A spare monitor's prepared stdin FIFO is `<its socket><this>` until it is assigned a bundle. */
+export const SPARE_FIFO_SUFFIX = '.fifo';
 
 export function readJson<T>(path: string): T | undefined {
   try {
@@ -174,11 +182,11 @@ export function monitorAlive(bundle: string, ident: MonitorIdentity | undefined)
   }
 }
 
-/** Splits a byte stream into JSON lines. */
-export function lineReader(sock: Socket, onMessage: (m: unknown) => void): void {
+/** Splits a byte stream into JSON lines; `pending` is what was read from it before (handled at once). */
+export function lineReader(sock: Socket, onMessage: (m: unknown) => void, pending = ''): void {
   let buf = '';
   sock.setEncoding('utf8');
-  sock.on('data', (chunk: string) => {
+  const onData = (chunk: string) => {
     buf += chunk;
     let nl: number;
     while ((nl = buf.indexOf('\n')) >= 0) {
@@ -193,7 +201,9 @@ export function lineReader(sock: Socket, onMessage: (m: unknown) => void): void 
       }
       onMessage(msg);
     }
-  });
+  };
+  sock.on('data', onData);
+  if (pending) onData(pending);
 }
 
 /** stratad's side of one monitor's socket. */
@@ -201,6 +211,8 @@ export class MonitorConnection {
   private nextId = 1;
   private readonly pending = new Map<number, { resolve: (r: Reply) => void; reject: (e: Error) => void }>();
   private closed = false;
+  /** Resolves when the connection has closed (either end). */
+  readonly whenClosed: Promise<void>;
   /** Every reply's state, before its request resolves. */
   onState: (s: MonitorState) => void = () => undefined;
   onExit: (n: ExitNotice) => void = () => undefined;
@@ -209,12 +221,21 @@ export class MonitorConnection {
   private constructor(private readonly sock: Socket) {
     lineReader(sock, (m) => this.dispatch(m as Reply | ExitNotice));
     sock.on('error', () => undefined);
+    let onClosed!: () => void;
+    this.whenClosed = new Promise((resolve) => (onClosed = resolve));
     sock.on('close', () => {
+      onClosed();
       this.closed = true;
       for (const p of this.pending.values()) p.reject(unavailable('task monitor connection closed'));
       this.pending.clear();
       this.onClose();
     });
+  }
+
+  /** A connection already open (a spare monitor's, which it serves once assigned). */
+  static over(sock: Socket): MonitorConnection {
+    sock.ref();
+    return new MonitorConnection(sock);
   }
 
   /** Connects, retrying while the monitor is starting (until `alive()` says it is gone, or the deadline). */

@@ -22,7 +22,7 @@
  *   Resizing sets that pty's size with `stty`, and runc passes the SIGWINCH on to the container's console.
  */
 import { execFile, spawnSync } from 'node:child_process';
-import { closeSync, constants as fsc, openSync, readFileSync, readSync, readlinkSync, unlinkSync } from 'node:fs';
+import { closeSync, constants as fsc, lstatSync, openSync, readFileSync, readSync, readlinkSync, unlinkSync } from 'node:fs';
 import { Socket } from 'node:net';
 
 export interface StdioPaths {
@@ -31,6 +31,19 @@ export interface StdioPaths {
   stderr: string;
   terminal: boolean;
 }
+
+/** Creates a FIFO (Node has no mkfifo), in the background; failures are left to whoever uses it (see open). */
+export function mkfifoAsync(path: string): void {
+  execFile('mkfifo', ['-m', '600', path], () => undefined);
+}
+
+const isFifo = (path: string) => {
+  try {
+    return lstatSync(path).isFIFO();
+  } catch {
+    return false;
+  }
+};
 
 /** Creates a FIFO (Node has no mkfifo). */
 export function mkfifo(path: string): void {
@@ -72,7 +85,7 @@ export class ProcessIO {
 
   /**
    * Opens the streams of one process. `pipeBase` names the private stdin FIFO (`<pipeBase>-stdin`), which
-   * lives in the bundle.
+   * lives in the bundle; one made ahead of time (a spare monitor makes its init's) is used as it is.
    */
   static open(paths: StdioPaths, pipeBase: string): ProcessIO {
     const fds: number[] = [];
@@ -81,7 +94,7 @@ export class ProcessIO {
       let stdin: number | 'ignore' = 'ignore';
       if (paths.stdin) {
         const pipe = `${pipeBase}-stdin`;
-        mkfifo(pipe);
+        if (!isFifo(pipe)) mkfifo(pipe);
         // The monitor's end first, read-write (an open that never blocks); with a writer present, the
         // process's read-only end opens at once too, in blocking mode. Closing the monitor's end is then the
         // last writer going away: EOF for the process.

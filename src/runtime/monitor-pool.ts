@@ -9,7 +9,7 @@ import { closeSync, mkdirSync, openSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from '../log/index.js';
-import { files } from './bundle.js';
+import { SPARE_FIFO_SUFFIX, files } from './bundle.js';
 
 export interface MonitorPoolOptions {
   /** The task manager's bundle root (the spares' sockets go next to it). */
@@ -25,11 +25,25 @@ export interface MonitorPoolOptions {
 
 const defaultMonitor = () => fileURLToPath(new URL('./monitor.js', import.meta.url));
 
+/** A monitor for a task: its process, and for a spare, the connection it serves as its first control client. */
+export interface StartedMonitor {
+  child: ChildProcess;
+  conn?: Socket;
+}
+
+interface Spare {
+  child: ChildProcess;
+  sock: string;
+  conn?: Socket;
+  /** Resolves with the connection once the spare listens, or undefined if it died or never listened. */
+  ready: Promise<Socket | undefined>;
+}
+
 export class MonitorPool {
   private readonly monitorPath: string;
   private readonly nodePath: string;
   private closed = false;
-  private spareMonitor?: { child: ChildProcess; conn?: Socket };
+  private spareMonitor?: Spare;
   private spareSeq = 0;
 
   constructor(private readonly opts: MonitorPoolOptions) {
@@ -37,42 +51,48 @@ export class MonitorPool {
     this.nodePath = opts.node ?? process.execPath;
   }
 
-  /** A monitor process for `bundle` (which holds task.json): the spare if one is ready, else a new one. */
-  start(bundle: string): ChildProcess {
-    return this.takeSpare(bundle) ?? this.spawnMonitor(bundle);
+  /**
+   * A monitor process for `bundle` (which holds task.json): the spare if there is one (with the connection it
+   * now serves; one still starting is waited for, it is ready sooner than a new process would be), else a new
+   * one (to connect to on the bundle's socket).
+   */
+  async start(bundle: string): Promise<StartedMonitor> {
+    const s = this.spareMonitor;
+    this.spareMonitor = undefined;
+    let taken: StartedMonitor | undefined;
+    if (s) {
+      const conn = s.conn ?? (await s.ready);
+      if (conn && !conn.destroyed && s.child.exitCode === null && s.child.signalCode === null) {
+        conn.write(`${bundle}\n`);
+        taken = { child: s.child, conn };
+      } else {
+        this.discard(s);
+      }
+    }
+    // The next spare once the caller's own spawns (the rootfs mount) have started: a spawn blocks for a few ms.
+    setImmediate(() => this.startSpare());
+    return taken ?? { child: this.spawnMonitor(bundle) };
   }
 
   /** Stops the spare; start() starts no more. */
   close(): void {
     this.closed = true;
-    // The spare exits when its connection closes.
-    this.spareMonitor?.conn?.destroy();
-    this.spareMonitor?.child.kill('SIGKILL');
-    this.spareMonitor = undefined;
-  }
-
-  /**
-   * Hands `bundle` to the spare monitor if one is ready (and starts the next spare); undefined if none is.
-   * A spare spares a task create the monitor's start-up time (see monitor.ts).
-   */
-  private takeSpare(bundle: string): ChildProcess | undefined {
     const s = this.spareMonitor;
     this.spareMonitor = undefined;
-    let taken: ChildProcess | undefined;
-    if (s?.conn && s.child.exitCode === null && s.child.signalCode === null && !s.conn.destroyed) {
-      s.conn.write(`${bundle}\n`);
-      taken = s.child;
-    } else if (s) {
-      s.conn?.destroy();
-      s.child.kill('SIGKILL');
-    }
-    this.startSpare();
-    return taken;
+    if (s) this.discard(s);
+  }
+
+  /** Ends a spare that will not be used, and removes what it made. */
+  private discard(s: Spare): void {
+    s.conn?.destroy();
+    s.child.kill('SIGKILL');
+    rmSync(`${s.sock}${SPARE_FIFO_SUFFIX}`, { force: true });
+    rmSync(s.sock, { force: true });
   }
 
   /** Starts a spare monitor and connects to it (it exits if that connection closes before it is used). */
   private startSpare(): void {
-    if (this.closed || !this.opts.spare) return;
+    if (this.closed || !this.opts.spare || this.spareMonitor) return;
     // Not under root: its entries are namespaces.
     const dir = join(dirname(this.opts.root), 'strata-spare-monitors');
     const sock = join(dir, `${process.pid}-${++this.spareSeq}.sock`);
@@ -90,23 +110,28 @@ export class MonitorPool {
     });
     child.on('error', () => undefined);
     child.unref();
-    const spare: { child: ChildProcess; conn?: Socket } = { child };
+    let settle!: (c: Socket | undefined) => void;
+    const ready = new Promise<Socket | undefined>((resolve) => (settle = resolve));
+    const spare: Spare = { child, sock, ready };
     this.spareMonitor = spare;
+    child.once('exit', () => settle(undefined));
     const tryConnect = (left: number) => {
-      if (this.spareMonitor !== spare || child.exitCode !== null) return;
+      if (child.exitCode !== null || child.signalCode !== null) return settle(undefined);
       const c = netConnect(sock);
       c.once('connect', () => {
         c.removeAllListeners('error');
         c.on('error', () => undefined);
         c.unref();
         spare.conn = c;
+        settle(c);
       });
       c.once('error', () => {
         c.destroy();
-        if (left > 0) setTimeout(() => tryConnect(left - 1), 10).unref();
+        if (left > 0) setTimeout(() => tryConnect(left - 1), 5).unref();
+        else settle(undefined);
       });
     };
-    tryConnect(500);
+    tryConnect(1000);
   }
 
   private spawnMonitor(bundle: string): ChildProcess {

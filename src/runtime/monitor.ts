@@ -18,7 +18,7 @@
  * bundle.ts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdirSync, openSync, readFileSync, rmSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -32,6 +32,7 @@ import {
   procOf,
   processStartTime,
   readJson,
+  SPARE_FIFO_SUFFIX,
   writeJsonAtomic,
   type ExitNotice,
   type MonitorState,
@@ -40,9 +41,12 @@ import {
   type Request,
   type TaskConfig,
 } from './bundle.js';
-import { ProcessIO, resizeTerminal, withTerminal } from './io.js';
+import { ProcessIO, mkfifoAsync, resizeTerminal, withTerminal } from './io.js';
 import * as runc from './runc.js';
 import { now as nowTime, toRFC3339Nano } from '../core/time.js';
+
+/** The init process's private stdin FIFO is `<bundle>/init-stdin` (an exec's: `exec-<id>-stdin`). */
+const INIT_PIPE_BASE = 'init';
 
 interface Running {
   child: ChildProcess;
@@ -123,11 +127,12 @@ class Monitor {
     process.umask(old);
   }
 
-  private accept(conn: Socket): void {
+  /** Serves one client; `pending` is what it already sent (a spare's connection: what followed the bundle line). */
+  accept(conn: Socket, pending = ''): void {
     this.clients.add(conn);
     conn.on('error', () => undefined);
     conn.on('close', () => this.clients.delete(conn));
-    lineReader(conn, (m) => void this.onRequest(conn, m as Request & { id: number }));
+    lineReader(conn, (m) => void this.onRequest(conn, m as Request & { id: number }), pending);
   }
 
   private async onRequest(conn: Socket, req: Request & { id: number }): Promise<void> {
@@ -226,7 +231,7 @@ class Monitor {
     const pidFile = this.path(execId ? execPidFile(execId) : files.initPid);
     rmSync(pidFile, { force: true });
     const terminal = this.terminalOf(execId);
-    const io = ProcessIO.open(p.io, this.path(execId ? `exec-${execId}` : 'init'));
+    const io = ProcessIO.open(p.io, this.path(execId ? `exec-${execId}` : INIT_PIPE_BASE));
     const logFile = this.path(files.runcLog);
     const args = execId
       ? runc.execArgs(this.cfg.runc, this.cfg.id, this.path(execSpecFile(execId)), pidFile, logFile)
@@ -387,33 +392,46 @@ function main(): void {
 /**
  * A spare: a monitor started before it is needed (Node takes ~70 ms to start, more than the rest of a task
  * create). It listens on `sock` for stratad, which connects at once and later sends one line, the bundle of
- * the task to monitor; it then becomes that task's monitor exactly as if started for it. If stratad goes away
- * first (or never connects), it exits.
+ * the task to monitor; it then becomes that task's monitor exactly as if started for it, and that connection
+ * becomes stratad's first control connection (stratad sends its first request right after the bundle line,
+ * without reconnecting). If stratad goes away first (or never connects), it exits.
+ *
+ * While it waits, it also makes the FIFO its task's init will read stdin from (`<sock>.fifo`, moved into the
+ * bundle on assignment): making a FIFO is a process (mkfifo(1)), better spent here than in Start.
  */
 function spare(sock: string): void {
   process.on('SIGHUP', () => undefined);
   process.on('SIGINT', () => undefined);
+  const fifo = `${sock}${SPARE_FIFO_SUFFIX}`;
+  const leave = () => {
+    try {
+      unlinkSync(fifo);
+    } catch {
+      // never made
+    }
+    process.exit(0);
+  };
+  mkfifoAsync(fifo);
   // Until assigned, it lives only as long as the stratad that started it: if that one dies before even
   // connecting, this process is re-parented and notices.
   const parent = process.ppid;
   const watch = setInterval(() => {
-    if (process.ppid !== parent) process.exit(0);
+    if (process.ppid !== parent) leave();
   }, 200);
-  const giveUp = setTimeout(() => process.exit(0), 30_000);
+  const giveUp = setTimeout(leave, 30_000);
   const server = createServer((c) => {
     clearTimeout(giveUp);
     let buf = '';
-    const gone = () => process.exit(0);
-    c.on('close', gone);
+    c.on('close', leave);
     c.on('error', () => undefined);
-    c.on('data', (d: Buffer) => {
+    const onData = (d: Buffer) => {
       buf += d.toString();
       const nl = buf.indexOf('\n');
       if (nl < 0) return;
       const bundle = buf.slice(0, nl);
       clearInterval(watch);
-      c.off('close', gone);
-      c.destroy();
+      c.off('close', leave);
+      c.off('data', onData);
       server.close();
       try {
         unlinkSync(sock);
@@ -425,8 +443,16 @@ function spare(sock: string): void {
       } catch {
         // keep logging nowhere useful rather than fail the task
       }
-      monitorTask(bundle);
-    });
+      try {
+        renameSync(fifo, join(bundle, `${INIT_PIPE_BASE}-stdin`));
+      } catch {
+        // not made (yet): Start makes one
+      }
+      // Synchronously from here to accept(): no data event can fall between the two readers.
+      const m = monitorTask(bundle);
+      m.accept(c, buf.slice(nl + 1));
+    };
+    c.on('data', onData);
   });
   server.on('error', (err) => {
     log('spare monitor cannot listen', { sock, error: String(err) });
@@ -435,7 +461,7 @@ function spare(sock: string): void {
   server.listen(sock);
 }
 
-function monitorTask(bundle: string): void {
+function monitorTask(bundle: string): Monitor {
   const cfg = readJson<TaskConfig>(join(bundle, files.task));
   if (!cfg) {
     log('no task.json in bundle', { bundle });
@@ -450,6 +476,7 @@ function monitorTask(bundle: string): void {
   m.persist();
   writeJsonAtomic(join(bundle, files.monitor), { pid: process.pid, startTime: processStartTime(process.pid) });
   m.serve();
+  return m;
 }
 
 main();

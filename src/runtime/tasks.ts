@@ -263,15 +263,33 @@ export class TaskManager {
       // task.json first: after a crash from here on, a restart knows what to unmount.
       writeJsonAtomic(join(bundle, files.task), cfg);
       mkdirSync(dirname(cfg.socket), { recursive: true, mode: 0o700 });
-      if (mounts.length > 0) {
-        await mountAll(mounts, rootfsDir);
-        mounted = true;
+      // The monitor comes up while the rootfs is mounted: it has nothing to do with the rootfs before Start.
+      // (A restart that finds a created task whose rootfs is not mounted takes it for an unfinished create.)
+      // The bundle goes to the spare before the mount's process is spawned (a spawn blocks for a few ms).
+      const monitorUp = (async () => {
+        const started = await this.monitors.start(bundle);
+        const child = started.child;
+        monitorPid = child.pid;
+        const alive = () => child.exitCode === null && child.signalCode === null;
+        const conn = started.conn ? MonitorConnection.over(started.conn) : await MonitorConnection.connect(cfg.socket, alive);
+        try {
+          return { conn, state: (await conn.request({ op: 'state' })).state };
+        } catch (err) {
+          conn.close();
+          throw err;
+        }
+      })();
+      const mountDone = mounts.length > 0 ? mountAll(mounts, rootfsDir).then(() => (mounted = true)) : Promise.resolve();
+      const [up, mount] = await Promise.allSettled([monitorUp, mountDone]);
+      if (up.status === 'rejected') {
+        if (mount.status === 'fulfilled') throw up.reason;
+        throw mount.reason; // the mount's error says more
       }
-      const child = this.monitors.start(bundle);
-      monitorPid = child.pid;
-      const alive = () => child.exitCode === null && child.signalCode === null;
-      const conn = await MonitorConnection.connect(cfg.socket, alive);
-      const { state } = await conn.request({ op: 'state' });
+      const { conn, state } = up.value;
+      if (mount.status === 'rejected') {
+        conn.close();
+        throw mount.reason;
+      }
       const t = new Task(cfg, state);
       this.attach(t, conn);
       this.tasks.set(key, t);
@@ -431,8 +449,13 @@ export class TaskManager {
     const recorded = readJson<MonitorState>(join(bundle, files.state));
     const ident = readJson<MonitorIdentity>(join(bundle, files.monitor));
     const alive = monitorAlive(bundle, ident);
-    if (!cfg || (!recorded && !alive)) {
-      // A create that never finished.
+    // A create that never finished: no task.json, no state and no monitor, or a task never started whose rootfs
+    // is not mounted (Create mounts it while the monitor comes up, so a crash can leave a monitor without it).
+    const unfinished =
+      !cfg ||
+      (!recorded && !alive) ||
+      (cfg.rootfs.length > 0 && (recorded?.init.status ?? 'created') === 'created' && !(await isMountPoint(join(bundle, files.rootfs))));
+    if (unfinished) {
       this.opts.log.info('removing an unfinished task bundle', { namespace: ns, id });
       await this.cleanupBundle(bundle, cfg);
       return;
@@ -500,13 +523,23 @@ export class TaskManager {
     this.publishExits(t);
     t.deleting = true;
     try {
-      if (t.conn && !t.conn.isClosed) {
-        await t.conn.request({ op: 'shutdown' }).catch(() => undefined);
-        t.conn.close();
-      }
+      const conn = t.conn;
       t.conn = undefined;
+      if (conn && !conn.isClosed) {
+        const shut = await conn.request({ op: 'shutdown' }).then(
+          () => true,
+          () => false,
+        );
+        // The monitor exits once it has answered: its end of the connection closes as it does.
+        if (shut) await Promise.race([conn.whenClosed, sleep(1000)]);
+        conn.close();
+      }
       await this.waitMonitorGone(t);
-      await runc.forceDelete(t.cfg.runc, id).catch((err) => this.opts.log.warn('runc delete', { id, error: err }));
+      // runc removes its state itself when `runc run` ends (the usual case here); it is left only when runc was
+      // killed, or never ran the task.
+      if (existsSync(join(t.cfg.runc.root, id))) {
+        await runc.forceDelete(t.cfg.runc, id).catch((err) => this.opts.log.warn('runc delete', { id, error: err }));
+      }
       await this.cleanupBundle(t.bundle, t.cfg);
     } catch (err) {
       t.deleting = false;
@@ -537,7 +570,7 @@ export class TaskManager {
   /** After a shutdown request: the monitor exits on its own; make sure (SIGKILL after a grace period). */
   private async waitMonitorGone(t: Task): Promise<void> {
     const ident = readJson<MonitorIdentity>(join(t.bundle, files.monitor));
-    for (let i = 0; i < 200 && monitorAlive(t.bundle, ident); i++) await sleep(10);
+    for (let i = 0; i < 400 && monitorAlive(t.bundle, ident); i++) await sleep(i < 50 ? 2 : 10);
     if (monitorAlive(t.bundle, ident)) {
       try {
         process.kill(ident!.pid, 'SIGKILL');

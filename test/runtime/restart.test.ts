@@ -226,6 +226,39 @@ describe('tasks across a daemon crash', () => {
     expect(mountsUnder(bundle)).toEqual([]);
   });
 
+  it('after a crash, a created task whose rootfs is not mounted is an unfinished create: its monitor is ended and its bundle removed', async () => {
+    // Create mounts the rootfs while the monitor comes up; a crash in between leaves a monitor and no rootfs.
+    let c = d.client();
+    await createContainer(c, 'halfway', ['sleep', '60']);
+    await createTask(c, 'halfway');
+    const bundle = join(taskRoot(), 'default', 'halfway');
+    const monitor = (JSON.parse(readFileSync(join(bundle, 'monitor.json'), 'utf8')) as { pid: number }).pid;
+    await d.kill9();
+    execFileSync('umount', [join(bundle, 'rootfs')]);
+    expect(mountsUnder(bundle)).toEqual([]);
+    expect(() => process.kill(monitor, 0)).not.toThrow();
+
+    d = await d.restart();
+    c = d.client();
+    expect(await kindOf(get(c, 'halfway'))).toBe('not found');
+    expect(existsSync(bundle)).toBe(false);
+    for (let i = 0; i < 500; i++) {
+      try {
+        process.kill(monitor, 0);
+      } catch {
+        break;
+      }
+      await sleep(10);
+    }
+    expect(() => process.kill(monitor, 0)).toThrow();
+    // The container can have a task again.
+    await createTask(c, 'halfway');
+    expect(await get(c, 'halfway')).toMatchObject({ status: Status.CREATED, pid: 0 });
+    expect(mountsUnder(join(bundle, 'rootfs'))).toHaveLength(1);
+    await del(c, 'halfway');
+    expect(mountsUnder(bundle)).toEqual([]);
+  });
+
   it('Create needs the container record; a second Create is already exists', async () => {
     const c = d.client();
     expect(await kindOf(createTask(c, 'no-such-container'))).toBe('not found');
