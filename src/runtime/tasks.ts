@@ -494,8 +494,10 @@ export class TaskManager {
   async delete(ctx: OpContext, id: string): Promise<ExitInfo> {
     const t = this.task(ctx, id);
     const init = t.state.init;
-    if (init.status === 'running') throw failedPrecondition('cannot delete a running process');
-    if (init.status === 'paused') throw failedPrecondition('cannot delete a paused process');
+    // Plain errors in containerd's runc shim: UNKNOWN (containerd's Go client checks the state first and
+    // answers FAILED_PRECONDITION without calling).
+    if (init.status === 'running') throw new StrataError('unknown', 'cannot delete a running process');
+    if (init.status === 'paused') throw new StrataError('unknown', 'cannot delete a paused process');
     // An exit the monitor reported in a reply's state but whose notice is still queued: publish it first.
     this.publishExits(t);
     t.deleting = true;
@@ -514,11 +516,11 @@ export class TaskManager {
       throw err;
     }
     this.tasks.delete(taskKey(t.namespace, id));
-    // A task that never started: as if its init had been killed (runc delete --force on a created container).
+    // A task that never started: containerd's shim answers exit status 0 and no exit time.
     if (init.status === 'created') {
       init.status = 'stopped';
-      init.exitStatus = 137;
-      init.exitedAt = toRFC3339Nano(nowTime());
+      init.exitStatus = 0;
+      delete init.exitedAt;
     }
     this.settleWaiters(t);
     for (const ws of t.waiters.values()) for (const w of ws) w.reject(notFound(`task ${id}`));
@@ -552,7 +554,7 @@ export class TaskManager {
     const t = this.task(ctx, id);
     const p = this.proc(t, execId);
     if (t.dead || !t.conn) {
-      if (p.status !== 'stopped') throw failedPrecondition('cannot delete a running process');
+      if (p.status !== 'stopped') throw new StrataError('unknown', 'cannot delete a running process');
       delete t.state.execs[execId];
       writeJsonAtomic(join(t.bundle, files.state), t.state);
     } else {

@@ -112,7 +112,8 @@ export function tasksService(tasks: TaskManager, log: Logger): GrpcService {
     start: unary(l, 'Start', async (req: StartRequest, call) => ({
       pid: await tasks.start(opContext(call), req.containerId, req.execId),
     })),
-    delete: unary(l, 'Delete', async (req: DeleteTaskRequest, call) => exitToPb(await tasks.delete(opContext(call), req.containerId))),
+    // containerd's Delete answer leaves the id empty (DeleteProcess fills it in).
+    delete: unary(l, 'Delete', async (req: DeleteTaskRequest, call) => ({ ...exitToPb(await tasks.delete(opContext(call), req.containerId)), id: '' })),
     deleteProcess: unary(l, 'DeleteProcess', async (req: DeleteProcessRequest, call) =>
       exitToPb(await tasks.deleteProcess(opContext(call), req.containerId, req.execId)),
     ),
@@ -126,6 +127,9 @@ export function tasksService(tasks: TaskManager, log: Logger): GrpcService {
     }),
     exec: unary(l, 'Exec', async (req: ExecProcessRequest, call) => {
       const ctx = opContext(call);
+      // containerd's order: the exec id, then the task, then (in the shim) the process spec.
+      if (!req.execId) throw invalidArgument('exec id cannot be empty');
+      tasks.get(ctx, req.containerId);
       const io = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
       await tasks.exec(ctx, req.containerId, req.execId, processSpec(req.spec), io);
       return {};
