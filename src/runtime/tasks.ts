@@ -523,7 +523,8 @@ export class TaskManager {
       delete init.exitedAt;
     }
     this.settleWaiters(t);
-    for (const ws of t.waiters.values()) for (const w of ws) w.reject(notFound(`task ${id}`));
+    // Waits still pending (a task deleted before it started): containerd's lose their shim connection, UNKNOWN.
+    for (const ws of t.waiters.values()) for (const w of ws) w.reject(new StrataError('unknown', `task ${id} was deleted`));
     t.waiters.clear();
     const exitedAt = toDate(init.exitedAt);
     this.publish(t.namespace, '/tasks/delete', 'TaskDelete', {

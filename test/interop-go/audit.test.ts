@@ -24,6 +24,7 @@ const CHECKS = [
   'a label set to an empty value is not stored',
   "tasks answer unknown tasks and processes, repeated and out-of-order calls as containerd's runc shim",
   "tasks publish containerd's events with their fields",
+  'tasks answer metrics filters and waits on tasks that never started as containerd',
   "health answers the server's status and unknown services; version answers",
   'diff refuses unknown media types, labels the blob it writes, applies',
 ];

@@ -27,7 +27,8 @@ import { invalidArgument, notImplemented } from '../../core/errdefs.js';
 import type { Logger } from '../../log/index.js';
 import type { TaskManager } from '../../runtime/tasks.js';
 import type { CgroupStats } from '../../runtime/cgroups.js';
-import { opContext, unary, type GrpcService, grpcService } from '../call.js';
+import { opContext, unary, unconverted, type GrpcService, grpcService } from '../call.js';
+import { parseAll } from '../../filters/index.js';
 import { processToPb, exitToPb } from '../convert.js';
 
 
@@ -162,13 +163,15 @@ export function tasksService(tasks: TaskManager, log: Logger): GrpcService {
     update: unary(l, 'Update', () => {
       throw notImplemented('update is not supported');
     }),
-    metrics: unary(l, 'Metrics', async (req: MetricsRequest, call) => ({
-      metrics: (await tasks.metrics(opContext(call), req.filters)).map((m) => ({
-        timestamp: m.timestamp,
-        id: m.id,
-        data: cgroupMetricsAny(m.stats),
-      })),
-    })),
+    metrics: unary(l, 'Metrics', async (req: MetricsRequest, call) => {
+      try {
+        parseAll(req.filters);
+      } catch (err) {
+        throw unconverted(err, ''); // containerd returns the parse error unconverted: UNKNOWN
+      }
+      const metrics = await tasks.metrics(opContext(call), req.filters);
+      return { metrics: metrics.map((m) => ({ timestamp: m.timestamp, id: m.id, data: cgroupMetricsAny(m.stats) })) };
+    }),
     wait: unary(l, 'Wait', async (req: WaitRequest, call) => {
       const e = await tasks.wait(opContext(call), req.containerId, req.execId);
       return { exitStatus: e.exitStatus, exitedAt: e.exitedAt };

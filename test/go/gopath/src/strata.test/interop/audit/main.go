@@ -82,6 +82,7 @@ func main() {
 		{"a label set to an empty value is not stored", checkEmptyLabels},
 		{"tasks answer unknown tasks and processes, repeated and out-of-order calls as containerd's runc shim", checkTaskErrors},
 		{"tasks publish containerd's events with their fields", checkTaskEvents},
+		{"tasks answer metrics filters and waits on tasks that never started as containerd", checkTaskMetricsWaits},
 		{"health answers the server's status and unknown services; version answers", checkHealthVersion},
 		{"diff refuses unknown media types, labels the blob it writes, applies", checkDiff},
 	}
