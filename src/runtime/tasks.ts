@@ -158,6 +158,20 @@ const toDate = (s: string | undefined) => (s ? (parseRFC3339Nano(s) ?? new Date(
 
 const taskKey = (namespace: string, id: string) => `${namespace}/${id}`;
 
+/** The runtimes whose shims run runc, which Strata stands in for; containerd 1.6 knows them all. */
+const RUNC_RUNTIMES = new Set(['io.containerd.runc.v2', 'io.containerd.runc.v1', 'io.containerd.runtime.v1.linux']);
+
+/** Another runtime (runsc, kata, …) is not run on runc instead: as containerd without that shim, UNKNOWN. */
+function refuseOtherRuntimes(name: string): void {
+  if (RUNC_RUNTIMES.has(name)) return;
+  const parts = name.split('.');
+  const binary = parts.length === 4 && parts[0] === 'io' && parts[1] === 'containerd' ? `containerd-shim-${parts[2]}-${parts[3]}` : '';
+  throw new StrataError(
+    'unknown',
+    `failed to start shim: failed to resolve runtime path: runtime ${JSON.stringify(name)} binary not installed ${JSON.stringify(binary)}: file does not exist`,
+  );
+}
+
 export class TaskManager {
   private readonly tasks = new Map<string, Task>();
   private readonly creating = new Set<string>();
@@ -228,6 +242,7 @@ export class TaskManager {
     let mounted = false;
     try {
       const container = await this.opts.containers(ctx, id);
+      refuseOtherRuntimes(container.runtime?.name ?? '');
       if (!container.spec?.value || container.spec.value.length === 0) throw invalidArgument(`container ${id} has no runtime spec`);
       let spec: Record<string, unknown>;
       try {

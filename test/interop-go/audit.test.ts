@@ -25,6 +25,7 @@ const CHECKS = [
   "tasks answer unknown tasks and processes, repeated and out-of-order calls as containerd's runc shim",
   "tasks publish containerd's events with their fields",
   'tasks answer metrics filters and waits on tasks that never started as containerd',
+  'tasks refuse a runtime whose shim is not installed and run the runc ones',
   "health answers the server's status and unknown services; version answers",
   'diff refuses unknown media types, labels the blob it writes, applies',
 ];

@@ -83,6 +83,7 @@ func main() {
 		{"tasks answer unknown tasks and processes, repeated and out-of-order calls as containerd's runc shim", checkTaskErrors},
 		{"tasks publish containerd's events with their fields", checkTaskEvents},
 		{"tasks answer metrics filters and waits on tasks that never started as containerd", checkTaskMetricsWaits},
+		{"tasks refuse a runtime whose shim is not installed and run the runc ones", checkTaskRuntimes},
 		{"health answers the server's status and unknown services; version answers", checkHealthVersion},
 		{"diff refuses unknown media types, labels the blob it writes, applies", checkDiff},
 	}

@@ -107,9 +107,13 @@ func busyboxRoot() (string, func(), error) {
 // newTaskContainer makes a container record whose spec runs args on the busybox root (no snapshot: the task's
 // rootfs is the spec's root path).
 func newTaskContainer(s *state, id, root string, args ...string) (*specs.Spec, error) {
+	return newRuntimeContainer(s, id, root, "io.containerd.runc.v2", args...)
+}
+
+func newRuntimeContainer(s *state, id, root, runtime string, args ...string) (*specs.Spec, error) {
 	cs := s.client.ContainerService()
 	_ = cs.Delete(s.ctx, id)
-	c := containers.Container{ID: id, Runtime: containers.RuntimeInfo{Name: "io.containerd.runc.v2"}}
+	c := containers.Container{ID: id, Runtime: containers.RuntimeInfo{Name: runtime}}
 	spec, err := oci.GenerateSpec(s.ctx, s.client, &c, oci.WithRootFSPath(root), oci.WithProcessArgs(args...))
 	if err != nil {
 		return nil, err
@@ -656,5 +660,45 @@ func checkTaskMetricsWaits(s *state) error {
 	c.add("Wait, killed while created", fmt.Sprintf("%s %d", answer(err), waitOf(w).ExitStatus), "OK 137")
 	dr, err := api.Delete(s.ctx, &tasksapi.DeleteTaskRequest{ContainerID: id})
 	c.add("Delete, killed while created", fmt.Sprintf("%s %d %v", answer(err), delOf(dr).ExitStatus, delOf(dr).ExitedAt.IsZero()), "OK 137 false")
+	return c.err()
+}
+
+// checkTaskRuntimes: runtimes other than runc's are refused, not run on runc; a missing command fails.
+func checkTaskRuntimes(s *state) error {
+	root, cleanup, err := busyboxRoot()
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	api := s.client.TaskService()
+	var c seen
+	cs := s.client.ContainerService()
+	for _, rt := range []string{"io.containerd.nope.v1", "io.containerd.runc.v1"} {
+		id := "audit-rt-" + strings.ReplaceAll(rt, ".", "-")
+		if _, err := newRuntimeContainer(s, id, root, rt, "/bin/sleep", "1000"); err != nil {
+			return err
+		}
+		_, err := api.Create(s.ctx, &tasksapi.CreateTaskRequest{ContainerID: id})
+		c.add("Create, runtime "+rt, answer(err), map[string]string{"io.containerd.nope.v1": "Unknown", "io.containerd.runc.v1": "OK"}[rt])
+		_, _ = api.Kill(s.ctx, &tasksapi.KillRequest{ContainerID: id, Signal: 9})
+		_, _ = waitStatus(s.ctx, api, id, "")
+		_, _ = api.Delete(s.ctx, &tasksapi.DeleteTaskRequest{ContainerID: id})
+		_ = cs.Delete(s.ctx, id)
+	}
+	// A command that does not exist.
+	const id = "audit-task-nocmd"
+	if _, err := newTaskContainer(s, id, root, "/bin/no-such-command"); err != nil {
+		return err
+	}
+	defer func() {
+		_, _ = api.Delete(s.ctx, &tasksapi.DeleteTaskRequest{ContainerID: id})
+		_ = cs.Delete(s.ctx, id)
+	}()
+	_, err = api.Create(s.ctx, &tasksapi.CreateTaskRequest{ContainerID: id})
+	if err == nil {
+		// Strata makes the runc container at Start: the command is found missing there (containerd: at Create).
+		_, err = api.Start(s.ctx, &tasksapi.StartRequest{ContainerID: id})
+	}
+	c.add("Create or Start, no such command", answer(err), "Unknown")
 	return c.err()
 }
