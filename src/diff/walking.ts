@@ -183,14 +183,15 @@ export class WalkingDiffer implements Differ {
       const diffID = `sha256:${hash.digest('hex')}`;
       const digest = cw.digest();
       try {
-        await cw.commit(0, digest, { labels: { ...opts.labels, [LABEL_UNCOMPRESSED]: diffID } });
+        // Only a compressed layer is labelled with its diffID, as in containerd (a tar's is its own digest).
+        await cw.commit(0, digest, compress ? { labels: { ...opts.labels, [LABEL_UNCOMPRESSED]: diffID } } : opts.labels ? { labels: opts.labels } : {});
       } catch (err) {
         if (!isAlreadyExists(err)) throw err;
       }
       done = true;
       const info = await content.info(digest);
       // The blob existed already, maybe without the label.
-      if (!info.labels[LABEL_UNCOMPRESSED]) {
+      if (compress && !info.labels[LABEL_UNCOMPRESSED]) {
         await content.update({ digest, labels: { [LABEL_UNCOMPRESSED]: diffID } }, [`labels.${LABEL_UNCOMPRESSED}`]);
       }
       return { mediaType, digest, size: info.size };

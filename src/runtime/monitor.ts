@@ -189,7 +189,7 @@ class Monitor {
         return {};
       }
       case 'resize': {
-        this.proc(req.execId);
+        if (this.proc(req.execId).status === 'stopped') throw unknown('cannot resize a stopped container');
         const r = this.running.get(req.execId);
         if (r?.terminal && r.child.pid) await resizeTerminal(r.child.pid, req.width, req.height);
         return {};
@@ -222,11 +222,12 @@ class Monitor {
   private async start(execId: string): Promise<Handled> {
     const p = this.proc(execId);
     if (p.status !== 'created') {
+      // State errors are plain errors in containerd's runc shim, so its clients see UNKNOWN (so in pause etc.).
       const word = p.status === 'paused' ? 'paused' : p.status === 'stopped' ? 'stopped' : 'running';
-      throw failedPrecondition(`cannot start a ${word} process`);
+      throw unknown(`cannot start a ${word} process`);
     }
     if (execId && this.state.init.status !== 'running') {
-      throw failedPrecondition(`cannot start an exec process in a ${this.state.init.status} task`);
+      throw unknown(`cannot start an exec process in a ${this.state.init.status} task`);
     }
     const pidFile = this.path(execId ? execPidFile(execId) : files.initPid);
     rmSync(pidFile, { force: true });
@@ -300,7 +301,7 @@ class Monitor {
     if (!execId) throw invalidArgument('exec id must not be empty');
     if (this.state.execs[execId]) throw alreadyExists(`id ${execId}`);
     const s = this.state.init.status;
-    if (s !== 'running') throw failedPrecondition(`cannot exec in a ${s} state`);
+    if (s !== 'running') throw unknown(`cannot exec in a ${s} state`);
     const procSpec = { ...spec };
     if (io.terminal && procSpec.terminal === undefined) procSpec.terminal = true;
     writeFileSync(this.path(execSpecFile(execId)), JSON.stringify(procSpec), { mode: 0o600 });
@@ -333,9 +334,9 @@ class Monitor {
 
   private async pause(): Promise<Handled> {
     const s = this.state.init.status;
-    if (s === 'created') throw failedPrecondition('cannot pause task in created state');
-    if (s === 'paused') throw failedPrecondition('cannot pause a paused container');
-    if (s === 'stopped') throw failedPrecondition('cannot pause a stopped container');
+    if (s === 'created') throw unknown('cannot pause task in created state');
+    if (s === 'paused') throw unknown('cannot pause a paused container');
+    if (s === 'stopped') throw unknown('cannot pause a stopped container');
     await runc.pause(this.cfg.runc, this.cfg.id);
     if (this.state.init.status === 'running') {
       this.state.init.status = 'paused';
@@ -346,9 +347,9 @@ class Monitor {
 
   private async resume(): Promise<Handled> {
     const s = this.state.init.status;
-    if (s === 'created') throw failedPrecondition('cannot resume task in created state');
-    if (s === 'running') throw failedPrecondition('cannot resume a running process');
-    if (s === 'stopped') throw failedPrecondition('cannot resume a stopped container');
+    if (s === 'created') throw unknown('cannot resume task in created state');
+    if (s === 'running') throw unknown('cannot resume a running process');
+    if (s === 'stopped') throw unknown('cannot resume a stopped container');
     await runc.resume(this.cfg.runc, this.cfg.id);
     if (this.state.init.status === 'paused') {
       this.state.init.status = 'running';
@@ -360,7 +361,7 @@ class Monitor {
   private deleteExec(execId: string): Handled {
     if (!execId) throw invalidArgument('exec id must not be empty');
     const p = this.proc(execId);
-    if (p.status === 'running' || p.status === 'paused') throw failedPrecondition('cannot delete a running process');
+    if (p.status === 'running' || p.status === 'paused') throw unknown('cannot delete a running process');
     delete this.state.execs[execId];
     this.persist();
     rmSync(this.path(execSpecFile(execId)), { force: true });

@@ -158,6 +158,20 @@ const toDate = (s: string | undefined) => (s ? (parseRFC3339Nano(s) ?? new Date(
 
 const taskKey = (namespace: string, id: string) => `${namespace}/${id}`;
 
+/** The runtimes whose shims run runc, which Strata stands in for; containerd 1.6 knows them all. */
+const RUNC_RUNTIMES = new Set(['io.containerd.runc.v2', 'io.containerd.runc.v1', 'io.containerd.runtime.v1.linux']);
+
+/** Another runtime (runsc, kata, …) is not run on runc instead: as containerd without that shim, UNKNOWN. */
+function refuseOtherRuntimes(name: string): void {
+  if (RUNC_RUNTIMES.has(name)) return;
+  const parts = name.split('.');
+  const binary = parts.length === 4 && parts[0] === 'io' && parts[1] === 'containerd' ? `containerd-shim-${parts[2]}-${parts[3]}` : '';
+  throw new StrataError(
+    'unknown',
+    `failed to start shim: failed to resolve runtime path: runtime ${JSON.stringify(name)} binary not installed ${JSON.stringify(binary)}: file does not exist`,
+  );
+}
+
 export class TaskManager {
   private readonly tasks = new Map<string, Task>();
   private readonly creating = new Set<string>();
@@ -228,6 +242,7 @@ export class TaskManager {
     let mounted = false;
     try {
       const container = await this.opts.containers(ctx, id);
+      refuseOtherRuntimes(container.runtime?.name ?? '');
       if (!container.spec?.value || container.spec.value.length === 0) throw invalidArgument(`container ${id} has no runtime spec`);
       let spec: Record<string, unknown>;
       try {
@@ -517,8 +532,10 @@ export class TaskManager {
   async delete(ctx: OpContext, id: string): Promise<ExitInfo> {
     const t = this.task(ctx, id);
     const init = t.state.init;
-    if (init.status === 'running') throw failedPrecondition('cannot delete a running process');
-    if (init.status === 'paused') throw failedPrecondition('cannot delete a paused process');
+    // Plain errors in containerd's runc shim: UNKNOWN (containerd's Go client checks the state first and
+    // answers FAILED_PRECONDITION without calling).
+    if (init.status === 'running') throw new StrataError('unknown', 'cannot delete a running process');
+    if (init.status === 'paused') throw new StrataError('unknown', 'cannot delete a paused process');
     // An exit the monitor reported in a reply's state but whose notice is still queued: publish it first.
     this.publishExits(t);
     t.deleting = true;
@@ -547,14 +564,15 @@ export class TaskManager {
       throw err;
     }
     this.tasks.delete(taskKey(t.namespace, id));
-    // A task that never started: as if its init had been killed (runc delete --force on a created container).
+    // A task that never started: containerd's shim answers exit status 0 and no exit time.
     if (init.status === 'created') {
       init.status = 'stopped';
-      init.exitStatus = 137;
-      init.exitedAt = toRFC3339Nano(nowTime());
+      init.exitStatus = 0;
+      delete init.exitedAt;
     }
     this.settleWaiters(t);
-    for (const ws of t.waiters.values()) for (const w of ws) w.reject(notFound(`task ${id}`));
+    // Waits still pending (a task deleted before it started): containerd's lose their shim connection, UNKNOWN.
+    for (const ws of t.waiters.values()) for (const w of ws) w.reject(new StrataError('unknown', `task ${id} was deleted`));
     t.waiters.clear();
     const exitedAt = toDate(init.exitedAt);
     this.publish(t.namespace, '/tasks/delete', 'TaskDelete', {
@@ -585,7 +603,7 @@ export class TaskManager {
     const t = this.task(ctx, id);
     const p = this.proc(t, execId);
     if (t.dead || !t.conn) {
-      if (p.status !== 'stopped') throw failedPrecondition('cannot delete a running process');
+      if (p.status !== 'stopped') throw new StrataError('unknown', 'cannot delete a running process');
       delete t.state.execs[execId];
       writeJsonAtomic(join(t.bundle, files.state), t.state);
     } else {

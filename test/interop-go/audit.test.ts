@@ -22,6 +22,12 @@ const CHECKS = [
   'namespaces appear when something is first made in them, not on failed or read-only calls',
   'a malformed filter is UNKNOWN in snapshot walks and event subscriptions, invalid argument elsewhere',
   'a label set to an empty value is not stored',
+  "tasks answer unknown tasks and processes, repeated and out-of-order calls as containerd's runc shim",
+  "tasks publish containerd's events with their fields",
+  'tasks answer metrics filters and waits on tasks that never started as containerd',
+  'tasks refuse a runtime whose shim is not installed and run the runc ones',
+  "health answers the server's status and unknown services; version answers",
+  'diff refuses unknown media types, labels the blob it writes, applies',
 ];
 
 let d: StartedDaemon | undefined;
@@ -30,8 +36,8 @@ let run: GoResult;
 beforeAll(async () => {
   const bin = await goBinary('audit');
   d = await startDaemon();
-  run = await runGo(bin, ['-address', d.address, '-snapshotter', 'native'], { timeoutMs: 120_000 });
-}, 180_000);
+  run = await runGo(bin, ['-address', d.address, '-snapshotter', 'native'], { timeoutMs: 180_000 });
+}, 240_000);
 
 afterAll(async () => {
   await stopAll();

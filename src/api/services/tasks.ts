@@ -27,7 +27,8 @@ import { invalidArgument, notImplemented } from '../../core/errdefs.js';
 import type { Logger } from '../../log/index.js';
 import type { TaskManager } from '../../runtime/tasks.js';
 import type { CgroupStats } from '../../runtime/cgroups.js';
-import { opContext, unary, type GrpcService, grpcService } from '../call.js';
+import { opContext, unary, unconverted, type GrpcService, grpcService } from '../call.js';
+import { parseAll } from '../../filters/index.js';
 import { processToPb, exitToPb } from '../convert.js';
 
 
@@ -112,7 +113,8 @@ export function tasksService(tasks: TaskManager, log: Logger): GrpcService {
     start: unary(l, 'Start', async (req: StartRequest, call) => ({
       pid: await tasks.start(opContext(call), req.containerId, req.execId),
     })),
-    delete: unary(l, 'Delete', async (req: DeleteTaskRequest, call) => exitToPb(await tasks.delete(opContext(call), req.containerId))),
+    // containerd's Delete answer leaves the id empty (DeleteProcess fills it in).
+    delete: unary(l, 'Delete', async (req: DeleteTaskRequest, call) => ({ ...exitToPb(await tasks.delete(opContext(call), req.containerId)), id: '' })),
     deleteProcess: unary(l, 'DeleteProcess', async (req: DeleteProcessRequest, call) =>
       exitToPb(await tasks.deleteProcess(opContext(call), req.containerId, req.execId)),
     ),
@@ -126,6 +128,9 @@ export function tasksService(tasks: TaskManager, log: Logger): GrpcService {
     }),
     exec: unary(l, 'Exec', async (req: ExecProcessRequest, call) => {
       const ctx = opContext(call);
+      // containerd's order: the exec id, then the task, then (in the shim) the process spec.
+      if (!req.execId) throw invalidArgument('exec id cannot be empty');
+      tasks.get(ctx, req.containerId);
       const io = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
       await tasks.exec(ctx, req.containerId, req.execId, processSpec(req.spec), io);
       return {};
@@ -158,13 +163,15 @@ export function tasksService(tasks: TaskManager, log: Logger): GrpcService {
     update: unary(l, 'Update', () => {
       throw notImplemented('update is not supported');
     }),
-    metrics: unary(l, 'Metrics', async (req: MetricsRequest, call) => ({
-      metrics: (await tasks.metrics(opContext(call), req.filters)).map((m) => ({
-        timestamp: m.timestamp,
-        id: m.id,
-        data: cgroupMetricsAny(m.stats),
-      })),
-    })),
+    metrics: unary(l, 'Metrics', async (req: MetricsRequest, call) => {
+      try {
+        parseAll(req.filters);
+      } catch (err) {
+        throw unconverted(err, ''); // containerd returns the parse error unconverted: UNKNOWN
+      }
+      const metrics = await tasks.metrics(opContext(call), req.filters);
+      return { metrics: metrics.map((m) => ({ timestamp: m.timestamp, id: m.id, data: cgroupMetricsAny(m.stats) })) };
+    }),
     wait: unary(l, 'Wait', async (req: WaitRequest, call) => {
       const e = await tasks.wait(opContext(call), req.containerId, req.execId);
       return { exitStatus: e.exitStatus, exitedAt: e.exitedAt };

@@ -1,7 +1,8 @@
 /** containerd.services.version.v1.Version and grpc.health.v1.Health. */
 import type * as grpc from '@grpc/grpc-js';
 import { VersionService, type VersionServer } from '../gen/containerd/services/version/v1/version.js';
-import { HealthService, HealthCheckResponse_ServingStatus, type HealthServer } from '../gen/grpc/health/v1/health.js';
+import { HealthService, HealthCheckResponse_ServingStatus, type HealthCheckRequest, type HealthServer } from '../gen/grpc/health/v1/health.js';
+import { GrpcCode } from '../../core/errdefs.js';
 import type { Logger } from '../../log/index.js';
 import { grpcService, serverStream, unary, type GrpcService } from '../call.js';
 
@@ -10,17 +11,26 @@ export function versionService(version: string, revision: string, log: Logger): 
   return grpcService<VersionServer>(VersionService, { version: unary(l, 'Version', () => ({ version, revision })) });
 }
 
-/** The daemon is serving once its gRPC server accepts calls; there is no per-service health yet. */
+/**
+ * grpc-go's health server, as containerd registers it: the server as a whole ("") is SERVING; any other service
+ * name is unknown (Check: NOT_FOUND "unknown service"; Watch: one SERVICE_UNKNOWN answer, then the stream stays
+ * open for changes that never come).
+ */
 export function healthService(log: Logger): GrpcService {
   const l = log.child({ service: 'health' });
-  const serving = { status: HealthCheckResponse_ServingStatus.SERVING };
+  const statusOf = (service: string) => (service === '' ? HealthCheckResponse_ServingStatus.SERVING : undefined);
   const watchers = new Set<() => void>();
   return grpcService<HealthServer>(
     HealthService,
     {
-      check: unary(l, 'Check', () => serving),
-      watch: serverStream(l, 'Watch', async (_req, send, call) => {
-        await send(serving);
+      check: unary(l, 'Check', (req: HealthCheckRequest) => {
+        const status = statusOf(req.service);
+        // grpc-go's own status, its text as is (no errdefs suffix).
+        if (status === undefined) throw Object.assign(new Error('unknown service'), { code: GrpcCode.NOT_FOUND, details: 'unknown service' });
+        return { status };
+      }),
+      watch: serverStream(l, 'Watch', async (req: HealthCheckRequest, send, call) => {
+        await send({ status: statusOf(req.service) ?? HealthCheckResponse_ServingStatus.SERVICE_UNKNOWN });
         let end = () => undefined as void;
         await new Promise<void>((resolve) => {
           end = resolve;

@@ -45,6 +45,7 @@ const ns = "go-audit"
 var (
 	address     = flag.String("address", "", "stratad's socket")
 	snapshotter = flag.String("snapshotter", "native", "the snapshotter")
+	only        = flag.String("only", "", "run only the checks whose names start with this")
 	failed      bool
 )
 
@@ -79,8 +80,17 @@ func main() {
 		{"namespaces appear when something is first made in them, not on failed or read-only calls", checkImplicitNamespaces},
 		{"a malformed filter is UNKNOWN in snapshot walks and event subscriptions, invalid argument elsewhere", checkBadFilters},
 		{"a label set to an empty value is not stored", checkEmptyLabels},
+		{"tasks answer unknown tasks and processes, repeated and out-of-order calls as containerd's runc shim", checkTaskErrors},
+		{"tasks publish containerd's events with their fields", checkTaskEvents},
+		{"tasks answer metrics filters and waits on tasks that never started as containerd", checkTaskMetricsWaits},
+		{"tasks refuse a runtime whose shim is not installed and run the runc ones", checkTaskRuntimes},
+		{"health answers the server's status and unknown services; version answers", checkHealthVersion},
+		{"diff refuses unknown media types, labels the blob it writes, applies", checkDiff},
 	}
 	for _, c := range checks {
+		if *only != "" && !strings.HasPrefix(c.name, *only) {
+			continue
+		}
 		done := make(chan error, 1)
 		go func() {
 			defer func() {
