@@ -84,10 +84,6 @@ async function applyLayer(tar: Buffer): Promise<{ err: StrataError | undefined; 
   return { err, written };
 }
 
-/**
- * The overlay snapshot directories once the background removal has run: the namespaced layer removes backend
- * snapshots in batches after the record (up to 50 ms later), so a directory can outlive Remove's answer briefly.
- */
 function expectLimit(err: StrataError | undefined, text: string): void {
   expect(err).toBeInstanceOf(StrataError);
   expect(err!.kind).toBe('invalid argument');
