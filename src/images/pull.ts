@@ -21,6 +21,7 @@ import { type Image, type ImageStore } from '../metadata/images.js';
 import { type Descriptor, type Platform } from '../core/descriptor.js';
 import { unpackLayers, type UnpackResult } from './unpack.js';
 import { createOrUpdateImage } from './store-util.js';
+import type { SharedWork } from './inflight.js';
 
 export interface ImageServices {
   content: ContentStore;
@@ -33,6 +34,8 @@ export interface UnpackTarget {
   applier: Applier;
   /** Puts an existing layer snapshot under the transfer's lease (see UnpackOptions.protect). */
   protect?: (chainID: string) => Promise<void> | void;
+  /** Serialises the unpack of one chain with the daemon's other transfers (see UnpackOptions.exclusive). */
+  exclusive?: <T>(chainID: string, fn: () => Promise<T>) => Promise<T>;
 }
 
 export interface PullOptions {
@@ -43,6 +46,11 @@ export interface PullOptions {
   unpack?: UnpackTarget;
   labels?: Record<string, string>;
   onProgress?: ProgressFn;
+  /**
+   * The daemon's in-flight downloads: a blob another pull is downloading is waited for, not downloaded
+   * again (see SharedWork).
+   */
+  shared?: SharedWork;
 }
 
 export interface PullResult {
@@ -65,8 +73,13 @@ export async function pull(resolver: Resolver, ref: string, svc: ImageServices, 
   const source = { registryHost: parsed.host, repository: parsed.repository };
   const platforms = opts.platforms && opts.platforms.length > 0 ? opts.platforms : [defaultPlatform()];
 
-  const fetch = (desc: Descriptor, kind: ObjectKind) =>
-    fetchBlob(svc.content, fetcher, desc, kind, { source, onProgress: progress });
+  const fetch = (desc: Descriptor, kind: ObjectKind) => {
+    const one = () => fetchBlob(svc.content, fetcher, desc, kind, { source, onProgress: progress });
+    if (!opts.shared) return one();
+    return opts.shared.download(desc.digest, one, () =>
+      progress({ ref: desc.digest, kind, status: 'waiting', offset: 0, total: desc.size }),
+    );
+  };
 
   // Walk index → manifests → config, fetching as we go; layers start downloading as soon as their manifest
   // is known, and the unpacker waits on them one by one.
@@ -124,6 +137,7 @@ export async function pull(resolver: Resolver, ref: string, svc: ImageServices, 
           snapshotterName: opts.unpack.snapshotterName,
           config: target.config,
           ...(opts.unpack.protect ? { protect: opts.unpack.protect } : {}),
+          ...(opts.unpack.exclusive ? { exclusive: opts.unpack.exclusive } : {}),
           ready: async (i) => void (await startLayer(target.layers[i]!)),
           onProgress: (layer, status, detail) =>
             progress({ ref: layer.digest, kind: 'layer', status, total: layer.size, ...(detail ? { detail } : {}) }),

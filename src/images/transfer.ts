@@ -24,6 +24,7 @@ import { createResolver } from './remote/resolver.js';
 import type { Credentials, ResolverOptions } from './remote/types.js';
 import { importArchive, exportArchive } from './archive/index.js';
 import { unpackLayers, type UnpackResult } from './unpack.js';
+import { SharedWork } from './inflight.js';
 import type { Image, ImageStore } from '../metadata/images.js';
 import type { Descriptor } from '../core/descriptor.js';
 
@@ -102,6 +103,8 @@ const LEASE_TTL_MS = 24 * 60 * 60 * 1000;
 export class ImageTransfers {
   private readonly connectTimeoutMs: number;
   private readonly responseHeaderTimeoutMs: number;
+  /** Downloads and unpacks in flight, shared by this daemon's concurrent transfers. */
+  readonly shared = new SharedWork();
 
   constructor(
     private readonly md: MetadataStore,
@@ -156,6 +159,8 @@ export class ImageTransfers {
       snapshotterName: name,
       applier: this.differ,
       ...(lease ? { protect: (chainID: string) => this.md.leases.addResource(ctx.namespace, lease, { type: `snapshots/${name}`, id: chainID }) } : {}),
+      // Snapshots are namespaced: the same chain in two namespaces is two snapshots, unpacked separately.
+      exclusive: <T>(chainID: string, fn: () => Promise<T>) => this.shared.unpack(`${name}\u0000${ctx.namespace}\u0000${chainID}`, fn),
     };
   }
 
@@ -191,6 +196,7 @@ export class ImageTransfers {
           ...(opts.unpack ? { unpack: this.unpackTarget(ctx, opts.snapshotter) } : {}),
           labels: opts.labels ?? {},
           ...(progress ? { onProgress: progress } : {}),
+          shared: this.shared,
         }),
       );
       ok = true;
@@ -251,6 +257,7 @@ export class ImageTransfers {
       snapshotterName: target.snapshotterName,
       config: manifest.config,
       ...(target.protect ? { protect: target.protect } : {}),
+      ...(target.exclusive ? { exclusive: target.exclusive } : {}),
       onProgress: (layer, status, detail) =>
         onProgress?.({ ref: layer.digest, kind: 'layer', status, total: layer.size, ...(detail ? { detail } : {}) }),
     });

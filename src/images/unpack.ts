@@ -36,6 +36,11 @@ export interface UnpackOptions {
    * label refers to it.
    */
   protect?: (chainID: string) => Promise<void> | void;
+  /**
+   * Runs the check-extract-commit of one layer with that chain to itself (the daemon's SharedWork), so
+   * concurrent unpacks of the same chain do not extract it twice: the second waits, then finds it committed.
+   */
+  exclusive?: <T>(chainID: string, fn: () => Promise<T>) => Promise<T>;
 }
 
 export interface UnpackResult {
@@ -69,54 +74,10 @@ export async function unpackLayers(
   for (let i = 0; i < layers.length; i++) {
     const layer = layers[i]!;
     const chainID = chain[i]!;
-    if (await exists(snapshotter, chainID)) {
-      await opts.protect?.(chainID);
-      // Protected now; if a collection removed it between the stat and the protection, unpack it again.
-      if (await exists(snapshotter, chainID)) {
-        opts.onProgress?.(layer, 'exists');
-        found.push(i);
-        parent = chainID;
-        continue;
-      }
-    }
-    await opts.ready?.(i);
-    opts.onProgress?.(layer, 'unpacking');
-    const key = extractionKey(chainID);
-    let mounts;
-    try {
-      mounts = await snapshotter.prepare(key, parent, { labels: { [LABEL_SNAPSHOT_REF]: chainID } });
-    } catch (err) {
-      // ALREADY_EXISTS: a remote snapshotter has the layer (or a concurrent unpack committed it).
-      if (isAlreadyExists(err) && (await exists(snapshotter, chainID))) {
-        await opts.protect?.(chainID);
-        opts.onProgress?.(layer, 'exists', 'remote snapshot');
-        found.push(i);
-        parent = chainID;
-        continue;
-      }
-      throw err;
-    }
-    try {
-      const applied = await applier.apply(layer, mounts, content);
-      if (applied.digest !== diffIDs[i]) {
-        throw failedPrecondition(`wrong diff id calculated on extraction: ${applied.digest}, expected ${diffIDs[i]}`);
-      }
-      try {
-        await snapshotter.commit(chainID, key);
-      } catch (err) {
-        // Committed meanwhile by a concurrent unpack of the same layer: theirs is as good as ours.
-        if (!isAlreadyExists(err)) throw err;
-        await snapshotter.remove(key).catch(() => undefined);
-      }
-    } catch (err) {
-      await snapshotter.remove(key).catch(() => undefined);
-      throw err;
-    }
-    await content
-      .update({ digest: layer.digest, labels: { [LABEL_UNCOMPRESSED]: diffIDs[i]! } }, [`labels.${LABEL_UNCOMPRESSED}`])
-      .catch(() => undefined);
-    extracted++;
-    opts.onProgress?.(layer, 'unpacked');
+    const one = () => unpackOne(snapshotter, applier, content, layer, diffIDs[i]!, chainID, parent, () => opts.ready?.(i) ?? Promise.resolve(), opts);
+    const outcome = opts.exclusive ? await opts.exclusive(chainID, one) : await one();
+    if (outcome === 'found') found.push(i);
+    else extracted++;
     parent = chainID;
   }
   for (const i of found) {
@@ -128,6 +89,69 @@ export async function unpackLayers(
     await content.update({ digest: opts.config.digest, labels: { [label]: parent } }, [`labels.${label}`]);
   }
   return { chainID: parent, extracted };
+}
+
+/**
+ * Makes sure layer `chainID` is a committed snapshot: 'found' when it was there (or a remote snapshotter or
+ * a concurrent unpack provided it), 'extracted' when this call applied the layer.
+ */
+async function unpackOne(
+  snapshotter: Snapshotter,
+  applier: Applier,
+  content: ContentStore,
+  layer: Descriptor,
+  diffID: string,
+  chainID: string,
+  parent: string,
+  ready: () => Promise<void>,
+  opts: UnpackOptions,
+): Promise<'found' | 'extracted'> {
+  if (await exists(snapshotter, chainID)) {
+    await opts.protect?.(chainID);
+    // Protected now; if a collection removed it between the stat and the protection, unpack it again.
+    if (await exists(snapshotter, chainID)) {
+      opts.onProgress?.(layer, 'exists');
+      return 'found';
+    }
+  }
+  await ready();
+  opts.onProgress?.(layer, 'unpacking');
+  const key = extractionKey(chainID);
+  let mounts;
+  try {
+    mounts = await snapshotter.prepare(key, parent, { labels: { [LABEL_SNAPSHOT_REF]: chainID } });
+  } catch (err) {
+    // ALREADY_EXISTS: a remote snapshotter has the layer (or a concurrent unpack committed it).
+    if (isAlreadyExists(err) && (await exists(snapshotter, chainID))) {
+      await opts.protect?.(chainID);
+      opts.onProgress?.(layer, 'exists', 'remote snapshot');
+      return 'found';
+    }
+    throw err;
+  }
+  try {
+    const applied = await applier.apply(layer, mounts, content);
+    if (applied.digest !== diffID) {
+      throw failedPrecondition(`wrong diff id calculated on extraction: ${applied.digest}, expected ${diffID}`);
+    }
+    try {
+      await snapshotter.commit(chainID, key);
+    } catch (err) {
+      // Committed meanwhile by a concurrent unpack of the same layer (outside this daemon's serialisation):
+      // theirs is as good as ours, once it is under our lease too.
+      if (!isAlreadyExists(err)) throw err;
+      await snapshotter.remove(key).catch(() => undefined);
+      await opts.protect?.(chainID);
+    }
+  } catch (err) {
+    await snapshotter.remove(key).catch(() => undefined);
+    throw err;
+  }
+  await content
+    .update({ digest: layer.digest, labels: { [LABEL_UNCOMPRESSED]: diffID } }, [`labels.${LABEL_UNCOMPRESSED}`])
+    .catch(() => undefined);
+  opts.onProgress?.(layer, 'unpacked');
+  return 'extracted';
 }
 
 /**
