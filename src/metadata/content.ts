@@ -296,6 +296,16 @@ class BoundContentStore implements ContentStore {
     if (exists) throw alreadyExists(`content ${expected}`);
 
     const inner = shared ? undefined : await this.c.local.writer({ ref: backendRef, total });
+    if (inner && expected && this.row(expected)) {
+      // Another writer of this ref committed the blob while this one waited for the ref's lock: what it took is
+      // a new, empty ingest. Answer as if the blob had been there at open (containerd's ALREADY_EXISTS), rather
+      // than have the caller fetch the whole blob again.
+      await inner.close();
+      this.c.db.transaction(() => this.c.leases.attach(this.ctx, 'content', expected)).immediate();
+      // The committing writer dropped the ingest's record; the empty backend ingest the lock made goes too.
+      if (this.ingestRow(ref)?.backend_ref !== backendRef) await this.c.local.abort(backendRef).catch(() => undefined);
+      throw alreadyExists(`content ${expected}`);
+    }
     return new NamespacedWriter(this.c, this.ctx, ref, backendRef, total, inner, shared);
   }
 }
