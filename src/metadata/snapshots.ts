@@ -78,6 +78,12 @@ export class NamespacedSnapshots {
 
   /** @internal Durable writes of the metadata database (shared by every snapshotter's layer: one per connection). */
   readonly commits: GroupCommit;
+  /**
+   * Names a Commit in flight will take (namespace NUL name): the name is checked before the backend commits and
+   * recorded after, so a second Commit to the same name in between must see it taken (ALREADY_EXISTS) before its
+   * backend turns its active snapshot into a committed one that could never be recorded.
+   */
+  readonly committing = new Set<string>();
   /** Backend keys whose records are gone, waiting for the background removal; and that removal. */
   private doomed: string[] = [];
   private removing: Promise<void> | undefined;
@@ -341,12 +347,21 @@ class BoundSnapshotter implements Snapshotter {
     const labels = compactLabels(opts.labels); // "" values are not stored, as containerd's writeMap
     const { row, bname } = this.db.transaction(() => {
       // containerd's order: the name taken first (ALREADY_EXISTS even for an unknown key), then the key.
-      if (this.s.row(this.ns, name)) throw alreadyExists(`snapshot "${name}"`);
+      if (this.s.row(this.ns, name) || this.s.committing.has(`${this.ns}\0${name}`)) throw alreadyExists(`snapshot "${name}"`);
       const row = this.s.mustRow(this.ns, key);
       // containerd's words (its backend reports this, wrapped by the commit).
       if (row.kind !== 'active') throw failedPrecondition(`failed to commit snapshot: snapshot ${JSON.stringify(key)} is not active`);
+      this.s.committing.add(`${this.ns}\0${name}`);
       return { row, bname: `${this.ns}/${this.s.store.numbers.next()}/${name}` };
     })();
+    try {
+      await this.commitReserved(name, key, labels, row, bname, hold);
+    } finally {
+      this.s.committing.delete(`${this.ns}\0${name}`);
+    }
+  }
+
+  private async commitReserved(name: string, key: string, labels: Record<string, string>, row: Row, bname: string, hold: (bkey: string) => void): Promise<void> {
     hold(row.backend_key);
     hold(bname);
 
