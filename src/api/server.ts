@@ -74,11 +74,12 @@ const TRAILERS_ONLY = { endStream: true, sendDate: false } as http2.ServerStream
  * emits from its data source callback where submitting trailers is allowed (NGHTTP2_DATA_FLAG_NO_END_STREAM):
  * HEADERS, DATA and trailers then leave in one writev, as grpc-go sends them.
  *
- * (2) uses Node 20's native stream handle (`trailers([nameNULvalueNULflags..., count])`), found by its symbol's
- * description; when it is not there (another Node), sendTrailers is used and answers take two writes again.
+ * (2) uses Node 20's native stream handle (`trailers([nameNULvalueNULflags..., count])`, the list sendTrailers
+ * builds), found by its symbol's description. On another Node major (format not checked there) or without the
+ * handle, sendTrailers is used and answers take two writes again.
  */
 type NativeStream = { trailers(list: [string, number]): number };
-let handleSymbol: symbol | null | undefined;
+let handleSymbol: symbol | null | undefined = process.versions.node.split('.')[0] === '20' ? undefined : null;
 
 function nativeHandle(stream: http2.ServerHttp2Stream): NativeStream | undefined {
   if (handleSymbol === undefined) {
