@@ -64,55 +64,6 @@ const RESPONSE_HEADERS = { ':status': 200, 'content-type': 'application/grpc' } 
 const HEADERS_OPTIONS = { waitForTrailers: true, sendDate: false } as http2.ServerStreamResponseOptions;
 const TRAILERS_ONLY = { endStream: true, sendDate: false } as http2.ServerStreamResponseOptions;
 
-/**
- * One socket write per unary answer. node:http2 would send an OK answer in two: HEADERS+DATA, then the
- * trailers a loop turn later, because (1) `stream.end(data)` shuts the native stream's writable side only in
- * `_final`, after the data write completed, i.e. after the send that carried it; (2) `sendTrailers` submits
- * the trailers from a setImmediate. The Go client then wakes twice per call. Here (1) the writable side is
- * shut right after the one write, through the stream's own `_final` (its shutdown runs once: the later
- * `end()` finds it done), and (2) the trailers are submitted synchronously from 'wantTrailers', which nghttp2
- * emits from its data source callback where submitting trailers is allowed (NGHTTP2_DATA_FLAG_NO_END_STREAM):
- * HEADERS, DATA and trailers then leave in one writev, as grpc-go sends them.
- *
- * (2) uses Node 20's native stream handle (`trailers([nameNULvalueNULflags..., count])`, the list sendTrailers
- * builds), found by its symbol's description. On another Node major (format not checked there) or without the
- * handle, sendTrailers is used and answers take two writes again.
- */
-type NativeStream = { trailers(list: [string, number]): number };
-let handleSymbol: symbol | null | undefined = process.versions.node.split('.')[0] === '20' ? undefined : null;
-
-function nativeHandle(stream: http2.ServerHttp2Stream): NativeStream | undefined {
-  if (handleSymbol === undefined) {
-    handleSymbol = Object.getOwnPropertySymbols(stream).find((s) => s.description === 'kHandle') ?? null;
-  }
-  if (handleSymbol === null) return undefined;
-  const handle = (stream as unknown as Record<symbol, unknown>)[handleSymbol] as NativeStream | undefined;
-  return handle && typeof handle.trailers === 'function' ? handle : undefined;
-}
-
-/** Submits trailers to nghttp2 now; false when the native handle is not usable (sendTrailers then). */
-function submitTrailersNow(stream: http2.ServerHttp2Stream, trailers: Record<string, string>): boolean {
-  if (stream.destroyed || stream.closed) return true;
-  const handle = nativeHandle(stream);
-  if (!handle) return false;
-  let list = '';
-  let count = 0;
-  for (const [name, value] of Object.entries(trailers)) {
-    // Names are ours (lowercase), values printable ASCII (grpc-message is percent-encoded): no NUL, no CR/LF.
-    list += `${name}\0${value}\0\0`;
-    count++;
-  }
-  const ret = handle.trailers([list, count]);
-  if (ret < 0) stream.destroy(new Error(`http2 trailers failed (${ret})`));
-  return true;
-}
-
-/** Shuts the stream's writable side now instead of after the pending write completes (see above). */
-function endNow(stream: http2.ServerHttp2Stream): void {
-  const final = (stream as unknown as { _final?: (cb: (err?: Error | null) => void) => void })._final;
-  if (typeof final === 'function' && !stream.pending) final.call(stream, () => undefined);
-}
-
 /** grpc-message is percent-encoded: bytes outside printable ASCII, and '%' itself. */
 function encodeMessage(s: string): string {
   // eslint-disable-next-line no-control-regex
@@ -342,9 +293,9 @@ export class ServerCall extends EventEmitter {
     this.stream.respond(RESPONSE_HEADERS, HEADERS_OPTIONS);
     this.stream.once('wantTrailers', () => {
       const { code = GrpcCode.UNKNOWN, details = '' } = this.status;
-      const trailers: Record<string, string> = { 'grpc-status': String(code) };
+      const trailers: http2.OutgoingHttpHeaders = { 'grpc-status': String(code) };
       if (details) trailers['grpc-message'] = encodeMessage(details);
-      if (!submitTrailersNow(this.stream, trailers)) this.stream.sendTrailers(trailers);
+      this.stream.sendTrailers(trailers);
     });
   }
 
@@ -388,12 +339,7 @@ export class ServerCall extends EventEmitter {
     this.finished = true;
     if (this.timer) clearTimeout(this.timer);
     this.sendHeaders();
-    const data = frame(payload);
-    this.stream.write(data);
-    // The only write of a fresh stream went straight to the native stream: shut its writable side now, so
-    // the send that carries the DATA frame also finds its end and asks for the trailers (see endNow).
-    if (this.stream.writableLength === data.byteLength) endNow(this.stream);
-    this.stream.end();
+    this.stream.end(frame(payload));
   }
 
   private finish(status: CallStatus): void {
