@@ -4,18 +4,17 @@
  * short (a 100,000-level path once came back as a 4 KB message holding the snapshot's absolute path; with the
  * default limits it is now refused by max_path_length, so a 3,000-level one reaches the file calls).
  */
-import { createHash } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StrataClient } from '../../src/api/clients/strata.js';
 import { StrataError } from '../../src/core/errdefs.js';
+import { MediaTypeImageLayerGzip } from '../../src/diff/mediatypes.js';
+import { sha256 } from '../helpers/data.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { makeTar, type TarEntry } from '../helpers/tar.js';
 
-const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-const GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip';
 
 let d: StartedDaemon;
 let c: StrataClient;
@@ -34,13 +33,13 @@ let n = 0;
 /** Applies a layer of `entries` onto a fresh overlayfs snapshot; returns the error (the snapshot is removed). */
 async function applyError(entries: TarEntry[]): Promise<StrataError> {
   const blob = gzipSync(await makeTar(entries));
-  const digest = sha(blob);
+  const digest = sha256(blob);
   await c.writeBlob([blob], { ref: `up-${digest}`, expected: digest, total: blob.length });
   const key = `hostile-${++n}`;
   const { mounts } = await c.call(c.snapshots, c.snapshots.prepare, { snapshotter: 'overlayfs', key, parent: '', labels: {} });
   try {
     const err = await c
-      .call(c.diff, c.diff.apply, { mounts, payloads: {}, diff: { mediaType: GZIP, digest, size: blob.length, annotations: {} } })
+      .call(c.diff, c.diff.apply, { mounts, payloads: {}, diff: { mediaType: MediaTypeImageLayerGzip, digest, size: blob.length, annotations: {} } })
       .then(
         () => undefined,
         (e: unknown) => e,
