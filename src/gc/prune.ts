@@ -71,6 +71,12 @@ export class DataRefs {
             : ex?.ingests.has(ingestKey(r.namespace, r.id));
       if (!excluded) used.add(r.digest);
     }
+    for (const b of blobs) {
+      if (!used.has(b.digest) && this.md.content.isCommitting(b.digest)) {
+        used.add(b.digest);
+        this.heldInProgress = true;
+      }
+    }
     const rest = blobs.filter((b) => !used.has(b.digest));
     if (rest.length === 0) return used;
     // An ingest row at least as old as a blob whose data file is gone: possibly the commit of this blob.

@@ -235,7 +235,11 @@ export interface GCSnapshots {
 /** What the collector needs of the metadata store; src/metadata's MetadataStore implements it. */
 export interface GCMetadata {
   readonly gc: GCRecordStore;
-  readonly content: { readonly local: GCContentData };
+  readonly content: {
+    readonly local: GCContentData;
+    /** Whether a writer is committing this blob now: its record is about to appear, so it stays. */
+    isCommitting(digest: string): boolean;
+  };
   readonly snapshotters: ReadonlyMap<string, GCSnapshots>;
 }
 

@@ -71,6 +71,32 @@ const toInfo = (r: ContentRow): ContentInfo => ({
 });
 
 export class NamespacedContent {
+  /**
+   * Blobs a writer is committing right now, with how many writers commit each. From the moment a writer asks
+   * the local store to commit until its record is in, the blob may be one it found already on disk (another
+   * writer's, or an orphan): a collection must not unlink it in between. containerd gets the same guarantee
+   * from the content store's lock, held shared by each commit and exclusively by the collector's sweep.
+   */
+  private readonly committing = new Map<Digest, number>();
+
+  /** Whether a writer is committing this blob now (the collector keeps it: its record is about to appear). */
+  isCommitting(digest: Digest): boolean {
+    return this.committing.has(digest);
+  }
+
+  /** Keeps `digest` from the collector until the returned function is called. Synchronous on purpose. */
+  pinForCommit(digest: Digest): () => void {
+    this.committing.set(digest, (this.committing.get(digest) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.committing.get(digest) ?? 1) - 1;
+      if (n <= 0) this.committing.delete(digest);
+      else this.committing.set(digest, n);
+    };
+  }
+
   constructor(
     readonly db: DB,
     readonly local: LocalContentStore,
@@ -96,7 +122,7 @@ export class NamespacedContent {
       this.db.prepare('SELECT 1 FROM content WHERE digest = ? LIMIT 1').get(digest) ??
       this.db.prepare("SELECT 1 FROM lease_resources WHERE type = 'content' AND id = ? LIMIT 1").get(digest) ??
       this.db.prepare('SELECT 1 FROM ingests WHERE shared_digest = ? LIMIT 1').get(digest);
-    if (used) return;
+    if (used || this.isCommitting(digest)) return;
     try {
       unlinkSync(this.local.blobPath(digest));
     } catch (err) {
@@ -376,6 +402,16 @@ class NamespacedWriter implements ContentWriter {
   async commit(size: number, expected?: Digest, opts: CommitOptions = {}): Promise<void> {
     validateLabels(opts.labels);
     if (expected) checkedDigest(expected);
+    // Pinned before the local store looks for the blob, released once the record is in (or the commit failed).
+    const unpin = this.c.pinForCommit(this.digest());
+    try {
+      await this.commitPinned(size, expected, opts);
+    } finally {
+      unpin();
+    }
+  }
+
+  private async commitPinned(size: number, expected: Digest | undefined, opts: CommitOptions): Promise<void> {
     let actual: Digest;
     let finalSize: number;
     if (!this.inner) {

@@ -6,8 +6,8 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { unlinkSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, readFile, utimes, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { ContentWriter } from '../../src/content/types.js';
 import { failedPrecondition } from '../../src/core/errdefs.js';
 import { chainIDs } from '../../src/images/manifest.js';
@@ -257,32 +257,36 @@ describe('data without records', () => {
 });
 
 describe('data created before its record', () => {
+  /** A local store whose writers for refs ending in "/slow" wait at `g` once the local commit is done (or failed). */
+  const pausingAfterLocalCommit = (g: ReturnType<typeof gate>) => (local: LocalContentStore) =>
+    intercept(local, 'writer', async (opts) => {
+      const w = await local.writer(opts);
+      const paused: ContentWriter = {
+        get ref() {
+          return w.ref;
+        },
+        get offset() {
+          return w.offset;
+        },
+        status: () => w.status(),
+        write: (chunk) => w.write(chunk),
+        truncate: (n) => w.truncate(n),
+        digest: () => w.digest(),
+        close: () => w.close(),
+        commit: async (size, expected, o) => {
+          try {
+            await w.commit(size, expected, o);
+          } finally {
+            if (opts.ref.endsWith('/slow')) await g.wait(); // the blob is on disk; its row is not
+          }
+        },
+      };
+      return paused;
+    }) as LocalContentStore;
+
   it('a blob renamed into place whose content row is not written yet is not removed', async () => {
     const g = gate();
-    await open({
-      wrapLocal: (local) =>
-        intercept(local, 'writer', async (opts) => {
-          const w = await local.writer(opts);
-          const paused: ContentWriter = {
-            get ref() {
-              return w.ref;
-            },
-            get offset() {
-              return w.offset;
-            },
-            status: () => w.status(),
-            write: (chunk) => w.write(chunk),
-            truncate: (n) => w.truncate(n),
-            digest: () => w.digest(),
-            close: () => w.close(),
-            commit: async (size, expected, o) => {
-              await w.commit(size, expected, o);
-              if (opts.ref.endsWith('/slow')) await g.wait(); // the blob is on disk; its row is not
-            },
-          };
-          return paused;
-        }) as LocalContentStore,
-    });
+    await open({ wrapLocal: pausingAfterLocalCommit(g) });
     s.md.leases.create('ns', 'l');
     const c = s.content('ns', 'l');
     const data = Buffer.from('committing slowly');
@@ -298,6 +302,36 @@ describe('data created before its record', () => {
     g.open();
     await committing;
     expect((await c.info(sha256(data))).size).toBe(data.length);
+    expect(await inconsistencies(s)).toEqual([]);
+  });
+
+  it('a blob already on disk that a commit found is not removed before the commit writes its row', async () => {
+    // The blob is an orphan (a crash left it without a record), so the local commit answers "already exists"
+    // and keeps no copy of its own: from then until the row is written, the file on disk is the commit's data.
+    const g = gate();
+    await open({ wrapLocal: pausingAfterLocalCommit(g) });
+    const data = Buffer.from('found on disk while committing');
+    const digest = sha256(data);
+    await mkdir(dirname(s.local.blobPath(digest)), { recursive: true });
+    await writeFile(s.local.blobPath(digest), data);
+    const anHourAgo = new Date(Date.now() - 3_600_000);
+    await utimes(s.local.blobPath(digest), anHourAgo, anHourAgo); // older than any ingest: no commit made it
+    s.md.leases.create('ns', 'l');
+    const c = s.content('ns', 'l');
+    const w = await c.writer({ ref: 'slow' });
+    await w.write(data);
+    const committing = w.commit(data.length, digest);
+    await g.entered;
+    // A full pass looks at every blob on disk, orphans included.
+    expect((await s.collector.prune()).blobs).toEqual([]);
+    expect(hasBlob(s, digest)).toBe(true);
+    g.open();
+    await committing;
+    expect((await c.info(digest)).size).toBe(data.length);
+    // Once recorded and then dropped, the blob goes as usual.
+    s.md.leases.delete('ns', 'l');
+    await c.delete(digest);
+    expect(hasBlob(s, digest)).toBe(false);
     expect(await inconsistencies(s)).toEqual([]);
   });
 
