@@ -7,6 +7,7 @@
  * ingest survives a daemon restart (the row keeps the mapping; the data is in the local store).
  */
 import { existsSync, unlinkSync } from 'node:fs';
+import { crashPoint } from '../core/crashpoint.js';
 import type { Readable } from 'node:stream';
 import {
   alreadyExists,
@@ -124,7 +125,9 @@ export class NamespacedContent {
       this.db.prepare('SELECT 1 FROM ingests WHERE shared_digest = ? LIMIT 1').get(digest);
     if (used || this.isCommitting(digest)) return;
     try {
+      crashPoint('content.delete.before-unlink');
       unlinkSync(this.local.blobPath(digest));
+      crashPoint('content.delete.after-unlink');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
@@ -194,12 +197,14 @@ class BoundContentStore implements ContentStore {
 
   async delete(digest: Digest): Promise<void> {
     checkedDigest(digest);
+    crashPoint('content.delete.before-record');
     this.c.db.transaction(() => {
       const res = this.c.db.prepare('DELETE FROM content WHERE namespace = ? AND digest = ?').run(this.ns, digest);
       if (res.changes === 0) throw notFound(`content ${digest}`);
       this.c.db.prepare("DELETE FROM lease_resources WHERE namespace = ? AND type = 'content' AND id = ?").run(this.ns, digest);
       this.c.releaseBlobIfUnused(digest);
     }).immediate();
+    crashPoint('content.delete.after-record');
     this.c.notifyMutation(true);
     this.c.events.publish(this.ns, '/content/delete', typedEvent('containerd.events.ContentDelete', { digest }));
   }
@@ -261,12 +266,14 @@ class BoundContentStore implements ContentStore {
     } catch (err) {
       if (!isNotFound(err)) throw err; // no data yet: the row goes all the same
     }
+    crashPoint('content.abort.before-record');
     this.c.db.transaction(() => {
       this.c.db.prepare('DELETE FROM ingests WHERE namespace = ? AND ref = ?').run(this.ns, ref);
       this.c.db
         .prepare("DELETE FROM lease_resources WHERE namespace = ? AND type = 'ingests' AND id = ?")
         .run(this.ns, ref);
     }).immediate();
+    crashPoint('content.abort.after-record');
     this.c.notifyMutation(false);
   }
 
@@ -437,6 +444,7 @@ class NamespacedWriter implements ContentWriter {
     }
 
     let innerErr: StrataError | undefined;
+    crashPoint('content.commit.before-record');
     this.c.db.transaction(() => {
       // Recheck the file inside the transaction: a concurrent delete unlinks inside its own transaction.
       if (!existsSync(this.c.local.blobPath(actual))) {
@@ -454,6 +462,7 @@ class NamespacedWriter implements ContentWriter {
       this.c.leases.detach(this.ctx, 'ingests', this.ref);
       this.c.leases.attach(this.ctx, 'content', actual);
     }).immediate();
+    crashPoint('content.commit.after-record');
     this.c.notifyMutation(false);
     if (innerErr) throw innerErr;
   }

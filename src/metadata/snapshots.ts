@@ -19,6 +19,7 @@
  * A crash before the backend removal leaves a backend snapshot no record names: the garbage collector's prune
  * (and containerd's) removes exactly those.
  */
+import { crashPoint } from '../core/crashpoint.js';
 import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, notFound, unknown } from '../core/errdefs.js';
 import { parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
@@ -129,6 +130,7 @@ export class NamespacedSnapshots {
         // layer) or that a call in progress holds stays.
         const keys = this.doomed.splice(0, NamespacedSnapshots.REMOVE_BATCH).filter((k) => !this.pending.has(k) && !this.recordsBackendKey(k));
         if (keys.length === 0) continue;
+        crashPoint('snapshot.remove.before-backend');
         const many = (this.backend as Snapshotter & { removeMany?: (keys: string[]) => Promise<void> }).removeMany;
         if (many && keys.length > 1) {
           // Failures (a child in another namespace, gone already) keep the snapshot for the garbage collector.
@@ -288,8 +290,10 @@ class BoundSnapshotter implements Snapshotter {
     let times: { created: Date; updated: Date } = { created: made, updated: made };
     const blabels = inheritedLabels(labels);
     try {
+      crashPoint('snapshot.prepare.before-backend');
       mounts = readonly ? await this.s.backend.view(bkey, bparent, { labels: blabels }) : await this.s.backend.prepare(bkey, bparent, { labels: blabels });
       created = true;
+      crashPoint('snapshot.prepare.after-backend');
     } catch (err) {
       if (!isAlreadyExists(err)) throw err;
       if (!target) throw unknown(`unexpected error from snapshotter: ${(err as Error).message}`);
@@ -313,6 +317,7 @@ class BoundSnapshotter implements Snapshotter {
     }
 
     try {
+      crashPoint('snapshot.prepare.before-record');
       this.s.commits.write(() => {
         this.s.store.namespaces.ensure(this.ns);
         if (this.s.row(this.ns, recordKey)) throw alreadyExists(`snapshot "${recordKey}"`);
@@ -329,7 +334,9 @@ class BoundSnapshotter implements Snapshotter {
       if (created) await this.s.backend.remove(bkey).catch(() => undefined);
       throw err;
     }
+    crashPoint('snapshot.prepare.after-record');
     await this.s.commits.durable();
+    crashPoint('snapshot.prepare.after-sync');
     this.s.notifyMutation(false);
     if (adopted) throw adopted;
     // containerd publishes for Prepare only, not for View.
@@ -365,7 +372,9 @@ class BoundSnapshotter implements Snapshotter {
     hold(row.backend_key);
     hold(bname);
 
+    crashPoint('snapshot.commit.before-backend');
     await this.s.backend.commit(bname, row.backend_key, { labels: inheritedLabels(labels) });
+    crashPoint('snapshot.commit.after-backend');
 
     this.s.commits.write(() => {
       // The active snapshot may have been removed (or garbage collected) while the backend committed it.
@@ -384,12 +393,15 @@ class BoundSnapshotter implements Snapshotter {
       this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND type = ? AND id = ?').run(this.ns, this.resource, key);
       this.s.store.leases.attach(this.ctx, this.resource, name);
     });
+    crashPoint('snapshot.commit.after-record');
     await this.s.commits.durable();
+    crashPoint('snapshot.commit.after-sync');
     this.s.notifyMutation(false);
     this.s.store.events.publish(this.ns, '/snapshot/commit', typedEvent('containerd.events.SnapshotCommit', { key, name }));
   }
 
   async remove(key: string): Promise<void> {
+    crashPoint('snapshot.remove.before-record');
     const row = this.s.commits.write(() => {
       const row = this.s.mustRow(this.ns, key);
       const child = this.db
@@ -401,7 +413,9 @@ class BoundSnapshotter implements Snapshotter {
       const shared = this.db.prepare('SELECT 1 FROM snapshots WHERE snapshotter = ? AND backend_key = ? LIMIT 1').get(this.s.name, row.backend_key);
       return { ...row, shared: shared !== undefined };
     });
+    crashPoint('snapshot.remove.after-record');
     await this.s.commits.durable();
+    crashPoint('snapshot.remove.after-sync');
     this.s.notifyMutation(true);
     // The record is gone; the backend data follows in the background unless another namespace still records it.
     // A backend that refuses (e.g. a child in another namespace) keeps it for the garbage collector.

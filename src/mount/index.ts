@@ -8,6 +8,7 @@
  * userxattr, metacopy=, redirect_dir=): the snapshotters that build them and the differ that reads them back
  * go through parseOverlayDirOption / formatOverlayDirOption / parseOverlayOptions.
  */
+import { crashPoint } from '../core/crashpoint.js';
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, realpath, rmdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -190,15 +191,20 @@ export async function isMountPoint(path: string): Promise<boolean> {
 export async function withTempMount<T>(mounts: Mount[], fn: (root: string) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(tmpdir(), 'strata-mount-'));
   try {
+    crashPoint('mount.temp.before-mount');
     await mountAll(mounts, dir);
+    crashPoint('mount.temp.after-mount');
     try {
       return await fn(dir);
     } finally {
+      crashPoint('mount.temp.before-unmount');
       await unmount(dir);
+      crashPoint('mount.temp.after-unmount');
     }
   } finally {
     // rmdir, never rm -r: if the unmount failed, the directory still shows the snapshot's data.
     await rmdir(dir).catch(() => undefined);
+    crashPoint('mount.temp.after-rmdir');
   }
 }
 
