@@ -6,7 +6,7 @@
  * interrupted one left. Each removal re-checks, synchronously and right before it acts, that nothing records
  * the object, so an object created or adopted since the listing is never lost:
  *  - a blob is kept while any namespace has a content row for its digest, any lease names it, any ingest adopts
- *    it (the same rule as NamespacedContent.releaseBlobIfUnused), or it may be the blob of a commit in progress:
+ *    it (the same rule as NamespacedContent.blobUnused), or it may be the blob of a commit in progress:
  *    a commit renames the ingest's data onto the blob path before its transaction inserts the content row and
  *    deletes the ingest row, so a blob is kept while an ingest row older than the blob has no data file;
  *  - a backend snapshot is kept while a snapshot row (any namespace) has its backend key, or while an operation

@@ -114,22 +114,28 @@ export class NamespacedContent {
   }
 
   /**
-   * Removes the blob from disk when no namespace records it and no lease names it. Runs inside the caller's
-   * transaction and unlinks synchronously, so a concurrent adoption (which checks the file in its own
-   * transaction) cannot record a blob that is about to vanish.
+   * Whether the blob may go from disk: no namespace records it, no lease names it, no commit is writing it.
+   * Asked inside the transaction that drops its last record; the caller unlinks it (unlinkBlob) synchronously
+   * right after that transaction commits, with nothing in between, so a concurrent adoption (which checks the
+   * file in its own transaction) cannot record a blob that is about to vanish. Not inside the transaction: a
+   * crash between the unlink and the commit would roll the record back and leave it without its blob.
    */
-  releaseBlobIfUnused(digest: Digest): void {
+  blobUnused(digest: Digest): boolean {
     const used =
       this.db.prepare('SELECT 1 FROM content WHERE digest = ? LIMIT 1').get(digest) ??
       this.db.prepare("SELECT 1 FROM lease_resources WHERE type = 'content' AND id = ? LIMIT 1").get(digest) ??
       this.db.prepare('SELECT 1 FROM ingests WHERE shared_digest = ? LIMIT 1').get(digest);
-    if (used || this.isCommitting(digest)) return;
+    return !used && !this.isCommitting(digest);
+  }
+
+  /** Removes a blob blobUnused() let go; a failure leaves an orphan for the collector, never a broken record. */
+  unlinkBlob(digest: Digest): void {
     try {
       crashPoint('content.delete.before-unlink');
       unlinkSync(this.local.blobPath(digest));
       crashPoint('content.delete.after-unlink');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    } catch {
+      // gone already, or it stays as an orphan that a collection removes
     }
   }
 }
@@ -198,13 +204,15 @@ class BoundContentStore implements ContentStore {
   async delete(digest: Digest): Promise<void> {
     checkedDigest(digest);
     crashPoint('content.delete.before-record');
-    this.c.db.transaction(() => {
+    const unused = this.c.db.transaction(() => {
       const res = this.c.db.prepare('DELETE FROM content WHERE namespace = ? AND digest = ?').run(this.ns, digest);
       if (res.changes === 0) throw notFound(`content ${digest}`);
       this.c.db.prepare("DELETE FROM lease_resources WHERE namespace = ? AND type = 'content' AND id = ?").run(this.ns, digest);
-      this.c.releaseBlobIfUnused(digest);
+      return this.c.blobUnused(digest);
     }).immediate();
     crashPoint('content.delete.after-record');
+    // Synchronously after the commit: nothing can record the blob in between.
+    if (unused) this.c.unlinkBlob(digest);
     this.c.notifyMutation(true);
     this.c.events.publish(this.ns, '/content/delete', typedEvent('containerd.events.ContentDelete', { digest }));
   }
