@@ -10,7 +10,7 @@ register({
   id: 'sqlite',
   requires: [PluginType.Content, PluginType.Event, PluginType.Snapshot],
   config: () => ({ content_sharing_policy: 'shared' }),
-  init: (ic) => {
+  init: async (ic) => {
     if (ic.config.content_sharing_policy !== 'shared') {
       throw new Error(`content_sharing_policy ${String(ic.config.content_sharing_policy)} is not supported; use "shared"`);
     }
@@ -19,7 +19,12 @@ register({
     const md = MetadataStore.open(join(ic.root, 'meta.db'), local, exchange);
     ic.onClose(() => md.close());
     // Every snapshotter that loaded (built in or proxied) gets the namespaced layer in front of it.
-    for (const [name, sn] of ic.getAll<Snapshotter>(PluginType.Snapshot)) md.addSnapshotter(name, sn);
+    for (const [name, sn] of ic.getAll<Snapshotter>(PluginType.Snapshot)) {
+      const layer = md.addSnapshotter(name, sn);
+      // Commits a crash interrupted between the backend's commit and the record's.
+      const finished = await layer.recoverCommits();
+      if (finished > 0) ic.log.info('finished snapshot commits a crash interrupted', { snapshotter: name, count: finished });
+    }
     return md;
   },
 });

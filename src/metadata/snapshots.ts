@@ -20,7 +20,7 @@
  * (and containerd's) removes exactly those.
  */
 import { crashPoint } from '../core/crashpoint.js';
-import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, notFound, unknown } from '../core/errdefs.js';
+import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, isNotFound, notFound, unknown } from '../core/errdefs.js';
 import { parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
 import { GroupCommit, snapshotAdaptor } from '../snapshots/storage.js';
@@ -142,6 +142,73 @@ export class NamespacedSnapshots {
     } finally {
       this.removing = undefined;
     }
+  }
+
+  /** @internal Inside a write: the commit of `key` to `name` (backend name `bname`) is about to happen. */
+  notePendingCommit(ns: string, key: string, name: string, bname: string, labels: Record<string, string>): void {
+    this.db
+      .prepare('INSERT OR REPLACE INTO snapshot_commits (namespace, snapshotter, key, name, backend_key, labels) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(ns, this.name, key, name, bname, encodeLabels(labels));
+  }
+
+  /** @internal Inside a write: the commit of `key` is recorded or failed. */
+  dropPendingCommit(ns: string, key: string): void {
+    this.db.prepare('DELETE FROM snapshot_commits WHERE namespace = ? AND snapshotter = ? AND key = ?').run(ns, this.name, key);
+  }
+
+  /**
+   * @internal Inside a write: the active snapshot `key` becomes the committed snapshot `name` (backend name
+   * `bname`); its lease entries follow it.
+   */
+  recordCommit(ns: string, key: string, name: string, bname: string, parent: string, labels: Record<string, string>): void {
+    const now = nowTime();
+    this.db.prepare('DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?').run(ns, this.name, key);
+    this.db
+      .prepare(
+        'INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, created_ns, updated_at, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      )
+      .run(ns, this.name, name, bname, parent, 'committed', encodeLabels(labels), now.getTime(), now.subMs, now.getTime(), now.subMs);
+    // The active key's lease entries now protect the committed snapshot.
+    const resource = `snapshots/${this.name}`;
+    this.db.prepare('UPDATE OR IGNORE lease_resources SET id = ? WHERE namespace = ? AND type = ? AND id = ?').run(name, ns, resource, key);
+    this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND type = ? AND id = ?').run(ns, resource, key);
+    this.dropPendingCommit(ns, key);
+  }
+
+  /**
+   * Finishes, at start, the commits a crash interrupted after the backend committed and before the record was
+   * written (the record still names the active snapshot, which the backend has turned into the committed one);
+   * forgets those that never reached the backend or were recorded. Returns how many it finished.
+   */
+  async recoverCommits(): Promise<number> {
+    const pending = this.db
+      .prepare('SELECT namespace, key, name, backend_key, labels FROM snapshot_commits WHERE snapshotter = ?')
+      .all(this.name) as { namespace: string; key: string; name: string; backend_key: string; labels: string }[];
+    let finished = 0;
+    for (const p of pending) {
+      const row = this.row(p.namespace, p.key);
+      const has = async (bkey: string) => {
+        try {
+          await this.backend.stat(bkey);
+          return true;
+        } catch (err) {
+          if (isNotFound(err)) return false;
+          throw err;
+        }
+      };
+      const finish =
+        row !== undefined && row.kind === 'active' && !this.row(p.namespace, p.name) && !(await has(row.backend_key)) && (await has(p.backend_key));
+      this.commits.write(() => {
+        if (finish) {
+          this.recordCommit(p.namespace, p.key, p.name, p.backend_key, row.parent, parseLabels(p.labels));
+          finished++;
+        } else {
+          this.dropPendingCommit(p.namespace, p.key);
+        }
+      });
+    }
+    if (pending.length > 0) await this.commits.durable();
+    return finished;
   }
 
   private recordsBackendKey(bkey: string): boolean {
@@ -372,25 +439,23 @@ class BoundSnapshotter implements Snapshotter {
     hold(row.backend_key);
     hold(bname);
 
+    // The backend name this commit gives the active snapshot, on disk before the backend commits: a crash after
+    // the backend's commit and before the record's is finished at the next start (recoverCommits).
+    this.s.commits.write(() => this.s.notePendingCommit(this.ns, key, name, bname, labels));
+    await this.s.commits.durable();
     crashPoint('snapshot.commit.before-backend');
-    await this.s.backend.commit(bname, row.backend_key, { labels: inheritedLabels(labels) });
+    try {
+      await this.s.backend.commit(bname, row.backend_key, { labels: inheritedLabels(labels) });
+    } catch (err) {
+      this.s.commits.write(() => this.s.dropPendingCommit(this.ns, key));
+      throw err;
+    }
     crashPoint('snapshot.commit.after-backend');
 
     this.s.commits.write(() => {
       // The active snapshot may have been removed (or garbage collected) while the backend committed it.
       this.s.mustRow(this.ns, key);
-      const now = nowTime();
-      this.db.prepare('DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?').run(this.ns, this.s.name, key);
-      this.db
-        .prepare(
-          'INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, created_ns, updated_at, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
-        )
-        .run(this.ns, this.s.name, name, bname, row.parent, 'committed', encodeLabels(labels), now.getTime(), now.subMs, now.getTime(), now.subMs);
-      // The active key's lease entries now protect the committed snapshot.
-      this.db
-        .prepare('UPDATE OR IGNORE lease_resources SET id = ? WHERE namespace = ? AND type = ? AND id = ?')
-        .run(name, this.ns, this.resource, key);
-      this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND type = ? AND id = ?').run(this.ns, this.resource, key);
+      this.s.recordCommit(this.ns, key, name, bname, row.parent, labels);
       this.s.store.leases.attach(this.ctx, this.resource, name);
     });
     crashPoint('snapshot.commit.after-record');
