@@ -169,7 +169,7 @@ function runApply(worker: Worker, tar: Readable, root: string, opts: ApplyOption
         const data = new Uint8Array(buf);
         inflight += data.byteLength;
         worker.postMessage({ op: 'data', id, chunk: data }, [data.buffer as ArrayBuffer]);
-        if (inflight === data.byteLength) crashPoint('diff.apply.mid-write');
+        if (total === buf.length) crashPoint('diff.apply.mid-write'); // the first chunk is with the worker
         if (inflight > HIGH_WATER) await new Promise<void>((r) => (wake = r));
       }
       if (!settled) worker.postMessage({ op: 'end', id });
