@@ -577,6 +577,20 @@ async function checkNamespacedSnapshots(c: Ctx, md: MetadataCheck, local: { name
       const object = `snapshot ${s.name} ${r.namespace}/${r.key}`;
       const b = backend.get(r.backendKey);
       if (!b) {
+        const done = r.kind === 'active' ? interruptedCommit(r, rows, all, byKey) : undefined;
+        if (done) {
+          const f = violation(c, {
+            kind: 'snapshot-commit-interrupted',
+            object,
+            detail: `its backend snapshot was committed as ${done.row.key} but the record was not (a Commit to ${JSON.stringify(done.name)} interrupted)`,
+          });
+          recorded.add(done.row.key);
+          await repair(c, f, () => {
+            md.finishCommit(r.namespace, s.name, r.key, done.name, done.row.key, done.row.labels);
+            return `finished the commit: the record is now the committed snapshot ${done.name}`;
+          });
+          continue;
+        }
         broken.push({ row: r, f: violation(c, { kind: 'snapshot-backend-missing', object, detail: `its backend snapshot ${r.backendKey} does not exist` }) });
         continue;
       }
@@ -620,6 +634,30 @@ async function checkNamespacedSnapshots(c: Ctx, md: MetadataCheck, local: { name
       return `removed the record${below.length > 0 ? ` and the record${below.length > 1 ? 's' : ''} below it (${below.map((r) => r.key).join(', ')})` : ''}; its backend snapshot is left to the collector`;
     });
   }
+}
+
+/**
+ * A Commit killed between its backend commit and its record transaction leaves the active record naming a backend
+ * key that is gone, and the backend's committed snapshot `<namespace>/<n>/<name>` (same parent) with no record.
+ * Found when exactly one such committed snapshot exists and no record has the name yet.
+ */
+function interruptedCommit(r: NsRow, rows: BackendRow[], all: NsRow[], byKey: Map<string, NsRow>): { row: BackendRow; name: string } | undefined {
+  const recordedKeys = new Set(all.filter((x) => x.snapshotter === r.snapshotter).map((x) => x.backendKey));
+  const byId = new Map(rows.map((b) => [b.id, b]));
+  const parentKey = r.parent ? byKey.get(`${r.snapshotter}\0${r.namespace}\0${r.parent}`)?.backendKey : '';
+  if (parentKey === undefined) return undefined;
+  const prefix = `${r.namespace}/`;
+  const found: { row: BackendRow; name: string }[] = [];
+  for (const b of rows) {
+    if (b.kind !== 'committed' || recordedKeys.has(b.key) || !b.key.startsWith(prefix)) continue;
+    const m = /^(\d+)\/(.+)$/s.exec(b.key.slice(prefix.length));
+    if (!m) continue;
+    const bparent = b.parentId === null ? '' : (byId.get(b.parentId)?.key ?? '\0');
+    if (bparent !== parentKey) continue;
+    if (byKey.has(`${r.snapshotter}\0${r.namespace}\0${m[2]!}`)) continue;
+    found.push({ row: b, name: m[2]! });
+  }
+  return found.length === 1 ? found[0] : undefined;
 }
 
 /** Lease resources name objects that exist: content (a record in the namespace, or the blob), ingests, snapshots. */

@@ -168,6 +168,32 @@ export class MetadataCheck {
       .immediate();
   }
 
+  /**
+   * Finishes a Commit a crash interrupted after its backend commit: the active record `key` becomes the committed
+   * record `name` naming `backendKey`, and the lease entries of the key move to the name (what the commit's own
+   * transaction does).
+   */
+  finishCommit(namespace: string, snapshotter: string, key: string, name: string, backendKey: string, labels: string): void {
+    const resource = `snapshots/${snapshotter}`;
+    this.db
+      .transaction(() => {
+        const row = this.db.prepare('SELECT parent FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?').get(namespace, snapshotter, key) as
+          | { parent: string }
+          | undefined;
+        if (!row) return;
+        const now = Date.now();
+        this.db.prepare('DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?').run(namespace, snapshotter, key);
+        this.db
+          .prepare(
+            "INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'committed', ?, ?, ?)",
+          )
+          .run(namespace, snapshotter, name, backendKey, row.parent, labels, now, now);
+        this.db.prepare('UPDATE OR IGNORE lease_resources SET id = ? WHERE namespace = ? AND type = ? AND id = ?').run(name, namespace, resource, key);
+        this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND type = ? AND id = ?').run(namespace, resource, key);
+      })
+      .immediate();
+  }
+
   deleteLeaseResource(r: LeaseResourceRow): void {
     this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND lease = ? AND type = ? AND id = ?').run(r.namespace, r.lease, r.type, r.id);
   }

@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, open, readdir, rm, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { mountAll } from '../../src/mount/index.js';
+import { mountAll, unmount } from '../../src/mount/index.js';
 import { openStore, paths, writeBlob, startIngest, backendKeyOf, SNAPSHOTTER, type Store } from '../gc/harness.js';
 import { fsckRoot, runFsck, type FsckReport } from '../helpers/fsck.js';
 import { startDaemon, stopAll } from '../helpers/daemon.js';
@@ -180,6 +180,41 @@ describe('strata fsck', () => {
     expect(final.garbage).toEqual([]);
   });
 
+  it('finishes a Commit killed between its backend commit and its record with --repair', async () => {
+    await made();
+    let s = await openStore(root);
+    try {
+      const m = await s.snapshots('ns1', 'hold').prepare('next', 'base');
+      await writeFile(join(m[0]!.options.find((o) => o.startsWith('upperdir='))!.slice('upperdir='.length), 'f'), 'layer two');
+      // What the namespaced Commit does before its record transaction: the backend commits under a new key.
+      await s.backend.commit('ns1/4242/layer-two', backendKeyOf(s, 'ns1', 'next')!);
+    } finally {
+      await s.close();
+    }
+    const [first, repaired] = await checkRepairCheck();
+    expect(first.violations.map((v) => [v.kind, v.object])).toEqual([['snapshot-commit-interrupted', `snapshot ${SNAPSHOTTER} ns1/next`]]);
+    expect(first.garbage).toEqual([]);
+    expect(repaired.violations[0]!.repaired).toBe('finished the commit: the record is now the committed snapshot layer-two');
+    s = await openStore(root);
+    try {
+      expect(await s.snapshots('ns1').stat('layer-two')).toMatchObject({ kind: 'committed', parent: 'base' });
+      await expect(s.snapshots('ns1').stat('next')).rejects.toThrow(/not found/);
+      expect((await s.md.leases.listResources('ns1', 'hold')).filter((r) => r.type.startsWith('snapshots/')).map((r) => r.id).sort()).toEqual(['layer-two', 'work']);
+      // The committed layer is usable: a child of it mounts and sees its file.
+      const target = join(root, '..', 'look');
+      await mkdir(target);
+      await mountAll(await s.snapshots('ns1').view('look', 'layer-two'), target);
+      try {
+        expect(readFileSync(join(target, 'f'), 'utf8')).toBe('layer two');
+        expect(readFileSync(join(target, 'file'), 'utf8')).toBe('snapshot data');
+      } finally {
+        await unmount(target);
+      }
+    } finally {
+      await s.close();
+    }
+  });
+
   it('reports a mount left under the root and unmounts it with --repair', async () => {
     await made();
     const s = await openStore(root);
@@ -290,6 +325,29 @@ describe('strata fsck', () => {
     expect(human.stdout).toMatch(/0 violations \(0 repaired\), 3 garbage \(left to the garbage collector/);
     expect(existsSync(dir)).toBe(true);
     expect((await fsckRoot(root)).garbage).toHaveLength(3);
+  });
+
+  it('finds no violation after stratad is killed, reports a blob deleted afterwards, and the restarted daemon serves the repaired store', async () => {
+    const d = await startDaemon();
+    const c = d.client('ns1');
+    const a = await c.writeBlob([Buffer.from('blob a')], { ref: 'a' });
+    const b = await c.writeBlob([Buffer.from('blob b')], { ref: 'b' });
+    c.close();
+    await d.kill9();
+    expect((await fsckRoot(d)).violations).toEqual([]);
+    await unlink(join(d.root, 'io.containerd.content.v1.content', 'blobs', 'sha256', b.digest.slice('sha256:'.length)));
+    const found = await fsckRoot(d);
+    expect(found.violations.map((v) => [v.kind, v.object])).toEqual([['blob-missing', `content ns1/${b.digest}`]]);
+    expect((await fsckRoot(d, ['--repair'])).violations[0]!.repaired).toMatch(/removed the record/);
+    expect((await fsckRoot(d)).violations).toEqual([]);
+    const again = await d.restart();
+    const c2 = again.client('ns1');
+    try {
+      const listed = await c2.collect(c2.content.list({ filters: [] }, c2.metadata()));
+      expect(listed.flatMap((r) => r.info.map((i) => i.digest))).toEqual([a.digest]);
+    } finally {
+      c2.close();
+    }
   });
 
   it('refuses with exit 2 while a daemon serves the root, and checks it once the daemon stopped', async () => {
