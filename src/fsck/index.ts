@@ -19,7 +19,8 @@ import { createReadStream, existsSync, lstatSync, readdirSync, readFileSync, sta
 import { copyFile, mkdir, rename, unlink, writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { dirname, join, relative, resolve } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
+import { tmpdir } from 'node:os';
 import type { Config } from '../config/index.js';
 import { silentLogger, type Logger } from '../log/index.js';
 import { isDigestAlgorithm, isValidHex, parseDigest } from '../content/digest.js';
@@ -255,14 +256,23 @@ async function checkMounts(c: Ctx, cfg: Config, storeDirs: string[]): Promise<vo
   const under = (mp: string) =>
     mp.startsWith(c.root + '/') ||
     ['io.containerd.snapshotter.v1.', 'io.containerd.content.v1.'].some((p) => mp.startsWith(join(state, p)));
-  const entries = parseMountInfo(text).filter((m) => under(m.mountPoint) && !isKept(m.mountPoint));
+  // Strata's temporary mounts (src/mount withTempMount: <tmpdir>/strata-mount-*) of this root's snapshots: only those
+  // whose source or overlay options name a directory under the root (other daemons' are not this root's).
+  const names = (m: { root: string; options: string[]; superOptions: string[] }) =>
+    m.root.startsWith(c.root + '/') || [...m.options, ...m.superOptions].some((o) => o.includes(c.root + '/'));
+  const temp = (m: { mountPoint: string }) => dirname(m.mountPoint) === resolve(tmpdir()) && basename(m.mountPoint).startsWith('strata-mount-');
+  const entries = parseMountInfo(text).filter((m) => (under(m.mountPoint) && !isKept(m.mountPoint)) || (temp(m) && names(m)));
   count(c, 'mounts', entries.length);
   // Deepest first, so a repair unmounts what is on top before what is below.
   const seen = new Set<string>();
   for (const m of entries.sort((a, b) => b.mountPoint.length - a.mountPoint.length)) {
     if (seen.has(m.mountPoint)) continue;
     seen.add(m.mountPoint);
-    const where = m.mountPoint.startsWith(c.root + '/') ? c.names.rel(m.mountPoint) : `<state>/${relative(state, m.mountPoint)}`;
+    const where = m.mountPoint.startsWith(c.root + '/')
+      ? c.names.rel(m.mountPoint)
+      : m.mountPoint.startsWith(state + '/')
+        ? `<state>/${relative(state, m.mountPoint)}`
+        : `<tmp>/${basename(m.mountPoint)}`;
     const f = violation(c, { kind: 'mount-left-behind', object: `mount ${where}`, detail: `a ${m.fstype} mount is left on it while no daemon runs` });
     await repair(c, f, async () => {
       await execFileP('umount', ['-l', m.mountPoint]);

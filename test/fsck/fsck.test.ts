@@ -6,8 +6,9 @@
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, open, readdir, rm, unlink, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, mkdtemp, open, readdir, rm, unlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
 import Database from 'better-sqlite3';
 import { mountAll, unmount } from '../../src/mount/index.js';
 import { openStore, paths, writeBlob, startIngest, backendKeyOf, SNAPSHOTTER, type Store } from '../gc/harness.js';
@@ -220,18 +221,31 @@ describe('strata fsck', () => {
     const s = await openStore(root);
     const target = join(paths(root).overlay, 'leftover-mount');
     await mkdir(target);
+    // And one of Strata's temporary mounts (src/mount withTempMount) a killed daemon left in the temp directory.
+    const temp = await mkdtemp(join(tmpdir(), 'strata-mount-'));
     try {
       await mountAll(await s.snapshots('ns1').mounts('work'), target);
+      await mountAll(await s.snapshots('ns1').mounts('work'), temp);
     } finally {
       await s.close();
     }
-    const [first, repaired] = await checkRepairCheck();
-    expect(first.violations.map((v) => [v.kind, v.object])).toEqual([['mount-left-behind', 'mount io.containerd.snapshotter.v1.overlayfs/leftover-mount']]);
-    expect(first.violations[0]!.detail).toMatch(/overlay mount/);
-    expect(repaired.violations[0]!.repaired).toMatch(/unmounted/);
-    expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(target);
-    // The directory itself is no store's: left alone, reported as a leftover of the snapshotter.
-    expect(kinds(first.garbage)).toEqual([]);
+    try {
+      const [first, repaired] = await checkRepairCheck();
+      expect(first.violations.map((v) => [v.kind, v.object]).sort()).toEqual([
+        ['mount-left-behind', 'mount io.containerd.snapshotter.v1.overlayfs/leftover-mount'],
+        ['mount-left-behind', `mount <tmp>/${basename(temp)}`],
+      ].sort());
+      expect(first.violations[0]!.detail).toMatch(/overlay mount/);
+      expect(repaired.violations.map((v) => v.repaired)).toEqual(['unmounted it (lazily)', 'unmounted it (lazily)']);
+      const mountinfo = readFileSync('/proc/self/mountinfo', 'utf8');
+      expect(mountinfo).not.toContain(target);
+      expect(mountinfo).not.toContain(temp);
+      // The mount points themselves are no store's entries: nothing else is reported.
+      expect(kinds(first.garbage)).toEqual([]);
+    } finally {
+      if (readFileSync('/proc/self/mountinfo', 'utf8').includes(temp)) execFileSync('umount', ['-l', temp]);
+      await rm(temp, { recursive: true, force: true });
+    }
   });
 
   it('reports lease resources naming nothing and drops only those with --repair', async () => {
