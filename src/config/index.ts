@@ -15,9 +15,17 @@ export interface GrpcConfig {
   max_send_message_size: number;
 }
 
+/** `[proxy_plugins.NAME]`: containerd's keys (platform since 1.7, exports since 2.0 #9253, capabilities #10337). */
 export interface ProxyPluginConfig {
+  /** "snapshot" (or its plugin type, "io.containerd.snapshotter.v1"). */
   type: string;
   address: string;
+  /** The plugin's platform in introspection, "os/arch[/variant]" (default: the host's). */
+  platform?: string;
+  /** Extra exports reported in introspection (e.g. root = the other process's data directory); `address` is always the configured one. */
+  exports?: Record<string, string>;
+  /** Capabilities the other process implements (e.g. "rebase"): reported in introspection and relied on as a built-in backend's. */
+  capabilities?: string[];
 }
 
 export interface Config {
@@ -172,7 +180,17 @@ function validate(cfg: Config): void {
     }
   }
   for (const [name, p] of Object.entries(cfg.proxy_plugins)) {
+    if (!isObject(p)) throw invalidArgument(`config: proxy_plugins.${name} must be a table`);
     if (!p.type || !p.address) throw invalidArgument(`proxy_plugins.${name} needs both type and address`);
+    const at = `proxy_plugins.${name}`;
+    if (typeof p.type !== 'string' || typeof p.address !== 'string') throw invalidArgument(`config: ${at}.type and ${at}.address must be strings`);
+    if (p.platform !== undefined && typeof p.platform !== 'string') throw invalidArgument(`config: ${at}.platform must be a string`);
+    if (p.capabilities !== undefined && !(Array.isArray(p.capabilities) && p.capabilities.every((c) => typeof c === 'string' && c !== ''))) {
+      throw invalidArgument(`config: ${at}.capabilities must be a list of non-empty strings`);
+    }
+    if (p.exports !== undefined && !(isObject(p.exports) && Object.values(p.exports).every((v) => typeof v === 'string'))) {
+      throw invalidArgument(`config: ${at}.exports must be a table of strings`);
+    }
   }
 }
 
