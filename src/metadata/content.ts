@@ -456,6 +456,9 @@ class NamespacedWriter implements ContentWriter {
     }).immediate();
     this.c.notifyMutation(false);
     if (innerErr) throw innerErr;
+    // containerd 2.1's /content/create: once per new record in a namespace (a blob adopted from another
+    // namespace counts, a commit answered ALREADY_EXISTS does not), after the record is in.
+    this.c.events.publish(this.ctx.namespace, '/content/create', typedEvent('containerd.events.ContentCreate', { digest: actual, size: finalSize }));
   }
 
   async close(): Promise<void> {

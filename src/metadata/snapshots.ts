@@ -23,7 +23,7 @@ import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, no
 import { parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
 import { GroupCommit, snapshotAdaptor } from '../snapshots/storage.js';
-import { inheritedLabels, type Info, type Kind, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../snapshots/types.js';
+import { capabilitiesOf, inheritedLabels, type Info, type Kind, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../snapshots/types.js';
 import { LABEL_SNAPSHOT_REF, INHERITED_LABEL_PREFIX } from '../core/labels.js';
 import { type Mount } from '../core/mount.js';
 import { type UniqueNumbers } from './db.js';
@@ -87,6 +87,11 @@ export class NamespacedSnapshots {
   /** Backend keys whose records are gone, waiting for the background removal; and that removal. */
   private doomed: string[] = [];
   private removing: Promise<void> | undefined;
+
+  /** The backend's capabilities: the namespaced layer adds none and hides none. */
+  get capabilities(): readonly string[] {
+    return capabilitiesOf(this.backend);
+  }
 
   bind(ctx: OpContext): Snapshotter {
     return new BoundSnapshotter(this, ctx);
@@ -202,6 +207,10 @@ class BoundSnapshotter implements Snapshotter {
 
   private get db() {
     return this.s.database;
+  }
+
+  get capabilities(): readonly string[] {
+    return this.s.capabilities;
   }
 
   async stat(key: string): Promise<Info> {
