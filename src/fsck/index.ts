@@ -157,6 +157,8 @@ interface Ctx {
   names: Namer;
   report: FsckReport;
   md: MetadataCheck | undefined;
+  /** False when the metadata database exists but cannot be read: data cannot be called garbage then. */
+  recordsKnown?: boolean;
 }
 
 function violation(c: Ctx, f: FsckFinding): FsckFinding {
@@ -196,14 +198,42 @@ export async function fsck(opts: FsckOptions): Promise<FsckReport> {
 
   const report: FsckReport = { violations: [], garbage: [], checked: {} };
   const c: Ctx = { root, repair: opts.repair, log, names: new Namer(root), report, md: undefined };
-  if (existsSync(metaPath)) c.md = MetadataCheck.open(metaPath);
+  let unreadable = false;
+  if (existsSync(metaPath)) {
+    try {
+      c.md = MetadataCheck.open(metaPath);
+      await checkMetadataFile(c, c.md, metaPath);
+    } catch (err) {
+      // A database SQLite cannot read: nothing that needs its records can be judged (no blob is "unreferenced").
+      c.md?.close();
+      c.md = undefined;
+      unreadable = true;
+      violation(c, {
+        kind: 'sqlite-integrity',
+        object: `database ${c.names.rel(metaPath)}`,
+        detail: `SQLite cannot read it (${err instanceof Error ? err.message : String(err)}); the checks that need its records were skipped`,
+      });
+    }
+  }
+  c.recordsKnown = !unreadable;
   try {
-    if (c.md) await checkMetadataFile(c, c.md, metaPath);
     await checkMounts(c, cfg, snapshotters.map((s) => s.dir));
     await checkContent(c, join(root, CONTENT_URI));
-    for (const s of snapshotters) await checkSnapshotter(c, s.name, s.dir);
+    const readable: typeof snapshotters = [];
+    for (const s of snapshotters) {
+      try {
+        await checkSnapshotter(c, s.name, s.dir);
+        readable.push(s);
+      } catch (err) {
+        violation(c, {
+          kind: 'sqlite-integrity',
+          object: `database ${c.names.rel(join(s.dir, 'metadata.db'))}`,
+          detail: `SQLite cannot read the ${s.name} records (${err instanceof Error ? err.message : String(err)}); that snapshotter was not checked`,
+        });
+      }
+    }
     if (c.md) {
-      await checkNamespacedSnapshots(c, c.md, snapshotters);
+      await checkNamespacedSnapshots(c, c.md, readable);
       await checkLeases(c, c.md, join(root, CONTENT_URI));
       await checkLabels(c, c.md);
       count(c, 'images', c.md.images().length);
@@ -345,7 +375,7 @@ async function checkContent(c: Ctx, contentRoot: string): Promise<void> {
           return `set the recorded size to ${actual.size}`;
         });
       }
-      if (recs.length === 0 && !leased.has(digest) && !adopted.has(digest)) {
+      if (c.recordsKnown !== false && recs.length === 0 && !leased.has(digest) && !adopted.has(digest)) {
         garbage(c, 'blob-unreferenced', `blob ${digest}`, 'no content record, lease or ingest names it: a collection removes it');
       }
     }
@@ -398,6 +428,7 @@ async function checkContent(c: Ctx, contentRoot: string): Promise<void> {
     if (/^[0-9a-f]{64}$/.test(name)) {
       const rec = dirsByHash.get(name);
       if (!rec) {
+        if (c.recordsKnown === false) continue;
         garbage(c, 'ingest-dir-orphan', `ingest dir ${c.names.rel(path)}`, 'an ingest directory no ingest record names: a collection removes it');
         continue;
       }

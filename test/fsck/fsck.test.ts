@@ -304,6 +304,28 @@ describe('strata fsck', () => {
     expect(saved).toHaveLength(2);
   });
 
+  it('reports a metadata database with damaged pages, which --repair cannot fix (exit 1), and calls no blob garbage', async () => {
+    await made();
+    const fh = await open(paths(root).db, 'r+');
+    const { size } = await fh.stat();
+    expect(size).toBeGreaterThan(8192);
+    // Every page but the first (the header and the schema) overwritten: a disk fault under the file.
+    await fh.write(Buffer.alloc(size - 4096, 0xa5), 0, size - 4096, 4096);
+    await fh.close();
+    for (const args of [['--json'], ['--json', '--repair']]) {
+      const r = await runFsck(root, args);
+      expect(r.code, r.stderr).toBe(1);
+      const report = JSON.parse(r.stdout) as FsckReport;
+      expect(report.violations.map((v) => [v.kind, v.object, v.repaired])).toEqual([
+        ['sqlite-integrity', 'database io.containerd.metadata.v1.sqlite/meta.db', undefined],
+      ]);
+      expect(report.violations[0]!.detail).not.toContain(root);
+      // Without records nothing can be called garbage; the blobs' bytes are still checked.
+      expect(report.garbage).toEqual([]);
+      expect(report.checked.blobs).toBe(4);
+    }
+  });
+
   it('reports what crashes leave (an orphan ingest dir, a backend snapshot without a record, an orphan blob) as garbage, not violations, and leaves it', async () => {
     await made();
     const s = await openStore(root);
