@@ -28,6 +28,7 @@ import { MetadataCheck, type LabelledTable } from '../metadata/fsck.js';
 import { SnapshotStorage } from '../snapshots/storage.js';
 import { parseMountInfo } from '../snapshots/btrfs/mountinfo.js';
 import { refuseIfServed } from './offline.js';
+import { notFound } from '../core/errdefs.js';
 
 export interface FsckOptions {
   /** The daemon's own config (root, state, address, plugins' config). */
@@ -194,6 +195,7 @@ export async function fsck(opts: FsckOptions): Promise<FsckReport> {
     })
     .filter((s) => existsSync(join(s.dir, 'metadata.db')));
 
+  if (!existsSync(root)) throw notFound('the root does not exist: nothing to check');
   await refuseIfServed(cfg.grpc.address, [metaPath, ...snapshotters.map((s) => join(s.dir, 'metadata.db'))]);
 
   const report: FsckReport = { violations: [], garbage: [], checked: {} };

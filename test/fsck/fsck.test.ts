@@ -406,11 +406,14 @@ describe('strata fsck', () => {
     expect(report.checked.blobs).toBe(1);
   });
 
-  it('exits 2 on a usage error and 0 with --help', async () => {
+  it('exits 2 on a usage error or a root that does not exist, and 0 with --help', async () => {
     await made();
     const bad = await runFsck(root, ['--frobnicate']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/usage: strata fsck/);
+    const missing = await runFsck(join(root, 'nowhere'), []);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/the root does not exist/);
     const help = await runFsck(root, ['--help']);
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/Exit status: 0 no violation left, 1 violations left, 2 could not run/);
