@@ -16,6 +16,7 @@ import { fsckRoot, runFsck, type FsckReport } from '../helpers/fsck.js';
 import { startDaemon, stopAll } from '../helpers/daemon.js';
 import { sha256 } from '../helpers/data.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
+import { makeBtrfs } from '../helpers/btrfs.js';
 
 const dirs: TempDir[] = [];
 let root: string;
@@ -383,6 +384,76 @@ describe('strata fsck', () => {
       expect(listed.flatMap((r) => r.info.map((i) => i.digest))).toEqual([a.digest]);
     } finally {
       c2.close();
+    }
+  });
+
+  it('checks the native and btrfs snapshotters (btrfs on its own file system via root_path): a deleted directory and a deleted subvolume', async () => {
+    const fs = await makeBtrfs();
+    try {
+      const d = await startDaemon({ config: `[plugins."io.containerd.snapshotter.v1.btrfs"]\nroot_path = ${JSON.stringify(join(fs.path, 'sn'))}\n` });
+      const c = d.client('ns1');
+      try {
+        for (const snapshotter of ['native', 'btrfs']) {
+          await c.call(c.snapshots, c.snapshots.prepare, { snapshotter, key: 'a', parent: '', labels: {} });
+          await c.call(c.snapshots, c.snapshots.commit, { snapshotter, name: 'base', key: 'a', labels: {} });
+          await c.call(c.snapshots, c.snapshots.prepare, { snapshotter, key: 'work', parent: 'base', labels: {} });
+        }
+      } finally {
+        c.close();
+      }
+      await d.stop();
+      const clean = await fsckRoot(d);
+      expect(clean.violations).toEqual([]);
+      expect(clean.garbage).toEqual([]);
+      expect(clean.checked.backendSnapshots).toBe(4);
+
+      const idOf = (dbPath: string, kind: string) => {
+        const db = new Database(dbPath, { readonly: true });
+        try {
+          return (db.prepare('SELECT id FROM snapshots WHERE kind = ?').get(kind) as { id: number }).id;
+        } finally {
+          db.close();
+        }
+      };
+      const native = join(d.root, 'io.containerd.snapshotter.v1.native');
+      await rm(join(native, 'snapshots', String(idOf(join(native, 'metadata.db'), 'committed'))), { recursive: true });
+      const btrfsRoot = join(fs.path, 'sn');
+      execFileSync('btrfs', ['subvolume', 'delete', join(btrfsRoot, 'active', String(idOf(join(btrfsRoot, 'metadata.db'), 'active')))], { stdio: 'ignore' });
+
+      const found = await runFsck(d, ['--json']);
+      expect(found.code).toBe(1);
+      const report = JSON.parse(found.stdout) as FsckReport;
+      expect(report.violations.map((v) => [v.kind, v.object.replace(/ ns1\/\d+\//, ' ns1/N/')]).sort()).toEqual([
+        ['snapshot-dir-missing', 'backend snapshot btrfs ns1/N/work'],
+        ['snapshot-dir-missing', 'backend snapshot native ns1/N/base'],
+      ]);
+      expect(report.garbage).toEqual([]);
+      // The btrfs root is not under the daemon root and its file system is not a leftover mount.
+      expect(report.violations.map((v) => v.detail).join('\n')).not.toContain(fs.path);
+      expect((await fsckRoot(d, ['--repair'])).violations.every((v) => v.repaired)).toBe(true);
+      const after = await fsckRoot(d);
+      expect(after.violations).toEqual([]);
+      // native's work directory (a child of the removed base) is left to the collector.
+      expect(after.garbage.map((g) => g.kind)).toEqual(['snapshot-dir-orphan']);
+
+      const again = await d.restart();
+      const c2 = again.client('ns1');
+      try {
+        const st = (snapshotter: string, key: string) => c2.call(c2.snapshots, c2.snapshots.stat, { snapshotter, key }).then(
+          () => 'found',
+          (e: Error) => e.message,
+        );
+        expect(await st('native', 'base')).toMatch(/not found/);
+        expect(await st('native', 'work')).toMatch(/not found/);
+        expect(await st('btrfs', 'base')).toBe('found');
+        expect(await st('btrfs', 'work')).toMatch(/not found/);
+      } finally {
+        c2.close();
+      }
+      await again.stop();
+    } finally {
+      await stopAll();
+      await fs.cleanup();
     }
   });
 
