@@ -28,7 +28,8 @@ import { MetadataCheck, type LabelledTable } from '../metadata/fsck.js';
 import { SnapshotStorage } from '../snapshots/storage.js';
 import { parseMountInfo } from '../snapshots/btrfs/mountinfo.js';
 import { refuseIfServed } from './offline.js';
-import { notFound } from '../core/errdefs.js';
+import { notFound, StrataError } from '../core/errdefs.js';
+import { validateLabels } from '../core/labels.js';
 
 export interface FsckOptions {
   /** The daemon's own config (root, state, address, plugins' config). */
@@ -78,7 +79,7 @@ class Namer {
   }
 }
 
-/** Labels as fsck accepts them: a JSON object of strings, keys non-empty, key + value at most 4096 bytes. */
+/** Labels as fsck accepts them: a JSON object of strings that passes the stores' own validateLabels. */
 function labelProblem(text: string): string | undefined {
   let v: unknown;
   try {
@@ -89,8 +90,12 @@ function labelProblem(text: string): string | undefined {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return 'the stored labels are not a JSON object';
   for (const [k, val] of Object.entries(v as Record<string, unknown>)) {
     if (typeof val !== 'string') return `label ${JSON.stringify(k.slice(0, 40))} has a value that is not a string`;
-    if (k === '') return 'a label has an empty key';
-    if (Buffer.byteLength(k) + Buffer.byteLength(val) > 4096) return `label ${JSON.stringify(k.slice(0, 40))} is longer than 4096 bytes (key and value)`;
+  }
+  // The rules every store applies when it writes labels (src/core/labels).
+  try {
+    validateLabels(v as Record<string, string>);
+  } catch (err) {
+    return `the labels break the label rules: ${err instanceof StrataError ? err.detail : String(err)}`;
   }
   return undefined;
 }
@@ -103,7 +108,7 @@ function salvageLabels(text: string): Record<string, string> {
   const out: Record<string, string> = {};
   const keep = (k: unknown, v: unknown) => {
     if (typeof k !== 'string' || typeof v !== 'string' || k === '' || v === '') return;
-    if (Buffer.byteLength(k) + Buffer.byteLength(v) > 4096) return;
+    if (labelProblem(JSON.stringify({ [k]: v })) !== undefined) return;
     out[k] = v;
   };
   try {

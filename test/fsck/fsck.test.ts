@@ -284,12 +284,15 @@ describe('strata fsck', () => {
     // Truncated JSON (a torn write), and a value that is not a string.
     db.prepare("UPDATE content SET labels = ? WHERE namespace = 'ns1' AND digest = ?").run('{"containerd.io/gc.root":"yes","app":"on', m.blob);
     db.prepare("UPDATE snapshots SET labels = ? WHERE namespace = 'ns1' AND key = 'base'").run('{"purpose":7}');
+    // Over containerd's size rule (key + value at most 4096 bytes), next to a label that is fine.
+    db.prepare("UPDATE leases SET labels = ? WHERE namespace = 'ns1' AND id = 'hold'").run(JSON.stringify({ big: 'x'.repeat(5000), small: 'ok' }));
     db.close();
 
     const [first, repaired] = await checkRepairCheck();
     expect(first.violations.map((v) => [v.kind, v.object]).sort()).toEqual(
       [
         ['label-invalid', `content ns1/${m.blob}`],
+        ['label-invalid', 'lease ns1/hold'],
         ['label-invalid', `snapshot ns1/${SNAPSHOTTER}/base`],
       ].sort(),
     );
@@ -298,11 +301,12 @@ describe('strata fsck', () => {
     try {
       expect((await s.content('ns1').info(m.blob)).labels).toEqual({ 'containerd.io/gc.root': 'yes' });
       expect((await s.snapshots('ns1').stat('base')).labels).toEqual({});
+      expect(s.md.leases.get('ns1', 'hold').labels).toEqual({ small: 'ok' });
     } finally {
       await s.close();
     }
     const saved = await readdir(join(root, 'lost+found', 'labels'));
-    expect(saved).toHaveLength(2);
+    expect(saved).toHaveLength(3);
   });
 
   it('reports a metadata database with damaged pages, which --repair cannot fix (exit 1), and calls no blob garbage', async () => {
