@@ -52,7 +52,7 @@ export interface CoreOptions {
   isRoot: boolean;
   warn: (msg: string, fields: Record<string, unknown>) => void;
   /** Limits checked per entry (./limits.ts; 0: none). The uncompressed size is bounded by the caller. */
-  limits?: Pick<LayerLimits, 'max_entries' | 'max_path_length' | 'max_path_depth' | 'max_xattrs' | 'max_xattr_size' | 'max_pax_header_size'>;
+  limits?: Pick<LayerLimits, 'max_entries' | 'max_path_length' | 'max_path_depth' | 'max_xattrs' | 'max_xattr_size' | 'max_layer_xattr_size' | 'max_pax_header_size'>;
 }
 
 const MAX_LINKS = 255;
@@ -204,6 +204,8 @@ export class LayerApplier {
   private entry?: string;
   /** Entries seen (for max_entries). */
   private entries = 0;
+  /** Bytes of xattrs recorded in this layer so far, never decreasing (for max_layer_xattr_size). */
+  private xattrBytes = 0;
 
   constructor(
     private readonly root: string,
@@ -424,6 +426,13 @@ export class LayerApplier {
       throw limitError('max_path_depth', limits.max_path_depth, `tar entry ${shown(h.name)}: ${comps.length} levels deep`);
     }
     this.checkXattrs(h.name, h.xattrs);
+    if (limits.max_layer_xattr_size > 0 && h.xattrs.length > 0) {
+      for (const [k, v] of h.xattrs) this.xattrBytes += Buffer.byteLength(k) + v.length;
+      if (this.xattrBytes > limits.max_layer_xattr_size) {
+        const max = limits.max_layer_xattr_size;
+        throw limitError('max_layer_xattr_size', max, `tar entry ${shown(h.name)}: more than ${max} bytes of extended attributes in the layer`);
+      }
+    }
     return comps;
   }
 

@@ -148,6 +148,7 @@ function runApply(worker: Worker, tar: Readable, root: string, opts: ApplyOption
           max_path_depth: limits.max_path_depth,
           max_xattrs: limits.max_xattrs,
           max_xattr_size: limits.max_xattr_size,
+          max_layer_xattr_size: limits.max_layer_xattr_size,
           max_pax_header_size: limits.max_pax_header_size,
         },
       },

@@ -32,6 +32,11 @@ export interface DifferConfig {
   /** Bytes of one entry's extended attributes, names and values together (of one path, when repeated). */
   max_xattr_size: number;
   /**
+   * Bytes of extended attributes in one layer, every entry's together (names and values): they are held in
+   * memory until the layer's end, when they are set (after every chown, which would drop security.capability).
+   */
+  max_layer_xattr_size: number;
+  /**
    * Bytes of the extended headers in front of one entry, together: its PAX records (every 'x' header before
    * it), GNU long names and links ('L', 'K'), global PAX headers ('g'). They are held in memory until the entry.
    */
@@ -48,6 +53,7 @@ export function differDefaults(): DifferConfig {
     max_path_depth: 4096, // a creatable path has fewer than 2048 components
     max_xattrs: 128, // real layers carry one or two (security.capability, an SELinux label)
     max_xattr_size: 256 * 1024, // Linux allows 64 KiB for one value, and ext4 one 4 KiB block for all of a file's
+    max_layer_xattr_size: 64 << 20, // 100k files each with an SELinux label and a capability: under 10 MiB
     max_pax_header_size: 1 << 20, // a PAX set holds a name, a link target, a few numbers and the xattrs
   };
 }
@@ -64,6 +70,7 @@ export const NO_LIMITS: LayerLimits = {
   max_path_depth: 0,
   max_xattrs: 0,
   max_xattr_size: 0,
+  max_layer_xattr_size: 0,
   max_pax_header_size: 0,
 };
 

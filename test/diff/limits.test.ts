@@ -37,6 +37,7 @@ beforeAll(async () => {
       'max_path_depth = 8',
       'max_xattrs = 4',
       'max_xattr_size = 1024',
+      'max_layer_xattr_size = 4096',
       'max_pax_header_size = 8192',
       // The collector runs only when a test asks (GC service), never on its own in the middle of one.
       '[plugins."io.containerd.gc.v1.scheduler"]',
@@ -210,6 +211,15 @@ describe('limits on extended attributes and PAX headers', () => {
     expect(err!.message).toContain('tar entry "d/": 5 extended attributes');
   });
 
+  it('max_layer_xattr_size: the entry that takes the layer past 4096 bytes of extended attributes is refused', async () => {
+    const entries: TarEntry[] = Array.from({ length: 10 }, (_, i) => ({ name: `f${i}`, body: 'x', pax: xattrs(1, 500) }));
+    const { err, written } = await applyLayer(await makeTar(entries));
+    expectLimit(err, 'max_layer_xattr_size = 4096');
+    // 507 bytes each ("user.a0" and 500): 8 fit, the 9th does not, and is not created.
+    expect(err!.message).toContain('tar entry "f8": more than 4096 bytes of extended attributes in the layer');
+    expect(written).toBe(8);
+  });
+
   it('max_pax_header_size: a 10,000-byte PAX record set is refused before it is read', async () => {
     const { err, written } = await applyLayer(paxTar([[['comment', 'c'.repeat(10_000)]]]));
     expectLimit(err, 'max_pax_header_size = 8192');
@@ -229,21 +239,36 @@ describe('limits on extended attributes and PAX headers', () => {
   });
 });
 
-describe('limits on extended attributes in an import', () => {
-  it('an image whose layer has too many extended attributes fails the daemon\'s import naming the limit; no snapshot or directory is left, also after a GC', async () => {
+describe('layer limits in an import through the daemon', () => {
+  const cases: { limit: string; text: string; layer: () => Promise<Buffer> }[] = [
+    { limit: 'max_entries', text: 'max_entries = 20', layer: () => makeTar(Array.from({ length: 30 }, (_, i) => ({ name: `f${i}`, body: 'x' }))) },
+    { limit: 'max_path_length', text: 'max_path_length = 200', layer: () => makeTar([{ name: `${'p'.repeat(150)}/${'q'.repeat(149)}`, body: 'x' }]) },
+    { limit: 'max_path_depth', text: 'max_path_depth = 8', layer: () => makeTar([{ name: `${'d/'.repeat(12)}f`, body: 'x' }]) },
+    { limit: 'max_xattrs', text: 'max_xattrs = 4', layer: () => makeTar([{ name: 'f', body: 'data', pax: xattrs(50) }]) },
+    { limit: 'max_xattr_size', text: 'max_xattr_size = 1024', layer: () => makeTar([{ name: 'f', body: 'data', pax: xattrs(1, 3000) }]) },
+    {
+      limit: 'max_layer_xattr_size',
+      text: 'max_layer_xattr_size = 4096',
+      layer: () => makeTar(Array.from({ length: 10 }, (_, i) => ({ name: `f${i}`, body: 'x', pax: xattrs(1, 900) }))),
+    },
+    { limit: 'max_pax_header_size', text: 'max_pax_header_size = 8192', layer: async () => paxTar([[['comment', 'c'.repeat(10_000)]]]) },
+  ];
+
+  it.each(cases)('an image with a layer over $limit fails the import naming the limit; once the image is deleted and collected nothing is left', async ({ limit, text, layer }) => {
+    const name = `docker.io/library/${limit.replaceAll('_', '-')}:latest`;
     const img = await buildImage(d.dir.path, {
-      basename: 'xattr-bomb',
-      name: 'docker.io/library/xattr-bomb:latest',
+      basename: limit,
+      name,
       platforms: [
         {
           layers: [
             { entries: [], tar: await makeTar([{ name: 'ok', body: 'fine' }]), compression: 'gzip' },
-            { entries: [], tar: await makeTar([{ name: 'f', body: 'data', pax: xattrs(50) }]), compression: 'gzip' },
+            { entries: [], tar: await layer(), compression: 'gzip' },
           ],
         },
       ],
     });
-    const cl = d.client('xattr-bomb');
+    const cl = d.client(`import-${limit.replaceAll('_', '-')}`);
     try {
       const err = await collectProgress(
         cl.transfer.import({ path: img.archivePath, indexName: '', platforms: [], allPlatforms: false, unpack: true, snapshotter: 'overlayfs' }, cl.metadata()) as unknown as AsyncIterable<unknown>,
@@ -251,18 +276,16 @@ describe('limits on extended attributes in an import', () => {
         () => undefined,
         (e: unknown) => e as StrataError,
       );
-      expectLimit(err, 'max_xattrs = 4');
-      expect(err!.message).toContain('50 extended attributes');
-      // The first layer's snapshot was committed before the second failed; neither an active snapshot of the
-      // failed layer nor its directory remains.
+      expectLimit(err, text);
+      // The first layer's snapshot was committed before the second failed; no active snapshot of the failed
+      // layer is left, and the snapshotter holds a directory for each snapshot recorded, no more.
       const left = await listSnapshots(cl);
       expect(left.filter((s) => s.kind !== 3 /* committed */)).toEqual([]);
       await cl.call(cl.gc, cl.gc.collect, { dryRun: false });
       await cl.call(cl.snapshots, cl.snapshots.cleanup, { snapshotter: 'overlayfs' });
-      const after = await listSnapshots(cl);
-      expect((await readdir(snapshotsDir())).length).toBe(after.length);
-      // Deleting the image (if the import recorded it) and collecting again leaves nothing at all.
-      await cl.call(cl.images, cl.images.delete, { name: 'docker.io/library/xattr-bomb:latest', sync: false }).catch(() => undefined);
+      expect((await readdir(snapshotsDir())).length).toBe((await listSnapshots(cl)).length);
+      // Without the image (if the import recorded it), a collection leaves nothing at all.
+      await cl.call(cl.images, cl.images.delete, { name, sync: false }).catch(() => undefined);
       await cl.call(cl.gc, cl.gc.collect, { dryRun: false });
       await cl.call(cl.snapshots, cl.snapshots.cleanup, { snapshotter: 'overlayfs' });
       expect(await listSnapshots(cl)).toEqual([]);
