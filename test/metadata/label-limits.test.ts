@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StrataClient } from '../../src/api/clients/strata.js';
 import { StrataError } from '../../src/core/errdefs.js';
 import { labelLimitDefaults, labelLimitsFromConfig, labelLimits, setLabelLimits, validateLabels } from '../../src/core/labels.js';
+import { ctr } from '../helpers/ctr.js';
 import { sha256 } from '../helpers/data.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 
@@ -216,6 +217,15 @@ describe('label limits per object', () => {
     );
     expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(err.details).toBe(`labels over the limit max_labels_per_object = ${MAX} (${SECTION}): ${MAX + 1} labels on one object: invalid argument`);
+  });
+
+  it('ctr reports the limit when a label would take a blob past it, and the blob keeps its labels', async () => {
+    const blob = Buffer.from('labelled by ctr');
+    await c.writeBlob([blob], { ref: 'ctr-labels', expected: sha256(blob), total: blob.length, labels: many(MAX) });
+    const r = await ctr(d.address, ['content', 'label', sha256(blob), 'one=more'], { namespace: 'labels' });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(`labels over the limit max_labels_per_object = ${MAX} (${SECTION}): ${MAX + 1} labels on one object: invalid argument`);
+    expect((await c.call(c.content, c.content.info, { digest: sha256(blob) })).info!.labels).toEqual(many(MAX));
   });
 
   it("still applies containerd's rule for one label: key and value at most 4096 bytes", async () => {
