@@ -113,6 +113,13 @@ describe('label limits per object', () => {
           updateMask: paths,
         }),
     });
+    // A refused commit keeps its ingest, as containerd keeps one after a failed commit: committing it again
+    // with labels within the limits makes the blob, and leaves no ingest.
+    const statuses = async () => (await c.call(c.content, c.content.listStatuses, { filters: [] })).statuses.map((st) => st.ref);
+    expect(await statuses()).toContain('ref-over-count');
+    await c.writeBlob([blob('over-count')], { ref: 'ref-over-count', expected: blobs.get('over-count')!, total: blob('over-count').length, labels: many(2) });
+    expect(await statuses()).not.toContain('ref-over-count');
+    expect((await c.call(c.content, c.content.info, { digest: blobs.get('over-count')! })).info!.labels).toEqual(many(2));
   });
 
   it('snapshots: a prepare, a commit or an update over a limit is refused and the snapshot keeps its labels', async () => {
