@@ -13,6 +13,11 @@ export interface GrpcConfig {
   gid: number;
   max_recv_message_size: number;
   max_send_message_size: number;
+  /**
+   * Streams (calls) one client connection may have open at once: HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS,
+   * which the server announces and clients honour by waiting. 0: no limit (2^32 - 1).
+   */
+  max_concurrent_streams: number;
 }
 
 /** `[proxy_plugins.NAME]`: containerd's keys (platform since 1.7, exports since 2.0 #9253, capabilities #10337). */
@@ -61,6 +66,9 @@ export function defaultConfig(): Config {
       // containerd's defaults: 16 MiB each way.
       max_recv_message_size: 16 << 20,
       max_send_message_size: 16 << 20,
+      // Not a containerd key (containerd leaves grpc-go's default: no limit). Far above what one client uses:
+      // containerd's Go client multiplexes everything on one connection, 64 concurrent callers open 64 streams.
+      max_concurrent_streams: 1000,
     },
     debug: { level: 'info', address: '' },
     metrics: { address: '', grpc_histogram: false },
@@ -145,6 +153,9 @@ function applyAliases(cfg: Config): void {
   cfg.required_plugins = rename(cfg.required_plugins) as string[];
 }
 
+/** HTTP/2's largest SETTINGS_MAX_CONCURRENT_STREAMS (a 32-bit value). */
+const MAX_STREAMS = 2 ** 32 - 1;
+
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'];
 
 /** Checks the type of every known key, so a mistyped file fails with a message instead of misbehaving. */
@@ -172,6 +183,7 @@ function checkTypes(cfg: Config): void {
   want('grpc.gid', cfg.grpc.gid, 'number');
   want('grpc.max_recv_message_size', cfg.grpc.max_recv_message_size, 'number');
   want('grpc.max_send_message_size', cfg.grpc.max_send_message_size, 'number');
+  want('grpc.max_concurrent_streams', cfg.grpc.max_concurrent_streams, 'number');
   want('debug', cfg.debug, 'table');
   want('debug.level', cfg.debug.level, 'string');
   want('debug.address', cfg.debug.address, 'string');
@@ -192,6 +204,12 @@ function validate(cfg: Config): void {
   if (!cfg.state.startsWith('/')) throw invalidArgument(`state must be an absolute path: ${cfg.state}`);
   if (cfg.root === cfg.state) throw invalidArgument('root and state must be different directories');
   if (!cfg.grpc.address) throw invalidArgument('grpc.address must be set');
+  for (const key of ['max_recv_message_size', 'max_send_message_size'] as const) {
+    if (cfg.grpc[key] < 1) throw invalidArgument(`config: grpc.${key} must be 1 or more`);
+  }
+  if (cfg.grpc.max_concurrent_streams < 0 || cfg.grpc.max_concurrent_streams > MAX_STREAMS) {
+    throw invalidArgument(`config: grpc.max_concurrent_streams must be 0 (no limit) to ${MAX_STREAMS}`);
+  }
   const address = (key: string, value: string, allowUnix: boolean) => {
     try {
       return parseListenAddress(key, value, allowUnix);

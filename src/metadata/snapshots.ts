@@ -30,7 +30,7 @@ import { type UniqueNumbers } from './db.js';
 import { type DB } from '../core/sqlite.js';
 import { encodeLabels, parseLabels } from '../core/labels.js';
 import { type NamespaceStore } from './namespaces.js';
-import { applyLabelPaths, compactLabels, validateLabels } from '../core/labels.js';
+import { applyLabelPaths, compactLabels, validateLabelEntries, validateLabels } from '../core/labels.js';
 import type { LeaseStore } from './leases.js';
 import type { OpContext } from './context.js';
 import { fromParts, now as nowTime, subMsOf } from '../core/time.js';
@@ -219,7 +219,7 @@ class BoundSnapshotter implements Snapshotter {
 
   async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths: string[] = []): Promise<Info> {
     if (!info.name) throw invalidArgument('snapshot name must not be empty');
-    validateLabels(info.labels);
+    validateLabelEntries(info.labels);
     const { row, labels, now } = this.s.commits.write(() => {
       const row = this.s.mustRow(this.ns, info.name);
       let labels: Record<string, string>;
@@ -228,6 +228,7 @@ class BoundSnapshotter implements Snapshotter {
       } catch {
         throw invalidArgument(`cannot update ${JSON.stringify(fieldpaths)} field on snapshot ${info.name}`);
       }
+      validateLabels(labels); // what the snapshot would hold (the limits of one object); a throw rolls back
       const now = nowTime();
       this.db
         .prepare('UPDATE snapshots SET labels = ?, updated_at = ?, updated_ns = ? WHERE namespace = ? AND snapshotter = ? AND key = ?')

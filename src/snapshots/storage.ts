@@ -18,7 +18,7 @@
  */
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, StrataError } from '../core/errdefs.js';
 import { adapt, labelField, parseAll } from '../filters/index.js';
-import { applyLabelPaths, validateLabels } from '../core/labels.js';
+import { applyLabelPaths, validateLabelEntries, validateLabels } from '../core/labels.js';
 import { closeSync, fdatasync, openSync } from 'node:fs';
 import { openSqlite, type DB } from '../core/sqlite.js';
 import type { Info, Kind, Usage } from './types.js';
@@ -387,7 +387,7 @@ export class SnapshotStorage {
   }
 
   update(info: Pick<Info, 'name' | 'labels'>, fieldpaths: string[] = []): Info {
-    validateLabels(info.labels);
+    validateLabelEntries(info.labels);
     return this.commits.write(() => {
       const r = this.mustRow(info.name);
       let labels: Record<string, string>;
@@ -396,6 +396,7 @@ export class SnapshotStorage {
       } catch {
         throw invalidArgument(`cannot update ${JSON.stringify(fieldpaths)} field on snapshot ${info.name}`);
       }
+      validateLabels(labels); // what the snapshot would hold (the limits of one object)
       const now = nowTime();
       this.db.prepare('UPDATE snapshots SET labels = ?, updated_at = ?, updated_ns = ? WHERE id = ?').run(JSON.stringify(labels), now.getTime(), now.subMs, r.id);
       return { ...toInfo(r), labels, updated: now };

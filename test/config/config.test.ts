@@ -107,6 +107,17 @@ level = "warn"
     expect(c.disabled_plugins).toEqual(['io.containerd.grpc.v1.leases']);
   });
 
+  it('takes [grpc] max_concurrent_streams (default 1000, 0 for none) and refuses values HTTP/2 cannot carry, naming the key', () => {
+    expect(loadConfig(undefined).grpc.max_concurrent_streams).toBe(1000);
+    const at = (v: string) => loadConfig(file(`version = 2\n[grpc]\nmax_concurrent_streams = ${v}\n`));
+    expect(at('64').grpc.max_concurrent_streams).toBe(64);
+    expect(at('0').grpc.max_concurrent_streams).toBe(0);
+    expect(() => at('-1')).toThrow('config: grpc.max_concurrent_streams must be 0 (no limit) to 4294967295');
+    expect(() => at('4294967296')).toThrow('config: grpc.max_concurrent_streams must be 0 (no limit) to 4294967295');
+    expect(() => at('"many"')).toThrow('config: grpc.max_concurrent_streams must be a whole number');
+    expect(() => loadConfig(file('version = 2\n[grpc]\nmax_recv_message_size = 0\n'))).toThrow('config: grpc.max_recv_message_size must be 1 or more');
+  });
+
   it('lets flags override the file', () => {
     const path = file(`version = 2
 root = "/file/root"
