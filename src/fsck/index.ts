@@ -29,7 +29,7 @@ import { SnapshotStorage } from '../snapshots/storage.js';
 import { parseMountInfo } from '../snapshots/btrfs/mountinfo.js';
 import { refuseIfServed } from './offline.js';
 import { notFound, StrataError } from '../core/errdefs.js';
-import { validateLabels } from '../core/labels.js';
+import { validateLabelEntries } from '../core/labels.js';
 
 export interface FsckOptions {
   /** The daemon's own config (root, state, address, plugins' config). */
@@ -79,7 +79,7 @@ class Namer {
   }
 }
 
-/** Labels as fsck accepts them: a JSON object of strings that passes the stores' own validateLabels. */
+/** Labels as fsck accepts them: a JSON object of strings, each label within containerd's rule. */
 function labelProblem(text: string): string | undefined {
   let v: unknown;
   try {
@@ -91,9 +91,10 @@ function labelProblem(text: string): string | undefined {
   for (const [k, val] of Object.entries(v as Record<string, unknown>)) {
     if (typeof val !== 'string') return `label ${JSON.stringify(k.slice(0, 40))} has a value that is not a string`;
   }
-  // The rules every store applies when it writes labels (src/core/labels).
+  // containerd's rule for each label (src/core/labels). Not the per-object limits: those guard writes, and a
+  // config may lower them below what records written earlier hold, which breaks nothing.
   try {
-    validateLabels(v as Record<string, string>);
+    validateLabelEntries(v as Record<string, string>);
   } catch (err) {
     return `the labels break the label rules: ${err instanceof StrataError ? err.detail : String(err)}`;
   }
