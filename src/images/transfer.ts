@@ -21,7 +21,8 @@ import { defaultPlatform, parsePlatform } from './platforms.js';
 import { pull, type PullResult, type UnpackTarget } from './pull.js';
 import { push } from './push.js';
 import { createResolver } from './remote/resolver.js';
-import type { Credentials, ResolverOptions } from './remote/types.js';
+import { Budget, MIN_PART_SIZE } from './remote/multipart.js';
+import type { Credentials, MultipartOptions, ResolverOptions } from './remote/types.js';
 import { importArchive, exportArchive } from './archive/index.js';
 import { unpackLayers, type UnpackResult } from './unpack.js';
 import { SharedWork } from './inflight.js';
@@ -39,6 +40,19 @@ export interface TransferConfig {
   connect_timeout: string;
   /** Per request to a registry host: the limit for the response headers, after which the next host is tried. */
   response_header_timeout: string;
+  /**
+   * Multipart fetch: bytes per HTTP Range part of a big blob (containerd 2.1's name and meaning); 0 (the
+   * default, as containerd's) turns it off, as does any value under 512. Parts of one blob in flight are
+   * at most max_concurrent_downloads, as containerd's.
+   */
+  concurrent_layer_fetch_buffer: number;
+  /** Strata's: only blobs larger than this (and than one part) are split. */
+  concurrent_layer_fetch_threshold: number;
+  /**
+   * Strata's: bytes the parts fetched ahead of the one being written may hold in memory, for all of the
+   * daemon's pulls together; 0 = max_concurrent_downloads × concurrent_layer_fetch_buffer.
+   */
+  concurrent_layer_fetch_memory: number;
 }
 
 export const defaultTransferConfig = (): TransferConfig => ({
@@ -47,7 +61,18 @@ export const defaultTransferConfig = (): TransferConfig => ({
   config_path: '',
   connect_timeout: '30s',
   response_header_timeout: '30s',
+  concurrent_layer_fetch_buffer: 0,
+  concurrent_layer_fetch_threshold: 64 << 20,
+  concurrent_layer_fetch_memory: 0,
 });
+
+/** A whole number of bytes from the transfer config. */
+function configBytes(key: string, v: unknown): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
+    throw invalidArgument(`transfer config: ${key} must be a whole number of bytes, not ${JSON.stringify(v)}`);
+  }
+  return v;
+}
 
 /** A positive Go duration from the transfer config, in ms. */
 function configDuration(key: string, v: unknown): number {
@@ -103,6 +128,8 @@ const LEASE_TTL_MS = 24 * 60 * 60 * 1000;
 export class ImageTransfers {
   private readonly connectTimeoutMs: number;
   private readonly responseHeaderTimeoutMs: number;
+  /** Multipart fetch settings, with one memory budget for every transfer of the daemon; undefined = off. */
+  private readonly multipart: MultipartOptions | undefined;
   /** Downloads and unpacks in flight, shared by this daemon's concurrent transfers. */
   readonly shared = new SharedWork();
 
@@ -115,6 +142,17 @@ export class ImageTransfers {
     const defaults = defaultTransferConfig();
     this.connectTimeoutMs = configDuration('connect_timeout', config.connect_timeout ?? defaults.connect_timeout);
     this.responseHeaderTimeoutMs = configDuration('response_header_timeout', config.response_header_timeout ?? defaults.response_header_timeout);
+    const partSize = configBytes('concurrent_layer_fetch_buffer', config.concurrent_layer_fetch_buffer ?? defaults.concurrent_layer_fetch_buffer);
+    const threshold = configBytes('concurrent_layer_fetch_threshold', config.concurrent_layer_fetch_threshold ?? defaults.concurrent_layer_fetch_threshold);
+    const memory = configBytes('concurrent_layer_fetch_memory', config.concurrent_layer_fetch_memory ?? defaults.concurrent_layer_fetch_memory);
+    const parallelism = config.max_concurrent_downloads ?? defaults.max_concurrent_downloads;
+    if (partSize >= MIN_PART_SIZE && parallelism > 1) {
+      const capacity = memory > 0 ? memory : parallelism * partSize;
+      if (capacity < partSize) {
+        throw invalidArgument(`transfer config: concurrent_layer_fetch_memory (${capacity}) must hold at least one part (concurrent_layer_fetch_buffer = ${partSize})`);
+      }
+      this.multipart = { partSize, parallelism, threshold, budget: new Budget(capacity) };
+    }
   }
 
   private snapshotterName(requested: string | undefined): string {
@@ -131,6 +169,7 @@ export class ImageTransfers {
       ...(hostsDir ? { hostsDir } : {}),
       connectTimeoutMs: this.connectTimeoutMs,
       responseHeaderTimeoutMs: this.responseHeaderTimeoutMs,
+      ...(this.multipart ? { multipart: this.multipart } : {}),
       ...(r.credentials ? { credentials: () => r.credentials } : {}),
       logger: this.log,
     };
