@@ -1,7 +1,7 @@
 /**
  * Multipart fetch of big blobs (src/images/remote/multipart.ts) against the real docker-registry on loopback,
  * written into a real content store (the metadata database in front of the local store) by fetchBlob, the
- * code a daemon pull runs.
+ * code a daemon pull runs; and a daemon pull with the transfer plugin's config keys.
  *
  * A counting proxy (test/helpers/http-proxy.ts) stands between the client and the registry in every test:
  * the registry has no way to tell us which Range requests it served, how many at once, or to fail one part.
@@ -20,7 +20,9 @@ import type { Limiter } from '../../src/images/remote/limit.js';
 import { Budget } from '../../src/images/remote/multipart.js';
 import { createResolver, type RegistryResolver } from '../../src/images/remote/resolver.js';
 import { MetadataStore } from '../../src/metadata/index.js';
+import { startDaemon, stopAll } from '../helpers/daemon.js';
 import { buildImage } from '../helpers/images.js';
+import { listContent, pullImage } from '../helpers/transfer.js';
 import { parseRange, startCountingProxy, stopAllProxies, type CountingProxy } from '../helpers/http-proxy.js';
 import { startRegistry, stopAllRegistries, type StartedRegistry } from '../helpers/registry.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
@@ -63,6 +65,7 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
+  await stopAll();
   for (const md of dbs) md.close();
   await stopAllRegistries();
   await dir?.cleanup();
@@ -255,6 +258,39 @@ describe('multipart fetch', () => {
     expect(gets.every((g) => g !== undefined && g.first >= stallFrom)).toBe(true);
     expect(gets.length).toBe(partCount(layer, stallFrom));
     expect(await content.listStatuses()).toEqual([]);
+  });
+});
+
+describe('multipart fetch in the daemon', () => {
+  it('a daemon pull with concurrent_layer_fetch_buffer in its config fetches the big layer in Range parts and unpacks it', async () => {
+    const proxy = await startCountingProxy(reg.host);
+    const d = await startDaemon({
+      config: [
+        '[plugins."io.containerd.transfer.v1.images"]',
+        'max_concurrent_downloads = 3',
+        `concurrent_layer_fetch_buffer = ${PART}`,
+        `concurrent_layer_fetch_threshold = ${2 * MiB}`,
+        '',
+      ].join('\n'),
+    });
+    const c = d.client('multipart');
+    const progress = await pullImage(c, `${proxy.host}/mp:latest`);
+    expect(progress.at(-1)).toMatchObject({ kind: 'image', status: 'pulled' });
+    const digests = new Set((await listContent(c)).map((i) => i.digest));
+    expect(digests.has(layer.digest)).toBe(true);
+    const gets = proxy.blobGets().filter((e) => e.path.includes(layer.digest)).map((e) => parseRange(e.range));
+    expect(gets.length).toBe(partCount(layer));
+    expect(gets.filter((g) => g?.last !== undefined).length).toBe(partCount(layer) - 1);
+    // The small layer stays one plain request.
+    expect(proxy.blobGets().filter((e) => e.path.includes(small.digest)).map((e) => e.range)).toEqual(['']);
+  });
+
+  it('refuses a transfer config whose concurrent_layer_fetch_buffer is not a whole number of bytes', async () => {
+    // As containerd does with a plugin whose init fails: the daemon runs, introspection reports the error.
+    const d = await startDaemon({ config: '[plugins."io.containerd.transfer.v1.images"]\nconcurrent_layer_fetch_buffer = "8MiB"\n' });
+    const c = d.client();
+    const { plugins } = await c.call(c.introspection, c.introspection.plugins, { filters: ['type==io.containerd.transfer.v1'] });
+    expect(plugins[0]?.initErr?.message).toMatch(/concurrent_layer_fetch_buffer must be a whole number of bytes, not "8MiB"/);
   });
 });
 

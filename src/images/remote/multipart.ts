@@ -42,6 +42,8 @@ export const MIN_PART_SIZE = 512;
 const MAX_PART_RESUMES = 3;
 /** Bytes the part being handed out may get ahead of its reader (it has no reservation of its own). */
 const HEAD_HIGH_WATER = 1 << 20;
+/** Bytes the stream itself buffers for its reader. */
+const STREAM_HIGH_WATER = 256 << 10;
 
 /** A byte allowance shared by multipart fetches; parts fetched ahead of the reader take from it. */
 export class Budget implements ByteBudget {
@@ -160,7 +162,8 @@ export class MultipartStream extends Readable {
   private cancelBudgetWait: (() => void) | undefined;
 
   constructor(private readonly plan: MultipartPlan) {
-    super({ highWaterMark: 0 });
+    // A little read-ahead so the reader gets several chunks per turn instead of one per _read() call.
+    super({ highWaterMark: STREAM_HIGH_WATER });
     this.pos = plan.start;
     this.count = Math.ceil((plan.size - plan.start) / plan.partSize);
     this.parts = new Array<Part | undefined>(this.count);
