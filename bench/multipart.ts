@@ -6,6 +6,7 @@
  *
  *   npx tsc -p tsconfig.json && node dist/bench/multipart.js [--size 1GiB] [--pairs 3] [--part-size 8MiB]
  *                                                          [--parallel 3] [--dir DIR] [--json]
+ *                                                          [--connection-limit 40MB]
  *
  * The blob (AES-CTR keystream bytes, incompressible) is pushed once with Strata's pusher. Then, per pair, both
  * modes run one after the other, the order reversed every other pair: each on an empty content store in a
@@ -14,10 +15,15 @@
  * max_concurrent_downloads, which is also the connection limit in both modes). The registry's copy of the
  * blob stays in the page cache for every run (no cache drop: the machine is shared), so both modes read it
  * from memory on the registry side and write it to disk on ours.
+ *
+ * `--connection-limit R` puts a TCP proxy (a child process: this file with `--serve-throttle`) between client
+ * and registry that sends at most R bytes/s down each connection: a far registry, where one TCP connection
+ * cannot fill the link (window / RTT), which is the case multipart fetch is for. Without it the client talks
+ * to the registry directly and one connection on loopback is never the limit.
  */
 import { createCipheriv, createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -38,12 +44,54 @@ const { values: args } = parseArgs({
     parallel: { type: 'string', default: '3' },
     dir: { type: 'string', default: '/var/tmp' },
     json: { type: 'boolean', default: false },
+    'connection-limit': { type: 'string' },
+    'serve-throttle': { type: 'string' },
   },
 });
 const SIZE = parseSize(args.size!);
 const PAIRS = Number(args.pairs);
 const PART = parseSize(args['part-size']!);
 const PARALLEL = Number(args.parallel);
+const LIMIT = args['connection-limit'] ? parseSize(args['connection-limit']) : 0;
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1');
+    s.once('connect', () => (s.destroy(), resolve(true)));
+    s.once('error', () => resolve(false));
+  });
+}
+
+/** The throttling proxy's process: `--serve-throttle PORT,TARGETHOST:PORT,BYTES_PER_S`. */
+function serveThrottle(spec: string): void {
+  const [port, target, rate] = spec.split(',');
+  const [thost, tport] = target!.split(':');
+  const perSecond = Number(rate);
+  createServer((client) => {
+    const up = connect(Number(tport), thost!);
+    client.pipe(up);
+    // Token bucket per connection, refilled every 10 ms.
+    let tokens = perSecond / 100;
+    let last = Date.now();
+    up.on('data', (chunk: Buffer) => {
+      const now = Date.now();
+      tokens = Math.min(perSecond / 10, tokens + ((now - last) / 1000) * perSecond);
+      last = now;
+      tokens -= chunk.length;
+      client.write(chunk);
+      if (tokens < 0) {
+        up.pause();
+        setTimeout(() => up.resume(), Math.ceil((-tokens / perSecond) * 1000));
+      }
+    });
+    const close = () => {
+      client.destroy();
+      up.destroy();
+    };
+    client.on('error', close).on('close', close);
+    up.on('error', close).on('close', close);
+  }).listen(Number(port), '127.0.0.1');
+}
 
 async function freePort(): Promise<number> {
   const srv = createServer();
@@ -108,17 +156,29 @@ async function main(): Promise<void> {
   const tmp = join(args.dir!, `strata-bench-multipart-${process.pid}`);
   mkdirSync(tmp, { recursive: true });
   const reg = await startRegistry(tmp);
+  let throttle: Child | undefined;
   try {
     log(`making a ${formatBytes(SIZE)} blob`);
     const file = join(tmp, 'blob');
     const digest = await makeBlob(file, SIZE);
     const desc: Descriptor = { mediaType: 'application/vnd.oci.image.layer.v1.tar', digest, size: SIZE };
-    const ref = `${reg.host}/bench/big:v1`;
     const pusher = createResolver({ maxConcurrent: 1 });
     log(`pushing it to ${reg.host}`);
-    await pusher.pusher(ref).push(desc, async () => createReadStream(file));
+    await pusher.pusher(`${reg.host}/bench/big:v1`).push(desc, async () => createReadStream(file));
     await pusher.close();
     rmSync(file);
+    let host = reg.host;
+    if (LIMIT) {
+      const port = await freePort();
+      throttle = startChild('throttle', process.execPath, [process.argv[1]!, '--serve-throttle', `${port},${reg.host},${LIMIT}`], join(tmp, 'throttle.log'));
+      host = `127.0.0.1:${port}`;
+      for (let i = 0; !(await canConnect(port)); i++) {
+        if (i > 200) throw new Error('throttling proxy did not start');
+        await sleep(25);
+      }
+      log(`through a proxy sending at most ${(LIMIT / 1e6).toFixed(1)} MB/s per connection`);
+    }
+    const ref = `${host}/bench/big:v1`;
 
     const runs: Run[] = [];
     for (let pair = 1; pair <= PAIRS; pair++) {
@@ -151,6 +211,7 @@ async function main(): Promise<void> {
     }
     report(runs);
   } finally {
+    if (throttle) await stopChild(throttle, 5000);
     await stopChild(reg.child, 5000);
     rmSync(tmp, { recursive: true, force: true });
   }
@@ -168,7 +229,7 @@ function report(runs: Run[]): void {
     return;
   }
   const lines = [
-    `Fetch of a ${formatBytes(SIZE)} blob from docker-registry on loopback into a content store; parts ${formatBytes(PART)}, ${PARALLEL} in flight; load average now ${loadavg().map((l) => l.toFixed(1)).join(' ')}`,
+    `Fetch of a ${formatBytes(SIZE)} blob from docker-registry on loopback${LIMIT ? ` (each connection limited to ${(LIMIT / 1e6).toFixed(1)} MB/s)` : ''} into a content store; parts ${formatBytes(PART)}, ${PARALLEL} in flight; load average now ${loadavg().map((l) => l.toFixed(1)).join(' ')}`,
     'pair  pos  mode        seconds    MB/s   CPU s self / registry / other',
     ...runs.map((r) => `${String(r.pair).padStart(4)}  ${String(r.pos).padStart(3)}  ${r.mode.padEnd(10)} ${r.seconds.toFixed(2).padStart(8)} ${r.mbps.toFixed(1).padStart(7)}   ${r.cpuSelf.toFixed(2)} / ${r.cpuRegistry.toFixed(2)} / ${r.cpuOther.toFixed(2)}`),
   ];
@@ -185,7 +246,8 @@ function report(runs: Run[]): void {
   process.stdout.write(lines.join('\n') + '\n');
 }
 
-main().catch((err: unknown) => {
+if (args['serve-throttle']) serveThrottle(args['serve-throttle']);
+else main().catch((err: unknown) => {
   process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`);
   process.exit(1);
 });

@@ -106,10 +106,13 @@ const ranges = (p: CountingProxy) => p.blobGets().map((e) => parseRange(e.range)
 describe('multipart fetch', () => {
   it('fetches a blob over the threshold as bounded Range parts, several at once, and commits it verified', async () => {
     const proxy = await startCountingProxy(reg.host);
-    const budget = new Budget(2 * PART);
+    const budget = new PeakBudget(2 * PART);
     const r = resolver(budget);
     const content = await store();
     expect(await fetchBlob(content, r.fetcher(`${proxy.host}/mp:latest`), layer, 'layer')).toBe('done');
+    // Parts were held ahead of the writer, never more than the budget.
+    expect(budget.peak).toBeGreaterThan(0);
+    expect(budget.peak).toBeLessThanOrEqual(2 * PART);
 
     expect(await sha256Of(content, layer.digest)).toBe(layer.digest);
     expect((await content.info(layer.digest)).size).toBe(layer.size);
@@ -293,6 +296,16 @@ describe('multipart fetch in the daemon', () => {
     expect(plugins[0]?.initErr?.message).toMatch(/concurrent_layer_fetch_buffer must be a whole number of bytes, not "8MiB"/);
   });
 });
+
+/** A Budget that remembers the most bytes taken at once. */
+class PeakBudget extends Budget {
+  peak = 0;
+  override tryTake(n: number): boolean {
+    const ok = super.tryTake(n);
+    this.peak = Math.max(this.peak, this.inUse);
+    return ok;
+  }
+}
 
 function flipFirst(c: Buffer): Buffer {
   const out = Buffer.from(c);

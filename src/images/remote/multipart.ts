@@ -103,7 +103,7 @@ export interface MultipartPlan {
   /** Where the stream starts (a resumed ingest's offset). */
   start: number;
   partSize: number;
-  /** Parts in flight or waiting in memory at once, the one being handed out included. */
+  /** Part requests of this blob in flight at once (downloaded parts waiting in memory do not count). */
   parallelism: number;
   budget: ByteBudget;
   /** The probe's body: an open-ended 206 from `start`; the first part is read from it. */
@@ -153,6 +153,8 @@ export class MultipartStream extends Readable {
   private head = 0;
   /** Parts started so far (0..launched-1). */
   private launched = 0;
+  /** Parts whose requests have not finished (downloading, or waiting for a connection slot). */
+  private inFlight = 0;
   /** Bytes handed out: the blob offset the stream has reached. */
   private pos: number;
   private wantMore = false;
@@ -190,7 +192,7 @@ export class MultipartStream extends Readable {
   /** Starts the parts the window and the budget allow. */
   private launch(): void {
     const { plan } = this;
-    while (!this.stopped && this.launched < this.count && this.launched < this.head + plan.parallelism) {
+    while (!this.stopped && this.launched < this.count && this.inFlight < plan.parallelism) {
       const i = this.launched;
       const offset = plan.start + i * plan.partSize;
       const length = Math.min(plan.partSize, plan.size - offset);
@@ -209,7 +211,11 @@ export class MultipartStream extends Readable {
       part.reserved = reserved;
       this.parts[i] = part;
       this.launched++;
-      void this.run(part, i === 0 ? plan.probe : undefined);
+      this.inFlight++;
+      void this.run(part, i === 0 ? plan.probe : undefined).finally(() => {
+        this.inFlight--;
+        this.launch();
+      });
     }
   }
 

@@ -43,7 +43,7 @@ export interface ResolverOptions {
 export interface MultipartOptions {
   /** Bytes per part (containerd's concurrent_layer_fetch_buffer); under 512 turns multipart off, as containerd. */
   partSize: number;
-  /** Parts of one blob in flight or waiting in memory at once (containerd: max_concurrent_downloads). */
+  /** Part requests of one blob in flight at once (containerd: max_concurrent_downloads). */
   parallelism: number;
   /** Only blobs (the part still to fetch) larger than this, and than one part, are split. */
   threshold: number;
