@@ -296,7 +296,10 @@ export class MultipartStream extends Readable {
         this.push(null);
         return;
       }
-      const part = this.parts[this.head]!;
+      // Not started yet: a part that just finished still counted as in flight. launch() starts it when that
+      // part's request has wound up, and its bytes then notify().
+      const part = this.parts[this.head];
+      if (!part) return;
       const chunk = part.chunks.shift();
       if (chunk) {
         part.buffered -= chunk.length;
