@@ -36,6 +36,8 @@ export interface ProxyOptions {
   body?: (entry: ProxyLogEntry) => BodyFault | undefined;
   /** Holds the request (no answer) while it returns true. */
   stall?: (entry: ProxyLogEntry) => boolean;
+  /** Answers the request itself (returning true), e.g. with a 503; the registry never sees it. */
+  answer?: (entry: ProxyLogEntry, res: ServerResponse) => boolean;
 }
 
 export interface CountingProxy {
@@ -68,6 +70,10 @@ export async function startCountingProxy(target: string, opts: ProxyOptions = {}
     };
     res.once('close', done);
     if (opts.stall?.(entry)) return; // never answered; the socket is destroyed by close()
+    if (opts.answer?.(entry, res)) {
+      entry.status = res.statusCode;
+      return;
+    }
     const headers = { ...req.headers };
     opts.request?.(entry, headers);
     const [thost, tport] = target.split(':');

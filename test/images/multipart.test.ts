@@ -9,6 +9,7 @@
  * cuts one part's connection, stalls the parts after a point), the test says so and why.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { openLocalContentStore } from '../../src/content/local.js';
@@ -225,6 +226,42 @@ describe('multipart fetch', () => {
     const fallback = gets.slice(1).filter((g) => g?.last === undefined);
     expect(fallback.length).toBe(1);
     expect(fallback[0]!.first).toBeLessThanOrEqual(PART);
+    expect(budget.inUse).toBe(0);
+    expect(slotsInUse(r)).toBe(0);
+  });
+
+  it('sends a part a mirror refuses to the next host, as any fetch, and the blob still verifies', async () => {
+    // Two proxies: a mirror that serves the probe but answers 503 to every part request (a mirror with trouble),
+    // and the server entry of hosts.toml, which counts what reaches the registry through it.
+    const server = await startCountingProxy(reg.host);
+    const mirror = await startCountingProxy(reg.host, {
+      answer: (e, res) => {
+        if (parseRange(e.range)?.last === undefined) return false;
+        res.writeHead(503).end('busy');
+        return true;
+      },
+    });
+    const hostsDir = join(dir.path, `hosts-${++stores}`);
+    const hostDir = join(hostsDir, reg.host.replace(':', '_') + '_');
+    await mkdir(hostDir, { recursive: true });
+    await writeFile(join(hostDir, 'hosts.toml'), [`server = "http://${server.host}"`, `[host."http://${mirror.host}"]`, '  capabilities = ["pull", "resolve"]', ''].join('\n'));
+    const budget = new Budget(2 * PART);
+    const r = createResolver(
+      { hostsDir, maxConcurrent: PARALLEL, retries: 2, multipart: { partSize: PART, parallelism: PARALLEL, threshold: 2 * MiB, budget } },
+      { backoffBaseMs: 10 },
+    );
+    resolvers.push(r);
+    const content = await store();
+    expect(await fetchBlob(content, r.fetcher(`${reg.host}/mp:latest`), layer, 'layer')).toBe('done');
+    expect(await sha256Of(content, layer.digest)).toBe(layer.digest);
+    // The probe was the mirror's (with containerd's ?ns=); each part was refused there, then served by the server.
+    const probe = mirror.blobGets().filter((e) => e.status === 206);
+    expect(probe.map((e) => e.range)).toEqual(['bytes=0-']);
+    expect(probe[0]!.path).toContain(`?ns=${encodeURIComponent(reg.host)}`);
+    expect(mirror.blobGets().filter((e) => e.status === 503).length).toBe(partCount(layer) - 1);
+    const served = ranges(server);
+    expect(served.length).toBe(partCount(layer) - 1);
+    expect(served.every((g) => g?.last !== undefined)).toBe(true);
     expect(budget.inUse).toBe(0);
     expect(slotsInUse(r)).toBe(0);
   });
