@@ -325,6 +325,43 @@ describe('multipart fetch in the daemon', () => {
     expect(proxy.blobGets().filter((e) => e.path.includes(small.digest)).map((e) => e.range)).toEqual(['']);
   });
 
+  it('a daemon killed mid-way through a multipart pull resumes from the ingest after a restart, without the written parts', async () => {
+    // The proxy answers nothing for the big layer's bytes from 3 MiB on, so the kill lands with exactly the first
+    // three parts in the ingest (a loopback registry would otherwise finish before the test could react).
+    const stallFrom = 3 * PART;
+    const stalling = await startCountingProxy(reg.host, { stall: (e) => e.path.includes(layer.digest) && (parseRange(e.range)?.first ?? 0) >= stallFrom });
+    const config = ['[plugins."io.containerd.transfer.v1.images"]', `concurrent_layer_fetch_buffer = ${PART}`, `concurrent_layer_fetch_threshold = ${2 * MiB}`, ''].join('\n');
+    const d1 = await startDaemon({ config });
+    const c1 = d1.client('resume');
+    const pulling = pullImage(c1, `${stalling.host}/mp:latest`).catch((e: unknown) => e);
+    const ref = `layer-${layer.digest}`;
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const { statuses } = await c1.call(c1.content, c1.content.listStatuses, { filters: [] });
+      if ((statuses.find((st) => st.ref === ref)?.offset ?? 0) >= stallFrom) break;
+      if (Date.now() > deadline) throw new Error(`ingest did not reach ${stallFrom}: ${JSON.stringify(statuses)}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await d1.kill9();
+    await pulling;
+    await stalling.close();
+
+    const d2 = await d1.restart();
+    const c2 = d2.client('resume');
+    const { statuses } = await c2.call(c2.content, c2.content.listStatuses, { filters: [] });
+    expect(statuses.find((st) => st.ref === ref)?.offset).toBe(stallFrom);
+    const counting = await startCountingProxy(reg.host);
+    const progress = await pullImage(c2, `${counting.host}/mp:latest`);
+    expect(progress.at(-1)).toMatchObject({ kind: 'image', status: 'pulled' });
+    expect(progress.find((p) => p.ref === layer.digest && p.status === 'resuming')?.offset).toBe(stallFrom);
+    const gets = counting.blobGets().filter((e) => e.path.includes(layer.digest)).map((e) => parseRange(e.range));
+    expect(gets[0]).toEqual({ first: stallFrom, last: undefined });
+    expect(gets.every((g) => g !== undefined && g.first >= stallFrom)).toBe(true);
+    expect(gets.length).toBe(partCount(layer, stallFrom));
+    expect((await listContent(c2)).find((i) => i.digest === layer.digest)?.size).toBe(layer.size);
+    expect((await c2.call(c2.content, c2.content.listStatuses, { filters: [] })).statuses).toEqual([]);
+  });
+
   it('refuses a transfer config whose concurrent_layer_fetch_buffer is not a whole number of bytes', async () => {
     // As containerd does with a plugin whose init fails: the daemon runs, introspection reports the error.
     const d = await startDaemon({ config: '[plugins."io.containerd.transfer.v1.images"]\nconcurrent_layer_fetch_buffer = "8MiB"\n' });
