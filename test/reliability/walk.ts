@@ -2,13 +2,12 @@
  * The operations the crash walk (crash-points.test.ts) and the random kills (random-kills.test.ts) drive through
  * a real stratad, and the check each crash is followed by. Every operation can run again on what an earlier,
  * interrupted run of it left (that is the "retry to success" the tests assert) and checks that its data reads
- * back.
+ * back. The check after a crash is test/reliability/fsck.ts.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import Database from 'better-sqlite3';
 import { expect } from 'vitest';
 import type { StrataClient } from '../../src/api/clients/strata.js';
 import { chainIDs } from '../../src/images/manifest.js';
@@ -208,60 +207,4 @@ export async function imageOperation(d: StartedDaemon, f: Fixture): Promise<void
     await tolerate(c.call(c.leases, c.leases.delete, { id: 'walk-gc', sync: true }), 'not found');
     expect(await tolerate(c.call(c.content, c.content.status, { ref: 'walk-gc-ingest' }), 'not found')).toBeUndefined();
   });
-}
-
-/**
- * The check after each crash, until `strata fsck` is in: the invariants a crash must never break, read from the
- * stopped daemon's files. Records and data agree both ways where a missing piece is damage (a content record
- * without its blob, a snapshot record without its backend snapshot or its directory, a backend snapshot without
- * its parent, a lease resource without its lease), and no mount is left under the root. A snapshot record whose
- * commit a crash interrupted after the backend's commit (snapshot_commits) is not damage: the next start
- * finishes the commit.
- */
-export function checkRoot(root: string): string[] {
-  const problems: string[] = [];
-  const metaPath = join(root, 'io.containerd.metadata.v1.sqlite', 'meta.db');
-  const snRoot = join(root, `io.containerd.snapshotter.v1.${SN}`);
-  const md = new Database(metaPath, { fileMustExist: true });
-  const bk = new Database(join(snRoot, 'metadata.db'), { fileMustExist: true });
-  try {
-    for (const r of md.prepare('SELECT namespace, digest FROM content').all() as { namespace: string; digest: string }[]) {
-      const [alg, hex] = r.digest.split(':');
-      if (!existsSync(join(root, 'io.containerd.content.v1.content', 'blobs', alg!, hex!))) problems.push(`content ${r.namespace}/${r.digest}: no blob`);
-    }
-    const backend = new Map(
-      (bk.prepare('SELECT id, key, parent_id FROM snapshots').all() as { id: number; key: string; parent_id: number | null }[]).map((r) => [r.key, r]),
-    );
-    const ids = new Set([...backend.values()].map((r) => r.id));
-    // A commit a crash interrupted after the backend committed: the next start finishes it (recoverCommits).
-    const pending = new Map(
-      (md.prepare('SELECT namespace, key, backend_key FROM snapshot_commits WHERE snapshotter = ?').all(SN) as { namespace: string; key: string; backend_key: string }[]).map(
-        (p) => [`${p.namespace}/${p.key}`, p.backend_key],
-      ),
-    );
-    for (const r of md.prepare('SELECT namespace, key, backend_key FROM snapshots WHERE snapshotter = ?').all(SN) as { namespace: string; key: string; backend_key: string }[]) {
-      const b = backend.get(r.backend_key) ?? backend.get(pending.get(`${r.namespace}/${r.key}`) ?? '');
-      if (!b) problems.push(`snapshot ${r.namespace}/${r.key}: no backend snapshot`);
-      else if (!existsSync(join(snRoot, 'snapshots', String(b.id), 'fs'))) problems.push(`snapshot ${r.namespace}/${r.key}: no directory`);
-    }
-    for (const b of backend.values()) {
-      if (b.parent_id !== null && !ids.has(b.parent_id)) problems.push(`backend snapshot ${b.key}: no parent`);
-      if (!existsSync(join(snRoot, 'snapshots', String(b.id), 'fs'))) problems.push(`backend snapshot ${b.key}: no directory`);
-    }
-    for (const r of md
-      .prepare('SELECT r.namespace, r.lease, r.type, r.id FROM lease_resources r LEFT JOIN leases l ON l.namespace = r.namespace AND l.id = r.lease WHERE l.id IS NULL')
-      .all() as { namespace: string; lease: string; type: string; id: string }[]) {
-      problems.push(`lease resource ${r.type} ${r.id}: lease ${r.namespace}/${r.lease} missing`);
-    }
-  } finally {
-    md.close();
-    bk.close();
-  }
-  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4] ?? '');
-  for (const m of mounts) {
-    if (m === root || m.startsWith(`${root}/`)) problems.push(`mount left under the root: ${m.slice(root.length)}`);
-  }
-  return problems;
 }
