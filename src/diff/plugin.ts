@@ -6,6 +6,7 @@
 import { PluginType, register } from '../plugin/index.js';
 import { differDefaults, limitsFromConfig, type DifferConfig } from './limits.js';
 import { WalkingDiffer } from './walking.js';
+import { ErofsDiffer } from './erofs.js';
 
 register<WalkingDiffer, DifferConfig>({
   type: PluginType.Differ,
@@ -13,4 +14,16 @@ register<WalkingDiffer, DifferConfig>({
   config: differDefaults,
   // Limits on what one layer may expand to (./limits.ts); a bad value fails the plugin with its key named.
   init: (ic) => new WalkingDiffer({ log: ic.log, limits: limitsFromConfig(ic.config as unknown as Record<string, unknown>) }),
+});
+
+/**
+ * The EROFS differ (io.containerd.differ.v1.erofs, ./erofs.ts): Apply onto an EROFS snapshotter's active snapshot
+ * only (NOT_IMPLEMENTED otherwise, for the caller to fall back), through the walking applier with the same limits.
+ */
+register<ErofsDiffer, DifferConfig>({
+  type: PluginType.Differ,
+  id: 'erofs',
+  config: differDefaults,
+  init: (ic) =>
+    new ErofsDiffer(new WalkingDiffer({ log: ic.log, limits: limitsFromConfig(ic.config as unknown as Record<string, unknown>) })),
 });

@@ -34,16 +34,26 @@ export async function findMkfsErofs(): Promise<string | undefined> {
   return undefined;
 }
 
+/** Where the host checks look (tests point them at fake files). */
+export interface HostPaths {
+  /** mkfs.erofs, or null to look it up (findMkfsErofs). */
+  mkfs?: string | null;
+  filesystems?: string;
+  loopControl?: string;
+}
+
 /**
  * Why this host cannot run the EROFS snapshotter, or undefined when it can: mkfs.erofs must exist, the kernel
  * must know erofs (/proc/filesystems) and loop devices (/dev/loop-control), since mount(8) attaches images to one.
  */
-export async function erofsUnsupportedReason(): Promise<string | undefined> {
-  if (!(await findMkfsErofs())) return 'mkfs.erofs not found (install erofs-utils)';
-  const filesystems = await readFile('/proc/filesystems', 'utf8').catch(() => '');
+export async function erofsUnsupportedReason(paths: HostPaths = {}): Promise<string | undefined> {
+  const mkfs = paths.mkfs === undefined || paths.mkfs === null ? await findMkfsErofs() : paths.mkfs;
+  const runnable = mkfs !== undefined && (await access(mkfs, constants.X_OK).then(() => true, () => false));
+  if (!runnable) return 'mkfs.erofs not found (install erofs-utils)';
+  const filesystems = await readFile(paths.filesystems ?? '/proc/filesystems', 'utf8').catch(() => '');
   if (!/\terofs$/m.test(filesystems)) return 'EROFS unsupported by the kernel: erofs is not in /proc/filesystems (modprobe erofs)';
   try {
-    await access('/dev/loop-control', constants.R_OK | constants.W_OK);
+    await access(paths.loopControl ?? '/dev/loop-control', constants.R_OK | constants.W_OK);
   } catch {
     return 'loop devices unsupported: /dev/loop-control is missing (modprobe loop)';
   }
