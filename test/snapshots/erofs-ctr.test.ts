@@ -2,13 +2,15 @@
  * The EROFS snapshotter through a real stratad with the unmodified ctr (containerd 1.6): `ctr image pull
  * --snapshotter erofs` from docker-registry on loopback (ctr unpacks client-side: Prepare, Apply through the diff
  * service, Commit, which builds each layer's image), `ctr run --snapshotter erofs` on the overlay over the
- * loop-mounted images, usage as `ctr snapshot usage` prints it, and `ctr image rm --sync` taking the images away.
+ * loop-mounted images, usage as `ctr snapshot usage` prints it, and `ctr image rm --sync` taking the images away;
+ * then the same image pulled and run by Strata's own CLI (the daemon's transfer service unpacks).
  */
 import { existsSync } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ctr, tableRows } from '../helpers/ctr.js';
+import { ctr, run, tableRows } from '../helpers/ctr.js';
+import { STRATA } from '../helpers/paths.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { buildImage, busyboxPlatform } from '../helpers/images.js';
 import { startRegistry, stopAllRegistries, type StartedRegistry } from '../helpers/registry.js';
@@ -133,5 +135,16 @@ describe('the erofs snapshotter under ctr 1.6', () => {
     expect(await snapshotDirs()).toEqual(new Map());
     expect(await readdir(join(pluginRoot(), 'trash'))).toEqual([]);
     expect(existsSync(join(pluginRoot(), 'metadata.db'))).toBe(true);
+  });
+
+  it('strata image pull --snapshotter erofs unpacks in the daemon, and strata run --snapshotter erofs runs on it', async () => {
+    const strata = (args: string[]) => run(STRATA, ['--address', d.address, '--namespace', NS, ...args]);
+    const pull = await strata(['image', 'pull', '--plain-http', '--snapshotter', 'erofs', ref]);
+    expect(pull.code, pull.stderr).toBe(0);
+    expect([...(await snapshotDirs()).values()].filter((x) => x.includes('layer.erofs'))).toHaveLength(3);
+    const r = await strata(['run', '--rm', '--snapshotter', 'erofs', ref, 'e2', 'sh', '-c', 'ls /data; cat /data/c']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe('b\nc\ngone\nthree');
   });
 });
