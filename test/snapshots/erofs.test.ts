@@ -18,6 +18,9 @@ import { parseOverlayOptions } from '../../src/mount/index.js';
 import { contentStore, putBlob } from '../diff/helpers.js';
 import { makeTar } from '../helpers/tar.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
+import { silentLogger } from '../../src/log/index.js';
+import { PluginSet, PluginType, registered } from '../../src/plugin/index.js';
+import '../../src/snapshots/erofs/plugin.js';
 
 let tmp: TempDir;
 let root: string;
@@ -214,6 +217,32 @@ describe('the erofs snapshotter', () => {
     await s.cleanup();
     expect(await readdir(join(root, 'snapshots'))).toEqual([]);
     expect(await readdir(join(root, 'trash'))).toEqual([]);
+  });
+});
+
+describe('the erofs plugin', () => {
+  it('loads on this host with its data under root_path, reported as its exported root', async () => {
+    const reg = registered().find((x) => x.type === PluginType.Snapshot && x.id === 'erofs')!;
+    expect(reg.config?.()).toEqual({ root_path: '', ovl_mount_options: [] });
+    const rootPath = join(tmp.path, 'elsewhere');
+    const set = await PluginSet.load(
+      {
+        root: join(tmp.path, 'proot'),
+        state: join(tmp.path, 'pstate'),
+        address: join(tmp.path, 'pstate', 's.sock'),
+        log: silentLogger,
+        configFor: (_uri, defaults) => ({ ...defaults, root_path: rootPath }),
+      },
+      [reg],
+    );
+    try {
+      const p = set.loaded[0]!;
+      expect(p.status).toEqual({ state: 'ok' });
+      expect(p.meta.exports.root).toBe(rootPath);
+      expect(existsSync(join(rootPath, 'metadata.db'))).toBe(true);
+    } finally {
+      await set.close(silentLogger);
+    }
   });
 });
 
