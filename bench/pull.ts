@@ -5,7 +5,7 @@
  *
  *   node dist/bench/pull.js [--rounds 3] [--images a,b,c] [--big-rounds N] [--base-files 10000] [--base-size 200MB]
  *                           [--small-files 50000] [--big-size 1G] [--json] [--daemons strata,containerd] [--keep]
- *                           [--image-dir DIR]
+ *                           [--image-dir DIR] [--methods containerd-ctr,strata-ctr,strata-cli,tar-gz,tar-plain]
  *
  * Must run as root (loop mount, drop_caches, tar restoring owners). Everything that is read or written during a
  * measurement lives on one fresh loop-mounted ext4: the registry's storage, the daemons' roots and the tar
@@ -33,6 +33,10 @@
  *   tar -xf            tar -xf <the layer, decompressed once beforehand> -C <empty dir>   (no gunzip)
  *                      For both tar floors the input file is read once (cat > /dev/null) after the cache drop:
  *                      the daemons unpack a blob they have just written, so it is in their page cache too.
+ *   stratad (ctr, erofs)  ctr ... image pull --plain-http --snapshotter erofs REF against stratad: the layer goes into
+ *                      the EROFS snapshotter's upper dir and its Commit builds layer.erofs (mkfs.erofs), all
+ *                      inside ctr's "done:" duration; only with --methods (e.g. strata-ctr,strata-ctr-erofs for
+ *                      EROFS vs overlayfs, alternating as every pair here)
  * After each (untimed) the unpacked tree's entries are counted and checked against the layer's.
  * Unpack MB/s = uncompressed layer bytes (10^6) / unpack seconds; files/s = tar entries / unpack seconds.
  */
@@ -80,7 +84,7 @@ installCleanupHandlers();
 const NAMESPACE = 'bench';
 const usage =
   'usage: node dist/bench/pull.js [--rounds 3] [--images a,b,c] [--big-rounds N] [--base-files 10000] [--base-size 200MB] ' +
-  '[--small-files 50000] [--big-size 1G] [--json] [--daemons strata,containerd] [--keep] [--image-dir DIR]';
+  '[--small-files 50000] [--big-size 1G] [--methods LIST] [--json] [--daemons strata,containerd] [--keep] [--image-dir DIR]';
 
 const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '-');
 const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '-');
@@ -494,7 +498,9 @@ function parseGoDuration(s: string): number {
 // ---------------------------------------------------------------------------------------------------------------
 // Measurements
 
-const METHODS = ['containerd-ctr', 'strata-ctr', 'strata-cli', 'tar-gz', 'tar-plain'] as const;
+const METHODS = ['containerd-ctr', 'strata-ctr', 'strata-cli', 'tar-gz', 'tar-plain', 'strata-ctr-erofs'] as const;
+/** Measured unless --methods names others: the erofs snapshotter only when asked for (containerd 1.6 has none). */
+const DEFAULT_METHODS = 'containerd-ctr,strata-ctr,strata-cli,tar-gz,tar-plain';
 type Method = (typeof METHODS)[number];
 const LABEL: Record<Method, string> = {
   'containerd-ctr': 'containerd (ctr)',
@@ -502,6 +508,7 @@ const LABEL: Record<Method, string> = {
   'strata-cli': 'stratad (strata)',
   'tar-gz': 'tar -xzf (floor)',
   'tar-plain': 'tar -xf, no gunzip',
+  'strata-ctr-erofs': 'stratad (ctr, erofs)',
 };
 const daemonOf = (m: Method): DaemonName | undefined => (m === 'containerd-ctr' ? 'containerd' : m.startsWith('strata') ? 'strata' : undefined);
 
@@ -553,6 +560,29 @@ function snapshotEntries(root: string): number {
     if (existsSync(fs)) {
       n += countEntries(fs);
       found = true;
+    }
+  }
+  return found ? n : NaN;
+}
+
+/** The entries of the layer images in an EROFS snapshotter root, each mounted read-only for the count. */
+function erofsEntries(root: string): number {
+  const snaps = join(root, 'io.containerd.snapshotter.v1.erofs', 'snapshots');
+  if (!existsSync(snaps)) return NaN;
+  let n = 0;
+  let found = false;
+  for (const id of readdirSync(snaps)) {
+    const image = join(snaps, id, 'layer.erofs');
+    if (!existsSync(image)) continue;
+    const at = join(snaps, id, 'count');
+    mkdirSync(at, { recursive: true });
+    const m = spawnSync('mount', ['-t', 'erofs', '-o', 'ro,loop', image, at], { stdio: ['ignore', 'ignore', 'inherit'] });
+    if (m.status !== 0) return NaN;
+    try {
+      n += countEntries(at);
+      found = true;
+    } finally {
+      unmount(at);
     }
   }
   return found ? n : NaN;
@@ -637,7 +667,8 @@ async function measureDaemon(
       if (!start || !end) throw new Error(`strata image pull: no unpacking/unpacked lines:\n${t.lines.map((l) => l.text).join('\n')}`);
       unpack = unpackObserved = end.t - start.t;
     } else {
-      t = await timed('ctr', ctr(['image', 'pull', '--plain-http', ref]));
+      const snapshotter = method === 'strata-ctr-erofs' ? ['--snapshotter', 'erofs'] : [];
+      t = await timed('ctr', ctr(['image', 'pull', '--plain-http', ...snapshotter, ref]));
       const start = t.lines.find((l) => l.stream === 'out' && /^unpacking /.test(l.text));
       const done = t.lines.find((l) => l.stream === 'out' && /^done: /.test(l.text));
       if (!start || !done) throw new Error(`ctr image pull: no unpacking/done lines:\n${t.lines.slice(-20).map((l) => l.text).join('\n')}`);
@@ -646,7 +677,7 @@ async function measureDaemon(
     }
     const daemonCpu = cpuSeconds(d.child.proc.pid) - d0;
     const registryCpu = cpuSeconds(reg.child.proc.pid) - r0;
-    const entriesFound = snapshotEntries(d.root);
+    const entriesFound = method === 'strata-ctr-erofs' ? erofsEntries(d.root) : snapshotEntries(d.root);
     return {
       round,
       position,
@@ -710,6 +741,7 @@ async function main(): Promise<void> {
       'base-size': '200MB',
       'small-files': '50000',
       'big-size': '1G',
+      methods: DEFAULT_METHODS,
     },
     usage,
   );
@@ -723,7 +755,10 @@ async function main(): Promise<void> {
   const bigSize = parseSize(values['big-size']!);
   const ids = values.images!.split(',').map((x) => x.trim());
   for (const i of ids) if (!['a', 'b', 'c'].includes(i)) throw new Error(`unknown image ${i} (a, b or c)`);
+  const wanted = values.methods!.split(',').map((x) => x.trim());
+  for (const m of wanted) if (!(METHODS as readonly string[]).includes(m)) throw new Error(`unknown method ${m} (${METHODS.join(', ')})`);
   const methods = METHODS.filter((m) => {
+    if (!wanted.includes(m)) return false;
     const d = daemonOf(m);
     return !d || common.daemons.includes(d);
   });
@@ -843,6 +878,8 @@ async function main(): Promise<void> {
       'stratad(ctr) unpack / tar -xzf': q(s['strata-ctr']?.unpack, s['tar-gz']?.unpack),
       'stratad(strata) unpack / tar -xzf': q(s['strata-cli']?.unpack, s['tar-gz']?.unpack),
       'containerd(ctr) unpack / tar -xzf': q(s['containerd-ctr']?.unpack, s['tar-gz']?.unpack),
+      'stratad(ctr) erofs / overlayfs, unpack': q(s['strata-ctr-erofs']?.unpack, s['strata-ctr']?.unpack),
+      'stratad(ctr) erofs / overlayfs, pull wall': q(s['strata-ctr-erofs']?.wall, s['strata-ctr']?.wall),
     };
   }
 

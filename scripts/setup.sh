@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # build the Go interop tier (test/interop-go: containerd's client library and test suites, offline, GOPATH mode).
 # prometheus (with promtool) scrapes the metrics endpoint in test/metrics; systemd's systemd-analyze verifies
 # contrib/strata.service; tmux is the pseudo-terminal of the progress display tests (test/cli/progress-tty).
-debs=(containerd runc busybox-static btrfs-progs tar docker-registry skopeo python3 golang-go golang-github-containerd-containerd-dev prometheus systemd tmux)
+debs=(containerd runc busybox-static btrfs-progs erofs-utils tar docker-registry skopeo python3 golang-go golang-github-containerd-containerd-dev prometheus systemd tmux)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

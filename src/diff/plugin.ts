@@ -8,6 +8,7 @@ import { unmountLeftovers } from '../mount/index.js';
 import { PluginType, register } from '../plugin/index.js';
 import { differDefaults, limitsFromConfig, type DifferConfig } from './limits.js';
 import { WalkingDiffer } from './walking.js';
+import { ErofsDiffer } from './erofs.js';
 
 register<WalkingDiffer, DifferConfig>({
   type: PluginType.Differ,
@@ -21,4 +22,16 @@ register<WalkingDiffer, DifferConfig>({
     if (undone > 0) ic.log.info('undid temporary mounts left by dead processes', { count: undone });
     return differ;
   },
+});
+
+/**
+ * The EROFS differ (io.containerd.differ.v1.erofs, ./erofs.ts): Apply onto an EROFS snapshotter's active snapshot
+ * only (NOT_IMPLEMENTED otherwise, for the caller to fall back), through the walking applier with the same limits.
+ */
+register<ErofsDiffer, DifferConfig>({
+  type: PluginType.Differ,
+  id: 'erofs',
+  config: differDefaults,
+  init: (ic) =>
+    new ErofsDiffer(new WalkingDiffer({ log: ic.log, limits: limitsFromConfig(ic.config as unknown as Record<string, unknown>) })),
 });

@@ -480,6 +480,11 @@ export class SnapshotStorage {
     await this.commits.durable();
   }
 
+  /** The kind of every id with a record, for cleanup. */
+  kinds(): Map<number, Kind> {
+    return new Map((this.db.prepare('SELECT id, kind FROM snapshots').all() as { id: number; kind: Kind }[]).map((r) => [r.id, r.kind]));
+  }
+
   /** Every id with a record, for cleanup. */
   ids(): Set<number> {
     return new Set((this.db.prepare('SELECT id FROM snapshots').all() as { id: number }[]).map((r) => r.id));

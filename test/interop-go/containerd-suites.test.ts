@@ -3,7 +3,8 @@
  * ContentSuite through content/proxy (with leases through leases/proxy, one namespace per case, as
  * containerd's integration/client/content_test.go does) and its ContentCrossNSSharedSuite (the shared content
  * policy, Strata's), and snapshots/testsuite's SnapshotterSuite through
- * snapshots/proxy on overlayfs, native and btrfs (btrfs on a loop-mounted btrfs, the plugin's root_path).
+ * snapshots/proxy on overlayfs, native, btrfs and erofs (btrfs on a loop-mounted btrfs, the plugin's root_path;
+ * erofs: the Go client's mount code mounts its erofs ro,loop views and overlays over loop-mounted images).
  * The Go test binary (test/go/gopath/src/strata.test/interop/suites) runs once per daemon with -test.v; each
  * case of the suite is one test here, asserted on the parsed `--- PASS` line, with the case's output on failure.
  */
@@ -68,7 +69,7 @@ describe("containerd's content suites (content/testsuite over content/proxy) aga
   }
 });
 
-for (const snapshotter of ['overlayfs', 'native', 'btrfs'] as const) {
+for (const snapshotter of ['overlayfs', 'native', 'btrfs', 'erofs'] as const) {
   describe(`containerd's snapshotter suite (snapshots/testsuite over snapshots/proxy) on ${snapshotter} against stratad`, () => {
     let d: StartedDaemon;
     let fs: BtrfsFs | undefined;

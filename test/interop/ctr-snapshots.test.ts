@@ -1,6 +1,7 @@
 /**
  * The unmodified ctr (Debian's containerd 1.6) driving stratad's snapshotters through `ctr snapshot`, for
- * each of overlayfs, native and btrfs (btrfs on a loop-mounted btrfs at its plugin root): prepare, mount
+ * each of overlayfs, native, btrfs and erofs (btrfs on a loop-mounted btrfs at its plugin root; erofs's view prints
+ * `mount -t erofs <layer.erofs> ... -o ro,loop`, which mount(8) runs through a loop device): prepare, mount
  * what `ctr snapshot mounts` prints, commit, prepare and view on a parent, ls, tree, info, usage, label and
  * rm, checked on ctr's printed output as a containerd user sees it.
  */
@@ -35,7 +36,7 @@ async function mountBtrfs(image: string, at: string): Promise<void> {
   if (m.code !== 0) throw new Error(`mount -o loop: ${m.stderr}`);
 }
 
-for (const snapshotter of ['overlayfs', 'native', 'btrfs'] as const) {
+for (const snapshotter of ['overlayfs', 'native', 'btrfs', 'erofs'] as const) {
   describe(`ctr snapshot --snapshotter ${snapshotter} against stratad`, () => {
     let dir: TempDir;
     let d: StartedDaemon;

@@ -67,6 +67,11 @@ export interface SuiteOptions {
   skip?: string[];
   /** Cases expected to fail (known bugs, each with a `// BUG:` comment where the option is given). */
   expectedFailures?: string[];
+  /**
+   * A committed snapshot is stored as one file (EROFS: its image), so its usage counts one inode, as
+   * containerd's EROFS snapshotter counts it, instead of one per file it holds.
+   */
+  committedIsOneFile?: boolean;
 }
 
 export const SUITE_CASES = [
@@ -344,6 +349,7 @@ class Case {
     readonly under: SnapshotterUnderTest,
     /** Scratch directory for mount points and reference trees. */
     readonly work: string,
+    readonly options: SuiteOptions = {},
   ) {
     this.sn = under.sn;
   }
@@ -1007,7 +1013,8 @@ const cases: Record<SuiteCase, { fn: CaseFn; timeout?: number }> = {
       await c.sn.commit('c', 'a', opts());
       const committed = await c.sn.usage('c');
       expect(committed.size, 'usage of the committed snapshot').toBeGreaterThanOrEqual(MiB);
-      expect(committed.inodes).toBeGreaterThanOrEqual(3);
+      if (c.options.committedIsOneFile) expect(committed.inodes, 'inodes of a committed snapshot stored as one image file').toBe(1);
+      else expect(committed.inodes).toBeGreaterThanOrEqual(3);
       await c.sn.view('v', 'c', opts());
       const view = await c.sn.usage('v');
       expect(view.size).toBeGreaterThanOrEqual(0);
@@ -1546,7 +1553,7 @@ export function snapshotterSuite(name: string, make: SnapshotterFactory, options
             await under.cleanup();
             throw err;
           }
-          const c = new Case(under, work);
+          const c = new Case(under, work, options);
           let failed = true;
           try {
             await fn(c, { skip: (note?: string) => ctx.skip(note), name: `${name} ${caseName}` });
