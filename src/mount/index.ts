@@ -204,7 +204,12 @@ export function splitIdmapOptions(options: string[]): { uidmap?: string; gidmap?
  * move_mount. STRATA_IDMAP_HELPER overrides the path.
  */
 export function idmapHelperPath(): string {
-  return process.env.STRATA_IDMAP_HELPER || fileURLToPath(new URL('../../native/bin/strata-idmap-mount', import.meta.url));
+  if (process.env.STRATA_IDMAP_HELPER) return process.env.STRATA_IDMAP_HELPER;
+  // From src/mount (tests) or dist/src/mount (the build): the checkout's native/bin.
+  const candidates = ['../../native/bin/strata-idmap-mount', '../../../native/bin/strata-idmap-mount'].map((rel) =>
+    fileURLToPath(new URL(rel, import.meta.url)),
+  );
+  return candidates.find((p) => existsSync(p)) ?? candidates[0]!;
 }
 
 /** Whether the helper is there (it is built by scripts/setup.sh). */
