@@ -309,6 +309,11 @@ describe('a failed detach of a temporary idmapped lower never removes data (cont
     expect(left).toHaveLength(1);
     expect(await inventory(left[0]!)).toEqual(Object.fromEntries(Object.entries(before).map(([k]) => [k, expect.any(String)])));
     expect(await inventory(layer)).toEqual(before);
+    // What containerd 2.0 did next (os.RemoveAll of the temporary directory): the clones are read-only
+    // (containerd #10955), so even that cannot reach the layer's files.
+    // coreutils rm -rf descends into the mount and unlinks children first, as Go's RemoveAll does.
+    await expect(run('rm', ['-rf', dirname(left[0]!)])).rejects.toThrow(/Read-only file system/);
+    expect(await inventory(layer)).toEqual(before);
     for (const p of left) await run('umount', ['-l', p]);
     await removeEmpty(left);
     expect(await inventory(layer)).toEqual(before);
