@@ -238,6 +238,19 @@ describe('idmapped overlay snapshots', () => {
     expect(await kindOf(sn.stat('bad1'))).toBe('not found');
   });
 
+  it('an overlay that fails to mount over the idmapped lowers detaches them and leaves no temporary directory', async () => {
+    const { sn } = await open();
+    await baseLayer(sn);
+    const mounts = await sn.prepare('c1', 'base', { labels: MAPPED });
+    // The kernel refuses an upper directory that does not exist, after the helper attached the lowers.
+    const broken = mounts.map((m) => ({ ...m, options: m.options.map((o) => (o.startsWith('upperdir=') ? `${o}-missing` : o)) }));
+    const t = await target();
+    await expect(mountAll(broken, t)).rejects.toThrow(/mount overlay/);
+    expect(await isMountPoint(t)).toBe(false);
+    expect(await mountsUnder(TEMP_PREFIX)).toEqual([]);
+    expect((await readdir(tmpdir())).filter((d) => d.startsWith('strata-idmap-'))).toEqual([]);
+  });
+
   it('after unmount and remove nothing is left mounted and the snapshot is gone', async () => {
     const { sn, root } = await open();
     await baseLayer(sn);
