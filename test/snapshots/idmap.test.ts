@@ -222,6 +222,9 @@ describe('idmapped overlay snapshots', () => {
     expect(await isMountPoint(b)).toBe(true);
     await writeFile(join(bind[0]!.source, 'on-disk'), 'x');
     expect(await owner(join(b, 'on-disk'))).toBe('100000:200000');
+    // Its root is the container's root through the bind (0:0 on disk, which the idmapping shows as mapped).
+    expect(await owner(bind[0]!.source)).toBe('0:0');
+    expect(await owner(b)).toBe('100000:200000');
     await unmount(b);
     expect(await isMountPoint(b)).toBe(false);
   });

@@ -385,7 +385,10 @@ class OverlaySnapshotter implements Snapshotter {
       const rec = this.storage.create(kind, key, parent, opts?.labels ?? {}, (id, parentIds) => {
         // A child's root belongs to whoever owns the parent's root, as in containerd (unless mapped, above).
         if (mapped) {
-          lchownSync(join(td, 'fs'), mapped.uid, mapped.gid);
+          // A parentless snapshot with remap-ids is mounted as an idmapped bind of this very directory: on disk
+          // its root stays 0:0, which the bind shows as the mapped root. (containerd chowns it to the mapped
+          // root here too, which its idmapped bind then shows as an unmapped owner, nobody, inside.)
+          if (!(this.remapIds && parentIds.length === 0)) lchownSync(join(td, 'fs'), mapped.uid, mapped.gid);
         } else if (parentIds.length > 0) {
           const st = statSync(this.upperPath(parentIds[0]!));
           lchownSync(join(td, 'fs'), st.uid, st.gid);
