@@ -109,13 +109,17 @@ describe('strata run --uidmap/--gidmap', () => {
     expect(await mountsUnder(d.root, d.state, join(tmpdir(), 'strata-idmap-'))).toEqual([]);
   });
 
-  it('refuses --uidmap without --gidmap, and a mapping without the container root', async () => {
+  it('refuses --uidmap without --gidmap, a mapping without the container root, and a snapshotter without remap-ids', async () => {
     const one = await strata(['run', '--rm', '--uidmap', '0:100000:65536', IMAGE, 'u3', 'true']);
     expect(one.code).not.toBe(0);
     expect(one.stderr).toMatch(/--uidmap and --gidmap must be given together/);
     const noRoot = await strata(['run', '--rm', '--uidmap', '1:100000:10', '--gidmap', '1:100000:10', IMAGE, 'u4', 'true']);
     expect(noRoot.code).not.toBe(0);
     expect(noRoot.stderr).toMatch(/mapping entries of 0 are required/);
+    // native has no idmapped mounts: refused before anything is created (no recursive-chown fallback).
+    const native = await strata(['run', '--rm', '--snapshotter', 'native', '--uidmap', '0:100000:65536', '--gidmap', '0:100000:65536', IMAGE, 'u5', 'true']);
+    expect(native.code).not.toBe(0);
+    expect(native.stderr).toMatch(/snapshotter "native" does not report remap-ids, and Strata has no recursive-chown fallback/);
     expect((await strata(['container', 'ls', '-q'])).stdout).toBe('');
   });
 });
