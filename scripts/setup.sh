@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # build the Go interop tier (test/interop-go: containerd's client library and test suites, offline, GOPATH mode).
 # prometheus (with promtool) scrapes the metrics endpoint in test/metrics; systemd's systemd-analyze verifies
 # contrib/strata.service; tmux is the pseudo-terminal of the progress display tests (test/cli/progress-tty).
-debs=(containerd runc busybox-static btrfs-progs erofs-utils tar docker-registry skopeo python3 golang-go golang-github-containerd-containerd-dev prometheus systemd tmux)
+# gcc builds native/idmap-mount.c, the idmapped-mount helper (open_tree/mount_setattr/move_mount, which Node lacks).
+debs=(containerd runc busybox-static btrfs-progs erofs-utils tar docker-registry skopeo python3 golang-go golang-github-containerd-containerd-dev prometheus systemd tmux gcc libc6-dev)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -22,6 +23,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+mkdir -p native/bin
+gcc -O2 -Wall -Wextra -o native/bin/strata-idmap-mount native/idmap-mount.c
 
 npm ci --no-audit --no-fund
 npm run build

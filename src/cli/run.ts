@@ -7,7 +7,13 @@
  * exits with the task's exit status. --rm removes the task, the container and its snapshot afterwards; -d
  * detaches after start (the task's stdio then goes nowhere, as with ctr's --null-io).
  *
- *   strata run [--rm] [-t] [-d] [--snapshotter S] [--env K=V]... [--cwd DIR] [--label K=V]... IMAGE ID [ARGS...]
+ *   strata run [--rm] [-t] [-d] [--snapshotter S] [--env K=V]... [--cwd DIR] [--label K=V]...
+ *              [--uidmap C:H:S --gidmap C:H:S]... IMAGE ID [ARGS...]
+ *
+ * --uidmap/--gidmap (ctr run's, containerd 2.x) run the container in a user namespace with those mappings, its
+ * rootfs prepared with the `containerd.io/snapshot/uidmapping` / `gidmapping` labels: the snapshotter must
+ * report `remap-ids` (idmapped mounts); there is no recursive-chown fallback (containerd's `slow_chown`), so
+ * without it the run is refused, as containerd refuses it when `slow_chown` is off.
  *
  * Options come before IMAGE and ID; everything after ID is the command, taken as is (`sh -c 'exit 3'`), as ctr
  * reads it (`argsAfter`).
@@ -36,6 +42,7 @@ import { buildSpec, resolveUser, specAny } from '../runtime/spec.js';
 import { bool, CliError, labelArgs, str, type Command, type Values } from './command.js';
 import { rfc3339 } from './output.js';
 import { LABEL_GC_EXPIRE } from '../core/labels.js';
+import { formatIDMappings, LABEL_SNAPSHOT_GIDMAPPING, LABEL_SNAPSHOT_UIDMAPPING, parseIDMappings, rootPair, type IDMapping } from '../core/idmap.js';
 
 const execFileP = promisify(execFile);
 
@@ -319,6 +326,8 @@ export const run: Command = {
     runtime: { type: 'string' },
     platform: { type: 'string' },
     'read-only': { type: 'boolean' },
+    uidmap: { type: 'string', multiple: true },
+    gidmap: { type: 'string', multiple: true },
   },
   async run({ args, values, session }) {
     const [ref, id, ...cmd] = args;
@@ -333,8 +342,10 @@ export const run: Command = {
     const snapshotter = snapshotterOf(values);
     const platform = str(values, 'platform');
     const runtime = str(values, 'runtime') ?? DEFAULT_RUNTIME;
+    const idmap = idMappingsOf(values);
     const c = await session.connect();
     const namespace = session.globals.namespace;
+    if (idmap) await requireRemapIds(c, snapshotter);
 
     const { image, config, chainID } = await imageConfigOf(c, ref, platform);
     await ensureUnpacked(c, image.name, snapshotter, chainID, platform);
@@ -350,7 +361,8 @@ export const run: Command = {
     let created = false;
     try {
       try {
-        mounts = (await leased.call(leased.snapshots, leased.snapshots.prepare, { snapshotter, key: id, parent: chainID, labels: {} })).mounts;
+        const labels: Record<string, string> = idmap ? { [LABEL_SNAPSHOT_UIDMAPPING]: formatIDMappings(idmap.uid), [LABEL_SNAPSHOT_GIDMAPPING]: formatIDMappings(idmap.gid) } : {};
+        mounts = (await leased.call(leased.snapshots, leased.snapshots.prepare, { snapshotter, key: id, parent: chainID, labels })).mounts;
       } finally {
         leased.close();
       }
@@ -372,6 +384,7 @@ export const run: Command = {
           ...files,
           annotations: labelArgs(list(values, 'label')),
           readonlyRootfs: bool(values, 'read-only'),
+          ...(idmap ? { uidMappings: idmap.uid, gidMappings: idmap.gid } : {}),
         });
         const labels = {
           ...(config.config?.Labels ?? {}),
@@ -414,6 +427,43 @@ export const run: Command = {
     return status;
   },
 };
+
+/** --uidmap / --gidmap ("containerID:hostID:size", each repeatable), or undefined when neither is given. */
+function idMappingsOf(values: Values): { uid: IDMapping[]; gid: IDMapping[] } | undefined {
+  const uidArgs = list(values, 'uidmap');
+  const gidArgs = list(values, 'gidmap');
+  if (uidArgs.length === 0 && gidArgs.length === 0) return undefined;
+  if (uidArgs.length === 0 || gidArgs.length === 0) throw new CliError('--uidmap and --gidmap must be given together');
+  const parse = (flag: string, args: string[]) => {
+    try {
+      return args.flatMap((a) => parseIDMappings(a));
+    } catch (err) {
+      throw new CliError(`--${flag}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  };
+  const out = { uid: parse('uidmap', uidArgs), gid: parse('gidmap', gidArgs) };
+  try {
+    rootPair(formatIDMappings(out.uid), formatIDMappings(out.gid));
+  } catch {
+    throw new CliError('container UID/GID mapping entries of 0 are required but not found');
+  }
+  return out;
+}
+
+/**
+ * containerd 2.x's client (resolveSnapshotOptions): a snapshotter that reports `remap-ids` remaps by itself; one
+ * that reports `only-remap-ids` without it cannot here. Strata has no recursive-chown fallback for the rest.
+ */
+async function requireRemapIds(c: StrataClient, snapshotter: string): Promise<void> {
+  const { plugins } = await c.call(c.introspection, c.introspection.plugins, { filters: [`type==io.containerd.snapshotter.v1,id==${snapshotter}`] });
+  const caps = plugins[0]?.capabilities ?? [];
+  if (caps.includes('remap-ids')) return;
+  if (caps.includes('only-remap-ids')) {
+    // containerd's words, less its advice: Strata has no `slow_chown` to configure.
+    throw new CliError(`snapshotter "${snapshotter}" doesn't support idmap mounts on this host (no slow_chown fallback)`);
+  }
+  throw new CliError(`snapshotter "${snapshotter}" does not report remap-ids, and Strata has no recursive-chown fallback`);
+}
 
 /**
  * Creates a container's task with our stdio (or none when detached / null I/O), starts it and, unless

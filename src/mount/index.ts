@@ -10,12 +10,15 @@
  */
 import { crashPoint } from '../core/crashpoint.js';
 import { execFile } from 'node:child_process';
-import { mkdtemp, readdir, readFile, realpath, rmdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, realpath, rmdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type { Mount } from '../core/mount.js';
 import { StrataError, unknown } from '../core/errdefs.js';
+import { parseIDMappings } from '../core/idmap.js';
 
 const run = promisify(execFile);
 
@@ -110,7 +113,34 @@ export function compactOverlayOptions(options: string[]): { options: string[]; c
   return { options: rewritten, cwd };
 }
 
-async function mountOne(m: Mount, target: string): Promise<void> {
+async function mountOne(m: Mount, target: string, hooks: MountHooks = {}): Promise<void> {
+  const { uidmap, gidmap, rest } = splitIdmapOptions(m.options);
+  // containerd remaps only when both are given; a lone uidmap= or gidmap= is dropped, as its parser drops it.
+  if (uidmap !== undefined && gidmap !== undefined) {
+    parseIDMappings(uidmap);
+    parseIDMappings(gidmap);
+    if (m.type === 'overlay') return mountIdmappedOverlay({ ...m, options: rest }, target, uidmap, gidmap, hooks);
+    if (isBindMount(m)) {
+      // One idmapped clone of the source attached at target (containerd binds, then stacks an idmapped clone of
+      // the bind on it; the result is the same, with one mount instead of two).
+      const ro = rest.includes('ro') && !rest.includes('rw') ? ['--ro'] : [];
+      const rec = rest.includes('rbind') ? ['--recursive'] : [];
+      await runIdmapHelper([...ro, ...rec, uidmap, gidmap, m.source, target]);
+      return;
+    }
+    await mountPlain({ ...m, options: rest }, target);
+    try {
+      await runIdmapHelper([uidmap, gidmap, target, target]);
+    } catch (err) {
+      await unmount(target).catch(() => undefined);
+      throw err;
+    }
+    return;
+  }
+  return mountPlain({ ...m, options: rest }, target);
+}
+
+async function mountPlain(m: Mount, target: string): Promise<void> {
   const isBind = isBindMount(m);
   let options = m.options;
   let cwd: string | undefined;
@@ -131,17 +161,137 @@ async function mountOne(m: Mount, target: string): Promise<void> {
 }
 
 /** Mounts every mount onto target, in order. On failure, whatever was mounted is undone. */
-export async function mountAll(mounts: Mount[], target: string): Promise<void> {
+export async function mountAll(mounts: Mount[], target: string, hooks: MountHooks = {}): Promise<void> {
   let done = 0;
   try {
     for (const m of mounts) {
-      await mountOne(m, target);
+      await mountOne(m, target, hooks);
       done++;
     }
   } catch (err) {
     for (; done > 0; done--) await unmount(target).catch(() => undefined);
     throw err;
   }
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Idmapped mounts (containerd 2.x: the `uidmap=` / `gidmap=` options the overlay snapshotter returns).
+ * ---------------------------------------------------------------------------------------------------------- */
+
+/**
+ * Fault injection for tests only: how a temporary idmapped lower is detached. The default is a lazy unmount
+ * (umount -l, MNT_DETACH, as containerd since #10721). A test passes a detach that fails, or one that leaves
+ * the mount in place, to prove what follows never removes data.
+ */
+export interface MountHooks {
+  detachTemp?: (dir: string) => Promise<void>;
+}
+
+/** Takes `uidmap=` and `gidmap=` out of a mount's options (the last of each counts). */
+export function splitIdmapOptions(options: string[]): { uidmap?: string; gidmap?: string; rest: string[] } {
+  let uidmap: string | undefined;
+  let gidmap: string | undefined;
+  const rest: string[] = [];
+  for (const o of options) {
+    if (o.startsWith('uidmap=')) uidmap = o.slice('uidmap='.length);
+    else if (o.startsWith('gidmap=')) gidmap = o.slice('gidmap='.length);
+    else rest.push(o);
+  }
+  return { uidmap, gidmap, rest };
+}
+
+/**
+ * The native helper (native/idmap-mount.c, built by scripts/setup.sh): Node has no open_tree / mount_setattr /
+ * move_mount. STRATA_IDMAP_HELPER overrides the path.
+ */
+export function idmapHelperPath(): string {
+  if (process.env.STRATA_IDMAP_HELPER) return process.env.STRATA_IDMAP_HELPER;
+  // From src/mount (tests) or dist/src/mount (the build): the checkout's native/bin.
+  const candidates = ['../../native/bin/strata-idmap-mount', '../../../native/bin/strata-idmap-mount'].map((rel) =>
+    fileURLToPath(new URL(rel, import.meta.url)),
+  );
+  return candidates.find((p) => existsSync(p)) ?? candidates[0]!;
+}
+
+/** Whether the helper is there (it is built by scripts/setup.sh). */
+export const idmapHelperAvailable = (): boolean => existsSync(idmapHelperPath());
+
+async function runIdmapHelper(args: string[]): Promise<void> {
+  try {
+    await run(idmapHelperPath(), args, { timeout: 30_000 });
+  } catch (err) {
+    const e = err as { stderr?: string; message: string; code?: string };
+    if (e.code === 'ENOENT') throw unknown('idmapped mount: the helper strata-idmap-mount is not built (scripts/setup.sh builds it)');
+    // The helper names the failing call and the kernel's reason; paths are left out of the message.
+    const reason = (e.stderr || e.message).trim().replace(/ \/\S*/g, '');
+    throw unknown(`idmapped mount: ${reason}`);
+  }
+}
+
+/**
+ * An overlay over idmapped lowers, as containerd 2.x mounts one: each lower directory gets a read-only
+ * idmapped clone in a fresh temporary directory, the overlay is mounted with those as its lowers (the upper
+ * stays as it is: what the container writes lands there with its host IDs), and the temporary mounts are
+ * detached (the overlay keeps its own private references to its layers).
+ *
+ * The #10721 guarantee: a temporary directory is only ever removed with rmdir (never a recursive removal), and
+ * only after /proc/self/mountinfo shows it is no longer a mount point. When one cannot be detached, nothing of
+ * it is removed, the overlay just mounted is undone, and the call fails saying so.
+ */
+async function mountIdmappedOverlay(m: Mount, target: string, uidmap: string, gidmap: string, hooks: MountHooks): Promise<void> {
+  const { lowerdirs } = parseOverlayOptions(m.options);
+  if (lowerdirs.length === 0) throw unknown('idmapped overlay: failed to parse overlay lowerdir\'s from given options');
+  const tmp = await mkdtemp(join(tmpdir(), 'strata-idmap-'));
+  const temps = lowerdirs.map((_, i) => join(tmp, String(i)));
+  let mountErr: unknown;
+  let mounted = false;
+  try {
+    for (const d of temps) await mkdir(d, { mode: 0o700 });
+    const pairs = lowerdirs.flatMap((l, i) => [l, temps[i]!]);
+    await runIdmapHelper(['--ro', uidmap, gidmap, ...pairs]);
+    const options = m.options.map((o) => (parseOverlayDirOption(o)?.key === 'lowerdir' ? formatOverlayDirOption('lowerdir', temps) : o));
+    await mountPlain({ ...m, options }, target);
+    mounted = true;
+  } catch (err) {
+    mountErr = err;
+  }
+  const left = await releaseTempLowers(tmp, temps, hooks);
+  if (left > 0) {
+    // The temporary mounts stay (and their directories with them); the overlay over them is not handed out.
+    if (mounted) await unmount(target).catch(() => undefined);
+    throw unknown(
+      `idmapped overlay: ${left} of ${temps.length} temporary idmapped lower mount(s) could not be detached; ` +
+        'they were left in place and nothing was removed' +
+        (mountErr ? ` (and the overlay mount failed: ${mountErr instanceof Error ? mountErr.message : String(mountErr)})` : ''),
+    );
+  }
+  if (mountErr) throw mountErr;
+}
+
+/**
+ * Detaches the temporary lowers and removes their (empty) directories; returns how many are still mount
+ * points, which are left alone. Never removes anything recursively.
+ */
+async function releaseTempLowers(tmp: string, temps: string[], hooks: MountHooks): Promise<number> {
+  const detach = hooks.detachTemp ?? ((dir: string) => run('umount', ['-l', dir]).then(() => undefined));
+  let left = 0;
+  for (const dir of temps) {
+    if (await isMountPoint(dir)) {
+      try {
+        await detach(dir);
+      } catch {
+        // Judged below by what mountinfo says, not by the detach's own answer.
+      }
+      if (await isMountPoint(dir)) {
+        left++;
+        continue;
+      }
+    }
+    // rmdir only: if anything is still there (it should be empty), it stays.
+    await rmdir(dir).catch(() => undefined);
+  }
+  if (left === 0) await rmdir(tmp).catch(() => undefined);
+  return left;
 }
 
 /** Unmounts target (all stacked mounts on it, since mountAll may stack several). */

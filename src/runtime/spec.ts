@@ -24,6 +24,7 @@
  * primary gid is always in additionalGids (containerd's ensureAdditionalGids).
  */
 import { invalidArgument } from '../core/errdefs.js';
+import type { IDMapping } from '../core/idmap.js';
 import type { ImageConfig, ImageRuntimeConfig } from '../images/manifest.js';
 
 /** The type URL containerd's client gives an OCI spec in a container record (JSON bytes). */
@@ -110,6 +111,12 @@ export interface SpecOptions {
   /** Default `/<namespace>/<id>`; '' leaves it unset. */
   cgroupsPath?: string;
   readonlyRootfs?: boolean;
+  /**
+   * A user namespace with these mappings (containerd's oci.WithUserNamespace, `ctr run --uidmap/--gidmap`): the
+   * spec gains a `user` namespace and linux.uidMappings / gidMappings. Both or neither.
+   */
+  uidMappings?: IDMapping[];
+  gidMappings?: IDMapping[];
 }
 
 function defaultMounts(): OciMount[] {
@@ -309,6 +316,12 @@ export function buildSpec(opts: SpecOptions): OciSpec {
     resources: { devices: defaultDevices(), cpu: { shares: 1024 } },
     ...(cgroupsPath ? { cgroupsPath } : {}),
     namespaces: [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }, { type: 'network' }],
+    ...(opts.uidMappings?.length && opts.gidMappings?.length
+      ? {
+          uidMappings: opts.uidMappings.map((m) => ({ containerID: m.containerID, hostID: m.hostID, size: m.size })),
+          gidMappings: opts.gidMappings.map((m) => ({ containerID: m.containerID, hostID: m.hostID, size: m.size })),
+        }
+      : {}),
     maskedPaths: [
       '/proc/acpi',
       '/proc/asound',
@@ -323,6 +336,7 @@ export function buildSpec(opts: SpecOptions): OciSpec {
     ],
     readonlyPaths: ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'],
   };
+  if (opts.uidMappings?.length && opts.gidMappings?.length) (linux.namespaces as { type: string }[]).push({ type: 'user' });
   const spec: OciSpec = {
     ociVersion: OCI_VERSION,
     process,

@@ -202,3 +202,18 @@ describe('helpers', () => {
     expect(() => execProcess(s.process!, [])).toThrow(/needs a command/);
   });
 });
+
+describe('buildSpec with uid/gid mappings (ctr run --uidmap/--gidmap)', () => {
+  it('adds a user namespace and linux.uidMappings / gidMappings, and nothing without them', () => {
+    const uid = [{ containerID: 0, hostID: 100000, size: 65536 }];
+    const gid = [{ containerID: 0, hostID: 200000, size: 65536 }];
+    const s = buildSpec({ ...base, imageConfig: { Cmd: ['sh'] }, uidMappings: uid, gidMappings: gid });
+    const linux = s.linux as { namespaces: { type: string }[]; uidMappings?: unknown; gidMappings?: unknown };
+    expect(linux.namespaces.map((n) => n.type)).toEqual(['pid', 'ipc', 'uts', 'mount', 'network', 'user']);
+    expect(linux.uidMappings).toEqual(uid);
+    expect(linux.gidMappings).toEqual(gid);
+    const plain = buildSpec({ ...base, imageConfig: { Cmd: ['sh'] } }).linux as typeof linux;
+    expect(plain.namespaces.map((n) => n.type)).not.toContain('user');
+    expect(plain.uidMappings).toBeUndefined();
+  });
+});

@@ -40,18 +40,26 @@ import { removeTree } from '../../core/remove.js';
 import { join, resolve } from 'node:path';
 import { compactOverlayOptions, formatOverlayDirOption, parseOverlayDirOption } from '../../mount/index.js';
 import { failedPrecondition } from '../../core/errdefs.js';
+import { LABEL_SNAPSHOT_GIDMAPPING, LABEL_SNAPSHOT_UIDMAPPING, rootPair } from '../../core/idmap.js';
 import { silentLogger, type Logger } from '../../log/index.js';
 import { diskUsage } from '../fsutil.js';
 import { checkKey, SnapshotStorage, type SnapshotRecord } from '../storage.js';
-import type { Info, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
+import { SnapshotterCapability, type Info, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../types.js';
 import type { Mount } from '../../core/mount.js';
 import { checkDType, needsUserXAttr, supportsIndex } from './check.js';
 
-export { checkOverlaySupport, needsUserXAttr, supportsIndex } from './check.js';
+export { checkIdmapSupport, checkOverlaySupport, needsUserXAttr, supportsIndex } from './check.js';
 
 export interface OverlayOptions {
   /** Extra overlay mount options, put first (containerd's `mount_options`). */
   mountOptions?: string[];
+  /**
+   * The host mounts overlays over idmapped lowers (checkIdmapSupport; the plugin probes once): mounts carry the
+   * `containerd.io/snapshot/uidmapping` / `gidmapping` labels as `uidmap=` / `gidmap=` options, and the
+   * backend reports `remap-ids`. Without it the labels only set the owner of the snapshot's root, as in
+   * containerd, and a client that needs a remapped rootfs is told the host cannot (`only-remap-ids`).
+   */
+  remapIds?: boolean;
   log?: Logger;
 }
 
@@ -114,10 +122,11 @@ const isErrno = (err: unknown, code: string) => (err as NodeJS.ErrnoException | 
 
 class OverlaySnapshotter implements Snapshotter {
   /**
-   * None yet: containerd 2.x's overlayfs reports `rebase` and `remap-ids` (SnapshotterCapability), and this one
-   * reports each once it implements it.
+   * containerd 2.x's overlayfs reports `remap-ids` where idmapped overlays work, and `only-remap-ids` unless its
+   * `slow_chown` fallback is configured (Strata has no recursive-chown fallback: always). `rebase` is not
+   * implemented here yet.
    */
-  readonly capabilities: readonly string[] = [];
+  readonly capabilities: readonly string[];
   private readonly snapshotsDir: string;
   private readonly linksDir: string;
   private readonly trashDir: string;
@@ -135,7 +144,11 @@ class OverlaySnapshotter implements Snapshotter {
     /** mount_options, index=off and userxattr as they apply here: the start of every overlay mount. */
     private readonly baseOptions: string[],
     private readonly log: Logger,
+    private readonly remapIds = false,
   ) {
+    this.capabilities = remapIds
+      ? [SnapshotterCapability.RemapIds, SnapshotterCapability.OnlyRemapIds]
+      : [SnapshotterCapability.OnlyRemapIds];
     this.snapshotsDir = join(root, 'snapshots');
     this.linksDir = join(root, 'l');
     this.trashDir = join(root, 'trash');
@@ -163,6 +176,8 @@ class OverlaySnapshotter implements Snapshotter {
 
   async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths?: string[]): Promise<Info> {
     const out = this.storage.update(info, fieldpaths);
+    // The idmap labels are read when mounts are computed.
+    this.mountCache.delete(this.storage.get(out.name).id);
     await this.storage.durable();
     return out;
   }
@@ -194,7 +209,7 @@ class OverlaySnapshotter implements Snapshotter {
     if (rec.kind === 'committed') {
       throw failedPrecondition(`failed to get active mount: requested snapshot ${key} not active or view`);
     }
-    return this.mountsOf(rec);
+    return this.mountsOf(rec, () => this.storage.info(key).labels);
   }
 
   prepare(key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
@@ -361,6 +376,12 @@ class OverlaySnapshotter implements Snapshotter {
 
   private async createSnapshot(kind: 'active' | 'view', key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
     checkKey(key);
+    // containerd: with a uid/gid mapping, the snapshot's root belongs to the container's root on the host.
+    const labels = opts?.labels ?? {};
+    const mapped =
+      labels[LABEL_SNAPSHOT_UIDMAPPING] !== undefined || labels[LABEL_SNAPSHOT_GIDMAPPING] !== undefined
+        ? rootPair(labels[LABEL_SNAPSHOT_UIDMAPPING], labels[LABEL_SNAPSHOT_GIDMAPPING])
+        : undefined;
     // The name is known (and claimed) before the directory exists, so a concurrent cleanup() never takes it.
     const tmpName = `new-${randomBytes(8).toString('hex')}`;
     const td = join(this.snapshotsDir, tmpName);
@@ -376,8 +397,13 @@ class OverlaySnapshotter implements Snapshotter {
         chmodSync(join(td, 'work'), 0o711);
       }
       const rec = this.storage.create(kind, key, parent, opts?.labels ?? {}, (id, parentIds) => {
-        // A child's root belongs to whoever owns the parent's root, as in containerd.
-        if (parentIds.length > 0) {
+        // A child's root belongs to whoever owns the parent's root, as in containerd (unless mapped, above).
+        if (mapped) {
+          // A parentless snapshot with remap-ids is mounted as an idmapped bind of this very directory: on disk
+          // its root stays 0:0, which the bind shows as the mapped root. (containerd chowns it to the mapped
+          // root here too, which its idmapped bind then shows as an unmapped owner, nobody, inside.)
+          if (!(this.remapIds && parentIds.length === 0)) lchownSync(join(td, 'fs'), mapped.uid, mapped.gid);
+        } else if (parentIds.length > 0) {
           const st = statSync(this.upperPath(parentIds[0]!));
           lchownSync(join(td, 'fs'), st.uid, st.gid);
         }
@@ -398,7 +424,7 @@ class OverlaySnapshotter implements Snapshotter {
       });
       crashPoint('overlay.prepare.after-record');
       await this.storage.durable();
-      return this.mountsOf(rec);
+      return this.mountsOf(rec, () => labels);
     } catch (err) {
       // The transaction failed after the directory moved into place: take it back out.
       if (placed !== undefined && !this.recorded(placed)) {
@@ -429,10 +455,14 @@ class OverlaySnapshotter implements Snapshotter {
    * The mounts of an active snapshot or a view: the same on every call for the same record (a snapshot's
    * parent chain never changes), so they are computed once; commit and remove drop the entry.
    */
-  private mountsOf(rec: SnapshotRecord): Mount[] {
+  private mountsOf(rec: SnapshotRecord, labelsOf: () => Record<string, string>): Mount[] {
     let mounts = this.mountCache.get(rec.id);
     if (!mounts) {
       mounts = this.computeMounts(rec);
+      if (this.remapIds) {
+        const idmap = idmapOptions(labelsOf());
+        if (idmap.length > 0) mounts = mounts.map((m) => ({ ...m, options: [...idmap, ...m.options] }));
+      }
       this.mountCache.set(rec.id, mounts);
     }
     return mounts.map((m) => ({ ...m, options: [...m.options] }));
@@ -477,6 +507,19 @@ class OverlaySnapshotter implements Snapshotter {
   }
 }
 
+/**
+ * containerd 2.x's mount options for the mapping labels, first on every mount (bind or overlay): `uidmap=` and
+ * `gidmap=` with the labels' text; the mount code makes the lowers (or the bind) idmapped.
+ */
+function idmapOptions(labels: Record<string, string>): string[] {
+  const out: string[] = [];
+  const uid = labels[LABEL_SNAPSHOT_UIDMAPPING];
+  const gid = labels[LABEL_SNAPSHOT_GIDMAPPING];
+  if (uid !== undefined) out.push(`uidmap=${uid}`);
+  if (gid !== undefined) out.push(`gidmap=${gid}`);
+  return out;
+}
+
 /** Options containerd puts first on every overlay mount here, unless mount_options already choose them. */
 function baseOptions(mountOptions: string[], indexOff: boolean, userxattr: boolean): string[] {
   const has = (name: string) => mountOptions.some((o) => o === name || o.startsWith(`${name}=`));
@@ -505,7 +548,7 @@ export async function openOverlaySnapshotter(root: string, opts: OverlayOptions 
     log.warn('cannot detect whether "userxattr" is needed, assuming not', { error: err });
   }
   const storage = SnapshotStorage.open(join(abs, 'metadata.db'));
-  const sn = new OverlaySnapshotter(abs, storage, baseOptions(opts.mountOptions ?? [], supportsIndex(), userxattr), log);
+  const sn = new OverlaySnapshotter(abs, storage, baseOptions(opts.mountOptions ?? [], supportsIndex(), userxattr), log, opts.remapIds ?? false);
   sn.deleteLeftTrash();
   return sn;
 }

@@ -4,7 +4,7 @@
  */
 import { PluginType, register, SkipPlugin } from '../../plugin/index.js';
 import type { Snapshotter } from '../types.js';
-import { checkOverlaySupport, openOverlaySnapshotter } from './index.js';
+import { checkIdmapSupport, checkOverlaySupport, openOverlaySnapshotter } from './index.js';
 
 export interface OverlayPluginConfig {
   /** Extra options for every overlay mount (e.g. "volatile"). */
@@ -26,7 +26,10 @@ register<Snapshotter, OverlayPluginConfig>({
     } catch (err) {
       throw new SkipPlugin(`overlayfs not supported on ${ic.root}: ${err instanceof Error ? err.message : String(err)}`);
     }
-    const sn = await openOverlaySnapshotter(ic.root, { mountOptions, log: ic.log });
+    // Probed once: overlays over idmapped lowers (the `remap-ids` capability).
+    const noIdmap = await checkIdmapSupport(ic.root).catch((err: unknown) => (err instanceof Error ? err.message : String(err)));
+    if (noIdmap) ic.log.info('overlayfs: no idmapped mounts here, remap-ids not reported', { reason: noIdmap });
+    const sn = await openOverlaySnapshotter(ic.root, { mountOptions, log: ic.log, remapIds: noIdmap === undefined });
     ic.onClose(() => sn.close());
     ic.meta.exports.root = ic.root;
     return sn;
