@@ -108,6 +108,33 @@ function withoutPaths(msg: string, root: string): string {
   return out;
 }
 
+/** mknod(1)'s complaints that mean the layer asked for what cannot be (a device number the kernel refuses...). */
+const MKNOD_LAYER_ERRORS: [RegExp, string, string][] = [
+  [/Invalid argument/, 'invalid argument', 'EINVAL'],
+  [/Value too large/, 'value too large', 'EOVERFLOW'],
+  [/invalid (major|minor) device number/, 'invalid device number', 'EINVAL'],
+  [/File name too long/, 'name too long', 'ENAMETOOLONG'],
+  [/Not a directory/, 'not a directory', 'ENOTDIR'],
+];
+
+/**
+ * Runs mknod(1) (Node has no mknod). Its failure is reported like a file call's (layerError): "tar entry <name>:
+ * mknod: <what> (<errno>)", 'invalid argument' when the layer asked for the impossible (a device number the
+ * kernel refuses), else 'unknown'; never mknod's own message, which names the host path.
+ */
+function mknod(args: string[], name: string): void {
+  try {
+    execFileSync('mknod', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT' && (err as NodeJS.ErrnoException).path === 'mknod') throw err; // no mknod(1) at all
+    const stderr = String((err as { stderr?: Buffer }).stderr ?? '');
+    const known = MKNOD_LAYER_ERRORS.find(([re]) => re.test(stderr));
+    if (known) throw invalidArgument(`tar entry ${shown(name)}: mknod: ${known[1]} (${known[2]})`, err);
+    const what = /: ([^:\n]+)\s*$/.exec(stderr)?.[1] ?? 'failed';
+    throw new StrataError('unknown', `tar entry ${shown(name)}: mknod: ${what}`, { cause: err });
+  }
+}
+
 function lstatOrUndefined(path: string): Stats | undefined {
   try {
     return lstatSync(path);
@@ -364,6 +391,8 @@ export class LayerApplier {
         this.dirTimes.push({ path, atime, mtime });
         break;
       case 'symlink':
+        // symlink(2) refuses an empty target (ENOENT, which would read as a host failure): the layer's fault.
+        if (h.linkname === '') throw invalidArgument(`tar entry ${shown(h.name)}: symlink with an empty target`);
         symlinkSync(h.linkname, path);
         if (this.opts.isRoot) lchownSync(path, h.uid, h.gid);
         lutimesSync(path, atime, mtime);
@@ -387,10 +416,12 @@ export class LayerApplier {
           this.opts.warn('device ignored: not running as root', { entry: h.name });
           return;
         }
-        const args = ['-m', mode.toString(8), path];
+        // mknod(1) takes permission bits only; set-id and sticky bits come with the chmod below (containerd's
+        // mknod(2) takes them whole: a fifo of mode 04755 applies there).
+        const args = ['-m', (mode & 0o777).toString(8), path];
         if (h.type === 'fifo') args.push('p');
         else args.push(h.type === 'character-device' ? 'c' : 'b', String(h.devmajor), String(h.devminor));
-        execFileSync('mknod', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+        mknod(args, h.name);
         if (this.opts.isRoot) lchownSync(path, h.uid, h.gid);
         chmodSync(path, mode);
         utimesSync(path, atime, mtime);
@@ -424,6 +455,9 @@ export class LayerApplier {
   }
 
   private onData(data: Buffer): void {
+    // Data of an entry that opened no file (the root itself, a whiteout with a body): skipped, as containerd
+    // skips what it does not write.
+    if (this.fd < 0) return;
     let off = 0;
     while (off < data.length) off += writeSync(this.fd, data, off, data.length - off);
   }
@@ -469,7 +503,7 @@ export class LayerApplier {
     if (st) this.remove(path, st);
     if (overlay) {
       if (!this.opts.isRoot) throw notImplemented(`whiteout ${shown(name)}: overlay whiteouts need root`);
-      execFileSync('mknod', ['-m', '0', path, ...OVERLAY_WHITEOUT_MKNOD], { stdio: ['ignore', 'ignore', 'pipe'] });
+      mknod(['-m', '0', path, ...OVERLAY_WHITEOUT_MKNOD], name);
     }
   }
 
