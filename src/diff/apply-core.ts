@@ -56,6 +56,8 @@ export interface CoreOptions {
 }
 
 const MAX_LINKS = 255;
+/** The largest uid or gid chown takes (2^32 - 1, which chown reads as "unchanged", as containerd passes it). */
+const MAX_ID = 0xffffffff;
 const CREATE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 
 /** The process umask, from /proc (process.umask() cannot be called in a worker); 0o022 if unknown. */
@@ -346,6 +348,11 @@ export class LayerApplier {
     const comps = this.checkLimits(h);
     if (comps.length === 0) return; // the root itself: ignored, as containerd does
     const base = comps[comps.length - 1]!;
+    // Owners are 32-bit on Linux. containerd passes larger ones to chown, which keeps their low 32 bits (a file
+    // of another owner than the layer says); here they are refused (and Node's chown would throw a RangeError).
+    if (h.uid > MAX_ID || h.gid > MAX_ID) {
+      throw invalidArgument(`tar entry ${shown(h.name)}: owner ${h.uid}:${h.gid} out of range (at most ${MAX_ID})`);
+    }
     const dir = this.parentDir(comps.slice(0, -1), h.name);
     const path = join(dir, base);
 

@@ -52,6 +52,7 @@ export type TargetKind = 'overlay-child' | 'overlay-first' | 'native-child';
 
 export interface CaseResult {
   seed: number;
+  gentle: boolean;
   target: TargetKind;
   /** 'ok' or the error's kind. */
   outcome: string;
@@ -131,12 +132,12 @@ export class ApplyFuzzer {
     await writeFile(join(dir, 'x', 'keep'), 'x');
   }
 
-  /** Runs the case of `seed`; never throws for a broken promise (it is in `problems`). */
-  async run(seed: number): Promise<CaseResult> {
+  /** Runs the case (`seed`, `gentle`: see tar-gen.ts); never throws for a broken promise (it is in `problems`). */
+  async run(seed: number, gentle = false): Promise<CaseResult> {
     const started = Date.now();
-    const fc = generateCase(seed, { escapes: this.escapes });
+    const fc = generateCase(seed, { escapes: this.escapes, gentle });
     const target = new Rng(seed ^ 0x5eed).pick(['overlay-child', 'overlay-child', 'overlay-first', 'native-child'] as const);
-    const res: CaseResult = { seed, target, outcome: 'ok', problems: [], ms: 0, summary: fc.summary };
+    const res: CaseResult = { seed, gentle, target, outcome: 'ok', problems: [], ms: 0, summary: fc.summary };
     const sn = target === 'native-child' ? this.native : this.overlay;
     const key = `fuzz-${++this.n}`;
     const digest = await putBlob(this.content, fc.blob, `fuzz-${seed}-${this.n}`);

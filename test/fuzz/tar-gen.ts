@@ -77,6 +77,11 @@ export interface GenOptions {
    * '../../../sentinel'): names, symlinks and hardlinks aim at them.
    */
   escapes?: string[];
+  /**
+   * A gentle case: well-formed headers and archives with hostile names, links and whiteouts (reaches the file
+   * calls); default a hostile one (anything goes, most fail in the parser). A case is (seed, gentle).
+   */
+  gentle?: boolean;
 }
 
 export interface FuzzCase {
@@ -230,6 +235,13 @@ class Builder {
   constructor(
     readonly rng: Rng,
     readonly escapes: string[],
+    /**
+     * A gentle case keeps every header well-formed (right checksums, plain numbers, known types, whole
+     * archives, intact wrappers), so that it gets past the parser and reaches the file calls with its hostile
+     * names, links and whiteouts. Hostile cases draw exactly as before gentle cases existed (their seeds
+     * are regression cases).
+     */
+    readonly gentle = false,
   ) {}
 
   note(s: string): void {
@@ -238,6 +250,17 @@ class Builder {
 
   component(): string {
     const r = this.rng;
+    if (this.gentle) {
+      return r.weighted<() => string>([
+        [30, () => r.pick(['a', 'b', 'c', 'etc', 'bin', 'tmp', 'usr', 'lib', 'x', 'root', 'up', 'sent', 'senta', 'self', 'loop1'])],
+        [6, () => '..'],
+        [3, () => '.'],
+        [4, () => r.pick(['.wh.a', '.wh.etc', '.wh..wh..opq', '.wh.x'])],
+        [2, () => 'ü-ñ-日本'],
+        [2, () => `${HOST_ESCAPE_PREFIX}${r.int(10)}`],
+        [3, () => `f${r.int(1000)}`],
+      ])();
+    }
     return r.weighted<() => string>([
       [30, () => r.pick(['a', 'b', 'c', 'etc', 'bin', 'tmp', 'usr', 'lib', 'x'])],
       [6, () => '..'],
@@ -256,6 +279,20 @@ class Builder {
   /** A name for an entry: random components, maybe absolute, maybe aimed at the sentinel, maybe huge. */
   name(): string {
     const r = this.rng;
+    if (this.gentle) {
+      return r.weighted<() => string>([
+        [40, () => Array.from({ length: r.range(1, 4) }, () => this.component()).join('/')],
+        [12, () => (this.names.length > 0 ? r.pick(this.names) : 'a')],
+        [8, () => `${r.pick(this.dirs.length > 0 ? this.dirs : ['etc'])}/${this.component()}`],
+        [6, () => `/${HOST_ESCAPE_PREFIX}${r.int(10)}${r.chance(0.5) ? `/${this.component()}` : ''}`],
+        [6, () => `${'../'.repeat(r.range(1, 12))}${HOST_ESCAPE_PREFIX}${r.int(10)}`],
+        [8, () => (this.escapes.length > 0 ? `${r.pick(this.escapes)}/${r.pick(['a', 'dir/b', 'new', 'dir', 'dir/new'])}` : 'a')],
+        [8, () => `${r.pick(['root', 'up', 'sent', 'senta', 'b', 'c', 'lib', 'self', 'loop1'])}/${this.component()}`],
+        [4, () => `${this.symlinkName()}/${this.component()}`],
+        [3, () => `${r.pick(this.dirs.length > 0 ? this.dirs : ['a'])}/.wh..wh..opq`],
+        [3, () => `${this.names.length > 0 ? r.pick(this.names) : 'a'}/.wh.${this.component()}`],
+      ])();
+    }
     return r.weighted<() => string>([
       [40, () => Array.from({ length: r.range(1, 4) }, () => this.component()).join('/')],
       [12, () => (this.names.length > 0 ? r.pick(this.names) : 'a')],
@@ -279,6 +316,19 @@ class Builder {
 
   linkTarget(): string {
     const r = this.rng;
+    if (this.gentle) {
+      return r.weighted<() => string>([
+        [20, () => (this.names.length > 0 ? r.pick(this.names) : 'a')],
+        [6, () => r.pick(['etc/hosts', 'a', 'x/keep', 'root/etc/passwd', 'sent/a', 'senta', 'up/etc', 'b/hosts', 'c/hosts', 'loop1'])],
+        [6, () => '/'],
+        [6, () => '../'.repeat(r.range(1, 20))],
+        [8, () => (this.escapes.length > 0 ? r.pick(this.escapes) : '/etc')],
+        [6, () => (this.escapes.length > 0 ? `${r.pick(this.escapes)}/${r.pick(['a', 'dir', 'dir/b'])}` : '/etc/passwd')],
+        [4, () => `/${HOST_ESCAPE_PREFIX}${r.int(10)}`],
+        [4, () => r.pick(['/etc/passwd', '/proc/self/root', '/dev/null', '/tmp'])],
+        [6, () => this.name()],
+      ])();
+    }
     return r.weighted<() => string>([
       [20, () => (this.names.length > 0 ? r.pick(this.names) : 'a')],
       [8, () => '/'],
@@ -328,6 +378,7 @@ class Builder {
 
   forms(): RawHeader['forms'] {
     const r = this.rng;
+    if (this.gentle) return r.chance(0.8) ? undefined : { uid: 'base256', gid: 'base256', size: 'octal-space' };
     if (r.chance(0.8)) return undefined;
     const all: NumForm[] = ['octal', 'octal-space', 'base256', 'garbage', 'empty', 'overflow'];
     const out: NonNullable<RawHeader['forms']> = {};
@@ -336,6 +387,7 @@ class Builder {
   }
 
   checksum(): RawHeader['checksum'] {
+    if (this.gentle) return this.rng.chance(0.9) ? 'right' : 'signed';
     return this.rng.weighted([
       [90, 'right'],
       [4, 'signed'],
@@ -345,6 +397,7 @@ class Builder {
   }
 
   magic(): RawHeader['magic'] {
+    if (this.gentle) return this.rng.chance(0.7) ? 'ustar' : 'gnu';
     return this.rng.weighted([
       [60, 'ustar'],
       [25, 'gnu'],
@@ -403,7 +456,7 @@ class Builder {
     this.parts.push(headerBlock(h, r));
     if (body.length > 0) this.parts.push(body);
     // Padding for what was written (which may disagree with what was declared).
-    if (!r.chance(0.05)) this.parts.push(pad(body.length));
+    if (this.gentle || !r.chance(0.05)) this.parts.push(pad(body.length));
     this.names.push(name);
     if (typeflag === '5') this.dirs.push(name.replace(/\/+$/, ''));
   }
@@ -427,7 +480,7 @@ class Builder {
 
   gnuLong(flag: 'L' | 'K', value: Buffer): void {
     const data = Buffer.concat([value, this.rng.chance(0.8) ? Buffer.from([0]) : Buffer.alloc(0)]);
-    const declared = this.rng.chance(0.05) ? this.rng.pick([0, 2 ** 21, 2 ** 33, data.length + 700]) : data.length;
+    const declared = !this.gentle && this.rng.chance(0.05) ? this.rng.pick([0, 2 ** 21, 2 ** 33, data.length + 700]) : data.length;
     const h: RawHeader = {
       name: Buffer.from('././@LongLink'),
       mode: 0,
@@ -452,6 +505,7 @@ class Builder {
       [1, r.range(5000, 70_000)],
     ]);
     const body = r.chance(0.3) ? r.bytes(n) : Buffer.alloc(n, 0x61 + r.int(26));
+    if (this.gentle) return { body, declared: n };
     const declared = r.weighted([
       [90, n],
       [3, Math.max(0, n - r.range(1, 600))],
@@ -465,7 +519,20 @@ class Builder {
   /** One random thing in the archive. */
   step(): void {
     const r = this.rng;
-    const kind = r.weighted([
+    const kind = this.gentle
+      ? r.weighted([
+          [22, 'file'],
+          [12, 'dir'],
+          [12, 'symlink'],
+          [10, 'hardlink'],
+          [3, 'fifo'],
+          [3, 'device'],
+          [10, 'whiteout'],
+          [6, 'pax'],
+          [4, 'gnulong'],
+          [1, 'global'],
+        ] as const)
+      : r.weighted([
       [22, 'file'],
       [12, 'dir'],
       [10, 'symlink'],
@@ -543,7 +610,7 @@ class Builder {
         break;
       }
       case 'pax': {
-        const form = r.weighted([
+        const form0 = r.weighted([
           [10, 'valid'],
           [3, 'truncated'],
           [3, 'badlen'],
@@ -553,9 +620,24 @@ class Builder {
           [2, 'sparse'],
           [2, 'garbage'],
         ] as const);
+        const form = this.gentle ? 'valid' : form0;
         const recs: [string | Buffer, string | Buffer][] = [];
         const nrec = r.range(1, 4);
         for (let i = 0; i < nrec; i++) {
+          if (this.gentle) {
+            recs.push(
+              r.weighted<() => [string | Buffer, string | Buffer]>([
+                [6, () => ['path', this.name()]],
+                [4, () => ['linkpath', this.linkTarget()]],
+                [2, () => ['uid', String(r.pick([0, 1000, 2 ** 31, 2 ** 32 - 1]))]],
+                [2, () => ['gid', String(r.pick([0, 1000, 2 ** 31, 2 ** 32 - 1]))]],
+                [2, () => ['mtime', r.pick(['1.5', '946684800.123456789', '0', '4102444800'])]],
+                [4, () => [`SCHILY.xattr.${r.pick(['user.fuzz', 'trusted.overlay.opaque', 'security.capability', 'trusted.overlay.redirect', 'trusted.fuzz'])}`, r.pick([Buffer.from('y'), r.bytes(r.range(0, 64))])]],
+                [2, () => [r.pick(['comment', 'hdrcharset', 'uname', 'LIBARCHIVE.creationtime']), 'x']],
+              ])(),
+            );
+            continue;
+          }
           recs.push(
             r.weighted<() => [string | Buffer, string | Buffer]>([
               [6, () => ['path', this.name()]],
@@ -629,14 +711,23 @@ class Builder {
 /** The case of `seed`. */
 export function generateCase(seed: number, opts: GenOptions = {}): FuzzCase {
   const rng = new Rng(seed);
-  const b = new Builder(rng, opts.escapes ?? []);
+  const gentle = opts.gentle ?? false;
+  const b = new Builder(rng, opts.escapes ?? [], gentle);
+  if (gentle) b.note('gentle');
   const n = rng.weighted([
     [3, rng.range(0, 3)],
     [6, rng.range(3, 12)],
     [2, rng.range(12, 40)],
   ]);
   for (let i = 0; i < n; i++) b.step();
-  const ending = rng.weighted([
+  const ending = gentle
+    ? rng.weighted([
+        [80, 'eof2'],
+        [8, 'eof1'],
+        [6, 'none'],
+        [6, 'trailing'],
+      ] as const)
+    : rng.weighted([
     [60, 'eof2'],
     [8, 'eof1'],
     [8, 'none'],
@@ -683,7 +774,7 @@ export function generateCase(seed: number, opts: GenOptions = {}): FuzzCase {
   let blob = wrap === 'gzip' ? gzipSync(tar) : wrap === 'zstd' ? Buffer.from(zstdCompress(tar)) : tar;
   let mediaType = wrap === 'gzip' ? rng.pick([MEDIA_GZIP, MEDIA_DOCKER]) : wrap === 'zstd' ? MEDIA_ZSTD : rng.pick([MEDIA_TAR, 'application/vnd.docker.image.rootfs.diff.tar']);
   let wrapperDamaged = false;
-  if (wrap !== 'none' && rng.chance(0.35)) {
+  if (wrap !== 'none' && !gentle && rng.chance(0.35)) {
     wrapperDamaged = true;
     const how = rng.weighted([
       [4, 'flip'],
@@ -706,7 +797,7 @@ export function generateCase(seed: number, opts: GenOptions = {}): FuzzCase {
       blob = Buffer.concat([blob, wrap === 'gzip' ? gzipSync(rng.bytes(50)) : Buffer.from(zstdCompress(rng.bytes(50)))]);
     }
   }
-  if (rng.chance(0.05)) {
+  if (!gentle && rng.chance(0.05)) {
     // Mislabelled: compressed bytes under the plain type, plain bytes under a compressed type, or unknown.
     wrapperDamaged = true;
     mediaType = rng.pick([MEDIA_TAR, MEDIA_GZIP, MEDIA_ZSTD, 'application/vnd.oci.image.layer.v1.tar+bzip2', 'text/plain']);
