@@ -83,6 +83,9 @@ export function shown(name: string): string {
   return `${JSON.stringify(name.slice(0, 80))}...(${Buffer.byteLength(name)} bytes)...${JSON.stringify(name.slice(-40))}`;
 }
 
+/** Errors of setting an xattr that say the layer's value is wrong (a malformed capability, too large...). */
+const XATTR_LAYER_ERRNOS = new Set(['EINVAL', 'ERANGE', 'E2BIG', 'ENAMETOOLONG']);
+
 /** Errors of a file call that say something is wrong with the layer (rather than with the host). */
 const LAYER_ERRNOS = new Set(['ENAMETOOLONG', 'ELOOP', 'ENOTDIR', 'EISDIR', 'EMLINK', 'EINVAL']);
 
@@ -524,27 +527,54 @@ export class LayerApplier {
     }
   }
 
-  /** Sets every recorded xattr in one `python3` run (Node has no xattr API); values are raw bytes. */
+  /**
+   * Sets every recorded xattr in one `python3` run (Node has no xattr API); values are raw bytes. As containerd:
+   * an xattr the file system does not support (ENOTSUP) is skipped with a warning, and so is EPERM for a
+   * user.* xattr on what is neither a file nor a directory (the kernel allows user.* on those only). Any other
+   * refusal fails the layer: `invalid argument` when the value is what is wrong (EINVAL, ERANGE, E2BIG: a
+   * malformed security.capability, say), else `unknown`; the message names the entry, never the host path.
+   */
   private applyXattrs(): void {
     if (this.xattrs.size === 0) return;
     const batch: [string, string, string][] = [];
     for (const [path, list] of this.xattrs) for (const [k, v] of list) batch.push([path, k, v.toString('base64')]);
     const script = [
-      'import sys, os, json, base64, errno',
+      'import sys, os, json, base64, errno, stat',
       'for p, k, v in json.load(sys.stdin):',
       '    try:',
       '        os.setxattr(p, k, base64.b64decode(v), follow_symlinks=False)',
       '    except OSError as e:',
-      "        if e.errno in (errno.EPERM, errno.ENOTSUP) and k.startswith('user.') and os.path.islink(p):",
-      '            continue',
-      "        sys.stderr.write('%s: %s: %s\\n' % (p, k, e)); sys.exit(1)",
+      "        name = errno.errorcode.get(e.errno, str(e.errno))",
+      '        if e.errno == errno.ENOTSUP:',
+      "            print(json.dumps([p, k, name])); continue",
+      "        if e.errno == errno.EPERM and k.startswith('user.'):",
+      '            m = os.lstat(p).st_mode',
+      '            if not stat.S_ISREG(m) and not stat.S_ISDIR(m):',
+      "                print(json.dumps([p, k, name])); continue",
+      "        sys.stderr.write(json.dumps([p, k, name, e.strerror or ''])); sys.exit(1)",
     ].join('\n');
+    const entryOf = (p: string) => (p.startsWith(`${this.root}/`) ? p.slice(this.root.length + 1) : '<layer>');
+    let stdout: string;
     try {
-      execFileSync('python3', ['-c', script], { input: JSON.stringify(batch), stdio: ['pipe', 'ignore', 'pipe'] });
+      stdout = execFileSync('python3', ['-c', script], { input: JSON.stringify(batch), stdio: ['pipe', 'pipe', 'pipe'], encoding: 'utf8' });
     } catch (err) {
       if (errnoOf(err) === 'ENOENT') throw notImplemented('setting xattrs needs python3');
-      const stderr = String((err as { stderr?: Buffer }).stderr ?? '').trim();
-      throw new StrataError('unknown', `setting xattrs: ${withoutPaths(stderr || (err as Error).message, this.root)}`, { cause: err });
+      const stderr = String((err as { stderr?: Buffer | string }).stderr ?? '').trim();
+      let failure: [string, string, string, string] | undefined;
+      try {
+        failure = JSON.parse(stderr) as [string, string, string, string];
+      } catch {
+        // not the script's own report (python3 itself failed)
+      }
+      if (!failure) throw new StrataError('unknown', `setting xattrs: ${withoutPaths(stderr || (err as Error).message, this.root)}`, { cause: err });
+      const [p, k, code, what] = failure;
+      const kind = XATTR_LAYER_ERRNOS.has(code) ? 'invalid argument' : 'unknown';
+      throw new StrataError(kind, `tar entry ${shown(entryOf(p))}: setxattr ${shown(k)}: ${what.toLowerCase()} (${code})`, { cause: err });
+    }
+    for (const line of stdout.split('\n')) {
+      if (!line) continue;
+      const [p, k, code] = JSON.parse(line) as [string, string, string];
+      this.opts.warn('ignored xattr in layer', { entry: entryOf(p), xattr: k, errno: code });
     }
   }
 }
