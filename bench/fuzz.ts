@@ -96,10 +96,10 @@ async function fuzzGrpc(): Promise<void> {
   try {
     // Rounds of 8 cases per method, the seed moving on each round, until the budget is spent.
     for (let round = 0; !stopping && n < maxCases && Date.now() - started < deadlineMs; round++) {
-      for (const m of methods) {
+      for (const [mi, m] of methods.entries()) {
         const outs = await Promise.all(
           Array.from({ length: 8 }, async (_, i) => {
-            const seed = firstSeed + round * 8 + i;
+            const seed = firstSeed + (round * methods.length + mi) * 8 + i;
             const { what, body } = fuzzBody(seed, m);
             return { seed, what, out: await raw.call(m.path, body, fuzzHeaders(seed)) };
           }),
@@ -117,7 +117,8 @@ async function fuzzGrpc(): Promise<void> {
         const ok = await raw.call(version, Buffer.alloc(5), {});
         if (ok.code !== GrpcCode.OK) {
           failed++;
-          say(`FAIL after ${m.path} (seeds ${firstSeed + round * 8}..${firstSeed + round * 8 + 7}): Version answered ${ok.code ?? ok.failure}`);
+          const s0 = firstSeed + (round * methods.length + mi) * 8;
+          say(`FAIL after ${m.path} (seeds ${s0}..${s0 + 7}): Version answered ${ok.code ?? ok.failure}`);
           await new Promise((r) => setTimeout(r, 200));
           if (d.proc.exitCode !== null || d.proc.signalCode !== null) throw new Error(`stratad exited:\n${d.logs.slice(-3000)}`);
           raw.close();

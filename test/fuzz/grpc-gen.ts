@@ -272,7 +272,9 @@ export class RawGrpc {
 
   static connect(socket: string): Promise<RawGrpc> {
     return new Promise((resolve, reject) => {
-      const session = http2.connect('http://localhost', { createConnection: () => net.connect(socket) });
+      // Node's default session memory (10 MB) is less than one oversized request: the client itself would
+      // give up with ENHANCE_YOUR_CALM. grpc-js lifts it the same way.
+      const session = http2.connect('http://localhost', { createConnection: () => net.connect(socket), maxSessionMemory: Number.MAX_SAFE_INTEGER });
       session.once('connect', () => resolve(new RawGrpc(session)));
       session.once('error', reject);
     });

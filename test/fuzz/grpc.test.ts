@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GrpcCode } from '../../src/core/errdefs.js';
 import { SubscribeRequest } from '../../src/api/gen/containerd/services/events/v1/events.js';
 import { ImportRequest } from '../../src/api/gen/strata/services/transfer/v1/transfer.js';
+import { ApplyRequest } from '../../src/api/gen/containerd/services/diff/v1/diff.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { checkOutcome, fuzzBody, fuzzHeaders, generatedMethods, RawGrpc, unexpectedLogLines, type FuzzMethod } from './grpc-gen.js';
 
@@ -73,6 +74,22 @@ describe('random bytes to every gRPC method', () => {
     expect(unexpectedLogLines(d.logs, [d.dir.path])).toEqual([]);
   });
 
+  it('a Diff.Apply of a media type no stream processor takes is UNKNOWN in containerd\'s words, not a daemon error in the log', async () => {
+    const req = ApplyRequest.fromPartial({ diff: { mediaType: 'x/fuzz', digest: `sha256:${'0'.repeat(64)}`, size: 1 }, mounts: [] });
+    const out = await raw.call('/containerd.services.diff.v1.Diff/Apply', frame(ApplyRequest.encode(req).finish()), { 'containerd-namespace': 'fuzz' });
+    expect(out.code, out.failure).toBe(GrpcCode.UNKNOWN);
+    expect(out.message).toBe('failed to get stream processor for x/fuzz: no processor for media-type');
+    expect(unexpectedLogLines(d.logs, [d.dir.path])).toEqual([]);
+  });
+
+  it('a whole message over max_recv_message_size (16 MiB + 1) is RESOURCE_EXHAUSTED and the connection keeps serving', async () => {
+    const body = Buffer.concat([lenPrefix((16 << 20) + 1), Buffer.alloc((16 << 20) + 1, 0x0a)]);
+    const out = await raw.call('/containerd.services.content.v1.Content/Info', body, { 'containerd-namespace': 'fuzz' });
+    expect(out.code, out.failure).toBe(GrpcCode.RESOURCE_EXHAUSTED);
+    expect(out.message).toBe(`Received message larger than max (${(16 << 20) + 1} vs. ${16 << 20})`);
+    expect((await raw.call(VERSION, EMPTY, {})).code).toBe(GrpcCode.OK);
+  });
+
   it('the generated definitions list every service stratad serves, and it serves every one of them', async () => {
     const services = new Set(methods.map((m) => m.path.split('/')[1]));
     expect([...services].sort()).toEqual([
@@ -105,10 +122,11 @@ describe('random bytes to every gRPC method', () => {
     const problems: string[] = [];
     const codes = new Map<number | string, number>();
     let calls = 0;
-    for (const m of methods) {
+    for (const [mi, m] of methods.entries()) {
       const outs = await Promise.all(
         Array.from({ length: PER_METHOD }, async (_, i) => {
-          const seed = FIRST_SEED + i;
+          // Seeds differ from method to method, so every kind of body reaches some method.
+          const seed = FIRST_SEED + mi * PER_METHOD + i;
           const { what, body } = fuzzBody(seed, m);
           const out = await raw.call(m.path, body, fuzzHeaders(seed));
           return { seed, what, out };
@@ -130,6 +148,10 @@ describe('random bytes to every gRPC method', () => {
       }
     }
     process.stdout.write(`fuzz grpc: ${methods.length} methods, ${calls} calls, codes ${JSON.stringify(Object.fromEntries(codes))}\n`);
+    // The bodies reached the decoders' every outcome: decoded and answered, undecodable, oversized, compressed.
+    for (const code of [GrpcCode.OK, GrpcCode.INVALID_ARGUMENT, GrpcCode.NOT_FOUND, GrpcCode.INTERNAL, GrpcCode.RESOURCE_EXHAUSTED, GrpcCode.UNIMPLEMENTED]) {
+      expect(codes.get(code) ?? 0, `code ${code}`).toBeGreaterThan(0);
+    }
     problems.push(...unexpectedLogLines(d.logs, [d.dir.path]).map((l) => `daemon log: ${l}`));
     expect(problems).toEqual([]);
     // A fresh connection is served too, and nothing was written in the daemon's working directory.
