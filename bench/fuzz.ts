@@ -13,7 +13,10 @@
  * `--seed S --cases 1` (apply) or check it in a test. Exit status 1 if any case failed.
  *
  *   npm run build && sudo node dist/bench/fuzz.js [--part apply|grpc|both] [--cases N] [--minutes T] [--seed S]
- *                                                  [--gentle-only] [--hostile-only] [--verbose]
+ *                                                  [--gentle-only] [--hostile-only] [--tmpfs] [--verbose]
+ *
+ * Apply cases go onto the snapshot target their seed draws, one in ten (or all, with --tmpfs) onto a tmpfs the
+ * differ mounts itself. A failing case reruns with its seed, its flag and, for a tmpfs one, --tmpfs.
  */
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -32,6 +35,7 @@ const { values: opts } = parseArgs({
     'gentle-only': { type: 'boolean', default: false },
     'hostile-only': { type: 'boolean', default: false },
     verbose: { type: 'boolean', default: false },
+    tmpfs: { type: 'boolean', default: false },
   },
 });
 const maxCases = Number(opts.cases);
@@ -53,7 +57,7 @@ function say(s: string): void {
 }
 
 function report(r: CaseResult): string {
-  return `FAIL seed ${r.seed}${r.gentle ? ' gentle' : ''} (${r.target}, ${r.outcome}${r.message ? `: ${r.message.slice(0, 300)}` : ''}):\n  ${r.problems.join('\n  ')}\n  case: ${r.summary.join(' | ')}`;
+  return `FAIL seed ${r.seed}${r.gentle ? ' gentle' : ''}${r.target === 'tmpfs-mount' ? ' tmpfs' : ''} (${r.target}, ${r.outcome}${r.message ? `: ${r.message.slice(0, 300)}` : ''}):\n  ${r.problems.join('\n  ')}\n  case: ${r.summary.join(' | ')}`;
 }
 
 async function fuzzApply(): Promise<void> {
@@ -66,7 +70,8 @@ async function fuzzApply(): Promise<void> {
     for (let i = 0; !stopping && n < maxCases && Date.now() - started < deadlineMs; i++) {
       const gentle = opts['gentle-only'] ? true : opts['hostile-only'] ? false : i % 2 === 1;
       const seed = opts['gentle-only'] || opts['hostile-only'] ? firstSeed + i : firstSeed + (i >> 1);
-      const r = await f.run(seed, gentle);
+      // One case in ten onto a tmpfs the differ mounts itself (its temporary-mount target).
+      const r = await f.run(seed, gentle, opts.tmpfs || i % 10 === 9);
       n++;
       slowest = Math.max(slowest, r.ms);
       const key = `${gentle ? 'gentle' : 'hostile'} ${r.outcome}`;

@@ -48,7 +48,7 @@ export const KINDS: readonly ErrorKind[] = [
   'permission denied',
 ];
 
-export type TargetKind = 'overlay-child' | 'overlay-first' | 'native-child';
+export type TargetKind = 'overlay-child' | 'overlay-first' | 'native-child' | 'tmpfs-mount';
 
 export interface CaseResult {
   seed: number;
@@ -102,6 +102,11 @@ export class ApplyFuzzer {
     const overlay = await openOverlaySnapshotter(join(tmp.path, 'sn', 'overlay'));
     const native = await openNativeSnapshotter(join(tmp.path, 'sn', 'native'));
     const f = new ApplyFuzzer(tmp, content, md, overlay, native, new WalkingDiffer());
+    // The differ's temporary mount points (os.tmpdir(), read at each call) go under the watched tree, so one left
+    // behind, mounted or not, shows.
+    await mkdir(join(tmp.path, 'mnt'));
+    f.savedTmpdir = process.env.TMPDIR;
+    process.env.TMPDIR = join(tmp.path, 'mnt');
     for (const sn of [overlay, native]) {
       const mounts = await sn.prepare('base-active', '');
       await f.writeBase(dirOf(mounts));
@@ -132,17 +137,22 @@ export class ApplyFuzzer {
     await writeFile(join(dir, 'x', 'keep'), 'x');
   }
 
-  /** Runs the case (`seed`, `gentle`: see tar-gen.ts); never throws for a broken promise (it is in `problems`). */
-  async run(seed: number, gentle = false): Promise<CaseResult> {
+  /**
+   * Runs the case (`seed`, `gentle`: see tar-gen.ts); never throws for a broken promise (it is in `problems`).
+   * The target is drawn from the seed among the snapshot targets, or with `tmpfs` a tmpfs mount, which the
+   * differ mounts on a temporary directory of its own (its third kind of target) and must unmount and remove.
+   */
+  async run(seed: number, gentle = false, tmpfs = false): Promise<CaseResult> {
     const started = Date.now();
     const fc = generateCase(seed, { escapes: this.escapes, gentle });
-    const target = new Rng(seed ^ 0x5eed).pick(['overlay-child', 'overlay-child', 'overlay-first', 'native-child'] as const);
+    const target = tmpfs ? 'tmpfs-mount' : new Rng(seed ^ 0x5eed).pick(['overlay-child', 'overlay-child', 'overlay-first', 'native-child'] as const);
     const res: CaseResult = { seed, gentle, target, outcome: 'ok', problems: [], ms: 0, summary: fc.summary };
     const sn = target === 'native-child' ? this.native : this.overlay;
     const key = `fuzz-${++this.n}`;
     const digest = await putBlob(this.content, fc.blob, `fuzz-${seed}-${this.n}`);
-    const mounts = await sn.prepare(key, target === 'overlay-first' ? '' : 'base');
-    const dir = dirOf(mounts);
+    const mounts: Mount[] = tmpfs ? [{ type: 'tmpfs', source: 'tmpfs', options: ['size=64m'] }] : await sn.prepare(key, target === 'overlay-first' ? '' : 'base');
+    // A tmpfs target leaves nothing to skip: the differ's temporary directory must be gone after the call.
+    const dir = tmpfs ? join(this.tmp.path, 'no-such-target') : dirOf(mounts);
     const hostBefore = hostEscapes();
     const before = listTree(this.tmp.path, dir);
     try {
@@ -155,7 +165,7 @@ export class ApplyFuzzer {
       if (mounts2.length > 0) res.problems.push(`mounts left: ${mounts2.join(', ')}`);
     } finally {
       try {
-        await sn.remove(key);
+        if (!tmpfs) await sn.remove(key);
         await sn.cleanup();
         if (exists(dir)) res.problems.push('the snapshot directory is still there after Remove and Cleanup');
         const trash = join(this.tmp.path, 'sn', 'overlay', 'trash');
@@ -215,11 +225,15 @@ export class ApplyFuzzer {
 
   /** Paths of the daemon's side a message must not show: the target, the snapshotters' and the content store's roots. */
   private hostPaths(target: string): string[] {
-    return [target, join(this.tmp.path, 'sn'), join(this.tmp.path, 'content'), '/tmp/strata-mount-'];
+    return [target, join(this.tmp.path, 'sn'), join(this.tmp.path, 'content'), join(this.tmp.path, 'mnt'), '/tmp/strata-mount-'];
   }
+
+  private savedTmpdir: string | undefined;
 
   async close(): Promise<void> {
     process.off('unhandledRejection', this.onUnhandled);
+    if (this.savedTmpdir === undefined) delete process.env.TMPDIR;
+    else process.env.TMPDIR = this.savedTmpdir;
     await this.overlay.close();
     await this.native.close();
     this.md.close();
@@ -260,7 +274,9 @@ function listTree(root: string, skip: string): Map<string, string> {
       if (p === skip) continue;
       if (/\.db(-wal|-shm|-journal)?$/.test(name)) continue;
       const st = lstatSync(p, { bigint: true });
-      out.set(p, `${st.mode.toString(8)} ${st.uid}:${st.gid} ${st.size} ${st.mtimeNs} ${st.ino} ${st.nlink}`);
+      // The differ's temporary mount points come and go in mnt/ (its mtime moves); what is in it is compared.
+      const mtime = name === 'mnt' && d === root ? '-' : st.mtimeNs;
+      out.set(p, `${st.mode.toString(8)} ${st.uid}:${st.gid} ${st.size} ${mtime} ${st.ino} ${st.nlink}`);
       if (st.isDirectory()) walk(p);
     }
   };

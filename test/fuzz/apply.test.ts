@@ -3,18 +3,25 @@
  * real walking differ onto real overlayfs and native snapshots (test/fuzz/apply-harness.ts says what each case
  * checks). Seeds that once found a bug are run first, by name. The long run by hand is bench/fuzz.ts.
  */
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApplyFuzzer, openFds, tempMounts, type CaseResult } from './apply-harness.js';
 
 /** Cases per CI run (half hostile, half gentle: see tar-gen.ts), from seed FUZZ_SEED (default 1) on. */
 const CASES = Number(process.env.FUZZ_CASES ?? 300);
 const FIRST_SEED = Number(process.env.FUZZ_SEED ?? 1);
+/** Cases onto a tmpfs the differ mounts itself (its third kind of target). */
+const TMPFS_CASES = Number(process.env.FUZZ_TMPFS_CASES ?? 40);
 
 let f: ApplyFuzzer;
-let fdsBefore: number;
+/** Descriptors once the worker pool's threads exist (the main test sets it after its first cases). */
+let fdsBefore: number | undefined;
+let fdsAtStart = 0;
 
 beforeAll(async () => {
   f = await ApplyFuzzer.open();
+  fdsAtStart = openFds(f.tmp.path).count;
 });
 afterAll(async () => {
   await f?.close();
@@ -74,6 +81,20 @@ describe('malformed layers through the applier', () => {
     expect(outcomes.get('gentle ok') ?? 0).toBeGreaterThan(CASES / 10);
   }, 600_000);
 
+  it(`${TMPFS_CASES} generated cases onto a tmpfs, which the differ mounts itself: the same, and its mount point unmounted and gone`, async () => {
+    const failures: string[] = [];
+    const outcomes = new Map<string, number>();
+    for (let i = 0; i < TMPFS_CASES; i++) {
+      const r = await f.run(FIRST_SEED + (i >> 1), i % 2 === 1, true);
+      outcomes.set(r.outcome, (outcomes.get(r.outcome) ?? 0) + 1);
+      if (r.problems.length > 0) failures.push(report(r));
+    }
+    process.stdout.write(`fuzz apply (tmpfs): ${TMPFS_CASES} cases: ${JSON.stringify(Object.fromEntries(outcomes))}\n`);
+    expect(failures).toEqual([]);
+    expect(outcomes.get('ok') ?? 0).toBeGreaterThan(0);
+    expect(readdirSync(join(f.tmp.path, 'mnt'))).toEqual([]);
+  }, 600_000);
+
   it('every snapshot but the base is gone, no mount and no file descriptor is left', async () => {
     expect(await f.snapshotDirs()).toEqual({ overlay: ['1'], native: ['1'] });
     expect(tempMounts(f.tmp.path)).toEqual([]);
@@ -81,6 +102,6 @@ describe('malformed layers through the applier', () => {
     await new Promise((r) => setTimeout(r, 1500));
     const fds = openFds(f.tmp.path);
     expect(fds.inside.filter((p) => !/\.db(-wal|-shm)?$/.test(p))).toEqual([]);
-    expect(fds.count).toBeLessThanOrEqual(fdsBefore + 5);
+    expect(fds.count).toBeLessThanOrEqual(fdsBefore !== undefined ? fdsBefore + 5 : fdsAtStart + 15);
   });
 });
