@@ -9,10 +9,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApplyFuzzer, openFds, tempMounts, type CaseResult } from './apply-harness.js';
 
 /** Cases per CI run (half hostile, half gentle: see tar-gen.ts), from seed FUZZ_SEED (default 1) on. */
-const CASES = Number(process.env.FUZZ_CASES ?? 300);
+const CASES = Number(process.env.FUZZ_CASES ?? 240);
 const FIRST_SEED = Number(process.env.FUZZ_SEED ?? 1);
 /** Cases onto a tmpfs the differ mounts itself (its third kind of target). */
-const TMPFS_CASES = Number(process.env.FUZZ_TMPFS_CASES ?? 40);
+const TMPFS_CASES = Number(process.env.FUZZ_TMPFS_CASES ?? 30);
 
 let f: ApplyFuzzer;
 /** Descriptors once the worker pool's threads exist (the main test sets it after its first cases). */
