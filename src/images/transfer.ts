@@ -107,10 +107,17 @@ const LEASE_TTL_MS = 24 * 60 * 60 * 1000;
  * error; found by test/fuzz/grpc.test.ts).
  */
 async function openArchive(path: string) {
+  // Node refuses a path with a NUL with a TypeError (which read as the daemon's failure; bench/fuzz.ts).
+  if (path.includes('\0')) throw invalidArgument(`archive path ${JSON.stringify(path.slice(0, 200))}: contains a NUL`);
   try {
     const fh = await open(path, 'r');
+    if ((await fh.stat()).isDirectory()) {
+      await fh.close();
+      throw invalidArgument(`archive ${JSON.stringify(path)}: is a directory`);
+    }
     return createReadStream('', { fd: fh });
   } catch (err) {
+    if (err instanceof StrataError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') throw notFound(`archive ${JSON.stringify(path)}: not found`, err);
     if (code === 'EACCES' || code === 'EPERM') throw new StrataError('permission denied', `archive ${JSON.stringify(path)}: permission denied`, { cause: err });

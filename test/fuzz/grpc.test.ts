@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GrpcCode } from '../../src/core/errdefs.js';
 import { SubscribeRequest } from '../../src/api/gen/containerd/services/events/v1/events.js';
 import { ImportRequest } from '../../src/api/gen/strata/services/transfer/v1/transfer.js';
-import { ApplyRequest } from '../../src/api/gen/containerd/services/diff/v1/diff.js';
+import { ApplyRequest, DiffRequest } from '../../src/api/gen/containerd/services/diff/v1/diff.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { checkOutcome, fuzzBody, fuzzHeaders, generatedMethods, RawGrpc, unexpectedLogLines, type FuzzMethod } from './grpc-gen.js';
 
@@ -63,6 +63,28 @@ describe('random bytes to every gRPC method', () => {
     const out = await raw.call('/strata.services.transfer.v1.Transfer/Import', body, { 'containerd-namespace': 'fuzz' });
     expect(out.code, out.failure).toBe(GrpcCode.NOT_FOUND);
     expect(out.message).toBe('archive "no-such-archive.tar": not found: not found');
+    expect(unexpectedLogLines(d.logs, [d.dir.path])).toEqual([]);
+  });
+
+  it('a Transfer.Import of a directory or of a path with a NUL is INVALID_ARGUMENT, not a daemon error in the log', async () => {
+    for (const [path, want] of [
+      [d.dir.path, 'is a directory'],
+      ['x\u0000y', 'contains a NUL'],
+    ] as const) {
+      const body = frame(ImportRequest.encode(ImportRequest.fromPartial({ path })).finish());
+      const out = await raw.call('/strata.services.transfer.v1.Transfer/Import', body, { 'containerd-namespace': 'fuzz' });
+      expect(out.code, out.failure).toBe(GrpcCode.INVALID_ARGUMENT);
+      expect(out.message).toContain(want);
+    }
+    expect(unexpectedLogLines(d.logs, [d.dir.path])).toEqual([]);
+  });
+
+  it('a Diff.Diff of a mount of an unknown file system type is INVALID_ARGUMENT without the daemon\'s temporary mount point', async () => {
+    const req = DiffRequest.fromPartial({ left: [], right: [{ type: 'no-such-fs', source: 'none', target: '', options: [] }] });
+    const out = await raw.call('/containerd.services.diff.v1.Diff/Diff', frame(DiffRequest.encode(req).finish()), { 'containerd-namespace': 'fuzz' });
+    expect(out.code, out.failure).toBe(GrpcCode.INVALID_ARGUMENT);
+    expect(out.message).toContain('on <temporary mount point>: ');
+    expect(out.message).not.toContain('/tmp/');
     expect(unexpectedLogLines(d.logs, [d.dir.path])).toEqual([]);
   });
 
@@ -135,7 +157,7 @@ describe('random bytes to every gRPC method', () => {
       for (const { seed, what, out } of outs) {
         calls++;
         codes.set(out.code ?? out.failure ?? '?', (codes.get(out.code ?? out.failure ?? '?') ?? 0) + 1);
-        for (const p of checkOutcome(out, [d.dir.path])) problems.push(`${m.path} seed ${seed} (${what}): ${p}`);
+        for (const p of checkOutcome(out, [d.dir.path, '/tmp/strata-mount-'])) problems.push(`${m.path} seed ${seed} (${what}): ${p}`);
         if (process.env.FUZZ_VERBOSE) process.stdout.write(`${m.path} ${seed} ${what}: ${out.code ?? out.failure} ${out.message.slice(0, 200)}\n`);
       }
       const ok = await raw.call(VERSION, EMPTY, {});
