@@ -76,7 +76,11 @@ function withoutHostPaths(err: Error): string {
 
 function logFailure(log: Logger, method: string, err: unknown): void {
   const st = toStatus(err);
-  const expected = err instanceof StrataError && st.code !== GrpcCode.UNKNOWN;
+  // A typed error, or a status a handler chose on purpose (containerd's unconverted errors such as a bad filter,
+  // grpc-go's health "unknown service", a proxied backend's status): the client's doing, not the daemon's.
+  // Logging those at error level with a stack let any client fill the log (found by test/fuzz/grpc.test.ts).
+  const deliberate = typeof (err as { code?: unknown })?.code === 'number' && typeof (err as { details?: unknown })?.details === 'string';
+  const expected = (err instanceof StrataError && st.code !== GrpcCode.UNKNOWN) || deliberate;
   if (expected) log.debug('call failed', { method, code: st.code, error: st.details });
   else log.error('call failed', { method, error: err instanceof Error ? err.stack : String(err) });
 }
@@ -157,6 +161,20 @@ function sender<Res>(call: ServerCall, onSent?: () => void) {
     });
 }
 
+/**
+ * A streaming handler's promise, also when it throws before returning one: a handler written as
+ * `(call, send) => session(store(call), ...)` throws synchronously when the call has no namespace, and that
+ * exception, out of the server's 'stream' event, would end the daemon (any client could stop stratad with one
+ * Content.Write without the namespace header; found by test/fuzz/grpc.test.ts).
+ */
+function started(fn: () => Promise<void>): Promise<void> {
+  try {
+    return fn();
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
 /** Server streaming: the handler writes with `send` (which respects back-pressure) and returns when done. */
 export function serverStream<Req, Res>(
   log: Logger,
@@ -167,7 +185,7 @@ export function serverStream<Req, Res>(
     if (log.enabled('debug')) log.debug('call', { method });
     const o = observer;
     const t = o?.started(call.getPath(), 'server_stream', call.metadata);
-    fn(call.request as Req, sender(call, o && (() => o.sent(t))), call).then(
+    started(() => fn(call.request as Req, sender(call, o && (() => o.sent(t))), call)).then(
       () => {
         o?.handled(t, GrpcCode.OK);
         call.end();
@@ -194,7 +212,7 @@ export function bidiStream<Req, Res>(
     const o = observer;
     const t = o?.started(call.getPath(), 'bidi_stream', call.metadata);
     if (o) receivers.set(call, () => o.received(t));
-    fn(call, sender(call, o && (() => o.sent(t)))).then(
+    started(() => fn(call, sender(call, o && (() => o.sent(t))))).then(
       () => {
         o?.handled(t, GrpcCode.OK);
         call.end();

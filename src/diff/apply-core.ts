@@ -56,6 +56,8 @@ export interface CoreOptions {
 }
 
 const MAX_LINKS = 255;
+/** The largest uid or gid chown takes (2^32 - 1, which chown reads as "unchanged", as containerd passes it). */
+const MAX_ID = 0xffffffff;
 const CREATE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 
 /** The process umask, from /proc (process.umask() cannot be called in a worker); 0o022 if unknown. */
@@ -80,6 +82,9 @@ export function shown(name: string): string {
   if (name.length <= 200) return JSON.stringify(name);
   return `${JSON.stringify(name.slice(0, 80))}...(${Buffer.byteLength(name)} bytes)...${JSON.stringify(name.slice(-40))}`;
 }
+
+/** Errors of setting an xattr that say the layer's value is wrong (a malformed capability, too large...). */
+const XATTR_LAYER_ERRNOS = new Set(['EINVAL', 'ERANGE', 'E2BIG', 'ENAMETOOLONG']);
 
 /** Errors of a file call that say something is wrong with the layer (rather than with the host). */
 const LAYER_ERRNOS = new Set(['ENAMETOOLONG', 'ELOOP', 'ENOTDIR', 'EISDIR', 'EMLINK', 'EINVAL']);
@@ -106,6 +111,33 @@ function withoutPaths(msg: string, root: string): string {
   let out = msg.split(root).map((part, i) => (i === 0 ? part : `<layer>${part.replace(/^[^\s'"]*/, (p) => (p.length > 60 ? `${p.slice(0, 60)}...` : p))}`)).join('');
   if (out.length > 300) out = `${out.slice(0, 300)}...`;
   return out;
+}
+
+/** mknod(1)'s complaints that mean the layer asked for what cannot be (a device number the kernel refuses...). */
+const MKNOD_LAYER_ERRORS: [RegExp, string, string][] = [
+  [/Invalid argument/, 'invalid argument', 'EINVAL'],
+  [/Value too large/, 'value too large', 'EOVERFLOW'],
+  [/invalid (major|minor) device number/, 'invalid device number', 'EINVAL'],
+  [/File name too long/, 'name too long', 'ENAMETOOLONG'],
+  [/Not a directory/, 'not a directory', 'ENOTDIR'],
+];
+
+/**
+ * Runs mknod(1) (Node has no mknod). Its failure is reported like a file call's (layerError): "tar entry <name>:
+ * mknod: <what> (<errno>)", 'invalid argument' when the layer asked for the impossible (a device number the
+ * kernel refuses), else 'unknown'; never mknod's own message, which names the host path.
+ */
+function mknod(args: string[], name: string): void {
+  try {
+    execFileSync('mknod', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT' && (err as NodeJS.ErrnoException).path === 'mknod') throw err; // no mknod(1) at all
+    const stderr = String((err as { stderr?: Buffer }).stderr ?? '');
+    const known = MKNOD_LAYER_ERRORS.find(([re]) => re.test(stderr));
+    if (known) throw invalidArgument(`tar entry ${shown(name)}: mknod: ${known[1]} (${known[2]})`, err);
+    const what = /: ([^:\n]+)\s*$/.exec(stderr)?.[1] ?? 'failed';
+    throw new StrataError('unknown', `tar entry ${shown(name)}: mknod: ${what}`, { cause: err });
+  }
 }
 
 function lstatOrUndefined(path: string): Stats | undefined {
@@ -324,6 +356,11 @@ export class LayerApplier {
     const comps = this.checkLimits(h);
     if (comps.length === 0) return; // the root itself: ignored, as containerd does
     const base = comps[comps.length - 1]!;
+    // Owners are 32-bit on Linux. containerd passes larger ones to chown, which keeps their low 32 bits (a file
+    // of another owner than the layer says); here they are refused (and Node's chown would throw a RangeError).
+    if (h.uid > MAX_ID || h.gid > MAX_ID) {
+      throw invalidArgument(`tar entry ${shown(h.name)}: owner ${h.uid}:${h.gid} out of range (at most ${MAX_ID})`);
+    }
     const dir = this.parentDir(comps.slice(0, -1), h.name);
     const path = join(dir, base);
 
@@ -369,6 +406,8 @@ export class LayerApplier {
         this.dirTimes.push({ path, atime, mtime });
         break;
       case 'symlink':
+        // symlink(2) refuses an empty target (ENOENT, which would read as a host failure): the layer's fault.
+        if (h.linkname === '') throw invalidArgument(`tar entry ${shown(h.name)}: symlink with an empty target`);
         symlinkSync(h.linkname, path);
         if (this.opts.isRoot) lchownSync(path, h.uid, h.gid);
         lutimesSync(path, atime, mtime);
@@ -392,10 +431,12 @@ export class LayerApplier {
           this.opts.warn('device ignored: not running as root', { entry: h.name });
           return;
         }
-        const args = ['-m', mode.toString(8), path];
+        // mknod(1) takes permission bits only; set-id and sticky bits come with the chmod below (containerd's
+        // mknod(2) takes them whole: a fifo of mode 04755 applies there).
+        const args = ['-m', (mode & 0o777).toString(8), path];
         if (h.type === 'fifo') args.push('p');
         else args.push(h.type === 'character-device' ? 'c' : 'b', String(h.devmajor), String(h.devminor));
-        execFileSync('mknod', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+        mknod(args, h.name);
         if (this.opts.isRoot) lchownSync(path, h.uid, h.gid);
         chmodSync(path, mode);
         utimesSync(path, atime, mtime);
@@ -453,6 +494,9 @@ export class LayerApplier {
   }
 
   private onData(data: Buffer): void {
+    // Data of an entry that opened no file (the root itself, a whiteout with a body): skipped, as containerd
+    // skips what it does not write.
+    if (this.fd < 0) return;
     let off = 0;
     while (off < data.length) off += writeSync(this.fd, data, off, data.length - off);
   }
@@ -511,7 +555,7 @@ export class LayerApplier {
     if (st) this.remove(path, st);
     if (overlay) {
       if (!this.opts.isRoot) throw notImplemented(`whiteout ${shown(name)}: overlay whiteouts need root`);
-      execFileSync('mknod', ['-m', '0', path, ...OVERLAY_WHITEOUT_MKNOD], { stdio: ['ignore', 'ignore', 'pipe'] });
+      mknod(['-m', '0', path, ...OVERLAY_WHITEOUT_MKNOD], name);
     }
   }
 
@@ -525,27 +569,54 @@ export class LayerApplier {
     }
   }
 
-  /** Sets every recorded xattr in one `python3` run (Node has no xattr API); values are raw bytes. */
+  /**
+   * Sets every recorded xattr in one `python3` run (Node has no xattr API); values are raw bytes. As containerd:
+   * an xattr the file system does not support (ENOTSUP) is skipped with a warning, and so is EPERM for a
+   * user.* xattr on what is neither a file nor a directory (the kernel allows user.* on those only). Any other
+   * refusal fails the layer: `invalid argument` when the value is what is wrong (EINVAL, ERANGE, E2BIG: a
+   * malformed security.capability, say), else `unknown`; the message names the entry, never the host path.
+   */
   private applyXattrs(): void {
     if (this.xattrs.size === 0) return;
     const batch: [string, string, string][] = [];
     for (const [path, list] of this.xattrs) for (const [k, v] of list) batch.push([path, k, v.toString('base64')]);
     const script = [
-      'import sys, os, json, base64, errno',
+      'import sys, os, json, base64, errno, stat',
       'for p, k, v in json.load(sys.stdin):',
       '    try:',
       '        os.setxattr(p, k, base64.b64decode(v), follow_symlinks=False)',
       '    except OSError as e:',
-      "        if e.errno in (errno.EPERM, errno.ENOTSUP) and k.startswith('user.') and os.path.islink(p):",
-      '            continue',
-      "        sys.stderr.write('%s: %s: %s\\n' % (p, k, e)); sys.exit(1)",
+      "        name = errno.errorcode.get(e.errno, str(e.errno))",
+      '        if e.errno == errno.ENOTSUP:',
+      "            print(json.dumps([p, k, name])); continue",
+      "        if e.errno == errno.EPERM and k.startswith('user.'):",
+      '            m = os.lstat(p).st_mode',
+      '            if not stat.S_ISREG(m) and not stat.S_ISDIR(m):',
+      "                print(json.dumps([p, k, name])); continue",
+      "        sys.stderr.write(json.dumps([p, k, name, e.strerror or ''])); sys.exit(1)",
     ].join('\n');
+    const entryOf = (p: string) => (p.startsWith(`${this.root}/`) ? p.slice(this.root.length + 1) : '<layer>');
+    let stdout: string;
     try {
-      execFileSync('python3', ['-c', script], { input: JSON.stringify(batch), stdio: ['pipe', 'ignore', 'pipe'] });
+      stdout = execFileSync('python3', ['-c', script], { input: JSON.stringify(batch), stdio: ['pipe', 'pipe', 'pipe'], encoding: 'utf8' });
     } catch (err) {
       if (errnoOf(err) === 'ENOENT') throw notImplemented('setting xattrs needs python3');
-      const stderr = String((err as { stderr?: Buffer }).stderr ?? '').trim();
-      throw new StrataError('unknown', `setting xattrs: ${withoutPaths(stderr || (err as Error).message, this.root)}`, { cause: err });
+      const stderr = String((err as { stderr?: Buffer | string }).stderr ?? '').trim();
+      let failure: [string, string, string, string] | undefined;
+      try {
+        failure = JSON.parse(stderr) as [string, string, string, string];
+      } catch {
+        // not the script's own report (python3 itself failed)
+      }
+      if (!failure) throw new StrataError('unknown', `setting xattrs: ${withoutPaths(stderr || (err as Error).message, this.root)}`, { cause: err });
+      const [p, k, code, what] = failure;
+      const kind = XATTR_LAYER_ERRNOS.has(code) ? 'invalid argument' : 'unknown';
+      throw new StrataError(kind, `tar entry ${shown(entryOf(p))}: setxattr ${shown(k)}: ${what.toLowerCase()} (${code})`, { cause: err });
+    }
+    for (const line of stdout.split('\n')) {
+      if (!line) continue;
+      const [p, k, code] = JSON.parse(line) as [string, string, string];
+      this.opts.warn('ignored xattr in layer', { entry: entryOf(p), xattr: k, errno: code });
     }
   }
 }

@@ -343,7 +343,20 @@ export async function withTempMount<T>(mounts: Mount[], fn: (root: string) => Pr
   const dir = await mkdtemp(join(tmpdir(), `strata-mount-${process.pid}-`));
   try {
     crashPoint('mount.temp.before-mount');
-    await mountAll(mounts, dir);
+    try {
+      await mountAll(mounts, dir);
+    } catch (err) {
+      // The mounts are the caller's (a Diff or Apply request's); the temporary mount point is the daemon's own
+      // path and means nothing to the client: mount(8)'s message names it twice (found by bench/fuzz.ts).
+      // A mount the kernel cannot even try (a file system type it does not know, a source that does not exist, an
+      // option it does not take) is the request's fault: invalid argument.
+      if (err instanceof StrataError) {
+        const detail = err.detail.split(dir).join('<temporary mount point>');
+        const kind = /unknown filesystem type|special device \S* does not exist|wrong fs type, bad option/.test(detail) ? 'invalid argument' : err.kind;
+        throw new StrataError(kind, detail, { cause: err });
+      }
+      throw err;
+    }
     crashPoint('mount.temp.after-mount');
     try {
       return await fn(dir);

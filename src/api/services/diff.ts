@@ -6,12 +6,12 @@
  */
 import type * as grpc from '@grpc/grpc-js';
 import { DiffService, type DiffServer, type ApplyRequest, type ApplyResponse, type DiffRequest, type DiffResponse } from '../gen/containerd/services/diff/v1/diff.js';
-import { invalidArgument, unknown } from '../../core/errdefs.js';
+import { invalidArgument } from '../../core/errdefs.js';
 import { layerMediaTypes } from '../../diff/mediatypes.js';
 import type { ContentStore } from '../../content/types.js';
 import type { Differ } from '../../diff/types.js';
 import type { Logger } from '../../log/index.js';
-import { unary, type GrpcService, grpcService } from '../call.js';
+import { unary, unconverted, type GrpcService, grpcService } from '../call.js';
 import { mountFromPb, descriptorFromPb, descriptorToPb } from '../convert.js';
 import type { CallContext } from '../call.js';
 
@@ -27,7 +27,9 @@ export function diffService(differ: Differ, content: ResolveContent, log: Logger
       if (!req.diff) throw invalidArgument('diff descriptor must be set');
       // containerd finds no stream processor for a media type that is not a layer's: UNKNOWN, before any read.
       const mt = req.diff.mediaType;
-      if (!layerMediaTypes.has(mt)) throw unknown(`failed to get stream processor for ${mt}: no processor for media-type`);
+      // An unconverted error there, so its text comes as containerd's (no kind suffix), and it is logged as the
+      // client's doing (a StrataError of kind unknown is logged as the daemon's: the fuzz test caught that).
+      if (!layerMediaTypes.has(mt)) throw unconverted(new Error(`failed to get stream processor for ${mt}: no processor for media-type`), '');
       const store = content(call);
       const applied = await differ.apply(descriptorFromPb(req.diff), req.mounts.map(mountFromPb), store);
       return { applied: descriptorToPb(applied) };
