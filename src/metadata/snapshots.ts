@@ -19,11 +19,11 @@
  * A crash before the backend removal leaves a backend snapshot no record names: the garbage collector's prune
  * (and containerd's) removes exactly those.
  */
-import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, notFound, unknown } from '../core/errdefs.js';
+import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, notFound, notImplemented, unknown } from '../core/errdefs.js';
 import { parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
 import { GroupCommit, snapshotAdaptor } from '../snapshots/storage.js';
-import { capabilitiesOf, inheritedLabels, type Info, type Kind, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../snapshots/types.js';
+import { capabilitiesOf, hasCapability, inheritedLabels, SnapshotterCapability, type Info, type Kind, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../snapshots/types.js';
 import { LABEL_SNAPSHOT_REF, INHERITED_LABEL_PREFIX } from '../core/labels.js';
 import { type Mount } from '../core/mount.js';
 import { type UniqueNumbers } from './db.js';
@@ -354,38 +354,65 @@ class BoundSnapshotter implements Snapshotter {
     if (!name) throw invalidArgument('snapshot name must not be empty');
     validateLabels(opts.labels);
     const labels = compactLabels(opts.labels); // "" values are not stored, as containerd's writeMap
-    const { row, bname } = this.db.transaction(() => {
+    const { row, bname, rebase } = this.db.transaction(() => {
       // containerd's order: the name taken first (ALREADY_EXISTS even for an unknown key), then the key.
       if (this.s.row(this.ns, name) || this.s.committing.has(`${this.ns}\0${name}`)) throw alreadyExists(`snapshot "${name}"`);
       const row = this.s.mustRow(this.ns, key);
       // containerd's words (its backend reports this, wrapped by the commit).
       if (row.kind !== 'active') throw failedPrecondition(`failed to commit snapshot: snapshot ${JSON.stringify(key)} is not active`);
+      // containerd 2.2's WithParent (rebase): onto a committed parent of this namespace; only a snapshot
+      // prepared without a parent moves, and only on a backend with the `rebase` capability.
+      let rebase: { parent: string; bparent: string } | undefined;
+      if (opts.parent && opts.parent !== row.parent) {
+        const p = this.s.row(this.ns, opts.parent);
+        if (!p) throw notFound(`parent snapshot ${opts.parent} does not exist`);
+        if (p.kind !== 'committed') throw invalidArgument(`parent ${JSON.stringify(opts.parent)} is not committed snapshot`);
+        if (row.parent) {
+          throw failedPrecondition(`failed to commit snapshot: snapshot ${JSON.stringify(key)} has parent ${JSON.stringify(row.parent)}: only a snapshot prepared without a parent can be committed onto one`);
+        }
+        if (!hasCapability(this.s.backend, SnapshotterCapability.Rebase)) {
+          throw notImplemented(`snapshotter ${JSON.stringify(this.s.name)} cannot commit a snapshot onto a parent (no rebase capability)`);
+        }
+        rebase = { parent: opts.parent, bparent: p.backend_key };
+      }
       this.s.committing.add(`${this.ns}\0${name}`);
-      return { row, bname: `${this.ns}/${this.s.store.numbers.next()}/${name}` };
+      return { row, bname: `${this.ns}/${this.s.store.numbers.next()}/${name}`, rebase };
     })();
     try {
-      await this.commitReserved(name, key, labels, row, bname, hold);
+      await this.commitReserved(name, key, labels, row, bname, hold, rebase);
     } finally {
       this.s.committing.delete(`${this.ns}\0${name}`);
     }
   }
 
-  private async commitReserved(name: string, key: string, labels: Record<string, string>, row: Row, bname: string, hold: (bkey: string) => void): Promise<void> {
+  private async commitReserved(
+    name: string,
+    key: string,
+    labels: Record<string, string>,
+    row: Row,
+    bname: string,
+    hold: (bkey: string) => void,
+    rebase?: { parent: string; bparent: string },
+  ): Promise<void> {
     hold(row.backend_key);
     hold(bname);
+    if (rebase) hold(rebase.bparent);
 
-    await this.s.backend.commit(bname, row.backend_key, { labels: inheritedLabels(labels) });
+    await this.s.backend.commit(bname, row.backend_key, { labels: inheritedLabels(labels), ...(rebase ? { parent: rebase.bparent } : {}) });
+    const parent = rebase ? rebase.parent : row.parent;
 
     this.s.commits.write(() => {
       // The active snapshot may have been removed (or garbage collected) while the backend committed it.
       this.s.mustRow(this.ns, key);
+      // So may the parent it was committed onto (the backend keeps its data for the collector: it has a child).
+      if (rebase && !this.s.row(this.ns, rebase.parent)) throw notFound(`parent snapshot ${rebase.parent} does not exist`);
       const now = nowTime();
       this.db.prepare('DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?').run(this.ns, this.s.name, key);
       this.db
         .prepare(
           'INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, created_ns, updated_at, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
         )
-        .run(this.ns, this.s.name, name, bname, row.parent, 'committed', encodeLabels(labels), now.getTime(), now.subMs, now.getTime(), now.subMs);
+        .run(this.ns, this.s.name, name, bname, parent, 'committed', encodeLabels(labels), now.getTime(), now.subMs, now.getTime(), now.subMs);
       // The active key's lease entries now protect the committed snapshot.
       this.db
         .prepare('UPDATE OR IGNORE lease_resources SET id = ? WHERE namespace = ? AND type = ? AND id = ?')

@@ -42,7 +42,7 @@ import { failedPrecondition } from '../../core/errdefs.js';
 import { silentLogger, type Logger } from '../../log/index.js';
 import { diskUsage } from '../fsutil.js';
 import { checkKey, SnapshotStorage, type SnapshotRecord } from '../storage.js';
-import type { Info, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
+import { LABEL_SNAPSHOT_REBASE, SnapshotterCapability, type Info, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../types.js';
 import type { Mount } from '../../core/mount.js';
 import { checkDType, needsUserXAttr, supportsIndex } from './check.js';
 
@@ -113,10 +113,11 @@ const isErrno = (err: unknown, code: string) => (err as NodeJS.ErrnoException | 
 
 class OverlaySnapshotter implements Snapshotter {
   /**
-   * None yet: containerd 2.x's overlayfs reports `rebase` and `remap-ids` (SnapshotterCapability), and this one
-   * reports each once it implements it.
+   * `rebase` (containerd 2.2): a snapshot prepared without a parent commits onto one. Not inside a user
+   * namespace (`userxattr`), where overlay whiteouts (0/0 character devices) cannot be made, as containerd 2.2
+   * turns it off there (#13388). containerd 2.x's `remap-ids` is not implemented yet.
    */
-  readonly capabilities: readonly string[] = [];
+  readonly capabilities: readonly string[];
   private readonly snapshotsDir: string;
   private readonly linksDir: string;
   private readonly trashDir: string;
@@ -134,7 +135,9 @@ class OverlaySnapshotter implements Snapshotter {
     /** mount_options, index=off and userxattr as they apply here: the start of every overlay mount. */
     private readonly baseOptions: string[],
     private readonly log: Logger,
+    userxattr: boolean,
   ) {
+    this.capabilities = userxattr ? [] : [SnapshotterCapability.Rebase];
     this.snapshotsDir = join(root, 'snapshots');
     this.linksDir = join(root, 'l');
     this.trashDir = join(root, 'trash');
@@ -154,6 +157,12 @@ class OverlaySnapshotter implements Snapshotter {
   }
   private linkTarget(id: number): string {
     return `../snapshots/${id}/fs`;
+  }
+  /** An empty directory (0755 root, never written: it is only ever a lower layer): `<root>/empty`. */
+  private emptyDir(): string {
+    const dir = join(this.root, 'empty');
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    return dir;
   }
 
   async stat(key: string): Promise<Info> {
@@ -206,7 +215,25 @@ class OverlaySnapshotter implements Snapshotter {
 
   async commit(name: string, key: string, opts?: SnapshotOpts): Promise<void> {
     // Usage is measured when first asked for (see usage()); commitActive reports wrong kinds by itself.
-    const id = this.storage.commitActive(key, name, undefined, opts?.labels ?? {});
+    // Rebase (opts.parent on a snapshot prepared without one): the layer is the upper directory whatever lies
+    // below it, so only the record's parent changes, plus the root's owner (a child's root belongs to the owner
+    // of its parent's root, as at prepare). Whiteouts are in overlay's format if the snapshot was prepared with
+    // LABEL_SNAPSHOT_REBASE (see computeMounts).
+    const rebase = opts?.parent ? { parent: opts.parent, allowed: this.capabilities.includes(SnapshotterCapability.Rebase) } : undefined;
+    const id = this.storage.commitActive(
+      key,
+      name,
+      undefined,
+      opts?.labels ?? {},
+      (id, rebasedOnto) => {
+        if (rebasedOnto && rebasedOnto.length > 0) {
+          const st = statSync(this.upperPath(rebasedOnto[0]!));
+          const own = lstatSync(this.upperPath(id));
+          if (own.uid !== st.uid || own.gid !== st.gid) lchownSync(this.upperPath(id), st.uid, st.gid);
+        }
+      },
+      rebase,
+    );
     this.mountCache.delete(id);
     await this.storage.durable();
   }
@@ -423,6 +450,24 @@ class OverlaySnapshotter implements Snapshotter {
 
   private computeMounts(rec: SnapshotRecord): Mount[] {
     const { id, kind, parentIds } = rec;
+    if (parentIds.length === 0 && kind === 'active' && rec.rebase && this.capabilities.includes(SnapshotterCapability.Rebase)) {
+      // To be committed onto a parent (LABEL_SNAPSHOT_REBASE): an overlay over an empty lower directory, so
+      // that whatever writes into it (the differ's upperdir path, or a real mount) leaves overlay whiteouts and
+      // opaque directories, which keep hiding the parent's files once rebased. A bind mount here would turn a
+      // whiteout into the removal of nothing (containerd 2.2, #13030).
+      return [
+        {
+          type: 'overlay',
+          source: 'overlay',
+          options: [
+            ...this.baseOptions,
+            formatOverlayDirOption('workdir', [this.workPath(id)]),
+            formatOverlayDirOption('upperdir', [this.upperPath(id)]),
+            formatOverlayDirOption('lowerdir', [this.emptyDir()]),
+          ],
+        },
+      ];
+    }
     if (parentIds.length === 0) {
       return [{ type: 'bind', source: this.upperPath(id), options: [kind === 'view' ? 'ro' : 'rw', 'rbind'] }];
     }
@@ -488,7 +533,7 @@ export async function openOverlaySnapshotter(root: string, opts: OverlayOptions 
     log.warn('cannot detect whether "userxattr" is needed, assuming not', { error: err });
   }
   const storage = SnapshotStorage.open(join(abs, 'metadata.db'));
-  const sn = new OverlaySnapshotter(abs, storage, baseOptions(opts.mountOptions ?? [], supportsIndex(), userxattr), log);
+  const sn = new OverlaySnapshotter(abs, storage, baseOptions(opts.mountOptions ?? [], supportsIndex(), userxattr), log, userxattr);
   sn.deleteLeftTrash();
   return sn;
 }
