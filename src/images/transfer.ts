@@ -44,10 +44,17 @@ export interface TransferConfig {
    * first entry whose platform the host runs gives the snapshotter when `snapshotter` is "" (`differ` is not read).
    */
   unpack_config?: { platform: string; snapshotter: string; differ?: string }[];
+  /**
+   * containerd 2.2's name: most layers of one image extracted at once. Above 1, on a snapshotter with the
+   * `rebase` capability (overlayfs), independent layers are extracted concurrently and committed in order; 0 or
+   * 1: one after the other. Default 2 (containerd's default is 1, which leaves it off).
+   */
+  max_concurrent_unpacks: number;
 }
 
 export const defaultTransferConfig = (): TransferConfig => ({
   max_concurrent_downloads: 3,
+  max_concurrent_unpacks: 2,
   snapshotter: '',
   config_path: '',
   connect_timeout: '30s',
@@ -135,6 +142,8 @@ export class ImageTransfers {
   private readonly responseHeaderTimeoutMs: number;
   /** The configured default snapshotter: `snapshotter`, else what `unpack_config` gives this host ('' = none). */
   private readonly defaultSnapshotter: string;
+  /** max_concurrent_unpacks, at least 1. */
+  private readonly maxConcurrentUnpacks: number;
   /** Downloads and unpacks in flight, shared by this daemon's concurrent transfers. */
   readonly shared = new SharedWork();
 
@@ -147,6 +156,11 @@ export class ImageTransfers {
     const defaults = defaultTransferConfig();
     this.connectTimeoutMs = configDuration('connect_timeout', config.connect_timeout ?? defaults.connect_timeout);
     this.responseHeaderTimeoutMs = configDuration('response_header_timeout', config.response_header_timeout ?? defaults.response_header_timeout);
+    const unpacks = config.max_concurrent_unpacks ?? defaults.max_concurrent_unpacks;
+    if (typeof unpacks !== 'number' || !Number.isInteger(unpacks) || unpacks < 0) {
+      throw invalidArgument('transfer config: max_concurrent_unpacks must be a whole number, 0 or more');
+    }
+    this.maxConcurrentUnpacks = Math.max(1, unpacks);
     const unpackDefault = unpackConfigSnapshotter(config.unpack_config);
     this.defaultSnapshotter = config.snapshotter || unpackDefault;
   }
@@ -195,6 +209,7 @@ export class ImageTransfers {
       ...(lease ? { protect: (chainID: string) => this.md.leases.addResource(ctx.namespace, lease, { type: `snapshots/${name}`, id: chainID }) } : {}),
       // Snapshots are namespaced: the same chain in two namespaces is two snapshots, unpacked separately.
       exclusive: <T>(chainID: string, fn: () => Promise<T>) => this.shared.unpack(`${name}\u0000${ctx.namespace}\u0000${chainID}`, fn),
+      maxConcurrentUnpacks: this.maxConcurrentUnpacks,
     };
   }
 
@@ -292,6 +307,7 @@ export class ImageTransfers {
       config: manifest.config,
       ...(target.protect ? { protect: target.protect } : {}),
       ...(target.exclusive ? { exclusive: target.exclusive } : {}),
+      ...(target.maxConcurrentUnpacks ? { maxConcurrentUnpacks: target.maxConcurrentUnpacks } : {}),
       onProgress: (layer, status, detail) =>
         onProgress?.({ ref: layer.digest, kind: 'layer', status, total: layer.size, ...(detail ? { detail } : {}) }),
     });
