@@ -8,6 +8,10 @@
  * the remote-snapshot protocol: a lazy-pull snapshotter that already has the layer answers ALREADY_EXISTS,
  * and the layer counts as unpacked without a byte read. Every failure removes the extraction snapshot, so a
  * half-applied layer never survives.
+ *
+ * Parallel unpack (containerd 2.2's max_concurrent_unpacks on a snapshotter with the `rebase` capability): the
+ * layers above the first one to extract are prepared without a parent, extracted concurrently and committed in
+ * order onto their parents; see the Unpack class for the order of work and what it keeps from containerd 1.6.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { decompressStream } from '../diff/decompress.js';
