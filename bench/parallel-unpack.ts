@@ -4,7 +4,10 @@
  * max_concurrent_unpacks = 1 (in order) and = N (parallel, overlayfs rebase), and by containerd 1.6 (`ctr image
  * pull`, which unpacks in order), in alternating order each round.
  *
- *   node dist/bench/parallel-unpack.js [--rounds 3] [--parallel 2] [--scale 1] [--no-containerd] [--json]
+ *   node dist/bench/parallel-unpack.js [--rounds 3] [--warmup 1] [--parallel 2] [--scale 1] [--no-containerd] [--json]
+ *
+ * --warmup rounds run every contender untimed first (the first pulls after the image is pushed were 3x slower
+ * than the rest on a busy machine). stratad runs with --log-level info.
  *
  * Must run as root (overlay mounts, drop_caches). Each measurement: a daemon started on an empty root, page
  * caches dropped, the pull timed from the command's start to its exit (fetch + unpack; the image's blobs
@@ -30,6 +33,7 @@ const arg = (name: string, def: string): string => {
   return i >= 0 && process.argv[i + 1] ? process.argv[i + 1]! : def;
 };
 const ROUNDS = Number(arg('rounds', '3'));
+const WARMUP = Number(arg('warmup', '1'));
 const PARALLEL = Number(arg('parallel', '2'));
 const SCALE = Number(arg('scale', '1'));
 const CONTAINERD = !process.argv.includes('--no-containerd');
@@ -100,7 +104,7 @@ async function main(): Promise<void> {
   }
 
   const strata = async (unpacks: number): Promise<number> => {
-    const d = await startDaemon({ config: `[plugins."io.containerd.transfer.v1.local"]\nmax_concurrent_unpacks = ${unpacks}\n` });
+    const d = await startDaemon({ logLevel: 'info', config: `[plugins."io.containerd.transfer.v1.local"]\nmax_concurrent_unpacks = ${unpacks}\n` });
     try {
       dropCaches();
       const secs = await timed(async () => {
@@ -133,6 +137,12 @@ async function main(): Promise<void> {
     [`stratad parallel (max_concurrent_unpacks = ${PARALLEL})`, () => strata(PARALLEL)],
     ...(CONTAINERD ? ([['containerd 1.6 (ctr image pull)', containerd]] as [string, () => Promise<number>][]) : []),
   ];
+  for (let w = 0; w < WARMUP; w++) {
+    for (const [who, fn] of contenders) {
+      const seconds = await fn();
+      if (!JSON_OUT) console.error(`warm-up: ${who}: ${seconds.toFixed(2)} s (not counted)`);
+    }
+  }
   for (let round = 0; round < ROUNDS; round++) {
     const order = round % 2 === 0 ? contenders : [...contenders].reverse();
     for (const [who, fn] of order) {

@@ -19,98 +19,14 @@ import { unpackLayers, type UnpackResult } from '../../src/images/unpack.js';
 import { withTempMount } from '../../src/mount/index.js';
 import { hasCapability, SnapshotterCapability, type SnapshotOpts, type Snapshotter } from '../../src/snapshots/types.js';
 import { intercept, openStore, paths, type Store } from '../gc/harness.js';
-import { buildLayer, type BuiltLayer } from '../helpers/images.js';
-import { makeTar } from '../helpers/tar.js';
+import type { BuiltLayer } from '../helpers/images.js';
+import { whiteoutLayers } from '../helpers/whiteout-image.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 import { kindOf } from '../helpers/errors.js';
 import { readTree } from '../helpers/tree.js';
 
 const NS = 'default';
 const differ = new WalkingDiffer({});
-const filler = (n: number, seed: string) => Buffer.alloc(n, seed);
-
-/**
- * Six layers with every case #13030 is about, each in a layer that is extracted without its parent in the
- * parallel path: a file deleted by an upper layer, a directory made opaque, a whiteout of a file that exists
- * only two layers down, a directory replaced by a file and a file replaced by a directory, a whiteout of a
- * directory, a file re-added after its whiteout; plus modes, owners, xattrs, symlinks and hard links.
- */
-async function whiteoutLayers(): Promise<BuiltLayer[]> {
-  const base = await makeTar([
-    { name: 'a/', type: 'directory', mode: 0o755 },
-    { name: 'a/keep', body: 'keep' },
-    { name: 'a/del', body: 'deleted above' },
-    { name: 'd/', type: 'directory', mode: 0o750, uid: 7, gid: 8 },
-    { name: 'd/x', body: 'x' },
-    { name: 'f', body: 'a file, later a directory' },
-    { name: 'deep', body: 'whited out two layers up' },
-    { name: 'o/', type: 'directory', mode: 0o755 },
-    { name: 'o/old', body: 'hidden by the opaque directory' },
-    { name: 'o/sub/', type: 'directory', mode: 0o755 },
-    { name: 'o/sub/old2', body: 'also hidden' },
-    { name: 'w/', type: 'directory', mode: 0o755 },
-    { name: 'w/1', body: 'in a directory whited out' },
-    { name: 'tmp/', type: 'directory', mode: 0o1777 },
-    { name: 'secret', body: 'mode and xattr', mode: 0o600, uid: 1000, gid: 1000, pax: { 'SCHILY.xattr.user.note': 'kept' } },
-    { name: 'big', body: filler(256 << 10, 'b') },
-  ]);
-  return [
-    await buildLayer({ entries: [], tar: base }),
-    await buildLayer({
-      compression: 'zstd',
-      entries: [
-        { path: 'noise', content: filler(128 << 10, 'n') },
-        { path: 'a', type: 'dir' },
-        { path: 'a/more', content: 'more' },
-        { path: 'tmp', type: 'dir', mode: 0o1777 },
-        { path: 'tmp/t1', content: 't1' },
-      ],
-    }),
-    await buildLayer({
-      entries: [
-        { path: 'a', type: 'dir' },
-        { path: 'a/del', type: 'whiteout' },
-        { path: 'deep', type: 'whiteout' },
-        { path: 'o', type: 'dir' },
-        { path: 'o', type: 'opaque' },
-        { path: 'o/new', content: 'new in the opaque directory' },
-        { path: 'd', content: 'a directory, now a file' },
-        { path: 'f', type: 'dir', mode: 0o711 },
-        { path: 'f/inner', content: 'inside what was a file' },
-        { path: 'w', type: 'whiteout' },
-        { path: 'filler2', content: filler(64 << 10, '2') },
-      ],
-    }),
-    await buildLayer({
-      entries: [
-        { path: 'deep', content: 'back again' },
-        { path: 'link', type: 'symlink', linkname: 'a/keep' },
-        { path: 'hard1', content: 'linked' },
-        { path: 'hard2', type: 'hardlink', linkname: 'hard1' },
-        { path: 'filler3', content: filler(32 << 10, '3') },
-      ],
-    }),
-    await buildLayer({
-      entries: [
-        { path: 'a', type: 'dir' },
-        { path: 'a/keep', type: 'whiteout' },
-        { path: 'a/keep', content: 'replaced in the same layer' },
-        { path: 'secret', type: 'whiteout' },
-        { path: 'f', type: 'dir', mode: 0o711 },
-        { path: 'f/second', content: 'second' },
-      ],
-    }),
-    await buildLayer({
-      compression: 'none',
-      entries: [
-        { path: 'd', type: 'whiteout' },
-        { path: 'd', type: 'dir', mode: 0o700 },
-        { path: 'd/again', content: 'a directory again' },
-        { path: 'top', content: filler(96 << 10, 't') },
-      ],
-    }),
-  ];
-}
 
 async function put(content: ContentStore, layer: BuiltLayer): Promise<void> {
   const w = await content.writer({ ref: `put-${layer.descriptor.digest}` });
