@@ -6,7 +6,9 @@
  * (#13264), and a failed unpack leaves nothing for the collector to miss.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readdir } from 'node:fs/promises';
+import { mkdir, readdir } from 'node:fs/promises';
+import { ProxySnapshotter } from '../../src/api/clients/snapshotter.js';
+import { serveSnapshotter } from '../helpers/serve-snapshotter.js';
 import { join } from 'node:path';
 import { alreadyExists } from '../../src/core/errdefs.js';
 import { LABEL_SNAPSHOT_REF } from '../../src/core/labels.js';
@@ -244,6 +246,56 @@ describe('parallel unpack', () => {
       await close(s, source);
     }
   }, 120_000);
+
+  it('through a served overlayfs proxy plugin declaring rebase, layers are unpacked in parallel over gRPC; when it provides layers, the handshake holds', async () => {
+    await mkdir(join(dir.path, 'served-root'));
+    const served = await serveSnapshotter('overlayfs', join(dir.path, 'served-root'), join(dir.path, 'served.sock'));
+    const source = await openStore(join(dir.path, 'served-source'));
+    const sourceContent = source.content(NS);
+    for (const l of layers) await put(sourceContent, l);
+    let claiming = false;
+    const fetchedByStore: number[][] = [];
+    try {
+      for (const claims of [false, true]) {
+        claiming = claims;
+        const s = await openStore(join(dir.path, `served-${claims ? 'claims' : 'plain'}`), {
+          wrapBackend: () => {
+            // As stratad loads `[proxy_plugins.x] capabilities = ["rebase"]`.
+            const proxy = new ProxySnapshotter(served.address, 'served', undefined, [SnapshotterCapability.Rebase]);
+            return intercept(proxy as Snapshotter, 'prepare', async (key: string, parent: string, opts?: SnapshotOpts) => {
+              const ref = opts?.labels?.[LABEL_SNAPSHOT_REF];
+              const i = ref ? chain.indexOf(ref) : -1;
+              if (claiming && ref && (i === 0 || i === 2)) {
+                const m = await proxy.prepare(`claim-tmp-${i}`, parent);
+                await differ.apply(layers[i]!.descriptor, m, sourceContent);
+                await proxy.commit(`claim/${i}`, `claim-tmp-${i}`, { labels: { [LABEL_SNAPSHOT_REF]: ref } });
+                throw alreadyExists(`snapshot ${ref}`);
+              }
+              return proxy.prepare(key, parent, opts);
+            });
+          },
+        });
+        try {
+          const fetched: number[] = [];
+          const r = await unpackInto(s, 'l', layers, { max: 4, fetched, withBlobs: false });
+          fetchedByStore.push([...new Set(fetched)].sort());
+          if (claims) expect(r).toEqual({ chainID: chain[5], extracted: 4, remote: 2, parallel: false });
+          else expect(r).toEqual({ chainID: chain[5], extracted: 6, remote: 0, parallel: true });
+          expect(await treeOf(s.snapshots(NS), chain[5]!)).toEqual(reference);
+          const parents = new Map<string, string>();
+          await s.snapshots(NS).walk((i) => void parents.set(i.name, i.parent));
+          chain.forEach((c, i) => expect(parents.get(c)).toBe(i === 0 ? '' : chain[i - 1]));
+        } finally {
+          await close(s);
+          await (s.backend as ProxySnapshotter).close?.();
+        }
+      }
+      expect(fetchedByStore).toEqual([[0, 1, 2, 3, 4, 5], [1, 3, 4, 5]]);
+    } finally {
+      await close(source);
+      await served.stop();
+    }
+  }, 180_000);
 
   it('a layer failing in the middle of a parallel unpack leaves no snapshot once its lease is gone and GC has run', async () => {
     const s = await openStore(join(dir.path, 'failing'));
