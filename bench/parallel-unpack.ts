@@ -6,6 +6,10 @@
  *
  *   node dist/bench/parallel-unpack.js [--rounds 3] [--warmup 1] [--parallel 2] [--scale 1] [--no-containerd] [--json]
  *
+ * --unpack-only: instead, the unpack alone, in process (the blobs put into a fresh content store first, untimed;
+ * then unpackLayers into a fresh overlayfs behind the namespaced layer, timed), in order vs parallel: what the
+ * extraction gains without the downloads a pull overlaps it with.
+ *
  * --warmup rounds run every contender untimed first (the first pulls after the image is pushed were 3x slower
  * than the rest on a busy machine). stratad runs with --log-level info.
  *
@@ -27,6 +31,10 @@ import { run } from '../test/helpers/ctr.js';
 import { STRATA } from '../test/helpers/paths.js';
 import { tempDir } from '../test/helpers/temp.js';
 import { dropCaches, median } from './lib.js';
+import { rm } from 'node:fs/promises';
+import { WalkingDiffer } from '../src/diff/walking.js';
+import { unpackLayers } from '../src/images/unpack.js';
+import { openStore } from '../test/gc/harness.js';
 
 const arg = (name: string, def: string): string => {
   const i = process.argv.indexOf(`--${name}`);
@@ -38,6 +46,7 @@ const PARALLEL = Number(arg('parallel', '2'));
 const SCALE = Number(arg('scale', '1'));
 const CONTAINERD = !process.argv.includes('--no-containerd');
 const JSON_OUT = process.argv.includes('--json');
+const UNPACK_ONLY = process.argv.includes('--unpack-only');
 
 /** Text-like bytes: a keystream (AES-256-CTR of zeros, fixed key, per-seed IV) as base64, in lines. */
 function bytes(seed: number, size: number): Buffer {
@@ -95,9 +104,12 @@ async function main(): Promise<void> {
   const built = await buildImage(dir.path, { name: 'bench/many:1', platforms: [{ layers: layers() }] });
   const m = built.manifests[0]!;
   const sizes = m.layers.map((l) => ({ compressed: l.blob.length, uncompressed: l.tar.length }));
-  const registry = await startRegistry();
-  await registry.pushOciLayout(built.layoutDir, 'bench/many:1');
-  const ref = `${registry.host}/bench/many:1`;
+  let ref = '';
+  if (!UNPACK_ONLY) {
+    const registry = await startRegistry();
+    await registry.pushOciLayout(built.layoutDir, 'bench/many:1');
+    ref = `${registry.host}/bench/many:1`;
+  }
   if (!JSON_OUT) {
     console.error(`image: ${sizes.length} layers, ${(sizes.reduce((a, s) => a + s.uncompressed, 0) / 1e6).toFixed(1)} MB uncompressed, ` +
       `${(sizes.reduce((a, s) => a + s.compressed, 0) / 1e6).toFixed(1)} MB compressed; built and pushed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
@@ -131,12 +143,46 @@ async function main(): Promise<void> {
     }
   };
 
+  let runs = 0;
+  const inProcess = async (unpacks: number): Promise<number> => {
+    const root = join(dir.path, `unpack-${runs++}`);
+    const s = await openStore(root);
+    try {
+      s.md.leases.create('bench', 'l');
+      const content = s.content('bench', 'l');
+      for (const l of m.layers) {
+        const w = await content.writer({ ref: l.descriptor.digest });
+        await w.write(l.blob);
+        await w.commit(l.blob.length, l.descriptor.digest);
+        await w.close();
+      }
+      dropCaches();
+      const differ = new WalkingDiffer({});
+      return await timed(async () => {
+        const r = await unpackLayers(s.snapshots('bench', 'l'), differ, content, m.layers.map((l) => l.descriptor), m.layers.map((l) => l.diffID), {
+          snapshotterName: 'overlayfs',
+          maxConcurrentUnpacks: unpacks,
+        });
+        if (r.extracted !== m.layers.length || r.parallel !== unpacks > 1) throw new Error(`unexpected unpack: ${JSON.stringify(r)}`);
+      });
+    } finally {
+      await s.sn.settled();
+      await s.close();
+      await rm(root, { recursive: true, force: true });
+    }
+  };
+
   const samples: Sample[] = [];
-  const contenders: [string, () => Promise<number>][] = [
-    ['stratad in order (max_concurrent_unpacks = 1)', () => strata(1)],
-    [`stratad parallel (max_concurrent_unpacks = ${PARALLEL})`, () => strata(PARALLEL)],
-    ...(CONTAINERD ? ([['containerd 1.6 (ctr image pull)', containerd]] as [string, () => Promise<number>][]) : []),
-  ];
+  const contenders: [string, () => Promise<number>][] = UNPACK_ONLY
+    ? [
+        ['unpack in order (max_concurrent_unpacks = 1)', () => inProcess(1)],
+        [`unpack parallel (max_concurrent_unpacks = ${PARALLEL})`, () => inProcess(PARALLEL)],
+      ]
+    : [
+        ['stratad in order (max_concurrent_unpacks = 1)', () => strata(1)],
+        [`stratad parallel (max_concurrent_unpacks = ${PARALLEL})`, () => strata(PARALLEL)],
+        ...(CONTAINERD ? ([['containerd 1.6 (ctr image pull)', containerd]] as [string, () => Promise<number>][]) : []),
+      ];
   for (let w = 0; w < WARMUP; w++) {
     for (const [who, fn] of contenders) {
       const seconds = await fn();
