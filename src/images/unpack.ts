@@ -14,6 +14,11 @@
  * order onto their parents; see the Unpack class for the order of work and what it keeps from containerd 1.6.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { chmod, lchown, lstat, utimes } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { join } from 'node:path';
+import { applyTarget } from '../diff/walking.js';
+import { withTempMount } from '../mount/index.js';
 import { decompressStream } from '../diff/decompress.js';
 import { failedPrecondition, isAlreadyExists, isNotFound } from '../core/errdefs.js';
 import type { ContentStore } from '../content/types.js';
@@ -93,6 +98,8 @@ export async function unpackLayers(
 interface Extraction {
   key: string;
   mounts: Mount[];
+  /** Directories the layer implied without entries, made 0755 root (see ApplyOpts.onImplicitDirs). */
+  implicit?: string[];
 }
 
 /**
@@ -266,7 +273,7 @@ class Unpack {
     this.opts.fetch?.(i);
     await this.opts.ready?.(i);
     this.opts.onProgress?.(layer, 'unpacking');
-    const applied = await this.applier.apply(layer, x.mounts, this.content);
+    const applied = await this.applier.apply(layer, x.mounts, this.content, { onImplicitDirs: (paths) => (x.implicit = paths) });
     if (applied.digest !== this.diffIDs[i]) {
       throw failedPrecondition(`wrong diff id calculated on extraction: ${applied.digest}, expected ${this.diffIDs[i]}`);
     }
@@ -276,6 +283,7 @@ class Unpack {
   private async commit(i: number, x: Extraction, parent: string | undefined): Promise<void> {
     const chainID = this.chain[i]!;
     const layer = this.layers[i]!;
+    if (parent) await this.inheritImplicitDirs(x, parent);
     try {
       await this.sn.commit(chainID, x.key, parent ? { parent } : undefined);
     } catch (err) {
@@ -290,6 +298,35 @@ class Unpack {
       .update({ digest: layer.digest, labels: { [LABEL_UNCOMPRESSED]: this.diffIDs[i]! } }, [`labels.${LABEL_UNCOMPRESSED}`])
       .catch(() => undefined);
     this.opts.onProgress?.(layer, 'unpacked');
+  }
+
+  /**
+   * A layer extracted without its parent made the directories it implies without entries 0755 root; an in-order
+   * apply takes their metadata from the layers below (so a layer adding tmp/x keeps tmp 1777). Before the
+   * commit onto `parent`, each gets the owner, mode and times the parent has for it, read through a view of the
+   * parent. Paths crossing a symlink on either side are left alone.
+   */
+  private async inheritImplicitDirs(x: Extraction, parent: string): Promise<void> {
+    if (!x.implicit || x.implicit.length === 0) return;
+    const target = applyTarget(x.mounts);
+    if (target.kind !== 'dir') return;
+    const upper = target.dir;
+    const viewKey = `${x.key} parent-view`;
+    const mounts = await this.sn.view(viewKey, parent);
+    try {
+      await withTempMount(mounts, async (root) => {
+        for (const rel of x.implicit!) {
+          const theirs = await dirWithin(root, rel);
+          const ours = theirs && (await dirWithin(upper, rel));
+          if (!theirs || !ours) continue;
+          await lchown(ours.path, theirs.st.uid, theirs.st.gid);
+          await chmod(ours.path, theirs.st.mode & 0o7777);
+          await utimes(ours.path, theirs.st.atime, theirs.st.mtime);
+        }
+      });
+    } finally {
+      await this.sn.remove(viewKey).catch(() => undefined);
+    }
   }
 
   /** Starts the downloads of every layer from `from` up, and of the layers found below it (once). */
@@ -313,6 +350,19 @@ class Unpack {
       }).catch(reject);
     });
   }
+}
+
+/** `rel` under `root` when it is a directory reached without crossing a symlink (lstat of each component). */
+async function dirWithin(root: string, rel: string): Promise<{ path: string; st: Stats } | undefined> {
+  let path = root;
+  let st: Stats | undefined;
+  for (const c of rel.split('/')) {
+    if (!c || c === '.' || c === '..') return undefined;
+    path = join(path, c);
+    st = await lstat(path).catch(() => undefined);
+    if (!st || !st.isDirectory()) return undefined;
+  }
+  return st ? { path, st } : undefined;
 }
 
 /** Runs at most `limit` tasks at a time, in the order given. */

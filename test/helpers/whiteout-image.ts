@@ -2,7 +2,7 @@
  * An image whose layers hold every whiteout case containerd 2.2's parallel unpack got wrong (#13030), for the
  * parallel-unpack tests: a file deleted by an upper layer, a directory made opaque, a whiteout of a file that
  * exists only two layers down, a directory replaced by a file and a file replaced by a directory, a whiteout of
- * a directory, a file re-added after its whiteout; plus modes, owners, xattrs, symlinks and hard links.
+ * a directory, a file re-added after its whiteout, a file in a directory the layer has no entry for; plus modes, owners, xattrs, symlinks and hard links.
  */
 import { buildLayer, type BuiltLayer, type LayerSpec } from './images.js';
 import { makeTar } from './tar.js';
@@ -63,6 +63,8 @@ export async function whiteoutLayerSpecs(): Promise<LayerSpec[]> {
         { path: 'hard1', content: 'linked' },
         { path: 'hard2', type: 'hardlink', linkname: 'hard1' },
         { path: 'filler3', content: filler(32 << 10, '3') },
+        // No tmp/ entry: tmp keeps the 1777 of the layers below (taken from the parent after a rebase).
+        { path: 'tmp/t2', content: 't2' },
       ],
     },
     {

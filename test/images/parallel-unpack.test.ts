@@ -138,6 +138,7 @@ describe('parallel unpack', () => {
     expect(reference['/d/again']?.type).toBe('file');
     expect(reference['/secret']).toBeUndefined();
     expect(reference['/tmp']?.mode).toBe('0o1777');
+    expect(reference['/tmp/t2']?.type).toBe('file');
     expect(reference['/link']?.link).toBe('a/keep');
   });
 
