@@ -203,7 +203,7 @@ async function measure(d: Daemon, p: Params, round: number, position: number): P
       for (let k = 0; k < depth; k++) {
         const name = `chain-${salt}-${j}-${k}`;
         await lc.call(lc.snapshots, lc.snapshots.prepare, { snapshotter: SNAPSHOTTER, key: `${name}-active`, parent, labels: {} });
-        await lc.call(lc.snapshots, lc.snapshots.commit, { snapshotter: SNAPSHOTTER, name, key: `${name}-active`, labels: {} });
+        await lc.call(lc.snapshots, lc.snapshots.commit, { parent: '', snapshotter: SNAPSHOTTER, name, key: `${name}-active`, labels: {} });
         parent = name;
       }
       tops[j] = parent;

@@ -120,7 +120,7 @@ class Snap {
     return this.c.call(this.c.snapshots, this.c.snapshots.mounts, { snapshotter: this.snapshotter, key }).then((r) => r.mounts);
   }
   commit(name: string, key: string): Promise<unknown> {
-    return this.c.call(this.c.snapshots, this.c.snapshots.commit, { snapshotter: this.snapshotter, name, key, labels: {} });
+    return this.c.call(this.c.snapshots, this.c.snapshots.commit, { parent: '', snapshotter: this.snapshotter, name, key, labels: {} });
   }
   stat(key: string): Promise<unknown> {
     return this.c.call(this.c.snapshots, this.c.snapshots.stat, { snapshotter: this.snapshotter, key });

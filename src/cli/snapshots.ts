@@ -381,7 +381,7 @@ const commands: Command[] = [
       if (inv.args.length !== 2) throw new CliError('commit takes <name> <key>');
       const [name, key] = inv.args as [string, string];
       const { c, snapshotter } = await open(inv);
-      await c.call(c.snapshots, c.snapshots.commit, { snapshotter, name, key, labels: { [LABEL_GC_ROOT]: gcRootNow() } });
+      await c.call(c.snapshots, c.snapshots.commit, { parent: '', snapshotter, name, key, labels: { [LABEL_GC_ROOT]: gcRootNow() } });
     },
   },
   {

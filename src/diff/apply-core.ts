@@ -267,7 +267,7 @@ export class LayerApplier {
   }
 
   /** The stream ended: finishes the archive (directory times, xattrs) and returns the bytes read. */
-  finish(): { size: number } {
+  finish(): { size: number; implicitDirs: string[] } {
     if (this.failed) throw this.failed;
     try {
       this.parser.end();
@@ -280,7 +280,9 @@ export class LayerApplier {
     } catch (err) {
       throw layerError(err, this.root, this.entry);
     }
-    return { size: this.size };
+    const implicitDirs: string[] = [];
+    for (const [path, rel] of this.defaulted) if (lstatOrUndefined(path)?.isDirectory()) implicitDirs.push(rel);
+    return { size: this.size, implicitDirs };
   }
 
   /** Releases what an aborted apply holds (the open file). */
@@ -341,8 +343,16 @@ export class LayerApplier {
       return st.mode;
     }
     chmodSync(path, 0o755);
+    this.defaulted.set(path, rel.join('/'));
     return 0o755;
   }
+
+  /**
+   * Directories this layer implied (no entry of its own) and no lower layer described, so they were made 0755
+   * root: relative paths. A layer extracted without its parent (parallel unpack) gets their metadata from the
+   * parent afterwards, as an in-order apply takes it from the lower layers here.
+   */
+  private readonly defaulted = new Map<string, string>();
 
   /** Removes a path; forgets resolved directories if a directory or symlink goes (resolution may change). */
   private remove(path: string, st: Stats): void {
@@ -399,6 +409,7 @@ export class LayerApplier {
     if (existing && !(existing.isDirectory() && h.type === 'directory')) this.remove(path, existing);
     switch (h.type) {
       case 'directory':
+        this.defaulted.delete(path); // its own entry says what it is
         if (!existing || !existing.isDirectory()) mkdirSync(path, { mode: 0o700 });
         else if ((existing.mode ^ h.mode) & 0o2000) this.dirs.clear(); // set-group-ID changes on a known directory
         if (this.opts.isRoot) lchownSync(path, h.uid, h.gid);

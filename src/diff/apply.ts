@@ -41,6 +41,8 @@ export interface ApplyResult {
   diffID: string;
   /** Uncompressed bytes read. */
   size: number;
+  /** Directories the layer implied without entries and no lower layer described (made 0755 root), relative. */
+  implicitDirs: string[];
 }
 
 /** Bytes handed to a worker and not yet applied, above which reading pauses. */
@@ -84,7 +86,7 @@ let nextId = 0;
 
 type Out =
   | { op: 'ack'; id: number; bytes: number }
-  | { op: 'done'; id: number; size: number }
+  | { op: 'done'; id: number; size: number; implicitDirs?: string[] }
   | { op: 'error'; id: number; kind: ErrorKind; message: string; code?: string }
   | { op: 'warn'; id: number; msg: string; fields: Record<string, unknown> }
   | { op: 'aborted'; id: number };
@@ -123,7 +125,7 @@ function runApply(worker: Worker, tar: Readable, root: string, opts: ApplyOption
           opts.logger?.warn(m.msg, m.fields);
           break;
         case 'done':
-          settle(() => resolve({ diffID: `sha256:${hash.digest('hex')}`, size: m.size }));
+          settle(() => resolve({ diffID: `sha256:${hash.digest('hex')}`, size: m.size, implicitDirs: m.implicitDirs ?? [] }));
           break;
         case 'error': {
           const err = m.kind === 'unknown' && m.code ? Object.assign(new Error(m.message), { code: m.code }) : new StrataError(m.kind, m.message);

@@ -10,6 +10,12 @@ import type { Descriptor } from '../core/descriptor.js';
 export interface ApplyOpts {
   /** Called with the uncompressed bytes read so far (progress); optional. */
   onProgress?: (bytes: number) => void;
+  /**
+   * Called once applied with the directories the layer implied without entries of their own and that no lower
+   * layer of the target described (so they were made 0755 root), relative to the root. The parallel unpacker
+   * gives them the parent's metadata before committing onto it, as an in-order apply would have.
+   */
+  onImplicitDirs?: (paths: string[]) => void;
 }
 
 export interface Applier {

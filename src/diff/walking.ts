@@ -133,6 +133,7 @@ export class WalkingDiffer implements Differ {
       }
       throw err;
     }
+    opts.onImplicitDirs?.(result.implicitDirs);
     this.log.debug('diff applied', { digest: desc.digest, media: desc.mediaType, size: result.size, ms: Date.now() - started });
     return { mediaType: MediaTypeImageLayer, digest: result.diffID, size: result.size };
   }

@@ -658,7 +658,7 @@ async function checkNamespacedSnapshots(c: Ctx, md: MetadataCheck, local: { name
         if (note && noted?.kind === 'committed' && !byKey.has(`${s.name}\0${r.namespace}\0${note.name}`)) {
           garbage(c, 'snapshot-commit-pending', object, `a Commit to ${JSON.stringify(note.name)} was interrupted after its backend commit; the daemon finishes it when it starts`);
           recorded.add(note.backendKey);
-          if (c.repair) md.finishCommit(r.namespace, s.name, r.key, note.name, note.backendKey, note.labels);
+          if (c.repair) md.finishCommit(r.namespace, s.name, r.key, note.name, note.backendKey, note.labels, note.parent);
           continue;
         }
         const done = r.kind === 'active' ? interruptedCommit(r, rows, all, byKey) : undefined;

@@ -36,6 +36,8 @@ export interface UnpackTarget {
   protect?: (chainID: string) => Promise<void> | void;
   /** Serialises the unpack of one chain with the daemon's other transfers (see UnpackOptions.exclusive). */
   exclusive?: <T>(chainID: string, fn: () => Promise<T>) => Promise<T>;
+  /** containerd 2.x's max_concurrent_unpacks (see UnpackOptions.maxConcurrentUnpacks). */
+  maxConcurrentUnpacks?: number;
 }
 
 export interface PullOptions {
@@ -84,6 +86,7 @@ export async function pull(resolver: Resolver, ref: string, svc: ImageServices, 
   // Walk index → manifests → config, fetching as we go; layers start downloading as soon as their manifest
   // is known, and the unpacker waits on them one by one.
   const walked: Walked = { manifests: [] };
+  let unpackingStarted = false;
   const layerFetches = new Map<string, Promise<unknown>>();
   const startLayer = (layer: Descriptor): Promise<unknown> => {
     let p = layerFetches.get(layer.digest);
@@ -112,7 +115,11 @@ export async function pull(resolver: Resolver, ref: string, svc: ImageServices, 
       // order they queue for the concurrency limit, so a config queued behind the layers would hold the
       // unpacking back until most of them were in.
       const config = fetch(manifest.config, 'config');
-      for (const l of manifest.layers) startLayer(l);
+      // The image to unpack (the first manifest) has its layers fetched by the unpacker, which asks the
+      // snapshotter first: a layer a remote snapshotter provides is never downloaded.
+      const unpacking = opts.unpack !== undefined && walked.manifests.length === 0 && !unpackingStarted;
+      unpackingStarted ||= unpacking;
+      if (!unpacking) for (const l of manifest.layers) startLayer(l);
       await config;
       await labelChildren(svc.content, desc, children(desc, raw));
       walked.manifests.push({ desc, config: manifest.config, layers: manifest.layers });
@@ -138,6 +145,8 @@ export async function pull(resolver: Resolver, ref: string, svc: ImageServices, 
           config: target.config,
           ...(opts.unpack.protect ? { protect: opts.unpack.protect } : {}),
           ...(opts.unpack.exclusive ? { exclusive: opts.unpack.exclusive } : {}),
+          ...(opts.unpack.maxConcurrentUnpacks ? { maxConcurrentUnpacks: opts.unpack.maxConcurrentUnpacks } : {}),
+          fetch: (i) => void startLayer(target.layers[i]!),
           ready: async (i) => void (await startLayer(target.layers[i]!)),
           onProgress: (layer, status, detail) =>
             progress({ ref: layer.digest, kind: 'layer', status, total: layer.size, ...(detail ? { detail } : {}) }),

@@ -58,10 +58,18 @@ export interface TransferConfig {
    * daemon's pulls together; 0 = max_concurrent_downloads × concurrent_layer_fetch_buffer.
    */
   concurrent_layer_fetch_memory: number;
+  /**
+   * containerd 2.2's name: most layers of one image extracted at once. Above 1, on a snapshotter with the
+   * `rebase` capability (overlayfs), independent layers are extracted concurrently and committed in order; 0 or
+   * 1: one after the other. Default 1, as containerd's: on a busy 2-core machine the parallel path was not
+   * shown faster for unpack alone (bench/RESULTS.md, "Parallel unpack"), so it is opt-in until it is.
+   */
+  max_concurrent_unpacks: number;
 }
 
 export const defaultTransferConfig = (): TransferConfig => ({
   max_concurrent_downloads: 3,
+  max_concurrent_unpacks: 1,
   snapshotter: '',
   config_path: '',
   connect_timeout: '30s',
@@ -188,6 +196,8 @@ export class ImageTransfers {
   private readonly defaultSnapshotter: string;
   /** Multipart fetch settings, with one memory budget for every transfer of the daemon; undefined = off. */
   private readonly multipart: MultipartOptions | undefined;
+  /** max_concurrent_unpacks, at least 1. */
+  private readonly maxConcurrentUnpacks: number;
   /** Downloads and unpacks in flight, shared by this daemon's concurrent transfers. */
   readonly shared = new SharedWork();
 
@@ -200,6 +210,11 @@ export class ImageTransfers {
     const defaults = defaultTransferConfig();
     this.connectTimeoutMs = configDuration('connect_timeout', config.connect_timeout ?? defaults.connect_timeout);
     this.responseHeaderTimeoutMs = configDuration('response_header_timeout', config.response_header_timeout ?? defaults.response_header_timeout);
+    const unpacks = config.max_concurrent_unpacks ?? defaults.max_concurrent_unpacks;
+    if (typeof unpacks !== 'number' || !Number.isInteger(unpacks) || unpacks < 0) {
+      throw invalidArgument('transfer config: max_concurrent_unpacks must be a whole number, 0 or more');
+    }
+    this.maxConcurrentUnpacks = Math.max(1, unpacks);
     const unpackDefault = unpackConfigSnapshotter(config.unpack_config);
     this.defaultSnapshotter = config.snapshotter || unpackDefault;
     const partSize = configBytes('concurrent_layer_fetch_buffer', config.concurrent_layer_fetch_buffer ?? defaults.concurrent_layer_fetch_buffer);
@@ -260,6 +275,7 @@ export class ImageTransfers {
       ...(lease ? { protect: (chainID: string) => this.md.leases.addResource(ctx.namespace, lease, { type: `snapshots/${name}`, id: chainID }) } : {}),
       // Snapshots are namespaced: the same chain in two namespaces is two snapshots, unpacked separately.
       exclusive: <T>(chainID: string, fn: () => Promise<T>) => this.shared.unpack(`${name}\u0000${ctx.namespace}\u0000${chainID}`, fn),
+      maxConcurrentUnpacks: this.maxConcurrentUnpacks,
     };
   }
 
@@ -357,6 +373,7 @@ export class ImageTransfers {
       config: manifest.config,
       ...(target.protect ? { protect: target.protect } : {}),
       ...(target.exclusive ? { exclusive: target.exclusive } : {}),
+      ...(target.maxConcurrentUnpacks ? { maxConcurrentUnpacks: target.maxConcurrentUnpacks } : {}),
       onProgress: (layer, status, detail) =>
         onProgress?.({ ref: layer.digest, kind: 'layer', status, total: layer.size, ...(detail ? { detail } : {}) }),
     });

@@ -135,7 +135,8 @@ const migrations: string[] = [
   ALTER TABLE containers ADD COLUMN created_ns INTEGER NOT NULL DEFAULT 0;
   ALTER TABLE containers ADD COLUMN updated_ns INTEGER NOT NULL DEFAULT 0;
   `,
-  // 6: snapshot commits in progress: the backend name a Commit gives the active snapshot, on disk before the
+  // 6: snapshot commits in progress: the backend name a Commit gives the active snapshot (and the parent it
+  // commits onto: the record's own, or the one a rebase names), on disk before the
   // backend commits, so that a crash between the backend's commit and the record's is finished at the next start.
   `
   CREATE TABLE snapshot_commits (
@@ -144,6 +145,7 @@ const migrations: string[] = [
     key         TEXT NOT NULL,
     name        TEXT NOT NULL,
     backend_key TEXT NOT NULL,
+    parent      TEXT NOT NULL,
     labels      TEXT NOT NULL,
     PRIMARY KEY (namespace, snapshotter, key)
   ) WITHOUT ROWID;

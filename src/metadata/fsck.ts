@@ -113,14 +113,15 @@ export class MetadataCheck {
   }
 
   /** Commits noted before their backend commit and not recorded yet (snapshot_commits, schema 6). */
-  pendingCommits(): { namespace: string; snapshotter: string; key: string; name: string; backendKey: string; labels: string }[] {
+  pendingCommits(): { namespace: string; snapshotter: string; key: string; name: string; backendKey: string; parent: string; labels: string }[] {
     if (!this.hasTable('snapshot_commits')) return [];
-    return this.db.prepare('SELECT namespace, snapshotter, key, name, backend_key AS backendKey, labels FROM snapshot_commits').all() as {
+    return this.db.prepare('SELECT namespace, snapshotter, key, name, backend_key AS backendKey, parent, labels FROM snapshot_commits').all() as {
       namespace: string;
       snapshotter: string;
       key: string;
       name: string;
       backendKey: string;
+      parent: string;
       labels: string;
     }[];
   }
@@ -184,9 +185,9 @@ export class MetadataCheck {
   /**
    * Finishes a Commit a crash interrupted after its backend commit: the active record `key` becomes the committed
    * record `name` naming `backendKey`, and the lease entries of the key move to the name (what the commit's own
-   * transaction does).
+   * transaction does). `parent`: the parent a rebase commit names (else the record keeps its own).
    */
-  finishCommit(namespace: string, snapshotter: string, key: string, name: string, backendKey: string, labels: string): void {
+  finishCommit(namespace: string, snapshotter: string, key: string, name: string, backendKey: string, labels: string, parent?: string): void {
     const resource = `snapshots/${snapshotter}`;
     this.db
       .transaction(() => {
@@ -200,7 +201,7 @@ export class MetadataCheck {
           .prepare(
             "INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'committed', ?, ?, ?)",
           )
-          .run(namespace, snapshotter, name, backendKey, row.parent, labels, now, now);
+          .run(namespace, snapshotter, name, backendKey, parent || row.parent, labels, now, now);
         this.db.prepare('UPDATE OR IGNORE lease_resources SET id = ? WHERE namespace = ? AND type = ? AND id = ?').run(name, namespace, resource, key);
         this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND type = ? AND id = ?').run(namespace, resource, key);
         if (this.hasTable('snapshot_commits')) {

@@ -20,11 +20,11 @@
  * (and containerd's) removes exactly those.
  */
 import { crashPoint } from '../core/crashpoint.js';
-import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, isNotFound, notFound, unknown } from '../core/errdefs.js';
+import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, isNotFound, notFound, notImplemented, unknown } from '../core/errdefs.js';
 import { parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
 import { GroupCommit, snapshotAdaptor } from '../snapshots/storage.js';
-import { capabilitiesOf, inheritedLabels, type Info, type Kind, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../snapshots/types.js';
+import { capabilitiesOf, hasCapability, inheritedLabels, SnapshotterCapability, type Info, type Kind, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../snapshots/types.js';
 import { LABEL_SNAPSHOT_REF, INHERITED_LABEL_PREFIX } from '../core/labels.js';
 import { type Mount } from '../core/mount.js';
 import { type UniqueNumbers } from './db.js';
@@ -150,10 +150,10 @@ export class NamespacedSnapshots {
   }
 
   /** @internal Inside a write: the commit of `key` to `name` (backend name `bname`) is about to happen. */
-  notePendingCommit(ns: string, key: string, name: string, bname: string, labels: Record<string, string>): void {
+  notePendingCommit(ns: string, key: string, name: string, bname: string, parent: string, labels: Record<string, string>): void {
     this.db
-      .prepare('INSERT OR REPLACE INTO snapshot_commits (namespace, snapshotter, key, name, backend_key, labels) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(ns, this.name, key, name, bname, encodeLabels(labels));
+      .prepare('INSERT OR REPLACE INTO snapshot_commits (namespace, snapshotter, key, name, backend_key, parent, labels) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      .run(ns, this.name, key, name, bname, parent, encodeLabels(labels));
   }
 
   /** @internal Inside a write: the commit of `key` is recorded or failed. */
@@ -187,8 +187,8 @@ export class NamespacedSnapshots {
    */
   async recoverCommits(): Promise<number> {
     const pending = this.db
-      .prepare('SELECT namespace, key, name, backend_key, labels FROM snapshot_commits WHERE snapshotter = ?')
-      .all(this.name) as { namespace: string; key: string; name: string; backend_key: string; labels: string }[];
+      .prepare('SELECT namespace, key, name, backend_key, parent, labels FROM snapshot_commits WHERE snapshotter = ?')
+      .all(this.name) as { namespace: string; key: string; name: string; backend_key: string; parent: string; labels: string }[];
     let finished = 0;
     for (const p of pending) {
       const row = this.row(p.namespace, p.key);
@@ -202,10 +202,16 @@ export class NamespacedSnapshots {
         }
       };
       const finish =
-        row !== undefined && row.kind === 'active' && !this.row(p.namespace, p.name) && !(await has(row.backend_key)) && (await has(p.backend_key));
+        row !== undefined &&
+        row.kind === 'active' &&
+        !this.row(p.namespace, p.name) &&
+        // A rebase commit's parent (the record's own parent otherwise) must still be there.
+        (p.parent === '' || this.row(p.namespace, p.parent) !== undefined) &&
+        !(await has(row.backend_key)) &&
+        (await has(p.backend_key));
       this.commits.write(() => {
         if (finish) {
-          this.recordCommit(p.namespace, p.key, p.name, p.backend_key, row.parent, parseLabels(p.labels));
+          this.recordCommit(p.namespace, p.key, p.name, p.backend_key, p.parent, parseLabels(p.labels));
           finished++;
         } else {
           this.dropPendingCommit(p.namespace, p.key);
@@ -429,45 +435,79 @@ class BoundSnapshotter implements Snapshotter {
     if (!name) throw invalidArgument('snapshot name must not be empty');
     validateLabels(opts.labels);
     const labels = compactLabels(opts.labels); // "" values are not stored, as containerd's writeMap
-    const { row, bname } = this.db.transaction(() => {
+    const { row, bname, rebase } = this.db.transaction(() => {
       // containerd's order: the name taken first (ALREADY_EXISTS even for an unknown key), then the key.
       if (this.s.row(this.ns, name) || this.s.committing.has(`${this.ns}\0${name}`)) throw alreadyExists(`snapshot "${name}"`);
       const row = this.s.mustRow(this.ns, key);
       // containerd's words (its backend reports this, wrapped by the commit).
       if (row.kind !== 'active') throw failedPrecondition(`failed to commit snapshot: snapshot ${JSON.stringify(key)} is not active`);
+      // containerd 2.2's WithParent (rebase): onto a committed parent of this namespace; only a snapshot
+      // prepared without a parent moves, and only on a backend with the `rebase` capability.
+      let rebase: { parent: string; bparent: string } | undefined;
+      if (opts.parent && opts.parent !== row.parent) {
+        const p = this.s.row(this.ns, opts.parent);
+        if (!p) throw notFound(`parent snapshot ${opts.parent} does not exist`);
+        if (p.kind !== 'committed') throw invalidArgument(`parent ${JSON.stringify(opts.parent)} is not committed snapshot`);
+        if (row.parent) {
+          throw failedPrecondition(`failed to commit snapshot: snapshot ${JSON.stringify(key)} has parent ${JSON.stringify(row.parent)}: only a snapshot prepared without a parent can be committed onto one`);
+        }
+        if (!hasCapability(this.s.backend, SnapshotterCapability.Rebase)) {
+          throw notImplemented(`snapshotter ${JSON.stringify(this.s.name)} cannot commit a snapshot onto a parent (no rebase capability)`);
+        }
+        rebase = { parent: opts.parent, bparent: p.backend_key };
+      }
       this.s.committing.add(`${this.ns}\0${name}`);
-      return { row, bname: `${this.ns}/${this.s.store.numbers.next()}/${name}` };
+      return { row, bname: `${this.ns}/${this.s.store.numbers.next()}/${name}`, rebase };
     })();
     try {
-      await this.commitReserved(name, key, labels, row, bname, hold);
+      await this.commitReserved(name, key, labels, row, bname, hold, rebase);
     } finally {
       this.s.committing.delete(`${this.ns}\0${name}`);
     }
   }
 
-  private async commitReserved(name: string, key: string, labels: Record<string, string>, row: Row, bname: string, hold: (bkey: string) => void): Promise<void> {
+  private async commitReserved(
+    name: string,
+    key: string,
+    labels: Record<string, string>,
+    row: Row,
+    bname: string,
+    hold: (bkey: string) => void,
+    rebase?: { parent: string; bparent: string },
+  ): Promise<void> {
     hold(row.backend_key);
     hold(bname);
+    if (rebase) hold(rebase.bparent);
 
-    // The backend name this commit gives the active snapshot, on disk before the backend commits: a crash after
-    // the backend's commit and before the record's is finished at the next start (recoverCommits).
-    this.s.commits.write(() => this.s.notePendingCommit(this.ns, key, name, bname, labels));
+    const parent = rebase ? rebase.parent : row.parent;
+    // The backend name this commit gives the active snapshot (and the parent it commits onto), on disk before the
+    // backend commits: a crash after the backend's commit and before the record's is finished at the next start
+    // (recoverCommits).
+    this.s.commits.write(() => this.s.notePendingCommit(this.ns, key, name, bname, parent, labels));
     await this.s.commits.durable();
     crashPoint('snapshot.commit.before-backend');
     try {
-      await this.s.backend.commit(bname, row.backend_key, { labels: inheritedLabels(labels) });
+      await this.s.backend.commit(bname, row.backend_key, { labels: inheritedLabels(labels), ...(rebase ? { parent: rebase.bparent } : {}) });
     } catch (err) {
       this.s.commits.write(() => this.s.dropPendingCommit(this.ns, key));
       throw err;
     }
     crashPoint('snapshot.commit.after-backend');
 
-    this.s.commits.write(() => {
-      // The active snapshot may have been removed (or garbage collected) while the backend committed it.
-      this.s.mustRow(this.ns, key);
-      this.s.recordCommit(this.ns, key, name, bname, row.parent, labels);
-      this.s.store.leases.attach(this.ctx, this.resource, name);
-    });
+    try {
+      this.s.commits.write(() => {
+        // The active snapshot may have been removed (or garbage collected) while the backend committed it.
+        this.s.mustRow(this.ns, key);
+        // So may the parent it was committed onto (the backend keeps its data for the collector: it has a child).
+        if (rebase && !this.s.row(this.ns, rebase.parent)) throw notFound(`parent snapshot ${rebase.parent} does not exist`);
+        this.s.recordCommit(this.ns, key, name, bname, parent, labels);
+        this.s.store.leases.attach(this.ctx, this.resource, name);
+      });
+    } catch (err) {
+      // Not to be finished at the next start either: the backend's committed snapshot is garbage for the collector.
+      this.s.commits.write(() => this.s.dropPendingCommit(this.ns, key));
+      throw err;
+    }
     crashPoint('snapshot.commit.after-record');
     await this.s.commits.durable();
     crashPoint('snapshot.commit.after-sync');

@@ -17,12 +17,12 @@
  * Keys are opaque strings (the namespaced layer passes "<namespace>/<n>/<key>"): they are never paths.
  */
 import { crashPoint } from '../core/crashpoint.js';
-import { alreadyExists, failedPrecondition, invalidArgument, notFound, StrataError } from '../core/errdefs.js';
+import { alreadyExists, failedPrecondition, invalidArgument, notFound, notImplemented, StrataError } from '../core/errdefs.js';
 import { adapt, labelField, parseAll } from '../filters/index.js';
 import { applyLabelPaths, validateLabelEntries, validateLabels } from '../core/labels.js';
 import { closeSync, fdatasync, openSync } from 'node:fs';
 import { openSqlite, type DB } from '../core/sqlite.js';
-import type { Info, Kind, Usage } from './types.js';
+import { LABEL_SNAPSHOT_REBASE, type Info, type Kind, type Usage } from './types.js';
 import { fromParts, now as nowTime } from '../core/time.js';
 
 export interface SnapshotRecord {
@@ -30,7 +30,12 @@ export interface SnapshotRecord {
   kind: Kind;
   /** Ids of the parent chain, nearest parent first. */
   parentIds: number[];
+  /** An active snapshot prepared without a parent with LABEL_SNAPSHOT_REBASE = "true" (to be rebased). */
+  rebase?: boolean;
 }
+
+const wantsRebase = (kind: Kind, parentId: number | null, labels: Record<string, string>): boolean =>
+  kind === 'active' && parentId === null && labels[LABEL_SNAPSHOT_REBASE] === 'true';
 
 interface Row {
   id: number;
@@ -196,6 +201,12 @@ export function checkKey(key: string, what = 'key'): void {
   if (typeof key !== 'string' || key === '') throw invalidArgument(`snapshot ${what} must not be empty`);
 }
 
+/** A commit onto a parent (SnapshotOpts.parent): `allowed` when the backend has the rebase capability. */
+export interface CommitRebase {
+  parent: string;
+  allowed: boolean;
+}
+
 export class SnapshotStorage {
   private readonly commits: GroupCommit;
   /**
@@ -260,6 +271,7 @@ export class SnapshotStorage {
     if (cached) return cached;
     const r = this.mustRow(key);
     const rec: SnapshotRecord = { id: r.id, kind: r.kind, parentIds: this.chain(r.parent_id) };
+    if (wantsRebase(r.kind, r.parent_id, JSON.parse(r.labels) as Record<string, string>)) rec.rebase = true;
     this.records.set(key, rec);
     return rec;
   }
@@ -308,7 +320,7 @@ export class SnapshotStorage {
       const id = Number(res.lastInsertRowid);
       const parentIds = this.chain(parentId);
       place?.(id, parentIds);
-      return { id, kind, parentIds } as SnapshotRecord;
+      return { id, kind, parentIds, ...(wantsRebase(kind, parentId, labels) ? { rebase: true } : {}) } as SnapshotRecord;
     });
     this.records.set(key, rec);
     return rec;
@@ -319,24 +331,49 @@ export class SnapshotStorage {
    * its labels with the commit's, as containerd does. `place` runs inside the transaction. `usage` undefined:
    * not measured yet (see storedUsage/setUsage).
    */
-  commitActive(key: string, name: string, usage: Usage | undefined, labels: Record<string, string> = {}, place?: (id: number) => void): number {
+  commitActive(
+    key: string,
+    name: string,
+    usage: Usage | undefined,
+    labels: Record<string, string> = {},
+    place?: (id: number, rebasedOnto?: number[]) => void,
+    rebase?: CommitRebase,
+  ): number {
     checkKey(key);
     checkKey(name, 'name');
     validateLabels(labels);
+    let rebasedChain: number[] | undefined;
     const id = this.commits.write(() => {
       if (this.row(name)) throw alreadyExists(`committed snapshot ${name}`);
       const r = this.mustRow(key);
       if (r.kind !== 'active') throw failedPrecondition(`snapshot ${JSON.stringify(key)} is not active`);
+      // containerd 2.2's WithParent on Commit: the snapshot's parent becomes `parent` (rebase).
+      let parentId = r.parent_id;
+      if (rebase?.parent) {
+        const p = this.row(rebase.parent);
+        if (!p) throw notFound(`parent snapshot ${rebase.parent} does not exist`);
+        // containerd #12447: never onto an active snapshot.
+        if (p.kind !== 'committed') throw invalidArgument(`parent ${JSON.stringify(rebase.parent)} is not committed snapshot`);
+        if (r.parent_id !== p.id) {
+          if (r.parent_id !== null) {
+            throw failedPrecondition(`snapshot ${JSON.stringify(key)} has parent ${JSON.stringify(r.parent_key)}: only a snapshot prepared without a parent can be committed onto one`);
+          }
+          if (!rebase.allowed) throw notImplemented(`snapshotter cannot commit ${JSON.stringify(key)} onto a parent: no rebase capability`);
+          parentId = p.id;
+          rebasedChain = this.chain(p.id);
+        }
+      }
       const now = nowTime();
       this.db
-        .prepare('UPDATE snapshots SET key = ?, kind = ?, labels = ?, created_at = ?, updated_at = ?, created_ns = ?, updated_ns = ?, size = ?, inodes = ? WHERE id = ?')
-        .run(name, 'committed', JSON.stringify(labels), now.getTime(), now.getTime(), now.subMs, now.subMs, usage?.size ?? null, usage?.inodes ?? null, r.id);
-      place?.(r.id);
+        .prepare('UPDATE snapshots SET key = ?, kind = ?, parent_id = ?, labels = ?, created_at = ?, updated_at = ?, created_ns = ?, updated_ns = ?, size = ?, inodes = ? WHERE id = ?')
+        .run(name, 'committed', parentId, JSON.stringify(labels), now.getTime(), now.getTime(), now.subMs, now.subMs, usage?.size ?? null, usage?.inodes ?? null, r.id);
+      place?.(r.id, rebasedChain);
       return r.id;
     });
-    // The committed snapshot's chain is known already when the active one's record was.
+    // The committed snapshot's chain is known already when the active one's record was (or is its new parent's).
     const active = this.records.get(key);
-    if (active) this.chains.set(id, [id, ...active.parentIds]);
+    if (rebasedChain) this.chains.set(id, [id, ...rebasedChain]);
+    else if (active) this.chains.set(id, [id, ...active.parentIds]);
     this.records.delete(key);
     this.records.delete(name);
     return id;

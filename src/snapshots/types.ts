@@ -36,7 +36,22 @@ export interface Usage {
 
 export interface SnapshotOpts {
   labels?: Record<string, string>;
+  /**
+   * Commit only, containerd 2.2's `snapshots.WithParent` (CommitSnapshotRequest.parent): commit the active
+   * snapshot onto this committed parent. Only a backend with the `rebase` capability accepts it for an active
+   * snapshot prepared without a parent; a parent equal to the one the snapshot was prepared on is always fine.
+   */
+  parent?: string;
 }
+
+/**
+ * Prepare label (passed to backends and proxy plugins like every `containerd.io/snapshot/` label): the active
+ * snapshot is prepared without a parent to be committed onto one later (rebase). A backend whose layers are
+ * overlay upper directories then returns a mount under which whiteouts and opaque directories are written in
+ * its own format (overlayfs: an overlay mount over an empty lower directory), so that they still hide what the
+ * parent has once rebased (containerd 2.2's fault #13030 was a bind mount, where whiteouts vanished).
+ */
+export const LABEL_SNAPSHOT_REBASE = 'containerd.io/snapshot/strata.rebase';
 
 export type WalkFn = (info: Info) => void | Promise<void>;
 

@@ -105,10 +105,22 @@ describe('normal layer', () => {
     expect(await getxattr(join(target, 'x'), 'user.test')).toBe('value1');
   });
 
+  it('reports the directories a layer implies without entries and no lower layer describes, and only those', async () => {
+    const buf = await makeTar([
+      { name: 'a/b/f', body: 'f' }, // a and a/b implied
+      { name: 'c/', type: 'directory', mode: 0o700 },
+      { name: 'c/g', body: 'g' }, // c has its own entry
+      { name: 'd/h', body: 'h' },
+      { name: 'd/', type: 'directory', mode: 0o711 }, // d implied first, then given an entry
+    ]);
+    const res = await apply(buf);
+    expect(res.implicitDirs.sort()).toEqual(['a', 'a/b']);
+  });
+
   it('hashes every byte read, trailing zeros after the end-of-archive marker included', async () => {
     const buf = Buffer.concat([await makeTar([{ name: 'f', body: 'z' }]), Buffer.alloc(4096)]);
     const res = await apply(buf);
-    expect(res).toEqual({ diffID: `sha256:${createHash('sha256').update(buf).digest('hex')}`, size: buf.length });
+    expect(res).toEqual({ diffID: `sha256:${createHash('sha256').update(buf).digest('hex')}`, size: buf.length, implicitDirs: [] });
   });
 
   it('keeps the opaque marker when the directory entry comes after it (overlay mode)', async () => {

@@ -41,7 +41,7 @@ const snap = {
   view: async (cl: StrataClient, r: SnReq) =>
     (await cl.call(cl.snapshots, cl.snapshots.view, { snapshotter: 'overlayfs', key: r.key, parent: r.parent ?? '', labels: {} })).mounts,
   commit: (cl: StrataClient, name: string, key: string) =>
-    cl.call(cl.snapshots, cl.snapshots.commit, { snapshotter: 'overlayfs', name, key, labels: {} }),
+    cl.call(cl.snapshots, cl.snapshots.commit, { parent: '', snapshotter: 'overlayfs', name, key, labels: {} }),
   remove: (cl: StrataClient, key: string) => cl.call(cl.snapshots, cl.snapshots.remove, { snapshotter: 'overlayfs', key }),
 };
 const apply = (cl: StrataClient, r: Partial<ApplyRequest>) => cl.call(cl.diff, cl.diff.apply, { mounts: [], payloads: {}, diff: undefined, ...r });

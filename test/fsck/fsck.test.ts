@@ -399,7 +399,7 @@ describe('strata fsck', () => {
       try {
         for (const snapshotter of ['native', 'btrfs']) {
           await c.call(c.snapshots, c.snapshots.prepare, { snapshotter, key: 'a', parent: '', labels: {} });
-          await c.call(c.snapshots, c.snapshots.commit, { snapshotter, name: 'base', key: 'a', labels: {} });
+          await c.call(c.snapshots, c.snapshots.commit, { snapshotter, name: 'base', key: 'a', labels: {}, parent: '' });
           await c.call(c.snapshots, c.snapshots.prepare, { snapshotter, key: 'work', parent: 'base', labels: {} });
         }
       } finally {

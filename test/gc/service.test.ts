@@ -169,7 +169,7 @@ describe('strata gc', () => {
     await createLease(c, 'snaps');
     const leased = d.client('gc-why-sn', 'snaps');
     await leased.call(leased.snapshots, leased.snapshots.prepare, { snapshotter: 'overlayfs', key: 'base-active', parent: '', labels: {} });
-    await leased.call(leased.snapshots, leased.snapshots.commit, { snapshotter: 'overlayfs', name: 'base', key: 'base-active', labels: {} });
+    await leased.call(leased.snapshots, leased.snapshots.commit, { parent: '', snapshotter: 'overlayfs', name: 'base', key: 'base-active', labels: {} });
     await leased.call(leased.snapshots, leased.snapshots.prepare, { snapshotter: 'overlayfs', key: 'work', parent: 'base', labels: {} });
 
     const out = await ok(['gc', 'why', 'snapshot', 'overlayfs/base'], 'gc-why-sn');

@@ -67,7 +67,7 @@ describe('unpackLayers', () => {
       onProgress: (_l, status) => events.push(status),
     });
     const chain = chainIDs(diffIDs);
-    expect(r).toEqual({ chainID: chain[1], extracted: 2 });
+    expect(r).toEqual({ chainID: chain[1], extracted: 2, remote: 0, parallel: false });
     expect(events).toEqual(['unpacking', 'unpacked', 'unpacking', 'unpacked']);
     expect(await keys(sn)).toEqual([...chain].sort());
 
@@ -76,7 +76,7 @@ describe('unpackLayers', () => {
       snapshotterName: 'overlayfs',
       onProgress: (_l, status) => again.push(status),
     });
-    expect(r2).toEqual({ chainID: chain[1], extracted: 0 });
+    expect(r2).toEqual({ chainID: chain[1], extracted: 0, remote: 0, parallel: false });
     expect(again).toEqual(['exists', 'exists']);
   });
 
@@ -117,7 +117,7 @@ describe('unpackLayers', () => {
     });
     // The blob is NOT in the content store: reading it would fail.
     const r = await unpackLayers(remote, differ, content, [layer.descriptor], [layer.diffID], { snapshotterName: 'overlayfs' });
-    expect(r).toEqual({ chainID, extracted: 0 });
+    expect(r).toEqual({ chainID, extracted: 0, remote: 1, parallel: false });
     expect(prepares).toHaveLength(1);
     expect(prepares[0]).toMatch(new RegExp(`^extract-\\S+ ${chainID}$`));
     const view = await sn.view('check-remote', chainID);

@@ -142,7 +142,7 @@ describe('label limits per object', () => {
     });
     // A commit with too many labels: refused, the active snapshot stays active and no committed one appears.
     await c.call(c.snapshots, c.snapshots.prepare, { snapshotter: sn, key: 'to-commit', parent: '', labels: {} });
-    expectCount(await refused(c.call(c.snapshots, c.snapshots.commit, { snapshotter: sn, name: 'committed', key: 'to-commit', labels: many(MAX + 1) })));
+    expectCount(await refused(c.call(c.snapshots, c.snapshots.commit, { snapshotter: sn, name: 'committed', key: 'to-commit', labels: many(MAX + 1), parent: '' })));
     expect((await info('to-commit')).info!.kind).toBe(2); // active
     expect(await info('committed').then(() => true, () => false)).toBe(false);
     for (const key of ['full', 'to-commit']) await c.call(c.snapshots, c.snapshots.remove, { snapshotter: sn, key });

@@ -144,7 +144,7 @@ describe('/v1/metrics', () => {
     const mounts = await c.call(c.snapshots, c.snapshots.prepare, { snapshotter: 'native', key: 'm-commit', parent: '', labels: ROOT });
     const dir = (mounts.mounts[0] as { source: string }).source;
     await writeFile(join(dir, 'payload'), randomBytes(200_000));
-    await c.call(c.snapshots, c.snapshots.commit, { snapshotter: 'native', name: 'm-committed', key: 'm-commit', labels: ROOT });
+    await c.call(c.snapshots, c.snapshots.commit, { parent: '', snapshotter: 'native', name: 'm-committed', key: 'm-commit', labels: ROOT });
     const again = (await scrape()).m;
     expect(again.get('strata_snapshots{kind="committed",snapshotter="native"}')).toBe(1);
     expect(again.get('strata_snapshot_usage_bytes{snapshotter="native"}')).toBeGreaterThanOrEqual(200_000);

@@ -136,7 +136,7 @@ const sn = {
   remove: (c: StrataClient, key: string) => tolerate(c.call(c.snapshots, c.snapshots.remove, { snapshotter: SN, key }), 'not found'),
   prepare: (c: StrataClient, key: string, parent: string) => c.call(c.snapshots, c.snapshots.prepare, { snapshotter: SN, key, parent, labels: {} }),
   view: (c: StrataClient, key: string, parent: string) => c.call(c.snapshots, c.snapshots.view, { snapshotter: SN, key, parent, labels: {} }),
-  commit: (c: StrataClient, name: string, key: string) => c.call(c.snapshots, c.snapshots.commit, { snapshotter: SN, name, key, labels: {} }),
+  commit: (c: StrataClient, name: string, key: string) => c.call(c.snapshots, c.snapshots.commit, { snapshotter: SN, name, key, labels: {}, parent: '' }),
 };
 
 const upperOf = (m: { source: string; options: string[] }) => m.options.find((o) => o.startsWith('upperdir='))?.slice('upperdir='.length) ?? m.source;

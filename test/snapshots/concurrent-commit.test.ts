@@ -25,7 +25,7 @@ describe('Commit of two active snapshots to one name at once', () => {
       for (const key of keys) await c.call(c.snapshots, c.snapshots.prepare, { snapshotter, key, parent: '', labels: {} });
       const results = await Promise.all(
         keys.map((key) =>
-          c.call(c.snapshots, c.snapshots.commit, { snapshotter, name, key, labels: {} }).then(
+          c.call(c.snapshots, c.snapshots.commit, { parent: '', snapshotter, name, key, labels: {} }).then(
             () => 'ok' as const,
             (e: unknown) => e,
           ),
@@ -40,7 +40,7 @@ describe('Commit of two active snapshots to one name at once', () => {
       const info = (await c.call(c.snapshots, c.snapshots.stat, { snapshotter, key: loser })).info;
       expect(info?.kind).toBe(2); // ACTIVE
       expect((await c.call(c.snapshots, c.snapshots.mounts, { snapshotter, key: loser })).mounts.length).toBeGreaterThan(0);
-      await c.call(c.snapshots, c.snapshots.commit, { snapshotter, name: `${name}-other`, key: loser, labels: {} });
+      await c.call(c.snapshots, c.snapshots.commit, { parent: '', snapshotter, name: `${name}-other`, key: loser, labels: {} });
       expect((await c.call(c.snapshots, c.snapshots.stat, { snapshotter, key: `${name}-other` })).info?.kind).toBe(3); // COMMITTED
     }
   });

@@ -104,7 +104,7 @@ describe('namespaced snapshots', () => {
     await lc.call(lc.snapshots, lc.snapshots.prepare, { snapshotter: 'remote', key: 'extract', parent: '', labels: {} });
     let res = await c.call(c.leases, c.leases.listResources, { id: 'unpack' });
     expect(res.resources).toEqual([{ id: 'extract', type: 'snapshots/remote' }]);
-    await lc.call(lc.snapshots, lc.snapshots.commit, { snapshotter: 'remote', name: 'layer', key: 'extract', labels: {} });
+    await lc.call(lc.snapshots, lc.snapshots.commit, { parent: '', snapshotter: 'remote', name: 'layer', key: 'extract', labels: {} });
     res = await c.call(c.leases, c.leases.listResources, { id: 'unpack' });
     expect(res.resources).toEqual([{ id: 'layer', type: 'snapshots/remote' }]);
     await leased.remove('layer');

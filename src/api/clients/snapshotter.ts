@@ -77,7 +77,7 @@ export class ProxySnapshotter implements Snapshotter {
   }
 
   async commit(name: string, key: string, opts: SnapshotOpts = {}): Promise<void> {
-    await this.call(this.client.commit, { snapshotter: this.name, name, key, labels: opts.labels ?? {} });
+    await this.call(this.client.commit, { parent: opts.parent ?? '', snapshotter: this.name, name, key, labels: opts.labels ?? {} });
   }
 
   async remove(key: string): Promise<void> {

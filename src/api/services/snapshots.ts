@@ -37,8 +37,9 @@ export function snapshotsService(resolve: ResolveSnapshotter, log: Logger): Grpc
     mounts: unary(l, 'Mounts', async (req: Req & { key: string }, call) => ({
       mounts: (await sn(req, call).mounts(req.key)).map(mountToPb),
     })),
-    commit: unary(l, 'Commit', async (req: Req & { name: string; key: string; labels: Record<string, string> }, call) => {
-      await sn(req, call).commit(req.name, req.key, labelsOf(req.labels));
+    commit: unary(l, 'Commit', async (req: Req & { name: string; key: string; labels: Record<string, string>; parent?: string }, call) => {
+      // containerd 2.2's CommitSnapshotRequest.parent: commit onto that parent (rebase).
+      await sn(req, call).commit(req.name, req.key, { ...labelsOf(req.labels), ...(req.parent ? { parent: req.parent } : {}) });
       return {};
     }),
     remove: unary(l, 'Remove', async (req: Req & { key: string }, call) => {

@@ -282,7 +282,7 @@ export class BtrfsSnapshotter implements Snapshotter {
       this.storage.commitActive(key, name, usage, opts.labels, (id) => {
         if (id !== rec.id) throw failedPrecondition(`snapshot ${key} changed while being committed`);
         renameSync(tmp, this.path('committed', id));
-      });
+      }, opts.parent ? { parent: opts.parent, allowed: false } : undefined);
     } catch (err) {
       await this.discard(tmp);
       throw err;

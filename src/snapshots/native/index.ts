@@ -144,7 +144,7 @@ export class NativeSnapshotter implements Snapshotter {
     const usage = await diskUsage(this.path(rec.id));
     this.storage.commitActive(key, name, usage, opts.labels, (id) => {
       if (id !== rec.id) throw failedPrecondition(`snapshot ${key} changed while being committed`);
-    });
+    }, opts.parent ? { parent: opts.parent, allowed: false } : undefined);
     await this.storage.durable();
   }
 

@@ -44,7 +44,7 @@ import { LABEL_SNAPSHOT_GIDMAPPING, LABEL_SNAPSHOT_UIDMAPPING, rootPair } from '
 import { silentLogger, type Logger } from '../../log/index.js';
 import { diskUsage } from '../fsutil.js';
 import { checkKey, SnapshotStorage, type SnapshotRecord } from '../storage.js';
-import { SnapshotterCapability, type Info, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../types.js';
+import { LABEL_SNAPSHOT_REBASE, SnapshotterCapability, type Info, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../types.js';
 import type { Mount } from '../../core/mount.js';
 import { checkDType, needsUserXAttr, supportsIndex } from './check.js';
 
@@ -123,8 +123,9 @@ const isErrno = (err: unknown, code: string) => (err as NodeJS.ErrnoException | 
 class OverlaySnapshotter implements Snapshotter {
   /**
    * containerd 2.x's overlayfs reports `remap-ids` where idmapped overlays work, and `only-remap-ids` unless its
-   * `slow_chown` fallback is configured (Strata has no recursive-chown fallback: always). `rebase` is not
-   * implemented here yet.
+   * `slow_chown` fallback is configured (Strata has no recursive-chown fallback: always). `rebase` (containerd
+   * 2.2): a snapshot prepared without a parent commits onto one. Not inside a user namespace (`userxattr`), where
+   * overlay whiteouts (0/0 character devices) cannot be made, as containerd 2.2 turns it off there (#13388).
    */
   readonly capabilities: readonly string[];
   private readonly snapshotsDir: string;
@@ -144,11 +145,13 @@ class OverlaySnapshotter implements Snapshotter {
     /** mount_options, index=off and userxattr as they apply here: the start of every overlay mount. */
     private readonly baseOptions: string[],
     private readonly log: Logger,
+    userxattr: boolean,
     private readonly remapIds = false,
   ) {
-    this.capabilities = remapIds
-      ? [SnapshotterCapability.RemapIds, SnapshotterCapability.OnlyRemapIds]
-      : [SnapshotterCapability.OnlyRemapIds];
+    this.capabilities = [
+      ...(userxattr ? [] : [SnapshotterCapability.Rebase]),
+      ...(remapIds ? [SnapshotterCapability.RemapIds, SnapshotterCapability.OnlyRemapIds] : [SnapshotterCapability.OnlyRemapIds]),
+    ];
     this.snapshotsDir = join(root, 'snapshots');
     this.linksDir = join(root, 'l');
     this.trashDir = join(root, 'trash');
@@ -168,6 +171,12 @@ class OverlaySnapshotter implements Snapshotter {
   }
   private linkTarget(id: number): string {
     return `../snapshots/${id}/fs`;
+  }
+  /** An empty directory (0755 root, never written: it is only ever a lower layer): `<root>/empty`. */
+  private emptyDir(): string {
+    const dir = join(this.root, 'empty');
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    return dir;
   }
 
   async stat(key: string): Promise<Info> {
@@ -223,7 +232,25 @@ class OverlaySnapshotter implements Snapshotter {
   async commit(name: string, key: string, opts?: SnapshotOpts): Promise<void> {
     // Usage is measured when first asked for (see usage()); commitActive reports wrong kinds by itself.
     crashPoint('overlay.commit.before-record');
-    const id = this.storage.commitActive(key, name, undefined, opts?.labels ?? {});
+    // Rebase (opts.parent on a snapshot prepared without one): the layer is the upper directory whatever lies
+    // below it, so only the record's parent changes, plus the root's owner (a child's root belongs to the owner
+    // of its parent's root, as at prepare). Whiteouts are in overlay's format if the snapshot was prepared with
+    // LABEL_SNAPSHOT_REBASE (see computeMounts).
+    const rebase = opts?.parent ? { parent: opts.parent, allowed: this.capabilities.includes(SnapshotterCapability.Rebase) } : undefined;
+    const id = this.storage.commitActive(
+      key,
+      name,
+      undefined,
+      opts?.labels ?? {},
+      (id, rebasedOnto) => {
+        if (rebasedOnto && rebasedOnto.length > 0) {
+          const st = statSync(this.upperPath(rebasedOnto[0]!));
+          const own = lstatSync(this.upperPath(id));
+          if (own.uid !== st.uid || own.gid !== st.gid) lchownSync(this.upperPath(id), st.uid, st.gid);
+        }
+      },
+      rebase,
+    );
     crashPoint('overlay.commit.after-record');
     this.mountCache.delete(id);
     await this.storage.durable();
@@ -470,6 +497,24 @@ class OverlaySnapshotter implements Snapshotter {
 
   private computeMounts(rec: SnapshotRecord): Mount[] {
     const { id, kind, parentIds } = rec;
+    if (parentIds.length === 0 && kind === 'active' && rec.rebase && this.capabilities.includes(SnapshotterCapability.Rebase)) {
+      // To be committed onto a parent (LABEL_SNAPSHOT_REBASE): an overlay over an empty lower directory, so
+      // that whatever writes into it (the differ's upperdir path, or a real mount) leaves overlay whiteouts and
+      // opaque directories, which keep hiding the parent's files once rebased. A bind mount here would turn a
+      // whiteout into the removal of nothing (containerd 2.2, #13030).
+      return [
+        {
+          type: 'overlay',
+          source: 'overlay',
+          options: [
+            ...this.baseOptions,
+            formatOverlayDirOption('workdir', [this.workPath(id)]),
+            formatOverlayDirOption('upperdir', [this.upperPath(id)]),
+            formatOverlayDirOption('lowerdir', [this.emptyDir()]),
+          ],
+        },
+      ];
+    }
     if (parentIds.length === 0) {
       return [{ type: 'bind', source: this.upperPath(id), options: [kind === 'view' ? 'ro' : 'rw', 'rbind'] }];
     }
@@ -548,7 +593,7 @@ export async function openOverlaySnapshotter(root: string, opts: OverlayOptions 
     log.warn('cannot detect whether "userxattr" is needed, assuming not', { error: err });
   }
   const storage = SnapshotStorage.open(join(abs, 'metadata.db'));
-  const sn = new OverlaySnapshotter(abs, storage, baseOptions(opts.mountOptions ?? [], supportsIndex(), userxattr), log, opts.remapIds ?? false);
+  const sn = new OverlaySnapshotter(abs, storage, baseOptions(opts.mountOptions ?? [], supportsIndex(), userxattr), log, userxattr, opts.remapIds ?? false);
   sn.deleteLeftTrash();
   return sn;
 }

@@ -129,6 +129,8 @@ export interface CommitSnapshotRequest {
   name: string;
   key: string;
   labels: { [key: string]: string };
+  /** containerd 2.2: commit onto this parent (the snapshotter's `rebase` capability). */
+  parent: string;
 }
 
 export interface CommitSnapshotRequest_LabelsEntry {
@@ -1034,7 +1036,7 @@ export const RemoveSnapshotRequest: MessageFns<RemoveSnapshotRequest> = {
 };
 
 function createBaseCommitSnapshotRequest(): CommitSnapshotRequest {
-  return { snapshotter: "", name: "", key: "", labels: {} };
+  return { snapshotter: "", name: "", key: "", labels: {}, parent: "" };
 }
 
 export const CommitSnapshotRequest: MessageFns<CommitSnapshotRequest> = {
@@ -1051,6 +1053,9 @@ export const CommitSnapshotRequest: MessageFns<CommitSnapshotRequest> = {
     globalThis.Object.entries(message.labels).forEach(([key, value]: [string, string]) => {
       CommitSnapshotRequest_LabelsEntry.encode({ key: key as any, value }, writer.uint32(34).fork()).join();
     });
+    if (message.parent !== "") {
+      writer.uint32(42).string(message.parent);
+    }
     return writer;
   },
 
@@ -1102,6 +1107,14 @@ export const CommitSnapshotRequest: MessageFns<CommitSnapshotRequest> = {
             }
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.parent = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1133,6 +1146,7 @@ export const CommitSnapshotRequest: MessageFns<CommitSnapshotRequest> = {
           {},
         )
         : {},
+      parent: isSet(object.parent) ? globalThis.String(object.parent) : "",
     };
   },
 
@@ -1156,6 +1170,9 @@ export const CommitSnapshotRequest: MessageFns<CommitSnapshotRequest> = {
         });
       }
     }
+    if (message.parent !== "") {
+      obj.parent = message.parent;
+    }
     return obj;
   },
 
@@ -1176,6 +1193,7 @@ export const CommitSnapshotRequest: MessageFns<CommitSnapshotRequest> = {
       },
       {},
     );
+    message.parent = object.parent ?? "";
     return message;
   },
 };

@@ -1,0 +1,230 @@
+/**
+ * Parallel unpack benchmark: `strata image pull` of one many-layer image (10 layers of mixed sizes, built
+ * with the test helpers, served by Debian's docker-registry on loopback) by stratad with
+ * max_concurrent_unpacks = 1 (in order) and = N (parallel, overlayfs rebase), and by containerd 1.6 (`ctr image
+ * pull`, which unpacks in order), in alternating order each round.
+ *
+ *   node dist/bench/parallel-unpack.js [--rounds 3] [--warmup 1] [--parallel 2] [--scale 1] [--no-containerd] [--json]
+ *
+ * --unpack-only: instead, the unpack alone, in process (the blobs put into a fresh content store first, untimed;
+ * then unpackLayers into a fresh overlayfs behind the namespaced layer, timed), in order vs parallel: what the
+ * extraction gains without the downloads a pull overlaps it with.
+ *
+ * --warmup rounds run every contender untimed first (the first pulls after the image is pushed were 3x slower
+ * than the rest on a busy machine). stratad runs with --log-level info.
+ *
+ * Must run as root (overlay mounts, drop_caches). Each measurement: a daemon started on an empty root, page
+ * caches dropped, the pull timed from the command's start to its exit (fetch + unpack; the image's blobs
+ * come from loopback), the daemon stopped and its root removed.
+ *
+ * Layers (gzip -6, deterministic text-like content from an AES-CTR keystream in base64): many small files,
+ * a few big files, and a mix, about 110 MB uncompressed at --scale 1.
+ */
+import { createCipheriv } from 'node:crypto';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { buildImage, type LayerEntry, type LayerSpec } from '../test/helpers/images.js';
+import { startRegistry, stopAllRegistries } from '../test/helpers/registry.js';
+import { startDaemon, stopAll } from '../test/helpers/daemon.js';
+import { ctrAt, startContainerd, stopAllContainerd } from '../test/helpers/containerd.js';
+import { run } from '../test/helpers/ctr.js';
+import { STRATA } from '../test/helpers/paths.js';
+import { tempDir } from '../test/helpers/temp.js';
+import { dropCaches, median } from './lib.js';
+import { rm } from 'node:fs/promises';
+import { WalkingDiffer } from '../src/diff/walking.js';
+import { unpackLayers } from '../src/images/unpack.js';
+import { openStore } from '../test/gc/harness.js';
+
+const arg = (name: string, def: string): string => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1]! : def;
+};
+const ROUNDS = Number(arg('rounds', '3'));
+const WARMUP = Number(arg('warmup', '1'));
+const PARALLEL = Number(arg('parallel', '2'));
+const SCALE = Number(arg('scale', '1'));
+const CONTAINERD = !process.argv.includes('--no-containerd');
+const JSON_OUT = process.argv.includes('--json');
+const UNPACK_ONLY = process.argv.includes('--unpack-only');
+
+/** Text-like bytes: a keystream (AES-256-CTR of zeros, fixed key, per-seed IV) as base64, in lines. */
+function bytes(seed: number, size: number): Buffer {
+  const iv = Buffer.alloc(16);
+  iv.writeUInt32BE(seed, 12);
+  const c = createCipheriv('aes-256-ctr', Buffer.alloc(32, 7), iv);
+  const raw = c.update(Buffer.alloc(Math.ceil((size * 3) / 4) + 3));
+  const b = Buffer.from(raw.toString('base64').slice(0, size));
+  for (let i = 76; i < b.length; i += 77) b[i] = 10;
+  return b;
+}
+
+function files(layer: number, count: number, size: number): LayerEntry[] {
+  const out: LayerEntry[] = [{ path: `l${layer}`, type: 'dir' }];
+  const dirs = Math.max(1, Math.ceil(count / 100));
+  for (let d = 0; d < dirs; d++) out.push({ path: `l${layer}/d${d}`, type: 'dir' });
+  for (let f = 0; f < count; f++) out.push({ path: `l${layer}/d${f % dirs}/f${f}`, content: bytes(layer * 1_000_000 + f, size) });
+  return out;
+}
+
+function big(layer: number, mib: number): LayerEntry[] {
+  return [{ path: `l${layer}`, type: 'dir' }, { path: `l${layer}/big`, content: bytes(layer * 1_000_000, Math.round(mib * SCALE * (1 << 20))) }];
+}
+
+function layers(): LayerSpec[] {
+  const n = (k: number) => Math.max(1, Math.round(k * SCALE));
+  return [
+    { entries: files(0, n(3000), 4096) },
+    { entries: big(1, 32) },
+    { entries: files(2, n(2000), 1024) },
+    { entries: big(3, 16) },
+    { entries: files(4, n(4000), 512) },
+    { entries: [...big(5, 8), ...files(50, n(500), 2048)] },
+    { entries: big(6, 24) },
+    { entries: files(7, n(1500), 8192) },
+    { entries: [{ path: 'etc', type: 'dir' }, { path: 'etc/app.conf', content: 'mode = bench\n' }] },
+    { entries: files(9, n(2000), 2048) },
+  ];
+}
+
+interface Sample {
+  who: string;
+  seconds: number;
+}
+
+async function timed(fn: () => Promise<void>): Promise<number> {
+  const t = process.hrtime.bigint();
+  await fn();
+  return Number(process.hrtime.bigint() - t) / 1e9;
+}
+
+async function main(): Promise<void> {
+  const dir = await tempDir('strata-bench-punpack-');
+  const started = Date.now();
+  const built = await buildImage(dir.path, { name: 'bench/many:1', platforms: [{ layers: layers() }] });
+  const m = built.manifests[0]!;
+  const sizes = m.layers.map((l) => ({ compressed: l.blob.length, uncompressed: l.tar.length }));
+  let ref = '';
+  if (!UNPACK_ONLY) {
+    const registry = await startRegistry();
+    await registry.pushOciLayout(built.layoutDir, 'bench/many:1');
+    ref = `${registry.host}/bench/many:1`;
+  }
+  if (!JSON_OUT) {
+    console.error(`image: ${sizes.length} layers, ${(sizes.reduce((a, s) => a + s.uncompressed, 0) / 1e6).toFixed(1)} MB uncompressed, ` +
+      `${(sizes.reduce((a, s) => a + s.compressed, 0) / 1e6).toFixed(1)} MB compressed; built and pushed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  }
+
+  const strata = async (unpacks: number): Promise<number> => {
+    const d = await startDaemon({ logLevel: 'info', config: `[plugins."io.containerd.transfer.v1.local"]\nmax_concurrent_unpacks = ${unpacks}\n` });
+    try {
+      dropCaches();
+      const secs = await timed(async () => {
+        const r = await run(process.execPath, [STRATA, '-a', d.address, '-n', 'bench', 'image', 'pull', '--plain-http', ref], { timeoutMs: 600_000 });
+        if (r.code !== 0) throw new Error(`strata pull failed: ${r.stderr}`);
+      });
+      return secs;
+    } finally {
+      await d.stop();
+      await d.dir.cleanup().catch(() => undefined);
+    }
+  };
+  const containerd = async (): Promise<number> => {
+    const c = await startContainerd();
+    try {
+      dropCaches();
+      return await timed(async () => {
+        const r = await ctrAt(c.address, ['image', 'pull', '--plain-http', ref], 'bench');
+        if (r.code !== 0) throw new Error(`ctr pull failed: ${r.stderr}`);
+      });
+    } finally {
+      await c.stop();
+      await c.dir.cleanup().catch(() => undefined);
+    }
+  };
+
+  let runs = 0;
+  const inProcess = async (unpacks: number): Promise<number> => {
+    const root = join(dir.path, `unpack-${runs++}`);
+    const s = await openStore(root);
+    try {
+      s.md.leases.create('bench', 'l');
+      const content = s.content('bench', 'l');
+      for (const l of m.layers) {
+        const w = await content.writer({ ref: l.descriptor.digest });
+        await w.write(l.blob);
+        await w.commit(l.blob.length, l.descriptor.digest);
+        await w.close();
+      }
+      dropCaches();
+      const differ = new WalkingDiffer({});
+      return await timed(async () => {
+        const r = await unpackLayers(s.snapshots('bench', 'l'), differ, content, m.layers.map((l) => l.descriptor), m.layers.map((l) => l.diffID), {
+          snapshotterName: 'overlayfs',
+          maxConcurrentUnpacks: unpacks,
+        });
+        if (r.extracted !== m.layers.length || r.parallel !== unpacks > 1) throw new Error(`unexpected unpack: ${JSON.stringify(r)}`);
+      });
+    } finally {
+      await s.sn.settled();
+      await s.close();
+      await rm(root, { recursive: true, force: true });
+    }
+  };
+
+  const samples: Sample[] = [];
+  const contenders: [string, () => Promise<number>][] = UNPACK_ONLY
+    ? [
+        ['unpack in order (max_concurrent_unpacks = 1)', () => inProcess(1)],
+        [`unpack parallel (max_concurrent_unpacks = ${PARALLEL})`, () => inProcess(PARALLEL)],
+      ]
+    : [
+        ['stratad in order (max_concurrent_unpacks = 1)', () => strata(1)],
+        [`stratad parallel (max_concurrent_unpacks = ${PARALLEL})`, () => strata(PARALLEL)],
+        ...(CONTAINERD ? ([['containerd 1.6 (ctr image pull)', containerd]] as [string, () => Promise<number>][]) : []),
+      ];
+  for (let w = 0; w < WARMUP; w++) {
+    for (const [who, fn] of contenders) {
+      const seconds = await fn();
+      if (!JSON_OUT) console.error(`warm-up: ${who}: ${seconds.toFixed(2)} s (not counted)`);
+    }
+  }
+  for (let round = 0; round < ROUNDS; round++) {
+    const order = round % 2 === 0 ? contenders : [...contenders].reverse();
+    for (const [who, fn] of order) {
+      const seconds = await fn();
+      samples.push({ who, seconds });
+      if (!JSON_OUT) console.error(`round ${round + 1}: ${who}: ${seconds.toFixed(2)} s`);
+    }
+  }
+  const results = contenders.map(([who]) => {
+    const xs = samples.filter((s) => s.who === who).map((s) => s.seconds);
+    return { who, median: median(xs), samples: xs };
+  });
+  const inOrder = results[0]!.median;
+  const out = {
+    machine: { nproc: cpus().length, cpu: cpus()[0]?.model ?? '', loadavg: (await import('node:os')).loadavg() },
+    image: { layers: sizes.length, sizes },
+    rounds: ROUNDS,
+    results: results.map((r) => ({ ...r, speedupVsInOrder: inOrder / r.median })),
+  };
+  if (JSON_OUT) console.log(JSON.stringify(out, null, 2));
+  else {
+    console.log('| who | median s | samples s | vs in order |');
+    console.log('| --- | ---: | --- | ---: |');
+    for (const r of out.results) console.log(`| ${r.who} | ${r.median.toFixed(2)} | ${r.samples.map((x) => x.toFixed(2)).join(', ')} | ${r.speedupVsInOrder.toFixed(2)}x |`);
+    console.log(`load average at the end: ${out.machine.loadavg.map((x) => x.toFixed(2)).join(' ')} (nproc ${out.machine.nproc})`);
+  }
+  await stopAll();
+  await stopAllContainerd();
+  await stopAllRegistries();
+  await dir.cleanup();
+}
+
+main().catch(async (err: unknown) => {
+  console.error(err);
+  await stopAll().catch(() => undefined);
+  await stopAllContainerd().catch(() => undefined);
+  await stopAllRegistries().catch(() => undefined);
+  process.exit(1);
+});
