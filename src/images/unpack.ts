@@ -12,6 +12,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { decompressStream } from '../diff/decompress.js';
 import { failedPrecondition, isAlreadyExists, isNotFound } from '../core/errdefs.js';
+import { retryOnNoSpace } from '../core/nospace.js';
 import type { ContentStore } from '../content/types.js';
 import type { Applier } from '../diff/types.js';
 import type { Snapshotter } from '../snapshots/types.js';
@@ -144,7 +145,8 @@ async function unpackOne(
       await opts.protect?.(chainID);
     }
   } catch (err) {
-    await snapshotter.remove(key).catch(() => undefined);
+    // On a full disk the removal itself may be refused (its record cannot be written): retried in the background.
+    await retryOnNoSpace(() => snapshotter.remove(key));
     throw err;
   }
   await content

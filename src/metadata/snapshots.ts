@@ -19,7 +19,7 @@
  * A crash before the backend removal leaves a backend snapshot no record names: the garbage collector's prune
  * (and containerd's) removes exactly those.
  */
-import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, notFound, unknown } from '../core/errdefs.js';
+import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, isNoSpace, notFound, unknown } from '../core/errdefs.js';
 import { parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
 import { GroupCommit, snapshotAdaptor } from '../snapshots/storage.js';
@@ -130,16 +130,34 @@ export class NamespacedSnapshots {
         const keys = this.doomed.splice(0, NamespacedSnapshots.REMOVE_BATCH).filter((k) => !this.pending.has(k) && !this.recordsBackendKey(k));
         if (keys.length === 0) continue;
         const many = (this.backend as Snapshotter & { removeMany?: (keys: string[]) => Promise<void> }).removeMany;
+        // Failures (a child in another namespace, gone already) keep the snapshot for the garbage collector; a
+        // full disk (the backend's own bookkeeping cannot be written) is retried a little later, so a snapshot
+        // that a failed unpack removed does not hold its space until the next collection.
+        const failed = (ks: string[]) => (err: unknown) => {
+          if (isNoSpace(err)) this.retryLater(ks);
+        };
         if (many && keys.length > 1) {
-          // Failures (a child in another namespace, gone already) keep the snapshot for the garbage collector.
-          await many.call(this.backend, keys).catch(() => undefined);
+          await many.call(this.backend, keys).catch(failed(keys));
           continue;
         }
-        for (const k of keys) await this.backend.remove(k).catch(() => undefined);
+        for (const k of keys) await this.backend.remove(k).catch(failed([k]));
       }
     } finally {
       this.removing = undefined;
     }
+  }
+
+  /** Removals that failed for want of space, queued again after NO_SPACE_RETRY_MS. */
+  private retrying: string[] = [];
+  private retryTimer: NodeJS.Timeout | undefined;
+  static readonly NO_SPACE_RETRY_MS = 1000;
+
+  private retryLater(keys: string[]): void {
+    this.retrying.push(...keys);
+    this.retryTimer ??= setTimeout(() => {
+      this.retryTimer = undefined;
+      for (const k of this.retrying.splice(0)) this.removeLater(k);
+    }, NamespacedSnapshots.NO_SPACE_RETRY_MS).unref();
   }
 
   private recordsBackendKey(bkey: string): boolean {

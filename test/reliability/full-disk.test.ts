@@ -8,16 +8,20 @@
  * One daemon serves every case, in the order written (each frees what it filled); a case's namespace is its own.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { readdir, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StrataClient } from '../../src/api/clients/strata.js';
 import { StrataError } from '../../src/core/errdefs.js';
+import { withTempMount } from '../../src/mount/index.js';
+import { Kind } from '../../src/api/gen/containerd/services/snapshots/v1/snapshots.js';
 import { ctr, run } from '../helpers/ctr.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
+import { buildImage, type BuiltImage } from '../helpers/images.js';
 import { makeLoopFs, type LoopFs } from '../helpers/loopfs.js';
+import { startRegistry, stopAllRegistries, type StartedRegistry } from '../helpers/registry.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
-import { listContent } from '../helpers/transfer.js';
+import { collectProgress, listContent, listSnapshots, pullImage } from '../helpers/transfer.js';
 
 const MiB = 1 << 20;
 
@@ -26,14 +30,27 @@ let d: StartedDaemon;
 /** Files the tests feed to clients, off the small filesystem. */
 let scratch: TempDir;
 
+let reg: StartedRegistry;
+/** Images on the registry, each with one gzip layer of random bytes (big.bin) and a small file. */
+const images: Record<string, BuiltImage> = {};
+
 beforeAll(async () => {
   scratch = await tempDir('strata-full-disk-');
-  fs = await makeLoopFs('ext4', 96 * MiB);
+  reg = await startRegistry();
+  for (const [name, size] of [['fetch', 20], ['unpack', 20], ['apply', 16], ['ctr', 12]] as const) {
+    images[name] = await buildImage(scratch.path, {
+      basename: name,
+      platforms: [{ layers: [{ entries: [{ path: 'big.bin', content: randomBytes(size * MiB) }, { path: 'etc/small.txt', content: `${name}\n` }] }] }],
+    });
+    await reg.pushOciLayout(images[name]!.layoutDir, `${name}:latest`);
+  }
+  fs = await makeLoopFs('ext4', 256 * MiB);
   d = await startDaemon({ dir: { path: fs.path, cleanup: async () => undefined } });
 });
 
 afterAll(async () => {
   await stopAll();
+  await stopAllRegistries();
   await fs?.cleanup();
   await scratch?.cleanup();
 });
@@ -153,3 +170,154 @@ describe('content ingest on a full disk', () => {
     expect(sha256(await readAll(c, digest))).toBe(digest);
   });
 });
+
+/** Reads a file of a committed snapshot through a view of it, mounted the way the daemon says. */
+async function readFromSnapshot(c: StrataClient, parent: string, path: string): Promise<Buffer> {
+  const key = `read-${randomBytes(4).toString('hex')}`;
+  const { mounts } = await c.call(c.snapshots, c.snapshots.view, { snapshotter: 'overlayfs', key, parent, labels: {} });
+  try {
+    return await withTempMount(
+      mounts.map((m) => ({ type: m.type, source: m.source, options: m.options })),
+      (root) => readFile(join(root, path)),
+    );
+  } finally {
+    await c.call(c.snapshots, c.snapshots.remove, { snapshotter: 'overlayfs', key });
+  }
+}
+
+/** The overlayfs backend's snapshot directories. */
+async function overlayDirs(): Promise<string[]> {
+  return readdir(join(d.root, 'io.containerd.snapshotter.v1.overlayfs', 'snapshots')).catch(() => []);
+}
+
+/** Snapshots recorded in every namespace. */
+async function recordedSnapshots(c: StrataClient): Promise<number> {
+  const { namespaces } = await c.call(c.namespaces, c.namespaces.list, { filter: '' });
+  let n = 0;
+  for (const ns of namespaces) n += (await listSnapshots(c.with({ namespace: ns.name }))).length;
+  return n;
+}
+
+/** Waits (a few seconds at most) until the backend holds exactly the recorded snapshots: nothing half-made stays on disk. */
+async function expectNoSnapshotLeftovers(c: StrataClient): Promise<void> {
+  let dirs: string[] = [];
+  let recorded = -1;
+  for (let i = 0; i < 50; i++) {
+    dirs = await overlayDirs();
+    recorded = await recordedSnapshots(c);
+    if (dirs.length === recorded) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  if (dirs.length !== recorded) console.log(d.logs.split('\n').filter((l) => /failed|error|warn/.test(l)).slice(-15).join('\n'));
+  expect(dirs.length, `backend snapshot directories ${dirs.join(' ')} vs ${recorded} records`).toBe(recorded);
+}
+
+/**
+ * While the disk is full: no committed snapshot in the namespace. An unpack's active snapshot may still be there
+ * (its removal needs a write the full disk refuses, and is retried); after freeing, expectNoSnapshots.
+ */
+async function expectNoCommitted(c: StrataClient): Promise<void> {
+  const snaps = await listSnapshots(c);
+  expect(snaps.filter((s) => s.kind !== Kind.ACTIVE)).toEqual([]);
+  for (const s of snaps) expect(s.name).toMatch(/^extract-/);
+}
+
+/** Once space is back, the failed unpack's snapshot goes (within a few seconds) and nothing stays on disk. */
+async function expectNoSnapshots(c: StrataClient): Promise<void> {
+  let snaps = await listSnapshots(c);
+  for (let i = 0; i < 50 && snaps.length > 0; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    snaps = await listSnapshots(c);
+  }
+  expect(snaps).toEqual([]);
+  await expectNoSnapshotLeftovers(c);
+}
+
+const plain = { plainHttp: true, username: '', secret: '', hostsDir: '', maxConcurrent: 0 };
+
+async function imageNames(c: StrataClient): Promise<string[]> {
+  return (await c.call(c.images, c.images.list, { filters: [] })).images.map((i) => i.name);
+}
+
+describe('pulls and unpacks on a full disk', () => {
+  it('a pull whose layer does not fit fails with RESOURCE_EXHAUSTED, records no image, blob or snapshot, and succeeds once space is freed', async () => {
+    const c = d.client('pull-fetch');
+    const img = images.fetch!;
+    const layer = img.manifests[0]!.layers[0]!;
+    const ref = `${reg.host}/fetch:latest`;
+    await fs.fill(8 * MiB);
+    try {
+      expectNoSpace(await failure(pullImage(c, ref, { registry: plain })));
+      expect(await imageNames(c)).toEqual([]);
+      expect((await listContent(c)).map((i) => i.digest)).not.toContain(layer.descriptor.digest);
+      await expectNoCommitted(c);
+      expect(await ingestLeftovers()).toEqual([]);
+      await expectServing(c);
+    } finally {
+      await fs.free();
+    }
+    await expectNoSnapshots(c);
+    await pullImage(c, ref, { registry: plain });
+    expect(await imageNames(c)).toEqual([ref]);
+    expect(await ingests(c)).toEqual([]);
+    const big = await readFromSnapshot(c, layer.diffID, 'big.bin');
+    expect(sha256(big)).toBe(sha256(extract(layer, 'big.bin')));
+  });
+
+  it('a pull whose layer fits but whose unpack does not fails with RESOURCE_EXHAUSTED, leaves no snapshot behind, and succeeds once space is freed', async () => {
+    const c = d.client('pull-unpack');
+    const img = images.unpack!;
+    const layer = img.manifests[0]!.layers[0]!;
+    const ref = `${reg.host}/unpack:latest`;
+    // Room for the blob and a few MiB more: the 20 MiB file cannot be written out.
+    await fs.fill(layer.descriptor.size + 6 * MiB);
+    try {
+      expectNoSpace(await failure(pullImage(c, ref, { registry: plain })));
+      expect(await imageNames(c)).toEqual([]);
+      await expectNoCommitted(c);
+      await expectServing(c);
+    } finally {
+      await fs.free();
+    }
+    await expectNoSnapshots(c);
+    await pullImage(c, ref, { registry: plain });
+    expect(await imageNames(c)).toEqual([ref]);
+    expect(sha256(await readFromSnapshot(c, layer.diffID, 'big.bin'))).toBe(sha256(extract(layer, 'big.bin')));
+    expect((await readFromSnapshot(c, layer.diffID, 'etc/small.txt')).toString()).toBe('unpack\n');
+  });
+
+  it('an unpack of a pulled image that does not fit fails with RESOURCE_EXHAUSTED, leaves no snapshot behind, and succeeds once space is freed', async () => {
+    const c = d.client('unpack');
+    const img = images.apply!;
+    const layer = img.manifests[0]!.layers[0]!;
+    const ref = `${reg.host}/apply:latest`;
+    await pullImage(c, ref, { registry: plain, unpack: false });
+    expect(await listSnapshots(c)).toEqual([]);
+    const unpack = () => collectProgress(c.transfer.unpack({ image: ref, snapshotter: '', platforms: [] }, c.metadata()) as unknown as AsyncIterable<unknown>);
+    await fs.fill(4 * MiB);
+    try {
+      expectNoSpace(await failure(unpack()));
+      await expectNoCommitted(c);
+      await expectServing(c);
+    } finally {
+      await fs.free();
+    }
+    await expectNoSnapshots(c);
+    await unpack();
+    expect(sha256(await readFromSnapshot(c, layer.diffID, 'big.bin'))).toBe(sha256(extract(layer, 'big.bin')));
+  });
+});
+
+/** A file's bytes from a built layer's tar (the test images hold regular files only). */
+function extract(layer: { tar: Buffer }, name: string): Buffer {
+  const tar = layer.tar;
+  for (let off = 0; off + 512 <= tar.length; ) {
+    const header = tar.subarray(off, off + 512);
+    if (header.every((b) => b === 0)) break;
+    const entry = header.subarray(0, 100).toString('utf8').replace(/\0.*$/s, '');
+    const size = parseInt(header.subarray(124, 136).toString('utf8').replace(/\0.*$/s, '').trim() || '0', 8);
+    if (entry === name || entry === `./${name}`) return tar.subarray(off + 512, off + 512 + size);
+    off += 512 + Math.ceil(size / 512) * 512;
+  }
+  throw new Error(`${name} not in the layer`);
+}
