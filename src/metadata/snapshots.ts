@@ -19,7 +19,8 @@
  * A crash before the backend removal leaves a backend snapshot no record names: the garbage collector's prune
  * (and containerd's) removes exactly those.
  */
-import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, isNoSpace, notFound, unknown } from '../core/errdefs.js';
+import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, isNoSpace, isNotFound, notFound, unknown } from '../core/errdefs.js';
+import { retryOnNoSpace } from '../core/nospace.js';
 import { parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
 import { GroupCommit, snapshotAdaptor } from '../snapshots/storage.js';
@@ -84,6 +85,15 @@ export class NamespacedSnapshots {
    * backend turns its active snapshot into a committed one that could never be recorded.
    */
   readonly committing = new Set<string>();
+  /**
+   * Commits whose backend part is done but whose records a full disk refused (namespace NUL active key): the
+   * backend snapshot `bname` is committed, the record still names the active key. The client was told
+   * RESOURCE_EXHAUSTED; the records are written by its next Commit of that key (whatever name it asks for), by a
+   * retry once space is back, or dropped with the key's Remove. `bname` stays pending meanwhile, so neither the
+   * background removal nor prune takes it.
+   */
+  readonly unrecorded = new Map<string, { bname: string; name: string; labels: Record<string, string>; ctx: OpContext }>();
+
   /** Backend keys whose records are gone, waiting for the background removal; and that removal. */
   private doomed: string[] = [];
   private removing: Promise<void> | undefined;
@@ -258,7 +268,11 @@ class BoundSnapshotter implements Snapshotter {
   }
 
   async mounts(key: string): Promise<Mount[]> {
-    return this.s.backend.mounts(this.s.mustRow(this.ns, key).backend_key);
+    const row = this.s.mustRow(this.ns, key);
+    if (this.s.unrecorded.has(`${this.ns}\0${key}`)) {
+      throw failedPrecondition(`snapshot ${key} is committed but its record waits for disk space: commit it again or remove it`);
+    }
+    return this.s.backend.mounts(row.backend_key);
   }
 
   prepare(key: string, parent: string, opts: SnapshotOpts = {}): Promise<Mount[]> {
@@ -363,6 +377,12 @@ class BoundSnapshotter implements Snapshotter {
     if (!name) throw invalidArgument('snapshot name must not be empty');
     validateLabels(opts.labels);
     const labels = compactLabels(opts.labels); // "" values are not stored, as containerd's writeMap
+    const unrecorded = this.s.unrecorded.get(`${this.ns}\0${key}`);
+    if (unrecorded) {
+      // The backend committed this key already (a full disk refused the records): only the records are left.
+      if (this.s.row(this.ns, name) || this.s.committing.has(`${this.ns}\0${name}`)) throw alreadyExists(`snapshot "${name}"`);
+      return this.finishUnrecorded(key, name, labels);
+    }
     const { row, bname } = this.db.transaction(() => {
       // containerd's order: the name taken first (ALREADY_EXISTS even for an unknown key), then the key.
       if (this.s.row(this.ns, name) || this.s.committing.has(`${this.ns}\0${name}`)) throw alreadyExists(`snapshot "${name}"`);
@@ -385,9 +405,59 @@ class BoundSnapshotter implements Snapshotter {
 
     await this.s.backend.commit(bname, row.backend_key, { labels: inheritedLabels(labels) });
 
+    try {
+      await this.recordCommit(name, key, labels, bname, this.ctx);
+    } catch (err) {
+      if (!isNoSpace(err)) throw err;
+      // The backend's commit stands, its record could not be written: kept for the next Commit of the key, and
+      // tried again once there is room.
+      const id = `${this.ns}\0${key}`;
+      this.s.unrecorded.set(id, { bname, name, labels, ctx: this.ctx });
+      this.s.pending.add(bname);
+      void retryOnNoSpace(async () => {
+        const u = this.s.unrecorded.get(id);
+        if (u?.bname === bname && !this.s.row(this.ns, u.name)) await this.finishUnrecorded(key, u.name, u.labels);
+      });
+      throw err;
+    }
+  }
+
+  /** Writes the records of a commit whose backend part was done by an earlier call (see unrecorded). */
+  private async finishUnrecorded(key: string, name: string, labels: Record<string, string>): Promise<void> {
+    const id = `${this.ns}\0${key}`;
+    const u = this.s.unrecorded.get(id);
+    if (!u) throw notFound(`snapshot ${key} does not exist`);
+    this.s.committing.add(`${this.ns}\0${name}`);
+    try {
+      await this.recordCommit(name, key, labels, u.bname, u.ctx);
+    } catch (err) {
+      // The active key is gone (removed by a collection): its committed backend snapshot goes too.
+      if (isNotFound(err) && !this.s.row(this.ns, key)) this.dropUnrecorded(key);
+      throw err;
+    } finally {
+      this.s.committing.delete(`${this.ns}\0${name}`);
+    }
+    if (this.s.unrecorded.get(id) === u) {
+      this.s.unrecorded.delete(id);
+      this.s.pending.delete(u.bname);
+    }
+  }
+
+  /** Forgets an unrecorded commit of `key` and queues its backend snapshot's removal. */
+  private dropUnrecorded(key: string): void {
+    const id = `${this.ns}\0${key}`;
+    const u = this.s.unrecorded.get(id);
+    if (!u) return;
+    this.s.unrecorded.delete(id);
+    this.s.pending.delete(u.bname);
+    this.s.removeLater(u.bname);
+  }
+
+  /** The records of a commit whose backend part is done: the active key's record becomes `name`'s, on `bname`. */
+  private async recordCommit(name: string, key: string, labels: Record<string, string>, bname: string, ctx: OpContext): Promise<void> {
     this.s.commits.write(() => {
       // The active snapshot may have been removed (or garbage collected) while the backend committed it.
-      this.s.mustRow(this.ns, key);
+      const row = this.s.mustRow(this.ns, key);
       const now = nowTime();
       this.db.prepare('DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?').run(this.ns, this.s.name, key);
       this.db
@@ -400,7 +470,7 @@ class BoundSnapshotter implements Snapshotter {
         .prepare('UPDATE OR IGNORE lease_resources SET id = ? WHERE namespace = ? AND type = ? AND id = ?')
         .run(name, this.ns, this.resource, key);
       this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND type = ? AND id = ?').run(this.ns, this.resource, key);
-      this.s.store.leases.attach(this.ctx, this.resource, name);
+      this.s.store.leases.attach(ctx, this.resource, name);
     });
     await this.s.commits.durable();
     this.s.notifyMutation(false);
@@ -420,6 +490,7 @@ class BoundSnapshotter implements Snapshotter {
       return { ...row, shared: shared !== undefined };
     });
     await this.s.commits.durable();
+    this.dropUnrecorded(key);
     this.s.notifyMutation(true);
     // The record is gone; the backend data follows in the background unless another namespace still records it.
     // A backend that refuses (e.g. a child in another namespace) keeps it for the garbage collector.

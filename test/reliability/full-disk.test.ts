@@ -10,6 +10,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StrataClient } from '../../src/api/clients/strata.js';
 import { StrataError } from '../../src/core/errdefs.js';
@@ -321,3 +322,120 @@ function extract(layer: { tar: Buffer }, name: string): Buffer {
   }
   throw new Error(`${name} not in the layer`);
 }
+
+/** n labels of about 4000 bytes each (containerd's limit is 4096 per key and value). */
+function bigLabels(tag: string, n: number): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i < n; i++) out[`test/${tag}/${i}`] = randomBytes(1990).toString('hex');
+  return out;
+}
+
+/** PRAGMA integrity_check and foreign_key_check of a SQLite file, read beside the running daemon. */
+function checkDatabase(path: string): { integrity: string; foreignKeys: unknown[] } {
+  const db = new Database(path, { readonly: true, fileMustExist: true });
+  try {
+    return {
+      integrity: db.pragma('integrity_check', { simple: true }) as string,
+      foreignKeys: db.pragma('foreign_key_check') as unknown[],
+    };
+  } finally {
+    db.close();
+  }
+}
+
+const metaDb = () => join(d.root, 'io.containerd.metadata.v1.sqlite', 'meta.db');
+const overlayDb = () => join(d.root, 'io.containerd.snapshotter.v1.overlayfs', 'metadata.db');
+
+/**
+ * Fills the disk completely, then creates leases with large labels until the metadata database cannot take
+ * another (its WAL and file can no longer grow): returns the ids created and the errors of the refused ones.
+ */
+async function exhaustMetadata(c: StrataClient, tag: string): Promise<{ created: string[]; refused: StrataError[] }> {
+  await fs.fill(0);
+  const created: string[] = [];
+  const refused: StrataError[] = [];
+  for (let i = 0; i < 200 && refused.length < 3; i++) {
+    const id = `${tag}-${i}`;
+    try {
+      await c.call(c.leases, c.leases.create, { id, labels: bigLabels(id, 60) });
+      created.push(id);
+    } catch (err) {
+      refused.push(err as StrataError);
+    }
+  }
+  return { created, refused };
+}
+
+const toMounts = (ms: { type: string; source: string; options: string[] }[]) => ms.map((m) => ({ type: m.type, source: m.source, options: m.options }));
+
+describe('the metadata database and snapshot commits on a full disk', () => {
+  it('mutating calls a full disk refuses fail with RESOURCE_EXHAUSTED, record nothing, leave the databases intact, and succeed once space is freed', async () => {
+    const c = d.client('meta');
+    try {
+      const { created, refused } = await exhaustMetadata(c, 'lease');
+      expect(refused.length).toBeGreaterThan(0);
+      for (const err of refused) expectNoSpace(err);
+      // Exactly the leases that were answered exist, each whole.
+      const { leases } = await c.call(c.leases, c.leases.list, { filters: [] });
+      expect(leases.map((l) => l.id).sort()).toEqual([...created].sort());
+      for (const l of leases) expect(Object.keys(l.labels)).toHaveLength(60);
+      expect(checkDatabase(metaDb())).toEqual({ integrity: 'ok', foreignKeys: [] });
+      expect(checkDatabase(overlayDb())).toEqual({ integrity: 'ok', foreignKeys: [] });
+      await expectServing(c);
+    } finally {
+      await fs.free();
+    }
+    const after = bigLabels('after', 60);
+    await c.call(c.leases, c.leases.create, { id: 'after', labels: after });
+    const { leases } = await c.call(c.leases, c.leases.list, { filters: ['id==after'] });
+    expect(leases[0]?.labels).toEqual(after);
+    for (const l of (await c.call(c.leases, c.leases.list, { filters: [] })).leases) await c.call(c.leases, c.leases.delete, { id: l.id, sync: false });
+    expect(checkDatabase(metaDb())).toEqual({ integrity: 'ok', foreignKeys: [] });
+  });
+
+  it('a snapshot commit whose records a full disk refuses fails with RESOURCE_EXHAUSTED, keeps the snapshot active, and commits with its files once space is freed', async () => {
+    const c = d.client('commit');
+    const sn = 'overlayfs';
+    const { mounts } = await c.call(c.snapshots, c.snapshots.prepare, { snapshotter: sn, key: 'work', parent: '', labels: {} });
+    const data = randomBytes(2 * MiB);
+    await withTempMount(toMounts(mounts), (root) => writeFile(join(root, 'data.bin'), data));
+    const labels = bigLabels('commit', 60);
+    // Grow the overlay backend's own WAL (prepare and remove snapshots with large inherited labels) so it still
+    // has room when the metadata database has none: the backend commit then succeeds and the records cannot be
+    // written, the order a commit must survive (before the fix, the active record named a backend snapshot that
+    // was gone and a second Commit answered NOT_FOUND).
+    for (let i = 0; i < 40; i++) {
+      const key = `churn-${i}`;
+      await c.call(c.snapshots, c.snapshots.prepare, { snapshotter: sn, key, parent: '', labels: Object.fromEntries(Object.entries(bigLabels(key, 20)).map(([k, v]) => [`containerd.io/snapshot/${k}`, v])) });
+      await c.call(c.snapshots, c.snapshots.remove, { snapshotter: sn, key });
+    }
+    await expectNoSnapshotLeftovers(c);
+    try {
+      await exhaustMetadata(c, 'commit-filler');
+      expectNoSpace(await failure(c.call(c.snapshots, c.snapshots.commit, { snapshotter: sn, name: 'done', key: 'work', labels })));
+      // Still recorded as the active snapshot it was; no committed one under the name.
+      const snaps = await listSnapshots(c);
+      expect(snaps.map((s) => [s.name, s.kind])).toEqual([['work', Kind.ACTIVE]]);
+      // When the backend committed it before the records were refused (the usual order here), Mounts says what to
+      // do; when the backend's own write was refused first, the snapshot is untouched and mounts as before.
+      const again = await c.call(c.snapshots, c.snapshots.mounts, { snapshotter: sn, key: 'work' }).then(
+        (r) => r.mounts,
+        (e: Error) => e.message,
+      );
+      if (typeof again === 'string') expect(again).toBe('snapshot work is committed but its record waits for disk space: commit it again or remove it: failed precondition');
+      else expect(again).toEqual(mounts);
+      expect(checkDatabase(metaDb())).toEqual({ integrity: 'ok', foreignKeys: [] });
+      expect(checkDatabase(overlayDb())).toEqual({ integrity: 'ok', foreignKeys: [] });
+      await expectServing(c);
+    } finally {
+      await fs.free();
+    }
+    await c.call(c.snapshots, c.snapshots.commit, { snapshotter: sn, name: 'done', key: 'work', labels });
+    const info = await c.call(c.snapshots, c.snapshots.stat, { snapshotter: sn, key: 'done' });
+    expect(info.info?.kind).toBe(Kind.COMMITTED);
+    expect(info.info?.labels).toEqual(labels);
+    expect(sha256(await readFromSnapshot(c, 'done', 'data.bin'))).toBe(sha256(data));
+    for (const l of (await c.call(c.leases, c.leases.list, { filters: [] })).leases) await c.call(c.leases, c.leases.delete, { id: l.id, sync: false });
+    await expectNoSnapshotLeftovers(c);
+  });
+});
