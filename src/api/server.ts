@@ -39,7 +39,23 @@ export interface ServerOptions {
   maxReceiveMessageLength: number;
   /** Largest message sent (RESOURCE_EXHAUSTED beyond). */
   maxSendMessageLength: number;
+  /**
+   * Streams one connection may have open at once, announced as HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS
+   * (0 or unset: 2^32 - 1). Clients wait for a stream to close before opening another; a stream opened past
+   * the limit anyway never reaches a handler: the HTTP/2 layer (nghttp2) resets it with REFUSED_STREAM while the
+   * setting is unacknowledged, and once the client has acknowledged it, ends the whole connection with a GOAWAY
+   * (RFC 9113 5.4.1 lets an endpoint treat that stream error as a connection error).
+   */
+  maxConcurrentStreams?: number;
 }
+
+/** The config keys of the limits, as errors name them. */
+const RECV_KEY = 'max_recv_message_size';
+const SEND_KEY = 'max_send_message_size';
+
+/** grpc-go's words for a message over the size limit, then the limit's config key and value. */
+const tooLarge = (dir: 'Received' | 'Sent', size: number, max: number, key: string) =>
+  `${dir} message larger than max (${size} vs. ${max}): over the limit ${key} = ${max} ([grpc])`;
 
 /** A status to end a call with: containerd's error kinds map onto these codes (src/core/errdefs.ts). */
 export interface CallStatus {
@@ -183,7 +199,7 @@ export class ServerCall extends EventEmitter {
         if (len > this.options.maxReceiveMessageLength) {
           return this.reject({
             code: GrpcCode.RESOURCE_EXHAUSTED,
-            details: `Received message larger than max (${len} vs. ${this.options.maxReceiveMessageLength})`,
+            details: tooLarge('Received', len, this.options.maxReceiveMessageLength, RECV_KEY),
           });
         }
         this.expected = len;
@@ -306,7 +322,7 @@ export class ServerCall extends EventEmitter {
     if (payload.byteLength > this.options.maxSendMessageLength) {
       this.fail({
         code: GrpcCode.RESOURCE_EXHAUSTED,
-        details: `Sent message larger than max (${payload.byteLength} vs. ${this.options.maxSendMessageLength})`,
+        details: tooLarge('Sent', payload.byteLength, this.options.maxSendMessageLength, SEND_KEY),
       });
       return true;
     }
@@ -332,7 +348,7 @@ export class ServerCall extends EventEmitter {
     if (payload.byteLength > this.options.maxSendMessageLength) {
       return this.fail({
         code: GrpcCode.RESOURCE_EXHAUSTED,
-        details: `Sent message larger than max (${payload.byteLength} vs. ${this.options.maxSendMessageLength})`,
+        details: tooLarge('Sent', payload.byteLength, this.options.maxSendMessageLength, SEND_KEY),
       });
     }
     this.status = { code: GrpcCode.OK };
@@ -370,7 +386,7 @@ export class GrpcServer {
       // As grpc-js: Node's per-session memory cap degrades badly when reached (large content writes).
       maxSessionMemory: Number.MAX_SAFE_INTEGER,
       maxSendHeaderBlockLength: Number.MAX_SAFE_INTEGER,
-      settings: { maxConcurrentStreams: 2 ** 32 - 1, initialWindowSize: 1 << 20 },
+      settings: { maxConcurrentStreams: options.maxConcurrentStreams || 2 ** 32 - 1, initialWindowSize: 1 << 20 },
     });
     this.server.on('session', (session) => {
       this.sessions.add(session);

@@ -22,6 +22,7 @@ import { tasks } from './tasks.js';
 import { version } from './version.js';
 import { debug } from './debug.js';
 import { du } from './du.js';
+import { FSCK_SUMMARY, fsckMain } from './fsck.js';
 
 export const DEFAULT_ADDRESS = '/run/strata/strata.sock';
 const DEFAULT_CONNECT_TIMEOUT = '5s';
@@ -56,6 +57,7 @@ function topHelp(): string {
     '',
     'commands:',
     ...rows,
+    `  ${'fsck'.padEnd(32)}${FSCK_SUMMARY} (offline: strata fsck --help)`,
     '',
     'global options:',
     `  -a, --address <socket>        stratad's socket (env STRATA_ADDRESS, default ${DEFAULT_ADDRESS})`,
@@ -114,6 +116,9 @@ function endOptionsAfter(args: string[], command: Command | undefined): string[]
 
 /** Runs one command line; resolves to the exit status. */
 export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  // fsck runs offline (no daemon, no session) with its own options and exit statuses (0, 1, 2).
+  const at = argv.findIndex((a, k) => !a.startsWith('-') && !(k > 0 && VALUE_FLAGS.has(argv[k - 1]!)));
+  if (at >= 0 && argv[at] === 'fsck') return fsckMain([...argv.slice(0, at), ...argv.slice(at + 1)]);
   // Find the group and command names, leaving every option (global or not) for parseArgs.
   let entry: Group | Command | undefined;
   let command: Command | undefined;

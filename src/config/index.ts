@@ -13,11 +13,24 @@ export interface GrpcConfig {
   gid: number;
   max_recv_message_size: number;
   max_send_message_size: number;
+  /**
+   * Streams (calls) one client connection may have open at once: HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS,
+   * which the server announces and clients honour by waiting. 0: no limit (2^32 - 1).
+   */
+  max_concurrent_streams: number;
 }
 
+/** `[proxy_plugins.NAME]`: containerd's keys (platform since 1.7, exports since 2.0 #9253, capabilities #10337). */
 export interface ProxyPluginConfig {
+  /** "snapshot" (or its plugin type, "io.containerd.snapshotter.v1"). */
   type: string;
   address: string;
+  /** The plugin's platform in introspection, "os/arch[/variant]" (default: the host's). */
+  platform?: string;
+  /** Extra exports reported in introspection (e.g. root = the other process's data directory); `address` is always the configured one. */
+  exports?: Record<string, string>;
+  /** Capabilities the other process implements (e.g. "rebase"): reported in introspection and relied on as a built-in backend's. */
+  capabilities?: string[];
 }
 
 export interface Config {
@@ -53,6 +66,9 @@ export function defaultConfig(): Config {
       // containerd's defaults: 16 MiB each way.
       max_recv_message_size: 16 << 20,
       max_send_message_size: 16 << 20,
+      // Not a containerd key (containerd leaves grpc-go's default: no limit). Far above what one client uses:
+      // containerd's Go client multiplexes everything on one connection, 64 concurrent callers open 64 streams.
+      max_concurrent_streams: 1000,
     },
     debug: { level: 'info', address: '' },
     metrics: { address: '', grpc_histogram: false },
@@ -96,10 +112,11 @@ export function loadConfig(path: string | undefined, overrides: Overrides = {}):
       throw invalidArgument(`config ${path} is not valid TOML: ${(err as Error).message}`);
     }
     const version = parsed.version ?? 1;
-    if (version !== 2) {
-      throw invalidArgument(`config ${path}: version ${JSON.stringify(version)} is not supported, use version = 2 (a number)`);
+    if (version !== 2 && version !== 3) {
+      throw invalidArgument(`config ${path}: version ${JSON.stringify(version)} is not supported, use version = 2 (a number; containerd 2.x's 3 reads the same)`);
     }
     cfg = merge(cfg, parsed);
+    applyAliases(cfg);
   }
   if (overrides.root) cfg.root = overrides.root;
   if (overrides.state) cfg.state = overrides.state;
@@ -108,6 +125,36 @@ export function loadConfig(path: string | undefined, overrides: Overrides = {}):
   validate(cfg);
   return cfg;
 }
+
+/**
+ * containerd 2.x's names for what Strata names otherwise, where containerd 1.6 has no name for it
+ * (docs/configuration.md, "containerd 2.x names"): a plugin section, or an entry of disabled_plugins or
+ * required_plugins, under the 2.x name counts as Strata's; where both are given, Strata's own keys win.
+ */
+export const PLUGIN_ALIASES: Readonly<Record<string, string>> = {
+  // containerd 2.x's (and 1.7's) transfer service; Strata's is the images subsystem's, with the same keys
+  // (max_concurrent_downloads, config_path) and unpack_config.
+  'io.containerd.transfer.v1.local': 'io.containerd.transfer.v1.images',
+};
+
+function applyAliases(cfg: Config): void {
+  const plugins: unknown = cfg.plugins;
+  if (isObject(plugins)) {
+    for (const [alias, uri] of Object.entries(PLUGIN_ALIASES)) {
+      const section = plugins[alias];
+      if (section === undefined || !isObject(section)) continue; // a non-table is reported by checkTypes
+      const own = plugins[uri];
+      plugins[uri] = isObject(own) ? merge(section, own) : section;
+      delete plugins[alias];
+    }
+  }
+  const rename = (list: unknown) => (Array.isArray(list) ? [...new Set(list.map((u) => (typeof u === 'string' ? (PLUGIN_ALIASES[u] ?? u) : u)))] : list);
+  cfg.disabled_plugins = rename(cfg.disabled_plugins) as string[];
+  cfg.required_plugins = rename(cfg.required_plugins) as string[];
+}
+
+/** HTTP/2's largest SETTINGS_MAX_CONCURRENT_STREAMS (a 32-bit value). */
+const MAX_STREAMS = 2 ** 32 - 1;
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'];
 
@@ -136,6 +183,7 @@ function checkTypes(cfg: Config): void {
   want('grpc.gid', cfg.grpc.gid, 'number');
   want('grpc.max_recv_message_size', cfg.grpc.max_recv_message_size, 'number');
   want('grpc.max_send_message_size', cfg.grpc.max_send_message_size, 'number');
+  want('grpc.max_concurrent_streams', cfg.grpc.max_concurrent_streams, 'number');
   want('debug', cfg.debug, 'table');
   want('debug.level', cfg.debug.level, 'string');
   want('debug.address', cfg.debug.address, 'string');
@@ -156,6 +204,12 @@ function validate(cfg: Config): void {
   if (!cfg.state.startsWith('/')) throw invalidArgument(`state must be an absolute path: ${cfg.state}`);
   if (cfg.root === cfg.state) throw invalidArgument('root and state must be different directories');
   if (!cfg.grpc.address) throw invalidArgument('grpc.address must be set');
+  for (const key of ['max_recv_message_size', 'max_send_message_size'] as const) {
+    if (cfg.grpc[key] < 1) throw invalidArgument(`config: grpc.${key} must be 1 or more`);
+  }
+  if (cfg.grpc.max_concurrent_streams < 0 || cfg.grpc.max_concurrent_streams > MAX_STREAMS) {
+    throw invalidArgument(`config: grpc.max_concurrent_streams must be 0 (no limit) to ${MAX_STREAMS}`);
+  }
   const address = (key: string, value: string, allowUnix: boolean) => {
     try {
       return parseListenAddress(key, value, allowUnix);
@@ -172,7 +226,17 @@ function validate(cfg: Config): void {
     }
   }
   for (const [name, p] of Object.entries(cfg.proxy_plugins)) {
+    if (!isObject(p)) throw invalidArgument(`config: proxy_plugins.${name} must be a table`);
     if (!p.type || !p.address) throw invalidArgument(`proxy_plugins.${name} needs both type and address`);
+    const at = `proxy_plugins.${name}`;
+    if (typeof p.type !== 'string' || typeof p.address !== 'string') throw invalidArgument(`config: ${at}.type and ${at}.address must be strings`);
+    if (p.platform !== undefined && typeof p.platform !== 'string') throw invalidArgument(`config: ${at}.platform must be a string`);
+    if (p.capabilities !== undefined && !(Array.isArray(p.capabilities) && p.capabilities.every((c) => typeof c === 'string' && c !== ''))) {
+      throw invalidArgument(`config: ${at}.capabilities must be a list of non-empty strings`);
+    }
+    if (p.exports !== undefined && !(isObject(p.exports) && Object.values(p.exports).every((v) => typeof v === 'string'))) {
+      throw invalidArgument(`config: ${at}.exports must be a table of strings`);
+    }
   }
 }
 

@@ -91,13 +91,93 @@ export const INHERITED_LABEL_PREFIX = 'containerd.io/snapshot/';
 
 const MAX_LABEL_SIZE = 4096;
 
-/** containerd's label rule: key not empty; key + value at most 4096 bytes. */
-export function validateLabels(labels: Record<string, string> | undefined): void {
+/** Where the per-object label limits are configured (the metadata plugin owns every labelled record). */
+export const LABEL_LIMITS_SECTION = 'plugins."io.containerd.metadata.v1.sqlite"';
+
+/**
+ * Limits on the labels of one object (a blob's record, a snapshot, an image, a container, a lease, a
+ * namespace), beyond containerd's per-label rule: containerd bounds each label but not how many an object may
+ * carry, so one client could grow a record (and every List that returns it) without end. 0: no limit.
+ */
+export interface LabelLimits {
+  /** Labels on one object. */
+  max_labels_per_object: number;
+  /** Bytes of one object's labels, keys and values together. */
+  max_label_bytes_per_object: number;
+}
+
+/**
+ * Far above what containerd's own clients write: a manifest blob has one gc.ref label per layer and an index
+ * one per manifest (a few hundred at most), images and containers a handful.
+ */
+export const labelLimitDefaults = (): LabelLimits => ({ max_labels_per_object: 4096, max_label_bytes_per_object: 1 << 20 });
+
+let limits: LabelLimits = labelLimitDefaults();
+
+/** Sets the process's label limits (the metadata plugin, from its config section). */
+export function setLabelLimits(l: LabelLimits): void {
+  limits = { ...l };
+}
+
+/** The label limits in force. */
+export const labelLimits = (): LabelLimits => ({ ...limits });
+
+/**
+ * Reads the label limits from a config section (each a whole number, 0 or more; absent: the default), naming
+ * the key of a bad value.
+ */
+export function labelLimitsFromConfig(cfg: Record<string, unknown>): LabelLimits {
+  const out = labelLimitDefaults();
+  for (const key of Object.keys(out) as (keyof LabelLimits)[]) {
+    const v = cfg[key];
+    if (v === undefined) continue;
+    const n = typeof v === 'bigint' ? Number(v) : v;
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
+      throw invalidArgument(`config: ${LABEL_LIMITS_SECTION}.${key} must be a whole number, 0 or more (0: no limit)`);
+    }
+    out[key] = n;
+  }
+  return out;
+}
+
+/**
+ * containerd's rule for each label (key not empty; key + value at most 4096 bytes), alone: for the labels of an
+ * update request, which are not what the object will hold (validateLabels checks that, once merged). Returns
+ * the count and bytes of the labels with a value.
+ */
+export function validateLabelEntries(labels: Record<string, string> | undefined): { count: number; bytes: number } {
+  let count = 0;
+  let bytes = 0;
   for (const [k, v] of Object.entries(labels ?? {})) {
     if (k === '') throw invalidArgument('label key must not be empty');
-    if (Buffer.byteLength(k) + Buffer.byteLength(v) > MAX_LABEL_SIZE) {
+    const size = Buffer.byteLength(k) + Buffer.byteLength(v);
+    if (size > MAX_LABEL_SIZE) {
       throw invalidArgument(`label key and value greater than maximum size (${MAX_LABEL_SIZE} bytes), key: ${k.slice(0, 10)}`);
     }
+    if (v === '') continue;
+    count++;
+    bytes += size;
+  }
+  return { count, bytes };
+}
+
+/**
+ * The one label validator, for every labelled object. containerd's rule for each label: key not empty; key +
+ * value at most 4096 bytes. Then the limits of one object (labelLimits()), counted over the labels it would
+ * hold: empty values are removals and do not count. Stores call it with the labels an object is created with
+ * and, for an update, with the labels it would have after it (inside the transaction, so a refused update
+ * leaves the object as it was).
+ */
+export function validateLabels(labels: Record<string, string> | undefined): void {
+  const { count, bytes } = validateLabelEntries(labels);
+  const { max_labels_per_object: maxCount, max_label_bytes_per_object: maxBytes } = limits;
+  if (maxCount > 0 && count > maxCount) {
+    throw invalidArgument(`labels over the limit max_labels_per_object = ${maxCount} (${LABEL_LIMITS_SECTION}): ${count} labels on one object`);
+  }
+  if (maxBytes > 0 && bytes > maxBytes) {
+    throw invalidArgument(
+      `labels over the limit max_label_bytes_per_object = ${maxBytes} (${LABEL_LIMITS_SECTION}): ${bytes} bytes of labels on one object`,
+    );
   }
 }
 

@@ -143,12 +143,13 @@ function debugAddress(config: Config): ListenAddress | undefined {
 
 /** Serves services on a unix socket (the socket path must have been prepared with prepareSocketPath). */
 export async function serveGrpc(
-  cfg: Pick<Config['grpc'], 'address' | 'uid' | 'gid' | 'max_recv_message_size' | 'max_send_message_size'>,
+  cfg: Pick<Config['grpc'], 'address' | 'uid' | 'gid' | 'max_recv_message_size' | 'max_send_message_size' | 'max_concurrent_streams'>,
   services: GrpcService[],
 ): Promise<GrpcServer> {
   const server = new GrpcServer({
     maxReceiveMessageLength: cfg.max_recv_message_size,
     maxSendMessageLength: cfg.max_send_message_size,
+    maxConcurrentStreams: cfg.max_concurrent_streams,
   });
   for (const svc of services) server.addService(svc.definition as never, svc.implementation as never);
   await server.listen(cfg.address);

@@ -52,7 +52,7 @@ export interface CoreOptions {
   isRoot: boolean;
   warn: (msg: string, fields: Record<string, unknown>) => void;
   /** Limits checked per entry (./limits.ts; 0: none). The uncompressed size is bounded by the caller. */
-  limits?: Pick<LayerLimits, 'max_entries' | 'max_path_length' | 'max_path_depth'>;
+  limits?: Pick<LayerLimits, 'max_entries' | 'max_path_length' | 'max_path_depth' | 'max_xattrs' | 'max_xattr_size' | 'max_layer_xattr_size' | 'max_pax_header_size'>;
 }
 
 const MAX_LINKS = 255;
@@ -205,16 +205,21 @@ export class LayerApplier {
   private entry?: string;
   /** Entries seen (for max_entries). */
   private entries = 0;
+  /** Bytes of xattrs recorded in this layer so far, never decreasing (for max_layer_xattr_size). */
+  private xattrBytes = 0;
 
   constructor(
     private readonly root: string,
     private readonly opts: CoreOptions,
   ) {
-    this.parser = new TarParser({
-      header: (h) => this.onHeader(h),
-      data: (chunk) => this.onData(chunk),
-      endEntry: () => this.onEnd(),
-    });
+    this.parser = new TarParser(
+      {
+        header: (h) => this.onHeader(h),
+        data: (chunk) => this.onData(chunk),
+        endEntry: () => this.onEnd(),
+      },
+      opts.limits ? { maxPaxHeaderSize: opts.limits.max_pax_header_size } : {},
+    );
   }
 
   /** Feeds uncompressed tar bytes (the caller hashes them for the diffID). */
@@ -421,7 +426,31 @@ export class LayerApplier {
     if (limits.max_path_depth > 0 && comps.length > limits.max_path_depth) {
       throw limitError('max_path_depth', limits.max_path_depth, `tar entry ${shown(h.name)}: ${comps.length} levels deep`);
     }
+    this.checkXattrs(h.name, h.xattrs);
+    if (limits.max_layer_xattr_size > 0 && h.xattrs.length > 0) {
+      for (const [k, v] of h.xattrs) this.xattrBytes += Buffer.byteLength(k) + v.length;
+      if (this.xattrBytes > limits.max_layer_xattr_size) {
+        const max = limits.max_layer_xattr_size;
+        throw limitError('max_layer_xattr_size', max, `tar entry ${shown(h.name)}: more than ${max} bytes of extended attributes in the layer`);
+      }
+    }
     return comps;
+  }
+
+  /** Checks one entry's (or one path's) extended attributes against max_xattrs and max_xattr_size. */
+  private checkXattrs(name: string, xattrs: [string, Buffer][]): void {
+    const limits = this.opts.limits;
+    if (!limits || xattrs.length === 0) return;
+    if (limits.max_xattrs > 0 && xattrs.length > limits.max_xattrs) {
+      throw limitError('max_xattrs', limits.max_xattrs, `tar entry ${shown(name)}: ${xattrs.length} extended attributes`);
+    }
+    if (limits.max_xattr_size > 0) {
+      let bytes = 0;
+      for (const [k, v] of xattrs) bytes += Buffer.byteLength(k) + v.length;
+      if (bytes > limits.max_xattr_size) {
+        throw limitError('max_xattr_size', limits.max_xattr_size, `tar entry ${shown(name)}: ${bytes} bytes of extended attributes`);
+      }
+    }
   }
 
   private onData(data: Buffer): void {
@@ -444,9 +473,22 @@ export class LayerApplier {
     }
   }
 
+  /**
+   * Records an entry's xattrs, set at the end. A path the layer names again (a directory repeated) keeps one
+   * value per name, the last, as setting them in turn would leave; the limits hold for what the path ends with.
+   */
   private noteXattrs(path: string, h: TarHeader): void {
     if (h.xattrs.length === 0) return;
-    this.xattrs.set(path, [...(this.xattrs.get(path) ?? []), ...h.xattrs]);
+    const before = this.xattrs.get(path);
+    if (!before) {
+      this.xattrs.set(path, h.xattrs);
+      return;
+    }
+    const merged = new Map(before);
+    for (const [k, v] of h.xattrs) merged.set(k, v);
+    const list = [...merged];
+    this.checkXattrs(h.name, list);
+    this.xattrs.set(path, list);
   }
 
   private whiteout(name: string, dir: string, base: string): void {

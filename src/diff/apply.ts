@@ -142,7 +142,15 @@ function runApply(worker: Worker, tar: Readable, root: string, opts: ApplyOption
         whiteouts: opts.whiteouts ?? 'delete',
         userxattr: opts.userxattr ?? false,
         parents: opts.parents ?? [],
-        limits: { max_entries: limits.max_entries, max_path_length: limits.max_path_length, max_path_depth: limits.max_path_depth },
+        limits: {
+          max_entries: limits.max_entries,
+          max_path_length: limits.max_path_length,
+          max_path_depth: limits.max_path_depth,
+          max_xattrs: limits.max_xattrs,
+          max_xattr_size: limits.max_xattr_size,
+          max_layer_xattr_size: limits.max_layer_xattr_size,
+          max_pax_header_size: limits.max_pax_header_size,
+        },
       },
     });
     // The uncompressed size is bounded here, before the bytes reach the worker: nothing past the cap is written.

@@ -27,6 +27,20 @@ export interface DifferConfig {
   max_path_length: number;
   /** Components of one entry's name once cleaned. */
   max_path_depth: number;
+  /** Extended attributes (PAX SCHILY.xattr.* records) of one entry (of one path, when a layer repeats it). */
+  max_xattrs: number;
+  /** Bytes of one entry's extended attributes, names and values together (of one path, when repeated). */
+  max_xattr_size: number;
+  /**
+   * Bytes of extended attributes in one layer, every entry's together (names and values): they are held in
+   * memory until the layer's end, when they are set (after every chown, which would drop security.capability).
+   */
+  max_layer_xattr_size: number;
+  /**
+   * Bytes of the extended headers in front of one entry, together: its PAX records (every 'x' header before
+   * it), GNU long names and links ('L', 'K'), global PAX headers ('g'). They are held in memory until the entry.
+   */
+  max_pax_header_size: number;
 }
 
 export function differDefaults(): DifferConfig {
@@ -37,6 +51,10 @@ export function differDefaults(): DifferConfig {
     max_entries: 10_000_000, // large real layers hold a few hundred thousand
     max_path_length: 16_384, // 4x PATH_MAX: no longer name can be created on Linux anyway
     max_path_depth: 4096, // a creatable path has fewer than 2048 components
+    max_xattrs: 128, // real layers carry one or two (security.capability, an SELinux label)
+    max_xattr_size: 256 * 1024, // Linux allows 64 KiB for one value, and ext4 one 4 KiB block for all of a file's
+    max_layer_xattr_size: 64 << 20, // 100k files each with an SELinux label and a capability: under 10 MiB
+    max_pax_header_size: 1 << 20, // a PAX set holds a name, a link target, a few numbers and the xattrs
   };
 }
 
@@ -50,6 +68,10 @@ export const NO_LIMITS: LayerLimits = {
   max_entries: 0,
   max_path_length: 0,
   max_path_depth: 0,
+  max_xattrs: 0,
+  max_xattr_size: 0,
+  max_layer_xattr_size: 0,
+  max_pax_header_size: 0,
 };
 
 /** Reads and checks the plugin section (its keys over the defaults): each a whole number, 0 or more. */

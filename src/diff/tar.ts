@@ -17,6 +17,7 @@
  * src/images/archive: they hold only regular files with small headers.)
  */
 import { invalidArgument, notImplemented } from '../core/errdefs.js';
+import { limitError } from './limits.js';
 
 export type EntryType = 'file' | 'link' | 'symlink' | 'character-device' | 'block-device' | 'directory' | 'fifo';
 
@@ -45,8 +46,19 @@ export interface TarHandler {
 
 /** Tar's unit: headers are one block, entry data is padded to a whole number of blocks. */
 const BLOCK = 512;
-/** Largest PAX or GNU long-name payload accepted (names are at most a few KiB in practice). */
+/**
+ * Largest PAX or GNU long-name payload accepted when the parser is given no max_pax_header_size (names are at
+ * most a few KiB in practice).
+ */
 const MAX_META = 1 << 20;
+
+export interface TarParserOptions {
+  /**
+   * Bytes of the extended headers ('x', 'g', 'L', 'K') in front of one entry, together (the differ's
+   * max_pax_header_size, ./limits.ts); 0: no limit. Unset: each one at most 1 MiB.
+   */
+  maxPaxHeaderSize?: number;
+}
 
 /** The ustar header fields: [offset, length] in the header block. */
 const F = {
@@ -193,8 +205,13 @@ export class TarParser {
   private longName?: string;
   private longLink?: string;
   private zeroBlocks = 0;
+  /** Bytes of extended headers read since the last entry (for max_pax_header_size). */
+  private metaBytes = 0;
 
-  constructor(private readonly handler: TarHandler) {}
+  constructor(
+    private readonly handler: TarHandler,
+    private readonly options: TarParserOptions = {},
+  ) {}
 
   /** True once the end-of-archive marker was read (the rest of the stream is ignored). */
   get ended(): boolean {
@@ -268,7 +285,14 @@ export class TarParser {
     let size = numeric(block, F.size[0], F.size[1], 'size');
 
     if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
-      if (size > MAX_META) throw invalidArgument(`invalid tar header: ${size}-byte extended header`);
+      // Checked before the payload is read: a hostile header never makes the parser buffer past the limit.
+      const max = this.options.maxPaxHeaderSize;
+      this.metaBytes += size;
+      if (max === undefined) {
+        if (size > MAX_META) throw invalidArgument(`invalid tar header: ${size}-byte extended header`);
+      } else if (max > 0 && this.metaBytes > max) {
+        throw limitError('max_pax_header_size', max, `${this.metaBytes} bytes of extended headers (PAX records, GNU long names) before one entry`);
+      }
       this.metaKind = flag;
       this.remaining = size;
       this.padding = padding(size);
@@ -310,6 +334,7 @@ export class TarParser {
       xattrs: pax.xattrs,
     };
     this.pax = { xattrs: [] };
+    this.metaBytes = 0;
     this.longName = undefined;
     this.longLink = undefined;
     // Non-file entries may still carry data (a hardlink with a size, in some writers): skip it.

@@ -18,7 +18,7 @@ import type { ContentStore } from '../content/types.js';
 import { readBlob } from './blob.js';
 import type { ProgressFn } from './fetch.js';
 import { children, isIndexType, isManifestType, parseConfig, parseManifest, selectManifests } from './manifest.js';
-import { defaultPlatform, parsePlatform } from './platforms.js';
+import { defaultPlatform, parsePlatform, platformMatcher } from './platforms.js';
 import { pull, type PullResult, type UnpackTarget } from './pull.js';
 import { push } from './push.js';
 import { createResolver } from './remote/resolver.js';
@@ -40,6 +40,11 @@ export interface TransferConfig {
   connect_timeout: string;
   /** Per request to a registry host: the limit for the response headers, after which the next host is tried. */
   response_header_timeout: string;
+  /**
+   * containerd 2.x's name for the default snapshotter: `[{ platform = "linux/amd64", snapshotter = "..." }]`, the
+   * first entry whose platform the host runs gives the snapshotter when `snapshotter` is "" (`differ` is not read).
+   */
+  unpack_config?: { platform: string; snapshotter: string; differ?: string }[];
 }
 
 export const defaultTransferConfig = (): TransferConfig => ({
@@ -49,6 +54,31 @@ export const defaultTransferConfig = (): TransferConfig => ({
   connect_timeout: '30s',
   response_header_timeout: '30s',
 });
+
+/**
+ * The snapshotter containerd 2.x's `unpack_config` gives this host: the first entry whose platform the host runs
+ * ('' without one). Each entry needs a platform and a snapshotter, as containerd's plugin requires.
+ */
+export function unpackConfigSnapshotter(v: unknown, host = defaultPlatform()): string {
+  if (v === undefined) return '';
+  if (!Array.isArray(v)) throw invalidArgument('transfer config: unpack_config must be a list of tables');
+  for (const [i, e] of v.entries()) {
+    const entry = (typeof e === 'object' && e !== null && !Array.isArray(e) ? e : undefined) as Record<string, unknown> | undefined;
+    if (!entry) throw invalidArgument(`transfer config: unpack_config[${i}] must be a table`);
+    const { platform, snapshotter } = entry;
+    if (typeof snapshotter !== 'string' || snapshotter === '') {
+      throw invalidArgument(`transfer config: unpack_config[${i}].snapshotter must be a snapshotter name`);
+    }
+    let p;
+    try {
+      p = parsePlatform(typeof platform === 'string' ? platform : '');
+    } catch {
+      throw invalidArgument(`transfer config: unpack_config[${i}].platform ${JSON.stringify(platform)} is not a platform such as "linux/amd64"`);
+    }
+    if (platformMatcher(p)(host)) return snapshotter;
+  }
+  return '';
+}
 
 /** A positive Go duration from the transfer config, in ms. */
 function configDuration(key: string, v: unknown): number {
@@ -104,6 +134,8 @@ const LEASE_TTL_MS = 24 * 60 * 60 * 1000;
 export class ImageTransfers {
   private readonly connectTimeoutMs: number;
   private readonly responseHeaderTimeoutMs: number;
+  /** The configured default snapshotter: `snapshotter`, else what `unpack_config` gives this host ('' = none). */
+  private readonly defaultSnapshotter: string;
   /** Downloads and unpacks in flight, shared by this daemon's concurrent transfers. */
   readonly shared = new SharedWork();
 
@@ -116,10 +148,12 @@ export class ImageTransfers {
     const defaults = defaultTransferConfig();
     this.connectTimeoutMs = configDuration('connect_timeout', config.connect_timeout ?? defaults.connect_timeout);
     this.responseHeaderTimeoutMs = configDuration('response_header_timeout', config.response_header_timeout ?? defaults.response_header_timeout);
+    const unpackDefault = unpackConfigSnapshotter(config.unpack_config);
+    this.defaultSnapshotter = config.snapshotter || unpackDefault;
   }
 
   private snapshotterName(requested: string | undefined): string {
-    const name = requested || this.config.snapshotter || (this.md.snapshotters.has('overlayfs') ? 'overlayfs' : 'native');
+    const name = requested || this.defaultSnapshotter || (this.md.snapshotters.has('overlayfs') ? 'overlayfs' : 'native');
     if (!this.md.snapshotters.has(name)) throw invalidArgument(`snapshotter not loaded: ${name}`);
     return name;
   }

@@ -35,7 +35,7 @@ import { type UniqueNumbers } from './db.js';
 import { type DB } from '../core/sqlite.js';
 import { encodeLabels, parseLabels } from '../core/labels.js';
 import { type NamespaceStore } from './namespaces.js';
-import { applyLabelPaths, compactLabels, validateLabels } from '../core/labels.js';
+import { applyLabelPaths, compactLabels, validateLabelEntries, validateLabels } from '../core/labels.js';
 import type { LeaseStore } from './leases.js';
 import type { OpContext } from './context.js';
 import { fromParts, now as nowTime } from '../core/time.js';
@@ -160,11 +160,12 @@ class BoundContentStore implements ContentStore {
 
   async update(info: Pick<ContentInfo, 'digest' | 'labels'>, fieldpaths: string[] = []): Promise<ContentInfo> {
     checkedDigest(info.digest);
-    validateLabels(info.labels);
+    validateLabelEntries(info.labels);
     const updated = this.c.db.transaction(() => {
       const row = this.row(info.digest);
       if (!row) throw notFound(`content ${info.digest}`);
       const labels = applyLabelPaths(parseLabels(row.labels), info.labels ?? {}, fieldpaths);
+      validateLabels(labels); // what the record would hold (the limits of one object); a throw rolls back
       const now = nowTime();
       this.c.db
         .prepare('UPDATE content SET labels = ?, updated_at = ?, updated_ns = ? WHERE namespace = ? AND digest = ?')
@@ -456,6 +457,9 @@ class NamespacedWriter implements ContentWriter {
     }).immediate();
     this.c.notifyMutation(false);
     if (innerErr) throw innerErr;
+    // containerd 2.1's /content/create: once per new record in a namespace (a blob adopted from another
+    // namespace counts, a commit answered ALREADY_EXISTS does not), after the record is in.
+    this.c.events.publish(this.ctx.namespace, '/content/create', typedEvent('containerd.events.ContentCreate', { digest: actual, size: finalSize }));
   }
 
   async close(): Promise<void> {

@@ -8,7 +8,7 @@ import { typedEvent, type EventPublisher } from '../events/types.js';
 import { type DB } from '../core/sqlite.js';
 import { encodeLabels, parseLabels } from '../core/labels.js';
 import { validateIdentifier } from '../core/identifiers.js';
-import { validateLabels } from '../core/labels.js';
+import { validateLabelEntries, validateLabels } from '../core/labels.js';
 import { now as nowTime } from '../core/time.js';
 
 export interface Namespace {
@@ -97,7 +97,7 @@ export class NamespaceStore {
     const set: Record<string, string> = {};
     const keys = fieldpaths.length > 0 ? fieldpaths.map((p) => p.slice('labels.'.length)) : Object.keys(requested);
     for (const k of keys) set[k] = requested[k] ?? '';
-    validateLabels(Object.fromEntries(Object.entries(set).filter(([, v]) => v !== '')));
+    validateLabelEntries(Object.fromEntries(Object.entries(set).filter(([, v]) => v !== '')));
     this.db.transaction(() => {
       const exists = this.exists(ns.name);
       if (!exists && keys.length === 0) return;
@@ -107,6 +107,7 @@ export class NamespaceStore {
         if (v === '') delete labels[k];
         else labels[k] = v;
       }
+      validateLabels(labels); // what the namespace would hold (the limits of one object); a throw rolls back
       this.db.prepare('UPDATE namespaces SET labels = ? WHERE name = ?').run(encodeLabels(labels), ns.name);
     }).immediate();
     this.events.publish(eventNamespace, '/namespaces/update', typedEvent('containerd.events.NamespaceUpdate', { name: ns.name, labels: requested }));

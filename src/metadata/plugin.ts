@@ -3,17 +3,21 @@ import { PluginType, register } from '../plugin/index.js';
 import type { LocalContentStore } from '../content/local.js';
 import type { Exchange } from '../events/exchange.js';
 import type { Snapshotter } from '../snapshots/types.js';
+import { labelLimitDefaults, labelLimitsFromConfig, setLabelLimits } from '../core/labels.js';
 import { MetadataStore } from './index.js';
 
 register({
   type: PluginType.Metadata,
   id: 'sqlite',
   requires: [PluginType.Content, PluginType.Event, PluginType.Snapshot],
-  config: () => ({ content_sharing_policy: 'shared' }),
+  // The label limits of one object (src/core/labels.ts): every labelled record is this plugin's.
+  config: () => ({ content_sharing_policy: 'shared', ...labelLimitDefaults() }),
   init: (ic) => {
     if (ic.config.content_sharing_policy !== 'shared') {
       throw new Error(`content_sharing_policy ${String(ic.config.content_sharing_policy)} is not supported; use "shared"`);
     }
+    // Set before any store is open: the one validator reads them (a bad value fails the plugin, key named).
+    setLabelLimits(labelLimitsFromConfig(ic.config as unknown as Record<string, unknown>));
     const local = ic.get<LocalContentStore>(PluginType.Content, 'content');
     const exchange = ic.get<Exchange>(PluginType.Event, 'exchange');
     const md = MetadataStore.open(join(ic.root, 'meta.db'), local, exchange);

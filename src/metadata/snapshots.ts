@@ -24,14 +24,14 @@ import { retryOnNoSpace } from '../core/nospace.js';
 import { parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
 import { GroupCommit, snapshotAdaptor } from '../snapshots/storage.js';
-import { inheritedLabels, type Info, type Kind, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../snapshots/types.js';
+import { capabilitiesOf, inheritedLabels, type Info, type Kind, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../snapshots/types.js';
 import { LABEL_SNAPSHOT_REF, INHERITED_LABEL_PREFIX } from '../core/labels.js';
 import { type Mount } from '../core/mount.js';
 import { type UniqueNumbers } from './db.js';
 import { type DB } from '../core/sqlite.js';
 import { encodeLabels, parseLabels } from '../core/labels.js';
 import { type NamespaceStore } from './namespaces.js';
-import { applyLabelPaths, compactLabels, validateLabels } from '../core/labels.js';
+import { applyLabelPaths, compactLabels, validateLabelEntries, validateLabels } from '../core/labels.js';
 import type { LeaseStore } from './leases.js';
 import type { OpContext } from './context.js';
 import { fromParts, now as nowTime, subMsOf } from '../core/time.js';
@@ -97,6 +97,11 @@ export class NamespacedSnapshots {
   /** Backend keys whose records are gone, waiting for the background removal; and that removal. */
   private doomed: string[] = [];
   private removing: Promise<void> | undefined;
+
+  /** The backend's capabilities: the namespaced layer adds none and hides none. */
+  get capabilities(): readonly string[] {
+    return capabilitiesOf(this.backend);
+  }
 
   bind(ctx: OpContext): Snapshotter {
     return new BoundSnapshotter(this, ctx);
@@ -232,13 +237,17 @@ class BoundSnapshotter implements Snapshotter {
     return this.s.database;
   }
 
+  get capabilities(): readonly string[] {
+    return this.s.capabilities;
+  }
+
   async stat(key: string): Promise<Info> {
     return toInfo(this.s.mustRow(this.ns, key));
   }
 
   async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths: string[] = []): Promise<Info> {
     if (!info.name) throw invalidArgument('snapshot name must not be empty');
-    validateLabels(info.labels);
+    validateLabelEntries(info.labels);
     const { row, labels, now } = this.s.commits.write(() => {
       const row = this.s.mustRow(this.ns, info.name);
       let labels: Record<string, string>;
@@ -247,6 +256,7 @@ class BoundSnapshotter implements Snapshotter {
       } catch {
         throw invalidArgument(`cannot update ${JSON.stringify(fieldpaths)} field on snapshot ${info.name}`);
       }
+      validateLabels(labels); // what the snapshot would hold (the limits of one object); a throw rolls back
       const now = nowTime();
       this.db
         .prepare('UPDATE snapshots SET labels = ?, updated_at = ?, updated_ns = ? WHERE namespace = ? AND snapshotter = ? AND key = ?')

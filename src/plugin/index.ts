@@ -148,6 +148,16 @@ const hostPlatform = (): Platform => ({
   architecture: ({ x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x' } as Record<string, string>)[process.arch] ?? process.arch,
 });
 
+/**
+ * A snapshotter's capabilities are what its instance says it implements (`capabilities`, src/snapshots/types.ts):
+ * introspection reports them after any its init() declared (a proxy plugin's from its config), once each.
+ */
+function reportCapabilities(meta: LoadedPlugin['meta'], instance: unknown): void {
+  const caps = (instance as { capabilities?: unknown } | undefined)?.capabilities;
+  if (!Array.isArray(caps)) return;
+  for (const c of caps) if (typeof c === 'string' && !meta.capabilities.includes(c)) meta.capabilities.push(c);
+}
+
 /** The set of plugins a daemon has initialised, in order, with their outcomes. */
 export class PluginSet {
   readonly loaded: LoadedPlugin[] = [];
@@ -183,6 +193,7 @@ export class PluginSet {
     log.debug('loading plugin');
     try {
       entry.instance = await reg.init(ic);
+      if (reg.type === PluginType.Snapshot) reportCapabilities(meta, entry.instance);
     } catch (err) {
       if (err instanceof SkipPlugin) {
         entry.status = { state: 'skipped', reason: err.message };

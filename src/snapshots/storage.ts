@@ -18,7 +18,7 @@
  */
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, StrataError } from '../core/errdefs.js';
 import { adapt, labelField, parseAll } from '../filters/index.js';
-import { applyLabelPaths, validateLabels } from '../core/labels.js';
+import { applyLabelPaths, validateLabelEntries, validateLabels } from '../core/labels.js';
 import { closeSync, fdatasync, openSync } from 'node:fs';
 import { openSqlite, type DB } from '../core/sqlite.js';
 import type { Info, Kind, Usage } from './types.js';
@@ -387,7 +387,7 @@ export class SnapshotStorage {
   }
 
   update(info: Pick<Info, 'name' | 'labels'>, fieldpaths: string[] = []): Info {
-    validateLabels(info.labels);
+    validateLabelEntries(info.labels);
     return this.commits.write(() => {
       const r = this.mustRow(info.name);
       let labels: Record<string, string>;
@@ -396,6 +396,7 @@ export class SnapshotStorage {
       } catch {
         throw invalidArgument(`cannot update ${JSON.stringify(fieldpaths)} field on snapshot ${info.name}`);
       }
+      validateLabels(labels); // what the snapshot would hold (the limits of one object)
       const now = nowTime();
       this.db.prepare('UPDATE snapshots SET labels = ?, updated_at = ?, updated_ns = ? WHERE id = ?').run(JSON.stringify(labels), now.getTime(), now.subMs, r.id);
       return { ...toInfo(r), labels, updated: now };
@@ -407,6 +408,68 @@ export class SnapshotStorage {
     const filter = parseAll(filters);
     const rows = this.db.prepare(`${SELECT} ORDER BY s.id`).all() as Row[];
     return rows.map(toInfo).filter((i) => filter.match(snapshotAdaptor(i)));
+  }
+
+  /**
+   * Every record as stored (fsck: src/fsck reads them with the daemon stopped): the raw labels text, so a
+   * label that does not parse is reported rather than thrown.
+   */
+  checkRows(): { id: number; key: string; parentId: number | null; kind: string; labels: string }[] {
+    return this.db.prepare('SELECT id, key, parent_id AS parentId, kind, labels FROM snapshots ORDER BY id').all() as {
+      id: number;
+      key: string;
+      parentId: number | null;
+      kind: string;
+      labels: string;
+    }[];
+  }
+
+  /** SQLite's own checks of the file: integrity_check and foreign_key_check, as lines ('ok' omitted). */
+  checkFile(): string[] {
+    const out: string[] = [];
+    for (const r of this.db.pragma('integrity_check') as { integrity_check: string }[]) if (r.integrity_check !== 'ok') out.push(r.integrity_check);
+    for (const r of this.db.pragma('foreign_key_check') as { table: string; rowid: number | null; parent: string }[]) {
+      out.push(`row ${String(r.rowid)} of ${r.table} names a missing ${r.parent} row`);
+    }
+    return out;
+  }
+
+  /**
+   * fsck's repair: drops the records with these ids and every record below them (their children first), in one
+   * durable transaction. Returns the keys dropped.
+   */
+  async dropWithDescendants(ids: number[]): Promise<string[]> {
+    const dropped: string[] = [];
+    this.commits.write(() => {
+      const rows = this.db.prepare('SELECT id, key, parent_id AS parentId FROM snapshots').all() as { id: number; key: string; parentId: number | null }[];
+      const children = new Map<number, number[]>();
+      for (const r of rows) if (r.parentId !== null) children.set(r.parentId, [...(children.get(r.parentId) ?? []), r.id]);
+      const keyOf = new Map(rows.map((r) => [r.id, r.key]));
+      const order: number[] = [];
+      const seen = new Set<number>();
+      const visit = (id: number) => {
+        if (seen.has(id) || !keyOf.has(id)) return;
+        seen.add(id);
+        for (const c of children.get(id) ?? []) visit(c);
+        order.push(id); // children before their parent
+      };
+      for (const id of ids) visit(id);
+      const del = this.db.prepare('DELETE FROM snapshots WHERE id = ?');
+      for (const id of order) {
+        del.run(id);
+        dropped.push(keyOf.get(id)!);
+      }
+    });
+    await this.commits.durable();
+    this.records.clear();
+    this.chains.clear();
+    return dropped;
+  }
+
+  /** fsck's repair of labels that do not parse or break the label rules: stores `json` as they are. */
+  async setLabelsText(id: number, json: string): Promise<void> {
+    this.commits.write(() => this.db.prepare('UPDATE snapshots SET labels = ? WHERE id = ?').run(json, id));
+    await this.commits.durable();
   }
 
   /** Every id with a record, for cleanup. */

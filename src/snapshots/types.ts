@@ -40,7 +40,29 @@ export interface SnapshotOpts {
 
 export type WalkFn = (info: Info) => void | Promise<void>;
 
+/**
+ * What a snapshotter may do beyond the ten operations, named as containerd 2.x's snapshotters report them in
+ * introspection (the `capabilities` of their plugin entry, which `ctr plugins ls -d` prints). A backend lists
+ * only what it implements; callers ask `hasCapability` before relying on one.
+ */
+export const SnapshotterCapability = {
+  /**
+   * Commit of an active snapshot prepared without a parent onto a committed parent (containerd 2.2's parallel
+   * unpack: layers extracted independently, then committed in order).
+   */
+  Rebase: 'rebase',
+  /** Idmapped mounts from the `containerd.io/snapshot/uidmapping` and `gidmapping` labels (containerd 2.0). */
+  RemapIds: 'remap-ids',
+  /** Remapping by idmapped mounts only, never by a recursive chown of the files (containerd 2.0). */
+  OnlyRemapIds: 'only-remap-ids',
+} as const;
+
 export interface Snapshotter {
+  /**
+   * The capabilities this backend implements (`SnapshotterCapability` names, or any other a proxied plugin
+   * declares); absent means none. Its plugin entry in introspection reports exactly these.
+   */
+  readonly capabilities?: readonly string[];
   stat(key: string): Promise<Info>;
   /** Updates labels by field path ('labels', 'labels.<key>'; none = replace all labels). */
   update(info: Pick<Info, 'name' | 'labels'>, fieldpaths?: string[]): Promise<Info>;
@@ -65,4 +87,14 @@ export function inheritedLabels(labels: Record<string, string> | undefined): Rec
     if (k === LABEL_SNAPSHOT_REF || k.startsWith(INHERITED_LABEL_PREFIX)) out[k] = v;
   }
   return out;
+}
+
+/** The capabilities a snapshotter reports (none when it names none). */
+export function capabilitiesOf(sn: Snapshotter): readonly string[] {
+  return sn.capabilities ?? [];
+}
+
+/** Whether a snapshotter implements a capability (`SnapshotterCapability`), so a caller may rely on it. */
+export function hasCapability(sn: Snapshotter, capability: string): boolean {
+  return capabilitiesOf(sn).includes(capability);
 }

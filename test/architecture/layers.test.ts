@@ -29,6 +29,7 @@ const RANK: Record<string, number> = {
   images: 5,
   runtime: 6,
   api: 7, // translation only; its clients (the proxy snapshotter) live here too
+  fsck: 7.5, // the offline checker: reads metadata, content and snapshot stores directly; the CLI runs it
   daemon: 8,
   cli: 8,
 };

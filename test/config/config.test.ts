@@ -107,6 +107,17 @@ level = "warn"
     expect(c.disabled_plugins).toEqual(['io.containerd.grpc.v1.leases']);
   });
 
+  it('takes [grpc] max_concurrent_streams (default 1000, 0 for none) and refuses values HTTP/2 cannot carry, naming the key', () => {
+    expect(loadConfig(undefined).grpc.max_concurrent_streams).toBe(1000);
+    const at = (v: string) => loadConfig(file(`version = 2\n[grpc]\nmax_concurrent_streams = ${v}\n`));
+    expect(at('64').grpc.max_concurrent_streams).toBe(64);
+    expect(at('0').grpc.max_concurrent_streams).toBe(0);
+    expect(() => at('-1')).toThrow('config: grpc.max_concurrent_streams must be 0 (no limit) to 4294967295');
+    expect(() => at('4294967296')).toThrow('config: grpc.max_concurrent_streams must be 0 (no limit) to 4294967295');
+    expect(() => at('"many"')).toThrow('config: grpc.max_concurrent_streams must be a whole number');
+    expect(() => loadConfig(file('version = 2\n[grpc]\nmax_recv_message_size = 0\n'))).toThrow('config: grpc.max_recv_message_size must be 1 or more');
+  });
+
   it('lets flags override the file', () => {
     const path = file(`version = 2
 root = "/file/root"
@@ -138,8 +149,14 @@ level = "warn"
       expect(err.detail).toMatch(/version 1 is not supported/);
       expect(err.detail).toContain('version = 2');
     }
-    const v3 = file('version = 3\n');
-    expect(loadError(() => loadConfig(v3)).detail).toMatch(/version 3 is not supported, use version = 2/);
+    const v4 = file('version = 4\n');
+    expect(loadError(() => loadConfig(v4)).detail).toMatch(/version 4 is not supported, use version = 2/);
+  });
+
+  it("reads containerd 2.x's version = 3 as version 2 (its changes are in the CRI plugin, which Strata has not)", () => {
+    const c = loadConfig(file('version = 3\nroot = "/v3/root"\n[plugins."io.containerd.gc.v1.scheduler"]\npause_threshold = 0.1\n'));
+    expect(c.root).toBe('/v3/root');
+    expect(pluginConfig(c, 'io.containerd.gc.v1.scheduler', { pause_threshold: 0.02 })).toEqual({ pause_threshold: 0.1 });
   });
 
   it('rejects invalid TOML with the file name and "not valid TOML"', () => {
@@ -193,6 +210,32 @@ level = "warn"
     const ok = loadConfig(file('version = 2\n[proxy_plugins.foo]\ntype = "snapshot"\naddress = "/run/foo.sock"\n'));
     expect(ok.proxy_plugins).toEqual({ foo: { type: 'snapshot', address: '/run/foo.sock' } });
   });
+
+  it("reads a proxy plugin's containerd 2.x keys (capabilities, exports, platform) and rejects them mistyped", () => {
+    const c = loadConfig(
+      file(`version = 2
+[proxy_plugins.soci]
+type = "snapshot"
+address = "/run/soci.sock"
+platform = "linux/amd64"
+capabilities = ["remap-ids"]
+[proxy_plugins.soci.exports]
+root = "/var/lib/soci"
+`),
+    );
+    expect(c.proxy_plugins.soci).toEqual({
+      type: 'snapshot',
+      address: '/run/soci.sock',
+      platform: 'linux/amd64',
+      capabilities: ['remap-ids'],
+      exports: { root: '/var/lib/soci' },
+    });
+    const base = 'version = 2\n[proxy_plugins.x]\ntype = "snapshot"\naddress = "/run/x.sock"\n';
+    expect(loadError(() => loadConfig(file(`${base}capabilities = "rebase"\n`))).detail).toBe('config: proxy_plugins.x.capabilities must be a list of non-empty strings');
+    expect(loadError(() => loadConfig(file(`${base}capabilities = [""]\n`))).detail).toBe('config: proxy_plugins.x.capabilities must be a list of non-empty strings');
+    expect(loadError(() => loadConfig(file(`${base}exports = { root = 1 }\n`))).detail).toBe('config: proxy_plugins.x.exports must be a table of strings');
+    expect(loadError(() => loadConfig(file(`${base}platform = 64\n`))).detail).toBe('config: proxy_plugins.x.platform must be a string');
+  });
 });
 
 describe('plugin sections', () => {
@@ -218,6 +261,33 @@ b = "file"
     expect(defaults).toEqual({ content_sharing_policy: 'shared', keep: true, nested: { a: 'default', b: 'default' } });
     // A plugin without a section gets its defaults.
     expect(pluginConfig(c, 'io.containerd.content.v1.content', { x: 1 })).toEqual({ x: 1 });
+  });
+
+  it("read containerd 2.x's io.containerd.transfer.v1.local as the transfer plugin, Strata's own keys winning", () => {
+    const c = loadConfig(
+      file(`version = 3
+disabled_plugins = ["io.containerd.transfer.v1.local"]
+required_plugins = ["io.containerd.transfer.v1.local", "io.containerd.transfer.v1.images"]
+[plugins."io.containerd.transfer.v1.local"]
+max_concurrent_downloads = 5
+config_path = "/etc/containerd/certs.d"
+unpack_config = [{ platform = "linux/amd64", snapshotter = "native" }]
+[plugins."io.containerd.transfer.v1.images"]
+config_path = "/etc/strata/certs.d"
+`),
+    );
+    expect(Object.keys(c.plugins)).toEqual(['io.containerd.transfer.v1.images']);
+    expect(pluginConfig(c, 'io.containerd.transfer.v1.images', { max_concurrent_downloads: 3, snapshotter: '' })).toEqual({
+      max_concurrent_downloads: 5,
+      snapshotter: '',
+      config_path: '/etc/strata/certs.d',
+      unpack_config: [{ platform: 'linux/amd64', snapshotter: 'native' }],
+    });
+    expect(c.disabled_plugins).toEqual(['io.containerd.transfer.v1.images']);
+    expect(c.required_plugins).toEqual(['io.containerd.transfer.v1.images']);
+    // Only the alias given: it is the section.
+    const only = loadConfig(file('version = 2\n[plugins."io.containerd.transfer.v1.local"]\nmax_concurrent_downloads = 7\n'));
+    expect(only.plugins).toEqual({ 'io.containerd.transfer.v1.images': { max_concurrent_downloads: 7 } });
   });
 
   it('merge replaces arrays and scalars, and deep-merges tables', () => {

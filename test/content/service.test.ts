@@ -7,6 +7,7 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { Readable } from 'node:stream';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
+import { fsckRoot } from '../helpers/fsck.js';
 import { digestOfChunks, pseudoRandom, sha256 } from '../helpers/data.js';
 import { StrataError } from '../../src/core/errdefs.js';
 import { toStrataError, type StrataClient } from '../../src/api/clients/strata.js';
@@ -325,6 +326,11 @@ describe('crash during an ingest', () => {
       w.call.write({ action: WriteAction.WRITE, ref: 'crash', total: 0, expected: '', offset: acked, data: Buffer.alloc(chunk, 1), labels: {} });
       await crashy.kill9();
       w.call.cancel();
+      // The killed daemon's root keeps every invariant (strata fsck): the half-written ingest is a record with its data.
+      const checked = await fsckRoot(crashy);
+      expect(checked.violations).toEqual([]);
+      expect(checked.garbage).toEqual([]);
+      expect(checked.checked.ingests).toBe(1);
 
       const again = await crashy.restart();
       const cl2 = again.client('default');

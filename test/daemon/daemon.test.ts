@@ -130,7 +130,11 @@ describe('command line', () => {
     expect(cfg.grpc.address).toBe('/run/strata/strata.sock');
     expect(cfg.grpc.max_recv_message_size).toBe(16 << 20);
     // Plugin defaults are filled in.
-    expect(cfg.plugins['io.containerd.metadata.v1.sqlite']).toEqual({ content_sharing_policy: 'shared' });
+    expect(cfg.plugins['io.containerd.metadata.v1.sqlite']).toEqual({
+      content_sharing_policy: 'shared',
+      max_labels_per_object: 4096,
+      max_label_bytes_per_object: 1048576,
+    });
     // It ignores flags: the defaults are the defaults.
     const withFlags = await stratad(['--root', '/nowhere', 'config', 'default']);
     expect((parse(withFlags.stdout) as Record<string, any>).root).toBe('/var/lib/strata');
@@ -150,7 +154,12 @@ describe('command line', () => {
     expect(cfg.state).toBe('/x/state');
     expect(cfg.grpc.address).toBe('/x/state/s.sock');
     expect(cfg.debug.level).toBe('warn');
-    expect(cfg.plugins['io.containerd.metadata.v1.sqlite']).toEqual({ content_sharing_policy: 'shared', extra: 1 });
+    expect(cfg.plugins['io.containerd.metadata.v1.sqlite']).toEqual({
+      content_sharing_policy: 'shared',
+      max_labels_per_object: 4096,
+      max_label_bytes_per_object: 1048576,
+      extra: 1,
+    });
     // Without a file, flags still apply; -a is short for --address.
     const r2 = await stratad(['--root', '/y/root', '--state', '/y/state', '-a', '/y/s.sock', '--log-level', 'debug', 'config', 'dump']);
     expect(r2.code, r2.stderr).toBe(0);

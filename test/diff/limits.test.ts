@@ -16,7 +16,8 @@ import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
 import { buildImage } from '../helpers/images.js';
 import { startRegistry, stopAllRegistries } from '../helpers/registry.js';
 import { makeTar, type TarEntry } from '../helpers/tar.js';
-import { listSnapshots, pullImage } from '../helpers/transfer.js';
+import { collectProgress, listContent, listSnapshots, pullImage } from '../helpers/transfer.js';
+import { encodeHeader, endOfArchive, padding } from '../../src/diff/tar.js';
 
 const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip';
@@ -34,9 +35,22 @@ beforeAll(async () => {
       'max_entries = 20',
       'max_path_length = 200',
       'max_path_depth = 8',
+      'max_xattrs = 4',
+      'max_xattr_size = 1024',
+      'max_layer_xattr_size = 4096',
+      'max_pax_header_size = 8192',
+      // The collector runs only when a test asks (GC service), never on its own in the middle of one.
+      '[plugins."io.containerd.gc.v1.scheduler"]',
+      'mutation_threshold = 0',
+      'startup_delay = "0s"',
     ].join('\n'),
+    gc: true,
   });
-  c = d.client();
+  // Everything the tests make directly is held by a lease: collections run after deletions.
+  const c0 = d.client();
+  await c0.call(c0.leases, c0.leases.create, { id: 'limits-test', labels: {} });
+  c0.close();
+  c = d.client('default', 'limits-test');
 });
 afterAll(async () => {
   c?.close();
@@ -139,6 +153,147 @@ describe('layer limits', () => {
     expect(err!.message).toContain('10 levels deep');
     const ok = await applyLayer(await makeTar([{ name: `${'d/../'.repeat(20)}${'d/'.repeat(7)}f`, body: 'x' }]));
     expect(ok.err).toBeUndefined();
+  });
+});
+
+/** One PAX record, "<len> <key>=<value>\n" (len counting its own digits). */
+function paxRecord(key: string, value: string): Buffer {
+  const body = ` ${key}=${value}\n`;
+  let len = Buffer.byteLength(body) + 1;
+  while (String(len).length + Buffer.byteLength(body) !== len) len++;
+  return Buffer.from(`${len}${body}`);
+}
+
+/** A tar of one 1-byte file `f` behind one PAX extended header ('x') per record set, written block by block. */
+function paxTar(sets: [string, string][][]): Buffer {
+  const parts: Buffer[] = [];
+  for (const records of sets) {
+    const data = Buffer.concat(records.map(([k, v]) => paxRecord(k, v)));
+    parts.push(encodeHeader({ name: 'PaxHeaders.0/f', type: 'x', mode: 0, uid: 0, gid: 0, size: data.length, mtime: 0n }));
+    parts.push(data, Buffer.alloc(padding(data.length)));
+  }
+  parts.push(encodeHeader({ name: 'f', type: '0', mode: 0o644, uid: 0, gid: 0, size: 1, mtime: 0n }), Buffer.from('x'), Buffer.alloc(511));
+  parts.push(endOfArchive());
+  return Buffer.concat(parts);
+}
+
+/** `n` user xattrs as tar-stream PAX records, each value `size` bytes. */
+const xattrs = (n: number, size = 8, prefix = 'a'): Record<string, string> =>
+  Object.fromEntries(Array.from({ length: n }, (_, i) => [`SCHILY.xattr.user.${prefix}${i}`, 'v'.repeat(size)]));
+
+describe('limits on extended attributes and PAX headers', () => {
+  it('max_xattrs: an entry with 5 extended attributes is refused before anything of it is written', async () => {
+    const { err, written } = await applyLayer(await makeTar([{ name: 'f', body: 'data', pax: xattrs(5) }]));
+    expectLimit(err, 'max_xattrs = 4');
+    expect(err!.message).toContain('tar entry "f": 5 extended attributes');
+    expect(written).toBe(0);
+  });
+
+  it('max_xattr_size: an entry with 2,000 bytes of extended attribute values is refused', async () => {
+    const { err, written } = await applyLayer(await makeTar([{ name: 'f', body: 'data', pax: xattrs(1, 2000) }]));
+    expectLimit(err, 'max_xattr_size = 1024');
+    expect(err!.message).toContain('2007 bytes of extended attributes'); // "user.a0" (7) + 2000
+    expect(written).toBe(0);
+  });
+
+  it('an entry with 4 small extended attributes applies', async () => {
+    const { err, written } = await applyLayer(await makeTar([{ name: 'f', body: 'data', pax: xattrs(4) }]));
+    expect(err).toBeUndefined();
+    expect(written).toBe(4);
+  });
+
+  it('a directory named again keeps one value per attribute: the same 3 ten times apply, 2 more names are refused', async () => {
+    const same: TarEntry[] = Array.from({ length: 10 }, () => ({ name: 'd/', type: 'directory' as const, pax: xattrs(3) }));
+    expect((await applyLayer(await makeTar(same))).err).toBeUndefined();
+    const more: TarEntry[] = [...same.slice(0, 2), { name: 'd/', type: 'directory', pax: xattrs(2, 8, 'b') }];
+    const { err } = await applyLayer(await makeTar(more));
+    expectLimit(err, 'max_xattrs = 4');
+    expect(err!.message).toContain('tar entry "d/": 5 extended attributes');
+  });
+
+  it('max_layer_xattr_size: the entry that takes the layer past 4096 bytes of extended attributes is refused', async () => {
+    const entries: TarEntry[] = Array.from({ length: 10 }, (_, i) => ({ name: `f${i}`, body: 'x', pax: xattrs(1, 500) }));
+    const { err, written } = await applyLayer(await makeTar(entries));
+    expectLimit(err, 'max_layer_xattr_size = 4096');
+    // 507 bytes each ("user.a0" and 500): 8 fit, the 9th does not, and is not created.
+    expect(err!.message).toContain('tar entry "f8": more than 4096 bytes of extended attributes in the layer');
+    expect(written).toBe(8);
+  });
+
+  it('max_pax_header_size: a 10,000-byte PAX record set is refused before it is read', async () => {
+    const { err, written } = await applyLayer(paxTar([[['comment', 'c'.repeat(10_000)]]]));
+    expectLimit(err, 'max_pax_header_size = 8192');
+    expect(err!.message).toContain('10015 bytes of extended headers');
+    expect(written).toBe(0);
+  });
+
+  it('max_pax_header_size: three PAX headers of 3,000 bytes in front of one entry count together', async () => {
+    const set: [string, string][] = [['comment', 'c'.repeat(2986)]];
+    const two = await applyLayer(paxTar([set, set]));
+    expect(two.err).toBeUndefined();
+    expect(two.written).toBe(1);
+    const { err, written } = await applyLayer(paxTar([set, set, set]));
+    expectLimit(err, 'max_pax_header_size = 8192');
+    expect(err!.message).toContain('9000 bytes of extended headers');
+    expect(written).toBe(0);
+  });
+});
+
+describe('layer limits in an import through the daemon', () => {
+  const cases: { limit: string; text: string; layer: () => Promise<Buffer> }[] = [
+    { limit: 'max_entries', text: 'max_entries = 20', layer: () => makeTar(Array.from({ length: 30 }, (_, i) => ({ name: `f${i}`, body: 'x' }))) },
+    { limit: 'max_path_length', text: 'max_path_length = 200', layer: () => makeTar([{ name: `${'p'.repeat(150)}/${'q'.repeat(149)}`, body: 'x' }]) },
+    { limit: 'max_path_depth', text: 'max_path_depth = 8', layer: () => makeTar([{ name: `${'d/'.repeat(12)}f`, body: 'x' }]) },
+    { limit: 'max_xattrs', text: 'max_xattrs = 4', layer: () => makeTar([{ name: 'f', body: 'data', pax: xattrs(50) }]) },
+    { limit: 'max_xattr_size', text: 'max_xattr_size = 1024', layer: () => makeTar([{ name: 'f', body: 'data', pax: xattrs(1, 3000) }]) },
+    {
+      limit: 'max_layer_xattr_size',
+      text: 'max_layer_xattr_size = 4096',
+      layer: () => makeTar(Array.from({ length: 10 }, (_, i) => ({ name: `f${i}`, body: 'x', pax: xattrs(1, 900) }))),
+    },
+    { limit: 'max_pax_header_size', text: 'max_pax_header_size = 8192', layer: async () => paxTar([[['comment', 'c'.repeat(10_000)]]]) },
+  ];
+
+  it.each(cases)('an image with a layer over $limit fails the import naming the limit; once the image is deleted and collected nothing is left', async ({ limit, text, layer }) => {
+    const name = `docker.io/library/${limit.replaceAll('_', '-')}:latest`;
+    const img = await buildImage(d.dir.path, {
+      basename: limit,
+      name,
+      platforms: [
+        {
+          layers: [
+            { entries: [], tar: await makeTar([{ name: 'ok', body: 'fine' }]), compression: 'gzip' },
+            { entries: [], tar: await layer(), compression: 'gzip' },
+          ],
+        },
+      ],
+    });
+    const cl = d.client(`import-${limit.replaceAll('_', '-')}`);
+    try {
+      const err = await collectProgress(
+        cl.transfer.import({ path: img.archivePath, indexName: '', platforms: [], allPlatforms: false, unpack: true, snapshotter: 'overlayfs' }, cl.metadata()) as unknown as AsyncIterable<unknown>,
+      ).then(
+        () => undefined,
+        (e: unknown) => e as StrataError,
+      );
+      expectLimit(err, text);
+      // The first layer's snapshot was committed before the second failed; no active snapshot of the failed
+      // layer is left, and the snapshotter holds a directory for each snapshot recorded, no more.
+      const left = await listSnapshots(cl);
+      expect(left.filter((s) => s.kind !== 3 /* committed */)).toEqual([]);
+      await cl.call(cl.gc, cl.gc.collect, { dryRun: false });
+      await cl.call(cl.snapshots, cl.snapshots.cleanup, { snapshotter: 'overlayfs' });
+      expect((await readdir(snapshotsDir())).length).toBe((await listSnapshots(cl)).length);
+      // Without the image (if the import recorded it), a collection leaves nothing at all.
+      await cl.call(cl.images, cl.images.delete, { name, sync: false }).catch(() => undefined);
+      await cl.call(cl.gc, cl.gc.collect, { dryRun: false });
+      await cl.call(cl.snapshots, cl.snapshots.cleanup, { snapshotter: 'overlayfs' });
+      expect(await listSnapshots(cl)).toEqual([]);
+      expect(await readdir(snapshotsDir())).toEqual([]);
+      expect(await listContent(cl)).toEqual([]);
+    } finally {
+      cl.close();
+    }
   });
 });
 

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Mount } from '../../src/core/mount.js';
 import { REPO } from '../helpers/paths.js';
+import { fsckRoot } from '../helpers/fsck.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
 import { backendKeys, entries, filesUnder, hasBlob, inconsistencies, openStore, paths, SNAPSHOTTER, startIngest, writeBlob, type Store } from './harness.js';
 
@@ -142,8 +143,13 @@ describe('kill -9 during a collection', () => {
         await s.close();
         const outcome = await collectAndKill(plan);
         if (!outcome.finished && outcome.removals > 0) midway++;
-        s = await openStore(root);
         const context = `round ${round}, kill ${JSON.stringify(plan)}, ${JSON.stringify(outcome)}`;
+        // strata fsck on the killed store (nothing holds it open now): no invariant broken, whatever is left over.
+        const checked = await fsckRoot(root);
+        expect(checked.violations, context).toEqual([]);
+        expect(checked.checked.blobs, context).toBeGreaterThanOrEqual(kept.blobs.length);
+        expect(checked.checked.snapshots, context).toBeGreaterThanOrEqual(kept.snapshots.length);
+        s = await openStore(root);
         expect(await inconsistencies(s), context).toEqual([]);
         await checkKept(s, kept);
       }

@@ -1,6 +1,6 @@
 /**
  * An in-process Strata store for the collector tests: a real SQLite metadata file, the real local content store
- * and the real overlay snapshotter (registered as "overlayfs"), on a temp directory.
+ * and the real overlay snapshotter (registered as "overlayfs"), on a temp directory laid out as stratad's root.
  */
 import { existsSync } from 'node:fs';
 import { lstat, readdir } from 'node:fs/promises';
@@ -34,13 +34,14 @@ export interface Store {
   close(): Promise<void>;
 }
 
+/** The daemon's own layout under its root, so `strata fsck --root` (test/helpers/fsck.ts) reads a store made here. */
 export const paths = (root: string) => ({
-  db: join(root, 'meta.db'),
-  content: join(root, 'content'),
-  blobs: join(root, 'content', 'blobs'),
-  ingest: join(root, 'content', 'ingest'),
-  overlay: join(root, 'overlay'),
-  snapshotDirs: join(root, 'overlay', 'snapshots'),
+  db: join(root, 'io.containerd.metadata.v1.sqlite', 'meta.db'),
+  content: join(root, 'io.containerd.content.v1.content'),
+  blobs: join(root, 'io.containerd.content.v1.content', 'blobs'),
+  ingest: join(root, 'io.containerd.content.v1.content', 'ingest'),
+  overlay: join(root, 'io.containerd.snapshotter.v1.overlayfs'),
+  snapshotDirs: join(root, 'io.containerd.snapshotter.v1.overlayfs', 'snapshots'),
 });
 
 export interface StoreOptions {

@@ -19,11 +19,14 @@ export class ProxySnapshotter implements Snapshotter {
   /**
    * @param namespace sent as the containerd-namespace header: unused by proxy plugins (their keys arrive
    *   already namespaced), needed when the other end is a daemon's namespaced snapshots service.
+   * @param capabilities what the other process implements, as its `[proxy_plugins.NAME] capabilities` declare
+   *   (the snapshots API cannot ask): callers rely on them as on a built-in backend's.
    */
   constructor(
     readonly address: string,
     readonly name: string,
     readonly namespace?: string,
+    readonly capabilities: readonly string[] = [],
   ) {
     const target = address.startsWith('unix:') ? address : `unix://${address}`;
     this.client = new SnapshotsClient(target, grpc.credentials.createInsecure(), {

@@ -112,6 +112,11 @@ export function overlayOptionsFit(options: string[]): boolean {
 const isErrno = (err: unknown, code: string) => (err as NodeJS.ErrnoException | undefined)?.code === code;
 
 class OverlaySnapshotter implements Snapshotter {
+  /**
+   * None yet: containerd 2.x's overlayfs reports `rebase` and `remap-ids` (SnapshotterCapability), and this one
+   * reports each once it implements it.
+   */
+  readonly capabilities: readonly string[] = [];
   private readonly snapshotsDir: string;
   private readonly linksDir: string;
   private readonly trashDir: string;
