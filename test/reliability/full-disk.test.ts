@@ -11,13 +11,14 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { StrataClient } from '../../src/api/clients/strata.js';
 import { StrataError } from '../../src/core/errdefs.js';
 import { withTempMount } from '../../src/mount/index.js';
 import { Kind } from '../../src/api/gen/containerd/services/snapshots/v1/snapshots.js';
 import { ctr, run } from '../helpers/ctr.js';
 import { startDaemon, stopAll, type StartedDaemon } from '../helpers/daemon.js';
+import { fsckRoot } from '../helpers/fsck.js';
 import { buildImage, type BuiltImage } from '../helpers/images.js';
 import { makeLoopFs, type LoopFs } from '../helpers/loopfs.js';
 import { startRegistry, stopAllRegistries, type StartedRegistry } from '../helpers/registry.js';
@@ -47,6 +48,12 @@ beforeAll(async () => {
   }
   fs = await makeLoopFs('ext4', 256 * MiB);
   d = await startDaemon({ dir: { path: fs.path, cleanup: async () => undefined } });
+});
+
+// After each case (its fault and its recovery): the stores keep their invariants, by strata fsck on the stopped root.
+afterEach(async () => {
+  await fs.free();
+  await expectFsckClean();
 });
 
 afterAll(async () => {
@@ -88,6 +95,14 @@ async function expectServing(c: StrataClient): Promise<void> {
   await c.call(c.namespaces, c.namespaces.list, { filter: '' });
 }
 
+/** Stops the daemon, asserts `strata fsck` finds no violation in its root, and starts it again. */
+async function expectFsckClean(): Promise<void> {
+  await d.stop();
+  const report = await fsckRoot(d);
+  expect(report.violations).toEqual([]);
+  d = await d.restart();
+}
+
 async function ingests(c: StrataClient) {
   return (await c.call(c.content, c.content.listStatuses, { filters: [] })).statuses;
 }
@@ -121,6 +136,9 @@ describe('content ingest on a full disk', () => {
       expect(st!.offset).toBeLessThan(data.length);
       expect(await ingestLeftovers()).toEqual([]);
       await expectServing(c);
+      // Consistent on disk while still full, and the daemon starts again on the full disk.
+      await expectFsckClean();
+      expect((await ingests(c)).map((i) => i.ref)).toEqual(['big']);
     } finally {
       await fs.free();
     }
