@@ -368,7 +368,8 @@ class BoundSnapshotter implements Snapshotter {
         this.s.store.leases.attach(this.ctx, this.resource, recordKey);
       });
     } catch (err) {
-      if (created) await this.s.backend.remove(bkey).catch(() => undefined);
+      // A full disk may refuse the backend's removal too: tried again once there is room.
+      if (created) await retryOnNoSpace(() => this.s.backend.remove(bkey));
       throw err;
     }
     await this.s.commits.durable();

@@ -327,6 +327,35 @@ describe('pulls and unpacks on a full disk', () => {
   });
 });
 
+describe('ctr image pull (the client unpacks through the Diff service) on a full disk', () => {
+  it('ctr image pull whose unpack does not fit fails with the space exhausted, commits no snapshot, and pulls the right files once space is freed', async () => {
+    const ns = 'ctr-pull';
+    const c = d.client(ns);
+    const img = images.ctr!;
+    const layer = img.manifests[0]!.layers[0]!;
+    const ref = `${reg.host}/ctr:latest`;
+    const pull = () => run('ctr', ['--address', d.address, '--namespace', ns, 'image', 'pull', '--plain-http', ref], { timeoutMs: 60_000 });
+    await fs.fill(layer.descriptor.size + 2 * MiB);
+    try {
+      const r = await pull();
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(/no space left on device.*resource exhausted/);
+      expect(r.stderr).not.toContain(fs.path);
+      // ctr removes its active snapshot itself (if the full disk let it, else it is an unreferenced active one).
+      await expectNoCommitted(c);
+      await expectServing(c);
+    } finally {
+      await fs.free();
+    }
+    const ok = await pull();
+    expect(ok.code, ok.stderr).toBe(0);
+    const committed = (await listSnapshots(c)).filter((s) => s.kind === Kind.COMMITTED).map((s) => s.name);
+    expect(committed).toEqual([layer.diffID]);
+    expect(sha256(await readFromSnapshot(c, layer.diffID, 'big.bin'))).toBe(sha256(extract(layer, 'big.bin')));
+    expect((await readFromSnapshot(c, layer.diffID, 'etc/small.txt')).toString()).toBe('ctr\n');
+  });
+});
+
 /** A file's bytes from a built layer's tar (the test images hold regular files only). */
 function extract(layer: { tar: Buffer }, name: string): Buffer {
   const tar = layer.tar;
