@@ -440,6 +440,30 @@ describe('the metadata database and snapshot commits on a full disk', () => {
     expect(checkDatabase(metaDb())).toEqual({ integrity: 'ok', foreignKeys: [] });
   });
 
+  it('a content commit whose record a full disk refuses fails with RESOURCE_EXHAUSTED, records no blob, and commits the right bytes once space is freed', async () => {
+    const c = d.client('content-commit');
+    const data = randomBytes(4 * MiB);
+    const digest = sha256(data);
+    // Every byte is written while there is room; the disk fills (metadata included) before the COMMIT is sent.
+    async function* thenFill(): AsyncGenerator<Buffer> {
+      yield* chunks(data);
+      const { refused } = await exhaustMetadata(c, 'content-filler');
+      expect(refused.length).toBeGreaterThan(0);
+    }
+    try {
+      expectNoSpace(await failure(c.writeBlob(thenFill(), { ref: 'commit-me', expected: digest, total: data.length })));
+      expect((await listContent(c)).map((i) => i.digest)).not.toContain(digest);
+      await expectServing(c);
+    } finally {
+      await fs.free();
+    }
+    expect((await c.writeBlob(chunks(data), { ref: 'commit-me', expected: digest, total: data.length })).digest).toBe(digest);
+    expect((await listContent(c)).map((i) => i.digest)).toContain(digest);
+    expect(sha256(await readAll(c, digest))).toBe(digest);
+    expect(await ingests(c)).toEqual([]);
+    for (const l of (await c.call(c.leases, c.leases.list, { filters: [] })).leases) await c.call(c.leases, c.leases.delete, { id: l.id, sync: false });
+  });
+
   it('a snapshot commit whose records a full disk refuses fails with RESOURCE_EXHAUSTED, keeps the snapshot active, and commits with its files once space is freed', async () => {
     const c = d.client('commit');
     const sn = 'overlayfs';
