@@ -82,7 +82,7 @@ async function failure(p: Promise<unknown>): Promise<StrataError> {
 /** A full-disk error as the client must see it: RESOURCE_EXHAUSTED, saying so, and naming no host path. */
 function expectNoSpace(err: StrataError): void {
   expect(err.kind, err.message).toBe('resource exhausted');
-  expect(err.message).toMatch(/no space left on device|disk is full/);
+  expect(err.message).toMatch(/no space left on device|disk is full/i);
   expect(err.message).not.toContain(fs.path);
   expect(err.message).not.toContain('/tmp/');
 }
@@ -438,6 +438,33 @@ describe('the metadata database and snapshot commits on a full disk', () => {
     expect(leases[0]?.labels).toEqual(after);
     for (const l of (await c.call(c.leases, c.leases.list, { filters: [] })).leases) await c.call(c.leases, c.leases.delete, { id: l.id, sync: false });
     expect(checkDatabase(metaDb())).toEqual({ integrity: 'ok', foreignKeys: [] });
+  });
+
+  it('a native snapshot prepare whose copy of the parent does not fit fails with RESOURCE_EXHAUSTED, leaves no partial copy, and prepares the parent\'s files once space is freed', async () => {
+    const c = d.client('native');
+    const sn = 'native';
+    const nativeDirs = () => readdir(join(d.root, 'io.containerd.snapshotter.v1.native', 'snapshots'));
+    const { mounts } = await c.call(c.snapshots, c.snapshots.prepare, { snapshotter: sn, key: 'base-work', parent: '', labels: {} });
+    const data = randomBytes(12 * MiB);
+    await withTempMount(toMounts(mounts), (root) => writeFile(join(root, 'data.bin'), data));
+    await c.call(c.snapshots, c.snapshots.commit, { snapshotter: sn, name: 'base', key: 'base-work', labels: {} });
+    const before = await nativeDirs();
+    await fs.fill(4 * MiB);
+    try {
+      const err = await failure(c.call(c.snapshots, c.snapshots.prepare, { snapshotter: sn, key: 'child', parent: 'base', labels: {} }));
+      expectNoSpace(err);
+      expect(err.message).toMatch(/^copying of parent failed: /);
+      const snaps = await listSnapshots(c, sn);
+      expect(snaps.map((s) => s.name)).toEqual(['base']);
+      expect(await nativeDirs()).toEqual(before);
+      await expectServing(c);
+    } finally {
+      await fs.free();
+    }
+    const child = await c.call(c.snapshots, c.snapshots.prepare, { snapshotter: sn, key: 'child', parent: 'base', labels: {} });
+    expect(sha256(await withTempMount(toMounts(child.mounts), (root) => readFile(join(root, 'data.bin'))))).toBe(sha256(data));
+    await c.call(c.snapshots, c.snapshots.remove, { snapshotter: sn, key: 'child' });
+    await c.call(c.snapshots, c.snapshots.remove, { snapshotter: sn, key: 'base' });
   });
 
   it('a content commit whose record a full disk refuses fails with RESOURCE_EXHAUSTED, records no blob, and commits the right bytes once space is freed', async () => {
