@@ -191,16 +191,16 @@ describe('content ingest on a full disk', () => {
 });
 
 /** Reads a file of a committed snapshot through a view of it, mounted the way the daemon says. */
-async function readFromSnapshot(c: StrataClient, parent: string, path: string): Promise<Buffer> {
+async function readFromSnapshot(c: StrataClient, parent: string, path: string, snapshotter = 'overlayfs'): Promise<Buffer> {
   const key = `read-${randomBytes(4).toString('hex')}`;
-  const { mounts } = await c.call(c.snapshots, c.snapshots.view, { snapshotter: 'overlayfs', key, parent, labels: {} });
+  const { mounts } = await c.call(c.snapshots, c.snapshots.view, { snapshotter, key, parent, labels: {} });
   try {
     return await withTempMount(
       mounts.map((m) => ({ type: m.type, source: m.source, options: m.options })),
       (root) => readFile(join(root, path)),
     );
   } finally {
-    await c.call(c.snapshots, c.snapshots.remove, { snapshotter: 'overlayfs', key });
+    await c.call(c.snapshots, c.snapshots.remove, { snapshotter, key });
   }
 }
 
@@ -353,6 +353,47 @@ describe('ctr image pull (the client unpacks through the Diff service) on a full
     expect(committed).toEqual([layer.diffID]);
     expect(sha256(await readFromSnapshot(c, layer.diffID, 'big.bin'))).toBe(sha256(extract(layer, 'big.bin')));
     expect((await readFromSnapshot(c, layer.diffID, 'etc/small.txt')).toString()).toBe('ctr\n');
+  });
+});
+
+describe('a btrfs snapshotter on its own small file system (the content store elsewhere)', () => {
+  it('a pull unpacking into a full btrfs fails with RESOURCE_EXHAUSTED, leaves no snapshot behind, and unpacks the right files once space is freed', async () => {
+    const bfs = await makeLoopFs('btrfs', 256 * MiB);
+    let bd: StartedDaemon | undefined;
+    try {
+      bd = await startDaemon({ config: `[plugins."io.containerd.snapshotter.v1.btrfs"]\nroot_path = ${JSON.stringify(join(bfs.path, 'sn'))}\n` });
+      const c = bd.client('btrfs');
+      const img = images.unpack!;
+      const layer = img.manifests[0]!.layers[0]!;
+      const ref = `${reg.host}/unpack:latest`;
+      await bfs.fill(4 * MiB);
+      try {
+        const err = await failure(pullImage(c, ref, { registry: plain, snapshotter: 'btrfs' }));
+        expect(err.kind, err.message).toBe('resource exhausted');
+        expect(err.message).toMatch(/no space left on device/i);
+        expect(err.message).not.toContain(bfs.path);
+        // The daemon lives on (it died of SIGBUS here before: SQLite's mapped WAL index on a full copy-on-write fs).
+        await new Promise((r) => setTimeout(r, 500));
+        expect([bd.proc.exitCode, bd.proc.signalCode]).toEqual([null, null]);
+        expect((await listSnapshots(c, 'btrfs')).filter((s) => s.kind !== Kind.ACTIVE)).toEqual([]);
+        await c.call(c.version, c.version.version, {});
+      } finally {
+        await bfs.free();
+      }
+      let snaps = await listSnapshots(c, 'btrfs');
+      for (let i = 0; i < 50 && snaps.length > 0; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        snaps = await listSnapshots(c, 'btrfs');
+      }
+      expect(snaps).toEqual([]);
+      await pullImage(c, ref, { registry: plain, snapshotter: 'btrfs' });
+      expect(sha256(await readFromSnapshot(c, layer.diffID, 'big.bin', 'btrfs'))).toBe(sha256(extract(layer, 'big.bin')));
+      await bd.stop();
+      expect((await fsckRoot(bd)).violations).toEqual([]);
+    } finally {
+      await bd?.stop();
+      await bfs.cleanup();
+    }
   });
 });
 
