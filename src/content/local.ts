@@ -21,6 +21,7 @@
  * Leftover temporary and trash directories are removed when a store is opened.
  */
 import { randomBytes, createHash } from 'node:crypto';
+import { crashPoint } from '../core/crashpoint.js';
 import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -444,22 +445,25 @@ class Store implements LocalContentStore {
     // this ref while the directory is being removed.
     const locked = tryLock(dir);
     try {
-      if (!(await this.removeIngestDir(dir))) throw notFound(`ingest ref "${ref}"`);
+      if (!(await this.removeIngestDir(dir, true))) throw notFound(`ingest ref "${ref}"`);
     } finally {
       if (locked) unlock(dir);
     }
   }
 
   /** Moves an ingest directory out of the way, then deletes it. False if it did not exist. */
-  async removeIngestDir(dir: string): Promise<boolean> {
+  async removeIngestDir(dir: string, aborting = false): Promise<boolean> {
     const trash = join(this.ingestRoot, `${TRASH_PREFIX}${randomSuffix()}`);
     try {
+      if (aborting) crashPoint('content.abort.before-rename');
       await rename(dir, trash);
+      if (aborting) crashPoint('content.abort.after-rename');
     } catch (err) {
       if (isMissing(err)) return false;
       throw err;
     }
     await rm(trash, { recursive: true, force: true });
+    if (aborting) crashPoint('content.abort.after-remove');
     return true;
   }
 
@@ -534,7 +538,9 @@ class Store implements LocalContentStore {
       else throw opened.reason;
       for (const r of written) if (r.status === 'rejected') throw r.reason;
       // The handle stays valid across the rename of its directory.
+      crashPoint('content.ingest.before-rename');
       await rename(tmp, dir);
+      crashPoint('content.ingest.after-rename');
     } catch (err) {
       await fh?.close().catch(() => undefined);
       await rm(tmp, { recursive: true, force: true }).catch(() => undefined);
@@ -783,13 +789,17 @@ class LocalWriter implements ContentWriter {
       await this.store.removeIngestDir(this.dir);
       throw alreadyExists(`content ${actual}`);
     }
+    crashPoint('content.commit.before-fsync');
     await fh.sync();
+    crashPoint('content.commit.after-fsync');
     // Read-only and stamped with the commit time before it becomes visible under its digest.
     await fh.chmod(0o444);
     const now = nowTime();
     await fh.utimes(now, now);
     try {
+      crashPoint('content.commit.before-rename');
       await rename(join(this.dir, 'data'), target);
+      crashPoint('content.commit.after-rename');
     } catch (err) {
       await fh.chmod(0o644).catch(() => undefined);
       // The ingest was aborted under this writer: containerd's rename fails the same way (an unknown error).
@@ -798,7 +808,10 @@ class LocalWriter implements ContentWriter {
     }
     await fsyncDir(targetDir);
     if (created) await fsyncDir(dirname(targetDir)).catch(() => undefined);
+    crashPoint('content.commit.after-fsync-dir');
+    crashPoint('content.commit.before-remove-ingest');
     await this.store.removeIngestDir(this.dir).catch(() => undefined);
+    crashPoint('content.commit.after-remove-ingest');
     this.updatedAt = now;
   }
 

@@ -4,6 +4,7 @@
  * its chunks over (with back-pressure), so the daemon's event loop stays free while thousands of files are
  * created with synchronous calls in the worker.
  */
+import { crashPoint } from '../core/crashpoint.js';
 import { createHash } from 'node:crypto';
 import { lstat, realpath } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
@@ -65,7 +66,10 @@ export async function applyTar(tar: Readable, target: string, opts: ApplyOptions
   const worker = pool.acquire();
   let healthy = true;
   try {
-    return await runApply(worker, tar, root, opts);
+    crashPoint('diff.apply.before-write');
+    const res = await runApply(worker, tar, root, opts);
+    crashPoint('diff.apply.after-write');
+    return res;
   } catch (err) {
     healthy = !(err instanceof WorkerCrash);
     throw err instanceof WorkerCrash ? err.cause : err;
@@ -173,6 +177,7 @@ function runApply(worker: Worker, tar: Readable, root: string, opts: ApplyOption
         const data = new Uint8Array(buf);
         inflight += data.byteLength;
         worker.postMessage({ op: 'data', id, chunk: data }, [data.buffer as ArrayBuffer]);
+        if (total === buf.length) crashPoint('diff.apply.mid-write'); // the first chunk is with the worker
         if (inflight > HIGH_WATER) await new Promise<void>((r) => (wake = r));
       }
       if (!settled) worker.postMessage({ op: 'end', id });

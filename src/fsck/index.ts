@@ -168,6 +168,16 @@ interface Ctx {
   recordsKnown?: boolean;
 }
 
+/** Whether a process with this pid runs (one that another process reuses counts). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 function violation(c: Ctx, f: FsckFinding): FsckFinding {
   c.report.violations.push(f);
   return f;
@@ -311,6 +321,20 @@ async function checkMounts(c: Ctx, cfg: Config, storeDirs: string[]): Promise<vo
       : m.mountPoint.startsWith(state + '/')
         ? `<state>/${relative(state, m.mountPoint)}`
         : `<tmp>/${basename(m.mountPoint)}`;
+    // A temporary mount of a process that died (the pid is in its name): the daemon undoes those when it starts
+    // (unmountLeftovers, src/mount), so it is a crash leftover, not damage.
+    const pid = temp(m) ? /^strata-mount-(\d+)-/.exec(basename(m.mountPoint))?.[1] : undefined;
+    if (pid !== undefined && !processAlive(Number(pid))) {
+      const g: FsckFinding = { kind: 'temp-mount-left', object: `mount ${where}`, detail: `a ${m.fstype} mount of a process that no longer runs; the daemon undoes it when it starts` };
+      c.report.garbage.push(g);
+      if (c.repair) {
+        await execFileP('umount', ['-l', m.mountPoint]).then(
+          () => (g.repaired = 'unmounted it (lazily)'),
+          (err: unknown) => c.log.warn('fsck could not unmount a temporary mount', { mount: where, error: err }),
+        );
+      }
+      continue;
+    }
     const f = violation(c, { kind: 'mount-left-behind', object: `mount ${where}`, detail: `a ${m.fstype} mount is left on it while no daemon runs` });
     await repair(c, f, async () => {
       await execFileP('umount', ['-l', m.mountPoint]);
@@ -609,6 +633,7 @@ async function checkNamespacedSnapshots(c: Ctx, md: MetadataCheck, local: { name
   const all = md.snapshots();
   count(c, 'snapshots', all.length);
   const byKey = new Map(all.map((r) => [`${r.snapshotter}\0${r.namespace}\0${r.key}`, r]));
+  const pending = new Map(md.pendingCommits().map((p) => [`${p.snapshotter}\0${p.namespace}\0${p.key}`, p]));
   const broken: { row: NsRow; f: FsckFinding }[] = [];
   for (const s of local) {
     const storage = SnapshotStorage.open(join(s.dir, 'metadata.db'));
@@ -626,6 +651,16 @@ async function checkNamespacedSnapshots(c: Ctx, md: MetadataCheck, local: { name
       const object = `snapshot ${s.name} ${r.namespace}/${r.key}`;
       const b = backend.get(r.backendKey);
       if (!b) {
+        // A Commit noted (snapshot_commits) before its backend commit, killed before its record: the daemon
+        // finishes it when it starts (NamespacedSnapshots.recoverCommits), so it is a leftover, not damage.
+        const note = r.kind === 'active' ? pending.get(`${s.name}\0${r.namespace}\0${r.key}`) : undefined;
+        const noted = note ? backend.get(note.backendKey) : undefined;
+        if (note && noted?.kind === 'committed' && !byKey.has(`${s.name}\0${r.namespace}\0${note.name}`)) {
+          garbage(c, 'snapshot-commit-pending', object, `a Commit to ${JSON.stringify(note.name)} was interrupted after its backend commit; the daemon finishes it when it starts`);
+          recorded.add(note.backendKey);
+          if (c.repair) md.finishCommit(r.namespace, s.name, r.key, note.name, note.backendKey, note.labels);
+          continue;
+        }
         const done = r.kind === 'active' ? interruptedCommit(r, rows, all, byKey) : undefined;
         if (done) {
           const f = violation(c, {

@@ -6,7 +6,7 @@
  * interrupted one left. Each removal re-checks, synchronously and right before it acts, that nothing records
  * the object, so an object created or adopted since the listing is never lost:
  *  - a blob is kept while any namespace has a content row for its digest, any lease names it, any ingest adopts
- *    it (the same rule as NamespacedContent.releaseBlobIfUnused), or it may be the blob of a commit in progress:
+ *    it (the same rule as NamespacedContent.blobUnused), or it may be the blob of a commit in progress:
  *    a commit renames the ingest's data onto the blob path before its transaction inserts the content row and
  *    deletes the ingest row, so a blob is kept while an ingest row older than the blob has no data file;
  *  - a backend snapshot is kept while a snapshot row (any namespace) has its backend key, or while an operation
@@ -15,6 +15,7 @@
  *  - an ingest directory is kept while an ingest row has its backend ref (rows are written before directories
  *    and deleted after them, so a directory without a row is never in progress).
  */
+import { crashPoint } from '../core/crashpoint.js';
 import { existsSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { isNotFound, isUnavailable } from '../core/errdefs.js';
@@ -169,7 +170,9 @@ export async function removeUnrecordedBlobs(
       }
       try {
         // No await between the check above and the unlink.
+        crashPoint('gc.blob.before-unlink');
         unlinkSync(local.blobPath(b.digest));
+        crashPoint('gc.blob.after-unlink');
         out.removed.push({ key: b.digest, size: b.size });
         opts.log.debug('removed blob', { digest: b.digest, size: b.size });
       } catch (err) {
@@ -208,7 +211,9 @@ export async function removeUnrecordedIngests(md: GCMetadata, refs: DataRefs, op
       continue;
     }
     try {
+      crashPoint('gc.ingest.before-remove');
       await local.abort(st.ref);
+      crashPoint('gc.ingest.after-remove');
       out.removed.push({ key: st.ref, size: st.offset });
       opts.log.debug('removed ingest data', { ref: st.ref, size: st.offset });
     } catch (err) {
@@ -307,7 +312,9 @@ export async function removeUnrecordedSnapshots(
     // Checked again right before the removal, with no await in between.
     if (refs.snapshotUsed(sn, key)) return;
     try {
+      crashPoint('gc.snapshot.before-remove');
       await backend.remove(key);
+      crashPoint('gc.snapshot.after-remove');
       gone.add(key);
       out.removed.push({ key, size: 0 });
       opts.log.debug('removed backend snapshot', { snapshotter: sn.name, key });

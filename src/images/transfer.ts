@@ -22,7 +22,8 @@ import { defaultPlatform, parsePlatform, platformMatcher } from './platforms.js'
 import { pull, type PullResult, type UnpackTarget } from './pull.js';
 import { push } from './push.js';
 import { createResolver } from './remote/resolver.js';
-import type { Credentials, ResolverOptions } from './remote/types.js';
+import { Budget, MIN_PART_SIZE } from './remote/multipart.js';
+import type { Credentials, MultipartOptions, ResolverOptions } from './remote/types.js';
 import { importArchive, exportArchive } from './archive/index.js';
 import { unpackLayers, type UnpackResult } from './unpack.js';
 import { SharedWork } from './inflight.js';
@@ -45,6 +46,19 @@ export interface TransferConfig {
    * first entry whose platform the host runs gives the snapshotter when `snapshotter` is "" (`differ` is not read).
    */
   unpack_config?: { platform: string; snapshotter: string; differ?: string }[];
+  /**
+   * Multipart fetch: bytes per HTTP Range part of a big blob (containerd 2.1's name and meaning); 0 (the
+   * default, as containerd's) turns it off, as does any value under 512. Parts of one blob in flight are
+   * at most max_concurrent_downloads, as containerd's.
+   */
+  concurrent_layer_fetch_buffer: number;
+  /** Strata's: only blobs larger than this (and than one part) are split. */
+  concurrent_layer_fetch_threshold: number;
+  /**
+   * Strata's: bytes the parts fetched ahead of the one being written may hold in memory, for all of the
+   * daemon's pulls together; 0 = max_concurrent_downloads × concurrent_layer_fetch_buffer.
+   */
+  concurrent_layer_fetch_memory: number;
 }
 
 export const defaultTransferConfig = (): TransferConfig => ({
@@ -53,6 +67,9 @@ export const defaultTransferConfig = (): TransferConfig => ({
   config_path: '',
   connect_timeout: '30s',
   response_header_timeout: '30s',
+  concurrent_layer_fetch_buffer: 0,
+  concurrent_layer_fetch_threshold: 64 << 20,
+  concurrent_layer_fetch_memory: 0,
 });
 
 /**
@@ -78,6 +95,14 @@ export function unpackConfigSnapshotter(v: unknown, host = defaultPlatform()): s
     if (platformMatcher(p)(host)) return snapshotter;
   }
   return '';
+}
+
+/** A whole number of bytes from the transfer config. */
+function configBytes(key: string, v: unknown): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
+    throw invalidArgument(`transfer config: ${key} must be a whole number of bytes, not ${JSON.stringify(v)}`);
+  }
+  return v;
 }
 
 /** A positive Go duration from the transfer config, in ms. */
@@ -136,6 +161,8 @@ export class ImageTransfers {
   private readonly responseHeaderTimeoutMs: number;
   /** The configured default snapshotter: `snapshotter`, else what `unpack_config` gives this host ('' = none). */
   private readonly defaultSnapshotter: string;
+  /** Multipart fetch settings, with one memory budget for every transfer of the daemon; undefined = off. */
+  private readonly multipart: MultipartOptions | undefined;
   /** Downloads and unpacks in flight, shared by this daemon's concurrent transfers. */
   readonly shared = new SharedWork();
 
@@ -150,6 +177,17 @@ export class ImageTransfers {
     this.responseHeaderTimeoutMs = configDuration('response_header_timeout', config.response_header_timeout ?? defaults.response_header_timeout);
     const unpackDefault = unpackConfigSnapshotter(config.unpack_config);
     this.defaultSnapshotter = config.snapshotter || unpackDefault;
+    const partSize = configBytes('concurrent_layer_fetch_buffer', config.concurrent_layer_fetch_buffer ?? defaults.concurrent_layer_fetch_buffer);
+    const threshold = configBytes('concurrent_layer_fetch_threshold', config.concurrent_layer_fetch_threshold ?? defaults.concurrent_layer_fetch_threshold);
+    const memory = configBytes('concurrent_layer_fetch_memory', config.concurrent_layer_fetch_memory ?? defaults.concurrent_layer_fetch_memory);
+    const parallelism = config.max_concurrent_downloads ?? defaults.max_concurrent_downloads;
+    if (partSize >= MIN_PART_SIZE && parallelism > 1) {
+      const capacity = memory > 0 ? memory : parallelism * partSize;
+      if (capacity < partSize) {
+        throw invalidArgument(`transfer config: concurrent_layer_fetch_memory (${capacity}) must hold at least one part (concurrent_layer_fetch_buffer = ${partSize})`);
+      }
+      this.multipart = { partSize, parallelism, threshold, budget: new Budget(capacity) };
+    }
   }
 
   private snapshotterName(requested: string | undefined): string {
@@ -166,6 +204,7 @@ export class ImageTransfers {
       ...(hostsDir ? { hostsDir } : {}),
       connectTimeoutMs: this.connectTimeoutMs,
       responseHeaderTimeoutMs: this.responseHeaderTimeoutMs,
+      ...(this.multipart ? { multipart: this.multipart } : {}),
       ...(r.credentials ? { credentials: () => r.credentials } : {}),
       logger: this.log,
     };

@@ -9,6 +9,7 @@
  * and the layer counts as unpacked without a byte read. Every failure removes the extraction snapshot, so a
  * half-applied layer never survives.
  */
+import { crashPoint } from '../core/crashpoint.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { decompressStream } from '../diff/decompress.js';
 import { failedPrecondition, isAlreadyExists, isNotFound } from '../core/errdefs.js';
@@ -121,6 +122,7 @@ async function unpackOne(
   let mounts;
   try {
     mounts = await snapshotter.prepare(key, parent, { labels: { [LABEL_SNAPSHOT_REF]: chainID } });
+    crashPoint('unpack.layer.after-prepare');
   } catch (err) {
     // ALREADY_EXISTS: a remote snapshotter has the layer (or a concurrent unpack committed it).
     if (isAlreadyExists(err) && (await exists(snapshotter, chainID))) {
@@ -132,11 +134,13 @@ async function unpackOne(
   }
   try {
     const applied = await applier.apply(layer, mounts, content);
+    crashPoint('unpack.layer.after-apply');
     if (applied.digest !== diffID) {
       throw failedPrecondition(`wrong diff id calculated on extraction: ${applied.digest}, expected ${diffID}`);
     }
     try {
       await snapshotter.commit(chainID, key);
+      crashPoint('unpack.layer.after-commit');
     } catch (err) {
       // Committed meanwhile by a concurrent unpack of the same layer (outside this daemon's serialisation):
       // theirs is as good as ours, once it is under our lease too.
@@ -152,6 +156,7 @@ async function unpackOne(
   await content
     .update({ digest: layer.digest, labels: { [LABEL_UNCOMPRESSED]: diffID } }, [`labels.${LABEL_UNCOMPRESSED}`])
     .catch(() => undefined);
+  crashPoint('unpack.layer.after-label');
   opts.onProgress?.(layer, 'unpacked');
   return 'extracted';
 }

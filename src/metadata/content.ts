@@ -7,6 +7,7 @@
  * ingest survives a daemon restart (the row keeps the mapping; the data is in the local store).
  */
 import { existsSync, unlinkSync } from 'node:fs';
+import { crashPoint } from '../core/crashpoint.js';
 import type { Readable } from 'node:stream';
 import {
   alreadyExists,
@@ -113,20 +114,28 @@ export class NamespacedContent {
   }
 
   /**
-   * Removes the blob from disk when no namespace records it and no lease names it. Runs inside the caller's
-   * transaction and unlinks synchronously, so a concurrent adoption (which checks the file in its own
-   * transaction) cannot record a blob that is about to vanish.
+   * Whether the blob may go from disk: no namespace records it, no lease names it, no commit is writing it.
+   * Asked inside the transaction that drops its last record; the caller unlinks it (unlinkBlob) synchronously
+   * right after that transaction commits, with nothing in between, so a concurrent adoption (which checks the
+   * file in its own transaction) cannot record a blob that is about to vanish. Not inside the transaction: a
+   * crash between the unlink and the commit would roll the record back and leave it without its blob.
    */
-  releaseBlobIfUnused(digest: Digest): void {
+  blobUnused(digest: Digest): boolean {
     const used =
       this.db.prepare('SELECT 1 FROM content WHERE digest = ? LIMIT 1').get(digest) ??
       this.db.prepare("SELECT 1 FROM lease_resources WHERE type = 'content' AND id = ? LIMIT 1").get(digest) ??
       this.db.prepare('SELECT 1 FROM ingests WHERE shared_digest = ? LIMIT 1').get(digest);
-    if (used || this.isCommitting(digest)) return;
+    return !used && !this.isCommitting(digest);
+  }
+
+  /** Removes a blob blobUnused() let go; a failure leaves an orphan for the collector, never a broken record. */
+  unlinkBlob(digest: Digest): void {
     try {
+      crashPoint('content.delete.before-unlink');
       unlinkSync(this.local.blobPath(digest));
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      crashPoint('content.delete.after-unlink');
+    } catch {
+      // gone already, or it stays as an orphan that a collection removes
     }
   }
 }
@@ -195,12 +204,16 @@ class BoundContentStore implements ContentStore {
 
   async delete(digest: Digest): Promise<void> {
     checkedDigest(digest);
-    this.c.db.transaction(() => {
+    crashPoint('content.delete.before-record');
+    const unused = this.c.db.transaction(() => {
       const res = this.c.db.prepare('DELETE FROM content WHERE namespace = ? AND digest = ?').run(this.ns, digest);
       if (res.changes === 0) throw notFound(`content ${digest}`);
       this.c.db.prepare("DELETE FROM lease_resources WHERE namespace = ? AND type = 'content' AND id = ?").run(this.ns, digest);
-      this.c.releaseBlobIfUnused(digest);
+      return this.c.blobUnused(digest);
     }).immediate();
+    crashPoint('content.delete.after-record');
+    // Synchronously after the commit: nothing can record the blob in between.
+    if (unused) this.c.unlinkBlob(digest);
     this.c.notifyMutation(true);
     this.c.events.publish(this.ns, '/content/delete', typedEvent('containerd.events.ContentDelete', { digest }));
   }
@@ -262,12 +275,14 @@ class BoundContentStore implements ContentStore {
     } catch (err) {
       if (!isNotFound(err)) throw err; // no data yet: the row goes all the same
     }
+    crashPoint('content.abort.before-record');
     this.c.db.transaction(() => {
       this.c.db.prepare('DELETE FROM ingests WHERE namespace = ? AND ref = ?').run(this.ns, ref);
       this.c.db
         .prepare("DELETE FROM lease_resources WHERE namespace = ? AND type = 'ingests' AND id = ?")
         .run(this.ns, ref);
     }).immediate();
+    crashPoint('content.abort.after-record');
     this.c.notifyMutation(false);
   }
 
@@ -438,6 +453,7 @@ class NamespacedWriter implements ContentWriter {
     }
 
     let innerErr: StrataError | undefined;
+    crashPoint('content.commit.before-record');
     this.c.db.transaction(() => {
       // Recheck the file inside the transaction: a concurrent delete unlinks inside its own transaction.
       if (!existsSync(this.c.local.blobPath(actual))) {
@@ -455,6 +471,7 @@ class NamespacedWriter implements ContentWriter {
       this.c.leases.detach(this.ctx, 'ingests', this.ref);
       this.c.leases.attach(this.ctx, 'content', actual);
     }).immediate();
+    crashPoint('content.commit.after-record');
     this.c.notifyMutation(false);
     if (innerErr) throw innerErr;
     // containerd 2.1's /content/create: once per new record in a namespace (a blob adopted from another

@@ -135,6 +135,19 @@ const migrations: string[] = [
   ALTER TABLE containers ADD COLUMN created_ns INTEGER NOT NULL DEFAULT 0;
   ALTER TABLE containers ADD COLUMN updated_ns INTEGER NOT NULL DEFAULT 0;
   `,
+  // 6: snapshot commits in progress: the backend name a Commit gives the active snapshot, on disk before the
+  // backend commits, so that a crash between the backend's commit and the record's is finished at the next start.
+  `
+  CREATE TABLE snapshot_commits (
+    namespace   TEXT NOT NULL,
+    snapshotter TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    backend_key TEXT NOT NULL,
+    labels      TEXT NOT NULL,
+    PRIMARY KEY (namespace, snapshotter, key)
+  ) WITHOUT ROWID;
+  `,
 ];
 
 export const SCHEMA_VERSION = migrations.length;

@@ -112,6 +112,19 @@ export class MetadataCheck {
       .all() as SnapshotRecordRow[];
   }
 
+  /** Commits noted before their backend commit and not recorded yet (snapshot_commits, schema 6). */
+  pendingCommits(): { namespace: string; snapshotter: string; key: string; name: string; backendKey: string; labels: string }[] {
+    if (!this.hasTable('snapshot_commits')) return [];
+    return this.db.prepare('SELECT namespace, snapshotter, key, name, backend_key AS backendKey, labels FROM snapshot_commits').all() as {
+      namespace: string;
+      snapshotter: string;
+      key: string;
+      name: string;
+      backendKey: string;
+      labels: string;
+    }[];
+  }
+
   leaseResources(): LeaseResourceRow[] {
     return this.db.prepare('SELECT namespace, lease, type, id FROM lease_resources ORDER BY namespace, lease, type, id').all() as LeaseResourceRow[];
   }
@@ -190,6 +203,9 @@ export class MetadataCheck {
           .run(namespace, snapshotter, name, backendKey, row.parent, labels, now, now);
         this.db.prepare('UPDATE OR IGNORE lease_resources SET id = ? WHERE namespace = ? AND type = ? AND id = ?').run(name, namespace, resource, key);
         this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND type = ? AND id = ?').run(namespace, resource, key);
+        if (this.hasTable('snapshot_commits')) {
+          this.db.prepare('DELETE FROM snapshot_commits WHERE namespace = ? AND snapshotter = ? AND key = ?').run(namespace, snapshotter, key);
+        }
       })
       .immediate();
   }

@@ -4,6 +4,7 @@
  * The algorithm (the reference graph, the mark, what to remove and when) is src/gc's; every statement on these
  * tables is here, next to the schema.
  */
+import { crashPoint } from '../core/crashpoint.js';
 import { type DB } from '../core/sqlite.js';
 import { parseLabels } from '../core/labels.js';
 import type { GCRecordStore, Records, SweepPlan } from '../gc/types.js';
@@ -126,7 +127,11 @@ export class MetadataGC implements GCRecordStore {
       return plan;
     });
     // A real sweep takes the write lock from the start (BEGIN IMMEDIATE); a dry run only reads.
-    return dryRun ? tx() : tx.immediate();
+    if (dryRun) return tx();
+    crashPoint('gc.sweep.before-record');
+    const plan = tx.immediate();
+    crashPoint('gc.sweep.after-record');
+    return plan;
   }
 
   blobRecords(digests: string[]): { digest: string; kind: 'content' | 'lease' | 'ingest'; namespace: string; id: string }[] {

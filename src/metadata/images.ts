@@ -10,6 +10,7 @@
  *
  * Deleting an image record does not delete content: the garbage collector (roots: images) does that.
  */
+import { crashPoint } from '../core/crashpoint.js';
 import { alreadyExists, invalidArgument, notFound } from '../core/errdefs.js';
 import { adapt, labelField, parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
@@ -179,6 +180,7 @@ class BoundImageStore implements ImageStore {
     const labels = compact(image.labels);
     const annotations = compact(image.target.annotations);
     const now = nowTime();
+    crashPoint('image.create.before-record');
     this.s.db.transaction(() => {
       this.s.namespaces.ensure(this.ns);
       const res = this.s.db
@@ -200,6 +202,7 @@ class BoundImageStore implements ImageStore {
         );
       if (res.changes === 0) throw alreadyExists(`image ${JSON.stringify(image.name)}`);
     }).immediate();
+    crashPoint('image.create.after-record');
     this.s.notifyMutation(false);
     const created = toImage({
       name: image.name,
@@ -280,8 +283,10 @@ class BoundImageStore implements ImageStore {
   }
 
   async delete(name: string): Promise<void> {
+    crashPoint('image.delete.before-record');
     const res = this.s.db.prepare('DELETE FROM images WHERE namespace = ? AND name = ?').run(this.ns, name);
     if (res.changes === 0) throw notFound(`image ${JSON.stringify(name)}`);
+    crashPoint('image.delete.after-record');
     this.s.notifyMutation(true);
     this.s.events.publish(this.ns, '/images/delete', typedEvent(IMAGE_EVENT_DELETE, { name }));
   }

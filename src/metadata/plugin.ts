@@ -12,7 +12,7 @@ register({
   requires: [PluginType.Content, PluginType.Event, PluginType.Snapshot],
   // The label limits of one object (src/core/labels.ts): every labelled record is this plugin's.
   config: () => ({ content_sharing_policy: 'shared', ...labelLimitDefaults() }),
-  init: (ic) => {
+  init: async (ic) => {
     if (ic.config.content_sharing_policy !== 'shared') {
       throw new Error(`content_sharing_policy ${String(ic.config.content_sharing_policy)} is not supported; use "shared"`);
     }
@@ -23,7 +23,12 @@ register({
     const md = MetadataStore.open(join(ic.root, 'meta.db'), local, exchange);
     ic.onClose(() => md.close());
     // Every snapshotter that loaded (built in or proxied) gets the namespaced layer in front of it.
-    for (const [name, sn] of ic.getAll<Snapshotter>(PluginType.Snapshot)) md.addSnapshotter(name, sn);
+    for (const [name, sn] of ic.getAll<Snapshotter>(PluginType.Snapshot)) {
+      const layer = md.addSnapshotter(name, sn);
+      // Commits a crash interrupted between the backend's commit and the record's.
+      const finished = await layer.recoverCommits();
+      if (finished > 0) ic.log.info('finished snapshot commits a crash interrupted', { snapshotter: name, count: finished });
+    }
     return md;
   },
 });

@@ -19,6 +19,7 @@
  * A crash before the backend removal leaves a backend snapshot no record names: the garbage collector's prune
  * (and containerd's) removes exactly those.
  */
+import { crashPoint } from '../core/crashpoint.js';
 import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, isNoSpace, isNotFound, notFound, unknown } from '../core/errdefs.js';
 import { retryOnNoSpace } from '../core/nospace.js';
 import { parseAll } from '../filters/index.js';
@@ -144,6 +145,7 @@ export class NamespacedSnapshots {
         // layer) or that a call in progress holds stays.
         const keys = this.doomed.splice(0, NamespacedSnapshots.REMOVE_BATCH).filter((k) => !this.pending.has(k) && !this.recordsBackendKey(k));
         if (keys.length === 0) continue;
+        crashPoint('snapshot.remove.before-backend');
         const many = (this.backend as Snapshotter & { removeMany?: (keys: string[]) => Promise<void> }).removeMany;
         // Failures (a child in another namespace, gone already) keep the snapshot for the garbage collector; a
         // full disk (the backend's own bookkeeping cannot be written) is retried a little later, so a snapshot
@@ -173,6 +175,73 @@ export class NamespacedSnapshots {
       this.retryTimer = undefined;
       for (const k of this.retrying.splice(0)) this.removeLater(k);
     }, NamespacedSnapshots.NO_SPACE_RETRY_MS).unref();
+  }
+
+  /** @internal Inside a write: the commit of `key` to `name` (backend name `bname`) is about to happen. */
+  notePendingCommit(ns: string, key: string, name: string, bname: string, labels: Record<string, string>): void {
+    this.db
+      .prepare('INSERT OR REPLACE INTO snapshot_commits (namespace, snapshotter, key, name, backend_key, labels) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(ns, this.name, key, name, bname, encodeLabels(labels));
+  }
+
+  /** @internal Inside a write: the commit of `key` is recorded or failed. */
+  dropPendingCommit(ns: string, key: string): void {
+    this.db.prepare('DELETE FROM snapshot_commits WHERE namespace = ? AND snapshotter = ? AND key = ?').run(ns, this.name, key);
+  }
+
+  /**
+   * @internal Inside a write: the active snapshot `key` becomes the committed snapshot `name` (backend name
+   * `bname`); its lease entries follow it.
+   */
+  recordCommit(ns: string, key: string, name: string, bname: string, parent: string, labels: Record<string, string>): void {
+    const now = nowTime();
+    this.db.prepare('DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?').run(ns, this.name, key);
+    this.db
+      .prepare(
+        'INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, created_ns, updated_at, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      )
+      .run(ns, this.name, name, bname, parent, 'committed', encodeLabels(labels), now.getTime(), now.subMs, now.getTime(), now.subMs);
+    // The active key's lease entries now protect the committed snapshot.
+    const resource = `snapshots/${this.name}`;
+    this.db.prepare('UPDATE OR IGNORE lease_resources SET id = ? WHERE namespace = ? AND type = ? AND id = ?').run(name, ns, resource, key);
+    this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND type = ? AND id = ?').run(ns, resource, key);
+    this.dropPendingCommit(ns, key);
+  }
+
+  /**
+   * Finishes, at start, the commits a crash interrupted after the backend committed and before the record was
+   * written (the record still names the active snapshot, which the backend has turned into the committed one);
+   * forgets those that never reached the backend or were recorded. Returns how many it finished.
+   */
+  async recoverCommits(): Promise<number> {
+    const pending = this.db
+      .prepare('SELECT namespace, key, name, backend_key, labels FROM snapshot_commits WHERE snapshotter = ?')
+      .all(this.name) as { namespace: string; key: string; name: string; backend_key: string; labels: string }[];
+    let finished = 0;
+    for (const p of pending) {
+      const row = this.row(p.namespace, p.key);
+      const has = async (bkey: string) => {
+        try {
+          await this.backend.stat(bkey);
+          return true;
+        } catch (err) {
+          if (isNotFound(err)) return false;
+          throw err;
+        }
+      };
+      const finish =
+        row !== undefined && row.kind === 'active' && !this.row(p.namespace, p.name) && !(await has(row.backend_key)) && (await has(p.backend_key));
+      this.commits.write(() => {
+        if (finish) {
+          this.recordCommit(p.namespace, p.key, p.name, p.backend_key, row.parent, parseLabels(p.labels));
+          finished++;
+        } else {
+          this.dropPendingCommit(p.namespace, p.key);
+        }
+      });
+    }
+    if (pending.length > 0) await this.commits.durable();
+    return finished;
   }
 
   private recordsBackendKey(bkey: string): boolean {
@@ -330,8 +399,10 @@ class BoundSnapshotter implements Snapshotter {
     let times: { created: Date; updated: Date } = { created: made, updated: made };
     const blabels = inheritedLabels(labels);
     try {
+      crashPoint('snapshot.prepare.before-backend');
       mounts = readonly ? await this.s.backend.view(bkey, bparent, { labels: blabels }) : await this.s.backend.prepare(bkey, bparent, { labels: blabels });
       created = true;
+      crashPoint('snapshot.prepare.after-backend');
     } catch (err) {
       if (!isAlreadyExists(err)) throw err;
       if (!target) throw unknown(`unexpected error from snapshotter: ${(err as Error).message}`);
@@ -355,6 +426,7 @@ class BoundSnapshotter implements Snapshotter {
     }
 
     try {
+      crashPoint('snapshot.prepare.before-record');
       this.s.commits.write(() => {
         this.s.store.namespaces.ensure(this.ns);
         if (this.s.row(this.ns, recordKey)) throw alreadyExists(`snapshot "${recordKey}"`);
@@ -372,7 +444,9 @@ class BoundSnapshotter implements Snapshotter {
       if (created) await retryOnNoSpace(() => this.s.backend.remove(bkey));
       throw err;
     }
+    crashPoint('snapshot.prepare.after-record');
     await this.s.commits.durable();
+    crashPoint('snapshot.prepare.after-sync');
     this.s.notifyMutation(false);
     if (adopted) throw adopted;
     // containerd publishes for Prepare only, not for View.
@@ -414,7 +488,18 @@ class BoundSnapshotter implements Snapshotter {
     hold(row.backend_key);
     hold(bname);
 
-    await this.s.backend.commit(bname, row.backend_key, { labels: inheritedLabels(labels) });
+    // The backend name this commit gives the active snapshot, on disk before the backend commits: a crash after
+    // the backend's commit and before the record's is finished at the next start (recoverCommits).
+    this.s.commits.write(() => this.s.notePendingCommit(this.ns, key, name, bname, labels));
+    await this.s.commits.durable();
+    crashPoint('snapshot.commit.before-backend');
+    try {
+      await this.s.backend.commit(bname, row.backend_key, { labels: inheritedLabels(labels) });
+    } catch (err) {
+      this.s.commits.write(() => this.s.dropPendingCommit(this.ns, key));
+      throw err;
+    }
+    crashPoint('snapshot.commit.after-backend');
 
     try {
       await this.recordCommit(name, key, labels, bname, this.ctx);
@@ -462,6 +547,11 @@ class BoundSnapshotter implements Snapshotter {
     this.s.unrecorded.delete(id);
     this.s.pending.delete(u.bname);
     this.s.removeLater(u.bname);
+    try {
+      this.s.commits.write(() => this.s.dropPendingCommit(this.ns, key));
+    } catch {
+      // still full: the next start forgets a pending commit whose active record is gone
+    }
   }
 
   /** The records of a commit whose backend part is done: the active key's record becomes `name`'s, on `bname`. */
@@ -469,26 +559,18 @@ class BoundSnapshotter implements Snapshotter {
     this.s.commits.write(() => {
       // The active snapshot may have been removed (or garbage collected) while the backend committed it.
       const row = this.s.mustRow(this.ns, key);
-      const now = nowTime();
-      this.db.prepare('DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?').run(this.ns, this.s.name, key);
-      this.db
-        .prepare(
-          'INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, created_ns, updated_at, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
-        )
-        .run(this.ns, this.s.name, name, bname, row.parent, 'committed', encodeLabels(labels), now.getTime(), now.subMs, now.getTime(), now.subMs);
-      // The active key's lease entries now protect the committed snapshot.
-      this.db
-        .prepare('UPDATE OR IGNORE lease_resources SET id = ? WHERE namespace = ? AND type = ? AND id = ?')
-        .run(name, this.ns, this.resource, key);
-      this.db.prepare('DELETE FROM lease_resources WHERE namespace = ? AND type = ? AND id = ?').run(this.ns, this.resource, key);
+      this.s.recordCommit(this.ns, key, name, bname, row.parent, labels);
       this.s.store.leases.attach(ctx, this.resource, name);
     });
+    crashPoint('snapshot.commit.after-record');
     await this.s.commits.durable();
+    crashPoint('snapshot.commit.after-sync');
     this.s.notifyMutation(false);
     this.s.store.events.publish(this.ns, '/snapshot/commit', typedEvent('containerd.events.SnapshotCommit', { key, name }));
   }
 
   async remove(key: string): Promise<void> {
+    crashPoint('snapshot.remove.before-record');
     const row = this.s.commits.write(() => {
       const row = this.s.mustRow(this.ns, key);
       const child = this.db
@@ -500,7 +582,9 @@ class BoundSnapshotter implements Snapshotter {
       const shared = this.db.prepare('SELECT 1 FROM snapshots WHERE snapshotter = ? AND backend_key = ? LIMIT 1').get(this.s.name, row.backend_key);
       return { ...row, shared: shared !== undefined };
     });
+    crashPoint('snapshot.remove.after-record');
     await this.s.commits.durable();
+    crashPoint('snapshot.remove.after-sync');
     this.dropUnrecorded(key);
     this.s.notifyMutation(true);
     // The record is gone; the backend data follows in the background unless another namespace still records it.

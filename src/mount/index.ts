@@ -8,8 +8,9 @@
  * userxattr, metacopy=, redirect_dir=): the snapshotters that build them and the differ that reads them back
  * go through parseOverlayDirOption / formatOverlayDirOption / parseOverlayOptions.
  */
+import { crashPoint } from '../core/crashpoint.js';
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, realpath, rmdir } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, realpath, rmdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative, sep } from 'node:path';
 import { promisify } from 'node:util';
@@ -188,18 +189,64 @@ export async function isMountPoint(path: string): Promise<boolean> {
 
 /** Mounts on a fresh temporary directory, runs fn with its path, then unmounts and removes it. */
 export async function withTempMount<T>(mounts: Mount[], fn: (root: string) => Promise<T>): Promise<T> {
-  const dir = await mkdtemp(join(tmpdir(), 'strata-mount-'));
+  // The pid in the name tells whose it is: what a process that died left is found and undone (unmountLeftovers).
+  const dir = await mkdtemp(join(tmpdir(), `strata-mount-${process.pid}-`));
   try {
+    crashPoint('mount.temp.before-mount');
     await mountAll(mounts, dir);
+    crashPoint('mount.temp.after-mount');
     try {
       return await fn(dir);
     } finally {
+      crashPoint('mount.temp.before-unmount');
       await unmount(dir);
+      crashPoint('mount.temp.after-unmount');
     }
   } finally {
     // rmdir, never rm -r: if the unmount failed, the directory still shows the snapshot's data.
     await rmdir(dir).catch(() => undefined);
+    crashPoint('mount.temp.after-rmdir');
   }
+}
+
+/** Whether a process with this pid exists (a pid that another process reuses counts: its mounts stay). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Undoes the temporary mounts (withTempMount) of processes that died with them in place (a crash, a kill -9
+ * between the mount and the unmount): unmounts each and removes its directory. Returns how many it undid; what
+ * it cannot undo is left (and logged by the caller through onError).
+ */
+export async function unmountLeftovers(onError: (dir: string, err: unknown) => void = () => undefined): Promise<number> {
+  let names: string[];
+  try {
+    names = await readdir(tmpdir());
+  } catch {
+    return 0;
+  }
+  let undone = 0;
+  for (const name of names) {
+    const m = /^strata-mount-(\d+)-/.exec(name);
+    if (!m) continue;
+    const pid = Number(m[1]);
+    if (pid === process.pid || alive(pid)) continue;
+    const dir = join(tmpdir(), name);
+    try {
+      if (await isMountPoint(dir)) await unmount(dir);
+      await rmdir(dir);
+      undone++;
+    } catch (err) {
+      onError(dir, err);
+    }
+  }
+  return undone;
 }
 
 /** containerd's readonlyMounts: overlays lose upperdir/workdir (the upperdir becomes the top lowerdir), others get ro. */

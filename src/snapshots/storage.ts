@@ -16,6 +16,7 @@
  *
  * Keys are opaque strings (the namespaced layer passes "<namespace>/<n>/<key>"): they are never paths.
  */
+import { crashPoint } from '../core/crashpoint.js';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, StrataError } from '../core/errdefs.js';
 import { adapt, labelField, parseAll } from '../filters/index.js';
 import { applyLabelPaths, validateLabelEntries, validateLabels } from '../core/labels.js';
@@ -180,7 +181,14 @@ export class GroupCommit {
       }
     }
     const fd = this.fd;
-    return new Promise((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+    crashPoint('storage.group-commit.before-fsync');
+    return new Promise((resolve, reject) =>
+      fdatasync(fd, (err) => {
+        if (err) return reject(err);
+        crashPoint('storage.group-commit.after-fsync');
+        resolve();
+      }),
+    );
   }
 }
 

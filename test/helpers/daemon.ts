@@ -26,6 +26,10 @@ export interface DaemonOptions {
    * deletion makes a collection due and it would remove them, as containerd's would. GC tests opt in.
    */
   gc?: boolean;
+  /** Return (instead of failing) when the daemon dies before it serves (e.g. at a crash point of its start). */
+  allowExit?: boolean;
+  /** Extra environment variables for the daemon (on top of the test process's own), e.g. STRATA_CRASH_AT. */
+  env?: Record<string, string>;
   /** A command prefix that execs the daemon, e.g. ['ip', 'netns', 'exec', NAME] to run it in a network namespace. */
   exec?: string[];
 }
@@ -77,9 +81,9 @@ export class StartedDaemon {
     await this.exited;
   }
 
-  /** Starts a new daemon on the same root, state and socket. */
-  restart(): Promise<StartedDaemon> {
-    return startDaemon({ ...this.options, dir: this.dir });
+  /** Starts a new daemon on the same root, state and socket (`changes` replace options, e.g. another env). */
+  restart(changes: Partial<DaemonOptions> = {}): Promise<StartedDaemon> {
+    return startDaemon({ ...this.options, ...changes, dir: this.dir });
   }
 
   waitExit(): Promise<number | null> {
@@ -106,17 +110,20 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<StartedD
   const argv = [process.execPath, STRATAD, '--config', configPath, '--log-level', options.logLevel ?? 'debug'];
   const [cmd, ...args] = [...(options.exec ?? []), ...argv] as [string, ...string[]];
   // The prefix execs (ip netns exec does), so the child's pid is the daemon's and signals reach it.
-  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...(options.env ? { env: { ...process.env, ...options.env } } : {}) });
   const d = new StartedDaemon(dir, proc, options);
   running.add(d);
-  await waitReady(d);
+  await waitReady(d, options.allowExit ?? false);
   return d;
 }
 
-async function waitReady(d: StartedDaemon): Promise<void> {
+async function waitReady(d: StartedDaemon, allowExit: boolean): Promise<void> {
   const deadline = Date.now() + 20_000;
   while (Date.now() < deadline) {
-    if (d.proc.exitCode !== null) throw new Error(`stratad exited with ${d.proc.exitCode}:\n${d.logs}`);
+    if (d.proc.exitCode !== null || d.proc.signalCode !== null) {
+      if (allowExit) return;
+      throw new Error(`stratad exited with ${d.proc.exitCode ?? d.proc.signalCode}:\n${d.logs}`);
+    }
     if (existsSync(d.address) && d.logs.includes('"msg":"serving","address"')) return;
     await sleep(50);
   }

@@ -1,5 +1,6 @@
 /** The registry client's public API (see docs/registry.md). */
-export type { Credentials, FetchOpts, Fetcher, Pusher, Resolved, Resolver, ResolverOptions } from './types.js';
+export type { ByteBudget, Credentials, FetchOpts, Fetcher, MultipartOptions, Pusher, Resolved, Resolver, ResolverOptions } from './types.js';
+export { Budget, MIN_PART_SIZE, MultipartStream } from './multipart.js';
 export { createResolver, isManifestType, MAX_MANIFEST_SIZE, MediaTypeDockerSchema1Manifest, type RegistryResolver, type ResolverInternals } from './resolver.js';
 export {
   apiHost,

@@ -16,8 +16,9 @@ import { repositoryScope } from './auth.js';
 import { configureHosts, isProxyFor, type HostCapability, type RegistryHost } from './hosts.js';
 import { RegistryTransport, drain, header, readBody, statusError, type RegistryResponse } from './http.js';
 import { Limiter } from './limit.js';
+import { Budget, MIN_PART_SIZE, MultipartStream, type RangeResponse } from './multipart.js';
 import { isValidDigest, parseReference, type ParsedReference } from './reference.js';
-import type { FetchOpts, Fetcher, Pusher, Resolved, Resolver, ResolverOptions } from './types.js';
+import type { ByteBudget, FetchOpts, Fetcher, Pusher, Resolved, Resolver, ResolverOptions } from './types.js';
 
 export const MediaTypeDockerSchema1Manifest = 'application/vnd.docker.distribution.manifest.v1+prettyjws';
 /** Manifests above this size are refused (containerd's MaxManifestSize). */
@@ -79,6 +80,20 @@ function contentLength(res: RegistryResponse): number | undefined {
   return Number(cl);
 }
 
+/**
+ * Whether a Content-Range header answers a request for bytes `first`-`last` (`last` undefined: to the end) of
+ * a blob of `size` bytes: `bytes <first>-<last>/<size or *>`.
+ */
+function contentRangeMatches(cr: string, first: number, last: number | undefined, size: number): boolean {
+  const m = /^bytes\s+(\d+)-(\d+)\/(\d+|\*)$/i.exec(cr.trim());
+  if (!m) return false;
+  const [a, b, total] = [Number(m[1]), Number(m[2]), m[3]];
+  if (a !== first || b < a) return false;
+  if (total !== '*' && size >= 0 && Number(total) !== size) return false;
+  if (last !== undefined) return b === last;
+  return size < 0 || b === size - 1;
+}
+
 function hashOf(algorithm: string, data: Buffer): string {
   return `${algorithm}:${createHash(algorithm).update(data).digest('hex')}`;
 }
@@ -135,6 +150,7 @@ class RegistryResolverImpl implements RegistryResolver {
   private readonly unreachable = new Set<RegistryHost>();
   private readonly log: Logger | undefined;
   private readonly backoffBase: number;
+  private readonly multipart: { partSize: number; parallelism: number; threshold: number; budget: ByteBudget } | undefined;
 
   constructor(
     private readonly opts: ResolverOptions,
@@ -146,6 +162,13 @@ class RegistryResolverImpl implements RegistryResolver {
     if (!Number.isInteger(retries) || retries < 0) throw invalidArgument(`retries must be a non-negative integer, got ${opts.retries}`);
     this.limiter = new Limiter(maxConcurrent);
     this.log = opts.logger;
+    const mp = opts.multipart;
+    if (mp && mp.partSize >= MIN_PART_SIZE && mp.parallelism > 1) {
+      for (const [k, v] of Object.entries({ partSize: mp.partSize, parallelism: mp.parallelism, threshold: mp.threshold })) {
+        if (!Number.isSafeInteger(v) || v < 0) throw invalidArgument(`multipart ${k} must be a non-negative integer, got ${v}`);
+      }
+      this.multipart = { ...mp, budget: mp.budget ?? new Budget(mp.partSize * mp.parallelism) };
+    }
     this.backoffBase = internals.backoffBaseMs ?? 100;
     this.transport = new RegistryTransport({
       retries,
@@ -304,20 +327,57 @@ class RegistryResolverImpl implements RegistryResolver {
       throw invalidArgument(`fetch ${desc.digest}: offset ${offset} outside 0..${desc.size}`);
     }
     if (offset > 0 && offset === desc.size) return Readable.from([]);
+    const mp = this.multipart;
+    if (!mp || isManifestType(desc.mediaType) || !Number.isSafeInteger(desc.size) || desc.size - offset <= Math.max(mp.threshold, mp.partSize)) {
+      return (await this.open(base, desc, offset, undefined, false)).body;
+    }
+    // The probe: an open-ended range from the offset. Only a registry that honours it (and says so) is split;
+    // its answer is read as the first part, or as the whole download when it is not split.
+    const probe = await this.open(base, desc, offset, undefined, true);
+    if (!probe.ranged || !probe.acceptRanges) {
+      this.log?.debug('multipart fetch: one stream', { digest: desc.digest, ranged: probe.ranged, acceptRanges: probe.acceptRanges });
+      return probe.body;
+    }
+    const what = `${desc.digest} (${desc.mediaType})`;
+    const stream = new MultipartStream({
+      what,
+      size: desc.size,
+      start: offset,
+      partSize: mp.partSize,
+      parallelism: mp.parallelism,
+      budget: mp.budget,
+      probe: probe.body,
+      open: (o, len) => this.open(base, desc, o, len, true),
+      openSingle: async (o) => (o >= desc.size ? Readable.from([]) : (await this.open(base, desc, o, undefined, false)).body),
+      onEvent: (e) => this.log?.info(`multipart fetch: ${e.type}`, { digest: desc.digest, ...e }),
+    });
+    this.log?.debug('multipart fetch', { digest: desc.digest, offset, parts: stream.partCount, partSize: mp.partSize });
+    return stream;
+  }
+
+  /**
+   * One GET of a blob or manifest from `offset`: bounded to `length` bytes when given (`bytes=a-b`), else to
+   * the end. `forceRange` sends the Range header even from offset 0 (the multipart probe); otherwise offset
+   * 0 goes without one, as containerd's requests do (some registries mishandle `bytes=0-`). Holds a slot of
+   * the concurrency limit until the body ends or is destroyed.
+   */
+  private async open(base: Base, desc: Descriptor, offset: number, length: number | undefined, forceRange: boolean): Promise<RangeResponse> {
     const hosts = this.filter(base, ['pull']);
     if (hosts.length === 0) throw notFound(`no pull hosts for ${base.ref.name}`);
     const what = `${desc.digest} (${desc.mediaType})`;
     const isManifest = isManifestType(desc.mediaType);
     const accept = isManifest ? [desc.mediaType, MANIFEST_ACCEPT].join(', ') : `${desc.mediaType}, */*`;
     const headers: Record<string, string> = { accept };
-    if (offset > 0) headers['range'] = `bytes=${offset}-`;
+    const ranged = offset > 0 || forceRange || length !== undefined;
+    const last = length !== undefined ? offset + length - 1 : desc.size - 1;
+    if (ranged) headers['range'] = length !== undefined ? `bytes=${offset}-${last}` : `bytes=${offset}-`;
     const scopes = [repositoryScope(base.ref.repository, false)];
 
     const release = await this.limiter.acquire();
     try {
       let firstErr: StrataError | undefined;
       let sawNotFound = false;
-      const attempt = async (res: RegistryResponse, source: string): Promise<Readable | undefined> => {
+      const attempt = async (res: RegistryResponse, source: string): Promise<RangeResponse | undefined> => {
         if (res.status === 404) {
           await drain(res);
           sawNotFound = true;
@@ -329,21 +389,25 @@ class RegistryResolverImpl implements RegistryResolver {
           return undefined;
         }
         let skip = 0;
-        if (offset > 0) {
+        let partial = false;
+        if (ranged) {
           const cr = header(res.headers, 'content-range');
           if (res.status === 206 || cr) {
-            if (!cr || !cr.startsWith(`bytes ${offset}-`)) {
+            if (!cr || !contentRangeMatches(cr, offset, length !== undefined ? last : undefined, desc.size)) {
               await drain(res);
-              firstErr ??= unavailable(`fetch ${what} from ${source}: unexpected content range ${JSON.stringify(cr ?? '')} for offset ${offset}`);
+              firstErr ??= unavailable(`fetch ${what} from ${source}: unexpected content range ${JSON.stringify(cr ?? '')} for bytes ${offset}-${length !== undefined ? last : ''}`);
               return undefined;
             }
+            partial = true;
           } else {
             skip = offset; // the whole blob came back: drop the head ourselves
           }
         }
+        const encoding = (header(res.headers, 'content-encoding') ?? '').trim().toLowerCase();
+        const acceptRanges = /(^|,)\s*bytes\s*(,|$)/i.test(header(res.headers, 'accept-ranges') ?? '');
         const out = new FetchStream(skip, `fetch ${what} from ${source}`, release);
         pipeline(res.body, out, () => undefined);
-        return out;
+        return { body: out, ranged: partial && (encoding === '' || encoding === 'identity'), acceptRanges };
       };
 
       // Alternative URLs (foreign layers) first, unauthenticated.

@@ -32,6 +32,36 @@ export interface ResolverOptions {
   /** Request → response headers limit per host, ms; default 30 s (a hanging mirror is then skipped). */
   responseHeaderTimeoutMs?: number;
   logger?: Logger;
+  /**
+   * Multipart fetch (containerd 2.1's parallel layer fetch, done as docs/registry.md says): a blob larger than
+   * the threshold is fetched as bounded HTTP Range parts, several at once, and handed out in order. Off when
+   * absent or when `partSize` is 0.
+   */
+  multipart?: MultipartOptions;
+}
+
+export interface MultipartOptions {
+  /** Bytes per part (containerd's concurrent_layer_fetch_buffer); under 512 turns multipart off, as containerd. */
+  partSize: number;
+  /** Part requests of one blob in flight at once (containerd: max_concurrent_downloads). */
+  parallelism: number;
+  /** Only blobs (the part still to fetch) larger than this, and than one part, are split. */
+  threshold: number;
+  /**
+   * The bytes that parts fetched ahead of the one being handed out may hold, shared by every blob that uses
+   * this budget (give one budget to all of a daemon's resolvers). Default: parallelism × partSize per resolver.
+   */
+  budget?: ByteBudget;
+}
+
+/** A shared allowance of bytes (see MultipartOptions.budget); src/images/remote/multipart.ts implements it. */
+export interface ByteBudget {
+  readonly capacity: number;
+  /** Takes `n` bytes if they are free now. */
+  tryTake(n: number): boolean;
+  give(n: number): void;
+  /** Calls `fn` once, the next time bytes are given back. Returns a function that cancels it. */
+  onGive(fn: () => void): () => void;
 }
 
 export interface Resolved {

@@ -21,6 +21,7 @@
  * short links in <root>/l instead (overlayfs resolves them when mounting), which compact to two or three
  * characters each. Shorter chains keep the plain paths, exactly as containerd returns them.
  */
+import { crashPoint } from '../../core/crashpoint.js';
 import { randomBytes } from 'node:crypto';
 import {
   chmodSync,
@@ -206,22 +207,30 @@ class OverlaySnapshotter implements Snapshotter {
 
   async commit(name: string, key: string, opts?: SnapshotOpts): Promise<void> {
     // Usage is measured when first asked for (see usage()); commitActive reports wrong kinds by itself.
+    crashPoint('overlay.commit.before-record');
     const id = this.storage.commitActive(key, name, undefined, opts?.labels ?? {});
+    crashPoint('overlay.commit.after-record');
     this.mountCache.delete(id);
     await this.storage.durable();
   }
 
   async remove(key: string): Promise<void> {
+    crashPoint('overlay.remove.before-record');
     const { id } = this.storage.remove(key);
+    crashPoint('overlay.remove.after-record');
     // The record's drop is on disk before the data moves: a crash never leaves a record without its directory.
     await this.storage.durable();
+    crashPoint('overlay.remove.after-sync');
     this.discard(id);
   }
 
   /** Removes many snapshots with one transaction and one sync; the first failure is thrown after the rest went. */
   async removeMany(keys: string[]): Promise<void> {
+    crashPoint('overlay.remove.before-record');
     const results = this.storage.removeMany(keys);
+    crashPoint('overlay.remove.after-record');
     await this.storage.durable();
+    crashPoint('overlay.remove.after-sync');
     for (const r of results) if (!(r instanceof Error)) this.discard(r.id);
     const failed = results.find((r): r is Error => r instanceof Error);
     if (failed) throw failed;
@@ -236,6 +245,7 @@ class OverlaySnapshotter implements Snapshotter {
     this.mountCache.delete(id);
     try {
       renameSync(this.dir(id), join(this.trashDir, String(id)));
+      crashPoint('overlay.remove.after-rename');
       this.trash.push(String(id));
     } catch (err) {
       if (!isErrno(err, 'ENOENT')) this.log.warn('failed to move a removed snapshot directory', { id, error: err });
@@ -258,9 +268,13 @@ class OverlaySnapshotter implements Snapshotter {
         await Promise.all(
           batch.map((name) => {
             const path = join(this.trashDir, name);
-            return removeTree(path).catch((err: unknown) => {
-              this.log.warn('failed to remove snapshot directory', { path, error: err });
-            });
+            crashPoint('overlay.remove.before-rmdir');
+            return removeTree(path).then(
+              () => crashPoint('overlay.remove.after-rmdir'),
+              (err: unknown) => {
+                this.log.warn('failed to remove snapshot directory', { path, error: err });
+              },
+            );
           }),
         );
       }
@@ -373,13 +387,16 @@ class OverlaySnapshotter implements Snapshotter {
         rmSync(this.linkPath(id), { force: true });
         symlinkSync(this.linkTarget(id), this.linkPath(id));
         try {
+          crashPoint('overlay.prepare.before-rename');
           renameSync(td, path);
+          crashPoint('overlay.prepare.after-rename');
         } catch (err) {
           rmSync(this.linkPath(id), { force: true });
           throw err;
         }
         placed = id;
       });
+      crashPoint('overlay.prepare.after-record');
       await this.storage.durable();
       return this.mountsOf(rec);
     } catch (err) {
