@@ -5,7 +5,7 @@
  * interfaces use, so that each service is checked against its protobuf definition at compile time.
  */
 import type * as grpc from '@grpc/grpc-js';
-import { GrpcCode, StrataError, grpcCodeOf } from '../core/errdefs.js';
+import { GrpcCode, StrataError, grpcCodeOf, noSpaceCode } from '../core/errdefs.js';
 import { requireNamespace, type OpContext } from '../metadata/index.js';
 import type { Logger } from '../log/index.js';
 import type { CallStatus, ServerCall } from './server.js';
@@ -52,11 +52,18 @@ export function opContext(call: CallContext): OpContext {
 }
 
 export function toStatus(err: unknown): CallStatus {
-  if (err instanceof StrataError) return { code: err.grpcCode, details: err.message };
+  if (err instanceof StrataError) {
+    // A full disk is the one place it is mapped: a store that reported it as 'unknown' (its own words around
+    // the file call's ENOSPC, kept as the cause) answers RESOURCE_EXHAUSTED, as containerd's errdefs name it.
+    if (err.kind === 'unknown' && noSpaceCode(err)) return { code: GrpcCode.RESOURCE_EXHAUSTED, details: `${err.detail}: resource exhausted` };
+    return { code: err.grpcCode, details: err.message };
+  }
   const e = err as { code?: unknown; details?: unknown; message?: unknown };
   // Already a gRPC status (e.g. from a proxied backend): pass it through.
   if (typeof e?.code === 'number' && typeof e.details === 'string') return { code: e.code, details: e.details };
-  return { code: grpcCodeOf(err), details: err instanceof Error ? withoutHostPaths(err) : String(err) };
+  const details = err instanceof Error ? withoutHostPaths(err) : String(err);
+  if (noSpaceCode(err)) return { code: GrpcCode.RESOURCE_EXHAUSTED, details: `${details}: resource exhausted` };
+  return { code: grpcCodeOf(err), details };
 }
 
 /**

@@ -150,6 +150,23 @@ async function fsyncDir(path: string): Promise<void> {
   }
 }
 
+/**
+ * Creates a directory (and its parents when missing); true if it was created. Not fs.promises.mkdir's recursive
+ * mode alone: on a full disk Node 20's reports ENOENT where the file system said ENOSPC, and the client would get
+ * "no such file or directory" for "no space left on device".
+ */
+async function ensureDir(dir: string): Promise<boolean> {
+  try {
+    await mkdir(dir, { mode: 0o755 });
+    return true;
+  } catch (err) {
+    if (errCode(err) === 'EEXIST') return false;
+    if (errCode(err) !== 'ENOENT') throw err;
+  }
+  await ensureDir(dirname(dir));
+  return ensureDir(dir);
+}
+
 /** An ingest's startedat/updatedat: RFC 3339 with nanoseconds (older files: milliseconds). */
 function parseTime(s: string | undefined): NanoTime | undefined {
   if (s === undefined) return undefined;
@@ -767,7 +784,7 @@ class LocalWriter implements ContentWriter {
 
     const target = this.store.blobPath(actual);
     const targetDir = dirname(target);
-    const created = await mkdir(targetDir, { recursive: true, mode: 0o755 });
+    const created = await ensureDir(targetDir);
     if (await this.store.exists(actual)) {
       await this.store.removeIngestDir(this.dir);
       throw alreadyExists(`content ${actual}`);
@@ -790,7 +807,7 @@ class LocalWriter implements ContentWriter {
       throw err;
     }
     await fsyncDir(targetDir);
-    if (created !== undefined) await fsyncDir(dirname(targetDir)).catch(() => undefined);
+    if (created) await fsyncDir(dirname(targetDir)).catch(() => undefined);
     crashPoint('content.commit.after-fsync-dir');
     crashPoint('content.commit.before-remove-ingest');
     await this.store.removeIngestDir(this.dir).catch(() => undefined);

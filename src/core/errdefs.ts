@@ -34,7 +34,8 @@ export type ErrorKind =
   | 'out of range'
   | 'canceled'
   | 'deadline exceeded'
-  | 'permission denied';
+  | 'permission denied'
+  | 'resource exhausted';
 
 const codeOfKind: Record<ErrorKind, number> = {
   unknown: GrpcCode.UNKNOWN,
@@ -48,6 +49,7 @@ const codeOfKind: Record<ErrorKind, number> = {
   canceled: GrpcCode.CANCELLED,
   'deadline exceeded': GrpcCode.DEADLINE_EXCEEDED,
   'permission denied': GrpcCode.PERMISSION_DENIED,
+  'resource exhausted': GrpcCode.RESOURCE_EXHAUSTED,
 };
 
 const kindOfCode = new Map<number, ErrorKind>(
@@ -88,6 +90,8 @@ export const notImplemented = (detail: string, cause?: unknown) =>
   new StrataError('not implemented', detail, { cause });
 export const outOfRange = (detail: string, cause?: unknown) => new StrataError('out of range', detail, { cause });
 export const unknown = (detail: string, cause?: unknown) => new StrataError('unknown', detail, { cause });
+export const resourceExhausted = (detail: string, cause?: unknown) =>
+  new StrataError('resource exhausted', detail, { cause });
 
 export const isKind = (err: unknown, kind: ErrorKind): boolean => err instanceof StrataError && err.kind === kind;
 export const isNotFound = (err: unknown) => isKind(err, 'not found');
@@ -95,6 +99,31 @@ export const isAlreadyExists = (err: unknown) => isKind(err, 'already exists');
 export const isInvalidArgument = (err: unknown) => isKind(err, 'invalid argument');
 export const isFailedPrecondition = (err: unknown) => isKind(err, 'failed precondition');
 export const isUnavailable = (err: unknown) => isKind(err, 'unavailable');
+export const isResourceExhausted = (err: unknown) => isKind(err, 'resource exhausted');
+
+/**
+ * The codes that mean the disk is full: a file call's ENOSPC, a quota's EDQUOT, and SQLite's SQLITE_FULL (the
+ * code better-sqlite3 puts on its error when a write to the database or its WAL fails for want of space).
+ * containerd's errdefs call this kind "resource exhausted" (gRPC RESOURCE_EXHAUSTED).
+ */
+const NO_SPACE_CODES = new Set(['ENOSPC', 'EDQUOT', 'SQLITE_FULL']);
+
+/**
+ * The no-space code of an error or of one of its causes (a store that wrapped the file error in its own
+ * message keeps it as the cause), else undefined.
+ */
+export function noSpaceCode(err: unknown): string | undefined {
+  let e: unknown = err;
+  for (let depth = 0; depth < 8 && typeof e === 'object' && e !== null; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && NO_SPACE_CODES.has(code)) return code;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+/** Whether an error (or one of its causes) says the disk or a quota is full. */
+export const isNoSpace = (err: unknown): boolean => noSpaceCode(err) !== undefined;
 
 /** The gRPC code for any thrown value: StrataErrors by kind, everything else UNKNOWN. */
 export function grpcCodeOf(err: unknown): number {

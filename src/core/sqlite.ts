@@ -4,7 +4,8 @@
  * bookkeeping open their files through here, each with its own list of migrations.
  */
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, statfsSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 export type DB = Database.Database;
@@ -16,6 +17,7 @@ export type DB = Database.Database;
  */
 export function openSqlite(path: string, migrations: readonly string[], what: string): DB {
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  noCowOnBtrfs(dirname(path));
   const db = new Database(path);
   db.pragma('journal_mode = WAL');
   // FULL: every committed transaction is on disk before the call returns, as containerd's bolt commits are.
@@ -31,6 +33,25 @@ export function openSqlite(path: string, migrations: readonly string[], what: st
     throw err;
   }
   return cacheStatements(db);
+}
+
+const BTRFS_SUPER_MAGIC = 0x9123683e;
+
+/**
+ * On btrfs, marks the database's directory No_COW (chattr +C; files created in it afterwards inherit it). SQLite
+ * maps its WAL index (the -shm file) into memory; on a copy-on-write file system every store into that mapping
+ * needs a newly allocated block, and when the file system is full the kernel answers the store with SIGBUS,
+ * which kills the daemon (seen with a btrfs snapshotter's root_path filled up during an unpack). A No_COW file
+ * is rewritten in place, so a full file system shows up as SQLITE_FULL from the calls that grow it instead.
+ * Best effort: an older file keeps its flag (No_COW only takes on empty files) and a missing chattr changes nothing.
+ */
+function noCowOnBtrfs(dir: string): void {
+  try {
+    if (statfsSync(dir).type !== BTRFS_SUPER_MAGIC) return;
+    execFileSync('chattr', ['+C', dir], { stdio: 'ignore' });
+  } catch {
+    // not btrfs-aware here: leave it
+  }
 }
 
 function migrate(db: DB, migrations: readonly string[], what: string): void {

@@ -38,7 +38,7 @@ import {
   type Stats,
 } from 'node:fs';
 import { join } from 'node:path';
-import { invalidArgument, notImplemented, StrataError } from '../core/errdefs.js';
+import { invalidArgument, noSpaceCode, notImplemented, StrataError } from '../core/errdefs.js';
 import { removeTreeSync } from '../core/remove.js';
 import { limitError, type LayerLimits } from './limits.js';
 import { TarParser, type TarHeader } from './tar.js';
@@ -93,7 +93,7 @@ const LAYER_ERRNOS = new Set(['ENAMETOOLONG', 'ELOOP', 'ENOTDIR', 'EISDIR', 'EML
  * The error a failed apply reports: never a host path (Node's file errors name the full path, and the target
  * is the daemon's snapshot directory). A file call's error becomes "tar entry <name>: <call>: <what> (<errno>)",
  * 'invalid argument' when the layer asked for what cannot be (a name too long, a symlink loop...), else
- * 'unknown' (no space, I/O...); any other message has the target's path taken out and is cut short.
+ * 'resource exhausted' when the disk is full (ENOSPC, EDQUOT), else 'unknown' (I/O...); any other message has the target's path taken out and is cut short.
  */
 export function layerError(err: unknown, root: string, entry: string | undefined): StrataError {
   if (err instanceof StrataError) return err;
@@ -101,7 +101,8 @@ export function layerError(err: unknown, root: string, entry: string | undefined
   const e = err as NodeJS.ErrnoException | undefined;
   if (e && typeof e.code === 'string' && typeof e.syscall === 'string') {
     const what = /^[A-Z0-9_]+: ([^,]+)/.exec(e.message)?.[1] ?? e.code;
-    return new StrataError(LAYER_ERRNOS.has(e.code) ? 'invalid argument' : 'unknown', `${at}${e.syscall}: ${what} (${e.code})`, { cause: err });
+    const kind = LAYER_ERRNOS.has(e.code) ? 'invalid argument' : noSpaceCode(e) ? 'resource exhausted' : 'unknown';
+    return new StrataError(kind, `${at}${e.syscall}: ${what} (${e.code})`, { cause: err });
   }
   return new StrataError('unknown', `${at}${withoutPaths(err instanceof Error ? err.message : String(err), root)}`, { cause: err });
 }

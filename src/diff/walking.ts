@@ -91,8 +91,11 @@ export class WalkingDiffer implements Differ {
     // failure (which destroys the source with the same error).
     let sourceError: unknown;
     let streamError: unknown;
+    // A premature close is never a cause: it is what the apply's own failure (its streams destroyed, e.g. after a
+    // full disk stopped the worker) does to the source and the decompressor, and must not hide that failure.
+    const consequence = (err: unknown) => (err as { code?: unknown } | null)?.code === 'ERR_STREAM_PREMATURE_CLOSE';
     source.on('error', (err: unknown) => {
-      if (streamError === undefined) sourceError ??= err;
+      if (streamError === undefined && !consequence(err)) sourceError ??= err;
     });
     let stream: Readable;
     try {
@@ -102,7 +105,7 @@ export class WalkingDiffer implements Differ {
       throw err;
     }
     stream.on('error', (err: unknown) => {
-      if (sourceError === undefined) streamError ??= err;
+      if (sourceError === undefined && !consequence(err)) streamError ??= err;
     });
     if (opts.onProgress) stream = withProgress(stream, opts.onProgress);
 

@@ -7,7 +7,8 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { open, rename, rm } from 'node:fs/promises';
 import { finished } from 'node:stream/promises';
 import { dirname, basename, join } from 'node:path';
-import { invalidArgument, notFound, StrataError } from '../core/errdefs.js';
+import { invalidArgument, isNoSpace, notFound, StrataError } from '../core/errdefs.js';
+import { retryOnNoSpace } from '../core/nospace.js';
 import type { Logger } from '../log/index.js';
 import { generateLeaseId, type MetadataStore, type OpContext } from '../metadata/index.js';
 import { LABEL_GC_EXPIRE } from '../core/labels.js';
@@ -261,6 +262,8 @@ export class ImageTransfers {
         this.md.leases.delete(namespace, lease.id);
       } catch (err) {
         this.log.warn('could not delete transfer lease', { lease: lease.id, error: String(err) });
+        // A full disk: again once there is room (else the lease's expiry hands it to the garbage collector).
+        if (isNoSpace(err)) void retryOnNoSpace(async () => this.md.leases.delete(namespace, lease.id));
       }
     }
   }

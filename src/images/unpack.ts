@@ -22,6 +22,7 @@ import { applyTarget } from '../diff/walking.js';
 import { withTempMount } from '../mount/index.js';
 import { decompressStream } from '../diff/decompress.js';
 import { failedPrecondition, isAlreadyExists, isNotFound } from '../core/errdefs.js';
+import { retryOnNoSpace } from '../core/nospace.js';
 import type { ContentStore } from '../content/types.js';
 import type { Applier } from '../diff/types.js';
 import { hasCapability, LABEL_SNAPSHOT_REBASE, SnapshotterCapability, type Snapshotter } from '../snapshots/types.js';
@@ -170,7 +171,8 @@ class Unpack {
           await this.extract(i, asked);
           await this.commit(i, asked, undefined);
         } catch (err) {
-          await this.sn.remove(asked.key).catch(() => undefined);
+          // On a full disk the removal itself may be refused (its record cannot be written): retried in the background.
+          await retryOnNoSpace(() => this.sn.remove(asked.key));
           throw err;
         }
         parent = this.chain[i]!;
@@ -236,7 +238,7 @@ class Unpack {
     } catch (err) {
       failed = true;
       await Promise.allSettled([...slots.values()].map((s) => s.done));
-      for (const slot of slots.values()) if (!slot.committed) await this.sn.remove(slot.x.key).catch(() => undefined);
+      for (const slot of slots.values()) if (!slot.committed) await retryOnNoSpace(() => this.sn.remove(slot.x.key));
       throw err;
     } finally {
       for (const r of releases) r();

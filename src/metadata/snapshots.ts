@@ -20,7 +20,8 @@
  * (and containerd's) removes exactly those.
  */
 import { crashPoint } from '../core/crashpoint.js';
-import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, isNotFound, notFound, notImplemented, unknown } from '../core/errdefs.js';
+import { alreadyExists, failedPrecondition, invalidArgument, isAlreadyExists, isNoSpace, isNotFound, notFound, notImplemented, unknown } from '../core/errdefs.js';
+import { retryOnNoSpace } from '../core/nospace.js';
 import { parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
 import { GroupCommit, snapshotAdaptor } from '../snapshots/storage.js';
@@ -85,6 +86,15 @@ export class NamespacedSnapshots {
    * backend turns its active snapshot into a committed one that could never be recorded.
    */
   readonly committing = new Set<string>();
+  /**
+   * Commits whose backend part is done but whose records a full disk refused (namespace NUL active key): the
+   * backend snapshot `bname` is committed, the record still names the active key. The client was told
+   * RESOURCE_EXHAUSTED; the records are written by its next Commit of that key (whatever name it asks for), by a
+   * retry once space is back, or dropped with the key's Remove. `bname` stays pending meanwhile, so neither the
+   * background removal nor prune takes it.
+   */
+  readonly unrecorded = new Map<string, { bname: string; name: string; labels: Record<string, string>; ctx: OpContext; parent?: string }>();
+
   /** Backend keys whose records are gone, waiting for the background removal; and that removal. */
   private doomed: string[] = [];
   private removing: Promise<void> | undefined;
@@ -137,16 +147,34 @@ export class NamespacedSnapshots {
         if (keys.length === 0) continue;
         crashPoint('snapshot.remove.before-backend');
         const many = (this.backend as Snapshotter & { removeMany?: (keys: string[]) => Promise<void> }).removeMany;
+        // Failures (a child in another namespace, gone already) keep the snapshot for the garbage collector; a
+        // full disk (the backend's own bookkeeping cannot be written) is retried a little later, so a snapshot
+        // that a failed unpack removed does not hold its space until the next collection.
+        const failed = (ks: string[]) => (err: unknown) => {
+          if (isNoSpace(err)) this.retryLater(ks);
+        };
         if (many && keys.length > 1) {
-          // Failures (a child in another namespace, gone already) keep the snapshot for the garbage collector.
-          await many.call(this.backend, keys).catch(() => undefined);
+          await many.call(this.backend, keys).catch(failed(keys));
           continue;
         }
-        for (const k of keys) await this.backend.remove(k).catch(() => undefined);
+        for (const k of keys) await this.backend.remove(k).catch(failed([k]));
       }
     } finally {
       this.removing = undefined;
     }
+  }
+
+  /** Removals that failed for want of space, queued again after NO_SPACE_RETRY_MS. */
+  private retrying: string[] = [];
+  private retryTimer: NodeJS.Timeout | undefined;
+  static readonly NO_SPACE_RETRY_MS = 1000;
+
+  private retryLater(keys: string[]): void {
+    this.retrying.push(...keys);
+    this.retryTimer ??= setTimeout(() => {
+      this.retryTimer = undefined;
+      for (const k of this.retrying.splice(0)) this.removeLater(k);
+    }, NamespacedSnapshots.NO_SPACE_RETRY_MS).unref();
   }
 
   /** @internal Inside a write: the commit of `key` to `name` (backend name `bname`) is about to happen. */
@@ -325,7 +353,11 @@ class BoundSnapshotter implements Snapshotter {
   }
 
   async mounts(key: string): Promise<Mount[]> {
-    return this.s.backend.mounts(this.s.mustRow(this.ns, key).backend_key);
+    const row = this.s.mustRow(this.ns, key);
+    if (this.s.unrecorded.has(`${this.ns}\0${key}`)) {
+      throw failedPrecondition(`snapshot ${key} is committed but its record waits for disk space: commit it again or remove it`);
+    }
+    return this.s.backend.mounts(row.backend_key);
   }
 
   prepare(key: string, parent: string, opts: SnapshotOpts = {}): Promise<Mount[]> {
@@ -414,7 +446,8 @@ class BoundSnapshotter implements Snapshotter {
         this.s.store.leases.attach(this.ctx, this.resource, recordKey);
       });
     } catch (err) {
-      if (created) await this.s.backend.remove(bkey).catch(() => undefined);
+      // A full disk may refuse the backend's removal too: tried again once there is room.
+      if (created) await retryOnNoSpace(() => this.s.backend.remove(bkey));
       throw err;
     }
     crashPoint('snapshot.prepare.after-record');
@@ -435,6 +468,12 @@ class BoundSnapshotter implements Snapshotter {
     if (!name) throw invalidArgument('snapshot name must not be empty');
     validateLabels(opts.labels);
     const labels = compactLabels(opts.labels); // "" values are not stored, as containerd's writeMap
+    const unrecorded = this.s.unrecorded.get(`${this.ns}\0${key}`);
+    if (unrecorded) {
+      // The backend committed this key already (a full disk refused the records): only the records are left.
+      if (this.s.row(this.ns, name) || this.s.committing.has(`${this.ns}\0${name}`)) throw alreadyExists(`snapshot "${name}"`);
+      return this.finishUnrecorded(key, name, labels);
+    }
     const { row, bname, rebase } = this.db.transaction(() => {
       // containerd's order: the name taken first (ALREADY_EXISTS even for an unknown key), then the key.
       if (this.s.row(this.ns, name) || this.s.committing.has(`${this.ns}\0${name}`)) throw alreadyExists(`snapshot "${name}"`);
@@ -495,19 +534,72 @@ class BoundSnapshotter implements Snapshotter {
     crashPoint('snapshot.commit.after-backend');
 
     try {
-      this.s.commits.write(() => {
-        // The active snapshot may have been removed (or garbage collected) while the backend committed it.
-        this.s.mustRow(this.ns, key);
-        // So may the parent it was committed onto (the backend keeps its data for the collector: it has a child).
-        if (rebase && !this.s.row(this.ns, rebase.parent)) throw notFound(`parent snapshot ${rebase.parent} does not exist`);
-        this.s.recordCommit(this.ns, key, name, bname, parent, labels);
-        this.s.store.leases.attach(this.ctx, this.resource, name);
-      });
+      await this.recordCommit(name, key, labels, bname, this.ctx, rebase?.parent);
     } catch (err) {
-      // Not to be finished at the next start either: the backend's committed snapshot is garbage for the collector.
-      this.s.commits.write(() => this.s.dropPendingCommit(this.ns, key));
+      if (!isNoSpace(err)) {
+        // Not to be finished at the next start either: the backend's committed snapshot is garbage for the collector.
+        this.s.commits.write(() => this.s.dropPendingCommit(this.ns, key));
+        throw err;
+      }
+      // The backend's commit stands, its record could not be written: kept for the next Commit of the key, and
+      // tried again once there is room.
+      const id = `${this.ns}\0${key}`;
+      this.s.unrecorded.set(id, { bname, name, labels, ctx: this.ctx, ...(rebase ? { parent: rebase.parent } : {}) });
+      this.s.pending.add(bname);
+      void retryOnNoSpace(async () => {
+        const u = this.s.unrecorded.get(id);
+        if (u?.bname === bname && !this.s.row(this.ns, u.name)) await this.finishUnrecorded(key, u.name, u.labels);
+      });
       throw err;
     }
+  }
+
+  /** Writes the records of a commit whose backend part was done by an earlier call (see unrecorded). */
+  private async finishUnrecorded(key: string, name: string, labels: Record<string, string>): Promise<void> {
+    const id = `${this.ns}\0${key}`;
+    const u = this.s.unrecorded.get(id);
+    if (!u) throw notFound(`snapshot ${key} does not exist`);
+    this.s.committing.add(`${this.ns}\0${name}`);
+    try {
+      await this.recordCommit(name, key, labels, u.bname, u.ctx, u.parent);
+    } catch (err) {
+      // The active key is gone (removed by a collection): its committed backend snapshot goes too.
+      if (isNotFound(err) && !this.s.row(this.ns, key)) this.dropUnrecorded(key);
+      throw err;
+    } finally {
+      this.s.committing.delete(`${this.ns}\0${name}`);
+    }
+    if (this.s.unrecorded.get(id) === u) {
+      this.s.unrecorded.delete(id);
+      this.s.pending.delete(u.bname);
+    }
+  }
+
+  /** Forgets an unrecorded commit of `key` and queues its backend snapshot's removal. */
+  private dropUnrecorded(key: string): void {
+    const id = `${this.ns}\0${key}`;
+    const u = this.s.unrecorded.get(id);
+    if (!u) return;
+    this.s.unrecorded.delete(id);
+    this.s.pending.delete(u.bname);
+    this.s.removeLater(u.bname);
+    try {
+      this.s.commits.write(() => this.s.dropPendingCommit(this.ns, key));
+    } catch {
+      // still full: the next start forgets a pending commit whose active record is gone
+    }
+  }
+
+  /** The records of a commit whose backend part is done: the active key's record becomes `name`'s, on `bname`. */
+  private async recordCommit(name: string, key: string, labels: Record<string, string>, bname: string, ctx: OpContext, rebaseParent?: string): Promise<void> {
+    this.s.commits.write(() => {
+      // The active snapshot may have been removed (or garbage collected) while the backend committed it.
+      const row = this.s.mustRow(this.ns, key);
+      // So may the parent a rebase committed it onto (the backend keeps its data for the collector: it has a child).
+      if (rebaseParent && !this.s.row(this.ns, rebaseParent)) throw notFound(`parent snapshot ${rebaseParent} does not exist`);
+      this.s.recordCommit(this.ns, key, name, bname, rebaseParent || row.parent, labels);
+      this.s.store.leases.attach(ctx, this.resource, name);
+    });
     crashPoint('snapshot.commit.after-record');
     await this.s.commits.durable();
     crashPoint('snapshot.commit.after-sync');
@@ -531,6 +623,7 @@ class BoundSnapshotter implements Snapshotter {
     crashPoint('snapshot.remove.after-record');
     await this.s.commits.durable();
     crashPoint('snapshot.remove.after-sync');
+    this.dropUnrecorded(key);
     this.s.notifyMutation(true);
     // The record is gone; the backend data follows in the background unless another namespace still records it.
     // A backend that refuses (e.g. a child in another namespace) keeps it for the garbage collector.

@@ -50,7 +50,13 @@ async function btrfs(args: string[]): Promise<string> {
   } catch (err) {
     const e = err as { stderr?: string; message: string; code?: unknown };
     if (e.code === 'ENOENT') throw new Error('btrfs command not found (btrfs-progs is not installed)', { cause: err });
-    throw new Error(`btrfs ${args.join(' ')}: ${(e.stderr || e.message).trim()}`, { cause: err });
+    // The message may reach a client: the daemon's paths (the absolute arguments) are left out of it, and a full
+    // disk keeps its errno so that it is reported as one (RESOURCE_EXHAUSTED).
+    let said = (e.stderr || e.message).trim();
+    for (const a of args) if (a.startsWith('/')) said = said.split(a).join('<path>');
+    const shown = args.map((a) => (a.startsWith('/') ? '<path>' : a)).join(' ');
+    const code = /No space left on device/i.test(said) ? 'ENOSPC' : /Disk quota exceeded/i.test(said) ? 'EDQUOT' : undefined;
+    throw Object.assign(new Error(`btrfs ${shown}: ${said}`, { cause: err }), code ? { code } : {});
   }
 }
 

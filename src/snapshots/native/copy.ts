@@ -45,7 +45,11 @@ export async function copyWithCp(src: string, dst: string): Promise<void> {
     await run('cp', ['-a', '--reflink=auto', '--no-target-directory', '--', src, dst], { maxBuffer: 1 << 20 });
   } catch (err) {
     const e = err as { stderr?: string; message: string };
-    throw new Error(`cp -a ${src} ${dst}: ${(e.stderr || e.message).trim()}`, { cause: err });
+    // The daemon's paths stay out of the message (it reaches clients); a full disk keeps its errno, so that it
+    // is reported as one (RESOURCE_EXHAUSTED).
+    const said = (e.stderr || e.message).trim().split(src).join('<parent>').split(dst).join('<snapshot>');
+    const code = /No space left on device/.test(said) ? 'ENOSPC' : /Disk quota exceeded/.test(said) ? 'EDQUOT' : undefined;
+    throw Object.assign(new Error(`cp -a: ${said}`, { cause: err }), code ? { code } : {});
   }
 }
 

@@ -116,7 +116,10 @@ export class NativeSnapshotter implements Snapshotter {
         } catch (err) {
           // A parent removed while being copied is "not found", as if the removal had come first.
           precheckCreate(this.storage, key, parent, opts.labels);
-          throw unknown(`copying of parent failed: ${(err as Error).message}`, err);
+          // Node's file errors name the daemon's paths: the client gets the call and the errno only.
+          const e = err as NodeJS.ErrnoException;
+          const what = typeof e.syscall === 'string' && typeof e.code === 'string' ? `${e.syscall}: ${/^[A-Z0-9_]+: ([^,]+)/.exec(e.message)?.[1] ?? e.code} (${e.code})` : e.message;
+          throw unknown(`copying of parent failed: ${what}`, err);
         }
       }
       const rec = this.storage.create(kind, key, parent, opts.labels, (id, parentIds) => {
