@@ -22,17 +22,21 @@
  * Sampled at start (idle), every --sample-seconds under load, and at two quiesced points: "baseline" at the end
  * of the warm-up and "end" after the last minute. At a quiesced point every client is paused between
  * operations, the images of soak-pull are removed, `strata gc` runs, and after 5 s stratad is measured: RSS
- * (VmRSS), open file descriptors (/proc/<pid>/fd), mounts below its root or state (/proc/self/mountinfo), disk
+ * (VmRSS), its V8 heap in use and external memory (/v1/metrics), open file descriptors (/proc/<pid>/fd), mounts below its root or state (/proc/self/mountinfo), disk
  * use of its root (du), overlay snapshot directories on disk, the objects of every namespace through the API,
  * and `prune --dry-run` (data without records). The work then resumes.
  *
  * It fails (exit 1) if any operation failed, if an operation kind never ran, or if the end is not within
  * these bounds of the baseline (both quiesced, so the same images and no work in flight):
  *   RSS                 end <= baseline + max(64 MiB, 50 %)
+ *   JS heap in use      end <= baseline + max(8 MiB, 25 %), each read right after a full GC (a heap snapshot
+ *                       through the debug endpoint makes V8 collect everything first)
+ *   threads             end <= baseline + 4
  *   file descriptors    end <= baseline + 10
  *   mounts              end <= baseline
  *   disk use of root    end <= baseline + max(32 MiB, 10 %)      (SQLite files do not shrink)
  *   snapshot dirs       end <= baseline
+ *   processes, task bundles and runc state, container cgroups: end <= baseline
  *   objects             end <= baseline for images, blobs, snapshots, containers, tasks, leases, ingests
  *   orphans             prune --dry-run finds nothing at the end
  * and, over the samples under load after the warm-up (4 or more): the highest RSS of the second half at most
@@ -42,6 +46,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, statfsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
+import { get as httpGet } from 'node:http';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
@@ -165,11 +171,22 @@ interface Sample {
   minute: number;
   phase: 'start' | 'load' | 'baseline' | 'end';
   rssMiB: number;
+  /** V8 heap in use and external memory, from stratad's /v1/metrics; at quiesced points right after a full GC. */
+  heapUsedMiB: number;
+  externalMiB: number;
+  /** Threads of stratad (/proc/<pid>/status): the main thread, libuv's pool, V8's, the differ's workers. */
+  threads: number;
   fds: number;
   mounts: number;
   rootDiskMiB: number;
   fsUsedMiB: number;
   snapshotDirs: number;
+  /** Processes other than stratad whose command line names the soak's temp dir (task monitors, spares, CLIs). */
+  procs: number;
+  /** Task bundles and runc state directories of soak-run. */
+  bundles: number;
+  /** Container cgroups left under /soak-run (memory hierarchy). */
+  cgroups: number;
   objects: Objects;
   orphans?: number;
   opsOk: number;
@@ -179,6 +196,39 @@ interface Sample {
 function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) / 1024 : NaN;
+}
+
+function threads(pid: number): number {
+  const m = /Threads:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) : NaN;
+}
+
+/** GET over TCP (`host:port`) or a unix socket; resolves to the body (or, with `drain`, its length). */
+function fetchText(target: { host?: string; port?: number; socketPath?: string }, path: string, drain = false): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = httpGet({ ...target, path, timeout: 120_000 }, (res) => {
+      let body = '';
+      let n = 0;
+      res.on('data', (d: Buffer) => (drain ? (n += d.length) : (body += d.toString())));
+      res.on('end', () => (res.statusCode === 200 ? resolve(drain ? String(n) : body) : reject(new Error(`GET ${path}: ${res.statusCode}`))));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`GET ${path}: timed out`)));
+    req.on('error', reject);
+  });
+}
+
+function metric(text: string, name: string): number {
+  const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);
+  return m ? Number(m[1]) : NaN;
+}
+
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  const port = (srv.address() as AddressInfo).port;
+  await new Promise<void>((r) => srv.close(() => r()));
+  return port;
 }
 
 const fds = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
@@ -206,6 +256,27 @@ function fsUsedMiB(dir: string): number {
 function countDir(dir: string): number {
   try {
     return readdirSync(dir).length;
+  } catch {
+    return 0;
+  }
+}
+
+function procsNaming(path: string, except: number[]): number {
+  let n = 0;
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p) || except.includes(Number(p))) continue;
+    try {
+      if (readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(path)) n++;
+    } catch {
+      // gone
+    }
+  }
+  return n;
+}
+
+function subdirs(dir: string): number {
+  try {
+    return readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).length;
   } catch {
     return 0;
   }
@@ -284,7 +355,14 @@ async function main(): Promise<void> {
   }
   log(`registry ${reg.host} with ${images.length} images`);
 
-  const d: Daemon = await startStrata(tmpRoot, mnt);
+  // The metrics endpoint (heap figures) and the debug endpoint (a heap snapshot forces a full GC).
+  const metricsPort = await freePort();
+  const debugSock = join(tmpRoot, 'debug.sock');
+  const d: Daemon = await startStrata(tmpRoot, mnt, { config: `[debug]\n  address = "${debugSock}"\n\n[metrics]\n  address = "127.0.0.1:${metricsPort}"` });
+  const heap = async () => {
+    const text = await fetchText({ host: '127.0.0.1', port: metricsPort }, '/v1/metrics');
+    return { heapUsedMiB: metric(text, 'nodejs_heap_size_used_bytes') / MiB, externalMiB: metric(text, 'nodejs_external_memory_bytes') / MiB };
+  };
   const pid = d.child.proc.pid!;
   const state = join(tmpRoot, 'strata', 'state');
   const strataBin = join(repoRoot, 'bin', 'strata');
@@ -299,22 +377,31 @@ async function main(): Promise<void> {
   const snapshotsDir = join(d.root, 'io.containerd.snapshotter.v1.overlayfs', 'snapshots');
   const sample = async (phase: Sample['phase'], orphans?: number): Promise<Sample> => {
     const all = [...ops.values()];
+    const rss = rssMiB(pid);
+    // At a quiesced point, a heap snapshot before reading the heap figures: V8 collects everything before it
+    // takes one. (RSS is read first: the snapshot's own buffers would count in it.)
+    if (phase !== 'load') await fetchText({ socketPath: debugSock }, '/debug/heap', true);
     const s: Sample = {
       minute: Number(((Date.now() - t0) / 60_000).toFixed(2)),
       phase,
-      rssMiB: rssMiB(pid),
+      rssMiB: rss,
+      ...(await heap()),
+      threads: threads(pid),
       fds: fds(pid),
       mounts: mountsBelow([d.root, state]),
       rootDiskMiB: await du(d.root),
       fsUsedMiB: fsUsedMiB(mnt),
       snapshotDirs: countDir(snapshotsDir),
+      procs: procsNaming(tmpRoot, [pid, process.pid]),
+      bundles: countDir(join(state, 'io.containerd.runtime.v2.task', RUN_NS)) + countDir(join(state, 'runc', RUN_NS)),
+      cgroups: subdirs(join('/sys/fs/cgroup/memory', RUN_NS)),
       objects: await objects(api),
       ...(orphans !== undefined ? { orphans } : {}),
       opsOk: all.reduce((a, o) => a + o.ok, 0),
       opsFailed: all.reduce((a, o) => a + o.failed, 0),
     };
     samples.push(s);
-    log(`sample ${phase} @${s.minute} min: rss ${s.rssMiB.toFixed(1)} MiB, fds ${s.fds}, mounts ${s.mounts}, root ${s.rootDiskMiB.toFixed(1)} MiB, ` + `objects ${JSON.stringify(s.objects)}, ops ${s.opsOk} ok / ${s.opsFailed} failed`);
+    log(`sample ${phase} @${s.minute} min: rss ${s.rssMiB.toFixed(1)} MiB, heap ${s.heapUsedMiB.toFixed(1)} MiB, external ${s.externalMiB.toFixed(1)} MiB, fds ${s.fds}, mounts ${s.mounts}, root ${s.rootDiskMiB.toFixed(1)} MiB, procs ${s.procs}, bundles ${s.bundles}, cgroups ${s.cgroups}, ` + `objects ${JSON.stringify(s.objects)}, ops ${s.opsOk} ok / ${s.opsFailed} failed`);
     return s;
   };
 
@@ -339,6 +426,11 @@ async function main(): Promise<void> {
     return s;
   };
 
+  // A first heap snapshot before anything is measured: taking one leaves malloc'd memory in stratad's RSS
+  // (about 80 MiB here), so every RSS figure below, start included, is taken after one.
+  const rssBeforeFirstHeapSnapshotMiB = rssMiB(pid);
+  await fetchText({ socketPath: debugSock }, '/debug/heap', true);
+  log(`RSS before the first heap snapshot ${rssBeforeFirstHeapSnapshotMiB.toFixed(1)} MiB, after ${rssMiB(pid).toFixed(1)} MiB`);
   t0 = Date.now();
   await sample('start');
   const deadline = t0 + minutes * 60_000;
@@ -465,10 +557,15 @@ async function main(): Promise<void> {
   const criteria: { name: string; baseline: number; end: number; limit: number; ok: boolean }[] = [];
   const check = (name: string, b: number, e: number, limit: number) => criteria.push({ name, baseline: b, end: e, limit, ok: e <= limit });
   check('RSS MiB', baseline.rssMiB, end.rssMiB, baseline.rssMiB + Math.max(64, baseline.rssMiB * 0.5));
+  check('JS heap used after a full GC, MiB', baseline.heapUsedMiB, end.heapUsedMiB, baseline.heapUsedMiB + Math.max(8, baseline.heapUsedMiB * 0.25));
+  check('threads', baseline.threads, end.threads, baseline.threads + 4);
   check('file descriptors', baseline.fds, end.fds, baseline.fds + 10);
   check('mounts below root/state', baseline.mounts, end.mounts, baseline.mounts);
   check('root disk use MiB', baseline.rootDiskMiB, end.rootDiskMiB, baseline.rootDiskMiB + Math.max(32, baseline.rootDiskMiB * 0.1));
   check('overlay snapshot dirs', baseline.snapshotDirs, end.snapshotDirs, baseline.snapshotDirs);
+  check('processes naming the soak dir', baseline.procs, end.procs, baseline.procs);
+  check('task bundles + runc dirs', baseline.bundles, end.bundles, baseline.bundles);
+  check('container cgroups', baseline.cgroups, end.cgroups, baseline.cgroups);
   for (const k of ['images', 'blobs', 'snapshots', 'containers', 'tasks', 'leases', 'ingests'] as const) {
     check(`objects: ${k}`, baseline.objects[k], end.objects[k], baseline.objects[k]);
   }
@@ -488,16 +585,22 @@ async function main(): Promise<void> {
   // --- report ---
   const fmt = (x: number, digits = 1) => x.toFixed(digits);
   const rows = [
-    ['min', 'phase', 'RSS MiB', 'fds', 'mounts', 'root du MiB', 'fs used MiB', 'snap dirs', 'images', 'blobs', 'snapshots', 'containers', 'tasks', 'leases', 'ingests', 'orphans', 'ops ok', 'failed'],
+    ['min', 'phase', 'RSS MiB', 'heap MiB', 'ext MiB', 'threads', 'fds', 'mounts', 'root du MiB', 'fs used MiB', 'snap dirs', 'procs', 'bundles', 'cgroups', 'images', 'blobs', 'snapshots', 'containers', 'tasks', 'leases', 'ingests', 'orphans', 'ops ok', 'failed'],
     ...samples.map((s) => [
       fmt(s.minute),
       s.phase,
       fmt(s.rssMiB),
+      fmt(s.heapUsedMiB),
+      fmt(s.externalMiB),
+      String(s.threads),
       String(s.fds),
       String(s.mounts),
       fmt(s.rootDiskMiB),
       fmt(s.fsUsedMiB),
       String(s.snapshotDirs),
+      String(s.procs),
+      String(s.bundles),
+      String(s.cgroups),
       String(s.objects.images),
       String(s.objects.blobs),
       String(s.objects.snapshots),
@@ -527,6 +630,7 @@ async function main(): Promise<void> {
     warmup,
     sampleSeconds,
     pass,
+    rssBeforeFirstHeapSnapshotMiB,
     machine: machineInfo(),
     criteria,
     missingOperations: missing,
