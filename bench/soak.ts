@@ -29,8 +29,8 @@
  * It fails (exit 1) if any operation failed, if an operation kind never ran, or if the end is not within
  * these bounds of the baseline (both quiesced, so the same images and no work in flight):
  *   RSS                 end <= baseline + max(64 MiB, 50 %)
- *   JS heap in use      end <= baseline + max(8 MiB, 25 %), each read right after a full GC (a heap snapshot
- *                       through the debug endpoint makes V8 collect everything first)
+ *   JS heap in use      end <= baseline + max(8 MiB, 25 %), each read right after a full GC (asked of V8
+ *                       through the inspector, which stratad opens on a loopback port for the soak)
  *   threads             end <= baseline + 4
  *   file descriptors    end <= baseline + 10
  *   mounts              end <= baseline
@@ -51,6 +51,7 @@ import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
+import { WebSocket } from 'undici';
 import { StrataClient } from '../src/api/clients/strata.js';
 import { mountFromPb } from '../src/api/convert.js';
 import { withTempMount } from '../src/mount/index.js';
@@ -355,10 +356,28 @@ async function main(): Promise<void> {
   }
   log(`registry ${reg.host} with ${images.length} images`);
 
-  // The metrics endpoint (heap figures) and the debug endpoint (a heap snapshot forces a full GC).
+  // The metrics endpoint (heap figures), and V8's inspector on loopback so that a quiesced point can ask for a
+  // full collection (HeapProfiler.collectGarbage) before reading the heap. (A heap snapshot would collect too,
+  // but leaves tens of MiB of malloc'd memory in the RSS being watched.)
   const metricsPort = await freePort();
-  const debugSock = join(tmpRoot, 'debug.sock');
-  const d: Daemon = await startStrata(tmpRoot, mnt, { config: `[debug]\n  address = "${debugSock}"\n\n[metrics]\n  address = "127.0.0.1:${metricsPort}"` });
+  const inspectPort = await freePort();
+  process.env.STRATA_BENCH_STRATAD_NODE_ARGS = `${process.env.STRATA_BENCH_STRATAD_NODE_ARGS ?? ''} --inspect=127.0.0.1:${inspectPort}`;
+  const d: Daemon = await startStrata(tmpRoot, mnt, { config: `[metrics]\n  address = "127.0.0.1:${metricsPort}"` });
+  const collectGarbage = async () => {
+    const targets = JSON.parse(await fetchText({ host: '127.0.0.1', port: inspectPort }, '/json/list')) as { webSocketDebuggerUrl: string }[];
+    const ws = new WebSocket(targets[0]!.webSocketDebuggerUrl);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        ws.onerror = () => reject(new Error('inspector connection failed'));
+        ws.onopen = () => ws.send(JSON.stringify({ id: 1, method: 'HeapProfiler.collectGarbage' }));
+        ws.onmessage = (e) => {
+          if ((JSON.parse(String(e.data)) as { id?: number }).id === 1) resolve();
+        };
+      });
+    } finally {
+      ws.close();
+    }
+  };
   const heap = async () => {
     const text = await fetchText({ host: '127.0.0.1', port: metricsPort }, '/v1/metrics');
     return { heapUsedMiB: metric(text, 'nodejs_heap_size_used_bytes') / MiB, externalMiB: metric(text, 'nodejs_external_memory_bytes') / MiB };
@@ -378,9 +397,8 @@ async function main(): Promise<void> {
   const sample = async (phase: Sample['phase'], orphans?: number): Promise<Sample> => {
     const all = [...ops.values()];
     const rss = rssMiB(pid);
-    // At a quiesced point, a heap snapshot before reading the heap figures: V8 collects everything before it
-    // takes one. (RSS is read first: the snapshot's own buffers would count in it.)
-    if (phase !== 'load') await fetchText({ socketPath: debugSock }, '/debug/heap', true);
+    // At a quiesced point, a full collection before reading the heap figures.
+    if (phase !== 'load') await collectGarbage();
     const s: Sample = {
       minute: Number(((Date.now() - t0) / 60_000).toFixed(2)),
       phase,
@@ -426,11 +444,6 @@ async function main(): Promise<void> {
     return s;
   };
 
-  // A first heap snapshot before anything is measured: taking one leaves malloc'd memory in stratad's RSS
-  // (about 80 MiB here), so every RSS figure below, start included, is taken after one.
-  const rssBeforeFirstHeapSnapshotMiB = rssMiB(pid);
-  await fetchText({ socketPath: debugSock }, '/debug/heap', true);
-  log(`RSS before the first heap snapshot ${rssBeforeFirstHeapSnapshotMiB.toFixed(1)} MiB, after ${rssMiB(pid).toFixed(1)} MiB`);
   t0 = Date.now();
   await sample('start');
   const deadline = t0 + minutes * 60_000;
@@ -630,7 +643,6 @@ async function main(): Promise<void> {
     warmup,
     sampleSeconds,
     pass,
-    rssBeforeFirstHeapSnapshotMiB,
     machine: machineInfo(),
     criteria,
     missingOperations: missing,
