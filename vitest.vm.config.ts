@@ -14,6 +14,8 @@ export default defineConfig({
     testTimeout: 300_000,
     hookTimeout: 300_000,
     maxWorkers: 1,
-    reporters: ['default'],
+    // One line per test as it finishes: the run's progress is readable on the serial console, and a run
+    // stopped midway still says what passed.
+    reporters: ['verbose'],
   },
 });

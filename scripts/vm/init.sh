@@ -9,7 +9,7 @@
 #
 # Stage 2 (the host's /bin/sh, inside the new root): fresh /proc /sys /dev /run /tmp, cgroup2, loopback up,
 # the read-write share (tag vmshare) mounted at its host path, then the job ($share/job.sh, written by
-# run.sh) with its output on the first serial port; its exit status goes to $share/rc, then power off
+# run.sh) with its output (a pipe, not a terminal) on the first serial port; its exit status goes to $share/rc, then power off
 # (sysrq 'o': no init to tell, nothing to sync that matters).
 if [ "$1" != stage2 ]; then
   export PATH=/bin
@@ -50,8 +50,9 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 vmshare "$share"
 stty -F /dev/ttyS0 -opost 2>/dev/null
 rc=255
 if [ -f "$share/job.sh" ]; then
-  /bin/bash "$share/job.sh" > /dev/ttyS0 2>&1 < /dev/null
-  rc=$?
+  # Through a pipe: the job's output is not a terminal (no progress redraws over a slow serial line).
+  { /bin/bash "$share/job.sh" < /dev/null; echo $? > /run/strata-vm-rc; } 2>&1 | cat > /dev/ttyS0
+  rc=$(cat /run/strata-vm-rc 2>/dev/null || echo 255)
 else
   echo "vm: no job in $share" > /dev/ttyS1
 fi
