@@ -77,14 +77,14 @@ export async function exists(name: string): Promise<boolean> {
 }
 
 /** Removes a dm device (not its thin id), retrying while it is busy; a device that is not there is fine. */
-export async function deactivate(name: string, opts: { force?: boolean } = {}): Promise<void> {
+export async function deactivate(name: string, opts: { force?: boolean; attempts?: number } = {}): Promise<void> {
   for (let attempt = 1; ; attempt++) {
     if (!(await exists(name))) return;
     try {
       await dmsetup(['remove', ...(opts.force ? ['--force'] : []), name]);
       return;
     } catch (err) {
-      if (!(err instanceof DmError && err.busy) || attempt >= 50) throw err;
+      if (!(err instanceof DmError && err.busy) || attempt >= (opts.attempts ?? 50)) throw err;
       await new Promise((r) => setTimeout(r, 100));
     }
   }

@@ -164,11 +164,21 @@ export class DevmapperSnapshotter implements Snapshotter {
     }
   }
 
+  /**
+   * Used inodes of an active device's filesystem, through a second mount of it. Read-write first: the kernel
+   * refuses a read-only mount of a device mounted read-write elsewhere (the caller's own mount, which may still
+   * be there at commit), and nothing is written through it; read-only if the device is mounted read-only.
+   */
   private async usedInodes(dev: DeviceRow): Promise<number> {
-    return this.withMount(dev, true, async (dir) => {
+    const count = async (dir: string) => {
       const s = await statfs(dir);
       return s.files - s.ffree;
-    });
+    };
+    try {
+      return await this.withMount(dev, false, count);
+    } catch {
+      return this.withMount(dev, true, count);
+    }
   }
 
   private async mkfs(path: string): Promise<void> {
@@ -330,8 +340,9 @@ export class DevmapperSnapshotter implements Snapshotter {
     this.storage.commitActive(key, name, { size: u.size, inodes: u.inodes }, opts.labels);
     this.devices.prepare('UPDATE devices SET mapped = ?, inodes = ? WHERE thin_id = ?').run(u.mapped, u.used, dev.thin_id);
     await this.storage.durable();
-    await this.serial.run(() => dm.deactivate(devName)).catch((err: Error) => {
-      // Still mounted somewhere: it stays active (harmless; recover() deactivates it on the next open).
+    await this.serial.run(() => dm.deactivate(devName, { attempts: 1 })).catch((err: Error) => {
+      // Still mounted (a caller may commit before unmounting): it stays active, which is harmless; recover()
+      // deactivates it on the next open.
       this.opts.log?.warn('failed to deactivate committed device', { device: devName, error: err.message });
     });
   }
@@ -417,7 +428,7 @@ export class DevmapperSnapshotter implements Snapshotter {
       const kind = this.kindOf(row.snapshot_id!);
       const name = this.name(row.thin_id);
       const live = await dm.exists(name);
-      if (kind === 'committed' && live) await dm.deactivate(name).catch(() => undefined);
+      if (kind === 'committed' && live) await dm.deactivate(name, { attempts: 1 }).catch(() => undefined);
       if (kind !== 'committed' && !live) await dm.activate(this.opts.poolName, name, row.thin_id, this.opts.baseImageSize);
     }
   }
