@@ -521,7 +521,7 @@ async function main(): Promise<void> {
           await writeFile(join(root, `file-${j}`), randomBytes(64 * 1024));
         });
         const name = `committed-${i}-${j}`;
-        await snap.call(snap.snapshots, snap.snapshots.commit, { snapshotter: sn, name, key, labels: {} });
+        await snap.call(snap.snapshots, snap.snapshots.commit, { snapshotter: sn, name, key, labels: {}, parent: '' });
         names.push(name);
         parent = name;
       }

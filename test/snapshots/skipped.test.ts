@@ -56,8 +56,17 @@ const hostHasZfsModule = await exists('/sys/module/zfs');
 
 describe('devmapper plugin', () => {
   it('is registered with containerd-like defaults', () => {
-    expect(registration('devmapper').config?.()).toEqual({ pool_name: '', root_path: '', base_image_size: '10GB' });
-    expect(defaultDevmapperConfig()).toEqual({ pool_name: '', root_path: '', base_image_size: '10GB' });
+    const defaults = {
+      pool_name: '',
+      root_path: '',
+      base_image_size: '10GB',
+      async_remove: false,
+      discard_blocks: false,
+      fs_type: 'ext4',
+      fs_options: '',
+    };
+    expect(registration('devmapper').config?.()).toEqual(defaults);
+    expect(defaultDevmapperConfig()).toEqual(defaults);
   });
 
   it('is skipped when no pool is configured', async () => {
