@@ -108,7 +108,9 @@ describe('random bytes to every gRPC method', () => {
     const body = Buffer.concat([lenPrefix((16 << 20) + 1), Buffer.alloc((16 << 20) + 1, 0x0a)]);
     const out = await raw.call('/containerd.services.content.v1.Content/Info', body, { 'containerd-namespace': 'fuzz' });
     expect(out.code, out.failure).toBe(GrpcCode.RESOURCE_EXHAUSTED);
-    expect(out.message).toBe(`Received message larger than max (${(16 << 20) + 1} vs. ${16 << 20})`);
+    expect(out.message).toBe(
+      `Received message larger than max (${(16 << 20) + 1} vs. ${16 << 20}): over the limit max_recv_message_size = ${16 << 20} ([grpc])`,
+    );
     expect((await raw.call(VERSION, EMPTY, {})).code).toBe(GrpcCode.OK);
   });
 

@@ -57,7 +57,7 @@ describe('strata run --uidmap/--gidmap', () => {
   it('overlayfs reports remap-ids (and only-remap-ids) in introspection, probed on this host', async () => {
     const r = await strata(['plugins', 'ls', '-d', 'id==overlayfs']);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/^Capabilities:\s+remap-ids,only-remap-ids$/m);
+    expect(r.stdout).toMatch(/^Capabilities:\s+rebase,remap-ids,only-remap-ids$/m);
   });
 
   it('in busybox, id -u prints 0 and stat -c %u /bin prints 0, in a user namespace mapped to 100000', async () => {
