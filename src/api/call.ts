@@ -14,7 +14,7 @@ export const NAMESPACE_HEADER = 'containerd-namespace';
 export const LEASE_HEADER = 'containerd-lease';
 
 /** What a handler may read of its call: the request metadata (and the method's path). */
-export type CallContext = { metadata: { get(key: string): unknown[] }; getPath?: () => string };
+export type CallContext = { metadata: { get(key: string): unknown[] }; getPath?: () => string; connected?: () => boolean };
 
 /**
  * The first value of a header. A Go client that sets the namespace twice (namespaces.WithNamespace on an

@@ -141,6 +141,7 @@ export class ServerCall extends EventEmitter {
   private inputEnded = false;
   private endEmitted = false;
   private timer: NodeJS.Timeout | undefined;
+  private readonly session: http2.Http2Session | undefined;
 
   constructor(
     private readonly stream: http2.ServerHttp2Stream,
@@ -149,6 +150,8 @@ export class ServerCall extends EventEmitter {
     private readonly options: ServerOptions,
   ) {
     super();
+    // Kept: a stream forgets its session once it is destroyed, and connected() is asked after the call ended.
+    this.session = stream.session;
     this.metadata = new CallMetadata(headers);
     const timeout = parseTimeout(headers['grpc-timeout']);
     if (timeout !== undefined) {
@@ -169,6 +172,12 @@ export class ServerCall extends EventEmitter {
 
   getPath(): string {
     return this.method.path;
+  }
+
+  /** Whether the client's connection is still open (the call itself may have ended). */
+  connected(): boolean {
+    const session = this.session;
+    return session !== undefined && !session.closed && !session.destroyed;
   }
 
   private markCancelled(): void {

@@ -164,6 +164,11 @@ export class NamespacedSnapshots {
     }
   }
 
+  /** How long a Prepare waits at most for another caller's extraction of the same layer (awaitOtherExtraction). */
+  static EXTRACTION_WAIT_MS = 10 * 60_000;
+  /** Extractions in progress (Prepares labelled containerd.io/snapshot.ref), by `${namespace}\0${key}`. */
+  readonly extractions = new Map<string, { target: string; alive: () => boolean; preparing: boolean }>();
+
   /** Removals that failed for want of space, queued again after NO_SPACE_RETRY_MS. */
   private retrying: string[] = [];
   private retryTimer: NodeJS.Timeout | undefined;
@@ -368,8 +373,50 @@ class BoundSnapshotter implements Snapshotter {
     return this.create(key, parent, true, opts);
   }
 
-  private create(key: string, parent: string, readonly: boolean, opts: SnapshotOpts): Promise<Mount[]> {
-    return this.s.holding((hold) => this.createHeld(key, parent, readonly, opts, hold));
+  private async create(key: string, parent: string, readonly: boolean, opts: SnapshotOpts): Promise<Mount[]> {
+    const target = readonly ? undefined : opts.labels?.[LABEL_SNAPSHOT_REF];
+    if (!target) return this.s.holding((hold) => this.createHeld(key, parent, readonly, opts, hold));
+    const id = `${this.ns}\0${key}`;
+    await this.claimExtraction(id, target, opts.callerAlive ?? (() => true));
+    try {
+      const mounts = await this.s.holding((hold) => this.createHeld(key, parent, readonly, opts, hold));
+      const e = this.s.extractions.get(id);
+      if (e) e.preparing = false;
+      return mounts;
+    } catch (err) {
+      this.s.extractions.delete(id);
+      throw err;
+    }
+  }
+
+  /**
+   * Concurrent client-side unpacks of one layer share its extraction. containerd's unpacker (ctr image pull, the
+   * Go client's Pull with unpack) prepares `extract-<random> <chainID>` labelled containerd.io/snapshot.ref =
+   * chainID, and on ALREADY_EXISTS stats the chainID: found, the layer counts as unpacked (the remote-snapshot
+   * handshake) and is never fetched. So while another caller that is still there (its connection open) extracts
+   * the same chainID in this namespace, this Prepare waits: once that one is committed, the Prepare answers
+   * ALREADY_EXISTS for the target and this client skips the layer; once it is removed (its extraction failed) or
+   * its caller is gone, this client extracts the layer itself. Bounded by EXTRACTION_WAIT_MS all the same.
+   * Returns having registered this Prepare as the layer's extraction, in the same turn as the last check.
+   */
+  private async claimExtraction(id: string, target: string, alive: () => boolean): Promise<void> {
+    const deadline = Date.now() + NamespacedSnapshots.EXTRACTION_WAIT_MS;
+    const prefix = `${this.ns}\0`;
+    const another = () => {
+      for (const [other, e] of this.s.extractions) {
+        if (other === id || !other.startsWith(prefix) || e.target !== target) continue;
+        if (!e.preparing && !this.s.row(this.ns, other.slice(prefix.length))) {
+          this.s.extractions.delete(other); // committed or removed
+          continue;
+        }
+        if (e.alive()) return true;
+      }
+      return false;
+    };
+    while (Date.now() < deadline && !this.s.row(this.ns, target) && another()) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    this.s.extractions.set(id, { target, alive, preparing: true });
   }
 
   private async createHeld(key: string, parent: string, readonly: boolean, opts: SnapshotOpts, hold: (bkey: string) => void): Promise<Mount[]> {

@@ -42,6 +42,13 @@ export interface SnapshotOpts {
    * snapshot prepared without a parent; a parent equal to the one the snapshot was prepared on is always fine.
    */
   parent?: string;
+  /**
+   * Prepare only: whether the caller is still there (for a gRPC client, its connection is open). While it is,
+   * another client's Prepare of the same layer (same containerd.io/snapshot.ref) waits for this one's extraction
+   * instead of extracting the layer a second time (src/metadata/snapshots.ts, awaitOtherExtraction). Without it
+   * the caller counts as there until it commits or removes the snapshot (the daemon's own unpacks always do).
+   */
+  callerAlive?: () => boolean;
 }
 
 /**

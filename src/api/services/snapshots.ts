@@ -29,7 +29,9 @@ export function snapshotsService(resolve: ResolveSnapshotter, log: Logger): Grpc
 
   const implementation: SnapshotsServer = {
     prepare: unary(l, 'Prepare', async (req: Req & { key: string; parent: string; labels: Record<string, string> }, call) => ({
-      mounts: (await sn(req, call).prepare(req.key, req.parent, labelsOf(req.labels))).map(mountToPb),
+      mounts: (
+        await sn(req, call).prepare(req.key, req.parent, { ...labelsOf(req.labels), ...(call.connected ? { callerAlive: () => call.connected!() } : {}) })
+      ).map(mountToPb),
     })),
     view: unary(l, 'View', async (req: Req & { key: string; parent: string; labels: Record<string, string> }, call) => ({
       mounts: (await sn(req, call).view(req.key, req.parent, labelsOf(req.labels))).map(mountToPb),
