@@ -33,8 +33,8 @@ import { parseArgs } from 'node:util';
 import { openLocalContentStore } from '../src/content/local.js';
 import type { Descriptor } from '../src/core/descriptor.js';
 import { fetchBlob } from '../src/images/fetch.js';
-import { Budget } from '../src/images/remote/multipart.js';
-import { createResolver } from '../src/images/remote/resolver.js';
+import { Budget } from '../src/remotes/multipart.js';
+import { createResolver } from '../src/remotes/resolver.js';
 import { MetadataStore } from '../src/metadata/index.js';
 import { cpuSeconds, formatBytes, log, MiB, parseSize, startChild, stopChild, systemBusySeconds, clientCpuSeconds, type Child } from './lib.js';
 

@@ -14,8 +14,8 @@ import { formatBytes, imagePlatforms, requiredDescriptors } from '../images/insp
 import type { BlobReader } from '../images/blob.js';
 import { chainIDs, isConfigType, parseConfig } from '../images/manifest.js';
 import { defaultPlatform, formatPlatform } from '../images/platforms.js';
-import { credentialsFromDockerConfig } from '../images/remote/dockerconfig.js';
-import { parseReference } from '../images/remote/reference.js';
+import { credentialsFromDockerConfig } from '../remotes/dockerconfig.js';
+import { parseReference } from '../remotes/reference.js';
 import type { Descriptor } from '../core/descriptor.js';
 import { bool, CliError, str, type Group, type Values } from './command.js';
 import { blobReader } from './run.js';

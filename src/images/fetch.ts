@@ -6,7 +6,7 @@
  */
 import { isAlreadyExists, isFailedPrecondition, isNotFound, isUnavailable, invalidArgument, unavailable } from '../core/errdefs.js';
 import type { ContentStore, ContentWriter } from '../content/types.js';
-import type { Fetcher } from './remote/types.js';
+import type { Fetcher } from '../remotes/types.js';
 import type { Descriptor } from '../core/descriptor.js';
 import { appendDistributionSource, distributionSourceKey } from '../core/labels.js';
 import { setTimeout as sleep } from 'node:timers/promises';

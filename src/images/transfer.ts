@@ -21,9 +21,9 @@ import { children, isIndexType, isManifestType, parseConfig, parseManifest, sele
 import { defaultPlatform, parsePlatform, platformMatcher } from './platforms.js';
 import { pull, type PullResult, type UnpackTarget } from './pull.js';
 import { push } from './push.js';
-import { createResolver } from './remote/resolver.js';
-import { Budget, MIN_PART_SIZE } from './remote/multipart.js';
-import type { Credentials, MultipartOptions, ResolverOptions } from './remote/types.js';
+import { createResolver } from '../remotes/resolver.js';
+import { Budget, MIN_PART_SIZE } from '../remotes/multipart.js';
+import type { Credentials, MultipartOptions, ResolverOptions } from '../remotes/types.js';
 import { importArchive, exportArchive } from './archive/index.js';
 import { unpackLayers, type UnpackResult } from './unpack.js';
 import { SharedWork } from './inflight.js';

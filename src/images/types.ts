@@ -3,13 +3,15 @@
  * Shapes follow the OCI image spec (JSON field names) so descriptors can be written into manifests as is.
  */
 
-// Media types of manifests, indexes and configs (layers: src/diff/mediatypes.ts).
-export const MediaTypeOCIManifest = 'application/vnd.oci.image.manifest.v1+json';
-export const MediaTypeOCIIndex = 'application/vnd.oci.image.index.v1+json';
-export const MediaTypeOCIConfig = 'application/vnd.oci.image.config.v1+json';
-export const MediaTypeDockerManifest = 'application/vnd.docker.distribution.manifest.v2+json';
-export const MediaTypeDockerManifestList = 'application/vnd.docker.distribution.manifest.list.v2+json';
-export const MediaTypeDockerConfig = 'application/vnd.docker.container.image.v1+json';
+// Media types of manifests, indexes and configs: their home is src/core/mediatypes.ts.
+export {
+  MediaTypeDockerConfig,
+  MediaTypeDockerManifest,
+  MediaTypeDockerManifestList,
+  MediaTypeOCIConfig,
+  MediaTypeOCIIndex,
+  MediaTypeOCIManifest,
+} from '../core/mediatypes.js';
 
 /** The annotation naming an image in an OCI layout index. */
 export const ANNOTATION_REF_NAME = 'org.opencontainers.image.ref.name';

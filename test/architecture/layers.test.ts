@@ -21,6 +21,7 @@ const RANK: Record<string, number> = {
   mount: 1, // mounting, and the one parser of overlay options
   content: 2,
   events: 2,
+  remotes: 2.5, // the registry client (OCI distribution API): images pull and push with it, lazy snapshotters read ranges
   metrics: 2, // Prometheus exposition, the debug endpoint, the SIGUSR1 dump: reads plugins through its own interfaces
   snapshots: 3, // backends: never metadata, never the gRPC layer
   diff: 3,

@@ -1,5 +1,5 @@
 /**
- * Multipart fetch of big blobs (src/images/remote/multipart.ts) against the real docker-registry on loopback,
+ * Multipart fetch of big blobs (src/remotes/multipart.ts) against the real docker-registry on loopback,
  * written into a real content store (the metadata database in front of the local store) by fetchBlob, the
  * code a daemon pull runs; and a daemon pull with the transfer plugin's config keys.
  *
@@ -17,9 +17,9 @@ import type { ContentStore } from '../../src/content/types.js';
 import type { Descriptor } from '../../src/core/descriptor.js';
 import { StrataError } from '../../src/core/errdefs.js';
 import { fetchBlob, ingestRef } from '../../src/images/fetch.js';
-import type { Limiter } from '../../src/images/remote/limit.js';
-import { Budget } from '../../src/images/remote/multipart.js';
-import { createResolver, type RegistryResolver } from '../../src/images/remote/resolver.js';
+import type { Limiter } from '../../src/remotes/limit.js';
+import { Budget } from '../../src/remotes/multipart.js';
+import { createResolver, type RegistryResolver } from '../../src/remotes/resolver.js';
 import { MetadataStore } from '../../src/metadata/index.js';
 import { startDaemon, stopAll } from '../helpers/daemon.js';
 import { buildImage } from '../helpers/images.js';

@@ -10,7 +10,7 @@ import {
   isValidDigest,
   normalizeReference,
   parseReference,
-} from '../../src/images/remote/reference.js';
+} from '../../src/remotes/reference.js';
 
 const D = 'sha256:' + 'a'.repeat(64);
 const D512 = 'sha512:' + 'b'.repeat(128);

@@ -11,7 +11,7 @@ import { createServer as createHttpServer, request as httpRequest, type Server a
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createResolver, type RegistryResolver } from '../../src/images/remote/resolver.js';
+import { createResolver, type RegistryResolver } from '../../src/remotes/resolver.js';
 import { startDaemon, stopAll } from '../helpers/daemon.js';
 import { buildOciLayout, makeLayerTar, type OciLayout } from '../helpers/oci-layout.js';
 import { startRegistry, stopAllRegistries, type StartedRegistry } from '../helpers/registry.js';

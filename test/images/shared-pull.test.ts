@@ -13,7 +13,7 @@ import { WalkingDiffer } from '../../src/diff/walking.js';
 import { SharedWork } from '../../src/images/inflight.js';
 import { chainIDs } from '../../src/images/manifest.js';
 import { pull } from '../../src/images/pull.js';
-import { createResolver } from '../../src/images/remote/resolver.js';
+import { createResolver } from '../../src/remotes/resolver.js';
 import { generateLeaseId, MetadataStore } from '../../src/metadata/index.js';
 import { openOverlaySnapshotter } from '../../src/snapshots/overlay/index.js';
 import { run } from '../helpers/ctr.js';

@@ -28,7 +28,7 @@ import type { ContentStore } from '../../content/types.js';
 import { failedPrecondition, invalidArgument, notFound } from '../../core/errdefs.js';
 import { children, isIndexType, isManifestType, matchingManifests, parseIndex, parseManifest } from '../manifest.js';
 import { defaultPlatform, platformMatcherOrdered, platformMatcherStrict, type PlatformMatcher } from '../platforms.js';
-import { familiarName } from '../remote/reference.js';
+import { familiarName } from '../../remotes/reference.js';
 import { ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME } from '../types.js';
 import { type Descriptor, type Platform } from '../../core/descriptor.js';
 import { readBlob } from '../blob.js';

@@ -48,7 +48,7 @@ import {
   platformMatcherStrict,
   type PlatformMatcher,
 } from '../platforms.js';
-import { normalizeReference } from '../remote/reference.js';
+import { normalizeReference } from '../../remotes/reference.js';
 import { ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, MediaTypeDockerConfig, MediaTypeDockerManifest, MediaTypeOCIIndex } from '../types.js';
 import { LABEL_UNCOMPRESSED } from '../../core/labels.js';
 import { type ImageStore } from '../../metadata/images.js';

@@ -4,8 +4,8 @@
  * host only when it holds a '.' or a ':' or is "localhost", "index.docker.io" means docker.io, and a
  * reference with both a tag and a digest is named by its digest.
  */
-import { invalidArgument } from '../../core/errdefs.js';
-import { isValidDigest } from '../../content/digest.js';
+import { invalidArgument } from '../core/errdefs.js';
+import { isValidDigest } from '../content/digest.js';
 
 export const DEFAULT_DOMAIN = 'docker.io';
 const LEGACY_DEFAULT_DOMAIN = 'index.docker.io';

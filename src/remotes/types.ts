@@ -3,8 +3,8 @@
  * (src/images/pull.ts, push.ts) see only these interfaces.
  */
 import type { Readable } from 'node:stream';
-import type { Descriptor } from '../../core/descriptor.js';
-import type { Logger } from '../../log/index.js';
+import type { Descriptor } from '../core/descriptor.js';
+import type { Logger } from '../log/index.js';
 
 export interface Credentials {
   username: string;
@@ -54,7 +54,7 @@ export interface MultipartOptions {
   budget?: ByteBudget;
 }
 
-/** A shared allowance of bytes (see MultipartOptions.budget); src/images/remote/multipart.ts implements it. */
+/** A shared allowance of bytes (see MultipartOptions.budget); src/remotes/multipart.ts implements it. */
 export interface ByteBudget {
   readonly capacity: number;
   /** Takes `n` bytes if they are free now. */

@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { Buffer } from 'node:buffer';
-import { invalidArgument } from '../../core/errdefs.js';
+import { invalidArgument } from '../core/errdefs.js';
 import type { Credentials } from './types.js';
 
 const DOCKER_HUB_HOSTS = new Set(['docker.io', 'index.docker.io', 'registry-1.docker.io']);

@@ -33,7 +33,7 @@
  *    later part); each chunk is the network's own buffer, handed out once.
  */
 import { Readable } from 'node:stream';
-import { StrataError, unavailable } from '../../core/errdefs.js';
+import { StrataError, unavailable } from '../core/errdefs.js';
 import type { ByteBudget } from './types.js';
 
 /** containerd's minimum part size: smaller values turn multipart fetch off. */

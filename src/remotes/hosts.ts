@@ -12,7 +12,7 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, isAbsolute, join } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
-import { invalidArgument } from '../../core/errdefs.js';
+import { invalidArgument } from '../core/errdefs.js';
 import { DEFAULT_DOMAIN, DOCKER_IO_API_HOST, isLocalhost } from './reference.js';
 
 export type HostCapability = 'pull' | 'resolve' | 'push';

@@ -8,10 +8,10 @@
 import { createHash } from 'node:crypto';
 import { Readable, Transform, pipeline, type TransformCallback } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { StrataError, invalidArgument, notFound, unavailable } from '../../core/errdefs.js';
-import type { Logger } from '../../log/index.js';
-import { MediaTypeDockerManifest, MediaTypeDockerManifestList, MediaTypeOCIIndex, MediaTypeOCIManifest } from '../types.js';
-import { type Descriptor } from '../../core/descriptor.js';
+import { StrataError, invalidArgument, notFound, unavailable } from '../core/errdefs.js';
+import type { Logger } from '../log/index.js';
+import { MediaTypeDockerManifest, MediaTypeDockerManifestList, MediaTypeOCIIndex, MediaTypeOCIManifest } from '../core/mediatypes.js';
+import { type Descriptor } from '../core/descriptor.js';
 import { repositoryScope } from './auth.js';
 import { configureHosts, isProxyFor, type HostCapability, type RegistryHost } from './hosts.js';
 import { RegistryTransport, drain, header, readBody, statusError, type RegistryResponse } from './http.js';

@@ -8,7 +8,7 @@
  * one fresh token.
  */
 import { Buffer } from 'node:buffer';
-import { StrataError } from '../../core/errdefs.js';
+import { StrataError } from '../core/errdefs.js';
 import type { Credentials } from './types.js';
 
 export interface Challenge {
