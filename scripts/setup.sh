@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # prometheus (with promtool) scrapes the metrics endpoint in test/metrics; systemd's systemd-analyze verifies
 # contrib/strata.service; tmux is the pseudo-terminal of the progress display tests (test/cli/progress-tty).
 # gcc builds native/idmap-mount.c, the idmapped-mount helper (open_tree/mount_setattr/move_mount, which Node lacks).
-debs=(containerd runc busybox-static btrfs-progs erofs-utils tar docker-registry skopeo python3 golang-go golang-github-containerd-containerd-dev prometheus systemd tmux gcc libc6-dev)
+debs=(containerd runc busybox-static btrfs-progs erofs-utils tar docker-registry skopeo python3 golang-go golang-github-containerd-containerd-dev golang-github-containerd-stargz-snapshotter-dev fuse3 libfuse2 libfuse3-dev prometheus systemd tmux gcc libc6-dev)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
