@@ -20,6 +20,9 @@ import type { ImageTransfers } from '../images/transfer.js';
 import { proxyRegistrations } from '../api/clients/proxy-plugins.js';
 import './builtins.js';
 import { GrpcServer } from '../api/server.js';
+import { serveGrpc } from './serve-grpc.js';
+
+export { serveGrpc };
 
 /** How long stop() lets in-flight calls finish before cutting them. */
 const SHUTDOWN_GRACE_MS = 10_000;
@@ -139,22 +142,6 @@ export class Daemon {
 /** [debug] address parsed; undefined when there is no debug endpoint. Validated by the config already. */
 function debugAddress(config: Config): ListenAddress | undefined {
   return config.debug.address ? parseListenAddress('debug.address', config.debug.address, true) : undefined;
-}
-
-/** Serves services on a unix socket (the socket path must have been prepared with prepareSocketPath). */
-export async function serveGrpc(
-  cfg: Pick<Config['grpc'], 'address' | 'uid' | 'gid' | 'max_recv_message_size' | 'max_send_message_size' | 'max_concurrent_streams'>,
-  services: GrpcService[],
-): Promise<GrpcServer> {
-  const server = new GrpcServer({
-    maxReceiveMessageLength: cfg.max_recv_message_size,
-    maxSendMessageLength: cfg.max_send_message_size,
-    maxConcurrentStreams: cfg.max_concurrent_streams,
-  });
-  for (const svc of services) server.addService(svc.definition as never, svc.implementation as never);
-  await server.listen(cfg.address);
-  secureSocket(cfg.address, cfg.uid, cfg.gid);
-  return server;
 }
 
 /** Each registration's default config section, for `stratad config default`. */

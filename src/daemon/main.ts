@@ -10,7 +10,8 @@
 import { parseArgs } from 'node:util';
 import { loadConfig, defaultConfig, renderConfig, type Config } from '../config/index.js';
 import { createLogger, isLogLevel, type Logger, type LogLevel } from '../log/index.js';
-import { serveSnapshotter, type ServedSnapshotter } from './serve-snapshotter.js';
+import { servePluginSnapshotter } from './serve-snapshotter-plugin.js';
+import type { ServedSnapshotter } from './serve-snapshotter.js';
 import { StrataError } from '../core/errdefs.js';
 import { STRATA_VERSION } from '../version.js';
 import { Daemon, pluginDefaults } from './daemon.js';
@@ -83,7 +84,7 @@ async function main(argv: string[]): Promise<void> {
     const log = createLogger(config.debug.level as LogLevel);
     let served: ServedSnapshotter;
     try {
-      served = await serveSnapshotter({ snapshotter: values.snapshotter, root: values.root, address: values.address, config, log });
+      served = await servePluginSnapshotter({ snapshotter: values.snapshotter, root: values.root, address: values.address, config, log });
     } catch (err) {
       log.error('failed to start', { error: err instanceof Error ? err.message : String(err) });
       process.exit(1);

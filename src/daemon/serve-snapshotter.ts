@@ -1,66 +1,84 @@
 /**
- * `stratad serve-snapshotter`: one snapshotter backend served alone on a unix socket, as a containerd proxy
- * plugin. No namespaces of its own (containerd namespaces keys before they arrive) and no metadata database
- * beyond the backend's own bookkeeping under --root.
+ * A snapshotter served alone on a unix socket, as a containerd proxy plugin (`[proxy_plugins.NAME]` with
+ * `type = "snapshot"`, in containerd's config or Strata's): containerd's Snapshots service over any object
+ * that implements the Snapshotter interface, plus the health and version services.
+ *
+ * This is the one implementation of serving a snapshotter. `stratad serve-snapshotter --snapshotter ID`
+ * (serve-snapshotter-plugin.ts) loads a built-in backend and serves it with serveSnapshotter(); another
+ * TypeScript package serves its own object with it (`import { serveSnapshotter } from 'strata/serve-snapshotter'`,
+ * docs/snapshotter-authors.md). It loads no plugin of its own.
+ *
+ * No namespaces here: a proxy snapshotter receives the keys the client's metadata layer made (containerd's
+ * `<namespace>/<n>/<key>`, Strata's likewise), and only the labels that layer passes down (the
+ * `containerd.io/snapshot/` ones and `containerd.io/snapshot.ref`).
  */
-import type * as grpc from '@grpc/grpc-js';
-import { PluginSet, PluginType, pluginUri, registered } from '../plugin/index.js';
-import { pluginConfig, type Config } from '../config/index.js';
-import { failedPrecondition, invalidArgument } from '../core/errdefs.js';
-import type { Logger } from '../log/index.js';
+import { defaultConfig, type Config } from '../config/index.js';
+import { silentLogger, type Logger } from '../log/index.js';
 import type { Snapshotter } from '../snapshots/types.js';
 import { snapshotsService } from '../api/services/snapshots.js';
 import { healthService, versionService } from '../api/services/version.js';
 import { STRATA_REVISION, STRATA_VERSION } from '../version.js';
 import { prepareSocketPath } from './socket.js';
-import { serveGrpc } from './daemon.js';
-import './builtins.js';
+import { serveGrpc } from './serve-grpc.js';
+
+/** How long stop() lets in-flight calls finish before cutting them. */
+const SHUTDOWN_GRACE_MS = 10_000;
+
+export type ServeGrpcOptions = Partial<Pick<Config['grpc'], 'uid' | 'gid' | 'max_recv_message_size' | 'max_send_message_size' | 'max_concurrent_streams'>>;
 
 export interface ServeSnapshotterOptions {
-  snapshotter: string;
-  root: string;
+  /**
+   * The unix socket to listen on. Its directory is created; a stale socket left by a dead server is replaced;
+   * a socket another process still answers on is an 'already exists' error.
+   */
   address: string;
-  config: Config;
-  log: Logger;
+  /** Where the server logs (calls at debug, start and stop at info). Default: nothing is logged. */
+  log?: Logger;
+  /**
+   * The socket's owner (default: this process's uid and gid; mode 0660) and message limits (default:
+   * containerd's 16 MiB each way).
+   */
+  grpc?: ServeGrpcOptions;
+  /**
+   * What stop() does once the server has stopped. Default: `backend.close()`. The built-in path passes
+   * its plugin set's close.
+   */
+  close?: () => Promise<void>;
 }
 
 export interface ServedSnapshotter {
-  backend: Snapshotter;
+  /** The socket it serves on. */
+  readonly address: string;
+  readonly backend: Snapshotter;
+  /**
+   * Stops serving (in-flight calls get up to 10 s to finish), then closes the backend (or runs `close`).
+   * Calling it again returns the same promise.
+   */
   stop(): Promise<void>;
 }
 
-export async function serveSnapshotter(o: ServeSnapshotterOptions): Promise<ServedSnapshotter> {
-  const reg = registered().find((r) => r.type === PluginType.Snapshot && r.id === o.snapshotter);
-  if (!reg) {
-    const known = registered().filter((r) => r.type === PluginType.Snapshot).map((r) => r.id);
-    throw invalidArgument(`unknown snapshotter ${JSON.stringify(o.snapshotter)} (built in: ${known.join(', ')})`);
-  }
-  await prepareSocketPath(o.address);
-  const plugins = await PluginSet.load(
-    {
-      root: o.root,
-      state: o.root,
-      address: o.address,
-      log: o.log,
-      configFor: (uri, defaults) => pluginConfig(o.config, uri, defaults),
-      pluginRoot: () => o.root,
-    },
-    [reg],
-  );
-  const loaded = plugins.loaded[0]!;
-  if (loaded.status.state !== 'ok') {
-    const why = loaded.status.state === 'skipped' ? loaded.status.reason : loaded.status.error.message;
-    throw failedPrecondition(`snapshotter ${pluginUri(reg.type, reg.id)} cannot run here: ${why}`);
-  }
-  const backend = loaded.instance as Snapshotter;
-  const server = await serveGrpc({ ...o.config.grpc, address: o.address }, [
-    snapshotsService(() => backend, o.log),
-    healthService(o.log),
-    versionService(STRATA_VERSION, STRATA_REVISION, o.log),
+/** Serves `backend` on the unix socket `opts.address` as a containerd proxy snapshotter. */
+export async function serveSnapshotter(backend: Snapshotter, opts: ServeSnapshotterOptions): Promise<ServedSnapshotter> {
+  const log = opts.log ?? silentLogger;
+  const grpcDefaults = defaultConfig().grpc;
+  const grpc = {
+    ...grpcDefaults,
+    uid: process.getuid?.() ?? 0,
+    gid: process.getgid?.() ?? 0,
+    ...opts.grpc,
+    address: opts.address,
+  };
+  await prepareSocketPath(opts.address);
+  const server = await serveGrpc(grpc, [
+    snapshotsService(() => backend, log),
+    healthService(log),
+    versionService(STRATA_VERSION, STRATA_REVISION, log),
   ]);
-  o.log.info('serving', { address: o.address, snapshotter: o.snapshotter, root: o.root });
+  log.info('serving', { address: opts.address });
+  const close = opts.close ?? (() => backend.close());
   let stopping: Promise<void> | undefined;
   return {
+    address: opts.address,
     backend,
     stop: () =>
       (stopping ??= (async () => {
@@ -68,14 +86,14 @@ export async function serveSnapshotter(o: ServeSnapshotterOptions): Promise<Serv
           const timer = setTimeout(() => {
             server.forceShutdown();
             resolve();
-          }, 10_000);
+          }, SHUTDOWN_GRACE_MS);
           server.tryShutdown(() => {
             clearTimeout(timer);
             resolve();
           });
         });
-        await plugins.close(o.log);
-        o.log.info('stopped');
+        await close();
+        log.info('stopped');
       })()),
   };
 }

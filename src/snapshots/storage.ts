@@ -18,7 +18,8 @@
  */
 import { crashPoint } from '../core/crashpoint.js';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, notImplemented, StrataError } from '../core/errdefs.js';
-import { adapt, labelField, parseAll } from '../filters/index.js';
+import { parseAll } from '../filters/index.js';
+import { snapshotAdaptor } from './filter.js';
 import { applyLabelPaths, validateLabelEntries, validateLabels } from '../core/labels.js';
 import { closeSync, fdatasync, openSync } from 'node:fs';
 import { openSqlite, type DB } from '../core/sqlite.js';
@@ -528,20 +529,4 @@ export class SnapshotStorage {
   }
 }
 
-export function snapshotAdaptor(i: Info) {
-  return adapt((path) => {
-    if (path.length === 0) return undefined;
-    switch (path[0]) {
-      case 'kind':
-        return path.length === 1 ? i.kind : undefined;
-      case 'name':
-        return path.length === 1 ? i.name : undefined;
-      case 'parent':
-        return path.length === 1 ? i.parent : undefined;
-      case 'labels':
-        return labelField(i.labels, path.slice(1));
-      default:
-        return undefined;
-    }
-  });
-}
+export { snapshotAdaptor } from './filter.js';
