@@ -66,11 +66,18 @@ export interface TransferConfig {
    * shown faster for unpack alone (bench/RESULTS.md, "Parallel unpack"), so it is opt-in until it is.
    */
   max_concurrent_unpacks: number;
+  /**
+   * Strata's: snapshotters that pull lazily: a pull unpacking into one of them puts stargz-snapshotter's labels
+   * (`containerd.io/snapshot/remote/stargz.*`, `.../remote/urls`) on each layer's labelled prepare, as
+   * stargz-snapshotter's containerd client (ctr-remote rpull) does, so the snapshotter fetches layers itself.
+   */
+  remote_snapshotters: string[];
 }
 
 export const defaultTransferConfig = (): TransferConfig => ({
   max_concurrent_downloads: 3,
   max_concurrent_unpacks: 1,
+  remote_snapshotters: ['stargz'],
   snapshotter: '',
   config_path: '',
   connect_timeout: '30s',
@@ -279,6 +286,7 @@ export class ImageTransfers {
       // Snapshots are namespaced: the same chain in two namespaces is two snapshots, unpacked separately.
       exclusive: <T>(chainID: string, fn: () => Promise<T>) => this.shared.unpack(`${name}\u0000${ctx.namespace}\u0000${chainID}`, fn),
       maxConcurrentUnpacks: this.maxConcurrentUnpacks,
+      ...((this.config.remote_snapshotters ?? defaultTransferConfig().remote_snapshotters).includes(name) ? { remoteLabels: true } : {}),
     };
   }
 
