@@ -130,3 +130,101 @@ describe('a LayerSource mounted read-only over FUSE', () => {
     expect(line).toContain(' strata-test ');
   });
 });
+
+describe('a FUSE layer under overlayfs', () => {
+  it('hides what a whiteout names and what an opaque directory covers, as a lowerdir of an overlay mount', async () => {
+    const upper = await tarLayerSource(
+      await makeTar([
+        { name: '.wh.gone', body: '' },
+        { name: 'opq/', type: 'directory' },
+        { name: 'opq/.wh..wh..opq', body: '' },
+        { name: 'opq/new', body: 'new' },
+        { name: 'kept/added', body: 'added' },
+      ]),
+    );
+    expect(upper.node('gone')).toMatchObject({ type: 'char', devMajor: 0, devMinor: 0 });
+    expect(upper.node('opq')!.xattrs.get('trusted.overlay.opaque')?.toString()).toBe('y');
+    const top = await mounted(upper, 'top');
+    const base = join(dir.path, 'base');
+    for (const d of ['opq', 'kept']) await mkdir(join(base, d), { recursive: true });
+    await run('sh', ['-c', `echo gone > ${base}/gone; echo old > ${base}/opq/old; echo kept > ${base}/kept/old`]);
+    const merged = join(dir.path, 'merged');
+    await mkdir(merged);
+    await run('mount', ['-t', 'overlay', 'overlay', '-o', `ro,lowerdir=${top}:${base}`, merged]);
+    try {
+      expect((await run('ls', ['-A', merged])).stdout.split('\n').filter(Boolean).sort()).toEqual(['kept', 'opq']);
+      expect((await run('ls', ['-A', join(merged, 'opq')])).stdout.trim()).toBe('new');
+      expect((await run('ls', ['-A', join(merged, 'kept')])).stdout.split('\n').filter(Boolean).sort()).toEqual(['added', 'old']);
+      expect((await run('cat', [join(merged, 'opq/new'), join(merged, 'kept/old')])).stdout).toBe('newkept\n');
+    } finally {
+      await run('umount', [merged]);
+    }
+  });
+});
+
+describe('reads that fail or take long', () => {
+  it('answers EIO for a read the source rejects, and keeps serving the others', async () => {
+    const source = await sampleLayer();
+    const mp = await mounted(source);
+    source.intercept = (node) => (node === source.node('etc/passwd') ? Promise.reject(new Error('registry gone')) : undefined);
+    await expect(run('cat', [join(mp, 'etc/passwd')])).rejects.toThrow(/Input\/output error/);
+    expect((await run('cat', [join(mp, 'home/user/notes')])).stdout).toBe('mine');
+    source.intercept = undefined;
+    expect((await run('cat', [join(mp, 'etc/passwd')])).stdout).toContain('root:x:0:0');
+  });
+
+  it('serves other requests, and keeps the event loop free, while one read waits on a slow source', async () => {
+    const source = await sampleLayer();
+    const mp = await mounted(source);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let slowCalls = 0;
+    source.intercept = (node, offset, length) => {
+      if (node !== source.node('big')) return undefined;
+      slowCalls++;
+      return gate.then(() => BIG.subarray(offset, offset + length));
+    };
+    const slow = run('md5sum', [join(mp, 'big')]);
+    while (slowCalls === 0) await new Promise((r) => setTimeout(r, 10));
+    // The slow read holds its request; a listing and another file's read go on meanwhile (this process
+    // hears those children exit: its event loop turns).
+    expect((await run('cat', [join(mp, 'etc/passwd')])).stdout).toContain('root:x:0:0');
+    expect((await run('ls', [join(mp, 'dev')])).stdout.split('\n').filter(Boolean)).toEqual(['null', 'pipe', 'sda']);
+    let slowDone = false;
+    void slow.then(() => (slowDone = true));
+    expect(slowDone).toBe(false);
+    release();
+    const { createHash } = await import('node:crypto');
+    expect((await slow).stdout.split(' ')[0]).toBe(createHash('md5').update(BIG).digest('hex'));
+  });
+});
+
+describe('unmounting', () => {
+  it('detaches the mount while a file is open, and a second unmount does not throw', async () => {
+    const source = await sampleLayer();
+    const mp = join(dir.path, 'busy');
+    await mkdir(mp);
+    const m = await mountReadOnly(mp, source);
+    const fh = await open(join(mp, 'big'));
+    try {
+      const buf = Buffer.alloc(10);
+      await fh.read(buf, 0, 10, 0);
+      expect(buf.equals(BIG.subarray(0, 10))).toBe(true);
+      await m.unmount();
+      expect(await fuseMountsUnder(mp)).toEqual([]);
+    } finally {
+      await fh.close();
+    }
+    await m.unmount();
+    expect(await fuseMountsUnder(dir.path)).toEqual([]);
+  });
+
+  it('does not throw when the mount was already detached by someone else', async () => {
+    const mp = join(dir.path, 'gone');
+    await mkdir(mp);
+    const m = await mountReadOnly(mp, await sampleLayer());
+    await run('umount', ['-l', mp]);
+    await m.unmount();
+    expect(await fuseMountsUnder(mp)).toEqual([]);
+  });
+});
