@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 # build the Go interop tier (test/interop-go: containerd's client library and test suites, offline, GOPATH mode).
 # prometheus (with promtool) scrapes the metrics endpoint in test/metrics; systemd's systemd-analyze verifies
 # contrib/strata.service; tmux is the pseudo-terminal of the progress display tests (test/cli/progress-tty).
-# gcc builds native/idmap-mount.c, the idmapped-mount helper (open_tree/mount_setattr/move_mount, which Node lacks).
+# gcc builds native/idmap-mount.c, the idmapped-mount helper (open_tree/mount_setattr/move_mount, which Node lacks),
+# and native/fuse3-napi.c, Strata's N-API binding of libfuse 3 (libfuse3-dev; Node's own headers, which the nodejs
+# package installs beside the binary: no node-gyp, no download). fuse3 brings fusermount3 and /etc/fuse.conf;
+# libfuse2 is for fuse-native, the npm binding bench/fuse.ts compares it with (docs/fuse.md).
 debs=(containerd runc busybox-static btrfs-progs erofs-utils tar docker-registry skopeo python3 golang-go golang-github-containerd-containerd-dev golang-github-containerd-stargz-snapshotter-dev fuse3 libfuse2 libfuse3-dev prometheus systemd tmux gcc libc6-dev)
 missing=()
 for p in "${debs[@]}"; do
@@ -26,6 +29,9 @@ fi
 
 mkdir -p native/bin
 gcc -O2 -Wall -Wextra -o native/bin/strata-idmap-mount native/idmap-mount.c
+node_include="$(dirname "$(readlink -f "$(command -v node)")")/../include/node"
+gcc -O2 -Wall -Wextra -shared -fPIC -I"$node_include" $(pkg-config --cflags fuse3) \
+  -o native/bin/strata-fuse3.node native/fuse3-napi.c $(pkg-config --libs fuse3)
 
 npm ci --no-audit --no-fund
 npm run build
