@@ -13,6 +13,7 @@
  *   handler(op, req, ino, a, b, name)                 called on the JS thread for each request; op EXITED
  *                                                     (req null) once the loop has ended
  *   unmount(handle, mountpoint) -> errno               lazy detach (umount2 MNT_DETACH)
+ *   unref(handle)                                     the mount no longer keeps the process alive
  *   destroy(handle)                                   after EXITED and once every request is answered
  *   replyErr(req, errno) replyEntry(req, attr, timeout) replyAttr(req, attr, timeout) replyReadlink(req, s)
  *   replyBuf(req, buffer) replyXattrSize(req, n) replyDir(req, size, firstOffset, names, attrs)
@@ -234,14 +235,23 @@ static napi_value js_unmount(napi_env env, napi_callback_info info) {
   size_t len;
   CHECK(napi_get_value_string_utf8(env, argv[1], mountpoint, sizeof mountpoint, &len));
   int err = umount2(mountpoint, MNT_DETACH) == 0 ? 0 : errno;
-  /* a mount still held open by someone no longer keeps this process alive */
-  if (m->running) { napi_unref_threadsafe_function(env, m->tsfn); m->running = 0; }
   napi_value r;
   CHECK(napi_create_int32(env, err, &r));
   return r;
 }
 
-/* Ends the loop (if still running, by making it exit after its next request), frees the session: call only
+/* unref(handle): a detached mount still held open by someone no longer keeps this process alive. */
+static napi_value js_unref(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  mount_t *m = get_mount(env, argv[0]);
+  if (!m) return NULL;
+  if (m->running && !m->joined) { napi_unref_threadsafe_function(env, m->tsfn); m->running = 0; }
+  return NULL;
+}
+
+/* Joins the loop thread (it has ended) and frees the session: call only
  * after the EXITED event and once every request has been answered. */
 static napi_value js_destroy(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -399,7 +409,7 @@ static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
 
 static napi_value init(napi_env env, napi_value exports) {
   struct { const char *name; napi_callback fn; } fns[] = {
-    { "mount", js_mount }, { "unmount", js_unmount }, { "destroy", js_destroy },
+    { "mount", js_mount }, { "unmount", js_unmount }, { "destroy", js_destroy }, { "unref", js_unref },
     { "replyErr", js_reply_err }, { "replyEntry", js_reply_entry }, { "replyAttr", js_reply_attr },
     { "replyReadlink", js_reply_readlink }, { "replyBuf", js_reply_buf },
     { "replyXattrSize", js_reply_xattr_size }, { "replyDir", js_reply_dir },

@@ -17,6 +17,7 @@ interface Binding {
   mount(mountpoint: string, options: string, handler: (op: number, req: Req | null, ino: number, a: number, b: number, name?: string) => void): object;
   unmount(handle: object, mountpoint: string): number;
   destroy(handle: object): void;
+  unref(handle: object): void;
   replyErr(req: Req, errno: number): void;
   replyEntry(req: Req, attr: Float64Array, timeout: number): void;
   replyAttr(req: Req, attr: Float64Array, timeout: number): void;
@@ -187,8 +188,12 @@ export async function mountWithFuse3(mountpoint: string, source: LayerSource, op
         if (errno === EPERM) await run('fusermount3', ['-u', '-z', mountpoint]).catch(() => undefined);
         else if (errno !== 0 && errno !== EINVAL && errno !== ENOENT) log?.warn('fuse unmount failed', { errno });
       }
-      // Not busy: the loop ends at once; busy (a file open), it serves until the last close.
-      await Promise.race([exit, new Promise((r) => setTimeout(r, 200).unref())]);
+      // Not busy: the loop ends at once; busy (a file open), it serves until the last close, without keeping
+      // this process alive for it.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([exit, new Promise((r) => (timer = setTimeout(r, 200)))]);
+      clearTimeout(timer);
+      if (!destroyed) b.unref(handle);
     },
   };
 }
