@@ -16,7 +16,7 @@
  *   unref(handle)                                     the mount no longer keeps the process alive
  *   destroy(handle)                                   after EXITED and once every request is answered
  *   replyErr(req, errno) replyEntry(req, attr, timeout) replyAttr(req, attr, timeout) replyReadlink(req, s)
- *   replyBuf(req, buffer) replyXattrSize(req, n) replyDir(req, size, firstOffset, names, attrs)
+ *   replyBuf(req, buffer) replyXattrSize(req, n) replyDir(req, size, firstOffset, names, attrs, plusTimeout)
  * attr is a Float64Array [ino, mode, nlink, uid, gid, size, rdev, blocks, mtimeMs]; attrs is such rows
  * concatenated (only ino and mode matter to a directory listing).
  */
@@ -36,7 +36,7 @@
 #include <sys/sysmacros.h>
 
 enum { OP_EXITED = 0, OP_LOOKUP = 1, OP_GETATTR = 2, OP_READLINK = 3, OP_READ = 4, OP_READDIR = 5,
-       OP_GETXATTR = 6, OP_LISTXATTR = 7 };
+       OP_GETXATTR = 6, OP_LISTXATTR = 7, OP_READDIRPLUS = 8 };
 
 typedef struct mount_s {
   struct fuse_session *se;
@@ -137,6 +137,10 @@ static void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
   (void)fi;
   enqueue(req, OP_READDIR, ino, (double)size, (double)off, NULL);
 }
+static void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  (void)fi;
+  enqueue(req, OP_READDIRPLUS, ino, (double)size, (double)off, NULL);
+}
 static void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) { enqueue(req, OP_GETXATTR, ino, (double)size, 0, name); }
 static void ll_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) { enqueue(req, OP_LISTXATTR, ino, (double)size, 0, NULL); }
 
@@ -150,6 +154,7 @@ static const struct fuse_lowlevel_ops ops = {
   .open = ll_open,
   .read = ll_read,
   .readdir = ll_readdir,
+  .readdirplus = ll_readdirplus,
   .getxattr = ll_getxattr,
   .listxattr = ll_listxattr,
 };
@@ -275,6 +280,13 @@ static fuse_req_t get_req(napi_env env, napi_value v) {
   return p;
 }
 
+static void ms_to_timespec(double ms, struct timespec *ts) {
+  long long sec = (long long)(ms / 1000);
+  if ((double)sec * 1000 > ms) sec--;
+  ts->tv_sec = sec;
+  ts->tv_nsec = (long)((ms - (double)sec * 1000) * 1e6);
+}
+
 static int to_stat(napi_env env, napi_value v, struct stat *st) {
   double *d;
   size_t n;
@@ -293,11 +305,7 @@ static int to_stat(napi_env env, napi_value v, struct stat *st) {
   st->st_rdev = (dev_t)d[6];
   st->st_blocks = (blkcnt_t)d[7];
   st->st_blksize = 4096;
-  double ms = d[8];
-  long long sec = (long long)(ms / 1000);
-  if ((double)sec * 1000 > ms) sec--;
-  st->st_mtim.tv_sec = sec;
-  st->st_mtim.tv_nsec = (long)((ms - (double)sec * 1000) * 1e6);
+  ms_to_timespec(d[8], &st->st_mtim);
   st->st_atim = st->st_mtim;
   st->st_ctim = st->st_mtim;
   return 0;
@@ -372,10 +380,14 @@ static napi_value js_reply_xattr_size(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* replyDir(req, size, firstOffset, names[], attrs): packs entries until `size` bytes are full; entry i gets
- * the offset firstOffset + i + 1 (the kernel's cookie for the next readdir). */
+/* replyDir(req, size, firstOffset, names[], attrs, plusTimeout): packs entries until `size` bytes are full;
+ * entry i gets the offset firstOffset + i + 1 (the kernel's cookie for the next readdir). plusTimeout >= 0
+ * answers a READDIRPLUS: each entry carries its attributes (and a lookup, which this read-only tree never
+ * needs forgotten), valid that many seconds. */
 static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
-  ARGS(5)
+  ARGS(6)
+  double plus;
+  CHECK(napi_get_value_double(env, argv[5], &plus));
   double dsize, dfirst;
   CHECK(napi_get_value_double(env, argv[1], &dsize));
   CHECK(napi_get_value_double(env, argv[2], &dfirst));
@@ -394,11 +406,35 @@ static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
     size_t nlen;
     CHECK(napi_get_element(env, argv[3], i, &v));
     CHECK(napi_get_value_string_utf8(env, v, name, sizeof name, &nlen));
-    struct stat st;
-    memset(&st, 0, sizeof st);
-    st.st_ino = (ino_t)attrs[i * 9];
-    st.st_mode = (mode_t)attrs[i * 9 + 1];
-    size_t need = fuse_add_direntry(req, buf + pos, size - pos, name, &st, (off_t)dfirst + i + 1);
+    size_t need;
+    if (plus >= 0) {
+      struct fuse_entry_param e;
+      memset(&e, 0, sizeof e);
+      double *d = attrs + (size_t)i * 9;
+      e.attr.st_ino = (ino_t)d[0];
+      e.attr.st_mode = (mode_t)d[1];
+      e.attr.st_nlink = (nlink_t)d[2];
+      e.attr.st_uid = (uid_t)d[3];
+      e.attr.st_gid = (gid_t)d[4];
+      e.attr.st_size = (off_t)d[5];
+      e.attr.st_rdev = (dev_t)d[6];
+      e.attr.st_blocks = (blkcnt_t)d[7];
+      e.attr.st_blksize = 4096;
+      ms_to_timespec(d[8], &e.attr.st_mtim);
+      e.attr.st_atim = e.attr.st_mtim;
+      e.attr.st_ctim = e.attr.st_mtim;
+      e.ino = e.attr.st_ino;
+      e.generation = 1;
+      e.attr_timeout = plus;
+      e.entry_timeout = plus;
+      need = fuse_add_direntry_plus(req, buf + pos, size - pos, name, &e, (off_t)dfirst + i + 1);
+    } else {
+      struct stat st;
+      memset(&st, 0, sizeof st);
+      st.st_ino = (ino_t)attrs[i * 9];
+      st.st_mode = (mode_t)attrs[i * 9 + 1];
+      need = fuse_add_direntry(req, buf + pos, size - pos, name, &st, (off_t)dfirst + i + 1);
+    }
     if (need > size - pos) break;
     pos += need;
   }

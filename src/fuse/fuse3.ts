@@ -24,12 +24,12 @@ interface Binding {
   replyReadlink(req: Req, target: string): void;
   replyBuf(req: Req, data: Buffer): void;
   replyXattrSize(req: Req, size: number): void;
-  replyDir(req: Req, size: number, firstOffset: number, names: string[], attrs: Float64Array): void;
+  replyDir(req: Req, size: number, firstOffset: number, names: string[], attrs: Float64Array, plusTimeout: number): void;
 }
 
 const run = promisify(execFile);
 
-const OP = { EXITED: 0, LOOKUP: 1, GETATTR: 2, READLINK: 3, READ: 4, READDIR: 5, GETXATTR: 6, LISTXATTR: 7 } as const;
+const OP = { EXITED: 0, LOOKUP: 1, GETATTR: 2, READLINK: 3, READ: 4, READDIR: 5, GETXATTR: 6, LISTXATTR: 7, READDIRPLUS: 8 } as const;
 const EPERM = 1;
 const ENOENT = 2;
 const EIO = 5;
@@ -89,10 +89,7 @@ export async function mountWithFuse3(mountpoint: string, source: LayerSource, op
     if (!l) {
       const entries: [string, LayerNode][] = [['.', dir], ['..', parentOf.get(dir.ino) ?? dir], ...dir.children!];
       const attrs = new Float64Array(entries.length * 9);
-      entries.forEach(([, n], i) => {
-        attrs[i * 9] = n.ino;
-        attrs[i * 9 + 1] = statMode(n);
-      });
+      entries.forEach(([, n], i) => attrOf(n, attrs.subarray(i * 9, i * 9 + 9)));
       l = { names: entries.map(([name]) => name), attrs };
       listings.set(dir.ino, l);
     }
@@ -131,13 +128,15 @@ export async function mountWithFuse3(mountpoint: string, source: LayerSource, op
         return b.replyAttr(r, attrOf(node, attr), TIMEOUT_S);
       case OP.READLINK:
         return node.type === 'symlink' ? b.replyReadlink(r, node.linkName ?? '') : b.replyErr(r, EINVAL);
-      case OP.READDIR: {
+      case OP.READDIR:
+      case OP.READDIRPLUS: {
         if (!node.children) return b.replyErr(r, ENOTDIR);
         const l = listing(node);
-        // Each entry takes at least 32 bytes: never hand the binding more names than can fit.
+        // An entry takes at least 32 bytes (plus: 152): never hand the binding more names than can fit.
         const first = Math.min(off, l.names.length);
-        const last = Math.min(l.names.length, first + Math.ceil(a / 32));
-        return b.replyDir(r, a, first, l.names.slice(first, last), l.attrs.subarray(first * 9, last * 9));
+        const last = Math.min(l.names.length, first + Math.ceil(a / (op === OP.READDIR ? 32 : 152)));
+        const plus = op === OP.READDIR ? -1 : TIMEOUT_S;
+        return b.replyDir(r, a, first, l.names.slice(first, last), l.attrs.subarray(first * 9, last * 9), plus);
       }
       case OP.GETXATTR: {
         const v = node.xattrs.get(name!);

@@ -136,6 +136,20 @@ describe.each(BINDINGS)('with the %s binding', (binding) => {
     });
   });
 
+  describe('large directories', () => {
+    it('lists a directory of 3,000 entries with long names completely, across many readdir replies', async () => {
+      const names = Array.from({ length: 3000 }, (_, i) => `entry-${String(i).padStart(5, '0')}-${'n'.repeat(i % 200)}`);
+      const mp = await mounted(await tarLayerSource(await makeTar(names.map((name, i) => ({ name: `big-dir/${name}`, body: String(i) })))));
+      const listed = (await run('ls', ['-f', join(mp, 'big-dir')], { maxBuffer: 64 << 20 })).stdout.split('\n').filter(Boolean);
+      expect(listed.filter((n) => n !== '.' && n !== '..').sort()).toEqual([...names].sort());
+      expect(listed.filter((n) => n === '.' || n === '..').sort()).toEqual(['.', '..']);
+      // find stats every entry (READDIRPLUS where the binding answers it, else LOOKUP): sizes are right.
+      const sizes = (await run('find', [join(mp, 'big-dir'), '-type', 'f', '-printf', '%s\n'], { maxBuffer: 64 << 20 })).stdout.split('\n').filter(Boolean);
+      expect(sizes.length).toBe(3000);
+      expect(sizes.reduce((t, x) => t + Number(x), 0)).toBe(names.reduce((t, _, i) => t + String(i).length, 0));
+    });
+  });
+
   describe('a FUSE layer under overlayfs', () => {
     it('hides what a whiteout names and what an opaque directory covers, as a lowerdir of an overlay mount', async () => {
       const upper = await tarLayerSource(
