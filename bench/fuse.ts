@@ -6,11 +6,13 @@
  *
  *   read    `dd if=MNT/big of=/dev/null bs=1M` of a 256 MiB file, page caches dropped, fresh mount
  *   stat    `find MNT -printf '%i %m %u %s\n'` over 20,000 files in 200 directories (an lstat each), fresh mount
- *   slow    `dd` of a 64 MiB file whose source answers each read after 2 ms (a disk cache or a registry):
- *           how many reads the binding keeps in flight decides the figure
+ *   slow    8 `dd` at once, each of its own 16 MiB file, from a source that answers each read after 2 ms (a
+ *           disk cache or a registry): how many reads the binding keeps in flight decides the figure
  *
- * Reported per binding: the median wall time over the rounds, MB/s (10^6 bytes) or files/s, and the serving
- * process's CPU seconds (user+sys of this process during the phase: the binding's and the handlers' cost).
+ * Reported per binding: the median wall time over the rounds, MB/s (10^6 bytes) or files/s, the serving
+ * process's CPU seconds (user+sys of this process during the phase: the binding's and the handlers' cost),
+ * and the event loop's p99 delay during the phase (how long a timer of this process waited at worst, roughly:
+ * whether serving leaves the loop free).
  * Bindings alternate order every round.
  *
  *   npx tsc -p tsconfig.json && node dist/bench/fuse.js [--rounds 5] [--dir /tmp/strata-bench-fuse]   (as root)
@@ -18,6 +20,7 @@
 import { spawn } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { mountReadOnly } from '../src/fuse/index.js';
 import type { FuseBinding, LayerNode, LayerSource } from '../src/fuse/types.js';
 import { commandLine, dropCaches, f1, machineInfo, median, MiB, table } from './lib.js';
@@ -68,14 +71,18 @@ function memorySource(files: Map<LayerNode, Buffer>, root: LayerNode, latencyMs 
   return s;
 }
 
-function bigFileSource(size: number, latencyMs = 0) {
+function bigFileSource(size: number, latencyMs = 0, count = 1) {
   nextIno = 1;
   const root = node('dir');
-  const big = node('reg', { size });
-  root.children!.set('big', big);
   const data = Buffer.allocUnsafe(size);
   for (let i = 0; i < size; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
-  return memorySource(new Map([[big, data]]), root, latencyMs);
+  const files = new Map<LayerNode, Buffer>();
+  for (let i = 0; i < count; i++) {
+    const big = node('reg', { size });
+    root.children!.set(i === 0 ? 'big' : `big${i}`, big);
+    files.set(big, data);
+  }
+  return memorySource(files, root, latencyMs);
 }
 
 function treeSource(dirs: number, perDir: number) {
@@ -120,6 +127,7 @@ interface Sample {
   seconds: number;
   cpu: number;
   extra: number;
+  loopP99Ms: number;
 }
 
 async function phase(binding: FuseBinding, source: LayerSource, body: (mnt: string) => Promise<number>): Promise<Sample> {
@@ -129,19 +137,23 @@ async function phase(binding: FuseBinding, source: LayerSource, body: (mnt: stri
   dropCaches();
   const m = await mountReadOnly(mnt, source, { binding, fsName: `bench-${binding}` });
   try {
+    const h = monitorEventLoopDelay({ resolution: 5 });
+    h.enable();
     const cpu0 = process.cpuUsage();
     const t0 = process.hrtime.bigint();
     const extra = await body(mnt);
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
     const c = process.cpuUsage(cpu0);
-    return { seconds, cpu: (c.user + c.system) / 1e6, extra };
+    h.disable();
+    return { seconds, cpu: (c.user + c.system) / 1e6, extra, loopP99Ms: h.percentile(99) / 1e6 };
   } finally {
     await m.unmount();
   }
 }
 
 const READ_SIZE = 256 * MiB;
-const SLOW_SIZE = 64 * MiB;
+const SLOW_SIZE = 16 * MiB;
+const SLOW_FILES = 8;
 const DIRS = 200;
 const PER_DIR = 100;
 
@@ -151,12 +163,12 @@ async function main(): Promise<void> {
   mkdirSync(dir, { recursive: true });
   const big = bigFileSource(READ_SIZE);
   const tree = treeSource(DIRS, PER_DIR);
-  const slow = bigFileSource(SLOW_SIZE, 2);
+  const slow = bigFileSource(SLOW_SIZE, 2, SLOW_FILES);
   const results: Record<FuseBinding, { read: Sample[]; stat: Sample[]; slow: Sample[] }> = {
     fuse3: { read: [], stat: [], slow: [] },
     'fuse-native': { read: [], stat: [], slow: [] },
   };
-  const rows: string[][] = [['round', 'binding', 'read s', 'read MB/s', 'cpu s', 'stat s', 'files/s', 'cpu s', 'slow s', 'slow MB/s', 'in flight']];
+  const rows: string[][] = [['round', 'binding', 'read s', 'read MB/s', 'cpu s', 'loop p99 ms', 'stat s', 'files/s', 'cpu s', 'loop p99 ms', 'slow s', 'slow MB/s', 'in flight']];
   for (let r = 1; r <= rounds; r++) {
     const order = r % 2 ? BINDINGS : [...BINDINGS].reverse();
     for (const b of order) {
@@ -168,7 +180,7 @@ async function main(): Promise<void> {
       if (stat.extra !== DIRS * PER_DIR + DIRS + 1) throw new Error(`find saw ${stat.extra} entries`);
       slow.maxInFlight = 0;
       const sl = await phase(b, slow, async (mnt) => {
-        await runChild('dd', [`if=${mnt}/big`, 'of=/dev/null', 'bs=1M']);
+        await Promise.all(Array.from({ length: SLOW_FILES }, (_, i) => runChild('dd', [`if=${mnt}/big${i || ''}`, 'of=/dev/null', 'bs=1M'])));
         return slow.maxInFlight;
       });
       results[b].read.push(read);
@@ -180,27 +192,33 @@ async function main(): Promise<void> {
         read.seconds.toFixed(3),
         f1(READ_SIZE / 1e6 / read.seconds),
         read.cpu.toFixed(2),
+        f1(read.loopP99Ms),
         stat.seconds.toFixed(3),
         String(Math.round(stat.extra / stat.seconds)),
         stat.cpu.toFixed(2),
+        f1(stat.loopP99Ms),
         sl.seconds.toFixed(3),
-        f1(SLOW_SIZE / 1e6 / sl.seconds),
+        f1((SLOW_SIZE * SLOW_FILES) / 1e6 / sl.seconds),
         String(sl.extra),
       ]);
       process.stderr.write(rows[rows.length - 1]!.join(' ') + '\n');
     }
   }
   const med = (xs: Sample[], f: (s: Sample) => number) => median(xs.map(f));
-  const summary: string[][] = [['median', 'read MB/s', 'read cpu s', 'find+stat files/s', 'stat cpu s', 'slow-source MB/s', 'max reads in flight']];
+  const summary: string[][] = [
+    ['median', 'read MB/s', 'read cpu s', 'read loop p99 ms', 'find+stat files/s', 'stat cpu s', 'stat loop p99 ms', '8 readers, 2 ms source: MB/s', 'max reads in flight'],
+  ];
   for (const b of BINDINGS) {
     const x = results[b];
     summary.push([
       b,
       f1(READ_SIZE / 1e6 / med(x.read, (s) => s.seconds)),
       med(x.read, (s) => s.cpu).toFixed(2),
+      f1(med(x.read, (s) => s.loopP99Ms)),
       String(Math.round((DIRS * PER_DIR + DIRS + 1) / med(x.stat, (s) => s.seconds))),
       med(x.stat, (s) => s.cpu).toFixed(2),
-      f1(SLOW_SIZE / 1e6 / med(x.slow, (s) => s.seconds)),
+      f1(med(x.stat, (s) => s.loopP99Ms)),
+      f1((SLOW_SIZE * SLOW_FILES) / 1e6 / med(x.slow, (s) => s.seconds)),
       String(med(x.slow, (s) => s.extra)),
     ]);
   }
