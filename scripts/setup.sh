@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 # and native/fuse3-napi.c, Strata's N-API binding of libfuse 3 (libfuse3-dev; Node's own headers, which the nodejs
 # package installs beside the binary: no node-gyp, no download). fuse3 brings fusermount3 and /etc/fuse.conf;
 # libfuse2 is for fuse-native, the npm binding bench/fuse.ts compares it with (docs/fuse.md).
-debs=(containerd runc busybox-static btrfs-progs erofs-utils tar docker-registry skopeo python3 golang-go golang-github-containerd-containerd-dev golang-github-containerd-stargz-snapshotter-dev fuse3 libfuse2 libfuse3-dev prometheus systemd tmux gcc libc6-dev)
+debs=(containerd runc busybox-static btrfs-progs erofs-utils tar docker-registry skopeo python3 golang-go golang-github-containerd-containerd-dev golang-github-containerd-stargz-snapshotter-dev fuse3 libfuse2 libfuse3-dev pkg-config prometheus systemd tmux gcc libc6-dev)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -27,11 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-mkdir -p native/bin
-gcc -O2 -Wall -Wextra -o native/bin/strata-idmap-mount native/idmap-mount.c
-node_include="$(dirname "$(readlink -f "$(command -v node)")")/../include/node"
-gcc -O2 -Wall -Wextra -shared -fPIC -I"$node_include" $(pkg-config --cflags fuse3) \
-  -o native/bin/strata-fuse3.node native/fuse3-napi.c $(pkg-config --libs fuse3)
+bash scripts/build-native.sh
 
 npm ci --no-audit --no-fund
 npm run build

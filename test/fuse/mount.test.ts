@@ -8,7 +8,8 @@ import { chmod, lstat, mkdir, open, readFile, readdir, readlink } from 'node:fs/
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { mountReadOnly, type FuseBinding, type FuseMount } from '../../src/fuse/index.js';
+import { fuseUnavailableReason, mountReadOnly, type FuseBinding, type FuseMount } from '../../src/fuse/index.js';
+import { isInvalidArgument } from '../../src/core/errdefs.js';
 import { detachFuseMountsUnder, fuseMountsUnder, tarLayerSource, type TarLayerSource } from '../helpers/fuse.js';
 import { FIXED_MTIME, makeTar } from '../helpers/tar.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
@@ -68,6 +69,21 @@ afterAll(async () => {
 });
 
 const BINDINGS: FuseBinding[] = ['fuse3', 'fuse-native'];
+
+describe('mountReadOnly', () => {
+  it('is available here: /dev/fuse and the built libfuse 3 binding', () => {
+    expect(fuseUnavailableReason()).toBeUndefined();
+  });
+
+  it('refuses a mountpoint that is not a directory, without naming the path', async () => {
+    const file = join(dir.path, 'a-file');
+    await run('touch', [file]);
+    const err = (await mountReadOnly(file, await sampleLayer()).catch((e: unknown) => e)) as Error;
+    expect(isInvalidArgument(err)).toBe(true);
+    expect(err.message).not.toContain(dir.path);
+    expect(await fuseMountsUnder(dir.path)).toEqual([]);
+  });
+});
 
 describe.each(BINDINGS)('with the %s binding', (binding) => {
   const mounted = (source: TarLayerSource, name?: string) => mountWith(binding, source, name);
