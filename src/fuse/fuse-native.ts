@@ -68,8 +68,10 @@ export async function mountWithFuseNative(mountpoint: string, source: LayerSourc
       const n = node(path);
       if (!n) return cb(Fuse.ENOENT);
       if (!n.children) return cb(Fuse.ENOTDIR);
-      const names = [...n.children.keys()];
-      cb(0, names, names.map((name) => stat(n.children!.get(name)!)));
+      // libfuse 2's high-level API lists only what it is given: '.' and '..' too (the parent's attributes
+      // do not matter to a listing).
+      const names = ['.', '..', ...n.children.keys()];
+      cb(0, names, names.map((name) => stat(name === '.' || name === '..' ? n : n.children!.get(name)!)));
     },
     open(path: string, flags: number, cb: Cb) {
       const n = node(path);

@@ -46,4 +46,8 @@ export interface MountOptions {
   /** The first field of /proc/mounts for this mount (default 'strata'). */
   fsName?: string;
   log?: Logger;
+  /** Which binding serves (default: 'fuse3' when built, see docs/fuse.md); the other is for comparison. */
+  binding?: FuseBinding;
 }
+
+export type FuseBinding = 'fuse3' | 'fuse-native';
