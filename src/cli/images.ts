@@ -1,5 +1,5 @@
 /**
- * strata image: ls, rm, pull, push, import, export, unpack, check. Listing and checking read through the
+ * strata image: ls, rm, pull, push, import, export, unpack, convert, check. Listing and checking read through the
  * images and content APIs as ctr does (same columns, same size format); transfers run in the daemon (Strata's
  * transfer service) and stream progress: per-object bars on a terminal, one line per state change elsewhere.
  */
@@ -323,6 +323,48 @@ export const images: Group = {
         );
         const finals = await follow(stream, true);
         const done = finals.find((p) => p.status === 'unpacked');
+        if (done) process.stdout.write(`${done.ref} ${done.detail}\n`);
+      },
+    },
+    {
+      name: 'convert',
+      usage: '--estargz [--oci] <source> <target>',
+      summary: 'convert a stored image to eStargz layers as a new image (in the daemon), as nerdctl image convert does',
+      options: {
+        ...platformOptions,
+        estargz: { type: 'boolean' },
+        oci: { type: 'boolean' },
+        'estargz-chunk-size': { type: 'string' },
+        'estargz-compression-level': { type: 'string' },
+        quiet: { type: 'boolean', short: 'q' },
+      },
+      async run({ args, values, session }) {
+        const [source, target] = args;
+        if (!source || !target || args.length > 2) throw new CliError('convert takes a source and a target image name');
+        if (!bool(values, 'estargz')) throw new CliError('convert: say which conversion: --estargz');
+        const int = (key: string, min: number, max: number): number => {
+          const v = str(values, key);
+          if (v === undefined) return 0;
+          const n = Number(v);
+          if (!Number.isSafeInteger(n) || n < min || n > max) throw new CliError(`--${key} must be a whole number from ${min} to ${max}`);
+          return n;
+        };
+        const c = await session.connect();
+        const stream = c.transfer.convert(
+          {
+            source,
+            target,
+            estargz: true,
+            oci: bool(values, 'oci'),
+            platforms: list(values, 'platform'),
+            allPlatforms: bool(values, 'all-platforms'),
+            estargzChunkSize: int('estargz-chunk-size', 1, 1 << 30),
+            estargzCompressionLevel: int('estargz-compression-level', 1, 9),
+          },
+          c.metadata(),
+        );
+        const finals = await follow(stream, bool(values, 'quiet'));
+        const done = finals.find((p) => p.status === 'converted' && p.kind === 'image');
         if (done) process.stdout.write(`${done.ref} ${done.detail}\n`);
       },
     },

@@ -307,6 +307,5 @@ export async function convertImage(
     }
     await images.create(record);
   }
-  opts.onProgress?.({ ref: dst, kind: 'image', status: 'converted', detail: target.digest });
   return { target, layers: c.converted };
 }
