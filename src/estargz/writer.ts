@@ -34,6 +34,14 @@ import {
 
 const gzipP = promisify(gzip);
 
+/**
+ * Uncompressed bytes after which a member holding only headers (directories, links, empty files) is closed
+ * and a new one begun, so memory stays bounded on layers of many such entries. Extra member boundaries are
+ * harmless: readers inflate from a chunk's offset through as many members as it takes (gzip allows
+ * concurrent members), and a chunk's own data is never split.
+ */
+const MAX_HEADER_MEMBER = 8 << 20;
+
 /** One tar entry as the writer needs it (parsed by the caller's tar reader). */
 export interface WriterEntry {
   /** The name as in the tar (not cleaned: the TOC keeps it, as stargz's writer does). */
@@ -232,6 +240,9 @@ export class EstargzWriter {
       ent.xattrs = x;
     }
     this.append(header);
+    if (e.type !== 'reg' || e.size === 0) {
+      if (this.memberBytes >= MAX_HEADER_MEMBER) await this.closeMember();
+    }
     if (e.type !== 'reg') {
       this.entries.push(ent);
       return;

@@ -154,6 +154,28 @@ export interface ConvertResult {
 
 type Json = Record<string, unknown>;
 
+/** `fn` over `items`, at most `limit` at once, results in order; after a failure no new item starts, and it is thrown once the running ones settle. */
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  let failed = false;
+  const worker = async () => {
+    while (next < items.length && !failed) {
+      const i = next++;
+      try {
+        out[i] = await fn(items[i]!);
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    }
+  };
+  const settled = await Promise.allSettled(Array.from({ length: Math.min(limit, items.length) }, worker));
+  const rejected = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (rejected) throw rejected.reason;
+  return out;
+}
+
 class Converter {
   private readonly layerWork = new Map<string, Promise<{ desc: Descriptor; diffID: string }>>();
   readonly converted = new Map<string, Descriptor>();
@@ -210,16 +232,18 @@ class Converter {
     const config = await this.readJson(configDesc);
     const rootfs = config.rootfs as { diff_ids?: string[] } | undefined;
     const diffIDs = Array.isArray(rootfs?.diff_ids) ? [...rootfs.diff_ids] : [];
+    // Layers convert two at a time (gzip runs on libuv's threads; containerd's converter runs them all at once).
+    const results = await mapLimit(layers, 2, (l) => (isLayerType(l.mediaType) ? this.layer(l) : Promise.resolve(undefined)));
     const newLayers: Descriptor[] = [];
     let li = 0;
-    for (const l of layers) {
-      if (!isLayerType(l.mediaType)) {
+    for (const [i, l] of layers.entries()) {
+      const r = results[i];
+      if (!r) {
         newLayers.push(l);
         continue;
       }
-      const { desc: nl, diffID } = await this.layer(l);
-      newLayers.push(nl);
-      if (li < diffIDs.length) diffIDs[li] = diffID;
+      newLayers.push(r.desc);
+      if (li < diffIDs.length) diffIDs[li] = r.diffID;
       li++;
     }
     const newConfig: Json = { ...config, rootfs: { ...(rootfs ?? { type: 'layers' }), diff_ids: diffIDs } };
@@ -259,8 +283,9 @@ class Converter {
       throw err;
     }
     await w.close().catch(() => undefined);
+    const { urls: _urls, ...rest } = l; // the new blob is not at a foreign layer's URLs
     const desc: Descriptor = {
-      ...l,
+      ...rest,
       mediaType: gzipLayerType(l.mediaType, this.opts.oci ?? false),
       digest: result.blobDigest,
       size: result.blobSize,

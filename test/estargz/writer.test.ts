@@ -107,6 +107,29 @@ describe('the eStargz writer', () => {
     expect(again.diffID).toBe(a.diffID);
   });
 
+  it('closes a member of headers only past 8 MiB (many directories), and every reader still finds each file', async () => {
+    const entries = [
+      { name: 'first', body: bytes(3000, 4) },
+      ...Array.from({ length: 18000 }, (_, i) => ({ name: `d/${String(i).padStart(5, '0')}/`, type: 'directory' as const })),
+      { name: 'last', body: bytes(3000, 5) },
+    ];
+    const r = await convert(await makeTar(entries), { compressionLevel: 1 });
+    const layer = await openEstargz(bufferReadAt(r.blob).readAt, r.blob.length, { tocDigest: r.tocDigest });
+    const [first] = layer.chunks('first');
+    // The member after 'first' holds its padding and 9 MB of directory headers: more than one member up to 'last'.
+    let members = 0;
+    for (let i = first!.blobOffset; i < first!.blobOffset + first!.blobLength - 3; i++) {
+      if (r.blob[i] === 0x1f && r.blob[i + 1] === 0x8b && r.blob[i + 2] === 8 && r.blob[i + 3] === 0) members++;
+    }
+    expect(members).toBeGreaterThanOrEqual(2);
+    expect(sha256(await layer.readChunk(first!))).toBe(sha256(bytes(3000, 4)));
+    expect(sha256(await layer.readChunk(layer.chunks('last')[0]!))).toBe(sha256(bytes(3000, 5)));
+    expect(layer.children('d').size).toBe(18000);
+    const v = await goVerify(tmp.path, r.blob, r.tocDigest);
+    expect(v.ok, v.output).toBe(true);
+    expect(sha256(gunzipSync(r.blob))).toBe(r.diffID);
+  });
+
   it('puts prioritized files before the prefetch landmark, which Go and Strata\'s reader both see', async () => {
     const parts: Buffer[] = [];
     const w = new EstargzWriter((b) => void parts.push(b), { prioritized: true, chunkSize: 1000 });
