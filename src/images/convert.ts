@@ -59,18 +59,18 @@ const WRITER_TYPE: Record<TarHeader['type'], [WriterEntry['type'], TypeFlag]> = 
 };
 
 /**
- * Rebuilds an uncompressed layer tar (`tar`, any chunking) as an eStargz blob written to `sink`. The entries
- * keep their order; a TOC or landmark already in the tar is dropped (converting an eStargz layer again).
+ * Feeds the entries of a layer tar to `writer`, those `keep` accepts (by their ordinal in the tar), in order.
+ * The parser calls back synchronously; the writer's steps are queued and run after each input chunk.
  */
-export async function tarToEstargz(tar: AsyncIterable<Buffer>, sink: BlobSink, opts: EstargzLayerOptions = {}): Promise<EstargzResult> {
-  const writer = new EstargzWriter(sink, {
-    ...(opts.chunkSize ? { chunkSize: opts.chunkSize } : {}),
-    ...(opts.compressionLevel !== undefined ? { compressionLevel: opts.compressionLevel } : {}),
-  });
-  // The parser calls back synchronously; the writer's steps are queued and run after each input chunk.
+async function feed(tar: AsyncIterable<Buffer>, writer: EstargzWriter, keep: (ordinal: number, h: TarHeader) => boolean): Promise<void> {
   const queue: (() => Promise<void>)[] = [];
+  let ordinal = -1;
+  let kept = false;
   const parser = new TarParser({
     header: (h) => {
+      ordinal++;
+      kept = keep(ordinal, h);
+      if (!kept) return;
       const [type, flag] = WRITER_TYPE[h.type];
       const entry: WriterEntry = {
         name: h.name,
@@ -100,10 +100,10 @@ export async function tarToEstargz(tar: AsyncIterable<Buffer>, sink: BlobSink, o
       queue.push(() => writer.begin(entry, header));
     },
     data: (chunk) => {
-      queue.push(() => writer.data(chunk));
+      if (kept) queue.push(() => writer.data(chunk));
     },
     endEntry: () => {
-      queue.push(() => writer.end());
+      if (kept) queue.push(() => writer.end());
     },
   });
   for await (const chunk of tar) {
@@ -112,6 +112,76 @@ export async function tarToEstargz(tar: AsyncIterable<Buffer>, sink: BlobSink, o
   }
   parser.end();
   for (const step of queue.splice(0)) await step();
+}
+
+const writerOptions = (opts: EstargzLayerOptions, prioritized: boolean) => ({
+  ...(opts.chunkSize ? { chunkSize: opts.chunkSize } : {}),
+  ...(opts.compressionLevel !== undefined ? { compressionLevel: opts.compressionLevel } : {}),
+  prioritized,
+});
+
+/**
+ * Rebuilds an uncompressed layer tar (`tar`, any chunking) as an eStargz blob written to `sink`. The entries
+ * keep their order; a TOC or landmark already in the tar is dropped (converting an eStargz layer again).
+ */
+export async function tarToEstargz(tar: AsyncIterable<Buffer>, sink: BlobSink, opts: EstargzLayerOptions = {}): Promise<EstargzResult> {
+  const writer = new EstargzWriter(sink, writerOptions(opts, false));
+  await feed(tar, writer, () => true);
+  return writer.close();
+}
+
+/** A tar entry's name as a path under the root ('' for the root itself); '..' components are dropped as stargz does. */
+const cleanPath = (name: string) => name.split('/').filter((c) => c !== '' && c !== '.' && c !== '..').join('/');
+
+/**
+ * The ordinals of the entries to put before the prefetch landmark for `prioritized` paths, as stargz's
+ * Build chooses them: each listed path with its parent directories and, for a hard link, its target (and
+ * the target's parents); every entry of such a name (a name the tar holds twice moves with all its entries,
+ * so the later one still wins). Paths the tar does not have are skipped (ctr-remote and nerdctl allow them).
+ */
+function prioritizedOrdinals(entries: { name: string; type: TarHeader['type']; linkname: string }[], prioritized: readonly string[]): Set<number> {
+  const byName = new Map<string, number[]>();
+  for (const [i, e] of entries.entries()) {
+    const n = cleanPath(e.name);
+    byName.set(n, [...(byName.get(n) ?? []), i]);
+  }
+  const out = new Set<number>();
+  const done = new Set<string>();
+  const move = (name: string, depth: number): void => {
+    if (done.has(name) || depth > 64) return;
+    done.add(name);
+    if (name !== '') move(name.includes('/') ? name.slice(0, name.lastIndexOf('/')) : '', depth + 1);
+    for (const i of byName.get(name) ?? []) {
+      if (entries[i]!.type === 'link') move(cleanPath(entries[i]!.linkname), depth + 1);
+      out.add(i);
+    }
+  };
+  for (const p of prioritized) move(cleanPath(p), 0);
+  return out;
+}
+
+/**
+ * As tarToEstargz, with `prioritized` paths (ctr-remote's record of what a container read at start) first,
+ * then the prefetch landmark, then everything else. `open` gives the layer's tar afresh: it is read three times
+ * (an index of the entries, the prioritized ones, the rest), so nothing is buffered however big the layer.
+ * Within each part entries keep their tar order (stargz's Build orders the prioritized part by the list
+ * instead; a snapshotter fetches the part as one span, so the order inside it does not matter).
+ */
+export async function tarToEstargzPrioritized(
+  open: () => Promise<AsyncIterable<Buffer>>,
+  prioritized: readonly string[],
+  sink: BlobSink,
+  opts: EstargzLayerOptions = {},
+): Promise<EstargzResult> {
+  const entries: { name: string; type: TarHeader['type']; linkname: string }[] = [];
+  const indexer = new TarParser({ header: (h) => void entries.push({ name: h.name, type: h.type, linkname: h.linkname }), data: () => undefined, endEntry: () => undefined });
+  for await (const chunk of await open()) indexer.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk));
+  indexer.end();
+  const first = prioritizedOrdinals(entries, prioritized);
+  const writer = new EstargzWriter(sink, writerOptions(opts, true));
+  await feed(await open(), writer, (i) => first.has(i));
+  await writer.prefetchLandmark();
+  await feed(await open(), writer, (i) => !first.has(i));
   return writer.close();
 }
 
@@ -137,6 +207,8 @@ const DOCKER_TO_OCI: Record<string, string> = {
 };
 
 export interface ConvertOptions extends EstargzLayerOptions {
+  /** Paths to put first in every layer, before the prefetch landmark (ctr-remote's and nerdctl's --estargz-record-in). */
+  prioritizedFiles?: string[];
   /** Docker media types become OCI ones (nerdctl's --oci). */
   oci?: boolean;
   /** Manifests of an index to keep (and convert); default: the host platform's only. */
@@ -266,12 +338,16 @@ class Converter {
   private async convertLayer(l: Descriptor): Promise<{ desc: Descriptor; diffID: string }> {
     this.opts.onProgress?.({ ref: l.digest, kind: 'layer', status: 'converting', total: l.size });
     const compression = mayBeMislabelled(l.mediaType) ? 'detect' : compressionOf(l.mediaType);
-    const tar = decompressStream((await this.content.read(l.digest)) as Readable, compression) as AsyncIterable<Buffer>;
+    const open = async () => decompressStream((await this.content.read(l.digest)) as Readable, compression) as AsyncIterable<Buffer>;
+    const prioritized = this.opts.prioritizedFiles ?? [];
     const ref = `convert-estargz-${randomBytes(6).toString('hex')}-from-${l.digest}`;
     const w = await this.content.writer({ ref });
     let result: EstargzResult;
     try {
-      result = await tarToEstargz(tar, (b) => w.write(b), this.opts);
+      const sink = (b: Buffer) => w.write(b);
+      result = prioritized.length > 0
+        ? await tarToEstargzPrioritized(open, prioritized, sink, this.opts)
+        : await tarToEstargz(await open(), sink, this.opts);
       try {
         await w.commit(result.blobSize, result.blobDigest, { labels: { [LABEL_UNCOMPRESSED]: result.diffID } });
       } catch (err) {

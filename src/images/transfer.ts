@@ -351,7 +351,7 @@ export class ImageTransfers {
     namespace: string,
     source: string,
     target: string,
-    opts: { oci?: boolean; platforms?: string[]; allPlatforms?: boolean; chunkSize?: number; compressionLevel?: number },
+    opts: { oci?: boolean; platforms?: string[]; allPlatforms?: boolean; chunkSize?: number; compressionLevel?: number; prioritizedFiles?: string[] },
     onProgress?: ProgressFn,
   ): Promise<ConvertResult> {
     return this.leased(namespace, async (ctx) => {
@@ -362,6 +362,7 @@ export class ImageTransfers {
         allPlatforms: opts.allPlatforms ?? false,
         ...(opts.chunkSize ? { chunkSize: opts.chunkSize } : {}),
         ...(opts.compressionLevel ? { compressionLevel: opts.compressionLevel } : {}),
+        ...(opts.prioritizedFiles && opts.prioritizedFiles.length > 0 ? { prioritizedFiles: opts.prioritizedFiles } : {}),
         ...(onProgress ? { onProgress } : {}),
       });
     });

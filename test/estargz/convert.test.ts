@@ -11,7 +11,7 @@
  *     Strata pulls and runs it;
  *   - an index keeps only the platforms asked for; bad requests are refused.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -223,6 +223,29 @@ describe('strata image convert --estargz', () => {
       expect(l.mediaType).toBe('application/vnd.oci.image.layer.v1.tar+gzip');
       expect(l.annotations[ANNOTATION_TOC_DIGEST]).toMatch(/^sha256:/);
     }
+  });
+
+  it('--estargz-record-in puts the recorded paths of each layer before its prefetch landmark', async () => {
+    const record = join(dir.path, 'record.json');
+    // ctr-remote optimize --record-out's format: one JSON object per line.
+    await writeFile(record, ['{"path":"/data/small","manifestDigest":"sha256:x","layerIndex":1}', '{"path":"/bin/busybox"}', '{"path":"/data/small"}', ''].join('\n'));
+    const out = await ok(['image', 'convert', '--estargz', '--oci', '--estargz-record-in', record, IMAGE, `${CONVERTED}-prefetch`]);
+    const manifest = await json(out.trim().split(' ')[1]!);
+    const opened = await Promise.all((manifest.layers as Record<string, any>[]).map(async (l) => {
+      const blob = await blobOnDisk(l.digest);
+      return openEstargz(bufferReadAt(blob).readAt, blob.length, { tocDigest: l.annotations[ANNOTATION_TOC_DIGEST] });
+    }));
+    const [base, data] = opened as [EstargzLayer, EstargzLayer];
+    expect(base.prefetchSize).toBeGreaterThan(0);
+    expect(base.chunks('bin/busybox')[0]!.blobOffset).toBeLessThan(base.prefetchSize);
+    expect(base.chunks('etc/passwd')[0]!.blobOffset).toBeGreaterThan(base.prefetchSize);
+    expect(data.chunks('data/small')[0]!.blobOffset).toBeLessThan(data.prefetchSize);
+    expect(data.chunks('data/big')[0]!.blobOffset).toBeGreaterThan(data.prefetchSize);
+    const bad = join(dir.path, 'bad-record.json');
+    await writeFile(bad, 'not json\n');
+    const r = await strata(['image', 'convert', '--estargz', '--estargz-record-in', bad, IMAGE, 'x']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/line 1 is not JSON/);
   });
 
   it('refuses a convert without --estargz, and a source that does not exist', async () => {

@@ -7,7 +7,7 @@ import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeHeader, TarParser, type TarHeader } from '../../src/diff/tar.js';
 import { EstargzWriter, NO_PREFETCH_LANDMARK, openEstargz, PREFETCH_LANDMARK, TOC_TAR_NAME } from '../../src/estargz/index.js';
-import { tarToEstargz } from '../../src/images/convert.js';
+import { tarToEstargz, tarToEstargzPrioritized } from '../../src/images/convert.js';
 import { bufferReadAt, bytes, goBuild, goVerify, sampleFiles, sampleTar, sha256 } from '../helpers/estargz.js';
 import { makeTar } from '../helpers/tar.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';

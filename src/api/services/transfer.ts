@@ -99,6 +99,7 @@ export function transferService(transfers: ImageTransfers, log: Logger): GrpcSer
           allPlatforms: req.allPlatforms,
           chunkSize: req.estargzChunkSize,
           compressionLevel: req.estargzCompressionLevel,
+          prioritizedFiles: req.estargzPrioritizedFiles,
         },
         progressTo(send),
       );

@@ -100,6 +100,11 @@ export interface ConvertRequest {
   estargzChunkSize: number;
   /** gzip level 1..9; 0 = 9 (stargz's default, best compression). */
   estargzCompressionLevel: number;
+  /**
+   * Paths to put first in every layer, before the prefetch landmark (what a container reads at start); none =
+   * the no-prefetch landmark first.
+   */
+  estargzPrioritizedFiles: string[];
 }
 
 /** One step of a transfer. `ref` names the object: a digest, or an image name for kind "image". */
@@ -1074,6 +1079,7 @@ function createBaseConvertRequest(): ConvertRequest {
     allPlatforms: false,
     estargzChunkSize: 0,
     estargzCompressionLevel: 0,
+    estargzPrioritizedFiles: [],
   };
 }
 
@@ -1102,6 +1108,9 @@ export const ConvertRequest: MessageFns<ConvertRequest> = {
     }
     if (message.estargzCompressionLevel !== 0) {
       writer.uint32(64).int32(message.estargzCompressionLevel);
+    }
+    for (const v of message.estargzPrioritizedFiles) {
+      writer.uint32(74).string(v!);
     }
     return writer;
   },
@@ -1183,6 +1192,14 @@ export const ConvertRequest: MessageFns<ConvertRequest> = {
             message.estargzCompressionLevel = reader.int32();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.estargzPrioritizedFiles.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1219,6 +1236,11 @@ export const ConvertRequest: MessageFns<ConvertRequest> = {
         : isSet(object.estargz_compression_level)
         ? globalThis.Number(object.estargz_compression_level)
         : 0,
+      estargzPrioritizedFiles: globalThis.Array.isArray(object?.estargzPrioritizedFiles)
+        ? object.estargzPrioritizedFiles.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.estargz_prioritized_files)
+        ? object.estargz_prioritized_files.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -1248,6 +1270,9 @@ export const ConvertRequest: MessageFns<ConvertRequest> = {
     if (message.estargzCompressionLevel !== 0) {
       obj.estargzCompressionLevel = Math.round(message.estargzCompressionLevel);
     }
+    if (message.estargzPrioritizedFiles?.length) {
+      obj.estargzPrioritizedFiles = message.estargzPrioritizedFiles;
+    }
     return obj;
   },
 
@@ -1264,6 +1289,7 @@ export const ConvertRequest: MessageFns<ConvertRequest> = {
     message.allPlatforms = object.allPlatforms ?? false;
     message.estargzChunkSize = object.estargzChunkSize ?? 0;
     message.estargzCompressionLevel = object.estargzCompressionLevel ?? 0;
+    message.estargzPrioritizedFiles = object.estargzPrioritizedFiles?.map((e) => e) || [];
     return message;
   },
 };
