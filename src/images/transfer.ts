@@ -26,6 +26,7 @@ import { Budget, MIN_PART_SIZE } from '../remotes/multipart.js';
 import type { Credentials, MultipartOptions, ResolverOptions } from '../remotes/types.js';
 import { importArchive, exportArchive } from './archive/index.js';
 import { unpackLayers, type UnpackResult } from './unpack.js';
+import { convertImage, type ConvertResult } from './convert.js';
 import { SharedWork } from './inflight.js';
 import type { Image, ImageStore } from '../metadata/images.js';
 import type { Descriptor } from '../core/descriptor.js';
@@ -347,6 +348,31 @@ export class ImageTransfers {
       ...(opts.image ? { image: opts.image } : {}),
       platforms: (opts.platforms ?? []).map(parsePlatform),
       ...(onProgress ? { onProgress } : {}),
+    });
+  }
+
+  /**
+   * Converts stored image `source` to eStargz as image `target` (src/images/convert.ts), under a lease so the
+   * new blobs are protected until the image refers to them.
+   */
+  async convert(
+    namespace: string,
+    source: string,
+    target: string,
+    opts: { oci?: boolean; platforms?: string[]; allPlatforms?: boolean; chunkSize?: number; compressionLevel?: number; prioritizedFiles?: string[] },
+    onProgress?: ProgressFn,
+  ): Promise<ConvertResult> {
+    return this.leased(namespace, async (ctx) => {
+      const { content, images } = this.stores(ctx);
+      return convertImage(content, images, source, target, {
+        oci: opts.oci ?? false,
+        platforms: (opts.platforms ?? []).map(parsePlatform),
+        allPlatforms: opts.allPlatforms ?? false,
+        ...(opts.chunkSize ? { chunkSize: opts.chunkSize } : {}),
+        ...(opts.compressionLevel ? { compressionLevel: opts.compressionLevel } : {}),
+        ...(opts.prioritizedFiles && opts.prioritizedFiles.length > 0 ? { prioritizedFiles: opts.prioritizedFiles } : {}),
+        ...(onProgress ? { onProgress } : {}),
+      });
     });
   }
 

@@ -107,3 +107,77 @@ export async function withToc(blob: Buffer, json: string | Buffer): Promise<{ bl
   const member = gzipSync(tar);
   return { blob: Buffer.concat([blob.subarray(0, tocOffset), member, footerBytes(tocOffset)]), tocDigest: sha256(body) };
 }
+
+/**
+ * stargz-snapshotter's ctr-remote, built offline from Debian's sources into test/go/bin (once; a lock dir
+ * keeps two workers from building it at the same time).
+ */
+export async function ctrRemoteBinary(): Promise<string> {
+  const { existsSync, mkdirSync, renameSync, rmdirSync } = await import('node:fs');
+  const { execFile } = await import('node:child_process');
+  const { promisify } = await import('node:util');
+  const { GO_BIN, goEnv } = await import('./go.js');
+  const out = join(GO_BIN, 'ctr-remote');
+  if (existsSync(out)) return out;
+  mkdirSync(GO_BIN, { recursive: true });
+  const lock = join(GO_BIN, '.ctr-remote.lock');
+  for (let i = 0; ; i++) {
+    try {
+      mkdirSync(lock);
+      break;
+    } catch {
+      if (i > 3000) throw new Error('timed out waiting for the ctr-remote build lock');
+      await new Promise((r) => setTimeout(r, 200));
+      if (existsSync(out)) return out;
+    }
+  }
+  try {
+    if (existsSync(out)) return out;
+    const tmp = `${out}.tmp-${process.pid}`;
+    await promisify(execFile)('go', ['build', '-o', tmp, 'github.com/containerd/stargz-snapshotter/cmd/ctr-remote'], {
+      env: goEnv(),
+      timeout: 10 * 60_000,
+      maxBuffer: 16 << 20,
+    });
+    renameSync(tmp, out);
+    return out;
+  } finally {
+    rmdirSync(lock);
+  }
+}
+
+/** A ReadAt over a registry blob by HTTP Range requests, counting them. */
+export function registryReadAt(baseUrl: string, repo: string, digest: string) {
+  const stats = { requests: 0, bytes: 0 };
+  const readAt: ReadAt = async (offset, length) => {
+    stats.requests++;
+    const res = await fetch(`${baseUrl}/v2/${repo}/blobs/${digest}`, { headers: { Range: `bytes=${offset}-${offset + length - 1}` } });
+    if (res.status !== 206) throw new Error(`range request for ${digest}: HTTP ${res.status}`);
+    const b = Buffer.from(await res.arrayBuffer());
+    stats.bytes += b.length;
+    return b;
+  };
+  return { readAt, stats };
+}
+
+/** A manifest (OCI or Docker) from a registry by tag. */
+export async function registryManifest(baseUrl: string, repo: string, ref: string): Promise<Record<string, any>> {
+  const res = await fetch(`${baseUrl}/v2/${repo}/manifests/${ref}`, {
+    headers: {
+      Accept: [
+        'application/vnd.oci.image.manifest.v1+json',
+        'application/vnd.docker.distribution.manifest.v2+json',
+        'application/vnd.oci.image.index.v1+json',
+        'application/vnd.docker.distribution.manifest.list.v2+json',
+      ].join(', '),
+    },
+  });
+  if (!res.ok) throw new Error(`manifest ${repo}:${ref}: HTTP ${res.status}`);
+  return (await res.json()) as Record<string, any>;
+}
+
+export async function registryBlob(baseUrl: string, repo: string, digest: string): Promise<Buffer> {
+  const res = await fetch(`${baseUrl}/v2/${repo}/blobs/${digest}`);
+  if (!res.ok) throw new Error(`blob ${digest}: HTTP ${res.status}`);
+  return Buffer.from(await res.arrayBuffer());
+}

@@ -130,9 +130,10 @@ func verify(path, tocDigest string) {
 		}
 		if e.Type == "reg" {
 			h := sha256.New()
+			target := e.Name // a hard link's entry is its target's (chunks are kept under the target's name)
 			var off int64
 			for off < e.Size {
-				ce, ok := r.ChunkEntryForOffset(name, off)
+				ce, ok := r.ChunkEntryForOffset(target, off)
 				if !ok {
 					fail("no chunk of %s at %d", name, off)
 				}
@@ -140,7 +141,7 @@ func verify(path, tocDigest string) {
 				if err != nil {
 					fail("verifier of %s at %d: %v", name, off, err)
 				}
-				fr, err := r.OpenFile(name)
+				fr, err := r.OpenFile(target)
 				if err != nil {
 					fail("%v", err)
 				}
