@@ -13,10 +13,10 @@
  *     background_fetch_delay_ms = 5000
  *     lazyfs_idle_exit_ms = 60000    # the lazyfs exits after this long with nothing mounted
  */
-import { existsSync } from 'node:fs';
 import { PluginType, register, SkipPlugin } from '../../plugin/index.js';
 import type { Snapshotter } from '../types.js';
 import { checkIdmapSupport, checkOverlaySupport } from '../overlay/index.js';
+import { fuseUnavailableReason } from '../../fuse/index.js';
 import { openStargzSnapshotter } from './index.js';
 
 export interface StargzPluginConfig {
@@ -30,11 +30,6 @@ export interface StargzPluginConfig {
   lazyfs_idle_exit_ms: number;
 }
 
-/** Why FUSE cannot serve mounts here, or undefined when it can. */
-export function checkFuse(): string | undefined {
-  if (!existsSync('/dev/fuse')) return '/dev/fuse does not exist';
-  return undefined;
-}
 
 register<Snapshotter, StargzPluginConfig>({
   type: PluginType.Snapshot,
@@ -68,8 +63,8 @@ register<Snapshotter, StargzPluginConfig>({
       if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw new Error(`${k} must be a whole number of milliseconds`);
       return n;
     };
-    const noFuse = checkFuse();
-    if (noFuse) throw new SkipPlugin(`stargz: no FUSE here: ${noFuse}`);
+    const noFuse = fuseUnavailableReason();
+    if (noFuse) throw new SkipPlugin(`stargz: FUSE cannot serve here: ${noFuse}`);
     try {
       await checkOverlaySupport(ic.root);
     } catch (err) {
