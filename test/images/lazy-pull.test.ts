@@ -30,8 +30,8 @@ let plain: LazyImage;
 let LAZY_REF: string;
 let PLAIN_REF: string;
 
-const strata = (args: string[], opts: { input?: string } = {}) =>
-  runCmd(STRATA, ['--address', d.address, '--namespace', NS, ...args], { ...(opts.input ? { input: opts.input } : {}), timeoutMs: 120_000 });
+const strata = (args: string[], opts: { input?: string; ns?: string } = {}) =>
+  runCmd(STRATA, ['--address', d.address, '--namespace', opts.ns ?? NS, ...args], { ...(opts.input ? { input: opts.input } : {}), timeoutMs: 120_000 });
 
 async function ok(args: string[]): Promise<string> {
   const r = await strata(args);
@@ -135,6 +135,25 @@ describe('lazy pull with the stargz snapshotter', () => {
     for (const l of plain.layers) expect(pulled).toMatch(new RegExp(`layer ${l.digest}: lazy-fallback .*eStargz`, 'i'));
     for (const l of plain.layers) expect(gets(l.digest).some((r) => r.range === undefined && r.status === 200)).toBe(true);
     expect(await ok(['run', '--rm', '--snapshotter', 'stargz', PLAIN_REF, 'plain', '--', 'md5sum', plain.files[1]!.path])).toBe(`${plain.files[1]!.md5}  ${plain.files[1]!.path}\n`);
+  });
+
+  it('pulls lazily and runs an image converted by strata image convert --estargz --oci and pushed', async () => {
+    const converted = `${proxy.host}/lazy/converted:v1`;
+    const conv = async (ns: string, args: string[]) => {
+      const r = await strata(args, { ns });
+      expect(r.code, `strata ${args.join(' ')}: ${r.stderr}`).toBe(0);
+      return r;
+    };
+    await conv('conv', ['image', 'pull', '--skip-unpack', PLAIN_REF]);
+    await conv('conv', ['image', 'convert', '--estargz', '--oci', PLAIN_REF, converted]);
+    await conv('conv', ['image', 'push', converted]);
+    const before = proxy.requests.length;
+    const pulled = (await conv('conv2', ['image', 'pull', '--snapshotter', 'stargz', converted])).stderr;
+    expect(pulled.match(/: exists .* remote snapshot/g)).toHaveLength(plain.layers.length);
+    const layerGets = proxy.requests.slice(before).filter((r) => r.method === 'GET' && !plain.layers.some((l) => l.digest === r.digest));
+    expect(layerGets.filter((r) => r.range === undefined && r.bytes > 64 << 10)).toEqual([]);
+    const f = plain.files[0]!;
+    expect((await conv('conv2', ['run', '--rm', '--snapshotter', 'stargz', converted, 'conv', '--', 'md5sum', f.path])).stdout).toBe(`${f.md5}  ${f.path}\n`);
   });
 
   it('leaves no mount and no lazyfs process once the images are gone and the lazyfs is stopped', async () => {
