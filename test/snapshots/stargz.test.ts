@@ -20,7 +20,8 @@ import {
 } from '../../src/core/labels.js';
 import { isAlreadyExists } from '../../src/core/errdefs.js';
 import { withTempMount } from '../../src/mount/index.js';
-import { openStargzSnapshotter } from '../../src/snapshots/stargz/index.js';
+import { LazyfsClient, openStargzSnapshotter } from '../../src/snapshots/stargz/index.js';
+import { silentLogger } from '../../src/log/index.js';
 import { lazyfsMountsUnder } from '../../src/snapshots/stargz/mounts.js';
 import type { Snapshotter } from '../../src/snapshots/types.js';
 import { startCountingProxy, type CountingProxy } from '../helpers/counting-proxy.js';
@@ -62,7 +63,7 @@ afterAll(async () => {
   await t?.cleanup();
 });
 
-async function open(root: string, policy = { background: false }): Promise<Snapshotter> {
+async function open(root: string, policy: { background: boolean; backgroundDelayMs?: number } = { background: false }): Promise<Snapshotter> {
   if (!roots.includes(root)) roots.push(root);
   return openStargzSnapshotter(root, { lazyfs: { entry: LAZYFS, idleExitMs: 120_000 }, policy });
 }
@@ -210,6 +211,40 @@ describe('the stargz snapshotter', () => {
       expect(lazyfsMountsUnder(root)).toHaveLength(2);
     } finally {
       await again.close();
+    }
+  });
+
+  it('fetches the prefetch landmark span in one Range request right after the mount, then the rest of the layer in the background', async () => {
+    const root = join(t.path, 'root-e');
+    const before = proxy.requests.length;
+    const sn = await open(root, { background: true, backgroundDelayMs: 200 });
+    const client = new LazyfsClient({ root, log: silentLogger });
+    try {
+      await handshake(sn, lazy, 'lazy/app:v1');
+      // The base layer's prioritized file (bin/busybox) sits before its landmark: its span is read from offset 0.
+      const base = lazy.layers[0]!;
+      const spans = proxy.requests.slice(before).filter((r) => r.digest === base.digest && r.range?.startsWith('bytes=0-') && r.bytes > 100_000);
+      expect(spans).toHaveLength(1);
+      let status = await client.list();
+      for (let i = 0; i < 200 && !(status.length === 2 && status.every((m) => m.backgroundDone)); i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        status = await client.list();
+      }
+      expect(status.map((m) => m.digest).sort()).toEqual(lazy.layers.map((l) => l.digest).sort());
+      for (const m of status) {
+        expect(m.prefetchDone).toBe(true);
+        expect(m.backgroundDone).toBe(true);
+        expect(m.cached).toBe(m.chunks);
+      }
+      // The whole data layer came in Range requests of about a chunk each, none of it twice.
+      const data = proxy.requests.slice(before).filter((r) => r.digest === lazy.layers[1]!.digest && r.method === 'GET');
+      expect(data.every((r) => r.range !== undefined)).toBe(true);
+      const total = data.reduce((n, r) => n + r.bytes, 0);
+      expect(total).toBeGreaterThanOrEqual(6 * (3 << 20));
+      expect(total).toBeLessThan(lazy.layers[1]!.size * 1.2);
+    } finally {
+      client.close();
+      await sn.close();
     }
   });
 });
