@@ -356,6 +356,8 @@ class Converter {
         await w.commit(result.blobSize, result.blobDigest, { labels: { [LABEL_UNCOMPRESSED]: result.diffID } });
       } catch (err) {
         if (!isAlreadyExists(err)) throw err;
+        // The same blob is already stored (converted before, or pulled): it gets the label all the same.
+        await this.content.update({ digest: result.blobDigest, labels: { [LABEL_UNCOMPRESSED]: result.diffID } }, [`labels.${LABEL_UNCOMPRESSED}`]);
       }
     } catch (err) {
       await w.close().catch(() => undefined);
