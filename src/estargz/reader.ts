@@ -424,7 +424,7 @@ export async function openEstargz(readAt: ReadAt, blobSize: number, opts: OpenOp
   const tail = await readExactly(readAt, tailStart, tailLen, 'footer');
   const { tocOffset, legacy } = parseFooter(tail);
   const tocEnd = blobSize - (legacy ? LEGACY_FOOTER_SIZE : FOOTER_SIZE);
-  if (tocOffset <= 0 || tocOffset >= tocEnd) {
+  if (tocOffset >= tocEnd) {
     throw invalidArgument(`not an eStargz blob: the footer's TOC offset ${tocOffset} is outside the blob of ${blobSize} bytes`);
   }
   const tocLen = tocEnd - tocOffset;

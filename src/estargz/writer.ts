@@ -72,6 +72,8 @@ export interface EstargzWriterOptions {
    * no-prefetch landmark is the blob's first entry.
    */
   prioritized?: boolean;
+  /** Members compressed at once on libuv's threads (default 2: the daemon's pool has 4 for everything else too). */
+  concurrency?: number;
 }
 
 export interface EstargzResult {
@@ -127,6 +129,11 @@ export class EstargzWriter {
   /** Uncompressed bytes of the member being built. */
   private member: Buffer[] = [];
   private memberBytes = 0;
+  /** TOC entries whose data starts the current member. */
+  private starts: TocEntry[] = [];
+  /** Members being compressed, oldest first. */
+  private pending: { compressed: Promise<Buffer>; starts: TocEntry[] }[] = [];
+  private readonly inflight: number;
   private readonly entries: TocEntry[] = [];
   private readonly lastUser = new Map<number, string>();
   private readonly lastGroup = new Map<number, string>();
@@ -148,6 +155,7 @@ export class EstargzWriter {
   ) {
     this.chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
     this.level = opts.compressionLevel ?? 9;
+    this.inflight = Math.max(1, opts.concurrency ?? 2);
     if (!Number.isSafeInteger(this.chunkSize) || this.chunkSize <= 0) throw invalidArgument(`invalid eStargz chunk size ${this.chunkSize}`);
     if (!Number.isInteger(this.level) || this.level < 0 || this.level > 9) throw invalidArgument(`invalid gzip level ${this.level}`);
   }
@@ -161,13 +169,34 @@ export class EstargzWriter {
     this.uncompressedSize += b.length;
   }
 
-  /** Compresses the current member (if any) and hands it to the sink. */
+  /**
+   * Starts compressing the current member (if any). Up to `inflight` members compress at once on libuv's
+   * threads; they reach the sink in order, and the entries whose data starts a member get their offset when
+   * that member is emitted (its offset is known only once the members before it are compressed).
+   */
   private async closeMember(): Promise<void> {
     if (this.memberBytes === 0) return;
     const data = this.member.length === 1 ? this.member[0]! : Buffer.concat(this.member);
+    const compressed = gzipP(data, { level: this.level });
+    compressed.catch(() => undefined); // awaited in emitOldest; never an unhandled rejection meanwhile
+    this.pending.push({ compressed, starts: this.starts });
     this.member = [];
     this.memberBytes = 0;
-    await this.emit(await gzipP(data, { level: this.level }));
+    this.starts = [];
+    while (this.pending.length > this.inflight) await this.emitOldest();
+  }
+
+  private async emitOldest(): Promise<void> {
+    const m = this.pending.shift()!;
+    const b = await m.compressed;
+    for (const e of m.starts) e.offset = this.blobSize;
+    await this.emit(b);
+  }
+
+  /** Closes the current member and waits for every member to be emitted. */
+  private async flush(): Promise<void> {
+    await this.closeMember();
+    while (this.pending.length > 0) await this.emitOldest();
   }
 
   private async emit(b: Buffer): Promise<void> {
@@ -268,7 +297,7 @@ export class EstargzWriter {
         const remain = f.size - f.written;
         const size = Math.min(remain, this.chunkSize);
         const entry: TocEntry = f.written === 0 ? f.reg : { name: f.reg.name, type: 'chunk' };
-        entry.offset = this.blobSize;
+        this.starts.push(entry);
         if (f.written > 0) entry.chunkOffset = f.written;
         if (remain >= this.chunkSize) entry.chunkSize = size; // a short (last) chunk says "to the end", as Go writes
         f.chunk = { entry, hash: createHash('sha256'), size, done: 0 };
@@ -308,7 +337,7 @@ export class EstargzWriter {
     await this.ensureLandmark();
     if (this.opts.prioritized && !this.landmarkWritten) await this.writeLandmark(PREFETCH_LANDMARK);
     this.closed = true;
-    await this.closeMember();
+    await this.flush();
     const tocOffset = this.blobSize;
     const json = Buffer.from(JSON.stringify({ version: 1, entries: this.entries }, null, '\t'));
     const tocDigest = `sha256:${createHash('sha256').update(json).digest('hex')}`;
@@ -316,7 +345,7 @@ export class EstargzWriter {
     this.append(json);
     this.append(pad512(json.length));
     this.append(Buffer.alloc(1024)); // end of archive
-    await this.closeMember();
+    await this.flush();
     await this.emit(footerBytes(tocOffset));
     return {
       blobDigest: `sha256:${this.blobHash.digest('hex')}`,

@@ -46,6 +46,8 @@ export interface EstargzLayerOptions {
   chunkSize?: number;
   /** gzip level (default 9). */
   compressionLevel?: number;
+  /** Members compressed at once (default 2). */
+  concurrency?: number;
 }
 
 const WRITER_TYPE: Record<TarHeader['type'], [WriterEntry['type'], TypeFlag]> = {
@@ -117,6 +119,7 @@ async function feed(tar: AsyncIterable<Buffer>, writer: EstargzWriter, keep: (or
 const writerOptions = (opts: EstargzLayerOptions, prioritized: boolean) => ({
   ...(opts.chunkSize ? { chunkSize: opts.chunkSize } : {}),
   ...(opts.compressionLevel !== undefined ? { compressionLevel: opts.compressionLevel } : {}),
+  ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
   prioritized,
 });
 
@@ -304,8 +307,9 @@ class Converter {
     const config = await this.readJson(configDesc);
     const rootfs = config.rootfs as { diff_ids?: string[] } | undefined;
     const diffIDs = Array.isArray(rootfs?.diff_ids) ? [...rootfs.diff_ids] : [];
-    // Layers convert two at a time (gzip runs on libuv's threads; containerd's converter runs them all at once).
-    const results = await mapLimit(layers, 2, (l) => (isLayerType(l.mediaType) ? this.layer(l) : Promise.resolve(undefined)));
+    // One layer at a time: each compresses two members at once on libuv's threads (its pool of 4 also serves
+    // every file operation of the daemon); containerd's converter runs all layers at once.
+    const results = await mapLimit(layers, 1, (l) => (isLayerType(l.mediaType) ? this.layer(l) : Promise.resolve(undefined)));
     const newLayers: Descriptor[] = [];
     let li = 0;
     for (const [i, l] of layers.entries()) {
@@ -352,6 +356,8 @@ class Converter {
         await w.commit(result.blobSize, result.blobDigest, { labels: { [LABEL_UNCOMPRESSED]: result.diffID } });
       } catch (err) {
         if (!isAlreadyExists(err)) throw err;
+        // The same blob is already stored (converted before, or pulled): it gets the label all the same.
+        await this.content.update({ digest: result.blobDigest, labels: { [LABEL_UNCOMPRESSED]: result.diffID } }, [`labels.${LABEL_UNCOMPRESSED}`]);
       }
     } catch (err) {
       await w.close().catch(() => undefined);

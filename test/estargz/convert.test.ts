@@ -216,6 +216,12 @@ describe('strata image convert --estargz', () => {
     expect(await platformsOf('multi:other')).toEqual([`linux/${other.architecture}`]);
     await ok(['image', 'convert', '--estargz', '--all-platforms', 'docker.io/library/multi:src', 'multi:all']);
     expect(await platformsOf('multi:all')).toEqual([`linux/${host.architecture}`, `linux/${other.architecture}`]);
+    // In place (target = source): converting eStargz layers again drops their TOC and landmark and writes the
+    // same ones: the same blobs, so the same index.
+    const before = tableRows((await ctr(d.address, ['image', 'ls'], { namespace: NS })).stdout).find((r) => r[0] === 'multi:all')![2];
+    const inPlace = (await ok(['image', 'convert', '--estargz', '--all-platforms', 'multi:all', 'multi:all'])).trim().split(' ')[1];
+    expect(tableRows((await ctr(d.address, ['image', 'ls'], { namespace: NS })).stdout).find((r) => r[0] === 'multi:all')![2]).toBe(inPlace);
+    expect(inPlace).toBe(before);
     // The zstd layers became gzip eStargz.
     const row = tableRows((await ctr(d.address, ['image', 'ls'], { namespace: NS })).stdout).find((r) => r[0] === 'multi:all')!;
     for (const m of (await json(row[2]!)).manifests as Record<string, any>[]) {
