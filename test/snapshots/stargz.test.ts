@@ -159,6 +159,28 @@ describe('the stargz snapshotter', () => {
     }
   });
 
+  it('falls back when the TOC does not match the layer annotation, and when the registry is unreachable', async () => {
+    const sn = await open(join(t.path, 'root-f'));
+    try {
+      const chain = chainIDs(lazy.layers.map((l) => l.diffID));
+      const wrongToc = { ...labels(lazy, 'lazy/app:v1', 0, chain), [LABEL_STARGZ_TOC_DIGEST]: `sha256:${'0'.repeat(64)}` };
+      await sn.prepare('wrong-toc', '', { labels: wrongToc });
+      const info = await sn.stat('wrong-toc');
+      expect(info.kind).toBe('active');
+      expect(info.labels[LABEL_LAZY_FALLBACK]).toMatch(/digest/i);
+      expect(info.labels[LABEL_LAZY_FALLBACK]).not.toContain(t.path);
+      await sn.remove('wrong-toc');
+
+      const gone = { ...labels(lazy, 'lazy/app:v1', 0, chain), [LABEL_STARGZ_REFERENCE]: '127.0.0.1:1/lazy/app:v1' };
+      await sn.prepare('no-registry', '', { labels: gone });
+      expect((await sn.stat('no-registry')).labels[LABEL_LAZY_FALLBACK]).toBeTruthy();
+      await sn.remove('no-registry');
+      expect(lazyfsMountsUnder(join(t.path, 'root-f'))).toEqual([]);
+    } finally {
+      await sn.close();
+    }
+  });
+
   it('keeps the lazyfs serving after the snapshotter closes, and a reopened snapshotter finds it', async () => {
     const root = join(t.path, 'root-c');
     const sn = await open(root);
@@ -225,6 +247,9 @@ describe('the stargz snapshotter', () => {
       const base = lazy.layers[0]!;
       const spans = proxy.requests.slice(before).filter((r) => r.digest === base.digest && r.range?.startsWith('bytes=0-') && r.bytes > 100_000);
       expect(spans).toHaveLength(1);
+      // busybox's chunks came from that span: no other request of the base layer reads them again.
+      const baseBytes = proxy.requests.slice(before).filter((r) => r.digest === base.digest).reduce((n, r) => n + r.bytes, 0);
+      expect(baseBytes).toBeLessThan(base.size * 1.2);
       let status = await client.list();
       for (let i = 0; i < 200 && !(status.length === 2 && status.every((m) => m.backgroundDone)); i++) {
         await new Promise((r) => setTimeout(r, 100));

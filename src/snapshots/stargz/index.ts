@@ -169,7 +169,7 @@ class StargzSnapshotter implements Snapshotter {
       await this.inner.remove(key).catch(() => undefined);
       throw err;
     }
-    this.log.info('stargz: remote snapshot', { target, digest: layer === undefined ? '' : (layer as LayerRef).digest });
+    this.log.info('stargz: remote snapshot', { target, digest: (layer as LayerRef).digest });
     throw alreadyExists(`target snapshot "${target}"`);
   }
 
@@ -193,7 +193,14 @@ class StargzSnapshotter implements Snapshotter {
       [`parent==${JSON.stringify(key)}`],
     );
     if (child !== undefined) throw failedPrecondition(`cannot remove snapshot with child`);
-    await this.lazyfs.unmount(this.inner.layerDir(key), true);
+    const dir = this.inner.layerDir(key);
+    if (await this.lazyfs.running()) {
+      await this.lazyfs.unmount(dir, true);
+    } else {
+      // No lazyfs (none was needed since the last start): no live mount; a dead one's is detached here.
+      if (lazyfsMountsUnder(dirname(dir)).includes(dir)) await detach(dir);
+      await rm(this.cacheDirOf(dir), { recursive: true, force: true });
+    }
     await this.inner.remove(key);
   }
 

@@ -177,11 +177,8 @@ class Lazyfs {
     const result: MountResult = { blobSize, tocDigest: layer.tocDigest, prefetchSize: layer.prefetchSize, mounted: true };
     this.served.set(req.mountpoint, { req, mount, source, result });
     this.log.info('lazyfs: mounted', { digest, ref, prefetchSize: layer.prefetchSize, blobSize });
-    source.start({ ...req.policy, backgroundLimit: this.background }, async (offset, length) => {
-      await span.hold(offset, length);
-      // The chunks of the span are verified and cached from memory right after (source.start), then it goes.
-      setTimeout(() => span.release(), 0);
-    });
+    // The prefetch span is held in memory while its chunks are verified and cached, then released.
+    source.start({ ...req.policy, backgroundLimit: this.background }, span);
     return result;
   }
 

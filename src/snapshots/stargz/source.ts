@@ -171,14 +171,18 @@ export class EstargzSource implements LayerSource {
    * Starts the fetch policy: the prefetch span first (one Range request through `span`, then every chunk in it
    * verified and cached from memory), then the background fetch after its delay.
    */
-  start(policy: FetchPolicy, span: (offset: number, length: number) => Promise<void>): void {
+  start(policy: FetchPolicy, span: SpanReader): void {
     void (async () => {
       try {
         const size = this.layer.prefetchSize;
         if (policy.prefetch && size > 0) {
-          await span(0, size);
-          const inSpan = this.allChunks.filter((c) => c.blobOffset + c.blobLength <= size);
-          await Promise.all(inSpan.map((c) => this.ensureChunk(c)));
+          await span.hold(0, size);
+          try {
+            const inSpan = this.allChunks.filter((c) => c.blobOffset + c.blobLength <= size);
+            await Promise.all(inSpan.map((c) => this.ensureChunk(c)));
+          } finally {
+            span.release();
+          }
         }
         this.prefetchDone = true;
       } catch (err) {
