@@ -235,6 +235,8 @@ export const LABEL_STARGZ_DIGEST = 'containerd.io/snapshot/remote/stargz.digest'
 export const LABEL_STARGZ_LAYERS = 'containerd.io/snapshot/remote/stargz.layers';
 /** The layer descriptor's `urls`, comma-separated. */
 export const LABEL_REMOTE_URLS = 'containerd.io/snapshot/remote/urls';
+/** Strata's: the layer blob's size in bytes (saves the lazy-pull snapshotter a request to learn it). */
+export const LABEL_REMOTE_SIZE = 'containerd.io/snapshot/remote/strata.size';
 /** The TOC digest of an eStargz layer (the layer descriptor's annotation, copied as an inherited label). */
 export const LABEL_STARGZ_TOC_DIGEST = 'containerd.io/snapshot/stargz/toc.digest';
 /**

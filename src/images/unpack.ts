@@ -29,6 +29,7 @@ import { hasCapability, LABEL_SNAPSHOT_REBASE, SnapshotterCapability, type Snaps
 import {
   INHERITED_LABEL_PREFIX,
   LABEL_LAZY_FALLBACK,
+  LABEL_REMOTE_SIZE,
   LABEL_REMOTE_URLS,
   LABEL_SNAPSHOT_REF,
   LABEL_STARGZ_DIGEST,
@@ -106,6 +107,7 @@ export function remoteSnapshotLabels(ref: string, layers: Descriptor[], i: numbe
     [LABEL_STARGZ_REFERENCE]: ref,
     [LABEL_STARGZ_DIGEST]: layer.digest,
     [LABEL_STARGZ_LAYERS]: fitting(LABEL_STARGZ_LAYERS, layers.slice(i).map((l) => l.digest)),
+    ...(Number.isSafeInteger(layer.size) && layer.size > 0 ? { [LABEL_REMOTE_SIZE]: String(layer.size) } : {}),
   };
   const urls = fitting(LABEL_REMOTE_URLS, layer.urls ?? []);
   if (urls) out[LABEL_REMOTE_URLS] = urls;

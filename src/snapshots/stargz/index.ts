@@ -23,6 +23,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { alreadyExists, failedPrecondition } from '../../core/errdefs.js';
 import {
   LABEL_LAZY_FALLBACK,
+  LABEL_REMOTE_SIZE,
   LABEL_REMOTE_SNAPSHOT,
   LABEL_REMOTE_URLS,
   LABEL_SNAPSHOT_REF,
@@ -65,7 +66,14 @@ export function layerOfLabels(labels: Record<string, string>): LayerRef | string
   if (!ref || !digest) return `the prepare carries no ${LABEL_STARGZ_REFERENCE} and ${LABEL_STARGZ_DIGEST} labels`;
   const urls = labels[LABEL_REMOTE_URLS]?.split(',').filter((u) => u !== '');
   const toc = labels[LABEL_STARGZ_TOC_DIGEST];
-  return { ref, digest, ...(urls && urls.length > 0 ? { urls } : {}), ...(toc ? { tocDigest: toc } : {}) };
+  const size = Number(labels[LABEL_REMOTE_SIZE]);
+  return {
+    ref,
+    digest,
+    ...(urls && urls.length > 0 ? { urls } : {}),
+    ...(toc ? { tocDigest: toc } : {}),
+    ...(Number.isSafeInteger(size) && size > 0 ? { size } : {}),
+  };
 }
 
 const isRemote = (info: Info): boolean => info.labels[LABEL_REMOTE_SNAPSHOT] !== undefined;

@@ -41,6 +41,8 @@ import {
 
 /** The media type asked for when reading a layer (the registry serves a blob whatever it is). */
 const LAYER_MEDIA_TYPE = 'application/vnd.oci.image.layer.v1.tar+gzip';
+/** Bytes read from the end of a blob to open it: the footer and the TOC of most layers, in one request. */
+const TAIL_BYTES = 256 << 10;
 /** Most background chunk fetches at once, for every layer of this process together. */
 const BACKGROUND_CONCURRENCY = 2;
 
@@ -145,7 +147,7 @@ class Lazyfs {
     if (lazyfsMountsUnder(join(req.mountpoint, '..')).includes(req.mountpoint)) await detach(req.mountpoint);
     const { ref, digest } = req.layer;
     const fetcher = this.fetcherFor(ref, req.registry);
-    let blobSize = -1;
+    let blobSize = req.layer.size !== undefined && Number.isSafeInteger(req.layer.size) && req.layer.size > 0 ? req.layer.size : -1;
     let source: EstargzSource | undefined;
     const fetchRange = async (offset: number, length: number): Promise<Buffer> => {
       const desc = { mediaType: LAYER_MEDIA_TYPE, digest, size: blobSize, ...(req.layer.urls?.length ? { urls: req.layer.urls } : {}) };
@@ -161,13 +163,21 @@ class Lazyfs {
       if (got !== want) throw unavailable(`layer ${digest}: read ${got} bytes at ${offset}, expected ${want}`);
       return Buffer.concat(parts, got);
     };
-    // The blob's size: the labels name only its digest, so one byte's Range answer tells it.
-    await fetchRange(0, 1);
+    // The blob's size: stargz-snapshotter's labels name only its digest, so one byte's Range answer tells it
+    // (Strata's pull passes it along: no request).
+    if (blobSize < 0) await fetchRange(0, 1);
     if (blobSize < 0) throw unavailable(`layer ${digest}: the registry did not say the blob's size`);
     const span = new SpanReader(fetchRange);
     let layer: EstargzLayer;
     try {
-      layer = await openEstargz(span.readAt, blobSize, req.layer.tocDigest ? { tocDigest: req.layer.tocDigest } : {});
+      // The footer and (for all but huge layers) the TOC in one request: the blob's tail, held while opening.
+      const tail = Math.min(blobSize, TAIL_BYTES);
+      await span.hold(blobSize - tail, tail);
+      try {
+        layer = await openEstargz(span.readAt, blobSize, req.layer.tocDigest ? { tocDigest: req.layer.tocDigest } : {});
+      } finally {
+        span.release();
+      }
     } catch (err) {
       throw (err instanceof Error && 'kind' in err ? err : unavailable(`layer ${digest}: ${(err as Error).message}`, err)) as Error;
     }

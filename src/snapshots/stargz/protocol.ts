@@ -19,6 +19,8 @@ export interface LayerRef {
   digest: string;
   /** Alternative URLs of the blob (the descriptor's urls). */
   urls?: string[];
+  /** The blob's size, when the labels say it (Strata's pull); else learnt from the registry. */
+  size?: number;
   /** The TOC digest to check (the layer's containerd.io/snapshot/stargz/toc.digest annotation), if known. */
   tocDigest?: string;
 }
