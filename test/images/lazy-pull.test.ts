@@ -17,6 +17,7 @@ import { startRegistry, stopAllRegistries, type StartedRegistry } from '../helpe
 import { alive, buildLazyImage, lazyfsPid, stopLazyfs, type LazyImage } from '../helpers/stargz.js';
 import { lazyfsMountsUnder } from '../../src/snapshots/stargz/mounts.js';
 import { tempDir, type TempDir } from '../helpers/temp.js';
+import { fsckRoot } from '../helpers/fsck.js';
 
 const NS = 'lazy';
 const CONFIG = `[plugins."io.containerd.snapshotter.v1.stargz"]\n  background_fetch = false\n`;
@@ -162,6 +163,11 @@ describe('lazy pull with the stargz snapshotter', () => {
     const pid = lazyfsPid(root)!;
     await d.stop();
     finished = true;
+    // With the daemon stopped and lazyfs still serving its remote layers, fsck finds nothing wrong: those
+    // mounts are meant to outlive the daemon.
+    expect(lazyfsMountsUnder(root).length).toBeGreaterThan(0);
+    const report = await fsckRoot(d);
+    expect(report.violations).toEqual([]);
     await stopLazyfs(root);
     expect(alive(pid)).toBe(false);
     expect(lazyfsMountsUnder(root)).toEqual([]);
