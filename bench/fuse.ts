@@ -15,13 +15,15 @@
  * whether serving leaves the loop free).
  * Bindings alternate order every round.
  *
- *   npx tsc -p tsconfig.json && node dist/bench/fuse.js [--rounds 5] [--dir /tmp/strata-bench-fuse]   (as root)
+ * Both bindings get the same readahead (src/fuse raises it after INIT; --readahead 0 keeps the kernel's 128 KiB).
+ *
+ *   npx tsc -p tsconfig.json && node dist/bench/fuse.js [--rounds 5] [--readahead 1024] [--dir /tmp/strata-bench-fuse]   (as root)
  */
 import { spawn } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { mountReadOnly } from '../src/fuse/index.js';
+import { DEFAULT_READAHEAD_KIB, mountReadOnly } from '../src/fuse/index.js';
 import type { FuseBinding, LayerNode, LayerSource } from '../src/fuse/types.js';
 import { commandLine, dropCaches, f1, machineInfo, median, MiB, table } from './lib.js';
 
@@ -32,6 +34,7 @@ const opt = (name: string, dflt: string) => {
 };
 const rounds = Number(opt('rounds', '5'));
 const dir = opt('dir', '/tmp/strata-bench-fuse');
+const readAheadKiB = Number(opt('readahead', String(DEFAULT_READAHEAD_KIB)));
 const BINDINGS: FuseBinding[] = ['fuse3', 'fuse-native'];
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -135,7 +138,7 @@ async function phase(binding: FuseBinding, source: LayerSource, body: (mnt: stri
   mkdirSync(mnt, { recursive: true });
   // Before mounting: sync and drop_caches then need nothing of this process (which serves the mount).
   dropCaches();
-  const m = await mountReadOnly(mnt, source, { binding, fsName: `bench-${binding}` });
+  const m = await mountReadOnly(mnt, source, { binding, fsName: `bench-${binding}`, readAheadKiB });
   try {
     const h = monitorEventLoopDelay({ resolution: 5 });
     h.enable();
@@ -223,6 +226,7 @@ async function main(): Promise<void> {
     ]);
   }
   console.log(`command: ${commandLine()}`);
+  console.log(`readahead: ${readAheadKiB || 'kernel default (128)'} KiB`);
   console.log(`machine: ${JSON.stringify(machineInfo())}`);
   console.log(`\n${table(summary)}\n\n${table(rows)}`);
   rmSync(dir, { recursive: true, force: true });

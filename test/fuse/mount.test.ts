@@ -152,6 +152,21 @@ describe.each(BINDINGS)('with the %s binding', (binding) => {
     });
   });
 
+  describe('many mounts', () => {
+    it('serves 16 mounts from one process at once, each its own tree, and unmounts them all', async () => {
+      const points: string[] = [];
+      for (let i = 0; i < 16; i++) {
+        const src = await tarLayerSource(await makeTar([{ name: 'id', body: `layer ${i}\n` }]));
+        points.push(await mounted(src, `many-${i}`));
+      }
+      const { stdout } = await run('cat', points.map((p) => join(p, 'id')));
+      expect(stdout).toBe(points.map((_, i) => `layer ${i}\n`).join(''));
+      expect((await fuseMountsUnder(dir.path)).filter((p) => p.includes(`${binding}-many-`)).length).toBe(16);
+      for (const m of mounts.splice(0)) await m.unmount();
+      expect(await fuseMountsUnder(dir.path)).toEqual([]);
+    });
+  });
+
   describe('large directories', () => {
     it('lists a directory of 3,000 entries with long names completely, across many readdir replies', async () => {
       const names = Array.from({ length: 3000 }, (_, i) => `entry-${String(i).padStart(5, '0')}-${'n'.repeat(i % 200)}`);
@@ -206,6 +221,23 @@ describe.each(BINDINGS)('with the %s binding', (binding) => {
       expect((await run('cat', [join(mp, 'home/user/notes')])).stdout).toBe('mine');
       source.intercept = undefined;
       expect((await run('cat', [join(mp, 'etc/passwd')])).stdout).toContain('root:x:0:0');
+    });
+
+    // libfuse 3 negotiates requests of up to 1 MiB (FUSE_MAX_PAGES); libfuse 2 (fuse-native) cannot: 128 KiB.
+    const largest = binding === 'fuse3' ? 1024 * 1024 : 128 * 1024;
+    it(`asks the source for ${largest / 1024} KiB at a time when a reader goes sequentially (the raised readahead)`, async () => {
+      const source = await sampleLayer();
+      const mp = await mounted(source);
+      const lengths: number[] = [];
+      source.intercept = (node, offset, length) => {
+        if (node === source.node('big')) lengths.push(length);
+        return undefined;
+      };
+      const { stdout } = await run('sh', ['-c', `dd if=${join(mp, 'big')} bs=1M 2>/dev/null | md5sum`]);
+      const { createHash } = await import('node:crypto');
+      expect(stdout.split(' ')[0]).toBe(createHash('md5').update(BIG).digest('hex'));
+      expect(Math.max(...lengths)).toBe(largest);
+      expect(lengths.length).toBeLessThan(Math.ceil(BIG.length / largest) * 2);
     });
 
     it('serves other requests, and keeps the event loop free, while one read waits on a slow source', async () => {
