@@ -6,6 +6,8 @@
  *
  *   read    `dd if=MNT/big of=/dev/null bs=1M` of a 256 MiB file, page caches dropped, fresh mount
  *   stat    `find MNT -printf '%i %m %u %s\n'` over 20,000 files in 200 directories (an lstat each), fresh mount
+ *   slow1   one `dd` of a 16 MiB file from a source that answers each read after 2 ms: the request size
+ *           (readahead) decides how many round trips a sequential reader waits for
  *   slow    8 `dd` at once, each of its own 16 MiB file, from a source that answers each read after 2 ms (a
  *           disk cache or a registry): how many reads the binding keeps in flight decides the figure
  *
@@ -15,13 +17,15 @@
  * whether serving leaves the loop free).
  * Bindings alternate order every round.
  *
- *   npx tsc -p tsconfig.json && node dist/bench/fuse.js [--rounds 5] [--dir /tmp/strata-bench-fuse]   (as root)
+ * Both bindings get the same readahead (src/fuse raises it after INIT; --readahead 0 keeps the kernel's 128 KiB).
+ *
+ *   npx tsc -p tsconfig.json && node dist/bench/fuse.js [--rounds 5] [--readahead 1024] [--dir /tmp/strata-bench-fuse]   (as root)
  */
 import { spawn } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { mountReadOnly } from '../src/fuse/index.js';
+import { DEFAULT_READAHEAD_KIB, mountReadOnly } from '../src/fuse/index.js';
 import type { FuseBinding, LayerNode, LayerSource } from '../src/fuse/types.js';
 import { commandLine, dropCaches, f1, machineInfo, median, MiB, table } from './lib.js';
 
@@ -32,6 +36,7 @@ const opt = (name: string, dflt: string) => {
 };
 const rounds = Number(opt('rounds', '5'));
 const dir = opt('dir', '/tmp/strata-bench-fuse');
+const readAheadKiB = Number(opt('readahead', String(DEFAULT_READAHEAD_KIB)));
 const BINDINGS: FuseBinding[] = ['fuse3', 'fuse-native'];
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -135,7 +140,7 @@ async function phase(binding: FuseBinding, source: LayerSource, body: (mnt: stri
   mkdirSync(mnt, { recursive: true });
   // Before mounting: sync and drop_caches then need nothing of this process (which serves the mount).
   dropCaches();
-  const m = await mountReadOnly(mnt, source, { binding, fsName: `bench-${binding}` });
+  const m = await mountReadOnly(mnt, source, { binding, fsName: `bench-${binding}`, readAheadKiB });
   try {
     const h = monitorEventLoopDelay({ resolution: 5 });
     h.enable();
@@ -164,11 +169,11 @@ async function main(): Promise<void> {
   const big = bigFileSource(READ_SIZE);
   const tree = treeSource(DIRS, PER_DIR);
   const slow = bigFileSource(SLOW_SIZE, 2, SLOW_FILES);
-  const results: Record<FuseBinding, { read: Sample[]; stat: Sample[]; slow: Sample[] }> = {
-    fuse3: { read: [], stat: [], slow: [] },
-    'fuse-native': { read: [], stat: [], slow: [] },
+  const results: Record<FuseBinding, { read: Sample[]; stat: Sample[]; slow1: Sample[]; slow: Sample[] }> = {
+    fuse3: { read: [], stat: [], slow1: [], slow: [] },
+    'fuse-native': { read: [], stat: [], slow1: [], slow: [] },
   };
-  const rows: string[][] = [['round', 'binding', 'read s', 'read MB/s', 'cpu s', 'loop p99 ms', 'stat s', 'files/s', 'cpu s', 'loop p99 ms', 'slow s', 'slow MB/s', 'in flight']];
+  const rows: string[][] = [['round', 'binding', 'read s', 'read MB/s', 'cpu s', 'loop p99 ms', 'stat s', 'files/s', 'cpu s', 'loop p99 ms', 'slow1 s', 'slow1 MB/s', 'slow s', 'slow MB/s', 'in flight']];
   for (let r = 1; r <= rounds; r++) {
     const order = r % 2 ? BINDINGS : [...BINDINGS].reverse();
     for (const b of order) {
@@ -178,6 +183,10 @@ async function main(): Promise<void> {
       });
       const stat = await phase(b, tree, async (mnt) => (await runChild('find', [mnt, '-printf', '%i %m %u %s\n'])).stdoutLines);
       if (stat.extra !== DIRS * PER_DIR + DIRS + 1) throw new Error(`find saw ${stat.extra} entries`);
+      const s1 = await phase(b, slow, async (mnt) => {
+        await runChild('dd', [`if=${mnt}/big`, 'of=/dev/null', 'bs=1M']);
+        return 0;
+      });
       slow.maxInFlight = 0;
       const sl = await phase(b, slow, async (mnt) => {
         await Promise.all(Array.from({ length: SLOW_FILES }, (_, i) => runChild('dd', [`if=${mnt}/big${i || ''}`, 'of=/dev/null', 'bs=1M'])));
@@ -185,6 +194,7 @@ async function main(): Promise<void> {
       });
       results[b].read.push(read);
       results[b].stat.push(stat);
+      results[b].slow1.push(s1);
       results[b].slow.push(sl);
       rows.push([
         String(r),
@@ -197,6 +207,8 @@ async function main(): Promise<void> {
         String(Math.round(stat.extra / stat.seconds)),
         stat.cpu.toFixed(2),
         f1(stat.loopP99Ms),
+        s1.seconds.toFixed(3),
+        f1(SLOW_SIZE / 1e6 / s1.seconds),
         sl.seconds.toFixed(3),
         f1((SLOW_SIZE * SLOW_FILES) / 1e6 / sl.seconds),
         String(sl.extra),
@@ -206,7 +218,7 @@ async function main(): Promise<void> {
   }
   const med = (xs: Sample[], f: (s: Sample) => number) => median(xs.map(f));
   const summary: string[][] = [
-    ['median', 'read MB/s', 'read cpu s', 'read loop p99 ms', 'find+stat files/s', 'stat cpu s', 'stat loop p99 ms', '8 readers, 2 ms source: MB/s', 'max reads in flight'],
+    ['median', 'read MB/s', 'read cpu s', 'read loop p99 ms', 'find+stat files/s', 'stat cpu s', 'stat loop p99 ms', '1 reader, 2 ms source: MB/s', '8 readers, 2 ms source: MB/s', 'max reads in flight'],
   ];
   for (const b of BINDINGS) {
     const x = results[b];
@@ -218,11 +230,13 @@ async function main(): Promise<void> {
       String(Math.round((DIRS * PER_DIR + DIRS + 1) / med(x.stat, (s) => s.seconds))),
       med(x.stat, (s) => s.cpu).toFixed(2),
       f1(med(x.stat, (s) => s.loopP99Ms)),
+      f1(SLOW_SIZE / 1e6 / med(x.slow1, (s) => s.seconds)),
       f1((SLOW_SIZE * SLOW_FILES) / 1e6 / med(x.slow, (s) => s.seconds)),
       String(med(x.slow, (s) => s.extra)),
     ]);
   }
   console.log(`command: ${commandLine()}`);
+  console.log(`readahead: ${readAheadKiB || 'kernel default (128)'} KiB`);
   console.log(`machine: ${JSON.stringify(machineInfo())}`);
   console.log(`\n${table(summary)}\n\n${table(rows)}`);
   rmSync(dir, { recursive: true, force: true });

@@ -5,7 +5,8 @@
  * thread through a threadsafe function, then goes back to reading without waiting for the answer. JS answers
  * whenever it is ready (a read may wait on a registry) with the reply functions below, which call
  * fuse_reply_* from the JS thread: the low-level API allows any thread to reply at any time. So a slow read
- * holds only its own request, neither the loop nor the event loop. INIT, OPEN, OPENDIR, RELEASE, FORGET and
+ * holds only its own request, neither the loop nor the event loop. Large replies (read data) are written to
+ * /dev/fuse by a writer thread, not by the JS thread. INIT, OPEN, OPENDIR, RELEASE, FORGET and
  * STATFS are answered here without a JS round trip (the tree is read-only and never forgets an inode).
  *
  * JS API (all synchronous, none blocks on the filesystem):
@@ -44,7 +45,104 @@ typedef struct mount_s {
   napi_threadsafe_function tsfn;
   int running;
   int joined;
+  int queued; /* replies of this mount waiting in the writer's queue (under q_lock) */
 } mount_t;
+
+/* ---- the writer thread: large replies leave the JS thread ----
+ * Answering a read means writing its bytes to /dev/fuse, where the kernel copies them into the reader's page
+ * cache: about 0.6 ms per MiB here, too long to spend on the event loop. replyBuf of 64 KiB or more copies the
+ * bytes into a pooled buffer (a plain memcpy into warm memory, several times cheaper) and queues them for one
+ * process-wide writer thread. */
+typedef struct reply_s {
+  struct reply_s *next;
+  fuse_req_t req;
+  mount_t *m;
+  size_t len;
+  int cls; /* size class in the pool, or -1 */
+  char data[];
+} reply_t;
+
+/* Freed reply buffers are kept by size class (64 KiB .. 2 MiB) and reused: a fresh 1 MiB malloc is an mmap
+ * whose 256 pages fault in on the memcpy, which costs more than the copy itself. Under q_lock. */
+#define POOL_CLASSES 6
+#define POOL_KEEP 16
+static reply_t *pool[POOL_CLASSES];
+static int pooled[POOL_CLASSES];
+static int class_of(size_t len) {
+  for (int c = 0; c < POOL_CLASSES; c++) if (len <= ((size_t)64 * 1024) << c) return c;
+  return -1;
+}
+static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t q_work = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t q_done = PTHREAD_COND_INITIALIZER;
+static reply_t *q_head, *q_tail;
+static int writer_started;
+#define ASYNC_REPLY_MIN (64 * 1024)
+
+static void *writer_main(void *arg) {
+  (void)arg;
+  for (;;) {
+    pthread_mutex_lock(&q_lock);
+    while (!q_head) pthread_cond_wait(&q_work, &q_lock);
+    reply_t *r = q_head;
+    q_head = r->next;
+    if (!q_head) q_tail = NULL;
+    pthread_mutex_unlock(&q_lock);
+    fuse_reply_buf(r->req, r->data, r->len);
+    pthread_mutex_lock(&q_lock);
+    r->m->queued--;
+    pthread_cond_broadcast(&q_done);
+    int keep = r->cls >= 0 && pooled[r->cls] < POOL_KEEP;
+    if (keep) {
+      r->next = pool[r->cls];
+      pool[r->cls] = r;
+      pooled[r->cls]++;
+    }
+    pthread_mutex_unlock(&q_lock);
+    if (!keep) free(r);
+  }
+  return NULL;
+}
+
+/* 0 when queued; -1 to reply inline instead (no memory, no thread). Called on the JS thread. */
+static int queue_reply(fuse_req_t req, const void *data, size_t len) {
+  int cls = class_of(len);
+  reply_t *r = NULL;
+  if (cls >= 0) {
+    pthread_mutex_lock(&q_lock);
+    if (pool[cls]) {
+      r = pool[cls];
+      pool[cls] = r->next;
+      pooled[cls]--;
+    }
+    pthread_mutex_unlock(&q_lock);
+  }
+  if (!r) r = malloc(sizeof *r + (cls >= 0 ? ((size_t)64 * 1024) << cls : len));
+  if (!r) return -1;
+  r->cls = cls;
+  r->next = NULL;
+  r->req = req;
+  r->m = fuse_req_userdata(req);
+  r->len = len;
+  memcpy(r->data, data, len);
+  pthread_mutex_lock(&q_lock);
+  if (!writer_started) {
+    pthread_t t;
+    if (pthread_create(&t, NULL, writer_main, NULL) != 0) {
+      pthread_mutex_unlock(&q_lock);
+      free(r);
+      return -1;
+    }
+    pthread_detach(t);
+    writer_started = 1;
+  }
+  r->m->queued++;
+  if (q_tail) q_tail->next = r; else q_head = r;
+  q_tail = r;
+  pthread_cond_signal(&q_work);
+  pthread_mutex_unlock(&q_lock);
+  return 0;
+}
 
 typedef struct {
   int op;
@@ -173,6 +271,14 @@ static void *loop_main(void *arg) {
 
 /* ---- JS -> libfuse ---- */
 
+/* The handle is collected: free the record once its loop is over (a loop still running keeps using it; that
+ * only happens to a mount whose JS side was dropped without unmount, and then the record stays). */
+static void finalize_mount(napi_env env, void *data, void *hint) {
+  (void)env; (void)hint;
+  mount_t *m = data;
+  if (m->joined) free(m);
+}
+
 static napi_value js_mount(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
@@ -213,7 +319,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   }
   m->running = 1;
   napi_value handle;
-  CHECK(napi_create_external(env, m, NULL, NULL, &handle));
+  CHECK(napi_create_external(env, m, finalize_mount, NULL, &handle));
   return handle;
 }
 
@@ -264,6 +370,10 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   mount_t *m = get_mount(env, argv[0]);
   if (!m || m->joined) return NULL;
+  /* the writer may still hold replies of this session: they go out before the session is freed */
+  pthread_mutex_lock(&q_lock);
+  while (m->queued > 0) pthread_cond_wait(&q_done, &q_lock);
+  pthread_mutex_unlock(&q_lock);
   pthread_join(m->thread, NULL);
   m->joined = 1;
   fuse_session_destroy(m->se);
@@ -368,7 +478,7 @@ static napi_value js_reply_buf(napi_env env, napi_callback_info info) {
   void *data;
   size_t len;
   CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
-  fuse_reply_buf(req, data, len);
+  if (len < ASYNC_REPLY_MIN || queue_reply(req, data, len) != 0) fuse_reply_buf(req, data, len);
   return NULL;
 }
 

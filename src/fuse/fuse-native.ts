@@ -86,7 +86,13 @@ export async function mountWithFuseNative(mountpoint: string, source: LayerSourc
       const n = node(path);
       if (!n) return cb(Fuse.ENOENT);
       if (pos >= n.size) return cb(0);
-      source.read(n, pos, Math.min(len, n.size - pos)).then(
+      let reading: Promise<Buffer>;
+      try {
+        reading = source.read(n, pos, Math.min(len, n.size - pos));
+      } catch (err) {
+        reading = Promise.reject(err); // a source that throws instead of rejecting
+      }
+      reading.then(
         (data) => cb(data.copy(buf, 0, 0, Math.min(len, data.length))),
         (err: unknown) => {
           log?.warn('fuse read failed', { ino: n.ino, offset: pos, length: len, error: err });

@@ -116,7 +116,16 @@ export async function mountWithFuse3(mountpoint: string, source: LayerSource, op
       maybeDestroy();
       return;
     }
-    const r = req!;
+    // Every request gets exactly one answer: an unanswered one would hang its caller in the kernel.
+    try {
+      answer(op, req!, ino, a, off, name);
+    } catch (err) {
+      log?.error('fuse request failed', { op, ino, error: err });
+      b.replyErr(req!, EIO);
+    }
+  };
+
+  const answer = (op: number, r: Req, ino: number, a: number, off: number, name?: string): void => {
     const node = byIno.get(ino);
     if (!node) return b.replyErr(r, ENOENT);
     switch (op) {
@@ -153,8 +162,14 @@ export async function mountWithFuse3(mountpoint: string, source: LayerSource, op
         if (node.type !== 'reg') return b.replyErr(r, EINVAL);
         const length = Math.min(a, node.size - off);
         if (length <= 0) return b.replyBuf(r, Buffer.alloc(0));
+        let reading: Promise<Buffer>;
+        try {
+          reading = source.read(node, off, length);
+        } catch (err) {
+          reading = Promise.reject(err); // a source that throws instead of rejecting
+        }
         pending++;
-        source.read(node, off, length).then(
+        reading.then(
           (data) => {
             pending--;
             b.replyBuf(r, data.length > length ? data.subarray(0, length) : data);

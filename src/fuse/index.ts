@@ -8,10 +8,14 @@ import { stat } from 'node:fs/promises';
 import { invalidArgument, unavailable } from '../core/errdefs.js';
 import { mountWithFuseNative } from './fuse-native.js';
 import { fuse3BindingPath, mountWithFuse3 } from './fuse3.js';
+import { settleAndTuneReadahead } from './mounts.js';
 import type { FuseMount, LayerSource, MountOptions } from './types.js';
 
 export type { FuseBinding, FuseMount, LayerNode, LayerSource, MountOptions } from './types.js';
 export { isMounted } from './mounts.js';
+
+/** The readahead a mount gets (KiB): one eStargz chunk (4 MiB), read as 1 MiB requests, libfuse 3's largest. */
+export const DEFAULT_READAHEAD_KIB = 4096;
 
 /** Why mountReadOnly cannot work on this host (for a plugin's skip reason), or undefined when it can. */
 export function fuseUnavailableReason(): string | undefined {
@@ -35,11 +39,19 @@ export async function mountReadOnly(
     const reason = fuseUnavailableReason();
     if (reason) throw unavailable(`mounting a FUSE layer: ${reason}`);
   }
+  let mount: FuseMount;
   try {
-    return binding === 'fuse3' ? await mountWithFuse3(mountpoint, source, opts) : await mountWithFuseNative(mountpoint, source, opts);
+    mount = binding === 'fuse3' ? await mountWithFuse3(mountpoint, source, opts) : await mountWithFuseNative(mountpoint, source, opts);
   } catch (err) {
     // libfuse's messages name the mountpoint: never a host path in an error.
     const msg = ((err as Error).message ?? String(err)).split(mountpoint).join('<mountpoint>');
     throw unavailable(`mounting a FUSE layer: ${msg}`, err);
   }
+  try {
+    await settleAndTuneReadahead(mountpoint, opts.readAheadKiB ?? DEFAULT_READAHEAD_KIB, opts.log);
+  } catch (err) {
+    await mount.unmount();
+    throw unavailable(`a new FUSE mount does not answer: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, err);
+  }
+  return mount;
 }

@@ -46,6 +46,8 @@ export interface MountOptions {
   /** The first field of /proc/mounts for this mount (default 'strata'). */
   fsName?: string;
   log?: Logger;
+  /** The mount's readahead in KiB (default 4096; 0 keeps the kernel's 128; needs root). */
+  readAheadKiB?: number;
   /** Which binding serves (default: 'fuse3' when built, see docs/fuse.md); the other is for comparison. */
   binding?: FuseBinding;
 }

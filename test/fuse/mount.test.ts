@@ -3,7 +3,7 @@
  * processes (cat, stat, python's getxattr, overlayfs) and by this one (fs/promises only: a synchronous call
  * would wait on the event loop that serves the mount).
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { chmod, lstat, mkdir, open, readFile, readdir, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -152,6 +152,21 @@ describe.each(BINDINGS)('with the %s binding', (binding) => {
     });
   });
 
+  describe('many mounts', () => {
+    it('serves 16 mounts from one process at once, each its own tree, and unmounts them all', async () => {
+      const points: string[] = [];
+      for (let i = 0; i < 16; i++) {
+        const src = await tarLayerSource(await makeTar([{ name: 'id', body: `layer ${i}\n` }]));
+        points.push(await mounted(src, `many-${i}`));
+      }
+      const { stdout } = await run('cat', points.map((p) => join(p, 'id')));
+      expect(stdout).toBe(points.map((_, i) => `layer ${i}\n`).join(''));
+      expect((await fuseMountsUnder(dir.path)).filter((p) => p.includes(`${binding}-many-`)).length).toBe(16);
+      for (const m of mounts.splice(0)) await m.unmount();
+      expect(await fuseMountsUnder(dir.path)).toEqual([]);
+    });
+  });
+
   describe('large directories', () => {
     it('lists a directory of 3,000 entries with long names completely, across many readdir replies', async () => {
       const names = Array.from({ length: 3000 }, (_, i) => `entry-${String(i).padStart(5, '0')}-${'n'.repeat(i % 200)}`);
@@ -208,6 +223,23 @@ describe.each(BINDINGS)('with the %s binding', (binding) => {
       expect((await run('cat', [join(mp, 'etc/passwd')])).stdout).toContain('root:x:0:0');
     });
 
+    // libfuse 3 negotiates requests of up to 1 MiB (FUSE_MAX_PAGES); libfuse 2 (fuse-native) cannot: 128 KiB.
+    const largest = binding === 'fuse3' ? 1024 * 1024 : 128 * 1024;
+    it(`asks the source for ${largest / 1024} KiB at a time when a reader goes sequentially (the raised readahead)`, async () => {
+      const source = await sampleLayer();
+      const mp = await mounted(source);
+      const lengths: number[] = [];
+      source.intercept = (node, offset, length) => {
+        if (node === source.node('big')) lengths.push(length);
+        return undefined;
+      };
+      const { stdout } = await run('sh', ['-c', `dd if=${join(mp, 'big')} bs=1M 2>/dev/null | md5sum`]);
+      const { createHash } = await import('node:crypto');
+      expect(stdout.split(' ')[0]).toBe(createHash('md5').update(BIG).digest('hex'));
+      expect(Math.max(...lengths)).toBe(largest);
+      expect(lengths.length).toBeLessThan(Math.ceil(BIG.length / largest) * 2);
+    });
+
     it('serves other requests, and keeps the event loop free, while one read waits on a slow source', async () => {
       const source = await sampleLayer();
       const mp = await mounted(source);
@@ -231,6 +263,43 @@ describe.each(BINDINGS)('with the %s binding', (binding) => {
       release();
       const { createHash } = await import('node:crypto');
       expect((await slow).stdout.split(' ')[0]).toBe(createHash('md5').update(BIG).digest('hex'));
+    });
+  });
+
+  describe('programs', () => {
+    it('runs a static binary from the mount (exec maps its pages through the FUSE page cache)', async () => {
+      const busybox = await readFile('/bin/busybox');
+      const mp = await mounted(await tarLayerSource(await makeTar([{ name: 'bin/busybox', body: busybox, mode: 0o755 }])));
+      // Through sh: Node's spawn waits, on the event loop's thread, for its child's execve to succeed, and an
+      // execve of a file on this process's own mount needs that thread to answer the reads (docs/fuse.md).
+      const bb = (...args: string[]) => run('sh', ['-c', 'exec "$@"', 'sh', join(mp, 'bin/busybox'), ...args]);
+      expect((await bb('echo', 'hello from fuse')).stdout).toBe('hello from fuse\n');
+      expect((await bb('sha256sum', join(mp, 'bin/busybox'))).stdout.split(' ')[0]).toBe(
+        (await import('node:crypto')).createHash('sha256').update(busybox).digest('hex'),
+      );
+    });
+
+    it('keeps serving after a reader is killed while its read waits on the source', async () => {
+      const source = await sampleLayer();
+      const mp = await mounted(source);
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      let waiting = 0;
+      source.intercept = (node, offset, length) => {
+        if (node !== source.node('big')) return undefined;
+        waiting++;
+        return gate.then(() => BIG.subarray(offset, offset + length));
+      };
+      const reader = spawn('cat', [join(mp, 'big')], { stdio: ['ignore', 'ignore', 'ignore'] });
+      const exited = new Promise<NodeJS.Signals | null>((r) => reader.on('exit', (_code, signal) => r(signal)));
+      while (waiting === 0) await new Promise((r) => setTimeout(r, 10));
+      reader.kill('SIGKILL');
+      expect(await exited).toBe('SIGKILL');
+      release(); // the answers now go to a request the kernel has given up on
+      source.intercept = undefined;
+      expect((await run('cat', [join(mp, 'etc/passwd')])).stdout).toContain('root:x:0:0');
+      const { createHash } = await import('node:crypto');
+      expect((await run('md5sum', [join(mp, 'big')])).stdout.split(' ')[0]).toBe(createHash('md5').update(BIG).digest('hex'));
     });
   });
 
