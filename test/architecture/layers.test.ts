@@ -19,9 +19,9 @@ const RANK: Record<string, number> = {
   plugin: 1,
   config: 1,
   mount: 1, // mounting, and the one parser of overlay options
+  estargz: 1.5, // the eStargz format (footer, TOC, chunks, writer): imports core and log only
   content: 2,
   events: 2,
-  estargz: 1.5, // the eStargz format (footer, TOC, chunks, writer): imports core and log only
   remotes: 2.5, // the registry client (OCI distribution API): images pull and push with it, lazy snapshotters read ranges
   metrics: 2, // Prometheus exposition, the debug endpoint, the SIGUSR1 dump: reads plugins through its own interfaces
   snapshots: 3, // backends: never metadata, never the gRPC layer
