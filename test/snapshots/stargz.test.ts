@@ -7,6 +7,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -228,9 +229,24 @@ describe('the stargz snapshotter', () => {
       const md5 = await withTempMount(mounts, async (dir) => createHash('md5').update(await readFile(join(dir, lazy.files[0]!.path))).digest('hex'));
       expect(md5).toBe(lazy.files[0]!.md5);
       await again.remove('reader');
-      // cleanup() leaves owned layers mounted.
+      // cleanup() leaves owned layers mounted, and unmounts (and forgets the cache of) one no record owns.
+      const orphan = join(root, 'snapshots', '9999', 'fs');
+      const client = new LazyfsClient({ root, log: silentLogger });
+      const l = lazy.layers[0]!;
+      await client.mount({
+        mountpoint: orphan,
+        cacheDir: join(root, 'cache', '9999'),
+        layer: { ref: `${proxy.host}/lazy/app:v1`, digest: l.digest, tocDigest: l.tocDigest! },
+        registry: {},
+        policy: { prefetch: true, background: false, backgroundDelayMs: 0 },
+      });
+      client.close();
+      expect(lazyfsMountsUnder(root)).toHaveLength(3);
       await again.cleanup();
       expect(lazyfsMountsUnder(root)).toHaveLength(2);
+      expect(lazyfsMountsUnder(root)).not.toContain(orphan);
+      expect(existsSync(join(root, 'cache', '9999'))).toBe(false);
+      expect(existsSync(join(root, 'snapshots', '9999'))).toBe(false);
     } finally {
       await again.close();
     }
