@@ -207,6 +207,8 @@ export class ImageTransfers {
   private readonly multipart: MultipartOptions | undefined;
   /** max_concurrent_unpacks, at least 1. */
   private readonly maxConcurrentUnpacks: number;
+  /** remote_snapshotters: unpacks into these carry stargz-snapshotter's labels. */
+  private readonly remoteSnapshotters: Set<string>;
   /** Downloads and unpacks in flight, shared by this daemon's concurrent transfers. */
   readonly shared = new SharedWork();
 
@@ -224,6 +226,11 @@ export class ImageTransfers {
       throw invalidArgument('transfer config: max_concurrent_unpacks must be a whole number, 0 or more');
     }
     this.maxConcurrentUnpacks = Math.max(1, unpacks);
+    const remote: unknown = config.remote_snapshotters ?? defaults.remote_snapshotters;
+    if (!Array.isArray(remote) || !remote.every((x) => typeof x === 'string')) {
+      throw invalidArgument('transfer config: remote_snapshotters must be a list of snapshotter names');
+    }
+    this.remoteSnapshotters = new Set(remote as string[]);
     const unpackDefault = unpackConfigSnapshotter(config.unpack_config);
     this.defaultSnapshotter = config.snapshotter || unpackDefault;
     const partSize = configBytes('concurrent_layer_fetch_buffer', config.concurrent_layer_fetch_buffer ?? defaults.concurrent_layer_fetch_buffer);
@@ -287,7 +294,7 @@ export class ImageTransfers {
       // Snapshots are namespaced: the same chain in two namespaces is two snapshots, unpacked separately.
       exclusive: <T>(chainID: string, fn: () => Promise<T>) => this.shared.unpack(`${name}\u0000${ctx.namespace}\u0000${chainID}`, fn),
       maxConcurrentUnpacks: this.maxConcurrentUnpacks,
-      ...((this.config.remote_snapshotters ?? defaultTransferConfig().remote_snapshotters).includes(name) ? { remoteLabels: true } : {}),
+      ...(this.remoteSnapshotters.has(name) ? { remoteLabels: true } : {}),
     };
   }
 
