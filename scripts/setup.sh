@@ -9,8 +9,11 @@ cd "$(dirname "$0")/.."
 # build the Go interop tier (test/interop-go: containerd's client library and test suites, offline, GOPATH mode).
 # prometheus (with promtool) scrapes the metrics endpoint in test/metrics; systemd's systemd-analyze verifies
 # contrib/strata.service; tmux is the pseudo-terminal of the progress display tests (test/cli/progress-tty).
-# gcc builds native/idmap-mount.c, the idmapped-mount helper (open_tree/mount_setattr/move_mount, which Node lacks).
-debs=(containerd runc busybox-static btrfs-progs erofs-utils tar docker-registry skopeo python3 golang-go golang-github-containerd-containerd-dev golang-github-containerd-stargz-snapshotter-dev fuse3 libfuse2 libfuse3-dev prometheus systemd tmux gcc libc6-dev)
+# gcc builds native/idmap-mount.c, the idmapped-mount helper (open_tree/mount_setattr/move_mount, which Node lacks),
+# and native/fuse3-napi.c, Strata's N-API binding of libfuse 3 (libfuse3-dev; Node's own headers, which the nodejs
+# package installs beside the binary: no node-gyp, no download). fuse3 brings fusermount3 and /etc/fuse.conf;
+# libfuse2 is for fuse-native, the npm binding bench/fuse.ts compares it with (docs/fuse.md).
+debs=(containerd runc busybox-static btrfs-progs erofs-utils tar docker-registry skopeo python3 golang-go golang-github-containerd-containerd-dev golang-github-containerd-stargz-snapshotter-dev fuse3 libfuse2 libfuse3-dev pkg-config prometheus systemd tmux gcc libc6-dev)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -24,8 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-mkdir -p native/bin
-gcc -O2 -Wall -Wextra -o native/bin/strata-idmap-mount native/idmap-mount.c
+bash scripts/build-native.sh
 
 npm ci --no-audit --no-fund
 npm run build

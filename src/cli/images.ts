@@ -1,8 +1,9 @@
 /**
- * strata image: ls, rm, pull, push, import, export, unpack, check. Listing and checking read through the
+ * strata image: ls, rm, pull, push, import, export, unpack, convert, check. Listing and checking read through the
  * images and content APIs as ctr does (same columns, same size format); transfers run in the daemon (Strata's
  * transfer service) and stream progress: per-object bars on a terminal, one line per state change elsewhere.
  */
+import { readFileSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import type { ClientReadableStream } from '@grpc/grpc-js';
 import type { StrataClient } from '../api/clients/strata.js';
@@ -67,6 +68,37 @@ function registry(values: Values, ref: string): RegistryOptions {
 }
 
 /** Shows a transfer's progress and resolves when the stream ends (rejects with the daemon's error). */
+/**
+ * The paths of a `ctr-remote image optimize --record-out` file (a JSON object per line: {"path": ...,
+ * "manifestDigest": ..., "layerIndex": ...}), each once, in order, as nerdctl's --estargz-record-in reads it.
+ */
+function readRecordFile(path: string): string[] {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new CliError(`--estargz-record-in ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  const out: string[] = [];
+  const seen = new Set<string>();
+  for (const [i, line] of text.split('\n').entries()) {
+    if (!line.trim()) continue;
+    let e: unknown;
+    try {
+      e = JSON.parse(line);
+    } catch {
+      throw new CliError(`--estargz-record-in ${path}: line ${i + 1} is not JSON`);
+    }
+    const p = (e as { path?: unknown } | null)?.path;
+    if (typeof p !== 'string') throw new CliError(`--estargz-record-in ${path}: line ${i + 1} has no "path"`);
+    if (!seen.has(p)) {
+      seen.add(p);
+      out.push(p);
+    }
+  }
+  return out;
+}
+
 async function follow(stream: ClientReadableStream<Progress>, quiet = false): Promise<Progress[]> {
   const tty = process.stderr.isTTY && !quiet;
   const rows = new Map<string, Progress>();
@@ -323,6 +355,52 @@ export const images: Group = {
         );
         const finals = await follow(stream, true);
         const done = finals.find((p) => p.status === 'unpacked');
+        if (done) process.stdout.write(`${done.ref} ${done.detail}\n`);
+      },
+    },
+    {
+      name: 'convert',
+      usage: '--estargz [--oci] [--estargz-record-in FILE] <source> <target>',
+      summary: 'convert a stored image to eStargz layers as a new image (in the daemon), as nerdctl image convert does',
+      options: {
+        ...platformOptions,
+        estargz: { type: 'boolean' },
+        oci: { type: 'boolean' },
+        'estargz-chunk-size': { type: 'string' },
+        'estargz-compression-level': { type: 'string' },
+        'estargz-record-in': { type: 'string' },
+        quiet: { type: 'boolean', short: 'q' },
+      },
+      async run({ args, values, session }) {
+        const [source, target] = args;
+        if (!source || !target || args.length > 2) throw new CliError('convert takes a source and a target image name');
+        if (!bool(values, 'estargz')) throw new CliError('convert: say which conversion: --estargz');
+        const int = (key: string, min: number, max: number): number => {
+          const v = str(values, key);
+          if (v === undefined) return 0;
+          const n = Number(v);
+          if (!Number.isSafeInteger(n) || n < min || n > max) throw new CliError(`--${key} must be a whole number from ${min} to ${max}`);
+          return n;
+        };
+        const recordIn = str(values, 'estargz-record-in');
+        const prioritized = recordIn ? readRecordFile(recordIn) : [];
+        const c = await session.connect();
+        const stream = c.transfer.convert(
+          {
+            source,
+            target,
+            estargz: true,
+            oci: bool(values, 'oci'),
+            platforms: list(values, 'platform'),
+            allPlatforms: bool(values, 'all-platforms'),
+            estargzChunkSize: int('estargz-chunk-size', 1, 1 << 30),
+            estargzCompressionLevel: int('estargz-compression-level', 1, 9),
+            estargzPrioritizedFiles: prioritized,
+          },
+          c.metadata(),
+        );
+        const finals = await follow(stream, bool(values, 'quiet'));
+        const done = finals.find((p) => p.status === 'converted' && p.kind === 'image');
         if (done) process.stdout.write(`${done.ref} ${done.detail}\n`);
       },
     },

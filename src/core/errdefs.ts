@@ -21,6 +21,7 @@ export const GrpcCode = {
   UNIMPLEMENTED: 12,
   INTERNAL: 13,
   UNAVAILABLE: 14,
+  DATA_LOSS: 15,
 } as const;
 
 export type ErrorKind =
@@ -35,7 +36,8 @@ export type ErrorKind =
   | 'canceled'
   | 'deadline exceeded'
   | 'permission denied'
-  | 'resource exhausted';
+  | 'resource exhausted'
+  | 'data loss';
 
 const codeOfKind: Record<ErrorKind, number> = {
   unknown: GrpcCode.UNKNOWN,
@@ -50,6 +52,7 @@ const codeOfKind: Record<ErrorKind, number> = {
   'deadline exceeded': GrpcCode.DEADLINE_EXCEEDED,
   'permission denied': GrpcCode.PERMISSION_DENIED,
   'resource exhausted': GrpcCode.RESOURCE_EXHAUSTED,
+  'data loss': GrpcCode.DATA_LOSS,
 };
 
 const kindOfCode = new Map<number, ErrorKind>(
@@ -93,6 +96,9 @@ export const unknown = (detail: string, cause?: unknown) => new StrataError('unk
 export const resourceExhausted = (detail: string, cause?: unknown) =>
   new StrataError('resource exhausted', detail, { cause });
 
+/** Bytes that do not match their digest (a verified chunk, a TOC): never handed on. */
+export const dataLoss = (detail: string, cause?: unknown) => new StrataError('data loss', detail, { cause });
+
 export const isKind = (err: unknown, kind: ErrorKind): boolean => err instanceof StrataError && err.kind === kind;
 export const isNotFound = (err: unknown) => isKind(err, 'not found');
 export const isAlreadyExists = (err: unknown) => isKind(err, 'already exists');
@@ -100,6 +106,7 @@ export const isInvalidArgument = (err: unknown) => isKind(err, 'invalid argument
 export const isFailedPrecondition = (err: unknown) => isKind(err, 'failed precondition');
 export const isUnavailable = (err: unknown) => isKind(err, 'unavailable');
 export const isResourceExhausted = (err: unknown) => isKind(err, 'resource exhausted');
+export const isDataLoss = (err: unknown) => isKind(err, 'data loss');
 
 /**
  * The codes that mean the disk is full: a file call's ENOSPC, a quota's EDQUOT, and SQLite's SQLITE_FULL (the

@@ -217,3 +217,30 @@ export function applyLabelPaths(
 /** Labels are stored as JSON objects in TEXT columns. */
 export const parseLabels = (json: string): Record<string, string> => JSON.parse(json) as Record<string, string>;
 export const encodeLabels = (labels: Record<string, string> | undefined): string => JSON.stringify(labels ?? {});
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Remote (lazily pulled) snapshots: the labels stargz-snapshotter reads on a labelled prepare, as containerd 1.6
+ * clients (ctr-remote rpull) and Strata's own pull put them there. All are inherited labels (they reach the
+ * backend and proxy plugins).
+ * ---------------------------------------------------------------------------------------------------------- */
+
+/** On a committed snapshot a lazy-pull snapshotter provides: its value is "remote snapshot". */
+export const LABEL_REMOTE_SNAPSHOT = 'containerd.io/snapshot/remote';
+export const REMOTE_SNAPSHOT_VALUE = 'remote snapshot';
+/** The image reference the layer is pulled from ("127.0.0.1:5000/app:v1"). */
+export const LABEL_STARGZ_REFERENCE = 'containerd.io/snapshot/remote/stargz.reference';
+/** The layer blob's digest. */
+export const LABEL_STARGZ_DIGEST = 'containerd.io/snapshot/remote/stargz.digest';
+/** The digests of this layer and the layers above it in the manifest, comma-separated (bounded by the label size). */
+export const LABEL_STARGZ_LAYERS = 'containerd.io/snapshot/remote/stargz.layers';
+/** The layer descriptor's `urls`, comma-separated. */
+export const LABEL_REMOTE_URLS = 'containerd.io/snapshot/remote/urls';
+/** Strata's: the layer blob's size in bytes (saves the lazy-pull snapshotter a request to learn it). */
+export const LABEL_REMOTE_SIZE = 'containerd.io/snapshot/remote/strata.size';
+/** The TOC digest of an eStargz layer (the layer descriptor's annotation, copied as an inherited label). */
+export const LABEL_STARGZ_TOC_DIGEST = 'containerd.io/snapshot/stargz/toc.digest';
+/**
+ * Strata's: on the active snapshot a lazy-pull snapshotter prepared the ordinary way although it was asked for a
+ * remote layer (the caller downloads and applies it), with the reason; Strata's unpack reports it in progress.
+ */
+export const LABEL_LAZY_FALLBACK = 'containerd.io/snapshot/strata.lazy-fallback';

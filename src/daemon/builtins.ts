@@ -12,6 +12,7 @@ import '../snapshots/devmapper/plugin.js';
 import '../snapshots/zfs/plugin.js';
 import '../snapshots/aufs/plugin.js';
 import '../snapshots/erofs/plugin.js';
+import '../snapshots/stargz/plugin.js';
 import '../diff/plugin.js';
 import '../images/plugin.js';
 import '../gc/plugin.js';

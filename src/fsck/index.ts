@@ -27,6 +27,7 @@ import { isDigestAlgorithm, isValidHex, parseDigest } from '../content/digest.js
 import { MetadataCheck, type LabelledTable } from '../metadata/fsck.js';
 import { SnapshotStorage } from '../snapshots/storage.js';
 import { parseMountInfo } from '../snapshots/btrfs/mountinfo.js';
+import { FS_NAME as LAZYFS_FS_NAME } from '../snapshots/stargz/protocol.js';
 import { refuseIfServed } from './offline.js';
 import { notFound, StrataError } from '../core/errdefs.js';
 import { validateLabelEntries } from '../core/labels.js';
@@ -309,7 +310,11 @@ async function checkMounts(c: Ctx, cfg: Config, storeDirs: string[]): Promise<vo
   const names = (m: { root: string; options: string[]; superOptions: string[] }) =>
     m.root.startsWith(c.root + '/') || [...m.options, ...m.superOptions].some((o) => o.includes(c.root + '/'));
   const temp = (m: { mountPoint: string }) => dirname(m.mountPoint) === resolve(tmpdir()) && basename(m.mountPoint).startsWith('strata-mount-');
-  const entries = parseMountInfo(text).filter((m) => (under(m.mountPoint) && !isKept(m.mountPoint)) || (temp(m) && names(m)));
+  // A lazily pulled layer (the stargz snapshotter) is a FUSE mount served by its lazyfs process, which outlives
+  // the daemon by design (docs/lazy-pull.md): not a leftover.
+  const lazyfs = (m: { fstype: string; source: string; mountPoint: string }) =>
+    m.fstype.startsWith('fuse') && m.source === LAZYFS_FS_NAME && m.mountPoint.startsWith(join(c.root, snapshotterUri('stargz'), 'snapshots') + '/');
+  const entries = parseMountInfo(text).filter((m) => !lazyfs(m) && ((under(m.mountPoint) && !isKept(m.mountPoint)) || (temp(m) && names(m))));
   count(c, 'mounts', entries.length);
   // Deepest first, so a repair unmounts what is on top before what is below.
   const seen = new Set<string>();

@@ -19,7 +19,7 @@ import type { Fetcher, Resolver } from '../remotes/types.js';
 import { parseReference } from '../remotes/reference.js';
 import { type Image, type ImageStore } from '../metadata/images.js';
 import { type Descriptor, type Platform } from '../core/descriptor.js';
-import { unpackLayers, type UnpackResult } from './unpack.js';
+import { remoteSnapshotLabels, unpackLayers, type UnpackResult } from './unpack.js';
 import { createOrUpdateImage } from './store-util.js';
 import type { SharedWork } from './inflight.js';
 
@@ -38,6 +38,11 @@ export interface UnpackTarget {
   exclusive?: <T>(chainID: string, fn: () => Promise<T>) => Promise<T>;
   /** containerd 2.x's max_concurrent_unpacks (see UnpackOptions.maxConcurrentUnpacks). */
   maxConcurrentUnpacks?: number;
+  /**
+   * The snapshotter pulls lazily (stargz): a pull puts stargz-snapshotter's labels on each labelled prepare
+   * (remoteSnapshotLabels: the image reference, the layer's digest...) so that it can fetch the layer itself.
+   */
+  remoteLabels?: boolean;
 }
 
 export interface PullOptions {
@@ -146,6 +151,7 @@ export async function pull(resolver: Resolver, ref: string, svc: ImageServices, 
           ...(opts.unpack.protect ? { protect: opts.unpack.protect } : {}),
           ...(opts.unpack.exclusive ? { exclusive: opts.unpack.exclusive } : {}),
           ...(opts.unpack.maxConcurrentUnpacks ? { maxConcurrentUnpacks: opts.unpack.maxConcurrentUnpacks } : {}),
+          ...(opts.unpack.remoteLabels ? { layerLabels: (i: number) => remoteSnapshotLabels(resolved.name, target.layers, i) } : {}),
           fetch: (i) => void startLayer(target.layers[i]!),
           ready: async (i) => void (await startLayer(target.layers[i]!)),
           onProgress: (layer, status, detail) =>

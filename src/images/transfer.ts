@@ -26,6 +26,7 @@ import { Budget, MIN_PART_SIZE } from '../remotes/multipart.js';
 import type { Credentials, MultipartOptions, ResolverOptions } from '../remotes/types.js';
 import { importArchive, exportArchive } from './archive/index.js';
 import { unpackLayers, type UnpackResult } from './unpack.js';
+import { convertImage, type ConvertResult } from './convert.js';
 import { SharedWork } from './inflight.js';
 import type { Image, ImageStore } from '../metadata/images.js';
 import type { Descriptor } from '../core/descriptor.js';
@@ -66,11 +67,18 @@ export interface TransferConfig {
    * shown faster for unpack alone (bench/RESULTS.md, "Parallel unpack"), so it is opt-in until it is.
    */
   max_concurrent_unpacks: number;
+  /**
+   * Strata's: snapshotters that pull lazily: a pull unpacking into one of them puts stargz-snapshotter's labels
+   * (`containerd.io/snapshot/remote/stargz.*`, `.../remote/urls`) on each layer's labelled prepare, as
+   * stargz-snapshotter's containerd client (ctr-remote rpull) does, so the snapshotter fetches layers itself.
+   */
+  remote_snapshotters: string[];
 }
 
 export const defaultTransferConfig = (): TransferConfig => ({
   max_concurrent_downloads: 3,
   max_concurrent_unpacks: 1,
+  remote_snapshotters: ['stargz'],
   snapshotter: '',
   config_path: '',
   connect_timeout: '30s',
@@ -199,6 +207,8 @@ export class ImageTransfers {
   private readonly multipart: MultipartOptions | undefined;
   /** max_concurrent_unpacks, at least 1. */
   private readonly maxConcurrentUnpacks: number;
+  /** remote_snapshotters: unpacks into these carry stargz-snapshotter's labels. */
+  private readonly remoteSnapshotters: Set<string>;
   /** Downloads and unpacks in flight, shared by this daemon's concurrent transfers. */
   readonly shared = new SharedWork();
 
@@ -216,6 +226,11 @@ export class ImageTransfers {
       throw invalidArgument('transfer config: max_concurrent_unpacks must be a whole number, 0 or more');
     }
     this.maxConcurrentUnpacks = Math.max(1, unpacks);
+    const remote: unknown = config.remote_snapshotters ?? defaults.remote_snapshotters;
+    if (!Array.isArray(remote) || !remote.every((x) => typeof x === 'string')) {
+      throw invalidArgument('transfer config: remote_snapshotters must be a list of snapshotter names');
+    }
+    this.remoteSnapshotters = new Set(remote as string[]);
     const unpackDefault = unpackConfigSnapshotter(config.unpack_config);
     this.defaultSnapshotter = config.snapshotter || unpackDefault;
     const partSize = configBytes('concurrent_layer_fetch_buffer', config.concurrent_layer_fetch_buffer ?? defaults.concurrent_layer_fetch_buffer);
@@ -279,6 +294,7 @@ export class ImageTransfers {
       // Snapshots are namespaced: the same chain in two namespaces is two snapshots, unpacked separately.
       exclusive: <T>(chainID: string, fn: () => Promise<T>) => this.shared.unpack(`${name}\u0000${ctx.namespace}\u0000${chainID}`, fn),
       maxConcurrentUnpacks: this.maxConcurrentUnpacks,
+      ...(this.remoteSnapshotters.has(name) ? { remoteLabels: true } : {}),
     };
   }
 
@@ -339,6 +355,31 @@ export class ImageTransfers {
       ...(opts.image ? { image: opts.image } : {}),
       platforms: (opts.platforms ?? []).map(parsePlatform),
       ...(onProgress ? { onProgress } : {}),
+    });
+  }
+
+  /**
+   * Converts stored image `source` to eStargz as image `target` (src/images/convert.ts), under a lease so the
+   * new blobs are protected until the image refers to them.
+   */
+  async convert(
+    namespace: string,
+    source: string,
+    target: string,
+    opts: { oci?: boolean; platforms?: string[]; allPlatforms?: boolean; chunkSize?: number; compressionLevel?: number; prioritizedFiles?: string[] },
+    onProgress?: ProgressFn,
+  ): Promise<ConvertResult> {
+    return this.leased(namespace, async (ctx) => {
+      const { content, images } = this.stores(ctx);
+      return convertImage(content, images, source, target, {
+        oci: opts.oci ?? false,
+        platforms: (opts.platforms ?? []).map(parsePlatform),
+        allPlatforms: opts.allPlatforms ?? false,
+        ...(opts.chunkSize ? { chunkSize: opts.chunkSize } : {}),
+        ...(opts.compressionLevel ? { compressionLevel: opts.compressionLevel } : {}),
+        ...(opts.prioritizedFiles && opts.prioritizedFiles.length > 0 ? { prioritizedFiles: opts.prioritizedFiles } : {}),
+        ...(onProgress ? { onProgress } : {}),
+      });
     });
   }
 

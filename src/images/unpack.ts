@@ -26,13 +26,24 @@ import { retryOnNoSpace } from '../core/nospace.js';
 import type { ContentStore } from '../content/types.js';
 import type { Applier } from '../diff/types.js';
 import { hasCapability, LABEL_SNAPSHOT_REBASE, SnapshotterCapability, type Snapshotter } from '../snapshots/types.js';
-import { LABEL_SNAPSHOT_REF } from '../core/labels.js';
+import {
+  INHERITED_LABEL_PREFIX,
+  LABEL_LAZY_FALLBACK,
+  LABEL_REMOTE_SIZE,
+  LABEL_REMOTE_URLS,
+  LABEL_SNAPSHOT_REF,
+  LABEL_STARGZ_DIGEST,
+  LABEL_STARGZ_LAYERS,
+  LABEL_STARGZ_REFERENCE,
+  validateLabelEntries,
+} from '../core/labels.js';
 import { chainIDs } from './manifest.js';
 import { LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED } from '../core/labels.js';
 import { type Descriptor } from '../core/descriptor.js';
 import type { Mount } from '../core/mount.js';
 
-export type UnpackStatus = 'exists' | 'unpacking' | 'unpacked';
+/** `lazy-fallback`: a lazy-pull snapshotter asked for the layer could not provide it (detail: why); it is downloaded. */
+export type UnpackStatus = 'exists' | 'unpacking' | 'unpacked' | 'lazy-fallback';
 
 export interface UnpackOptions {
   /** Name of the snapshotter (for the config blob's gc.ref.snapshot label). */
@@ -64,6 +75,50 @@ export interface UnpackOptions {
    * committed in order onto their parents; otherwise (default 1) one after the other.
    */
   maxConcurrentUnpacks?: number;
+  /**
+   * Labels for layer i's labelled prepare beyond containerd.io/snapshot.ref and the layer descriptor's
+   * `containerd.io/snapshot/` annotations (always copied, as containerd 1.6's unpacker does): a pull for a
+   * lazy-pull snapshotter passes remoteSnapshotLabels() here.
+   */
+  layerLabels?: (i: number) => Record<string, string>;
+}
+
+/**
+ * The labels stargz-snapshotter reads to fetch layer i lazily, as its containerd 1.6 client handler sets them
+ * (fs/source AppendDefaultLabelsHandlerWrapper): the image reference, the layer's digest, the digests of this
+ * layer and the ones above it (as many as fit a label), and the layer's urls.
+ */
+export function remoteSnapshotLabels(ref: string, layers: Descriptor[], i: number): Record<string, string> {
+  const layer = layers[i]!;
+  const fitting = (key: string, values: string[]): string => {
+    let v = '';
+    for (const x of values) {
+      const next = v ? `${v},${x}` : x;
+      try {
+        validateLabelEntries({ [key]: next });
+      } catch {
+        break;
+      }
+      v = next;
+    }
+    return v;
+  };
+  const out: Record<string, string> = {
+    [LABEL_STARGZ_REFERENCE]: ref,
+    [LABEL_STARGZ_DIGEST]: layer.digest,
+    [LABEL_STARGZ_LAYERS]: fitting(LABEL_STARGZ_LAYERS, layers.slice(i).map((l) => l.digest)),
+    ...(Number.isSafeInteger(layer.size) && layer.size > 0 ? { [LABEL_REMOTE_SIZE]: String(layer.size) } : {}),
+  };
+  const urls = fitting(LABEL_REMOTE_URLS, layer.urls ?? []);
+  if (urls) out[LABEL_REMOTE_URLS] = urls;
+  return out;
+}
+
+/** The layer descriptor's annotations a snapshotter inherits (containerd's snapshots.FilterInheritedLabels). */
+function inheritedAnnotations(layer: Descriptor): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(layer.annotations ?? {})) if (k.startsWith(INHERITED_LABEL_PREFIX)) out[k] = v;
+  return out;
 }
 
 export interface UnpackResult {
@@ -258,9 +313,11 @@ class Unpack {
       }
     }
     const key = extractionKey(chainID);
+    const labels: Record<string, string> = { ...inheritedAnnotations(layer), ...this.opts.layerLabels?.(i), [LABEL_SNAPSHOT_REF]: chainID };
     try {
-      const mounts = await this.sn.prepare(key, parent, { labels: { [LABEL_SNAPSHOT_REF]: chainID } });
+      const mounts = await this.sn.prepare(key, parent, { labels });
       crashPoint('unpack.layer.after-prepare');
+      if (labels[LABEL_STARGZ_DIGEST] !== undefined) await this.reportFallback(layer, key);
       return { key, mounts };
     } catch (err) {
       // ALREADY_EXISTS: a remote snapshotter has the layer (or a concurrent unpack committed it).
@@ -271,6 +328,18 @@ class Unpack {
       }
       throw err;
     }
+  }
+
+  /**
+   * A prepare that asked for a remote layer and got an ordinary snapshot: a lazy-pull snapshotter says why in
+   * LABEL_LAZY_FALLBACK on it (Strata's stargz snapshotter), which the pull's progress reports.
+   */
+  private async reportFallback(layer: Descriptor, key: string): Promise<void> {
+    const why = await this.sn.stat(key).then(
+      (info) => info.labels[LABEL_LAZY_FALLBACK],
+      () => undefined,
+    );
+    if (why !== undefined) this.opts.onProgress?.(layer, 'lazy-fallback', why);
   }
 
   /** Applies layer i into its extraction snapshot and checks its diffID. */

@@ -26,7 +26,7 @@ import { parseAll } from '../filters/index.js';
 import { typedEvent, type EventPublisher } from '../events/types.js';
 import { GroupCommit, snapshotAdaptor } from '../snapshots/storage.js';
 import { capabilitiesOf, hasCapability, inheritedLabels, SnapshotterCapability, type Info, type Kind, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../snapshots/types.js';
-import { LABEL_SNAPSHOT_REF, INHERITED_LABEL_PREFIX } from '../core/labels.js';
+import { LABEL_LAZY_FALLBACK, LABEL_SNAPSHOT_REF, LABEL_STARGZ_DIGEST, INHERITED_LABEL_PREFIX } from '../core/labels.js';
 import { type Mount } from '../core/mount.js';
 import { type UniqueNumbers } from './db.js';
 import { type DB } from '../core/sqlite.js';
@@ -455,6 +455,15 @@ class BoundSnapshotter implements Snapshotter {
       crashPoint('snapshot.prepare.before-backend');
       mounts = readonly ? await this.s.backend.view(bkey, bparent, { labels: blabels }) : await this.s.backend.prepare(bkey, bparent, { labels: blabels });
       created = true;
+      // A lazy-pull backend asked for a remote layer that prepared an ordinary snapshot says why on it
+      // (LABEL_LAZY_FALLBACK): recorded here too, so the unpack reports it in the pull's progress.
+      if (target && labels[LABEL_STARGZ_DIGEST] !== undefined) {
+        const why = await this.s.backend.stat(bkey).then(
+          (i) => i.labels[LABEL_LAZY_FALLBACK],
+          () => undefined,
+        );
+        if (why !== undefined) labels[LABEL_LAZY_FALLBACK] = why;
+      }
       crashPoint('snapshot.prepare.after-backend');
     } catch (err) {
       if (!isAlreadyExists(err)) throw err;

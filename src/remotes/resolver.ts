@@ -90,7 +90,8 @@ function contentRangeMatches(cr: string, first: number, last: number | undefined
   const [a, b, total] = [Number(m[1]), Number(m[2]), m[3]];
   if (a !== first || b < a) return false;
   if (total !== '*' && size >= 0 && Number(total) !== size) return false;
-  if (last !== undefined) return b === last;
+  // A bounded range past the end of a blob of unknown size is answered up to its last byte.
+  if (last !== undefined) return b === last || (b < last && total !== '*' && b === Number(total) - 1);
   return size < 0 || b === size - 1;
 }
 
@@ -104,14 +105,18 @@ function hashOf(algorithm: string, data: Buffer): string {
  */
 class FetchStream extends Transform {
   private toSkip: number;
+  /** Bytes still to pass on (a bounded read, FetchOpts.length); Infinity when unbounded. */
+  private left: number;
 
   constructor(
     skip: number,
     private readonly what: string,
     private readonly onClose: () => void,
+    limit = Infinity,
   ) {
     super();
     this.toSkip = skip;
+    this.left = limit;
     this.once('close', onClose);
   }
 
@@ -124,6 +129,14 @@ class FetchStream extends Transform {
       }
       chunk = chunk.subarray(this.toSkip);
       this.toSkip = 0;
+    }
+    if (this.left !== Infinity) {
+      if (this.left <= 0) {
+        cb();
+        return;
+      }
+      if (chunk.length > this.left) chunk = chunk.subarray(0, this.left);
+      this.left -= chunk.length;
     }
     cb(null, chunk);
   }
@@ -327,9 +340,16 @@ class RegistryResolverImpl implements RegistryResolver {
       throw invalidArgument(`fetch ${desc.digest}: offset ${offset} outside 0..${desc.size}`);
     }
     if (offset > 0 && offset === desc.size) return Readable.from([]);
+    if (opts.length !== undefined) {
+      const length = opts.length;
+      if (!Number.isSafeInteger(length) || length <= 0) throw invalidArgument(`fetch ${desc.digest}: length ${length} must be positive`);
+      // Never past the end of a blob of known size (the Range would be unsatisfiable).
+      const bounded = desc.size >= 0 ? Math.min(length, desc.size - offset) : length;
+      return (await this.open(base, desc, offset, bounded, true, opts.onBlobSize)).body;
+    }
     const mp = this.multipart;
     if (!mp || isManifestType(desc.mediaType) || !Number.isSafeInteger(desc.size) || desc.size - offset <= Math.max(mp.threshold, mp.partSize)) {
-      return (await this.open(base, desc, offset, undefined, false)).body;
+      return (await this.open(base, desc, offset, undefined, false, opts.onBlobSize)).body;
     }
     // The probe: an open-ended range from the offset. Only a registry that honours it (and says so) is split;
     // its answer is read as the first part, or as the whole download when it is not split.
@@ -361,7 +381,14 @@ class RegistryResolverImpl implements RegistryResolver {
    * 0 goes without one, as containerd's requests do (some registries mishandle `bytes=0-`). Holds a slot of
    * the concurrency limit until the body ends or is destroyed.
    */
-  private async open(base: Base, desc: Descriptor, offset: number, length: number | undefined, forceRange: boolean): Promise<RangeResponse> {
+  private async open(
+    base: Base,
+    desc: Descriptor,
+    offset: number,
+    length: number | undefined,
+    forceRange: boolean,
+    onBlobSize?: (size: number) => void,
+  ): Promise<RangeResponse> {
     const hosts = this.filter(base, ['pull']);
     if (hosts.length === 0) throw notFound(`no pull hosts for ${base.ref.name}`);
     const what = `${desc.digest} (${desc.mediaType})`;
@@ -399,13 +426,20 @@ class RegistryResolverImpl implements RegistryResolver {
               return undefined;
             }
             partial = true;
+            const total = /\/(\d+)\s*$/.exec(cr)?.[1];
+            if (total !== undefined) onBlobSize?.(Number(total));
           } else {
             skip = offset; // the whole blob came back: drop the head ourselves
           }
         }
+        if (!partial) {
+          const cl = contentLength(res);
+          if (cl !== undefined) onBlobSize?.(cl);
+        }
         const encoding = (header(res.headers, 'content-encoding') ?? '').trim().toLowerCase();
         const acceptRanges = /(^|,)\s*bytes\s*(,|$)/i.test(header(res.headers, 'accept-ranges') ?? '');
-        const out = new FetchStream(skip, `fetch ${what} from ${source}`, release);
+        // A bounded read that got more than it asked for (the whole blob) stops passing bytes at its end.
+        const out = new FetchStream(skip, `fetch ${what} from ${source}`, release, length !== undefined ? length : Infinity);
         pipeline(res.body, out, () => undefined);
         return { body: out, ranged: partial && (encoding === '' || encoding === 'identity'), acceptRanges };
       };

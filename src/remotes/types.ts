@@ -74,6 +74,17 @@ export interface Resolved {
 export interface FetchOpts {
   /** Resume: start at this byte (HTTP Range). The stream then yields bytes from offset on. */
   offset?: number;
+  /**
+   * Read at most this many bytes from `offset` (a bounded HTTP Range, `bytes=offset-(offset+length-1)`), as a
+   * lazy-pull snapshotter reads one chunk of a layer. The stream ends after `length` bytes (fewer at the
+   * blob's end) even when a registry ignores the Range and sends the whole blob. Never split into parts.
+   */
+  length?: number;
+  /**
+   * Called with the blob's total size once the registry says it (Content-Range `/<size>`, or Content-Length of a
+   * whole answer): how a caller that knows only a digest (a snapshot label) learns where the blob ends.
+   */
+  onBlobSize?: (size: number) => void;
 }
 
 export interface Fetcher {

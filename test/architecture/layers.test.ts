@@ -19,6 +19,8 @@ const RANK: Record<string, number> = {
   plugin: 1,
   config: 1,
   mount: 1, // mounting, and the one parser of overlay options
+  estargz: 1.5, // the eStargz format (footer, TOC, chunks, writer): imports core and log only
+  fuse: 1.5, // serving a read-only LayerSource over FUSE (imports core, log only)
   content: 2,
   events: 2,
   remotes: 2.5, // the registry client (OCI distribution API): images pull and push with it, lazy snapshotters read ranges

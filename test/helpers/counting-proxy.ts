@@ -15,6 +15,8 @@ export interface BlobRequest {
   status: number;
   /** Body bytes relayed to the client. */
   bytes: number;
+  /** The request's Range header, if any ("bytes=0-1023"). */
+  range?: string;
 }
 
 export interface CountingProxy {
@@ -47,7 +49,10 @@ export async function startCountingProxy(upstream: string, opts: { blobBytesPerS
         res.writeHead(upRes.statusCode ?? 502, upRes.headers);
         let bytes = 0;
         const done = () => {
-          if (blob) requests.push({ method: req.method ?? '', digest: blob[1]!, status: upRes.statusCode ?? 0, bytes });
+          if (blob) {
+            const range = req.headers.range;
+            requests.push({ method: req.method ?? '', digest: blob[1]!, status: upRes.statusCode ?? 0, bytes, ...(range ? { range } : {}) });
+          }
         };
         if (!blob || !rate || req.method !== 'GET') {
           upRes.on('data', (d: Buffer) => (bytes += d.length));

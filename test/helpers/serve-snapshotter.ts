@@ -11,10 +11,11 @@ export interface ServedBackend {
   stop(): Promise<void>;
 }
 
-export async function serveSnapshotter(snapshotter: string, root: string, address: string): Promise<ServedBackend> {
+/** `config`: a config file for the served plugin (`--config`, the daemon's layout). */
+export async function serveSnapshotter(snapshotter: string, root: string, address: string, opts: { config?: string } = {}): Promise<ServedBackend> {
   const proc = spawn(
     process.execPath,
-    [STRATAD, 'serve-snapshotter', '--snapshotter', snapshotter, '--root', root, '--address', address, '--log-level', 'debug'],
+    [STRATAD, 'serve-snapshotter', '--snapshotter', snapshotter, '--root', root, '--address', address, '--log-level', 'debug', ...(opts.config ? ['--config', opts.config] : [])],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let logs = '';

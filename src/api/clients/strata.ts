@@ -65,7 +65,7 @@ export class StrataClient {
   readonly health: HealthClient;
   readonly images: ImagesClient;
   readonly diff: DiffClient;
-  /** Strata's own transfer service (pull, push, import, export, unpack in the daemon). */
+  /** Strata's own transfer service (pull, push, import, export, unpack, convert in the daemon). */
   readonly transfer: TransferClient;
   readonly containers: ContainersClient;
   readonly tasks: TasksClient;

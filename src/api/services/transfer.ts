@@ -3,7 +3,7 @@
  * daemon and stream their progress. Translation only: the work is in src/images/transfer.ts.
  */
 import type * as grpc from '@grpc/grpc-js';
-import { TransferService, type TransferServer, type ExportRequest, type ImportRequest, type Progress as PbProgress, type PullRequest, type PushRequest, type UnpackRequest } from '../gen/strata/services/transfer/v1/transfer.js';
+import { TransferService, type TransferServer, type ConvertRequest, type ExportRequest, type ImportRequest, type Progress as PbProgress, type PullRequest, type PushRequest, type UnpackRequest } from '../gen/strata/services/transfer/v1/transfer.js';
 import type { ImageTransfers } from '../../images/transfer.js';
 import type { TransferProgress } from '../../images/fetch.js';
 import type { Logger } from '../../log/index.js';
@@ -82,6 +82,28 @@ export function transferService(transfers: ImageTransfers, log: Logger): GrpcSer
         progressTo(send),
       );
       await send(progressToPb({ ref: req.image, kind: 'image', status: 'unpacked', detail: r.chainID }));
+    }),
+    convert: serverStream(l, 'Convert', async (req: ConvertRequest, send, call) => {
+      if (!req.source) throw invalidArgument('source must be set');
+      if (!req.target) throw invalidArgument('target must be set');
+      if (!req.estargz) throw invalidArgument('no conversion requested: set estargz');
+      if (req.estargzChunkSize < 0) throw invalidArgument('estargz_chunk_size must not be negative');
+      if (req.estargzCompressionLevel < 0 || req.estargzCompressionLevel > 9) throw invalidArgument('estargz_compression_level must be 0..9');
+      const r = await transfers.convert(
+        opContext(call).namespace,
+        req.source,
+        req.target,
+        {
+          oci: req.oci,
+          platforms: req.platforms,
+          allPlatforms: req.allPlatforms,
+          chunkSize: req.estargzChunkSize,
+          compressionLevel: req.estargzCompressionLevel,
+          prioritizedFiles: req.estargzPrioritizedFiles,
+        },
+        progressTo(send),
+      );
+      await send(progressToPb({ ref: req.target, kind: 'image', status: 'converted', detail: r.target.digest }));
     }),
   };
   return grpcService<TransferServer>(TransferService, implementation);

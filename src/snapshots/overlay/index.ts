@@ -120,7 +120,16 @@ export function overlayOptionsFit(options: string[]): boolean {
 
 const isErrno = (err: unknown, code: string) => (err as NodeJS.ErrnoException | undefined)?.code === code;
 
-class OverlaySnapshotter implements Snapshotter {
+/**
+ * The overlayfs snapshotter with the one thing a snapshotter built on it (src/snapshots/stargz) needs beyond the
+ * contract: where a snapshot's own layer directory is, so that it can mount a remote layer there.
+ */
+export interface OverlayBackend extends Snapshotter {
+  /** `<root>/snapshots/<id>/fs` of the snapshot `key` (its upper directory, a lower once committed). */
+  layerDir(key: string): string;
+}
+
+class OverlaySnapshotter implements OverlayBackend {
   /**
    * containerd 2.x's overlayfs reports `remap-ids` where idmapped overlays work, and `only-remap-ids` unless its
    * `slow_chown` fallback is configured (Strata has no recursive-chown fallback: always). `rebase` (containerd
@@ -181,6 +190,10 @@ class OverlaySnapshotter implements Snapshotter {
 
   async stat(key: string): Promise<Info> {
     return this.storage.info(key);
+  }
+
+  layerDir(key: string): string {
+    return this.upperPath(this.storage.get(key).id);
   }
 
   async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths?: string[]): Promise<Info> {
@@ -578,7 +591,7 @@ function baseOptions(mountOptions: string[], indexOff: boolean, userxattr: boole
  * Opens (creating if needed) an overlayfs snapshotter on root. It does not test that overlayfs mounts here:
  * checkOverlaySupport() does (the plugin runs it first).
  */
-export async function openOverlaySnapshotter(root: string, opts: OverlayOptions = {}): Promise<Snapshotter> {
+export async function openOverlaySnapshotter(root: string, opts: OverlayOptions = {}): Promise<OverlayBackend> {
   const log = opts.log ?? silentLogger;
   const abs = resolve(root);
   await mkdir(abs, { recursive: true, mode: 0o700 });

@@ -84,6 +84,29 @@ export interface UnpackRequest {
   platforms: string[];
 }
 
+export interface ConvertRequest {
+  /** The stored image to convert. */
+  source: string;
+  /** The image to create (replaced when it exists; may equal source). */
+  target: string;
+  /** Convert the layers to eStargz (the one conversion there is; must be set). */
+  estargz: boolean;
+  /** Docker media types become OCI ones. */
+  oci: boolean;
+  /** Manifests of an index to keep and convert; none = the daemon host's platform. */
+  platforms: string[];
+  allPlatforms: boolean;
+  /** eStargz chunk size in bytes; 0 = 4 MiB. */
+  estargzChunkSize: number;
+  /** gzip level 1..9; 0 = 9 (stargz's default, best compression). */
+  estargzCompressionLevel: number;
+  /**
+   * Paths to put first in every layer, before the prefetch landmark (what a container reads at start); none =
+   * the no-prefetch landmark first.
+   */
+  estargzPrioritizedFiles: string[];
+}
+
 /** One step of a transfer. `ref` names the object: a digest, or an image name for kind "image". */
 export interface Progress {
   ref: string;
@@ -91,7 +114,7 @@ export interface Progress {
   kind: string;
   /**
    * "resolving", "waiting", "downloading", "exists", "done", "unpacking", "unpacked", "uploading", "pushed",
-   * "mounted", "created", "updated", "exported".
+   * "mounted", "created", "updated", "exported", "converting", "converted".
    */
   status: string;
   offset: number;
@@ -1046,6 +1069,231 @@ export const UnpackRequest: MessageFns<UnpackRequest> = {
   },
 };
 
+function createBaseConvertRequest(): ConvertRequest {
+  return {
+    source: "",
+    target: "",
+    estargz: false,
+    oci: false,
+    platforms: [],
+    allPlatforms: false,
+    estargzChunkSize: 0,
+    estargzCompressionLevel: 0,
+    estargzPrioritizedFiles: [],
+  };
+}
+
+export const ConvertRequest: MessageFns<ConvertRequest> = {
+  encode(message: ConvertRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.source !== "") {
+      writer.uint32(10).string(message.source);
+    }
+    if (message.target !== "") {
+      writer.uint32(18).string(message.target);
+    }
+    if (message.estargz !== false) {
+      writer.uint32(24).bool(message.estargz);
+    }
+    if (message.oci !== false) {
+      writer.uint32(32).bool(message.oci);
+    }
+    for (const v of message.platforms) {
+      writer.uint32(42).string(v!);
+    }
+    if (message.allPlatforms !== false) {
+      writer.uint32(48).bool(message.allPlatforms);
+    }
+    if (message.estargzChunkSize !== 0) {
+      writer.uint32(56).int64(message.estargzChunkSize);
+    }
+    if (message.estargzCompressionLevel !== 0) {
+      writer.uint32(64).int32(message.estargzCompressionLevel);
+    }
+    for (const v of message.estargzPrioritizedFiles) {
+      writer.uint32(74).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConvertRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConvertRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.source = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.target = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.estargz = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.oci = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.platforms.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.allPlatforms = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.estargzChunkSize = longToNumber(reader.int64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.estargzCompressionLevel = reader.int32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.estargzPrioritizedFiles.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConvertRequest {
+    return {
+      source: isSet(object.source) ? globalThis.String(object.source) : "",
+      target: isSet(object.target) ? globalThis.String(object.target) : "",
+      estargz: isSet(object.estargz) ? globalThis.Boolean(object.estargz) : false,
+      oci: isSet(object.oci) ? globalThis.Boolean(object.oci) : false,
+      platforms: globalThis.Array.isArray(object?.platforms)
+        ? object.platforms.map((e: any) => globalThis.String(e))
+        : [],
+      allPlatforms: isSet(object.allPlatforms)
+        ? globalThis.Boolean(object.allPlatforms)
+        : isSet(object.all_platforms)
+        ? globalThis.Boolean(object.all_platforms)
+        : false,
+      estargzChunkSize: isSet(object.estargzChunkSize)
+        ? globalThis.Number(object.estargzChunkSize)
+        : isSet(object.estargz_chunk_size)
+        ? globalThis.Number(object.estargz_chunk_size)
+        : 0,
+      estargzCompressionLevel: isSet(object.estargzCompressionLevel)
+        ? globalThis.Number(object.estargzCompressionLevel)
+        : isSet(object.estargz_compression_level)
+        ? globalThis.Number(object.estargz_compression_level)
+        : 0,
+      estargzPrioritizedFiles: globalThis.Array.isArray(object?.estargzPrioritizedFiles)
+        ? object.estargzPrioritizedFiles.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.estargz_prioritized_files)
+        ? object.estargz_prioritized_files.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ConvertRequest): unknown {
+    const obj: any = {};
+    if (message.source !== "") {
+      obj.source = message.source;
+    }
+    if (message.target !== "") {
+      obj.target = message.target;
+    }
+    if (message.estargz !== false) {
+      obj.estargz = message.estargz;
+    }
+    if (message.oci !== false) {
+      obj.oci = message.oci;
+    }
+    if (message.platforms?.length) {
+      obj.platforms = message.platforms;
+    }
+    if (message.allPlatforms !== false) {
+      obj.allPlatforms = message.allPlatforms;
+    }
+    if (message.estargzChunkSize !== 0) {
+      obj.estargzChunkSize = Math.round(message.estargzChunkSize);
+    }
+    if (message.estargzCompressionLevel !== 0) {
+      obj.estargzCompressionLevel = Math.round(message.estargzCompressionLevel);
+    }
+    if (message.estargzPrioritizedFiles?.length) {
+      obj.estargzPrioritizedFiles = message.estargzPrioritizedFiles;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConvertRequest>, I>>(base?: I): ConvertRequest {
+    return ConvertRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConvertRequest>, I>>(object: I): ConvertRequest {
+    const message = createBaseConvertRequest();
+    message.source = object.source ?? "";
+    message.target = object.target ?? "";
+    message.estargz = object.estargz ?? false;
+    message.oci = object.oci ?? false;
+    message.platforms = object.platforms?.map((e) => e) || [];
+    message.allPlatforms = object.allPlatforms ?? false;
+    message.estargzChunkSize = object.estargzChunkSize ?? 0;
+    message.estargzCompressionLevel = object.estargzCompressionLevel ?? 0;
+    message.estargzPrioritizedFiles = object.estargzPrioritizedFiles?.map((e) => e) || [];
+    return message;
+  },
+};
+
 function createBaseProgress(): Progress {
   return { ref: "", kind: "", status: "", offset: 0, total: 0, detail: "" };
 }
@@ -1247,6 +1495,16 @@ export const TransferService = {
     responseSerialize: (value: Progress): Buffer => asBuffer(Progress.encode(value).finish()),
     responseDeserialize: (value: Buffer): Progress => Progress.decode(value),
   },
+  /** Converts a stored image into a new image (eStargz layers), as `nerdctl image convert --estargz` does. */
+  convert: {
+    path: "/strata.services.transfer.v1.Transfer/Convert" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: ConvertRequest): Buffer => asBuffer(ConvertRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ConvertRequest => ConvertRequest.decode(value),
+    responseSerialize: (value: Progress): Buffer => asBuffer(Progress.encode(value).finish()),
+    responseDeserialize: (value: Buffer): Progress => Progress.decode(value),
+  },
 } as const;
 
 export interface TransferServer extends UntypedServiceImplementation {
@@ -1260,6 +1518,8 @@ export interface TransferServer extends UntypedServiceImplementation {
   export: handleServerStreamingCall<ExportRequest, Progress>;
   /** Unpacks a stored image into a snapshotter. */
   unpack: handleServerStreamingCall<UnpackRequest, Progress>;
+  /** Converts a stored image into a new image (eStargz layers), as `nerdctl image convert --estargz` does. */
+  convert: handleServerStreamingCall<ConvertRequest, Progress>;
 }
 
 export interface TransferClient extends Client {
@@ -1278,6 +1538,9 @@ export interface TransferClient extends Client {
   /** Unpacks a stored image into a snapshotter. */
   unpack(request: UnpackRequest, options?: Partial<CallOptions>): ClientReadableStream<Progress>;
   unpack(request: UnpackRequest, metadata?: Metadata, options?: Partial<CallOptions>): ClientReadableStream<Progress>;
+  /** Converts a stored image into a new image (eStargz layers), as `nerdctl image convert --estargz` does. */
+  convert(request: ConvertRequest, options?: Partial<CallOptions>): ClientReadableStream<Progress>;
+  convert(request: ConvertRequest, metadata?: Metadata, options?: Partial<CallOptions>): ClientReadableStream<Progress>;
 }
 
 export const TransferClient = makeGenericClientConstructor(

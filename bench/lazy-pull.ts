@@ -1,0 +1,148 @@
+/**
+ * Lazy pull benchmark (issue 15): time to the first output of `echo` in an image with a big layer (1 GiB by
+ * default) plus a base-OS-like layer (busybox and a few thousand small files), and the registry bytes fetched by
+ * then:
+ *   - full: `strata image pull` of the plain gzip image into overlayfs, then `strata run --rm IMAGE c echo hi`;
+ *   - lazy: `strata image pull --snapshotter stargz` of the same image converted to eStargz (by
+ *     `strata image convert --estargz --oci`, untimed), then `strata run --rm --snapshotter stargz ... echo hi`.
+ * Each measurement: a fresh stratad on an empty root, page caches dropped, the clock from the pull's start to the
+ * run's exit (its output is its last act), the bytes counted by a proxy in front of Debian's docker-registry on
+ * loopback. Rounds alternate the order.
+ *
+ *   sudo bash bench/run.sh lazy-pull [--size-mib 1024] [--rounds 2] [--json]
+ *
+ * The stargz snapshotter runs with its defaults (prefetch on; background fetch after 5 s, so it does not run
+ * before the first output here).
+ */
+import { randomBytes } from 'node:crypto';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { buildImage, type LayerEntry } from '../test/helpers/images.js';
+import { startRegistry, stopAllRegistries } from '../test/helpers/registry.js';
+import { startCountingProxy } from '../test/helpers/counting-proxy.js';
+import { startDaemon, stopAll, type StartedDaemon } from '../test/helpers/daemon.js';
+import { run } from '../test/helpers/ctr.js';
+import { STRATA } from '../test/helpers/paths.js';
+import { tempDir } from '../test/helpers/temp.js';
+import { LazyfsClient } from '../src/snapshots/stargz/client.js';
+import { detach, lazyfsMountsUnder } from '../src/snapshots/stargz/mounts.js';
+import { silentLogger } from '../src/log/index.js';
+import { dropCaches, formatBytes, log, median } from './lib.js';
+
+const arg = (name: string, def: string): string => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1]! : def;
+};
+const SIZE_MIB = Number(arg('size-mib', '1024'));
+const ROUNDS = Number(arg('rounds', '2'));
+const JSON_OUT = process.argv.includes('--json');
+const APPLETS = ['sh', 'echo', 'ls', 'cat'];
+
+async function strata(d: StartedDaemon, args: string[]): Promise<string> {
+  const r = await run(STRATA, ['--address', d.address, '--namespace', 'bench', ...args], { timeoutMs: 1_800_000 });
+  if (r.code !== 0) throw new Error(`strata ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+
+async function stopLazyfs(root: string): Promise<void> {
+  const c = new LazyfsClient({ root, log: silentLogger });
+  await c.shutdown().catch(() => undefined);
+  c.close();
+  await new Promise((r) => setTimeout(r, 300));
+  for (const mp of lazyfsMountsUnder(root)) await detach(mp);
+}
+
+async function main(): Promise<void> {
+  const t = await tempDir('strata-bench-lazy-');
+  const registry = await startRegistry();
+  const proxy = await startCountingProxy(registry.host);
+  try {
+    log(`building the image: a base layer and a ${SIZE_MIB} MiB layer`);
+    const base: LayerEntry[] = [
+      { path: 'bin', type: 'dir' },
+      { path: 'bin/busybox', content: await import('node:fs/promises').then((f) => f.readFile('/bin/busybox')), mode: 0o755 },
+      ...APPLETS.map((a) => ({ path: `bin/${a}`, type: 'symlink' as const, linkname: 'busybox' })),
+      { path: 'usr', type: 'dir' },
+      { path: 'usr/share', type: 'dir' },
+      ...Array.from({ length: 3000 }, (_, i) => ({ path: `usr/share/f${i}`, content: randomBytes(2048).toString('base64') })),
+    ];
+    const perFile = 64 << 20;
+    const big: LayerEntry[] = [{ path: 'data', type: 'dir' }];
+    for (let i = 0; i * perFile < SIZE_MIB << 20; i++) big.push({ path: `data/f${i}`, content: randomBytes(Math.min(perFile, (SIZE_MIB << 20) - i * perFile)) });
+    const image = await buildImage(t.path, {
+      basename: 'plain',
+      platforms: [{ config: { Env: ['PATH=/bin'], Cmd: ['sh'] }, layers: [{ entries: base, compression: 'gzip' }, { entries: big, compression: 'gzip' }] }],
+    });
+    await registry.pushOciLayout(image.layoutDir, 'bench/plain:v1');
+    const plainBytes = [...image.blobs.values()].reduce((n, b) => n + b.length, 0);
+    const PLAIN = `${proxy.host}/bench/plain:v1`;
+    const ESGZ = `${proxy.host}/bench/esgz:v1`;
+
+    log('converting with strata image convert --estargz --oci (untimed)');
+    {
+      const d = await startDaemon({ logLevel: 'info' });
+      await strata(d, ['image', 'pull', '--skip-unpack', PLAIN]);
+      await strata(d, ['image', 'convert', '--estargz', '--oci', PLAIN, ESGZ]);
+      await strata(d, ['image', 'push', ESGZ]);
+      await stopAll();
+      await d.dir.cleanup();
+    }
+
+    const results: { mode: string; ms: number; bytes: number; pullMs: number }[] = [];
+    const one = async (mode: 'full' | 'lazy'): Promise<void> => {
+      const d = await startDaemon({ logLevel: 'info' });
+      const stargzRoot = join(d.root, 'io.containerd.snapshotter.v1.stargz');
+      try {
+        dropCaches();
+        const from = proxy.requests.length;
+        const t0 = performance.now();
+        const sn = mode === 'lazy' ? ['--snapshotter', 'stargz'] : [];
+        const ref = mode === 'lazy' ? ESGZ : PLAIN;
+        await strata(d, ['image', 'pull', ...sn, ref]);
+        const pulled = performance.now() - t0;
+        const out = await strata(d, ['run', '--rm', ...sn, ref, `c-${mode}`, 'echo', 'hi']);
+        const ms = performance.now() - t0;
+        if (out !== 'hi\n') throw new Error(`unexpected output ${JSON.stringify(out)}`);
+        const bytes = proxy.requests.slice(from).filter((r) => r.method === 'GET').reduce((n, r) => n + r.bytes, 0);
+        results.push({ mode, ms, bytes, pullMs: pulled });
+        log(`${mode}: first output after ${(ms / 1000).toFixed(2)} s (pull ${(pulled / 1000).toFixed(2)} s), ${formatBytes(bytes)} fetched`);
+      } finally {
+        await stopLazyfs(stargzRoot);
+        await stopAll();
+        await rm(d.dir.path, { recursive: true, force: true });
+      }
+    };
+    for (let r = 0; r < ROUNDS; r++) {
+      const order: ('full' | 'lazy')[] = r % 2 === 0 ? ['full', 'lazy'] : ['lazy', 'full'];
+      for (const m of order) await one(m);
+    }
+    const med = (m: string, k: 'ms' | 'bytes') => median(results.filter((x) => x.mode === m).map((x) => x[k]));
+    const summary = {
+      sizeMiB: SIZE_MIB,
+      imageBytes: plainBytes,
+      rounds: ROUNDS,
+      fullMs: med('full', 'ms'),
+      lazyMs: med('lazy', 'ms'),
+      fullBytes: med('full', 'bytes'),
+      lazyBytes: med('lazy', 'bytes'),
+      results,
+    };
+    if (JSON_OUT) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
+    else {
+      process.stdout.write(`image ${formatBytes(plainBytes)} (gzip), ${ROUNDS} rounds, medians\n`);
+      process.stdout.write(`full pull (overlayfs) + run: ${(summary.fullMs / 1000).toFixed(2)} s, ${formatBytes(summary.fullBytes)}\n`);
+      process.stdout.write(`lazy pull (stargz) + run:    ${(summary.lazyMs / 1000).toFixed(2)} s, ${formatBytes(summary.lazyBytes)}\n`);
+      process.stdout.write(`lazy/full: time ${((summary.lazyMs / summary.fullMs) * 100).toFixed(1)}%, bytes ${((summary.lazyBytes / summary.fullBytes) * 100).toFixed(1)}%\n`);
+    }
+  } finally {
+    await stopAll();
+    await proxy.stop();
+    await stopAllRegistries();
+    await t.cleanup();
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,319 @@
+/**
+ * The lazyfs process: serves every FUSE mount of one stargz snapshotter root, detached from the daemon that
+ * started it (like a task monitor, src/runtime/monitor.ts), so a container reading a lazily pulled layer keeps
+ * reading when stratad or `stratad serve-snapshotter` is killed (-9), restarted or upgraded. The restarted
+ * snapshotter finds it again through `<root>/lazyfs.sock`; one lazyfs per root (a second one started by a race
+ * sees the first answering on the socket and exits).
+ *
+ *   <root>/lazyfs.sock    control socket (protocol.ts), 0600
+ *   <root>/lazyfs.pid     its pid
+ *   <root>/lazyfs.log     its log (the spawner opens it as stdout/stderr)
+ *   <root>/cache/<id>/    the verified chunks of snapshot <id>'s layer (source.ts)
+ *
+ * It reads layers through src/remotes (hosts.toml mirrors, docker config credentials, retries; plain http for
+ * loopback), with bounded Range requests. A lazyfs that starts finds the mounts a dead one left under
+ * `<root>/snapshots` (fsname FS_NAME in /proc/self/mountinfo) and detaches them; the snapshotter then mounts
+ * again every remote layer it has records of.
+ */
+import { chmodSync, mkdirSync, unlinkSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type Socket } from 'node:net';
+import { join, resolve } from 'node:path';
+import { invalidArgument, unavailable } from '../../core/errdefs.js';
+import { openEstargz, type EstargzLayer } from '../../estargz/index.js';
+import { mountReadOnly, type FuseMount } from '../../fuse/index.js';
+import { createLogger, type Logger } from '../../log/index.js';
+import { createResolver, credentialsFromDockerConfig, type Fetcher } from '../../remotes/index.js';
+import { EstargzSource, SpanReader, TaskLimit } from './source.js';
+import { detach, lazyfsMountsUnder } from './mounts.js';
+import {
+  errorReply,
+  FS_NAME,
+  PID_NAME,
+  SOCKET_NAME,
+  type HelloResult,
+  type MountRequest,
+  type MountResult,
+  type MountStatus,
+  type RegistryConfig,
+  type Reply,
+  type Wire,
+} from './protocol.js';
+
+/** The media type asked for when reading a layer (the registry serves a blob whatever it is). */
+const LAYER_MEDIA_TYPE = 'application/vnd.oci.image.layer.v1.tar+gzip';
+/** Bytes read from the end of a blob to open it: the footer and the TOC of most layers, in one request. */
+const TAIL_BYTES = 256 << 10;
+/** Most background chunk fetches at once, for every layer of this process together. */
+const BACKGROUND_CONCURRENCY = 2;
+
+interface Served {
+  req: MountRequest;
+  mount: FuseMount;
+  source: EstargzSource;
+  result: MountResult;
+}
+
+class Lazyfs {
+  private readonly served = new Map<string, Served>();
+  /** Mounts in progress by mountpoint: a second request for the same one waits for the first. */
+  private readonly mounting = new Map<string, Promise<MountResult>>();
+  private readonly background = new TaskLimit(BACKGROUND_CONCURRENCY);
+  private readonly resolvers = new Map<string, ReturnType<typeof createResolver>>();
+
+  private idleTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly root: string,
+    private readonly log: Logger,
+    /** With no mount for this long, the process exits (a snapshotter starts a new one when it needs one). */
+    private readonly idleExitMs: number,
+  ) {}
+
+  /** Arms the idle exit when nothing is mounted or being mounted; disarms it otherwise. */
+  checkIdle(): void {
+    if (this.served.size > 0 || this.mounting.size > 0) {
+      if (this.idleTimer) clearTimeout(this.idleTimer);
+      this.idleTimer = undefined;
+      return;
+    }
+    this.idleTimer ??= setTimeout(() => {
+      if (this.served.size === 0 && this.mounting.size === 0) {
+        this.log.info('lazyfs: nothing mounted, exiting');
+        this.exit();
+      }
+      this.idleTimer = undefined;
+    }, this.idleExitMs);
+  }
+
+  private fetcherFor(layerRef: string, registry: RegistryConfig): Fetcher {
+    const key = JSON.stringify(registry);
+    let r = this.resolvers.get(key);
+    if (!r) {
+      r = createResolver({
+        ...(registry.hostsDir ? { hostsDir: registry.hostsDir } : {}),
+        ...(registry.plainHttp ? { plainHttp: true } : {}),
+        ...(registry.dockerConfig !== '' ? { credentials: credentialsFromDockerConfig(registry.dockerConfig) } : {}),
+        logger: this.log,
+      });
+      this.resolvers.set(key, r);
+    }
+    return r.fetcher(layerRef);
+  }
+
+  async handle(req: Wire): Promise<unknown> {
+    switch (req.op) {
+      case 'hello':
+        return { pid: process.pid, mounts: this.served.size } satisfies HelloResult;
+      case 'mount': {
+        const mp = resolve(req.mountpoint);
+        const pending = this.mounting.get(mp);
+        if (pending) return pending;
+        const p = this.mount({ ...req, mountpoint: mp });
+        this.mounting.set(mp, p);
+        this.checkIdle();
+        try {
+          return await p;
+        } finally {
+          this.mounting.delete(mp);
+          this.checkIdle();
+        }
+      }
+      case 'unmount':
+        await this.unmount(resolve(req.mountpoint), req.dropCache);
+        this.checkIdle();
+        return {};
+      case 'list':
+        return [...this.served.values()].map((s) => this.status(s));
+      case 'shutdown':
+        for (const mp of [...this.served.keys()]) await this.unmount(mp, false);
+        setTimeout(() => this.exit(), 50);
+        return {};
+      default:
+        throw invalidArgument(`unknown lazyfs request ${JSON.stringify((req as { op: unknown }).op)}`);
+    }
+  }
+
+  private status(s: Served): MountStatus {
+    return { mountpoint: s.req.mountpoint, digest: s.req.layer.digest, ref: s.req.layer.ref, ...s.source.stats() };
+  }
+
+  private async mount(req: MountRequest): Promise<MountResult> {
+    const have = this.served.get(req.mountpoint);
+    if (have) {
+      if (have.req.layer.digest !== req.layer.digest) throw invalidArgument(`a different layer is mounted at snapshot ${req.cacheDir.split('/').pop()}`);
+      return { ...have.result, mounted: false };
+    }
+    // What a dead lazyfs left there.
+    if (lazyfsMountsUnder(join(req.mountpoint, '..')).includes(req.mountpoint)) await detach(req.mountpoint);
+    const { ref, digest } = req.layer;
+    const fetcher = this.fetcherFor(ref, req.registry);
+    let blobSize = req.layer.size !== undefined && Number.isSafeInteger(req.layer.size) && req.layer.size > 0 ? req.layer.size : -1;
+    let source: EstargzSource | undefined;
+    const fetchRange = async (offset: number, length: number): Promise<Buffer> => {
+      const desc = { mediaType: LAYER_MEDIA_TYPE, digest, size: blobSize, ...(req.layer.urls?.length ? { urls: req.layer.urls } : {}) };
+      const stream = await fetcher.fetch(desc, { offset, length, onBlobSize: (n) => (blobSize = blobSize < 0 ? n : blobSize) });
+      const parts: Buffer[] = [];
+      let got = 0;
+      for await (const chunk of stream) {
+        parts.push(chunk as Buffer);
+        got += (chunk as Buffer).length;
+      }
+      source?.noteFetched(got);
+      const want = blobSize >= 0 ? Math.min(length, blobSize - offset) : length;
+      if (got !== want) throw unavailable(`layer ${digest}: read ${got} bytes at ${offset}, expected ${want}`);
+      return Buffer.concat(parts, got);
+    };
+    // The blob's size: stargz-snapshotter's labels name only its digest, so one byte's Range answer tells it
+    // (Strata's pull passes it along: no request).
+    if (blobSize < 0) await fetchRange(0, 1);
+    if (blobSize < 0) throw unavailable(`layer ${digest}: the registry did not say the blob's size`);
+    const span = new SpanReader(fetchRange);
+    let layer: EstargzLayer;
+    try {
+      // The footer and (for all but huge layers) the TOC in one request: the blob's tail, held while opening.
+      const tail = Math.min(blobSize, TAIL_BYTES);
+      await span.hold(blobSize - tail, tail);
+      try {
+        layer = await openEstargz(span.readAt, blobSize, req.layer.tocDigest ? { tocDigest: req.layer.tocDigest } : {});
+      } finally {
+        span.release();
+      }
+    } catch (err) {
+      throw (err instanceof Error && 'kind' in err ? err : unavailable(`layer ${digest}: ${(err as Error).message}`, err)) as Error;
+    }
+    source = new EstargzSource(layer, req.cacheDir, this.log);
+    mkdirSync(req.mountpoint, { recursive: true });
+    const mount = await mountReadOnly(req.mountpoint, source, { fsName: FS_NAME, log: this.log });
+    const result: MountResult = { blobSize, tocDigest: layer.tocDigest, prefetchSize: layer.prefetchSize, mounted: true };
+    this.served.set(req.mountpoint, { req, mount, source, result });
+    this.log.info('lazyfs: mounted', { digest, ref, prefetchSize: layer.prefetchSize, blobSize });
+    // The prefetch span is held in memory while its chunks are verified and cached, then released.
+    source.start({ ...req.policy, backgroundLimit: this.background }, span);
+    return result;
+  }
+
+  private async unmount(mountpoint: string, dropCache: boolean): Promise<void> {
+    const s = this.served.get(mountpoint);
+    this.served.delete(mountpoint);
+    if (s) {
+      s.source.close();
+      await s.mount.unmount();
+      if (dropCache) s.source.dropCache();
+      this.log.info('lazyfs: unmounted', { digest: s.req.layer.digest });
+    } else if (lazyfsMountsUnder(join(mountpoint, '..')).includes(mountpoint)) {
+      await detach(mountpoint);
+    }
+  }
+
+  exit(): void {
+    try {
+      unlinkSync(join(this.root, SOCKET_NAME));
+    } catch {
+      // gone
+    }
+    try {
+      unlinkSync(join(this.root, PID_NAME));
+    } catch {
+      // gone
+    }
+    process.exit(0);
+  }
+
+  /** Detaches what a dead lazyfs left under the root's snapshots. */
+  async detachLeftovers(): Promise<void> {
+    for (const mp of lazyfsMountsUnder(join(this.root, 'snapshots'))) {
+      this.log.info('lazyfs: detaching a mount left by an earlier lazyfs', { mountpoint: mp });
+      await detach(mp);
+    }
+  }
+
+  serve(): void {
+    const sock = join(this.root, SOCKET_NAME);
+    const server = createServer((conn) => this.accept(conn));
+    server.on('error', (err) => {
+      this.log.error('lazyfs: control socket failed', { error: err.message });
+      process.exit(1);
+    });
+    try {
+      unlinkSync(sock);
+    } catch {
+      // no stale socket
+    }
+    const old = process.umask(0o077);
+    server.listen(sock, () => {
+      chmodSync(sock, 0o600);
+      writeFileSync(join(this.root, PID_NAME), `${process.pid}\n`);
+      this.log.info('lazyfs: ready', { pid: process.pid });
+    });
+    process.umask(old);
+  }
+
+  private accept(conn: Socket): void {
+    let buf = '';
+    conn.on('error', () => undefined);
+    conn.on('data', (d: Buffer) => {
+      buf += d.toString('utf8');
+      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        if (!line.trim()) continue;
+        let req: Wire;
+        try {
+          req = JSON.parse(line) as Wire;
+        } catch {
+          conn.write(JSON.stringify(errorReply(0, invalidArgument('lazyfs: a request is not JSON'))) + '\n');
+          continue;
+        }
+        this.handle(req).then(
+          (result) => conn.writable && conn.write(JSON.stringify({ id: req.id, ok: true, result } satisfies Reply) + '\n'),
+          (err: unknown) => {
+            this.log.warn('lazyfs: request failed', { op: req.op, error: err });
+            if (conn.writable) conn.write(JSON.stringify(errorReply(req.id, err)) + '\n');
+          },
+        );
+      }
+    });
+  }
+}
+
+/** Whether a lazyfs answers on the root's socket. */
+function answering(sock: string): Promise<boolean> {
+  return new Promise((res) => {
+    const c = connect(sock);
+    c.once('connect', () => {
+      c.destroy();
+      res(true);
+    });
+    c.once('error', () => res(false));
+  });
+}
+
+/** The process: `node lazyfs-main.js --root DIR [--log-level LEVEL]`. */
+export async function runLazyfs(argv: string[]): Promise<void> {
+  const i = argv.indexOf('--root');
+  const root = i >= 0 ? argv[i + 1] : undefined;
+  if (!root) {
+    process.stderr.write('usage: lazyfs --root DIR\n');
+    process.exit(2);
+  }
+  const lv = argv.indexOf('--log-level');
+  const log = createLogger((lv >= 0 ? argv[lv + 1] : 'info') as 'info');
+  const abs = resolve(root);
+  if (await answering(join(abs, SOCKET_NAME))) {
+    log.info('lazyfs: another lazyfs serves this root', { root: abs });
+    process.exit(0);
+  }
+  // It outlives whoever started it: terminal signals are not for it (shutdown comes over the socket).
+  process.on('SIGHUP', () => undefined);
+  process.on('SIGINT', () => undefined);
+  process.on('SIGPIPE', () => undefined);
+  const ie = argv.indexOf('--idle-exit-ms');
+  const idle = ie >= 0 ? Number(argv[ie + 1]) : 60_000;
+  const fs = new Lazyfs(abs, log, Number.isFinite(idle) && idle > 0 ? idle : 60_000);
+  process.on('SIGTERM', () => {
+    void fs.handle({ id: 0, op: 'shutdown' });
+  });
+  await fs.detachLeftovers();
+  fs.serve();
+  fs.checkIdle();
+}
