@@ -199,10 +199,26 @@ class Unpack {
     const n = this.layers.length;
     const releases: (() => void)[] = [releaseFirst];
     const slots = new Map<number, { x: Extraction; done?: Promise<void>; committed?: boolean }>();
-    slots.set(first, { x: firstExtraction });
     let failed = false;
     const queue = new Limiter(limit);
+    // Each layer starts as soon as its snapshot is prepared (the layers above are prepared meanwhile), and takes
+    // an extraction slot only once its blob is in the store: a slot never waits for a download while another
+    // layer's blob is there to extract. Commits stay in order whatever order the extractions finish in.
+    const start = (k: number, x: Extraction) => {
+      const slot: { x: Extraction; done?: Promise<void>; committed?: boolean } = { x };
+      slots.set(k, slot);
+      slot.done = (async () => {
+        this.opts.fetch?.(k);
+        await this.opts.ready?.(k);
+        await queue.run(async () => {
+          if (failed) throw failedPrecondition('unpack stopped');
+          await this.extract(k, x);
+        });
+      })();
+      slot.done.catch(() => (failed = true));
+    };
     try {
+      start(first, firstExtraction);
       for (let k = first + 1; k < n; k++) {
         releases.push(await this.lock(k));
         const chainID = this.chain[k]!;
@@ -217,16 +233,10 @@ class Unpack {
         const key = extractionKey(chainID);
         const mounts = await this.sn.prepare(key, '', { labels: { [LABEL_SNAPSHOT_REBASE]: 'true' } });
         crashPoint('unpack.layer.after-prepare');
-        slots.set(k, { x: { key, mounts } });
+        start(k, { key, mounts });
+        if (failed) break; // an extraction failed already: the catch below reports it
       }
       if (slots.size > 1) this.parallel = true;
-      for (const [k, slot] of slots) {
-        slot.done = queue.run(async () => {
-          if (failed) throw failedPrecondition('unpack stopped');
-          await this.extract(k, slot.x);
-        });
-        slot.done.catch(() => (failed = true));
-      }
       // Commit in order: each layer onto the one below it, committed just before.
       for (let k = first; k < n; k++) {
         const slot = slots.get(k);
