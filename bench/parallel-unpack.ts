@@ -11,6 +11,9 @@
  * then unpackLayers into a fresh overlayfs behind the namespaced layer, timed), in order vs parallel: what the
  * extraction gains without the downloads a pull overlaps it with.
  *
+ * STRATA_BENCH_CPU_PROF=DIR: each stratad writes V8 CPU profiles (main thread and apply workers) into DIR
+ * (summarise them with bench/cpuprofile-top.ts).
+ *
  * --warmup rounds run every contender untimed first (the first pulls after the image is pushed were 3x slower
  * than the rest on a busy machine). stratad runs with --log-level info.
  *
@@ -168,6 +171,11 @@ async function main(): Promise<void> {
       dir: await freshDir(dir.path, 'stratad-'),
       logLevel: 'info',
       config: `[plugins."io.containerd.transfer.v1.local"]\nmax_concurrent_unpacks = ${unpacks}\n`,
+      // STRATA_BENCH_CPU_PROF=DIR: a V8 CPU profile of each stratad (and its worker threads) in DIR, as bench/lib.ts.
+      // (node refuses --cpu-prof in NODE_OPTIONS: a shell that execs node with it, so the pid stays the daemon's.)
+      ...(process.env.STRATA_BENCH_CPU_PROF
+        ? { exec: ['sh', '-c', `exec "$0" --cpu-prof --cpu-prof-dir='${process.env.STRATA_BENCH_CPU_PROF}' "$@"`] }
+        : {}),
     });
     try {
       dropCaches();
