@@ -217,6 +217,7 @@ class Unpack {
       })();
       slot.done.catch(() => (failed = true));
     };
+    const prepares: Promise<void>[] = [];
     try {
       start(first, firstExtraction);
       for (let k = first + 1; k < n; k++) {
@@ -230,12 +231,19 @@ class Unpack {
             continue;
           }
         }
+        // Not awaited here: the prepares of the layers above run together, so they share the metadata's and the
+        // backend's syncs (GroupCommit) instead of taking two each in turn, while extractions write beside them.
         const key = extractionKey(chainID);
-        const mounts = await this.sn.prepare(key, '', { labels: { [LABEL_SNAPSHOT_REBASE]: 'true' } });
-        crashPoint('unpack.layer.after-prepare');
-        start(k, { key, mounts });
+        prepares.push(
+          this.sn.prepare(key, '', { labels: { [LABEL_SNAPSHOT_REBASE]: 'true' } }).then((mounts) => {
+            crashPoint('unpack.layer.after-prepare');
+            start(k, { key, mounts });
+          }),
+        );
         if (failed) break; // an extraction failed already: the catch below reports it
       }
+      // Every prepare settled (the prepared ones have their slots, for the cleanup below), the first failure thrown.
+      for (const r of await Promise.allSettled(prepares)) if (r.status === 'rejected') throw r.reason;
       if (slots.size > 1) this.parallel = true;
       // Commit in order: each layer onto the one below it, committed just before.
       for (let k = first; k < n; k++) {
@@ -247,6 +255,7 @@ class Unpack {
       }
     } catch (err) {
       failed = true;
+      await Promise.allSettled(prepares);
       await Promise.allSettled([...slots.values()].map((s) => s.done));
       for (const slot of slots.values()) if (!slot.committed) await retryOnNoSpace(() => this.sn.remove(slot.x.key));
       throw err;
