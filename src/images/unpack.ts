@@ -203,14 +203,16 @@ class Unpack {
     const queue = new Limiter(limit);
     // Each layer starts as soon as its snapshot is prepared (the layers above are prepared meanwhile), and takes
     // an extraction slot only once its blob is in the store: a slot never waits for a download while another
-    // layer's blob is there to extract. Commits stay in order whatever order the extractions finish in.
+    // layer's blob is there to extract. A freed slot goes to the lowest layer waiting, not to the first blob
+    // in: small blobs arrive first, and the big layers (the longest extractions, which the in-order commits
+    // wait for) would otherwise all be left to the end. Commits stay in order.
     const start = (k: number, x: Extraction) => {
       const slot: { x: Extraction; done?: Promise<void>; committed?: boolean } = { x };
       slots.set(k, slot);
       slot.done = (async () => {
         this.opts.fetch?.(k);
         await this.opts.ready?.(k);
-        await queue.run(async () => {
+        await queue.run(k, async () => {
           if (failed) throw failedPrecondition('unpack stopped');
           await this.extract(k, x);
         });
@@ -393,21 +395,22 @@ async function dirWithin(root: string, rel: string): Promise<{ path: string; st:
   return st ? { path, st } : undefined;
 }
 
-/** Runs at most `limit` tasks at a time, in the order given. */
+/** Runs at most `limit` tasks at a time; a freed slot goes to the waiting task of the lowest `rank`. */
 class Limiter {
   private running = 0;
-  private readonly waiting: (() => void)[] = [];
+  private readonly waiting: { rank: number; go: () => void }[] = [];
   constructor(private readonly limit: number) {}
 
-  async run<T>(task: () => Promise<T>): Promise<T> {
+  async run<T>(rank: number, task: () => Promise<T>): Promise<T> {
     // A finishing task hands its slot straight to the next waiter (the count does not drop in between).
-    if (this.running >= this.limit) await new Promise<void>((r) => this.waiting.push(r));
+    if (this.running >= this.limit) await new Promise<void>((go) => this.waiting.push({ rank, go }));
     else this.running++;
     try {
       return await task();
     } finally {
-      const next = this.waiting.shift();
-      if (next) next();
+      let best = -1;
+      for (let w = 0; w < this.waiting.length; w++) if (best < 0 || this.waiting[w]!.rank < this.waiting[best]!.rank) best = w;
+      if (best >= 0) this.waiting.splice(best, 1)[0]!.go();
       else this.running--;
     }
   }
