@@ -35,9 +35,6 @@ const MAX_RESUMES = 3;
 /** How often (bytes) downloading progress is reported. */
 const PROGRESS_EVERY = 1 << 20;
 
-/** Bytes of a download gathered before one write into the content store. */
-const WRITE_CHUNK = 1 << 20;
-
 export async function hasBlob(content: ContentStore, digest: string): Promise<boolean> {
   try {
     await content.info(digest);
@@ -114,35 +111,20 @@ export async function fetchBlob(
       try {
         const body = await fetcher.fetch(desc, { offset });
         streaming = true;
-        // The body's chunks (socket reads, ~40 KiB on loopback) are written WRITE_CHUNK at a time: each write
-        // is a round trip to the thread pool, which a pull's unpack needs too (gunzip, reads, syncs).
-        let pending: Buffer[] = [];
-        let pendingLen = 0;
-        const flush = async () => {
-          if (pendingLen === 0) return;
-          const buf = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingLen);
-          pending = [];
-          pendingLen = 0;
-          await writer.write(buf);
-          offset += buf.length;
-          if (offset - reported >= PROGRESS_EVERY) {
-            reported = offset;
-            report('downloading', offset);
-          }
-        };
         try {
           for await (const chunk of body as AsyncIterable<Buffer>) {
-            if (offset + pendingLen + chunk.length > desc.size) {
+            if (offset + chunk.length > desc.size) {
               throw invalidArgument(`${desc.digest}: registry sent more than the ${desc.size} bytes of the descriptor`);
             }
-            pending.push(chunk);
-            pendingLen += chunk.length;
-            if (pendingLen >= WRITE_CHUNK) await flush();
+            await writer.write(chunk);
+            offset += chunk.length;
+            if (offset - reported >= PROGRESS_EVERY) {
+              reported = offset;
+              report('downloading', offset);
+            }
           }
         } finally {
           body.destroy();
-          // What arrived is written, also when the download broke off: a resume continues after it.
-          await flush();
         }
         if (offset < desc.size) throw unavailable(`${desc.digest}: the registry ended the download at ${offset} of ${desc.size} bytes`);
       } catch (err) {
