@@ -5,17 +5,28 @@
  * pull`, which unpacks in order), in alternating order each round.
  *
  *   node dist/bench/parallel-unpack.js [--rounds 3] [--warmup 1] [--parallel 2] [--scale 1] [--no-containerd] [--json]
+ *                                      [--unpack-only] [--fs loop|tmp]
  *
  * --unpack-only: instead, the unpack alone, in process (the blobs put into a fresh content store first, untimed;
  * then unpackLayers into a fresh overlayfs behind the namespaced layer, timed), in order vs parallel: what the
  * extraction gains without the downloads a pull overlaps it with.
  *
+ * STRATA_BENCH_CPU_PROF=DIR: each stratad writes V8 CPU profiles (main thread and apply workers) into DIR
+ * (summarise them with bench/cpuprofile-top.ts).
+ *
  * --warmup rounds run every contender untimed first (the first pulls after the image is pushed were 3x slower
  * than the rest on a busy machine). stratad runs with --log-level info.
  *
- * Must run as root (overlay mounts, drop_caches). Each measurement: a daemon started on an empty root, page
- * caches dropped, the pull timed from the command's start to its exit (fetch + unpack; the image's blobs
- * come from loopback), the daemon stopped and its root removed.
+ * Must run as root (overlay mounts, loop mounts, drop_caches). Each measurement: a daemon started on an empty
+ * root, page caches dropped, the pull timed from the command's start to its exit (fetch + unpack; the image's
+ * blobs come from loopback), the daemon stopped and its root removed.
+ *
+ * --fs loop (default): each measurement's root (daemon or in-process store) is on a fresh ext4 (with its journal,
+ * inode tables initialised at mkfs) loop-mounted for it, as the other daemon benchmarks do. --fs tmp: under
+ * $TMPDIR, as before. On this VM / is an ext4 WITHOUT a journal: there ext4 skips, for every new inode, the
+ * inodes deleted in the last ~35 s (recently_deleted(), a buffer-cache lookup each), so a measurement right
+ * after the previous one's root (17,000 files) was removed spent most of its CPU time in the kernel looking for
+ * free inodes (bench/RESULTS.md, "Parallel unpack", the profile).
  *
  * Layers (gzip -6, deterministic text-like content from an AES-CTR keystream in base64): many small files,
  * a few big files, and a mix, about 110 MB uncompressed at --scale 1.
@@ -30,8 +41,11 @@ import { ctrAt, startContainerd, stopAllContainerd } from '../test/helpers/conta
 import { run } from '../test/helpers/ctr.js';
 import { STRATA } from '../test/helpers/paths.js';
 import { tempDir } from '../test/helpers/temp.js';
-import { dropCaches, median } from './lib.js';
-import { rm } from 'node:fs/promises';
+import { dropCaches, median, unmount } from './lib.js';
+import { mkdir, rm } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { loadavg } from 'node:os';
+import type { TempDir } from '../test/helpers/temp.js';
 import { WalkingDiffer } from '../src/diff/walking.js';
 import { unpackLayers } from '../src/images/unpack.js';
 import { openStore } from '../test/gc/harness.js';
@@ -47,6 +61,8 @@ const SCALE = Number(arg('scale', '1'));
 const CONTAINERD = !process.argv.includes('--no-containerd');
 const JSON_OUT = process.argv.includes('--json');
 const UNPACK_ONLY = process.argv.includes('--unpack-only');
+const FS = arg('fs', 'loop');
+if (FS !== 'loop' && FS !== 'tmp') throw new Error('--fs must be loop or tmp');
 
 /** Text-like bytes: a keystream (AES-256-CTR of zeros, fixed key, per-seed IV) as base64, in lines. */
 function bytes(seed: number, size: number): Buffer {
@@ -90,6 +106,41 @@ function layers(): LayerSpec[] {
 interface Sample {
   who: string;
   seconds: number;
+  /** 1-minute load average when the measurement ended. */
+  load: number;
+}
+
+function sh(cmd: string, args: string[]): void {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.error?.message ?? r.stderr}`);
+}
+
+let loops = 0;
+/** Loop mounts still up (unmounted on a failure too). */
+const mounted = new Set<string>();
+/**
+ * A fresh 4 GiB ext4 (journal and inode tables initialised at mkfs, so no lazy-init thread writes meanwhile)
+ * loop-mounted under `parent`; cleanup unmounts it and deletes its image. --fs tmp: a plain temp dir.
+ */
+async function freshDir(parent: string, prefix: string): Promise<TempDir> {
+  if (FS === 'tmp') return tempDir(prefix);
+  const n = loops++;
+  const img = join(parent, `fs-${n}.img`);
+  const mnt = join(parent, `fs-${n}`);
+  await mkdir(mnt, { recursive: true });
+  sh('truncate', ['-s', '4G', img]);
+  sh('mkfs.ext4', ['-q', '-E', 'lazy_itable_init=0,lazy_journal_init=0', img]);
+  sh('mount', ['-o', 'loop', img, mnt]);
+  mounted.add(mnt);
+  return {
+    path: mnt,
+    cleanup: async () => {
+      unmount(mnt);
+      mounted.delete(mnt);
+      await rm(img, { force: true });
+      await rm(mnt, { recursive: true, force: true });
+    },
+  };
 }
 
 async function timed(fn: () => Promise<void>): Promise<number> {
@@ -116,7 +167,16 @@ async function main(): Promise<void> {
   }
 
   const strata = async (unpacks: number): Promise<number> => {
-    const d = await startDaemon({ logLevel: 'info', config: `[plugins."io.containerd.transfer.v1.local"]\nmax_concurrent_unpacks = ${unpacks}\n` });
+    const d = await startDaemon({
+      dir: await freshDir(dir.path, 'stratad-'),
+      logLevel: 'info',
+      config: `[plugins."io.containerd.transfer.v1.local"]\nmax_concurrent_unpacks = ${unpacks}\n`,
+      // STRATA_BENCH_CPU_PROF=DIR: a V8 CPU profile of each stratad (and its worker threads) in DIR, as bench/lib.ts.
+      // (node refuses --cpu-prof in NODE_OPTIONS: a shell that execs node with it, so the pid stays the daemon's.)
+      ...(process.env.STRATA_BENCH_CPU_PROF
+        ? { exec: ['sh', '-c', `exec "$0" --cpu-prof --cpu-prof-dir='${process.env.STRATA_BENCH_CPU_PROF}' "$@"`] }
+        : {}),
+    });
     try {
       dropCaches();
       const secs = await timed(async () => {
@@ -130,7 +190,7 @@ async function main(): Promise<void> {
     }
   };
   const containerd = async (): Promise<number> => {
-    const c = await startContainerd();
+    const c = await startContainerd({ dir: await freshDir(dir.path, 'containerd-') });
     try {
       dropCaches();
       return await timed(async () => {
@@ -145,7 +205,8 @@ async function main(): Promise<void> {
 
   let runs = 0;
   const inProcess = async (unpacks: number): Promise<number> => {
-    const root = join(dir.path, `unpack-${runs++}`);
+    const fsDir = FS === 'loop' ? await freshDir(dir.path, '') : undefined;
+    const root = fsDir ? join(fsDir.path, 'root') : join(dir.path, `unpack-${runs++}`);
     const s = await openStore(root);
     try {
       s.md.leases.create('bench', 'l');
@@ -168,7 +229,8 @@ async function main(): Promise<void> {
     } finally {
       await s.sn.settled();
       await s.close();
-      await rm(root, { recursive: true, force: true });
+      if (fsDir) await fsDir.cleanup();
+      else await rm(root, { recursive: true, force: true });
     }
   };
 
@@ -193,26 +255,38 @@ async function main(): Promise<void> {
     const order = round % 2 === 0 ? contenders : [...contenders].reverse();
     for (const [who, fn] of order) {
       const seconds = await fn();
-      samples.push({ who, seconds });
-      if (!JSON_OUT) console.error(`round ${round + 1}: ${who}: ${seconds.toFixed(2)} s`);
+      const load = loadavg()[0]!;
+      samples.push({ who, seconds, load });
+      if (!JSON_OUT) console.error(`round ${round + 1}: ${who}: ${seconds.toFixed(2)} s (load ${load.toFixed(2)})`);
     }
   }
   const results = contenders.map(([who]) => {
     const xs = samples.filter((s) => s.who === who).map((s) => s.seconds);
-    return { who, median: median(xs), samples: xs };
+    const loads = samples.filter((s) => s.who === who).map((s) => s.load);
+    return { who, median: median(xs), samples: xs, loads };
   });
   const inOrder = results[0]!.median;
   const out = {
-    machine: { nproc: cpus().length, cpu: cpus()[0]?.model ?? '', loadavg: (await import('node:os')).loadavg() },
+    machine: { nproc: cpus().length, cpu: cpus()[0]?.model ?? '', loadavg: loadavg() },
+    fs: FS === 'loop' ? 'fresh 4 GiB ext4 (journal) on a loop device per measurement' : `temp dir under ${dir.path}`,
     image: { layers: sizes.length, sizes },
     rounds: ROUNDS,
     results: results.map((r) => ({ ...r, speedupVsInOrder: inOrder / r.median })),
   };
   if (JSON_OUT) console.log(JSON.stringify(out, null, 2));
   else {
-    console.log('| who | median s | samples s | vs in order |');
+    console.log(`file system: ${out.fs}`);
+    console.log('| who | median s | samples s (load at each) | vs in order |');
     console.log('| --- | ---: | --- | ---: |');
-    for (const r of out.results) console.log(`| ${r.who} | ${r.median.toFixed(2)} | ${r.samples.map((x) => x.toFixed(2)).join(', ')} | ${r.speedupVsInOrder.toFixed(2)}x |`);
+    for (const r of out.results) {
+      const xs = r.samples.map((x, i) => `${x.toFixed(2)} (${r.loads[i]!.toFixed(1)})`).join(', ');
+      console.log(`| ${r.who} | ${r.median.toFixed(2)} | ${xs} | ${r.speedupVsInOrder.toFixed(2)}x |`);
+    }
+    // Ratio of each alternating pair (in order / parallel, same round): less exposed to the load's drift.
+    const a = samples.filter((s) => s.who === contenders[0]![0]);
+    const b = samples.filter((s) => s.who === contenders[1]![0]);
+    const ratios = a.map((x, i) => x.seconds / b[i]!.seconds);
+    console.log(`pairwise in order / parallel, per round: ${ratios.map((r) => r.toFixed(2)).join(', ')}; median ${median(ratios).toFixed(2)}x`);
     console.log(`load average at the end: ${out.machine.loadavg.map((x) => x.toFixed(2)).join(' ')} (nproc ${out.machine.nproc})`);
   }
   await stopAll();
@@ -226,5 +300,6 @@ main().catch(async (err: unknown) => {
   await stopAll().catch(() => undefined);
   await stopAllContainerd().catch(() => undefined);
   await stopAllRegistries().catch(() => undefined);
+  for (const m of mounted) unmount(m);
   process.exit(1);
 });

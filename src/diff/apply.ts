@@ -34,6 +34,12 @@ export interface ApplyOptions {
   limits?: LayerLimits;
   /** Bytes of the compressed blob the stream comes from (for max_expansion_ratio); undefined: not compressed. */
   compressedSize?: number;
+  /**
+   * The stream's chunks are this apply's alone once read (a gunzip stream's are: zlib hands over a full output
+   * buffer and allocates a new one): a chunk that spans its whole ArrayBuffer is then moved to the worker
+   * rather than copied. Default false: chunks are copied (the producer may still hold them).
+   */
+  ownsChunks?: boolean;
 }
 
 export interface ApplyResult {
@@ -174,9 +180,11 @@ function runApply(worker: Worker, tar: Readable, root: string, opts: ApplyOption
           return;
         }
         hash.update(buf);
-        // A copy the worker owns, moved rather than cloned. (Moving the stream's own buffer would save the
-        // copy, but whoever produced the chunk may still hold it: a moved ArrayBuffer is emptied for them.)
-        const data = new Uint8Array(buf);
+        // Moved to the worker, not cloned: the chunk's own memory when it is ours alone (ownsChunks, and the
+        // chunk is its whole ArrayBuffer), else a copy (whoever produced the chunk may still hold it: a moved
+        // ArrayBuffer is emptied for them).
+        const whole = opts.ownsChunks === true && buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength;
+        const data = whole ? new Uint8Array(buf.buffer, 0, buf.byteLength) : new Uint8Array(buf);
         inflight += data.byteLength;
         worker.postMessage({ op: 'data', id, chunk: data }, [data.buffer as ArrayBuffer]);
         if (total === buf.length) crashPoint('diff.apply.mid-write'); // the first chunk is with the worker

@@ -120,9 +120,11 @@ export class WalkingDiffer implements Differ {
               logger: this.log,
               limits: this.limits,
               compressedSize,
+              // A gunzip stream's chunks (zlib's full output buffers) are moved to the apply worker, not copied.
+              ownsChunks: compression === 'gzip',
             })
           : await withTempMount(target.mounts, (dir) =>
-              applyTar(stream, dir, { whiteouts: 'delete', logger: this.log, limits: this.limits, compressedSize }),
+              applyTar(stream, dir, { whiteouts: 'delete', logger: this.log, limits: this.limits, compressedSize, ownsChunks: compression === 'gzip' }),
             );
     } catch (err) {
       stream.destroy();

@@ -254,10 +254,29 @@ class Unpack {
     const n = this.layers.length;
     const releases: (() => void)[] = [releaseFirst];
     const slots = new Map<number, { x: Extraction; done?: Promise<void>; committed?: boolean }>();
-    slots.set(first, { x: firstExtraction });
     let failed = false;
     const queue = new Limiter(limit);
+    // Each layer starts as soon as its snapshot is prepared (the layers above are prepared meanwhile), and takes
+    // an extraction slot only once its blob is in the store: a slot never waits for a download while another
+    // layer's blob is there to extract. A freed slot goes to the lowest layer waiting, not to the first blob
+    // in: small blobs arrive first, and the big layers (the longest extractions, which the in-order commits
+    // wait for) would otherwise all be left to the end. Commits stay in order.
+    const start = (k: number, x: Extraction) => {
+      const slot: { x: Extraction; done?: Promise<void>; committed?: boolean } = { x };
+      slots.set(k, slot);
+      slot.done = (async () => {
+        this.opts.fetch?.(k);
+        await this.opts.ready?.(k);
+        await queue.run(k, async () => {
+          if (failed) throw failedPrecondition('unpack stopped');
+          await this.extract(k, x);
+        });
+      })();
+      slot.done.catch(() => (failed = true));
+    };
+    const prepares: Promise<void>[] = [];
     try {
+      start(first, firstExtraction);
       for (let k = first + 1; k < n; k++) {
         releases.push(await this.lock(k));
         const chainID = this.chain[k]!;
@@ -269,19 +288,20 @@ class Unpack {
             continue;
           }
         }
+        // Not awaited here: the prepares of the layers above run together, so they share the metadata's and the
+        // backend's syncs (GroupCommit) instead of taking two each in turn, while extractions write beside them.
         const key = extractionKey(chainID);
-        const mounts = await this.sn.prepare(key, '', { labels: { [LABEL_SNAPSHOT_REBASE]: 'true' } });
-        crashPoint('unpack.layer.after-prepare');
-        slots.set(k, { x: { key, mounts } });
+        prepares.push(
+          this.sn.prepare(key, '', { labels: { [LABEL_SNAPSHOT_REBASE]: 'true' } }).then((mounts) => {
+            crashPoint('unpack.layer.after-prepare');
+            start(k, { key, mounts });
+          }),
+        );
+        if (failed) break; // an extraction failed already: the catch below reports it
       }
+      // Every prepare settled (the prepared ones have their slots, for the cleanup below), the first failure thrown.
+      for (const r of await Promise.allSettled(prepares)) if (r.status === 'rejected') throw r.reason;
       if (slots.size > 1) this.parallel = true;
-      for (const [k, slot] of slots) {
-        slot.done = queue.run(async () => {
-          if (failed) throw failedPrecondition('unpack stopped');
-          await this.extract(k, slot.x);
-        });
-        slot.done.catch(() => (failed = true));
-      }
       // Commit in order: each layer onto the one below it, committed just before.
       for (let k = first; k < n; k++) {
         const slot = slots.get(k);
@@ -292,6 +312,7 @@ class Unpack {
       }
     } catch (err) {
       failed = true;
+      await Promise.allSettled(prepares);
       await Promise.allSettled([...slots.values()].map((s) => s.done));
       for (const slot of slots.values()) if (!slot.committed) await retryOnNoSpace(() => this.sn.remove(slot.x.key));
       throw err;
@@ -443,21 +464,22 @@ async function dirWithin(root: string, rel: string): Promise<{ path: string; st:
   return st ? { path, st } : undefined;
 }
 
-/** Runs at most `limit` tasks at a time, in the order given. */
+/** Runs at most `limit` tasks at a time; a freed slot goes to the waiting task of the lowest `rank`. */
 class Limiter {
   private running = 0;
-  private readonly waiting: (() => void)[] = [];
+  private readonly waiting: { rank: number; go: () => void }[] = [];
   constructor(private readonly limit: number) {}
 
-  async run<T>(task: () => Promise<T>): Promise<T> {
+  async run<T>(rank: number, task: () => Promise<T>): Promise<T> {
     // A finishing task hands its slot straight to the next waiter (the count does not drop in between).
-    if (this.running >= this.limit) await new Promise<void>((r) => this.waiting.push(r));
+    if (this.running >= this.limit) await new Promise<void>((go) => this.waiting.push({ rank, go }));
     else this.running++;
     try {
       return await task();
     } finally {
-      const next = this.waiting.shift();
-      if (next) next();
+      let best = -1;
+      for (let w = 0; w < this.waiting.length; w++) if (best < 0 || this.waiting[w]!.rank < this.waiting[best]!.rank) best = w;
+      if (best >= 0) this.waiting.splice(best, 1)[0]!.go();
       else this.running--;
     }
   }

@@ -123,6 +123,30 @@ describe('normal layer', () => {
     expect(res).toEqual({ diffID: `sha256:${createHash('sha256').update(buf).digest('hex')}`, size: buf.length, implicitDirs: [] });
   });
 
+  it("moves a chunk's memory to the worker only when told the chunks are its own; a caller's buffers stay intact otherwise", async () => {
+    const buf = await makeTar([{ name: 'f', body: 'x'.repeat(3000) }]);
+    const copy = Buffer.from(buf);
+    // Whole ArrayBuffers (offset 0, full length): the kind of chunk that may be moved.
+    const whole = () => {
+      const b = Buffer.from(new ArrayBuffer(buf.length));
+      buf.copy(b);
+      return b;
+    };
+    const kept = whole();
+    const res = await applyTar(Readable.from([kept]), target);
+    expect(kept.length).toBe(buf.length);
+    expect(kept.equals(copy)).toBe(true);
+    expect(res.diffID).toBe(`sha256:${createHash('sha256').update(copy).digest('hex')}`);
+
+    const moved = whole();
+    const target2 = join(tmp.path, 'owned');
+    await mkdir(target2);
+    const res2 = await applyTar(Readable.from([moved]), target2, { ownsChunks: true });
+    expect(moved.length).toBe(0); // detached: moved, not copied
+    expect(res2.diffID).toBe(res.diffID);
+    expect(await readFile(join(target2, 'f'), 'utf8')).toBe('x'.repeat(3000));
+  });
+
   it('keeps the opaque marker when the directory entry comes after it (overlay mode)', async () => {
     await apply(
       await makeTar([

@@ -10,8 +10,9 @@ import { mkdir, readdir } from 'node:fs/promises';
 import { ProxySnapshotter } from '../../src/api/clients/snapshotter.js';
 import { serveSnapshotter } from '../helpers/serve-snapshotter.js';
 import { join } from 'node:path';
-import { alreadyExists } from '../../src/core/errdefs.js';
+import { alreadyExists, unavailable } from '../../src/core/errdefs.js';
 import { LABEL_SNAPSHOT_REF } from '../../src/core/labels.js';
+import { LABEL_SNAPSHOT_REBASE } from '../../src/snapshots/types.js';
 import type { Descriptor } from '../../src/core/descriptor.js';
 import type { ContentStore } from '../../src/content/types.js';
 import type { Applier } from '../../src/diff/types.js';
@@ -297,6 +298,31 @@ describe('parallel unpack', () => {
       await served.stop();
     }
   }, 180_000);
+
+  it('a prepare of an upper layer failing while the layers below extract fails the unpack and leaves no extraction snapshot', async () => {
+    let unparented = 0;
+    const s = await openStore(join(dir.path, 'prepare-fails'), {
+      // The third layer prepared without a parent is refused (the prepares above the first run together).
+      wrapBackend: (b) =>
+        intercept(b, 'prepare', async (key: string, parent: string, opts?: SnapshotOpts) => {
+          if (parent === '' && opts?.labels?.[LABEL_SNAPSHOT_REBASE] && ++unparented === 3) throw unavailable('backend refused the prepare');
+          return b.prepare(key, parent, opts);
+        }),
+    });
+    try {
+      const err = await unpackInto(s, 'refused', layers, { max: 4 }).catch((e: unknown) => e);
+      expect(await kindOf(Promise.reject(err))).toBe('unavailable');
+      expect(String(err)).toContain('backend refused the prepare');
+      // The commits start once every prepare has answered: here none was made, and every extraction snapshot
+      // (the first layer's included) was removed after its extraction stopped.
+      const left: string[] = [];
+      await s.snapshots(NS).walk((i) => void left.push(`${i.kind} ${i.name}`));
+      expect(left).toEqual([]);
+      expect(unparented).toBeGreaterThanOrEqual(3);
+    } finally {
+      await close(s);
+    }
+  }, 120_000);
 
   it('a layer failing in the middle of a parallel unpack leaves no snapshot once its lease is gone and GC has run', async () => {
     const s = await openStore(join(dir.path, 'failing'));
