@@ -2,21 +2,10 @@
  * The daemon's unix socket: a stale file left by a crashed daemon is replaced; a live one (another daemon
  * answering) is an error, so two daemons never share an address.
  */
-import { connect } from 'node:net';
 import { chmodSync, chownSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { alreadyExists, failedPrecondition } from '../core/errdefs.js';
-
-function isListening(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
+import { socketAnswers } from '../core/socket.js';
 
 export async function prepareSocketPath(path: string): Promise<void> {
   mkdirSync(dirname(path), { recursive: true, mode: 0o711 });
@@ -27,7 +16,7 @@ export async function prepareSocketPath(path: string): Promise<void> {
     return;
   }
   if (!st.isSocket()) throw failedPrecondition(`${path} exists and is not a socket`);
-  if (await isListening(path)) throw alreadyExists(`another daemon is serving on ${path}`);
+  if (await socketAnswers(path)) throw alreadyExists(`another daemon is serving on ${path}`);
   unlinkSync(path);
 }
 

@@ -4,28 +4,10 @@
  * running stratad keeps its metadata database and every snapshotter's records open for its whole life, whatever
  * address it serves; /proc/<pid>/fd shows them, for every process when run as root).
  */
-import { connect } from 'node:net';
 import { readdirSync, readlinkSync } from 'node:fs';
 import { failedPrecondition } from '../core/errdefs.js';
+import { socketAnswers } from '../core/socket.js';
 
-function answers(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    const timer = setTimeout(() => {
-      s.destroy();
-      resolve(false);
-    }, 2000);
-    s.once('connect', () => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => {
-      clearTimeout(timer);
-      resolve(false);
-    });
-  });
-}
 
 /** Pids of other processes with one of `files` (or its -wal/-shm sibling) open. */
 export function holders(files: string[]): number[] {
@@ -63,7 +45,7 @@ export function holders(files: string[]): number[] {
 
 /** Throws FAILED_PRECONDITION when a daemon (or any other process) serves or holds the root. */
 export async function refuseIfServed(address: string, dbFiles: string[]): Promise<void> {
-  if (address && (await answers(address))) {
+  if (address && (await socketAnswers(address))) {
     throw failedPrecondition('a daemon is serving this root (its socket answers): stop it before running fsck');
   }
   const pids = holders(dbFiles);

@@ -16,9 +16,10 @@
  * again every remote layer it has records of.
  */
 import { chmodSync, mkdirSync, unlinkSync, writeFileSync } from 'node:fs';
-import { connect, createServer, type Socket } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import { invalidArgument, unavailable } from '../../core/errdefs.js';
+import { socketAnswers } from '../../core/socket.js';
 import { openEstargz, type EstargzLayer } from '../../estargz/index.js';
 import { mountReadOnly, type FuseMount } from '../../fuse/index.js';
 import { createLogger, type Logger } from '../../log/index.js';
@@ -276,18 +277,6 @@ class Lazyfs {
   }
 }
 
-/** Whether a lazyfs answers on the root's socket. */
-function answering(sock: string): Promise<boolean> {
-  return new Promise((res) => {
-    const c = connect(sock);
-    c.once('connect', () => {
-      c.destroy();
-      res(true);
-    });
-    c.once('error', () => res(false));
-  });
-}
-
 /** The process: `node lazyfs-main.js --root DIR [--log-level LEVEL]`. */
 export async function runLazyfs(argv: string[]): Promise<void> {
   const i = argv.indexOf('--root');
@@ -299,7 +288,7 @@ export async function runLazyfs(argv: string[]): Promise<void> {
   const lv = argv.indexOf('--log-level');
   const log = createLogger((lv >= 0 ? argv[lv + 1] : 'info') as 'info');
   const abs = resolve(root);
-  if (await answering(join(abs, SOCKET_NAME))) {
+  if (await socketAnswers(join(abs, SOCKET_NAME))) {
     log.info('lazyfs: another lazyfs serves this root', { root: abs });
     process.exit(0);
   }
