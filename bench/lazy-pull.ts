@@ -5,16 +5,21 @@
  *   - full: `strata image pull` of the plain gzip image into overlayfs, then `strata run --rm IMAGE c echo hi`;
  *   - lazy: `strata image pull --snapshotter stargz` of the same image converted to eStargz (by
  *     `strata image convert --estargz --oci`, untimed), then `strata run --rm --snapshotter stargz ... echo hi`.
- * Each measurement: a fresh stratad on an empty root, page caches dropped, the clock from the pull's start to the
+ * Each measurement: a fresh stratad on an empty root (its stargz snapshotter's lazyfs started, as it is at the
+ * snapshotter's open), page caches dropped, the clock from the pull's start to the
  * run's exit (its output is its last act), the bytes counted by a proxy in front of Debian's docker-registry on
  * loopback. Rounds alternate the order.
  *
- *   sudo bash bench/run.sh lazy-pull [--size-mib 1024] [--rounds 2] [--json]
+ *   sudo bash bench/run.sh lazy-pull [--size-mib 1024] [--rounds 2] [--json] [--timeline] [--modes full,lazy]
+ *
+ * --timeline prints, after each lazy measurement, stratad's (debug level) and lazyfs's log lines with their time
+ * since the pull's start, and the CLI processes' boundaries: where the time to first output goes.
  *
  * The stargz snapshotter runs with its defaults (prefetch on; background fetch after 5 s, so it does not run
  * before the first output here).
  */
 import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildImage, type LayerEntry } from '../test/helpers/images.js';
@@ -36,6 +41,10 @@ const arg = (name: string, def: string): string => {
 const SIZE_MIB = Number(arg('size-mib', '1024'));
 const ROUNDS = Number(arg('rounds', '2'));
 const JSON_OUT = process.argv.includes('--json');
+/** Prints, after each lazy measurement, the daemon's and lazyfs's log lines with their time since the pull's start. */
+/** Which measurements to take (`--modes lazy` while looking at the lazy path alone; the ratio needs both). */
+const MODES = arg('modes', 'full,lazy').split(',');
+const TIMELINE = process.argv.includes('--timeline');
 const APPLETS = ['sh', 'echo', 'ls', 'cat'];
 
 async function strata(d: StartedDaemon, args: string[]): Promise<string> {
@@ -50,6 +59,30 @@ async function stopLazyfs(root: string): Promise<void> {
   c.close();
   await new Promise((r) => setTimeout(r, 300));
   for (const mp of lazyfsMountsUnder(root)) await detach(mp);
+}
+
+function printTimeline(start: number, pulledMs: number, endMs: number, daemonLogs: string, stargzRoot: string): void {
+  const rows: { at: number; who: string; line: string }[] = [
+    { at: 0, who: 'bench', line: 'strata image pull starts' },
+    { at: pulledMs, who: 'bench', line: 'strata image pull exited; strata run starts' },
+    { at: endMs, who: 'bench', line: 'strata run exited (output read)' },
+  ];
+  const add = (who: string, text: string): void => {
+    for (const line of text.split('\n')) {
+      const m = /"time":"([^"]+)"/.exec(line);
+      if (!m) continue;
+      const at = Date.parse(m[1]!) - start;
+      if (at >= -50 && at <= endMs + 50) rows.push({ at, who, line: line.replace(/"time":"[^"]+",?/, '').slice(0, 220) });
+    }
+  };
+  add('stratad', daemonLogs);
+  try {
+    add('lazyfs', readFileSync(join(stargzRoot, 'lazyfs.log'), 'utf8'));
+  } catch {
+    // no lazyfs log
+  }
+  rows.sort((a, b) => a.at - b.at);
+  for (const r of rows) process.stderr.write(`${(r.at / 1000).toFixed(3).padStart(8)}  ${r.who.padEnd(8)} ${r.line}\n`);
 }
 
 async function main(): Promise<void> {
@@ -90,9 +123,12 @@ async function main(): Promise<void> {
 
     const results: { mode: string; ms: number; bytes: number; pullMs: number }[] = [];
     const one = async (mode: 'full' | 'lazy'): Promise<void> => {
-      const d = await startDaemon({ logLevel: 'info' });
+      const d = await startDaemon({ logLevel: TIMELINE && mode === 'lazy' ? 'debug' : 'info' });
       const stargzRoot = join(d.root, 'io.containerd.snapshotter.v1.stargz');
       try {
+        // The snapshotter starts its lazyfs when it opens (as containerd-stargz-grpc runs beside containerd): a
+        // daemon that has been up a while has it running. The clock starts once it is.
+        for (let i = 0; i < 200 && !existsSync(join(stargzRoot, 'lazyfs.pid')); i++) await new Promise((r) => setTimeout(r, 50));
         dropCaches();
         const from = proxy.requests.length;
         const t0 = performance.now();
@@ -106,6 +142,7 @@ async function main(): Promise<void> {
         const bytes = proxy.requests.slice(from).filter((r) => r.method === 'GET').reduce((n, r) => n + r.bytes, 0);
         results.push({ mode, ms, bytes, pullMs: pulled });
         log(`${mode}: first output after ${(ms / 1000).toFixed(2)} s (pull ${(pulled / 1000).toFixed(2)} s), ${formatBytes(bytes)} fetched`);
+        if (TIMELINE && mode === 'lazy') printTimeline(performance.timeOrigin + t0, pulled, ms, d.logs, stargzRoot);
       } finally {
         await stopLazyfs(stargzRoot);
         await stopAll();
@@ -114,7 +151,7 @@ async function main(): Promise<void> {
     };
     for (let r = 0; r < ROUNDS; r++) {
       const order: ('full' | 'lazy')[] = r % 2 === 0 ? ['full', 'lazy'] : ['lazy', 'full'];
-      for (const m of order) await one(m);
+      for (const m of order) if (MODES.includes(m)) await one(m);
     }
     const med = (m: string, k: 'ms' | 'bytes') => median(results.filter((x) => x.mode === m).map((x) => x[k]));
     const summary = {

@@ -84,6 +84,10 @@ export class LazyfsClient {
         }
         if (!c) throw unavailable('lazyfs did not start (see lazyfs.log under the snapshotter root)');
       }
+      if (this.closed) {
+        c.destroy();
+        throw unavailable('lazyfs client closed');
+      }
       this.attach(c);
       return c;
     })().finally(() => (this.connecting = undefined));
@@ -124,8 +128,8 @@ export class LazyfsClient {
     c.on('error', fail);
   }
 
-  private async once(req: Request): Promise<unknown> {
-    const c = await this.connection(req.op !== 'shutdown');
+  private async once(req: Request, start = req.op !== 'shutdown'): Promise<unknown> {
+    const c = await this.connection(start);
     const id = ++this.seq;
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
@@ -170,6 +174,33 @@ export class LazyfsClient {
   async shutdown(): Promise<void> {
     if (!this.conn && !(await this.tryConnect().then((c) => (c ? (c.destroy(), true) : false)))) return;
     await this.call({ op: 'shutdown' });
+  }
+
+  /**
+   * Connects to the root's lazyfs, starting one if none runs, without waiting (a snapshotter that opens: the
+   * lazyfs is ready by the time the first remote layer is asked for). The connection is held: a lazyfs with a
+   * snapshotter connected does not exit when idle.
+   */
+  warm(): void {
+    if (this.closed) return;
+    this.connection(true).then(
+      () => undefined,
+      (err: unknown) => this.opts.log.warn('lazyfs not started at open; it is started on first use', { error: err }),
+    );
+  }
+
+  /**
+   * Stops the lazyfs this client is connected to if it serves no mount (a snapshotter that closes with no remote
+   * layer mounted: nothing needs it). Never starts one; a lazyfs serving mounts keeps serving.
+   */
+  async shutdownIfIdle(): Promise<boolean> {
+    if (this.closed) return false;
+    if (this.connecting) await this.connecting.catch(() => undefined);
+    if (!this.conn || this.conn.destroyed) return false;
+    const mounts = (await this.once({ op: 'list' }, false).catch(() => undefined)) as MountStatus[] | undefined;
+    if (!mounts || mounts.length > 0) return false;
+    await this.once({ op: 'shutdown' }, false).catch(() => undefined);
+    return true;
   }
 
   /** Drops the connection; the lazyfs keeps serving. */

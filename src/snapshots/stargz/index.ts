@@ -55,6 +55,14 @@ export interface StargzOptions {
   policy?: Partial<PolicyConfig>;
   /** How to start lazyfs (tests: the entry and node binary). */
   lazyfs?: { entry?: string; node?: string; logLevel?: string; idleExitMs?: number };
+  /**
+   * When the lazyfs process starts: 'open' starts it (without waiting) when the snapshotter opens, so that it is
+   * ready when the first remote layer is asked for, as containerd-stargz-grpc runs beside containerd (the
+   * plugin's default); 'on-demand' (the default here) starts it the first time a remote layer is needed.
+   * Either way a lazyfs already running is found again, and one is started at open when remote snapshots are
+   * on record.
+   */
+  lazyfsStart?: 'open' | 'on-demand';
 }
 
 export const defaultPolicy = (): PolicyConfig => ({ prefetch: true, background: true, backgroundDelayMs: 5000 });
@@ -258,6 +266,8 @@ class StargzSnapshotter implements Snapshotter {
   }
 
   async close(): Promise<void> {
+    // A lazyfs that serves nothing is not left running (it was started at open, or its last layer was removed).
+    await this.lazyfs.shutdownIfIdle().catch(() => false);
     this.lazyfs.close();
     await this.inner.close();
   }
@@ -285,6 +295,10 @@ export async function openStargzSnapshotter(root: string, opts: StargzOptions = 
   await inner.walk((i) => {
     remote ||= isRemote(i);
   });
+  if (!remote && opts.lazyfsStart === 'open') {
+    lazyfs.warm();
+    return sn;
+  }
   if (!remote && !(await lazyfs.running())) return sn;
   try {
     const hello = await lazyfs.hello();

@@ -62,6 +62,8 @@ class Lazyfs {
   private readonly resolvers = new Map<string, ReturnType<typeof createResolver>>();
 
   private idleTimer: NodeJS.Timeout | undefined;
+  /** Connections open on the control socket: a snapshotter that started it at open keeps one. */
+  private clients = 0;
 
   constructor(
     private readonly root: string,
@@ -70,15 +72,19 @@ class Lazyfs {
     private readonly idleExitMs: number,
   ) {}
 
-  /** Arms the idle exit when nothing is mounted or being mounted; disarms it otherwise. */
+  /**
+   * Arms the idle exit when nothing is mounted or being mounted and no snapshotter is connected (a snapshotter
+   * holds its connection while it is open: the lazyfs it started at open stays beside it, as
+   * containerd-stargz-grpc beside containerd); disarms it otherwise.
+   */
   checkIdle(): void {
-    if (this.served.size > 0 || this.mounting.size > 0) {
+    if (this.served.size > 0 || this.mounting.size > 0 || this.clients > 0) {
       if (this.idleTimer) clearTimeout(this.idleTimer);
       this.idleTimer = undefined;
       return;
     }
     this.idleTimer ??= setTimeout(() => {
-      if (this.served.size === 0 && this.mounting.size === 0) {
+      if (this.served.size === 0 && this.mounting.size === 0 && this.clients === 0) {
         this.log.info('lazyfs: nothing mounted, exiting');
         this.exit();
       }
@@ -251,7 +257,13 @@ class Lazyfs {
 
   private accept(conn: Socket): void {
     let buf = '';
+    this.clients++;
+    this.checkIdle();
     conn.on('error', () => undefined);
+    conn.once('close', () => {
+      this.clients--;
+      this.checkIdle();
+    });
     conn.on('data', (d: Buffer) => {
       buf += d.toString('utf8');
       for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {

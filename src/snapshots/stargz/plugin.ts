@@ -11,7 +11,8 @@
  *     prefetch = true                # the prefetch landmark's span first, right after the mount
  *     background_fetch = true        # then the rest of the layer, two chunks at a time
  *     background_fetch_delay_ms = 5000
- *     lazyfs_idle_exit_ms = 60000    # the lazyfs exits after this long with nothing mounted
+ *     lazyfs_idle_exit_ms = 60000    # the lazyfs exits after this long with nothing mounted and no snapshotter
+ *     lazyfs_start = "open"          # "open": started with the plugin (ready for the first pull); "on-demand"
  */
 import { PluginType, register, SkipPlugin } from '../../plugin/index.js';
 import type { Snapshotter } from '../types.js';
@@ -28,6 +29,7 @@ export interface StargzPluginConfig {
   background_fetch: boolean;
   background_fetch_delay_ms: number;
   lazyfs_idle_exit_ms: number;
+  lazyfs_start: 'open' | 'on-demand';
 }
 
 
@@ -44,6 +46,7 @@ register<Snapshotter, StargzPluginConfig>({
     background_fetch: true,
     background_fetch_delay_ms: 5000,
     lazyfs_idle_exit_ms: 60_000,
+    lazyfs_start: 'open' as const,
   }),
   init: async (ic) => {
     const c = ic.config;
@@ -63,6 +66,8 @@ register<Snapshotter, StargzPluginConfig>({
       if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw new Error(`${k} must be a whole number of milliseconds`);
       return n;
     };
+    const start: unknown = c.lazyfs_start ?? 'open';
+    if (start !== 'open' && start !== 'on-demand') throw new Error(`lazyfs_start must be "open" or "on-demand", got ${JSON.stringify(start)}`);
     const noFuse = fuseUnavailableReason();
     if (noFuse) throw new SkipPlugin(`stargz: FUSE cannot serve here: ${noFuse}`);
     try {
@@ -86,6 +91,7 @@ register<Snapshotter, StargzPluginConfig>({
         backgroundDelayMs: num('background_fetch_delay_ms', 5000),
       },
       lazyfs: { idleExitMs: num('lazyfs_idle_exit_ms', 60_000) || 60_000 },
+      lazyfsStart: start,
     });
     ic.onClose(() => sn.close());
     ic.meta.exports.root = ic.root;
