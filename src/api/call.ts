@@ -9,9 +9,9 @@ import { GrpcCode, StrataError, grpcCodeOf, noSpaceCode } from '../core/errdefs.
 import { requireNamespace, type OpContext } from '../metadata/index.js';
 import type { Logger } from '../log/index.js';
 import type { CallStatus, ServerCall } from './server.js';
+import { LEASE_HEADER, NAMESPACE_HEADER } from './headers.js';
 
-export const NAMESPACE_HEADER = 'containerd-namespace';
-export const LEASE_HEADER = 'containerd-lease';
+export { LEASE_HEADER, NAMESPACE_HEADER };
 
 /** What a handler may read of its call: the request metadata (and the method's path). */
 export type CallContext = { metadata: { get(key: string): unknown[] }; getPath?: () => string; connected?: () => boolean };

@@ -17,7 +17,7 @@
  *
  * docs/gc.md has the JSON fields.
  */
-import { NAMESPACE_HEADER } from '../api/call.js';
+import { NAMESPACE_HEADER } from '../api/headers.js';
 import type { StrataClient } from '../api/clients/strata.js';
 import { Kind } from '../api/gen/containerd/services/snapshots/v1/snapshots.js';
 import { isNotFound } from '../core/errdefs.js';

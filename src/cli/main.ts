@@ -9,20 +9,7 @@
 import { parseArgs } from 'node:util';
 import { STRATA_VERSION } from '../version.js';
 import { CliError, parseDuration, Session, str, type Command, type Group, type OptionsConfig, type Values } from './command.js';
-import { content } from './content.js';
-import { leases } from './leases.js';
-import { namespaces } from './namespaces.js';
-import { plugins } from './plugins.js';
-import { snapshots } from './snapshots.js';
-import { images } from './images.js';
-import { gc, prune } from './gc.js';
-import { containers } from './containers.js';
-import { run } from './run.js';
-import { tasks } from './tasks.js';
-import { version } from './version.js';
-import { debug } from './debug.js';
-import { du } from './du.js';
-import { FSCK_SUMMARY, fsckMain } from './fsck.js';
+import { ENTRY_MODULES } from './entries.js';
 
 export const DEFAULT_ADDRESS = '/run/strata/strata.sock';
 const DEFAULT_CONNECT_TIMEOUT = '5s';
@@ -40,7 +27,14 @@ const GLOBAL_OPTIONS = {
 // Options that take a value and may come before the command name (the scan must skip their value).
 const VALUE_FLAGS = new Set(['--address', '-a', '--namespace', '-n', '--connect-timeout', '--snapshotter', '--platform', '--user', '-u', '--hosts-dir']);
 
-const ENTRIES: (Group | Command)[] = [namespaces, content, images, containers, run, tasks, leases, snapshots, du, gc, prune, plugins, debug, version];
+/** The command or group named (by name or alias), loaded; undefined if there is none. */
+async function loadEntry(name: string): Promise<Group | Command | undefined> {
+  const m = ENTRY_MODULES.find((e) => e.names.includes(name));
+  if (!m) return undefined;
+  const e = await m.load();
+  if (e.name !== name && !e.aliases?.includes(name)) throw new Error(`strata: command table out of step with ${e.name}`);
+  return e;
+}
 
 const isGroup = (e: Group | Command): e is Group => 'commands' in e;
 
@@ -50,8 +44,10 @@ function find<T extends { name: string; aliases?: string[] }>(list: T[], name: s
 
 const names = (e: { name: string; aliases?: string[] }) => [e.name, ...(e.aliases ?? [])].join(', ');
 
-function topHelp(): string {
-  const rows = ENTRIES.map((e) => `  ${names(e).padEnd(32)}${e.summary}`);
+async function topHelp(): Promise<string> {
+  const entries = await Promise.all(ENTRY_MODULES.map((m) => m.load()));
+  const { FSCK_SUMMARY } = await import('./fsck.js');
+  const rows = entries.map((e) => `  ${names(e).padEnd(32)}${e.summary}`);
   return [
     'usage: strata [global options] <command> [<subcommand>] [options] [args]',
     '',
@@ -118,7 +114,7 @@ function endOptionsAfter(args: string[], command: Command | undefined): string[]
 export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   // fsck runs offline (no daemon, no session) with its own options and exit statuses (0, 1, 2).
   const at = argv.findIndex((a, k) => !a.startsWith('-') && !(k > 0 && VALUE_FLAGS.has(argv[k - 1]!)));
-  if (at >= 0 && argv[at] === 'fsck') return fsckMain([...argv.slice(0, at), ...argv.slice(at + 1)]);
+  if (at >= 0 && argv[at] === 'fsck') return (await import('./fsck.js')).fsckMain([...argv.slice(0, at), ...argv.slice(at + 1)]);
   // Find the group and command names, leaving every option (global or not) for parseArgs.
   let entry: Group | Command | undefined;
   let command: Command | undefined;
@@ -133,7 +129,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       continue;
     }
     if (!entry) {
-      entry = find(ENTRIES, a);
+      entry = await loadEntry(a);
       if (!entry) throw new CliError(`unknown command "${a}" (see strata --help)`);
       if (!isGroup(entry)) {
         command = entry;
@@ -168,7 +164,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
   if (!entry || values.help === true || (isGroup(entry) && !command)) {
     const path = entry && command && isGroup(entry) ? `${entry.name} ${command.name}` : command?.name;
-    process.stdout.write(command ? commandHelp(path!, command) : entry && isGroup(entry) ? groupHelp(entry) : topHelp());
+    process.stdout.write(command ? commandHelp(path!, command) : entry && isGroup(entry) ? groupHelp(entry) : await topHelp());
     return 0;
   }
   if (!command) return 0;

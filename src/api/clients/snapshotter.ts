@@ -6,7 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { SnapshotsClient, type Info as PbInfo } from '../gen/containerd/services/snapshots/v1/snapshots.js';
 import { toStrataError } from './strata.js';
-import { NAMESPACE_HEADER } from '../call.js';
+import { NAMESPACE_HEADER } from '../headers.js';
 import type { Info, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../../snapshots/types.js';
 import type { Mount } from '../../core/mount.js';
 import { mountFromPb, snapshotInfoToPb, snapshotInfoFromPb } from '../convert.js';

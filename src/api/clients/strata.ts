@@ -27,7 +27,7 @@ import { TransferClient } from '../gen/strata/services/transfer/v1/transfer.js';
 import { ContainersClient } from '../gen/containerd/services/containers/v1/containers.js';
 import { TasksClient } from '../gen/containerd/services/tasks/v1/tasks.js';
 import { GCClient } from '../gen/strata/services/gc/v1/gc.js';
-import { LEASE_HEADER, NAMESPACE_HEADER } from '../call.js';
+import { LEASE_HEADER, NAMESPACE_HEADER } from '../headers.js';
 
 export interface ClientOptions {
   namespace?: string;
