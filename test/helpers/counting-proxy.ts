@@ -26,6 +26,11 @@ export interface CountingProxy {
   readonly requests: BlobRequest[];
   /** Blob GETs answered with the blob's bytes (200 or 206), by digest. HEADs are not counted. */
   blobGets(): Map<string, number>;
+  /**
+   * Faults for blob GETs from now on: 'refuse-range' answers those with a Range header 503 (whole GETs pass),
+   * 'stall' accepts them and never answers; 'none' (the default) relays them.
+   */
+  fault: 'none' | 'refuse-range' | 'stall';
   stop(): Promise<void>;
 }
 
@@ -43,6 +48,14 @@ export async function startCountingProxy(upstream: string, opts: { blobBytesPerS
 
   const handle = (req: IncomingMessage, res: ServerResponse) => {
     const blob = BLOB_PATH.exec(req.url ?? '');
+    if (blob && req.method === 'GET' && proxy.fault !== 'none') {
+      if (proxy.fault === 'stall') return; // the socket stays open, unanswered (stop() destroys it)
+      if (req.headers.range) {
+        requests.push({ method: 'GET', digest: blob[1]!, status: 503, bytes: 0, range: req.headers.range });
+        res.writeHead(503).end();
+        return;
+      }
+    }
     const up = httpRequest(
       { host: upHost, port: Number(upPort), method: req.method, path: req.url, headers: { ...req.headers, host: upstream } },
       (upRes) => {
@@ -91,9 +104,10 @@ export async function startCountingProxy(upstream: string, opts: { blobBytesPerS
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
   const host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
-  return {
+  const proxy: CountingProxy = {
     host,
     requests,
+    fault: 'none',
     blobGets() {
       const counts = new Map<string, number>();
       for (const r of requests) {
@@ -107,4 +121,5 @@ export async function startCountingProxy(upstream: string, opts: { blobBytesPerS
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+  return proxy;
 }

@@ -22,8 +22,10 @@ export interface LazyfsClientOptions {
   /** The node binary (default: this process's). */
   node?: string;
   logLevel?: string;
-  /** The lazyfs exits after this long with nothing mounted (default 60 s). */
+  /** The lazyfs exits after this long with nothing mounted and no snapshotter connected (default 60 s). */
   idleExitMs?: number;
+  /** Limit of one Range read of a mounted layer, ms (default 60 s; then the whole-blob fallback). */
+  fetchTimeoutMs?: number;
 }
 
 export class LazyfsClient {
@@ -55,7 +57,7 @@ export class LazyfsClient {
   private spawnLazyfs(): void {
     const logFd = openSync(join(this.opts.root, LOG_NAME), 'a', 0o600);
     try {
-      const child = spawn(this.opts.node ?? process.execPath, [this.opts.entry ?? defaultEntry(), '--root', this.opts.root, ...(this.opts.logLevel ? ['--log-level', this.opts.logLevel] : []), ...(this.opts.idleExitMs ? ['--idle-exit-ms', String(this.opts.idleExitMs)] : [])], {
+      const child = spawn(this.opts.node ?? process.execPath, [this.opts.entry ?? defaultEntry(), '--root', this.opts.root, ...(this.opts.logLevel ? ['--log-level', this.opts.logLevel] : []), ...(this.opts.idleExitMs ? ['--idle-exit-ms', String(this.opts.idleExitMs)] : []), ...(this.opts.fetchTimeoutMs ? ['--fetch-timeout-ms', String(this.opts.fetchTimeoutMs)] : [])], {
         detached: true,
         stdio: ['ignore', logFd, logFd],
         cwd: '/',

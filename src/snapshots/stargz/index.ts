@@ -54,7 +54,7 @@ export interface StargzOptions {
   /** Prefetch and background fetch. */
   policy?: Partial<PolicyConfig>;
   /** How to start lazyfs (tests: the entry and node binary). */
-  lazyfs?: { entry?: string; node?: string; logLevel?: string; idleExitMs?: number };
+  lazyfs?: { entry?: string; node?: string; logLevel?: string; idleExitMs?: number; fetchTimeoutMs?: number };
   /**
    * When the lazyfs process starts: 'open' starts it (without waiting) when the snapshotter opens, so that it is
    * ready when the first remote layer is asked for, as containerd-stargz-grpc runs beside containerd (the

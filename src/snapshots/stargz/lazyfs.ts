@@ -15,8 +15,9 @@
  * `<root>/snapshots` (fsname FS_NAME in /proc/self/mountinfo) and detaches them; the snapshotter then mounts
  * again every remote layer it has records of.
  */
-import { chmodSync, mkdirSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
+import type { Readable } from 'node:stream';
 import { join, resolve } from 'node:path';
 import { invalidArgument, unavailable } from '../../core/errdefs.js';
 import { socketAnswers } from '../../core/socket.js';
@@ -25,6 +26,7 @@ import { mountReadOnly, type FuseMount } from '../../fuse/index.js';
 import { createLogger, type Logger } from '../../log/index.js';
 import { createResolver, credentialsFromDockerConfig, type Fetcher } from '../../remotes/index.js';
 import { EstargzSource, SpanReader, TaskLimit } from './source.js';
+import { WholeBlob } from './whole-blob.js';
 import { detach, lazyfsMountsUnder } from './mounts.js';
 import {
   errorReply,
@@ -47,11 +49,22 @@ const TAIL_BYTES = 256 << 10;
 /** Most background chunk fetches at once, for every layer of this process together. */
 const BACKGROUND_CONCURRENCY = 2;
 
+/**
+ * A Range read of a mounted layer that takes longer than this fails (a registry that accepts and stalls must not
+ * hang a container's read): the layer then falls back to a whole-blob download, which fails when no byte comes
+ * for this long.
+ */
+export const DEFAULT_FETCH_TIMEOUT_MS = 60_000;
+/** After a layer's registry could not be reached at all, reads of chunks not yet fetched fail at once for this long. */
+const UNREACHABLE_RETRY_MS = 5_000;
+
 interface Served {
   req: MountRequest;
   mount: FuseMount;
   source: EstargzSource;
   result: MountResult;
+  /** Stops the layer's whole-blob download, if one runs. */
+  stop: () => void;
 }
 
 class Lazyfs {
@@ -70,6 +83,8 @@ class Lazyfs {
     private readonly log: Logger,
     /** With no mount for this long, the process exits (a snapshotter starts a new one when it needs one). */
     private readonly idleExitMs: number,
+    /** Limit of one Range read of a mounted layer (DEFAULT_FETCH_TIMEOUT_MS). */
+    private readonly fetchTimeoutMs: number = DEFAULT_FETCH_TIMEOUT_MS,
   ) {}
 
   /**
@@ -156,19 +171,84 @@ class Lazyfs {
     const fetcher = this.fetcherFor(ref, req.registry);
     let blobSize = req.layer.size !== undefined && Number.isSafeInteger(req.layer.size) && req.layer.size > 0 ? req.layer.size : -1;
     let source: EstargzSource | undefined;
-    const fetchRange = async (offset: number, length: number): Promise<Buffer> => {
-      const desc = { mediaType: LAYER_MEDIA_TYPE, digest, size: blobSize, ...(req.layer.urls?.length ? { urls: req.layer.urls } : {}) };
-      const stream = await fetcher.fetch(desc, { offset, length, onBlobSize: (n) => (blobSize = blobSize < 0 ? n : blobSize) });
-      const parts: Buffer[] = [];
-      let got = 0;
-      for await (const chunk of stream) {
-        parts.push(chunk as Buffer);
-        got += (chunk as Buffer).length;
+    const desc = () => ({ mediaType: LAYER_MEDIA_TYPE, digest, size: blobSize, ...(req.layer.urls?.length ? { urls: req.layer.urls } : {}) });
+    /** One bounded Range request, given up after fetchTimeoutMs. */
+    const rangeRead = async (offset: number, length: number): Promise<Buffer> => {
+      let timer: NodeJS.Timeout | undefined;
+      let stream: Readable | undefined;
+      let timedOut: Error | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          timedOut = unavailable(`layer ${digest}: no answer to a Range read in ${this.fetchTimeoutMs} ms`);
+          stream?.destroy(timedOut);
+          reject(timedOut);
+        }, this.fetchTimeoutMs);
+      });
+      const read = (async () => {
+        stream = await fetcher.fetch(desc(), { offset, length, onBlobSize: (n) => (blobSize = blobSize < 0 ? n : blobSize) });
+        if (timedOut) {
+          stream.destroy(timedOut); // frees the fetcher's concurrency slot
+          throw timedOut;
+        }
+        const parts: Buffer[] = [];
+        let got = 0;
+        for await (const chunk of stream) {
+          parts.push(chunk as Buffer);
+          got += (chunk as Buffer).length;
+        }
+        source?.noteFetched(got);
+        const want = blobSize >= 0 ? Math.min(length, blobSize - offset) : length;
+        if (got !== want) throw unavailable(`layer ${digest}: read ${got} bytes at ${offset}, expected ${want}`);
+        return Buffer.concat(parts, got);
+      })();
+      read.catch(() => undefined);
+      try {
+        return await Promise.race([read, timeout]);
+      } finally {
+        clearTimeout(timer);
       }
-      source?.noteFetched(got);
-      const want = blobSize >= 0 ? Math.min(length, blobSize - offset) : length;
-      if (got !== want) throw unavailable(`layer ${digest}: read ${got} bytes at ${offset}, expected ${want}`);
-      return Buffer.concat(parts, got);
+    };
+    // Once mounted, a failed Range read falls back to one download of the whole blob (reads wait for their bytes
+    // in it); when that fails too, the registry is taken as gone: reads of chunks not yet fetched fail (EIO)
+    // at once for a few seconds, then try again.
+    let whole: WholeBlob | undefined;
+    let unreachableUntil = 0;
+    let unmounted = false;
+    const wholePath = join(req.cacheDir, 'blob');
+    const unreachable = (err: unknown): Error => {
+      whole = undefined;
+      if (Date.now() >= unreachableUntil) {
+        this.log.error('lazyfs: layer unreachable: reads of its files not yet fetched fail with EIO until the registry answers again', {
+          digest,
+          ref,
+          mountpoint: req.mountpoint,
+          error: err instanceof Error ? err.message : String(err),
+        });
+      }
+      unreachableUntil = Date.now() + UNREACHABLE_RETRY_MS;
+      return err instanceof Error ? err : new Error(String(err));
+    };
+    const fetchRange = async (offset: number, length: number): Promise<Buffer> => {
+      if (!source) return rangeRead(offset, length); // opening the layer: a failure is the snapshot's fallback
+      if (whole && !whole.failed) return whole.readAt(offset, length).catch((err: unknown) => Promise.reject(unreachable(err)));
+      if (Date.now() < unreachableUntil) throw unavailable(`layer ${digest}: the registry is unreachable`);
+      try {
+        return await rangeRead(offset, length);
+      } catch (err) {
+        if (unmounted) throw err;
+        if (!whole || whole.failed) {
+          this.log.warn('lazyfs: a Range read failed; downloading the whole layer instead', { digest, ref, error: err instanceof Error ? err.message : String(err) });
+          mkdirSync(req.cacheDir, { recursive: true, mode: 0o700 });
+          whole = WholeBlob.start(() => fetcher.fetch(desc()), wholePath, blobSize, digest, this.fetchTimeoutMs);
+        }
+        const w = whole;
+        try {
+          return await w.readAt(offset, length);
+        } catch (err2) {
+          if (whole === w) throw unreachable(err2);
+          throw err2;
+        }
+      }
     };
     // The blob's size: stargz-snapshotter's labels name only its digest, so one byte's Range answer tells it
     // (Strata's pull passes it along: no request).
@@ -192,7 +272,12 @@ class Lazyfs {
     mkdirSync(req.mountpoint, { recursive: true });
     const mount = await mountReadOnly(req.mountpoint, source, { fsName: FS_NAME, log: this.log });
     const result: MountResult = { blobSize, tocDigest: layer.tocDigest, prefetchSize: layer.prefetchSize, mounted: true };
-    this.served.set(req.mountpoint, { req, mount, source, result });
+    const stop = () => {
+      unmounted = true;
+      whole?.stop();
+      rmSync(wholePath, { force: true });
+    };
+    this.served.set(req.mountpoint, { req, mount, source, result, stop });
     this.log.info('lazyfs: mounted', { digest, ref, prefetchSize: layer.prefetchSize, blobSize });
     // The prefetch span is held in memory while its chunks are verified and cached, then released.
     source.start({ ...req.policy, backgroundLimit: this.background }, span);
@@ -204,6 +289,7 @@ class Lazyfs {
     this.served.delete(mountpoint);
     if (s) {
       s.source.close();
+      s.stop();
       await s.mount.unmount();
       if (dropCache) s.source.dropCache();
       this.log.info('lazyfs: unmounted', { digest: s.req.layer.digest });
@@ -310,7 +396,9 @@ export async function runLazyfs(argv: string[]): Promise<void> {
   process.on('SIGPIPE', () => undefined);
   const ie = argv.indexOf('--idle-exit-ms');
   const idle = ie >= 0 ? Number(argv[ie + 1]) : 60_000;
-  const fs = new Lazyfs(abs, log, Number.isFinite(idle) && idle > 0 ? idle : 60_000);
+  const ft = argv.indexOf('--fetch-timeout-ms');
+  const fetchTimeout = ft >= 0 ? Number(argv[ft + 1]) : DEFAULT_FETCH_TIMEOUT_MS;
+  const fs = new Lazyfs(abs, log, Number.isFinite(idle) && idle > 0 ? idle : 60_000, Number.isFinite(fetchTimeout) && fetchTimeout > 0 ? fetchTimeout : DEFAULT_FETCH_TIMEOUT_MS);
   process.on('SIGTERM', () => {
     void fs.handle({ id: 0, op: 'shutdown' });
   });

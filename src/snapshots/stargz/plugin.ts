@@ -12,6 +12,7 @@
  *     background_fetch = true        # then the rest of the layer, two chunks at a time
  *     background_fetch_delay_ms = 5000
  *     lazyfs_idle_exit_ms = 60000    # the lazyfs exits after this long with nothing mounted and no snapshotter
+ *     fetch_timeout_ms = 60000       # limit of one Range read; then the whole blob is downloaded (else EIO)
  *     lazyfs_start = "open"          # "open": started with the plugin (ready for the first pull); "on-demand"
  */
 import { PluginType, register, SkipPlugin } from '../../plugin/index.js';
@@ -30,6 +31,7 @@ export interface StargzPluginConfig {
   background_fetch_delay_ms: number;
   lazyfs_idle_exit_ms: number;
   lazyfs_start: 'open' | 'on-demand';
+  fetch_timeout_ms: number;
 }
 
 
@@ -47,6 +49,7 @@ register<Snapshotter, StargzPluginConfig>({
     background_fetch_delay_ms: 5000,
     lazyfs_idle_exit_ms: 60_000,
     lazyfs_start: 'open' as const,
+    fetch_timeout_ms: 60_000,
   }),
   init: async (ic) => {
     const c = ic.config;
@@ -60,7 +63,7 @@ register<Snapshotter, StargzPluginConfig>({
     for (const k of ['plain_http', 'prefetch', 'background_fetch'] as const) {
       if (c[k] !== undefined && typeof c[k] !== 'boolean') throw new Error(`${k} must be true or false`);
     }
-    const num = (k: 'background_fetch_delay_ms' | 'lazyfs_idle_exit_ms', dflt: number): number => {
+    const num = (k: 'background_fetch_delay_ms' | 'lazyfs_idle_exit_ms' | 'fetch_timeout_ms', dflt: number): number => {
       const v: unknown = c[k] ?? dflt;
       const n = typeof v === 'bigint' ? Number(v) : v;
       if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw new Error(`${k} must be a whole number of milliseconds`);
@@ -90,7 +93,7 @@ register<Snapshotter, StargzPluginConfig>({
         background: c.background_fetch ?? true,
         backgroundDelayMs: num('background_fetch_delay_ms', 5000),
       },
-      lazyfs: { idleExitMs: num('lazyfs_idle_exit_ms', 60_000) || 60_000 },
+      lazyfs: { idleExitMs: num('lazyfs_idle_exit_ms', 60_000) || 60_000, fetchTimeoutMs: num('fetch_timeout_ms', 60_000) || 60_000 },
       lazyfsStart: start,
     });
     ic.onClose(() => sn.close());
