@@ -5,6 +5,8 @@
  *   - full: `strata image pull` of the plain gzip image into overlayfs, then `strata run --rm IMAGE c echo hi`;
  *   - lazy: `strata image pull --snapshotter stargz` of the same image converted to eStargz (by
  *     `strata image convert --estargz --oci`, untimed), then `strata run --rm --snapshotter stargz ... echo hi`.
+ * The time is taken to the run's exit (after `--rm`'s teardown; the comparable figure of earlier results) and to
+ * the first byte of its output.
  * Each measurement: a fresh stratad on an empty root (its stargz snapshotter's lazyfs started, as it is at the
  * snapshotter's open), page caches dropped, the clock from the pull's start to the
  * run's exit (its output is its last act), the bytes counted by a proxy in front of Debian's docker-registry on
@@ -19,6 +21,7 @@
  * before the first output here).
  */
 import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -51,6 +54,27 @@ async function strata(d: StartedDaemon, args: string[]): Promise<string> {
   const r = await run(STRATA, ['--address', d.address, '--namespace', 'bench', ...args], { timeoutMs: 1_800_000 });
   if (r.code !== 0) throw new Error(`strata ${args.join(' ')}: ${r.stderr}`);
   return r.stdout;
+}
+
+/** `strata run ...`: its output, when its first byte came (performance.now()), and when it exited. */
+function strataRun(d: StartedDaemon, args: string[]): Promise<{ out: string; firstByteAt: number; exitAt: number }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(STRATA, ['--address', d.address, '--namespace', 'bench', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    let firstByteAt = 0;
+    p.stdout.on('data', (b: Buffer) => {
+      if (firstByteAt === 0) firstByteAt = performance.now();
+      out += b.toString();
+    });
+    p.stderr.on('data', (b: Buffer) => (err += b.toString()));
+    p.on('error', reject);
+    p.on('close', (code) => {
+      const exitAt = performance.now();
+      if (code !== 0) reject(new Error(`strata ${args.join(' ')}: ${err}`));
+      else resolve({ out, firstByteAt: firstByteAt || exitAt, exitAt });
+    });
+  });
 }
 
 async function stopLazyfs(root: string): Promise<void> {
@@ -121,7 +145,7 @@ async function main(): Promise<void> {
       await d.dir.cleanup();
     }
 
-    const results: { mode: string; ms: number; bytes: number; pullMs: number }[] = [];
+    const results: { mode: string; ms: number; firstMs: number; bytes: number; pullMs: number }[] = [];
     const one = async (mode: 'full' | 'lazy'): Promise<void> => {
       const d = await startDaemon({ logLevel: TIMELINE && mode === 'lazy' ? 'debug' : 'info' });
       const stargzRoot = join(d.root, 'io.containerd.snapshotter.v1.stargz');
@@ -136,12 +160,13 @@ async function main(): Promise<void> {
         const ref = mode === 'lazy' ? ESGZ : PLAIN;
         await strata(d, ['image', 'pull', ...sn, ref]);
         const pulled = performance.now() - t0;
-        const out = await strata(d, ['run', '--rm', ...sn, ref, `c-${mode}`, 'echo', 'hi']);
-        const ms = performance.now() - t0;
-        if (out !== 'hi\n') throw new Error(`unexpected output ${JSON.stringify(out)}`);
+        const r = await strataRun(d, ['run', '--rm', ...sn, ref, `c-${mode}`, 'echo', 'hi']);
+        const ms = r.exitAt - t0;
+        const firstMs = r.firstByteAt - t0;
+        if (r.out !== 'hi\n') throw new Error(`unexpected output ${JSON.stringify(r.out)}`);
         const bytes = proxy.requests.slice(from).filter((r) => r.method === 'GET').reduce((n, r) => n + r.bytes, 0);
-        results.push({ mode, ms, bytes, pullMs: pulled });
-        log(`${mode}: first output after ${(ms / 1000).toFixed(2)} s (pull ${(pulled / 1000).toFixed(2)} s), ${formatBytes(bytes)} fetched`);
+        results.push({ mode, ms, firstMs, bytes, pullMs: pulled });
+        log(`${mode}: run exited after ${(ms / 1000).toFixed(2)} s (first output byte ${(firstMs / 1000).toFixed(2)} s, pull ${(pulled / 1000).toFixed(2)} s), ${formatBytes(bytes)} fetched`);
         if (TIMELINE && mode === 'lazy') printTimeline(performance.timeOrigin + t0, pulled, ms, d.logs, stargzRoot);
       } finally {
         await stopLazyfs(stargzRoot);
@@ -153,13 +178,15 @@ async function main(): Promise<void> {
       const order: ('full' | 'lazy')[] = r % 2 === 0 ? ['full', 'lazy'] : ['lazy', 'full'];
       for (const m of order) if (MODES.includes(m)) await one(m);
     }
-    const med = (m: string, k: 'ms' | 'bytes') => median(results.filter((x) => x.mode === m).map((x) => x[k]));
+    const med = (m: string, k: 'ms' | 'firstMs' | 'bytes') => median(results.filter((x) => x.mode === m).map((x) => x[k]));
     const summary = {
       sizeMiB: SIZE_MIB,
       imageBytes: plainBytes,
       rounds: ROUNDS,
       fullMs: med('full', 'ms'),
       lazyMs: med('lazy', 'ms'),
+      fullFirstMs: med('full', 'firstMs'),
+      lazyFirstMs: med('lazy', 'firstMs'),
       fullBytes: med('full', 'bytes'),
       lazyBytes: med('lazy', 'bytes'),
       results,
@@ -170,6 +197,9 @@ async function main(): Promise<void> {
       process.stdout.write(`full pull (overlayfs) + run: ${(summary.fullMs / 1000).toFixed(2)} s, ${formatBytes(summary.fullBytes)}\n`);
       process.stdout.write(`lazy pull (stargz) + run:    ${(summary.lazyMs / 1000).toFixed(2)} s, ${formatBytes(summary.lazyBytes)}\n`);
       process.stdout.write(`lazy/full: time ${((summary.lazyMs / summary.fullMs) * 100).toFixed(1)}%, bytes ${((summary.lazyBytes / summary.fullBytes) * 100).toFixed(1)}%\n`);
+      process.stdout.write(
+        `to the first output byte (not the run's exit): full ${(summary.fullFirstMs / 1000).toFixed(2)} s, lazy ${(summary.lazyFirstMs / 1000).toFixed(2)} s, lazy/full ${((summary.lazyFirstMs / summary.fullFirstMs) * 100).toFixed(1)}%\n`,
+      );
     }
   } finally {
     await stopAll();

@@ -28,6 +28,7 @@ import {
   LABEL_REMOTE_URLS,
   LABEL_SNAPSHOT_REF,
   LABEL_STARGZ_DIGEST,
+  LABEL_STARGZ_LAYERS,
   LABEL_STARGZ_REFERENCE,
   LABEL_STARGZ_TOC_DIGEST,
   REMOTE_SNAPSHOT_VALUE,
@@ -107,9 +108,16 @@ class StargzSnapshotter implements Snapshotter {
     return join(this.root, 'cache', basename(dirname(layerDir)));
   }
 
-  private mountRemote(key: string, layer: LayerRef): Promise<MountResult> {
+  private mountRemote(key: string, layer: LayerRef, neighbours?: string[]): Promise<MountResult> {
     const mountpoint = this.inner.layerDir(key);
-    return this.lazyfs.mount({ mountpoint, cacheDir: this.cacheDirOf(mountpoint), layer, registry: this.registry, policy: this.policy });
+    return this.lazyfs.mount({
+      mountpoint,
+      cacheDir: this.cacheDirOf(mountpoint),
+      layer,
+      registry: this.registry,
+      policy: this.policy,
+      ...(neighbours && neighbours.length > 0 ? { neighbours } : {}),
+    });
   }
 
   /** Every remote layer of the chain from `key` down mounted (again, if its lazyfs died). */
@@ -168,7 +176,10 @@ class StargzSnapshotter implements Snapshotter {
       why = layer;
     } else {
       try {
-        await this.mountRemote(key, layer);
+        // The following layers (stargz.layers, as stargz-snapshotter's client handler sets it): lazyfs reads
+        // their TOCs now, in parallel with this one's.
+        const next = (labels[LABEL_STARGZ_LAYERS] ?? '').split(',').filter((d) => d !== '' && d !== layer.digest);
+        await this.mountRemote(key, layer, next);
       } catch (err) {
         why = err instanceof Error ? err.message : String(err);
       }

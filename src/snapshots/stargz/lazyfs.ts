@@ -18,7 +18,7 @@
 import { chmodSync, mkdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { invalidArgument, unavailable } from '../../core/errdefs.js';
 import { socketAnswers } from '../../core/socket.js';
 import { openEstargz, type EstargzLayer } from '../../estargz/index.js';
@@ -34,6 +34,7 @@ import {
   PID_NAME,
   SOCKET_NAME,
   type HelloResult,
+  type LayerRef,
   type MountRequest,
   type MountResult,
   type MountStatus,
@@ -63,8 +64,137 @@ interface Served {
   mount: FuseMount;
   source: EstargzSource;
   result: MountResult;
-  /** Stops the layer's whole-blob download, if one runs. */
+  /** Stops the layer's whole-blob download, if one runs, and drops its file. */
   stop: () => void;
+}
+
+/** Most layers opened ahead of their mount request (the following layers of a pull). */
+const MAX_NEIGHBOURS = 8;
+/** How long a layer opened ahead waits for its mount request. */
+const NEIGHBOUR_KEEP_MS = 60_000;
+
+interface Opened {
+  blob: RemoteBlob;
+  span: SpanReader;
+  layer: EstargzLayer;
+}
+
+/**
+ * A layer's blob in the registry, read with bounded Range requests. Once its layer is mounted (attach), a failed
+ * Range read falls back to one download of the whole blob (reads wait for their bytes in it); when that fails
+ * too, the registry is taken as gone: reads of chunks not yet fetched fail (EIO) at once for a few seconds, then
+ * try again. Before the mount, a failure is the caller's (the snapshot falls back to an ordinary download).
+ */
+class RemoteBlob {
+  private source: EstargzSource | undefined;
+  private wholePath = '';
+  private mountpoint = '';
+  private whole: WholeBlob | undefined;
+  private unreachableUntil = 0;
+  private stopped = false;
+  urls: string[] | undefined;
+
+  constructor(
+    private readonly fetcher: Fetcher,
+    private readonly layerRef: LayerRef,
+    public size: number,
+    private readonly fetchTimeoutMs: number,
+    private readonly log: Logger,
+  ) {
+    this.urls = layerRef.urls;
+  }
+
+  private desc() {
+    return { mediaType: LAYER_MEDIA_TYPE, digest: this.layerRef.digest, size: this.size, ...(this.urls?.length ? { urls: this.urls } : {}) };
+  }
+
+  attach(source: EstargzSource, cacheDir: string, mountpoint: string): void {
+    this.source = source;
+    this.wholePath = join(cacheDir, 'blob');
+    this.mountpoint = mountpoint;
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.whole?.stop();
+    if (this.wholePath) rmSync(this.wholePath, { force: true });
+  }
+
+  /** One bounded Range request, given up after fetchTimeoutMs. */
+  private async rangeRead(offset: number, length: number): Promise<Buffer> {
+    const digest = this.layerRef.digest;
+    let timer: NodeJS.Timeout | undefined;
+    let stream: Readable | undefined;
+    let timedOut: Error | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        timedOut = unavailable(`layer ${digest}: no answer to a Range read in ${this.fetchTimeoutMs} ms`);
+        stream?.destroy(timedOut);
+        reject(timedOut);
+      }, this.fetchTimeoutMs);
+    });
+    const read = (async () => {
+      stream = await this.fetcher.fetch(this.desc(), { offset, length, onBlobSize: (n) => (this.size = this.size < 0 ? n : this.size) });
+      if (timedOut) {
+        stream.destroy(timedOut); // frees the fetcher's concurrency slot
+        throw timedOut;
+      }
+      const parts: Buffer[] = [];
+      let got = 0;
+      for await (const chunk of stream) {
+        parts.push(chunk as Buffer);
+        got += (chunk as Buffer).length;
+      }
+      this.source?.noteFetched(got);
+      const want = this.size >= 0 ? Math.min(length, this.size - offset) : length;
+      if (got !== want) throw unavailable(`layer ${digest}: read ${got} bytes at ${offset}, expected ${want}`);
+      return Buffer.concat(parts, got);
+    })();
+    read.catch(() => undefined);
+    try {
+      return await Promise.race([read, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private unreachable(err: unknown): Error {
+    this.whole = undefined;
+    if (Date.now() >= this.unreachableUntil) {
+      this.log.error('lazyfs: layer unreachable: reads of its files not yet fetched fail with EIO until the registry answers again', {
+        digest: this.layerRef.digest,
+        ref: this.layerRef.ref,
+        mountpoint: this.mountpoint,
+        error: err instanceof Error ? err.message : String(err),
+      });
+    }
+    this.unreachableUntil = Date.now() + UNREACHABLE_RETRY_MS;
+    return err instanceof Error ? err : new Error(String(err));
+  }
+
+  readonly readAt = async (offset: number, length: number): Promise<Buffer> => {
+    if (!this.source) return this.rangeRead(offset, length); // opening the layer: a failure is the snapshot's fallback
+    const digest = this.layerRef.digest;
+    if (this.whole && !this.whole.failed) return this.whole.readAt(offset, length).catch((err: unknown) => Promise.reject(this.unreachable(err)));
+    if (Date.now() < this.unreachableUntil) throw unavailable(`layer ${digest}: the registry is unreachable`);
+    try {
+      return await this.rangeRead(offset, length);
+    } catch (err) {
+      if (this.stopped) throw err;
+      if (!this.whole || this.whole.failed) {
+        this.log.warn('lazyfs: a Range read failed; downloading the whole layer instead', { digest, ref: this.layerRef.ref, error: err instanceof Error ? err.message : String(err) });
+        mkdirSync(dirname(this.wholePath), { recursive: true, mode: 0o700 });
+        this.whole = WholeBlob.start(() => this.fetcher.fetch(this.desc()), this.wholePath, this.size, digest, this.fetchTimeoutMs);
+      }
+      const w = this.whole;
+      try {
+        return await w.readAt(offset, length);
+      } catch (err2) {
+        if (this.whole === w) throw this.unreachable(err2);
+        throw err2;
+      }
+    }
+  };
 }
 
 class Lazyfs {
@@ -73,6 +203,8 @@ class Lazyfs {
   private readonly mounting = new Map<string, Promise<MountResult>>();
   private readonly background = new TaskLimit(BACKGROUND_CONCURRENCY);
   private readonly resolvers = new Map<string, ReturnType<typeof createResolver>>();
+  /** Layers opened ahead of their mount request (openNeighbours), by ref, digest and registry settings. */
+  private readonly opening = new Map<string, Promise<Opened>>();
 
   private idleTimer: NodeJS.Timeout | undefined;
   /** Connections open on the control socket: a snapshotter that started it at open keeps one. */
@@ -159,6 +291,69 @@ class Lazyfs {
     return { mountpoint: s.req.mountpoint, digest: s.req.layer.digest, ref: s.req.layer.ref, ...s.source.stats() };
   }
 
+  /** Opens a layer: its size (one byte's Range answer when not given), its footer and TOC from the blob's tail. */
+  private async openLayer(layerRef: LayerRef, registry: RegistryConfig): Promise<Opened> {
+    const { ref, digest } = layerRef;
+    const size = layerRef.size !== undefined && Number.isSafeInteger(layerRef.size) && layerRef.size > 0 ? layerRef.size : -1;
+    const blob = new RemoteBlob(this.fetcherFor(ref, registry), layerRef, size, this.fetchTimeoutMs, this.log);
+    // The blob's size: stargz-snapshotter's labels name only its digest, so one byte's Range answer tells it
+    // (Strata's pull passes it along: no request).
+    if (blob.size < 0) await blob.readAt(0, 1);
+    if (blob.size < 0) throw unavailable(`layer ${digest}: the registry did not say the blob's size`);
+    const span = new SpanReader(blob.readAt);
+    try {
+      // The footer and (for all but huge layers) the TOC in one request: the blob's tail, held while opening.
+      const tail = Math.min(blob.size, TAIL_BYTES);
+      await span.hold(blob.size - tail, tail);
+      try {
+        return { blob, span, layer: await openEstargz(span.readAt, blob.size, layerRef.tocDigest ? { tocDigest: layerRef.tocDigest } : {}) };
+      } finally {
+        span.release();
+      }
+    } catch (err) {
+      throw (err instanceof Error && 'kind' in err ? err : unavailable(`layer ${digest}: ${(err as Error).message}`, err)) as Error;
+    }
+  }
+
+  private static openKey(ref: string, digest: string, registry: RegistryConfig): string {
+    return `${ref}\n${digest}\n${JSON.stringify(registry)}`;
+  }
+
+  /**
+   * Starts opening the layers that follow the one being mounted (its `stargz.layers` label), so that their
+   * footers and TOCs are read in parallel with this one's, not one after the other as the unpack prepares them.
+   * An opened layer is kept for NEIGHBOUR_KEEP_MS for its mount request.
+   */
+  private openNeighbours(req: MountRequest): void {
+    const mine = new Set([...this.served.values()].map((s) => s.req.layer.digest));
+    let n = 0;
+    for (const digest of req.neighbours ?? []) {
+      if (digest === req.layer.digest || mine.has(digest) || n >= MAX_NEIGHBOURS) continue;
+      const key = Lazyfs.openKey(req.layer.ref, digest, req.registry);
+      if (this.opening.has(key)) continue;
+      n++;
+      const p = this.openLayer({ ref: req.layer.ref, digest }, req.registry);
+      p.catch(() => this.opening.get(key) === p && this.opening.delete(key));
+      this.opening.set(key, p);
+      setTimeout(() => this.opening.get(key) === p && this.opening.delete(key), NEIGHBOUR_KEEP_MS).unref();
+    }
+  }
+
+  /** The layer opened ahead for this request (checked against its TOC digest), or opened now. */
+  private async opened(req: MountRequest): Promise<Opened> {
+    const key = Lazyfs.openKey(req.layer.ref, req.layer.digest, req.registry);
+    const ahead = this.opening.get(key);
+    this.opening.delete(key);
+    if (ahead) {
+      const o = await ahead.catch(() => undefined);
+      if (o && (!req.layer.tocDigest || o.layer.tocDigest === req.layer.tocDigest)) {
+        if (req.layer.urls?.length) o.blob.urls = req.layer.urls;
+        return o;
+      }
+    }
+    return this.openLayer(req.layer, req.registry);
+  }
+
   private async mount(req: MountRequest): Promise<MountResult> {
     const have = this.served.get(req.mountpoint);
     if (have) {
@@ -168,117 +363,15 @@ class Lazyfs {
     // What a dead lazyfs left there.
     if (lazyfsMountsUnder(join(req.mountpoint, '..')).includes(req.mountpoint)) await detach(req.mountpoint);
     const { ref, digest } = req.layer;
-    const fetcher = this.fetcherFor(ref, req.registry);
-    let blobSize = req.layer.size !== undefined && Number.isSafeInteger(req.layer.size) && req.layer.size > 0 ? req.layer.size : -1;
-    let source: EstargzSource | undefined;
-    const desc = () => ({ mediaType: LAYER_MEDIA_TYPE, digest, size: blobSize, ...(req.layer.urls?.length ? { urls: req.layer.urls } : {}) });
-    /** One bounded Range request, given up after fetchTimeoutMs. */
-    const rangeRead = async (offset: number, length: number): Promise<Buffer> => {
-      let timer: NodeJS.Timeout | undefined;
-      let stream: Readable | undefined;
-      let timedOut: Error | undefined;
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => {
-          timedOut = unavailable(`layer ${digest}: no answer to a Range read in ${this.fetchTimeoutMs} ms`);
-          stream?.destroy(timedOut);
-          reject(timedOut);
-        }, this.fetchTimeoutMs);
-      });
-      const read = (async () => {
-        stream = await fetcher.fetch(desc(), { offset, length, onBlobSize: (n) => (blobSize = blobSize < 0 ? n : blobSize) });
-        if (timedOut) {
-          stream.destroy(timedOut); // frees the fetcher's concurrency slot
-          throw timedOut;
-        }
-        const parts: Buffer[] = [];
-        let got = 0;
-        for await (const chunk of stream) {
-          parts.push(chunk as Buffer);
-          got += (chunk as Buffer).length;
-        }
-        source?.noteFetched(got);
-        const want = blobSize >= 0 ? Math.min(length, blobSize - offset) : length;
-        if (got !== want) throw unavailable(`layer ${digest}: read ${got} bytes at ${offset}, expected ${want}`);
-        return Buffer.concat(parts, got);
-      })();
-      read.catch(() => undefined);
-      try {
-        return await Promise.race([read, timeout]);
-      } finally {
-        clearTimeout(timer);
-      }
-    };
-    // Once mounted, a failed Range read falls back to one download of the whole blob (reads wait for their bytes
-    // in it); when that fails too, the registry is taken as gone: reads of chunks not yet fetched fail (EIO)
-    // at once for a few seconds, then try again.
-    let whole: WholeBlob | undefined;
-    let unreachableUntil = 0;
-    let unmounted = false;
-    const wholePath = join(req.cacheDir, 'blob');
-    const unreachable = (err: unknown): Error => {
-      whole = undefined;
-      if (Date.now() >= unreachableUntil) {
-        this.log.error('lazyfs: layer unreachable: reads of its files not yet fetched fail with EIO until the registry answers again', {
-          digest,
-          ref,
-          mountpoint: req.mountpoint,
-          error: err instanceof Error ? err.message : String(err),
-        });
-      }
-      unreachableUntil = Date.now() + UNREACHABLE_RETRY_MS;
-      return err instanceof Error ? err : new Error(String(err));
-    };
-    const fetchRange = async (offset: number, length: number): Promise<Buffer> => {
-      if (!source) return rangeRead(offset, length); // opening the layer: a failure is the snapshot's fallback
-      if (whole && !whole.failed) return whole.readAt(offset, length).catch((err: unknown) => Promise.reject(unreachable(err)));
-      if (Date.now() < unreachableUntil) throw unavailable(`layer ${digest}: the registry is unreachable`);
-      try {
-        return await rangeRead(offset, length);
-      } catch (err) {
-        if (unmounted) throw err;
-        if (!whole || whole.failed) {
-          this.log.warn('lazyfs: a Range read failed; downloading the whole layer instead', { digest, ref, error: err instanceof Error ? err.message : String(err) });
-          mkdirSync(req.cacheDir, { recursive: true, mode: 0o700 });
-          whole = WholeBlob.start(() => fetcher.fetch(desc()), wholePath, blobSize, digest, this.fetchTimeoutMs);
-        }
-        const w = whole;
-        try {
-          return await w.readAt(offset, length);
-        } catch (err2) {
-          if (whole === w) throw unreachable(err2);
-          throw err2;
-        }
-      }
-    };
-    // The blob's size: stargz-snapshotter's labels name only its digest, so one byte's Range answer tells it
-    // (Strata's pull passes it along: no request).
-    if (blobSize < 0) await fetchRange(0, 1);
-    if (blobSize < 0) throw unavailable(`layer ${digest}: the registry did not say the blob's size`);
-    const span = new SpanReader(fetchRange);
-    let layer: EstargzLayer;
-    try {
-      // The footer and (for all but huge layers) the TOC in one request: the blob's tail, held while opening.
-      const tail = Math.min(blobSize, TAIL_BYTES);
-      await span.hold(blobSize - tail, tail);
-      try {
-        layer = await openEstargz(span.readAt, blobSize, req.layer.tocDigest ? { tocDigest: req.layer.tocDigest } : {});
-      } finally {
-        span.release();
-      }
-    } catch (err) {
-      throw (err instanceof Error && 'kind' in err ? err : unavailable(`layer ${digest}: ${(err as Error).message}`, err)) as Error;
-    }
-    source = new EstargzSource(layer, req.cacheDir, this.log);
+    this.openNeighbours(req);
+    const { blob, span, layer } = await this.opened(req);
+    const source = new EstargzSource(layer, req.cacheDir, this.log);
+    blob.attach(source, req.cacheDir, req.mountpoint);
     mkdirSync(req.mountpoint, { recursive: true });
     const mount = await mountReadOnly(req.mountpoint, source, { fsName: FS_NAME, log: this.log });
-    const result: MountResult = { blobSize, tocDigest: layer.tocDigest, prefetchSize: layer.prefetchSize, mounted: true };
-    const stop = () => {
-      unmounted = true;
-      whole?.stop();
-      rmSync(wholePath, { force: true });
-    };
-    this.served.set(req.mountpoint, { req, mount, source, result, stop });
-    this.log.info('lazyfs: mounted', { digest, ref, prefetchSize: layer.prefetchSize, blobSize });
+    const result: MountResult = { blobSize: blob.size, tocDigest: layer.tocDigest, prefetchSize: layer.prefetchSize, mounted: true };
+    this.served.set(req.mountpoint, { req, mount, source, result, stop: () => blob.stop() });
+    this.log.info('lazyfs: mounted', { digest, ref, prefetchSize: layer.prefetchSize, blobSize: blob.size });
     // The prefetch span is held in memory while its chunks are verified and cached, then released.
     source.start({ ...req.policy, backgroundLimit: this.background }, span);
     return result;

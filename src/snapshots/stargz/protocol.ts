@@ -47,6 +47,11 @@ export interface MountRequest {
   layer: LayerRef;
   registry: RegistryConfig;
   policy: PolicyConfig;
+  /**
+   * Digests of the layers that follow this one in its image (the `stargz.layers` label): lazyfs starts reading
+   * their footers and TOCs now, in parallel, for their own mount requests.
+   */
+  neighbours?: string[];
 }
 
 export interface MountResult {

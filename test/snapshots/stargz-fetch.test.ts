@@ -1,14 +1,15 @@
 /**
- * The stargz snapshotter when the registry goes wrong after a layer is mounted (issue 15): a Range read that
- * fails falls back to one download of the whole blob, from which the reads are served; when the registry does
- * not answer at all, reads of files not yet fetched fail with EIO within the fetch timeout (never hang), lazyfs
- * says so in its log, and they work again once the registry answers.
+ * How the stargz snapshotter's lazyfs reads the registry (issue 15): the TOCs of the layers that follow a
+ * prepared one (`stargz.layers`) are read ahead, in parallel; and when the registry goes wrong after a layer is
+ * mounted, a Range read that fails falls back to one download of the whole blob, from which the reads are
+ * served, while a registry that does not answer at all makes reads of files not yet fetched fail with EIO within
+ * the fetch timeout (never hang), lazyfs says so in its log, and they work again once the registry answers.
  */
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LABEL_SNAPSHOT_REF, LABEL_STARGZ_DIGEST, LABEL_STARGZ_REFERENCE, LABEL_STARGZ_TOC_DIGEST } from '../../src/core/labels.js';
+import { LABEL_SNAPSHOT_REF, LABEL_STARGZ_DIGEST, LABEL_STARGZ_LAYERS, LABEL_STARGZ_REFERENCE, LABEL_STARGZ_TOC_DIGEST } from '../../src/core/labels.js';
 import { isAlreadyExists } from '../../src/core/errdefs.js';
 import { withTempMount } from '../../src/mount/index.js';
 import { openStargzSnapshotter } from '../../src/snapshots/stargz/index.js';
@@ -49,8 +50,11 @@ afterAll(async () => {
   await t?.cleanup();
 });
 
-/** A snapshotter on a fresh root with both layers mounted lazily (no background fetch): its chain. */
-async function mounted(name: string): Promise<{ sn: Snapshotter; root: string; chain: string[] }> {
+/**
+ * A snapshotter on a fresh root with both layers mounted lazily (no background fetch): its chain. `between` runs
+ * after the first layer's prepare and before the second's.
+ */
+async function mounted(name: string, between?: () => Promise<void>): Promise<{ sn: Snapshotter; root: string; chain: string[] }> {
   const root = join(t.path, name);
   roots.push(root);
   const sn = await openStargzSnapshotter(root, { lazyfs: { entry: LAZYFS, idleExitMs: 120_000, fetchTimeoutMs: FETCH_TIMEOUT_MS }, policy: { background: false } });
@@ -62,6 +66,7 @@ async function mounted(name: string): Promise<{ sn: Snapshotter; root: string; c
       [LABEL_SNAPSHOT_REF]: chain[i]!,
       [LABEL_STARGZ_REFERENCE]: `${proxy.host}/offline/app:v1`,
       [LABEL_STARGZ_DIGEST]: l.digest,
+      [LABEL_STARGZ_LAYERS]: lazy.layers.slice(i).map((x) => x.digest).join(','),
       ...(l.tocDigest ? { [LABEL_STARGZ_TOC_DIGEST]: l.tocDigest } : {}),
     };
     const err = await sn.prepare(`extract-${i}`, parent, { labels }).then(
@@ -70,11 +75,34 @@ async function mounted(name: string): Promise<{ sn: Snapshotter; root: string; c
     );
     expect(isAlreadyExists(err)).toBe(true);
     parent = chain[i]!;
+    if (i === 0) await between?.();
   }
   return { sn, root, chain };
 }
 
 const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex');
+
+describe('the stargz snapshotter reading ahead', () => {
+  it('reads the TOC of the next layer (stargz.layers) while preparing the first, and mounts it without reading it again', async () => {
+    const next = lazy.layers[1]!;
+    const tailReads = () =>
+      proxy.requests.filter((r) => r.method === 'GET' && r.digest === next.digest && r.range !== undefined && r.range.endsWith(`-${next.size - 1}`)).length;
+    const before = tailReads();
+    let during = 0;
+    const { sn } = await mounted('root-ahead', async () => {
+      // The second layer's prepare has not come yet: its tail (footer and TOC) is being read, or read already.
+      for (let i = 0; i < 100 && tailReads() === before; i++) await new Promise((r) => setTimeout(r, 50));
+      during = tailReads() - before;
+    });
+    try {
+      expect(during).toBe(1);
+      // Its own prepare used what was read ahead.
+      expect(tailReads() - before).toBe(1);
+    } finally {
+      await sn.close();
+    }
+  });
+});
 
 describe('the stargz snapshotter with its registry gone wrong after the mount', () => {
   it('serves a file whose Range reads are refused from one download of the whole layer', async () => {
