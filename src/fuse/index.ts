@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { invalidArgument, unavailable } from '../core/errdefs.js';
 import { mountWithFuseNative } from './fuse-native.js';
-import { fuse3BindingPath, mountWithFuse3 } from './fuse3.js';
+import { fuse3BindingPath, loadFuse3, mountWithFuse3 } from './fuse3.js';
 import { settleAndTuneReadahead } from './mounts.js';
 import type { FuseMount, LayerSource, MountOptions } from './types.js';
 
@@ -22,6 +22,14 @@ export function fuseUnavailableReason(): string | undefined {
   if (!existsSync('/dev/fuse')) return '/dev/fuse is missing (no FUSE in this kernel or container)';
   if (!fuse3BindingPath()) return 'the FUSE binding (native/bin/strata-fuse3.node) is not built: run scripts/build-native.sh';
   return undefined;
+}
+
+/**
+ * Loads the libfuse 3 binding now, when it is built: a long-lived server that mounts later (lazyfs) does not load
+ * it, cold, inside its first mount.
+ */
+export function preloadFuse(): void {
+  if (fuse3BindingPath()) loadFuse3();
 }
 
 /** Mounts `source` read-only at `mountpoint` (allow_other, default_permissions, so a container's users read

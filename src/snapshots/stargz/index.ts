@@ -179,6 +179,7 @@ class StargzSnapshotter implements Snapshotter {
         // The following layers (stargz.layers, as stargz-snapshotter's client handler sets it): lazyfs reads
         // their TOCs now, in parallel with this one's.
         const next = (labels[LABEL_STARGZ_LAYERS] ?? '').split(',').filter((d) => d !== '' && d !== layer.digest);
+        this.log.debug('stargz: mounting a remote layer', { target, digest: layer.digest });
         await this.mountRemote(key, layer, next);
       } catch (err) {
         why = err instanceof Error ? err.message : String(err);

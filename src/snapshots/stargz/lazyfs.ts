@@ -22,7 +22,7 @@ import { dirname, join, resolve } from 'node:path';
 import { invalidArgument, unavailable } from '../../core/errdefs.js';
 import { socketAnswers } from '../../core/socket.js';
 import { openEstargz, type EstargzLayer } from '../../estargz/index.js';
-import { mountReadOnly, type FuseMount } from '../../fuse/index.js';
+import { mountReadOnly, preloadFuse, type FuseMount } from '../../fuse/index.js';
 import { createLogger, type Logger } from '../../log/index.js';
 import { createResolver, credentialsFromDockerConfig, type Fetcher } from '../../remotes/index.js';
 import { EstargzSource, SpanReader, TaskLimit } from './source.js';
@@ -363,15 +363,24 @@ class Lazyfs {
     // What a dead lazyfs left there.
     if (lazyfsMountsUnder(join(req.mountpoint, '..')).includes(req.mountpoint)) await detach(req.mountpoint);
     const { ref, digest } = req.layer;
+    const t0 = performance.now();
     this.openNeighbours(req);
     const { blob, span, layer } = await this.opened(req);
+    const t1 = performance.now();
     const source = new EstargzSource(layer, req.cacheDir, this.log);
     blob.attach(source, req.cacheDir, req.mountpoint);
     mkdirSync(req.mountpoint, { recursive: true });
     const mount = await mountReadOnly(req.mountpoint, source, { fsName: FS_NAME, log: this.log });
     const result: MountResult = { blobSize: blob.size, tocDigest: layer.tocDigest, prefetchSize: layer.prefetchSize, mounted: true };
     this.served.set(req.mountpoint, { req, mount, source, result, stop: () => blob.stop() });
-    this.log.info('lazyfs: mounted', { digest, ref, prefetchSize: layer.prefetchSize, blobSize: blob.size });
+    this.log.info('lazyfs: mounted', {
+      digest,
+      ref,
+      prefetchSize: layer.prefetchSize,
+      blobSize: blob.size,
+      openMs: Math.round(t1 - t0),
+      mountMs: Math.round(performance.now() - t1),
+    });
     // The prefetch span is held in memory while its chunks are verified and cached, then released.
     source.start({ ...req.policy, backgroundLimit: this.background }, span);
     return result;
@@ -497,5 +506,10 @@ export async function runLazyfs(argv: string[]): Promise<void> {
   });
   await fs.detachLeftovers();
   fs.serve();
+  try {
+    preloadFuse();
+  } catch (err) {
+    log.warn('lazyfs: the FUSE binding does not load', { error: err instanceof Error ? err.message : String(err) });
+  }
   fs.checkIdle();
 }
