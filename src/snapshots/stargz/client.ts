@@ -197,7 +197,12 @@ export class LazyfsClient {
    */
   async shutdownIfIdle(): Promise<boolean> {
     if (this.closed) return false;
-    if (this.connecting) await this.connecting.catch(() => undefined);
+    // A lazyfs still starting is waited for a little (one that does not come up is not waited for long).
+    if (this.connecting) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.connecting.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, 2_000)))]);
+      clearTimeout(timer);
+    }
     if (!this.conn || this.conn.destroyed) return false;
     const mounts = (await this.once({ op: 'list' }, false).catch(() => undefined)) as MountStatus[] | undefined;
     if (!mounts || mounts.length > 0) return false;
