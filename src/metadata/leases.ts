@@ -54,6 +54,7 @@ export class LeaseStore {
         .run(namespace, id, encodeLabels(labels), createdAt.getTime(), createdAt.subMs);
       if (res.changes === 0) throw alreadyExists(`lease "${id}"`);
     }).immediate();
+    this.expiry = undefined;
     this.notifyMutation(false);
     return { id, createdAt, labels };
   }
@@ -87,6 +88,7 @@ export class LeaseStore {
   delete(namespace: string, id: string): void {
     const res = this.db.prepare('DELETE FROM leases WHERE namespace = ? AND id = ?').run(namespace, id);
     if (res.changes === 0) throw notFound(`lease "${id}"`);
+    this.expiry = undefined;
     this.notifyMutation(true);
   }
 
@@ -125,6 +127,21 @@ export class LeaseStore {
    * the epoch), or undefined when no lease expires in the future. The GC scheduler sets a timer for it.
    */
   nextExpiry(now = Date.now()): number | undefined {
+    // The GC scheduler asks after every burst of writes (a snapshot call, a content commit): the answer is kept
+    // until a lease is created or deleted here, or the time passes it. Leases are only created here; a lease
+    // deleted elsewhere (the collector, a namespace's removal) can only make the kept answer early, which costs
+    // at worst one needless collection at that time, never a late one.
+    const e = this.expiry;
+    if (e && now >= e.at && (e.next === undefined || now < e.next)) return e.next;
+    const next = this.scanExpiry(now);
+    this.expiry = { at: now, next };
+    return next;
+  }
+
+  /** nextExpiry's kept answer: computed at `at` (ms since the epoch). */
+  private expiry: { at: number; next: number | undefined } | undefined;
+
+  private scanExpiry(now: number): number | undefined {
     const rows = this.db.prepare("SELECT labels FROM leases WHERE labels LIKE '%containerd.io/gc.expire%'").all() as { labels: string }[];
     let next: number | undefined;
     for (const r of rows) {

@@ -811,6 +811,39 @@ describe('read', () => {
     await rejectsWith(store.read(digestOf('absent')), 'not found', `content ${digestOf('absent')}`);
   });
 
+  it('returns the right bytes for back-to-back ranged reads of changing sizes, jumps and interleaved readers (as ReaderAt reads)', async () => {
+    const { data, digest } = createContent(3 * MiB + 12_345);
+    await ingest('seq', data);
+    const range = async (offset: number, size: number) =>
+      expectBytes(await readAll(await store.read(digest, { offset, size })), data.subarray(offset, Math.min(offset + size, data.length)));
+    // Sequential 1 MiB reads to the end (the last one short), then sequential reads of other sizes.
+    for (let off = 0; off < data.length; off += MiB) await range(off, MiB);
+    for (let off = 0; off < data.length; off += 300_000) await range(off, 300_000);
+    // The size grows and shrinks between sequential reads; a read jumps back; a read starts inside a chunk.
+    await range(0, 100_000);
+    await range(100_000, 100_000);
+    await range(200_000, MiB);
+    await range(200_000 + MiB, 4096);
+    await range(50, 70);
+    await range(120, 2 * MiB);
+    await range(120 + 2 * MiB, MiB);
+    // Two sequential readers at once, interleaved, and one abandoned after its first chunk.
+    await Promise.all([
+      (async () => {
+        for (let off = 0; off < 2 * MiB; off += 256_000) await range(off, 256_000);
+      })(),
+      (async () => {
+        for (let off = MiB; off < data.length; off += 200_000) await range(off, 200_000);
+      })(),
+    ]);
+    const abandoned = await store.read(digest, { offset: 0, size: 2 * MiB });
+    for await (const c of abandoned) {
+      expectBytes(c as Buffer, data.subarray(0, (c as Buffer).length));
+      break;
+    }
+    await range(2 * MiB, MiB);
+  });
+
   it('reads in chunks of at most 1 MiB and can be abandoned early', async () => {
     const { data, digest } = createContent(3 * MiB);
     await ingest('chunks', data);

@@ -385,6 +385,23 @@ describe('with a real metadata store and collector', () => {
     expect(md.leases.nextExpiry(now + 200_000)).toBeUndefined();
   });
 
+  it('answers the next lease expiry right after leases are created and deleted, and for an earlier moment', async () => {
+    const { md } = await openStore();
+    const now = Date.now();
+    md.leases.create('a', 'later', { [LABEL_GC_EXPIRE]: new Date(now + 120_000).toISOString() });
+    expect(md.leases.nextExpiry(now)).toBe(now + 120_000);
+    expect(md.leases.nextExpiry(now + 1000)).toBe(now + 120_000);
+    md.leases.create('b', 'soon', { [LABEL_GC_EXPIRE]: new Date(now + 60_000).toISOString() });
+    expect(md.leases.nextExpiry(now + 1000)).toBe(now + 60_000);
+    md.leases.delete('b', 'soon');
+    expect(md.leases.nextExpiry(now + 1000)).toBe(now + 120_000);
+    // Asked about a moment before the last answer's: a lease that expires in between counts again.
+    md.leases.create('c', 'between', { [LABEL_GC_EXPIRE]: new Date(now + 500).toISOString() });
+    expect(md.leases.nextExpiry(now + 1000)).toBe(now + 120_000);
+    expect(md.leases.nextExpiry(now)).toBe(now + 500);
+    expect(md.leases.nextExpiry(now + 130_000)).toBeUndefined();
+  });
+
   it('collects what a deleted lease held when a synchronous delete waits for the scheduler', async () => {
     const { md, contentRoot } = await openStore();
     const s = scheduler(new MetadataCollector(md), {}, { nextExpiry: () => md.leases.nextExpiry() });
