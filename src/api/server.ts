@@ -1,13 +1,16 @@
 /**
  * Strata's gRPC server: the gRPC protocol (length-prefixed messages, status in trailers, deadlines,
- * cancellation) on Node's own HTTP/2 server, with nothing else per call.
+ * cancellation) on an HTTP/2 transport, with nothing else per call.
  *
  * Why not grpc-js's server: a call through it cost about 110 µs of daemon CPU (interceptor chains, metadata
  * conversion, channelz bookkeeping, promise hops) against about 60 µs for the same exchange on node:http2, and
  * containerd answers a small call in about 50 µs. Per-call speed is the whole cost of a snapshot Stat or
- * Mounts, so the transport is kept to what gRPC needs. Clients (ctr, containerd's Go client, grpc-js) see the
- * same protocol: HTTP/2 h2c on a unix socket, `application/grpc`, `grpc-status`/`grpc-message` trailers
- * (trailers-only when a call fails before answering), `grpc-timeout`.
+ * Mounts, so the transport is kept to what gRPC needs. Two transports carry calls, behind one CallStream
+ * interface: Strata's own HTTP/2 server (./h2: its frames, HPACK, flow control, and one socket write per answer
+ * or per turn of the event loop), the default; and node:http2 (nghttp2), kept as the fallback with
+ * STRATA_GRPC_TRANSPORT=node-http2. Clients (ctr, containerd's Go client, grpc-js) see the same protocol on
+ * both: HTTP/2 h2c on a unix socket, `application/grpc`, `grpc-status`/`grpc-message` trailers (trailers-only
+ * when a call fails before answering), `grpc-timeout`.
  *
  * Handlers are the grpc-js-shaped functions the services already are (call.ts wraps them): unary handlers get
  * (call, callback), streaming ones get the call, which is an EventEmitter with the small surface they use
@@ -503,6 +506,12 @@ export class GrpcServer {
       if (!handler) continue;
       this.methods.set(d.path, { definition: d, handler });
     }
+  }
+
+  /** Serves one connected socket on Strata's transport (tests drive the transport through it). */
+  accept(socket: import('node:net').Socket): void {
+    if (!this.h2) throw new Error('accept() needs the strata transport');
+    this.h2.accept(socket);
   }
 
   listen(path: string): Promise<void> {

@@ -108,7 +108,10 @@ export class H2Stream {
   /** The trailer block to send once the queue is empty. */
   trailers: Buffer | undefined;
   headersSent = false;
+  /** end() was called (trailers may still wait behind flow control). */
   localEnded = false;
+  /** END_STREAM has been sent: with the client's side ended too, the stream is closed. */
+  endSent = false;
   remoteEnded = false;
   closed = false;
   needDrain = false;
@@ -402,6 +405,7 @@ export class H2Connection {
 
   /** Our side of a stream has ended: the stream closes (reset with NO_ERROR when the client is still sending). */
   localEnd(s: H2Stream): void {
+    s.endSent = true;
     if (!s.remoteEnded) this.rst(s.id, ErrorCode.NO_ERROR);
     this.closeStream(s);
   }
@@ -633,7 +637,7 @@ export class H2Connection {
     const endStream = (flags & Flag.END_STREAM) !== 0;
     if (endStream) s.remoteEnded = true;
     s.receive(data, endStream);
-    if (endStream && s.localEnded && !s.closed) this.closeStream(s);
+    if (endStream && s.endSent && !s.closed) this.closeStream(s);
   }
 
   private onHeaders(flags: number, id: number, payload: Buffer): void {
@@ -674,7 +678,7 @@ export class H2Connection {
       }
       existing.remoteEnded = true;
       existing.receive(Buffer.alloc(0), true);
-      if (existing.localEnded && !existing.closed) this.closeStream(existing);
+      if (existing.endSent && !existing.closed) this.closeStream(existing);
       return;
     }
     if (id % 2 === 0 || id <= this.lastStreamId) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `HEADERS opening stream ${id}`);
@@ -694,7 +698,7 @@ export class H2Connection {
     if (endStream && !s.closed) {
       s.remoteEnded = true;
       s.receive(Buffer.alloc(0), true);
-      if (s.localEnded && !s.closed) this.closeStream(s);
+      if (s.endSent && !s.closed) this.closeStream(s);
     }
   }
 

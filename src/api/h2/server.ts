@@ -14,11 +14,14 @@ export class H2Server {
   private readonly connections = new Set<H2Connection>();
 
   constructor(private readonly options: ConnectionOptions) {
-    this.server = net.createServer((socket) => {
-      const conn = new H2Connection(socket, this.options);
-      this.connections.add(conn);
-      socket.on('close', () => this.connections.delete(conn));
-    });
+    this.server = net.createServer((socket) => this.accept(socket));
+  }
+
+  /** Serves one connected socket (the listener's; tests hand in their own to drive the transport byte by byte). */
+  accept(socket: net.Socket): void {
+    const conn = new H2Connection(socket, this.options);
+    this.connections.add(conn);
+    socket.on('close', () => this.connections.delete(conn));
   }
 
   listen(path: string): Promise<void> {
