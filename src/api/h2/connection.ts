@@ -264,6 +264,8 @@ export class H2Connection {
   /** Streams whose queued DATA waits for a window or the socket. */
   private readonly blocked = new Set<H2Stream>();
   private goingAway = false;
+  /** The ids of the last streams closed (a bounded memory: 256), for frames that cross a stream's end. */
+  private readonly recentlyClosed = new Set<number>();
   private onIdle: (() => void) | undefined;
 
   constructor(
@@ -412,6 +414,8 @@ export class H2Connection {
 
   private closeStream(s: H2Stream): void {
     this.streams.delete(s.id);
+    this.recentlyClosed.add(s.id);
+    if (this.recentlyClosed.size > 256) this.recentlyClosed.delete(this.recentlyClosed.values().next().value!);
     this.blocked.delete(s);
     s.close();
     if (this.goingAway && this.streams.size === 0) this.finishGoaway();
@@ -681,7 +685,13 @@ export class H2Connection {
       if (existing.endSent && !existing.closed) this.closeStream(existing);
       return;
     }
-    if (id % 2 === 0 || id <= this.lastStreamId) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `HEADERS opening stream ${id}`);
+    if (id % 2 === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `HEADERS opening stream ${id}`);
+    if (id <= this.lastStreamId) {
+      // A stream we closed or refused (the client's trailers crossing our answer or reset): ignored. Ids reused
+      // out of order are a connection error.
+      if (this.closedBelow(id)) return;
+      throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `HEADERS opening stream ${id}`);
+    }
     this.lastStreamId = id;
     if (this.goingAway) return; // after our GOAWAY: not processed (the client retries elsewhere)
     if (this.streams.size >= this.options.maxConcurrentStreams) {
@@ -689,6 +699,7 @@ export class H2Connection {
       // refused; after, it is a connection error (RFC 9113 5.1.2), as nghttp2 treats it.
       if (this.settingsAcked) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'too many concurrent streams');
       this.rst(id, ErrorCode.REFUSED_STREAM);
+      this.recentlyClosed.add(id);
       return;
     }
     this.lastProcessed = id;
@@ -700,6 +711,14 @@ export class H2Connection {
       s.receive(Buffer.alloc(0), true);
       if (s.endSent && !s.closed) this.closeStream(s);
     }
+  }
+
+  /**
+   * Whether `id` (at most the last stream id) names a stream this connection saw and closed: the client sends
+   * trailers on a stream it opened, so one it never opened is a new stream going backwards.
+   */
+  private closedBelow(id: number): boolean {
+    return this.recentlyClosed.has(id);
   }
 
   private onRst(id: number, payload: Buffer): void {
