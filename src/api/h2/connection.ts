@@ -59,7 +59,9 @@ const SOCKET_HIGH_WATER = 1 << 20;
 /** Stream queue size past which write() asks the caller to wait for onDrain. */
 const STREAM_HIGH_WATER = 64 << 10;
 /** Batches larger than this are handed to the socket as separate buffers (one writev) instead of joined. */
-const JOIN_LIMIT = 64 << 10;
+const JOIN_LIMIT = 8 << 10;
+/** Buffers smaller than this are joined with their neighbours in a writev. */
+const SMALL = 1024;
 
 const RESPONSE_BLOCK = encodeHeaders([
   [':status', '200'],
@@ -261,6 +263,8 @@ export class H2Connection {
   private out: Buffer[] = [];
   private outBytes = 0;
   private flushScheduled = false;
+  /** Input is being parsed: output waits for the end of the chunk. */
+  private parsing = false;
   /** Streams whose queued DATA waits for a window or the socket. */
   private readonly blocked = new Set<H2Stream>();
   private goingAway = false;
@@ -297,9 +301,11 @@ export class H2Connection {
   private push(buf: Buffer): void {
     this.out.push(buf);
     this.outBytes += buf.length;
-    if (!this.flushScheduled) {
+    // While input is parsed, what it produces is written once at the end of the chunk; otherwise at the end of
+    // this tick (after its microtasks: the answers of handlers that resolved a promise in it).
+    if (!this.flushScheduled && !this.parsing) {
       this.flushScheduled = true;
-      setImmediate(() => this.flush());
+      process.nextTick(() => this.flush());
     }
   }
 
@@ -317,8 +323,24 @@ export class H2Connection {
     if (out.length === 1) this.socket.write(out[0]!);
     else if (bytes <= JOIN_LIMIT) this.socket.write(Buffer.concat(out, bytes));
     else {
+      // Bulk DATA: the payloads go as they are (one writev), runs of small frames between them joined.
       this.socket.cork();
-      for (const b of out) this.socket.write(b);
+      let run: Buffer[] = [];
+      let runBytes = 0;
+      for (const b of out) {
+        if (b.length < SMALL) {
+          run.push(b);
+          runBytes += b.length;
+          continue;
+        }
+        if (run.length > 0) {
+          this.socket.write(run.length === 1 ? run[0]! : Buffer.concat(run, runBytes));
+          run = [];
+          runBytes = 0;
+        }
+        this.socket.write(b);
+      }
+      if (run.length > 0) this.socket.write(run.length === 1 ? run[0]! : Buffer.concat(run, runBytes));
       this.socket.uncork();
     }
   }
@@ -363,6 +385,11 @@ export class H2Connection {
       const room = Math.min(s.sendWindow, this.sendWindow, this.peerMaxFrame);
       if (room <= 0 || this.socket.writableLength + this.outBytes >= SOCKET_HIGH_WATER) {
         this.blocked.add(s);
+        if (s.needDrain && s.queued < STREAM_HIGH_WATER) {
+          // The caller may produce the next message while this one's tail waits for a window.
+          s.needDrain = false;
+          s.sink?.onDrain();
+        }
         return;
       }
       const first = s.queue[0]!;
@@ -391,7 +418,7 @@ export class H2Connection {
       this.localEnd(s);
       return;
     }
-    if (s.needDrain) {
+    if (s.needDrain && s.queued < STREAM_HIGH_WATER) {
       s.needDrain = false;
       s.sink?.onDrain();
     }
@@ -480,9 +507,13 @@ export class H2Connection {
 
   private onBytes(chunk: Buffer): void {
     if (this.closed) return;
+    this.parsing = true;
     try {
       this.parse(chunk);
+      this.parsing = false;
+      if (this.out.length > 0) this.flush();
     } catch (err) {
+      this.parsing = false;
       if (err instanceof ConnectionError) this.fail(err.code, err.message);
       else if (err instanceof HpackError) this.fail(ErrorCode.COMPRESSION_ERROR, err.message);
       else this.fail(ErrorCode.INTERNAL_ERROR, 'internal error');
