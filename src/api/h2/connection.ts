@@ -69,6 +69,8 @@ const RESPONSE_BLOCK = encodeHeaders([
 ]);
 const OK_TRAILERS = encodeHeaders([['grpc-status', '0']]);
 
+const EMPTY = Buffer.alloc(0);
+
 /** grpc-message is percent-encoded: bytes outside printable ASCII, and '%' itself. */
 export function encodeGrpcMessage(s: string): string {
   // eslint-disable-next-line no-control-regex
@@ -218,7 +220,7 @@ export class H2Stream {
   }
 
   /** Gives the peer back the window the consumer freed, in steps of half the initial window. */
-  private credit(n: number): void {
+  credit(n: number): void {
     if (this.remoteEnded || this.closed) return;
     this.consumed += n;
     if (this.consumed >= this.conn.options.initialWindowSize >>> 1) {
@@ -258,6 +260,8 @@ export class H2Connection {
   private settingsAcked = false;
   /** A header block being received: its stream, END_STREAM and fragments. */
   private headerBlock: { stream: number; endStream: boolean; parts: Buffer[]; size: number } | undefined;
+  /** A DATA frame whose payload is still arriving: its stream (undefined: dropped), bytes to come, flags. */
+  private partialData: { stream: H2Stream | undefined; remaining: number; flags: number } | undefined;
   /** Bytes of an incomplete frame (or preface) carried over to the next chunk. */
   private leftover: Buffer | undefined;
   private out: Buffer[] = [];
@@ -521,6 +525,17 @@ export class H2Connection {
   }
 
   private parse(chunk: Buffer): void {
+    const pd = this.partialData;
+    if (pd) {
+      const n = Math.min(pd.remaining, chunk.length);
+      if (pd.stream && n > 0) this.dataPart(pd.stream, chunk.subarray(0, n));
+      pd.remaining -= n;
+      if (pd.remaining > 0) return;
+      this.partialData = undefined;
+      if (pd.stream) this.dataEnd(pd.stream, pd.flags);
+      if (this.closed || n === chunk.length) return;
+      chunk = chunk.subarray(n);
+    }
     let buf = chunk;
     if (this.leftover) {
       // Complete the carried-over frame with as few bytes of the new chunk as it needs.
@@ -579,6 +594,17 @@ export class H2Connection {
       const len = (buf[pos]! << 16) | (buf[pos + 1]! << 8) | buf[pos + 2]!;
       if (len > DEFAULT_MAX_FRAME) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, 'frame too large');
       if (buf.length - pos < FRAME_HEADER + len) {
+        const type = buf[pos + 3]!;
+        const flags = buf[pos + 4]!;
+        if (type === FrameType.DATA && !(flags & Flag.PADDED)) {
+          // A DATA frame cut by the chunk: what is there goes to its stream now, the rest as it comes (no join).
+          this.checkOrder(type, flags);
+          const s = this.dataBegin(flags, buf.readUInt32BE(pos + 5) & 0x7fffffff, len);
+          const part = buf.subarray(pos + FRAME_HEADER);
+          if (s && part.length > 0) this.dataPart(s, part);
+          this.partialData = { stream: s, remaining: len - part.length, flags };
+          return;
+        }
         this.leftover = buf.subarray(pos);
         return;
       }
@@ -591,12 +617,17 @@ export class H2Connection {
     }
   }
 
-  private frame(type: number, flags: number, stream: number, payload: Buffer): void {
+  /** Frame order: SETTINGS first; nothing between a HEADERS without END_HEADERS and its CONTINUATIONs. */
+  private checkOrder(type: number, flags: number): void {
     if (!this.settingsSeen) {
       if (type !== FrameType.SETTINGS || flags & Flag.ACK) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'first frame is not SETTINGS');
       this.settingsSeen = true;
     }
     if (this.headerBlock && type !== FrameType.CONTINUATION) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'header block interrupted');
+  }
+
+  private frame(type: number, flags: number, stream: number, payload: Buffer): void {
+    this.checkOrder(type, flags);
     switch (type) {
       case FrameType.DATA:
         return this.onData(flags, stream, payload);
@@ -640,8 +671,21 @@ export class H2Connection {
   }
 
   private onData(flags: number, id: number, payload: Buffer): void {
+    const s = this.dataBegin(flags, id, payload.length);
+    const data = this.unpad(flags, payload);
+    if (!s) return;
+    if (data.length > 0) this.dataPart(s, data);
+    // Padding counts against the window like data: given back at once.
+    if (data.length < payload.length && !s.closed) s.credit(payload.length - data.length);
+    this.dataEnd(s, flags);
+  }
+
+  /**
+   * The flow-control accounting and checks of a DATA frame of `len` bytes, done from its header (its payload may
+   * arrive in pieces); the stream to deliver to, or undefined when the frame is dropped.
+   */
+  private dataBegin(flags: number, id: number, len: number): H2Stream | undefined {
     if (id === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'DATA on stream 0');
-    const len = payload.length;
     this.recvWindow -= len;
     if (this.recvWindow < 0) throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, 'connection window exceeded');
     // The connection window is given back as data arrives: the stream windows bound what waits in memory.
@@ -651,28 +695,34 @@ export class H2Connection {
       this.recvWindow += this.recvUnacked;
       this.recvUnacked = 0;
     }
-    const data = this.unpad(flags, payload);
     const s = this.streams.get(id);
     if (!s) {
       if (id > this.lastStreamId) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'DATA on an idle stream');
-      return; // a stream we closed or reset: ignored
+      return undefined; // a stream we closed or reset: ignored
     }
     if (s.remoteEnded) {
       this.rst(id, ErrorCode.STREAM_CLOSED);
       this.closeStream(s);
-      return;
+      return undefined;
     }
     s.recvWindow -= len;
     if (s.recvWindow < 0) {
       this.rst(id, ErrorCode.FLOW_CONTROL_ERROR);
       this.closeStream(s);
-      return;
+      return undefined;
     }
-    // Padding is credited at once (through the consumer's path for the data itself).
-    const endStream = (flags & Flag.END_STREAM) !== 0;
-    if (endStream) s.remoteEnded = true;
-    s.receive(data, endStream);
-    if (endStream && s.endSent && !s.closed) this.closeStream(s);
+    return s;
+  }
+
+  private dataPart(s: H2Stream, data: Buffer): void {
+    if (!s.closed) s.receive(data, false);
+  }
+
+  private dataEnd(s: H2Stream, flags: number): void {
+    if (!(flags & Flag.END_STREAM) || s.closed) return;
+    s.remoteEnded = true;
+    s.receive(EMPTY, true);
+    if (s.endSent && !s.closed) this.closeStream(s);
   }
 
   private onHeaders(flags: number, id: number, payload: Buffer): void {
