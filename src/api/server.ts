@@ -1,13 +1,16 @@
 /**
  * Strata's gRPC server: the gRPC protocol (length-prefixed messages, status in trailers, deadlines,
- * cancellation) on Node's own HTTP/2 server, with nothing else per call.
+ * cancellation) on an HTTP/2 transport, with nothing else per call.
  *
  * Why not grpc-js's server: a call through it cost about 110 µs of daemon CPU (interceptor chains, metadata
  * conversion, channelz bookkeeping, promise hops) against about 60 µs for the same exchange on node:http2, and
  * containerd answers a small call in about 50 µs. Per-call speed is the whole cost of a snapshot Stat or
- * Mounts, so the transport is kept to what gRPC needs. Clients (ctr, containerd's Go client, grpc-js) see the
- * same protocol: HTTP/2 h2c on a unix socket, `application/grpc`, `grpc-status`/`grpc-message` trailers
- * (trailers-only when a call fails before answering), `grpc-timeout`.
+ * Mounts, so the transport is kept to what gRPC needs. Two transports carry calls, behind one CallStream
+ * interface: Strata's own HTTP/2 server (./h2: its frames, HPACK, flow control, and one socket write per answer
+ * or per turn of the event loop), the default; and node:http2 (nghttp2), kept as the fallback with
+ * STRATA_GRPC_TRANSPORT=node-http2. Clients (ctr, containerd's Go client, grpc-js) see the same protocol on
+ * both: HTTP/2 h2c on a unix socket, `application/grpc`, `grpc-status`/`grpc-message` trailers (trailers-only
+ * when a call fails before answering), `grpc-timeout`.
  *
  * Handlers are the grpc-js-shaped functions the services already are (call.ts wraps them): unary handlers get
  * (call, callback), streaming ones get the call, which is an EventEmitter with the small surface they use
@@ -17,6 +20,7 @@ import http2 from 'node:http2';
 import { EventEmitter } from 'node:events';
 import { GrpcCode } from '../core/errdefs.js';
 import { headroomOf } from '../content/headroom.js';
+import { H2Server, encodeGrpcMessage, type StreamSink } from './h2/server.js';
 
 /** A method as the generated service definitions describe it. */
 interface MethodDefinition {
@@ -65,7 +69,7 @@ export interface CallStatus {
 
 /** The request headers, read as gRPC metadata: a key's values (base64-decoded for `-bin` keys). */
 export class CallMetadata {
-  constructor(private readonly headers: http2.IncomingHttpHeaders) {}
+  constructor(private readonly headers: Record<string, string | string[] | undefined>) {}
 
   get(key: string): (string | Buffer)[] {
     const v = this.headers[key];
@@ -76,20 +80,6 @@ export class CallMetadata {
   }
 }
 
-const RESPONSE_HEADERS = { ':status': 200, 'content-type': 'application/grpc' } as const;
-const HEADERS_OPTIONS = { waitForTrailers: true, sendDate: false } as http2.ServerStreamResponseOptions;
-const TRAILERS_ONLY = { endStream: true, sendDate: false } as http2.ServerStreamResponseOptions;
-
-/** grpc-message is percent-encoded: bytes outside printable ASCII, and '%' itself. */
-function encodeMessage(s: string): string {
-  // eslint-disable-next-line no-control-regex
-  if (!/[^\x20-\x24\x26-\x7e]/.test(s)) return s;
-  let out = '';
-  for (const byte of Buffer.from(s, 'utf8')) {
-    out += byte >= 0x20 && byte <= 0x7e && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
-  }
-  return out;
-}
 
 /** grpc-timeout: an integer of at most 8 digits and a unit (H, M, S, m, u, n); milliseconds. */
 function parseTimeout(v: string | string[] | undefined): number | undefined {
@@ -121,16 +111,108 @@ function frame(payload: Buffer | Uint8Array): Buffer {
 }
 
 /**
+ * A request stream as a call sees it, whichever HTTP/2 transport carries it: Strata's own (./h2) or
+ * node:http2 (NodeCallStream below). Messages are written framed (5-byte gRPC prefix included).
+ */
+export interface CallStream {
+  /** The request headers (gRPC metadata, pseudo-headers included). */
+  readonly headers: Record<string, string | string[] | undefined>;
+  /** Whether the stream has closed (answered, reset or its connection lost). */
+  readonly closed: boolean;
+  /** Where the stream reports data, end, close and drain; set once, before anything is delivered. */
+  sink: StreamSink | undefined;
+  /** Sends the response headers unless already sent. */
+  sendHeaders(): void;
+  /** One framed message; false when the caller should wait for the sink's onDrain. */
+  write(data: Buffer): boolean;
+  /** The last framed message if any, then the status; trailers-only when nothing was sent before. */
+  end(code: number, message: string, last?: Buffer): void;
+  pause(): void;
+  resume(): void;
+  /** Whether the client's connection is still open. */
+  connected(): boolean;
+}
+
+const RESPONSE_HEADERS = { ':status': 200, 'content-type': 'application/grpc' } as const;
+const HEADERS_OPTIONS = { waitForTrailers: true, sendDate: false } as http2.ServerStreamResponseOptions;
+const TRAILERS_ONLY = { endStream: true, sendDate: false } as http2.ServerStreamResponseOptions;
+
+/** A node:http2 stream as a CallStream (the fallback transport: STRATA_GRPC_TRANSPORT=node-http2). */
+class NodeCallStream implements CallStream {
+  sink: StreamSink | undefined;
+  private headersSent = false;
+  private trailers: http2.OutgoingHttpHeaders = { 'grpc-status': '0' };
+  private readonly session: http2.Http2Session | undefined;
+
+  constructor(
+    private readonly stream: http2.ServerHttp2Stream,
+    readonly headers: http2.IncomingHttpHeaders,
+  ) {
+    // Kept: a stream forgets its session once it is destroyed, and connected() is asked after the call ended.
+    this.session = stream.session;
+    stream.on('data', (chunk: Buffer) => this.sink?.onData(chunk));
+    stream.on('end', () => this.sink?.onEnd());
+    stream.on('close', () => this.sink?.onClose());
+    stream.on('error', () => undefined); // a reset stream: 'close' follows and reports the cancellation
+    stream.on('drain', () => this.sink?.onDrain());
+  }
+
+  get closed(): boolean {
+    return this.stream.destroyed || this.stream.closed;
+  }
+
+  connected(): boolean {
+    const session = this.session;
+    return session !== undefined && !session.closed && !session.destroyed;
+  }
+
+  sendHeaders(): void {
+    if (this.headersSent) return;
+    this.headersSent = true;
+    this.stream.respond(RESPONSE_HEADERS, HEADERS_OPTIONS);
+    this.stream.once('wantTrailers', () => this.stream.sendTrailers(this.trailers));
+  }
+
+  write(data: Buffer): boolean {
+    if (this.closed) return true;
+    this.sendHeaders();
+    return this.stream.write(data);
+  }
+
+  end(code: number, message: string, last?: Buffer): void {
+    if (this.closed) return;
+    const status: http2.OutgoingHttpHeaders = { 'grpc-status': String(code) };
+    if (message) status['grpc-message'] = encodeGrpcMessage(message);
+    if (!this.headersSent && !last) {
+      // Trailers-only: the status rides on the response headers.
+      this.headersSent = true;
+      this.stream.respond({ ...RESPONSE_HEADERS, ...status }, TRAILERS_ONLY);
+      return;
+    }
+    this.trailers = status;
+    this.sendHeaders();
+    if (last) this.stream.end(last);
+    else this.stream.end();
+  }
+
+  pause(): void {
+    this.stream.pause();
+  }
+
+  resume(): void {
+    this.stream.resume();
+  }
+}
+
+/**
  * One call. Unary and server-streaming calls read their one request before the handler runs; client- and
  * bidi-streaming calls deliver messages as 'data' events, honouring pause()/resume().
  */
-export class ServerCall extends EventEmitter {
+export class ServerCall extends EventEmitter implements StreamSink {
   request: unknown;
   cancelled = false;
   readonly metadata: CallMetadata;
-  private headersSent = false;
   private finished = false;
-  private status: CallStatus = { code: GrpcCode.OK };
   private chunks: Buffer[] = [];
   private buffered = 0;
   /** The length of the message being received, -1 between messages. */
@@ -141,33 +223,35 @@ export class ServerCall extends EventEmitter {
   private inputEnded = false;
   private endEmitted = false;
   private timer: NodeJS.Timeout | undefined;
-  private readonly session: http2.Http2Session | undefined;
+  /** What runs once the client half-closed (unary and server-streaming calls: take the request, run). */
+  onInputEnd: (() => void) | undefined;
 
   constructor(
-    private readonly stream: http2.ServerHttp2Stream,
-    headers: http2.IncomingHttpHeaders,
+    private readonly stream: CallStream,
     private readonly method: MethodDefinition,
     private readonly options: ServerOptions,
   ) {
     super();
-    // Kept: a stream forgets its session once it is destroyed, and connected() is asked after the call ended.
-    this.session = stream.session;
-    this.metadata = new CallMetadata(headers);
-    const timeout = parseTimeout(headers['grpc-timeout']);
+    this.metadata = new CallMetadata(stream.headers);
+    const timeout = parseTimeout(stream.headers['grpc-timeout']);
     if (timeout !== undefined) {
       this.timer = setTimeout(() => this.expire(), Math.max(0, timeout));
       this.timer.unref();
     }
-    stream.on('close', () => {
-      if (this.timer) clearTimeout(this.timer);
-      if (!this.finished) {
-        this.finished = true;
-        this.markCancelled();
-      }
-      this.emit('close');
-    });
-    stream.on('error', () => undefined); // a reset stream: 'close' follows and reports the cancellation
-    stream.on('drain', () => this.emit('drain'));
+    stream.sink = this;
+  }
+
+  onClose(): void {
+    if (this.timer) clearTimeout(this.timer);
+    if (!this.finished) {
+      this.finished = true;
+      this.markCancelled();
+    }
+    this.emit('close');
+  }
+
+  onDrain(): void {
+    this.emit('drain');
   }
 
   getPath(): string {
@@ -176,8 +260,7 @@ export class ServerCall extends EventEmitter {
 
   /** Whether the client's connection is still open (the call itself may have ended). */
   connected(): boolean {
-    const session = this.session;
-    return session !== undefined && !session.closed && !session.destroyed;
+    return this.stream.connected();
   }
 
   private markCancelled(): void {
@@ -272,6 +355,7 @@ export class ServerCall extends EventEmitter {
 
   onEnd(): void {
     this.inputEnded = true;
+    if (this.onInputEnd) return this.onInputEnd();
     this.flush();
   }
 
@@ -287,7 +371,7 @@ export class ServerCall extends EventEmitter {
 
   /** The single request of a unary or server-streaming call, once the client half-closed. */
   takeRequest(): boolean {
-    if (this.rejected) return false;
+    if (this.rejected || this.finished) return false;
     if (this.pending.length !== 1 || this.buffered > 0) {
       this.fail({
         code: GrpcCode.UNIMPLEMENTED,
@@ -312,21 +396,9 @@ export class ServerCall extends EventEmitter {
     return this;
   }
 
-  private sendHeaders(): void {
-    if (this.headersSent) return;
-    this.headersSent = true;
-    this.stream.respond(RESPONSE_HEADERS, HEADERS_OPTIONS);
-    this.stream.once('wantTrailers', () => {
-      const { code = GrpcCode.UNKNOWN, details = '' } = this.status;
-      const trailers: http2.OutgoingHttpHeaders = { 'grpc-status': String(code) };
-      if (details) trailers['grpc-message'] = encodeMessage(details);
-      this.stream.sendTrailers(trailers);
-    });
-  }
-
   /** Writes one response message; false when the stream's buffer is full ('drain' follows). */
   write(message: unknown): boolean {
-    if (this.finished || this.stream.destroyed) return true;
+    if (this.finished || this.stream.closed) return true;
     const payload = this.method.responseSerialize(message);
     if (payload.byteLength > this.options.maxSendMessageLength) {
       this.fail({
@@ -335,7 +407,6 @@ export class ServerCall extends EventEmitter {
       });
       return true;
     }
-    this.sendHeaders();
     return this.stream.write(frame(payload));
   }
 
@@ -352,7 +423,7 @@ export class ServerCall extends EventEmitter {
   /** Answers a unary call: its one message and OK, or an error status. */
   respond(error: CallStatus | null, message?: unknown): void {
     if (error) return this.fail(error);
-    if (this.finished || this.stream.destroyed) return;
+    if (this.finished || this.stream.closed) return;
     const payload = this.method.responseSerialize(message);
     if (payload.byteLength > this.options.maxSendMessageLength) {
       return this.fail({
@@ -360,55 +431,72 @@ export class ServerCall extends EventEmitter {
         details: tooLarge('Sent', payload.byteLength, this.options.maxSendMessageLength, SEND_KEY),
       });
     }
-    this.status = { code: GrpcCode.OK };
     this.finished = true;
     if (this.timer) clearTimeout(this.timer);
-    this.sendHeaders();
-    this.stream.end(frame(payload));
+    this.stream.end(GrpcCode.OK, '', frame(payload));
   }
 
   private finish(status: CallStatus): void {
     if (this.finished) return;
     this.finished = true;
     if (this.timer) clearTimeout(this.timer);
-    if (this.stream.destroyed || this.stream.closed) return;
-    this.status = status;
-    if (this.headersSent) {
-      this.stream.end();
-      return;
-    }
-    // Trailers-only: the status rides on the response headers.
-    const headers: http2.OutgoingHttpHeaders = { ...RESPONSE_HEADERS, 'grpc-status': String(status.code ?? GrpcCode.UNKNOWN) };
-    if (status.details) headers['grpc-message'] = encodeMessage(status.details);
-    this.headersSent = true;
-    this.stream.respond(headers, TRAILERS_ONLY);
+    if (this.stream.closed) return;
+    this.stream.end(status.code ?? GrpcCode.UNKNOWN, status.details ?? '');
   }
+}
+
+/** The transport: Strata's own HTTP/2 server (the default) or node:http2 (STRATA_GRPC_TRANSPORT=node-http2). */
+export type GrpcTransport = 'strata' | 'node-http2';
+
+export function transportFromEnv(env: NodeJS.ProcessEnv = process.env): GrpcTransport {
+  const v = env.STRATA_GRPC_TRANSPORT;
+  if (v === undefined || v === '' || v === 'strata') return 'strata';
+  if (v === 'node-http2') return 'node-http2';
+  throw new Error(`STRATA_GRPC_TRANSPORT=${v}: expected "strata" or "node-http2"`);
 }
 
 export class GrpcServer {
   private readonly methods = new Map<string, Method>();
-  private readonly server: http2.Http2Server;
+  readonly transport: GrpcTransport;
+  private readonly h2: H2Server | undefined;
+  private readonly server: http2.Http2Server | undefined;
   private readonly sessions = new Set<http2.ServerHttp2Session>();
 
-  constructor(private readonly options: ServerOptions) {
-    this.server = http2.createServer({
+  constructor(
+    private readonly options: ServerOptions,
+    transport: GrpcTransport = transportFromEnv(),
+  ) {
+    this.transport = transport;
+    const maxConcurrentStreams = options.maxConcurrentStreams || 2 ** 32 - 1;
+    if (transport === 'strata') {
+      this.h2 = new H2Server({
+        maxConcurrentStreams,
+        initialWindowSize: 1 << 20,
+        // A large connection window lets bulk writes (content ingests) stream without waiting on updates.
+        connectionWindowSize: 16 << 20,
+        maxHeaderListSize: 1 << 20,
+        onStream: (stream) => this.dispatch(stream),
+      });
+      return;
+    }
+    const server = http2.createServer({
       // As grpc-js: Node's per-session memory cap degrades badly when reached (large content writes).
       maxSessionMemory: Number.MAX_SAFE_INTEGER,
       maxSendHeaderBlockLength: Number.MAX_SAFE_INTEGER,
-      settings: { maxConcurrentStreams: options.maxConcurrentStreams || 2 ** 32 - 1, initialWindowSize: 1 << 20 },
+      settings: { maxConcurrentStreams, initialWindowSize: 1 << 20 },
     });
-    this.server.on('session', (session) => {
+    this.server = server;
+    server.on('session', (session) => {
       this.sessions.add(session);
       session.on('close', () => this.sessions.delete(session));
       session.on('error', () => undefined);
-      // A larger connection window lets bulk writes (content ingests) stream without waiting on updates.
       try {
         session.setLocalWindowSize(16 << 20);
       } catch {
         /* the session went away */
       }
     });
-    this.server.on('stream', (stream, headers) => this.dispatch(stream, headers));
+    server.on('stream', (stream, headers) => this.dispatch(new NodeCallStream(stream, headers)));
   }
 
   /** Registers every method of a generated service definition with its handler. */
@@ -420,50 +508,54 @@ export class GrpcServer {
     }
   }
 
+  /** Serves one connected socket on Strata's transport (tests drive the transport through it). */
+  accept(socket: import('node:net').Socket): void {
+    if (!this.h2) throw new Error('accept() needs the strata transport');
+    this.h2.accept(socket);
+  }
+
   listen(path: string): Promise<void> {
+    if (this.h2) return this.h2.listen(path);
+    const server = this.server!;
     return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(path, () => {
-        this.server.off('error', reject);
+      server.once('error', reject);
+      server.listen(path, () => {
+        server.off('error', reject);
         resolve();
       });
     });
   }
 
-  private dispatch(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
-    const path = headers[':path'] ?? '';
-    const method = this.methods.get(path);
+  private dispatch(stream: CallStream): void {
+    const path = stream.headers[':path'];
+    const method = typeof path === 'string' ? this.methods.get(path) : undefined;
     if (!method) {
-      stream.on('error', () => undefined);
-      stream.respond(
-        { ...RESPONSE_HEADERS, 'grpc-status': String(GrpcCode.UNIMPLEMENTED), 'grpc-message': encodeMessage(`unknown method ${path}`) },
-        TRAILERS_ONLY,
-      );
+      stream.sink = IGNORE;
+      stream.end(GrpcCode.UNIMPLEMENTED, `unknown method ${String(path ?? '')}`);
       return;
     }
     const d = method.definition;
-    const call = new ServerCall(stream, headers, d, this.options);
-    stream.on('data', (chunk: Buffer) => call.onData(chunk));
+    const call = new ServerCall(stream, d, this.options);
     if (d.requestStream) {
-      stream.on('end', () => call.onEnd());
       if (d.responseStream) method.handler(call);
       else method.handler(call, (err: CallStatus | null, res?: unknown) => call.respond(err, res));
       return;
     }
-    stream.on('end', () => {
+    call.onInputEnd = () => {
       if (!call.takeRequest()) return;
       if (d.responseStream) method.handler(call);
       else method.handler(call, (err: CallStatus | null, res?: unknown) => call.respond(err, res));
-    });
+    };
   }
 
   /** Stops accepting connections, lets open calls finish, then calls back. */
   tryShutdown(callback: () => void): void {
+    if (this.h2) return this.h2.close(callback);
     let waiting = this.sessions.size + 1;
     const done = () => {
       if (--waiting === 0) callback();
     };
-    this.server.close(() => done());
+    this.server!.close(() => done());
     for (const s of this.sessions) {
       if (s.closed) done();
       else {
@@ -475,7 +567,10 @@ export class GrpcServer {
 
   /** Cuts every connection now. */
   forceShutdown(): void {
+    if (this.h2) return this.h2.destroy();
     for (const s of this.sessions) s.destroy();
-    this.server.close();
+    this.server!.close();
   }
 }
+
+const IGNORE: StreamSink = { onData() {}, onEnd() {}, onClose() {}, onDrain() {} };
