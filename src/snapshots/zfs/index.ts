@@ -140,7 +140,8 @@ export class ZfsSnapshotter implements Snapshotter {
     if (rec.kind === 'committed') return this.storage.storedUsage(key) ?? { size: 0, inodes: 0 };
     if (rec.kind === 'view') return { size: 0, inodes: 0 };
     await z.syncPool(this.pool);
-    return this.measure(rec, this.datasetOf(rec.id));
+    const { size, inodes } = await this.measure(rec, this.datasetOf(rec.id));
+    return { size, inodes };
   }
 
   /**
