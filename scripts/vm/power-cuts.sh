@@ -16,6 +16,8 @@
 #   STRATA_POWER_CUT_MAX  the latest cut, in seconds into the work (default 30)
 #   touch DIR/stop        ends the run after the current boot (then the final check)
 #   STRATA_VM_TIMEOUT     the bound of one boot (default here 900 s)
+#   STRATA_POWER_DEADLINE a time (seconds since the epoch) the whole run must end by: no boot runs past it,
+#                         and reaching it fails the run (exit 124), saying so (scripts/vm/tier.sh sets it)
 #
 # Runs from the build (dist/): `npm run build` first.
 set -euo pipefail
@@ -66,13 +68,25 @@ echo "power-cuts: $cuts cut(s), targets $targets, in $dir"
 start=$SECONDS
 failed=0
 cd "$repo"
+# The time a boot may take: STRATA_VM_TIMEOUT, or less if the deadline is nearer. Fails past the deadline.
+boot_timeout() {
+  local t=$STRATA_VM_TIMEOUT
+  if [ -n "${STRATA_POWER_DEADLINE:-}" ]; then
+    local rest=$((STRATA_POWER_DEADLINE - $(date +%s)))
+    if [ "$rest" -lt 30 ]; then echo "power-cuts: FAILED: past the deadline (STRATA_POWER_DEADLINE) before boot $1" >&2; return 1; fi
+    [ "$rest" -lt "$t" ] && t=$rest
+  fi
+  echo "$t"
+}
 for i in $(seq 1 "$cuts"); do
   b=$SECONDS
+  t=$(boot_timeout "$i") || exit 124
   set +e
-  "$here/run.sh" --state "$dir" "${images[@]}" --expect-cut -- "${guest[@]}" boot "$i" 2>&1 | tee "$dir/boot-$i.log" | grep --line-buffered -E "$show"
+  "$here/run.sh" --timeout "$t" --state "$dir" "${images[@]}" --expect-cut -- "${guest[@]}" boot "$i" 2>&1 | tee "$dir/boot-$i.log" | grep --line-buffered -E "$show"
   rc=${PIPESTATUS[0]}
   set -e
   # 125: the guest stopped without a status, as the cut makes it. Anything else: it did not get to its cut.
+  if [ "$rc" = 124 ]; then hostfsck "$i"; echo "power-cuts: FAILED: boot $i ran out of time" >&2; exit 124; fi
   if [ "$rc" != 125 ]; then echo "power-cuts: boot $i ended with status $rc instead of a power cut" >&2; failed=1; fi
   hostfsck "$i"
   echo "power-cuts: boot $i: $((SECONDS - b)) s"
@@ -80,8 +94,9 @@ for i in $(seq 1 "$cuts"); do
   if [ -e "$dir/stop" ]; then echo "power-cuts: $dir/stop: stopping after $i cut(s)"; break; fi
 done
 b=$SECONDS
+t=$(boot_timeout final) || exit 124
 set +e
-"$here/run.sh" --state "$dir" "${images[@]}" -- "${guest[@]}" final "$((cuts + 1))" 2>&1 | tee "$dir/final.log" | grep --line-buffered -E "$show"
+"$here/run.sh" --timeout "$t" --state "$dir" "${images[@]}" -- "${guest[@]}" final "$((cuts + 1))" 2>&1 | tee "$dir/final.log" | grep --line-buffered -E "$show"
 rc=${PIPESTATUS[0]}
 set -e
 [ "$rc" = 0 ] || { echo "power-cuts: the final boot ended with status $rc" >&2; failed=1; }
