@@ -9,6 +9,7 @@ import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { RunResult } from './ctr.js';
+import { START_TIMEOUT_MS } from './paths.js';
 import { tempDir, type TempDir } from './temp.js';
 
 export interface ContainerdOptions {
@@ -130,7 +131,7 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Sta
   };
   running.add(c);
 
-  const deadline = Date.now() + 30_000;
+  const deadline = Date.now() + Math.max(30_000, START_TIMEOUT_MS);
   for (;;) {
     if (proc.exitCode !== null || proc.signalCode !== null) {
       running.delete(c);

@@ -9,7 +9,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StrataClient } from '../../src/api/clients/strata.js';
-import { STRATAD } from './paths.js';
+import { START_TIMEOUT_MS, STRATAD } from './paths.js';
 import { tempDir, type TempDir } from './temp.js';
 
 export interface DaemonOptions {
@@ -118,7 +118,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<StartedD
 }
 
 async function waitReady(d: StartedDaemon, allowExit: boolean): Promise<void> {
-  const deadline = Date.now() + 20_000;
+  const deadline = Date.now() + START_TIMEOUT_MS;
   while (Date.now() < deadline) {
     if (d.proc.exitCode !== null || d.proc.signalCode !== null) {
       if (allowExit) return;

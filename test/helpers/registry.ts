@@ -21,6 +21,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import bcrypt from 'bcryptjs';
 import { Agent, request } from 'undici';
+import { START_TIMEOUT_MS } from './paths.js';
 import { tempDir, type TempDir } from './temp.js';
 
 const execFileP = promisify(execFile);
@@ -310,7 +311,7 @@ async function waitReady(url: string, proc: ChildProcess, output: () => string, 
   const tlsClient = client ? { cert: await readFile(client.cert, 'utf8'), key: await readFile(client.key, 'utf8') } : {};
   const agent = new Agent({ connect: { rejectUnauthorized: false, ...tlsClient } });
   try {
-    const deadline = Date.now() + 20_000;
+    const deadline = Date.now() + START_TIMEOUT_MS;
     for (;;) {
       if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`docker-registry exited early:\n${output()}`);
       try {

@@ -2,7 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { STRATAD } from './paths.js';
+import { START_TIMEOUT_MS, STRATAD } from './paths.js';
 
 export interface ServedBackend {
   proc: ChildProcess;
@@ -22,7 +22,7 @@ export async function serveSnapshotter(snapshotter: string, root: string, addres
   proc.stdout!.on('data', (d: Buffer) => (logs += d.toString()));
   proc.stderr!.on('data', (d: Buffer) => (logs += d.toString()));
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-  const deadline = Date.now() + 20_000;
+  const deadline = Date.now() + START_TIMEOUT_MS;
   while (!(existsSync(address) && logs.includes('"msg":"serving"'))) {
     if (proc.exitCode !== null) throw new Error(`serve-snapshotter exited with ${proc.exitCode}:\n${logs}`);
     if (Date.now() > deadline) throw new Error(`serve-snapshotter did not start:\n${logs}`);

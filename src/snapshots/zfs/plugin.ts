@@ -1,35 +1,31 @@
 /**
- * The zfs snapshotter's plugin (io.containerd.snapshotter.v1.zfs): registration and host detection only, the
- * backend comes later. As containerd's (an external plugin there), it runs only when its root is on a zfs
- * filesystem; otherwise it is skipped, saying also whether the zfs kernel module is loaded at all.
+ * The zfs snapshotter's plugin (io.containerd.snapshotter.v1.zfs). As containerd's, it runs only when its root
+ * is on a zfs filesystem (the snapshots become datasets under that filesystem's dataset); otherwise it is
+ * skipped, saying also whether the zfs kernel module is loaded at all. Config: `root_path` moves its directory
+ * away from the plugin's own root (onto a zfs mount), as the btrfs plugin's does.
  */
-import { access } from 'node:fs/promises';
-import { PluginType, register, SkipPlugin } from '../../plugin/index.js';
-import { lookupMount } from '../btrfs/mountinfo.js';
+import { PluginType, register } from '../../plugin/index.js';
+import { checkZfsRoot, openZfsSnapshotter, type ZfsSnapshotter } from './index.js';
 
-const exists = (p: string) =>
-  access(p).then(
-    () => true,
-    () => false,
-  );
-
-/** Throws SkipPlugin with the reason zfs cannot serve root (always, until the backend exists). */
-export async function checkZfs(root: string, sysModule = '/sys/module/zfs'): Promise<never> {
-  const m = await lookupMount(root);
-  const loaded = await exists(sysModule);
-  if (m.fstype !== 'zfs') {
-    const why = [`it is on ${m.fstype}`];
-    if (!loaded) why.push(`the zfs kernel module is not loaded: no ${sysModule}`);
-    throw new SkipPlugin(`path ${root} must be a zfs filesystem to be used with the zfs snapshotter (${why.join('; ')})`);
-  }
-  throw new SkipPlugin(`zfs snapshotter is not implemented yet (${root} is on zfs dataset ${m.source})`);
+export interface ZfsConfig {
+  root_path: string;
 }
 
-register<never, Record<string, never>>({
+/** Throws SkipPlugin with the reason zfs cannot serve root; resolves when it can. */
+export async function checkZfs(root: string, sysModule = '/sys/module/zfs'): Promise<void> {
+  await checkZfsRoot(root, sysModule);
+}
+
+register<ZfsSnapshotter, ZfsConfig>({
   type: PluginType.Snapshot,
   id: 'zfs',
+  config: () => ({ root_path: '' }),
   init: async (ic) => {
-    ic.meta.exports.root = ic.root;
-    return checkZfs(ic.root);
+    if (typeof ic.config.root_path !== 'string') throw new Error('zfs: root_path must be a string');
+    const root = ic.config.root_path || ic.root;
+    ic.meta.exports.root = root;
+    const sn = await openZfsSnapshotter(root, { log: ic.log });
+    ic.onClose(() => sn.close());
+    return sn;
   },
 });
