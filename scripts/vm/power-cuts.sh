@@ -55,6 +55,12 @@ show='^power|FINDING|^vm:|rror'
 # emulated node start.
 mnt=$dir/mnt
 printf 'version = 2\nroot = "%s"\nstate = "%s"\n[grpc]\naddress = "%s"\n' "$mnt/root" "$dir/fsck-state" "$dir/fsck-state/strata.sock" > "$dir/fsck.toml"
+unmount_images() {
+  mountpoint -q "$mnt/root/io.containerd.snapshotter.v1.btrfs" 2>/dev/null && umount "$mnt/root/io.containerd.snapshotter.v1.btrfs"
+  mountpoint -q "$mnt" 2>/dev/null && umount "$mnt"
+  return 0
+}
+trap unmount_images EXIT
 hostfsck() {
   mkdir -p "$mnt"
   mount -o loop "$dir/root.img" "$mnt"
