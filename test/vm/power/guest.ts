@@ -377,6 +377,11 @@ async function check(tg: Target[], final: boolean): Promise<StrataClient | undef
     const known = new Set((await listBlobs(c)).map((i) => i.digest));
     for (const b of ledger.blobs.values()) if (!known.has(b.digest)) finding('content', `blob ${b.digest} (committed in boot ${b.boot}) is not in the daemon's content list`);
   }
+  // The views of the check under a lease of their own: the daemon's GC scheduler collects a snapshot nothing
+  // references, a view included (the first runs lost views that way between their creation and their removal).
+  const checkLease = `check-${BOOT}`;
+  await c.call(c.leases, c.leases.create, { id: checkLease, labels: {} });
+  const cv = c.with({ lease: checkLease });
   for (const s of ledger.snaps.values()) {
     if (!snapTargets.includes(s.sn)) continue;
     result(s.sn).checked++;
@@ -385,7 +390,7 @@ async function check(tg: Target[], final: boolean): Promise<StrataClient | undef
       const st = await c.call(c.snapshots, c.snapshots.stat, { snapshotter: s.sn, key: s.name });
       if (st.info?.kind !== Kind.COMMITTED) finding(s.sn, `${what} is not committed`);
       const key = `check-${BOOT}-${s.name}`;
-      const v = await c.call(c.snapshots, c.snapshots.view, { snapshotter: s.sn, key, parent: s.name, labels: {} });
+      const v = await cv.call(cv.snapshots, cv.snapshots.view, { snapshotter: s.sn, key, parent: s.name, labels: {} });
       try {
         const bad = compareTree(s.files, await withMounted(mountsOf(v.mounts), readTree));
         for (const b of bad) finding(s.sn, `${what}: ${b}`);
@@ -396,6 +401,7 @@ async function check(tg: Target[], final: boolean): Promise<StrataClient | undef
       finding(s.sn, `${what}: ${(err as Error).message}`);
     }
   }
+  await c.call(c.leases, c.leases.delete, { id: checkLease, sync: false });
   log(`checked ${ledger.blobs.size} blob(s), ${[...ledger.snaps.values()].filter((s) => snapTargets.includes(s.sn)).length} snapshot(s)`);
 
   // 5. What was in flight goes: the work's leases deleted (a client's cleanup), a synchronous collection.
