@@ -84,7 +84,9 @@ boot_timeout() {
   fi
   echo "$t"
 }
+done_cuts=0
 for i in $(seq 1 "$cuts"); do
+  done_cuts=$i
   b=$SECONDS
   t=$(boot_timeout "$i") || exit 124
   set +e
@@ -102,11 +104,11 @@ done
 b=$SECONDS
 t=$(boot_timeout final) || exit 124
 set +e
-"$here/run.sh" --timeout "$t" --state "$dir" "${images[@]}" -- "${guest[@]}" final "$((cuts + 1))" 2>&1 | tee "$dir/final.log" | grep --line-buffered -E "$show"
+"$here/run.sh" --timeout "$t" --state "$dir" "${images[@]}" -- "${guest[@]}" final "$((done_cuts + 1))" 2>&1 | tee "$dir/final.log" | grep --line-buffered -E "$show"
 rc=${PIPESTATUS[0]}
 set -e
 [ "$rc" = 0 ] || { echo "power-cuts: the final boot ended with status $rc" >&2; failed=1; }
-hostfsck "$((cuts + 1))" final
+hostfsck "$((done_cuts + 1))" final
 echo "power-cuts: final boot: $((SECONDS - b)) s; all: $((SECONDS - start)) s"
 node "${guest[@]:1}" summary || failed=1
 if [ "$failed" = 0 ] && [ "$keep" = 0 ]; then rm -rf "$dir"; else echo "power-cuts: state, ledger and disk images kept in $dir"; fi

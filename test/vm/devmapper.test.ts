@@ -1,7 +1,7 @@
 /**
  * containerd's snapshotter suite (the 34 behaviours of test/snapshots/testsuite.ts) on the devmapper backend,
- * in the VM tier: one thin pool for the file (on loop files in the guest's tmpfs), a private root per case
- * whose devices are deleted from the pool after it (useSharedThinPool). Small thin devices (256 MiB virtual)
+ * in the VM tier: one thin pool for the file (on loop files in the guest's tmpfs), a private root and thin-id
+ * range per case, whose devices are deleted from the pool after it (useSharedThinPool). Small thin devices (256 MiB virtual)
  * keep mkfs cheap under emulation.
  */
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
@@ -29,6 +29,9 @@ function factory(extra: Partial<DevmapperOptions> = {}): SnapshotterFactory {
     };
     try {
       await mkdir(root);
+      // A first open makes the device records; the case's thin-id range is set in them before the real open.
+      await (await openDevmapperSnapshotter(opts)).close();
+      pool.seedCase(root);
       const sn = await openDevmapperSnapshotter(opts);
       return { sn, root, reopen: () => openDevmapperSnapshotter(opts), cleanup };
     } catch (err) {
