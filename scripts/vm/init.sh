@@ -8,7 +8,8 @@
 # module auto-loading (request_module -> /sbin/modprobe) must see the new root.
 #
 # Stage 2 (the host's /bin/sh, inside the new root): fresh /proc /sys /dev /run /tmp, cgroup2, loopback up,
-# the read-write share (tag vmshare) mounted at its host path, then the job ($share/job.sh, written by
+# the read-write share (tag vmshare) mounted at its host path (and the state directory, tag vmstate, if run.sh
+# was given one), then the job ($share/job.sh, written by
 # run.sh) with its output (a pipe, not a terminal) on the first serial port; its exit status goes to $share/rc, then power off
 # (sysrq 'o': no init to tell, nothing to sync that matters).
 if [ "$1" != stage2 ]; then
@@ -47,6 +48,13 @@ hostname strata-vm 2>/dev/null
 share=$(sed -n 's/.*strata\.share=\([^ ]*\).*/\1/p' /proc/cmdline)
 mkdir -p "$share"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 vmshare "$share"
+# run.sh --state DIR: a read-write host directory at the same path (uncached: a write is on the host when it
+# returns, so what the job logged there survives the job cutting its own power).
+state=$(sed -n 's/.*strata\.state=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$state" ]; then
+  mkdir -p "$state"
+  mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 vmstate "$state"
+fi
 stty -F /dev/ttyS0 -opost 2>/dev/null
 rc=255
 if [ -f "$share/job.sh" ]; then

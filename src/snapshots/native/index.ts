@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { alreadyExists, failedPrecondition, invalidArgument, isNotFound, notFound, unknown } from '../../core/errdefs.js';
 import type { Logger } from '../../log/index.js';
 import { validateLabels } from '../../core/labels.js';
-import { diskUsage } from '../fsutil.js';
+import { diskUsage, syncFilesystem } from '../fsutil.js';
 import { checkKey, SnapshotStorage, type SnapshotRecord } from '../storage.js';
 import type { Info, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
 import type { Mount } from '../../core/mount.js';
@@ -145,6 +145,8 @@ export class NativeSnapshotter implements Snapshotter {
     const rec = this.storage.get(key);
     if (rec.kind !== 'active') throw failedPrecondition(`snapshot ${key} is not active`);
     const usage = await diskUsage(this.path(rec.id));
+    // The snapshot's files durable before the record says committed (containerd #5854).
+    await syncFilesystem(this.path(rec.id));
     this.storage.commitActive(key, name, usage, opts.labels, (id) => {
       if (id !== rec.id) throw failedPrecondition(`snapshot ${key} changed while being committed`);
     }, opts.parent ? { parent: opts.parent, allowed: false } : undefined);
