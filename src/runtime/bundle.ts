@@ -239,7 +239,9 @@ export class MonitorConnection {
   }
 
   /** Connects, retrying while the monitor is starting (until `alive()` says it is gone, or the deadline). */
-  static async connect(path: string, alive: () => boolean, timeoutMs = 10_000): Promise<MonitorConnection> {
+  // The wait ends early when the monitor process dies (alive()); a live monitor that has not opened its socket
+  // yet is only slow (a loaded host, an emulated one), so the default wait is generous.
+  static async connect(path: string, alive: () => boolean, timeoutMs = 60_000): Promise<MonitorConnection> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       try {
@@ -253,7 +255,7 @@ export class MonitorConnection {
         });
         return new MonitorConnection(sock);
       } catch (err) {
-        if (!alive() || Date.now() > deadline) throw unavailable(`connect to task monitor ${path}: ${(err as Error).message}`);
+        if (!alive() || Date.now() > deadline) throw unavailable(`connect to task monitor: ${(err as NodeJS.ErrnoException).code ?? 'failed'}`);
         await sleep(10);
       }
     }
