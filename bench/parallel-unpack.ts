@@ -12,7 +12,7 @@
  * extraction gains without the downloads a pull overlaps it with.
  *
  * --skip-unpack: adds a third stratad contender, the same pull with `--skip-unpack` (downloads only: what the
- * unpack overlaps). --only strata: no containerd. Each stratad sample also reports the daemon's CPU seconds
+ * unpack overlaps). --only strata: no containerd; --only downloads: the --skip-unpack pull alone. Each stratad sample also reports the daemon's CPU seconds
  * for the pull (utime + stime of its process, all threads, from /proc: less exposed to the load than wall time).
  *
  * --trace: the stratad pulls are made by this process through the client library (no CLI start) and each prints
@@ -67,8 +67,10 @@ const ROUNDS = Number(arg('rounds', '3'));
 const WARMUP = Number(arg('warmup', '1'));
 const PARALLEL = Number(arg('parallel', '2'));
 const SCALE = Number(arg('scale', '1'));
-const CONTAINERD = !process.argv.includes('--no-containerd') && arg('only', '') !== 'strata';
-const SKIP_UNPACK = process.argv.includes('--skip-unpack');
+const ONLY = arg('only', '');
+if (ONLY !== '' && ONLY !== 'strata' && ONLY !== 'downloads') throw new Error('--only must be strata or downloads');
+const SKIP_UNPACK = process.argv.includes('--skip-unpack') || ONLY === 'downloads';
+const CONTAINERD = !process.argv.includes('--no-containerd') && ONLY === '';
 const TRACE = process.argv.includes('--trace');
 const JSON_OUT = process.argv.includes('--json');
 const UNPACK_ONLY = process.argv.includes('--unpack-only');
@@ -286,8 +288,10 @@ async function main(): Promise<void> {
         [`unpack parallel (max_concurrent_unpacks = ${PARALLEL})`, () => inProcess(PARALLEL)],
       ]
     : [
-        ['stratad in order (max_concurrent_unpacks = 1)', () => strata(1)],
-        [`stratad parallel (max_concurrent_unpacks = ${PARALLEL})`, () => strata(PARALLEL)],
+        ...(ONLY === 'downloads' ? [] : ([
+          ['stratad in order (max_concurrent_unpacks = 1)', () => strata(1)],
+          [`stratad parallel (max_concurrent_unpacks = ${PARALLEL})`, () => strata(PARALLEL)],
+        ] as [string, () => Promise<number>][])),
         ...(SKIP_UNPACK ? ([['stratad --skip-unpack (downloads only)', () => strata(1, true)]] as [string, () => Promise<number>][]) : []),
         ...(CONTAINERD ? ([['containerd 1.6 (ctr image pull)', containerd]] as [string, () => Promise<number>][]) : []),
       ];
@@ -334,9 +338,9 @@ async function main(): Promise<void> {
     }
     // Ratio of each alternating pair (in order / parallel, same round): less exposed to the load's drift.
     const a = samples.filter((s) => s.who === contenders[0]![0]);
-    const b = samples.filter((s) => s.who === contenders[1]![0]);
+    const b = samples.filter((s) => s.who === contenders[1]?.[0]);
     const ratios = a.map((x, i) => x.seconds / b[i]!.seconds);
-    console.log(`pairwise in order / parallel, per round: ${ratios.map((r) => r.toFixed(2)).join(', ')}; median ${median(ratios).toFixed(2)}x`);
+    if (b.length > 0) console.log(`pairwise in order / parallel, per round: ${ratios.map((r) => r.toFixed(2)).join(', ')}; median ${median(ratios).toFixed(2)}x`);
     console.log(`load average at the end: ${out.machine.loadavg.map((x) => x.toFixed(2)).join(' ')} (nproc ${out.machine.nproc})`);
   }
   await stopAll();
