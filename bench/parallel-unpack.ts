@@ -339,8 +339,8 @@ async function main(): Promise<void> {
     // Ratio of each alternating pair (in order / parallel, same round): less exposed to the load's drift.
     const a = samples.filter((s) => s.who === contenders[0]![0]);
     const b = samples.filter((s) => s.who === contenders[1]?.[0]);
-    const ratios = a.map((x, i) => x.seconds / b[i]!.seconds);
-    if (b.length > 0) console.log(`pairwise in order / parallel, per round: ${ratios.map((r) => r.toFixed(2)).join(', ')}; median ${median(ratios).toFixed(2)}x`);
+    const ratios = b.length > 0 ? a.map((x, i) => x.seconds / b[i]!.seconds) : [];
+    if (ratios.length > 0) console.log(`pairwise in order / parallel, per round: ${ratios.map((r) => r.toFixed(2)).join(', ')}; median ${median(ratios).toFixed(2)}x`);
     console.log(`load average at the end: ${out.machine.loadavg.map((x) => x.toFixed(2)).join(' ')} (nproc ${out.machine.nproc})`);
   }
   await stopAll();
