@@ -5,11 +5,18 @@
  * pull`, which unpacks in order), in alternating order each round.
  *
  *   node dist/bench/parallel-unpack.js [--rounds 3] [--warmup 1] [--parallel 2] [--scale 1] [--no-containerd] [--json]
- *                                      [--unpack-only] [--fs loop|tmp]
+ *                                      [--unpack-only] [--fs loop|tmp] [--skip-unpack] [--only strata]
  *
  * --unpack-only: instead, the unpack alone, in process (the blobs put into a fresh content store first, untimed;
  * then unpackLayers into a fresh overlayfs behind the namespaced layer, timed), in order vs parallel: what the
  * extraction gains without the downloads a pull overlaps it with.
+ *
+ * --skip-unpack: adds a third stratad contender, the same pull with `--skip-unpack` (downloads only: what the
+ * unpack overlaps). --only strata: no containerd; --only downloads: the --skip-unpack pull alone. Each stratad sample also reports the daemon's CPU seconds
+ * for the pull (utime + stime of its process, all threads, from /proc: less exposed to the load than wall time).
+ *
+ * --trace: the stratad pulls are made by this process through the client library (no CLI start) and each prints
+ * its timeline: for every layer, when its download ended, its extraction started and ended (ms from the call).
  *
  * STRATA_BENCH_CPU_PROF=DIR: each stratad writes V8 CPU profiles (main thread and apply workers) into DIR
  * (summarise them with bench/cpuprofile-top.ts).
@@ -42,7 +49,9 @@ import { run } from '../test/helpers/ctr.js';
 import { STRATA } from '../test/helpers/paths.js';
 import { tempDir } from '../test/helpers/temp.js';
 import { dropCaches, median, unmount } from './lib.js';
+import type { StrataClient } from '../src/api/clients/strata.js';
 import { mkdir, rm } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { loadavg } from 'node:os';
 import type { TempDir } from '../test/helpers/temp.js';
@@ -58,7 +67,11 @@ const ROUNDS = Number(arg('rounds', '3'));
 const WARMUP = Number(arg('warmup', '1'));
 const PARALLEL = Number(arg('parallel', '2'));
 const SCALE = Number(arg('scale', '1'));
-const CONTAINERD = !process.argv.includes('--no-containerd');
+const ONLY = arg('only', '');
+if (ONLY !== '' && ONLY !== 'strata' && ONLY !== 'downloads') throw new Error('--only must be strata or downloads');
+const SKIP_UNPACK = process.argv.includes('--skip-unpack') || ONLY === 'downloads';
+const CONTAINERD = !process.argv.includes('--no-containerd') && ONLY === '';
+const TRACE = process.argv.includes('--trace');
 const JSON_OUT = process.argv.includes('--json');
 const UNPACK_ONLY = process.argv.includes('--unpack-only');
 const FS = arg('fs', 'loop');
@@ -108,6 +121,16 @@ interface Sample {
   seconds: number;
   /** 1-minute load average when the measurement ended. */
   load: number;
+  /** stratad's CPU seconds (user + system, all threads) during the pull. */
+  cpu?: number;
+}
+
+/** CPU seconds (utime + stime) of a process so far, from /proc/PID/stat. */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // Fields 14 and 15 of stat(5); f[0] is field 3.
+  return (Number(f[11]) + Number(f[12])) / 100;
 }
 
 function sh(cmd: string, args: string[]): void {
@@ -143,6 +166,26 @@ async function freshDir(parent: string, prefix: string): Promise<TempDir> {
   };
 }
 
+/** One pull through the client library, its progress timeline printed (--trace). */
+async function traced(c: StrataClient, ref: string, skipUnpack: boolean, label: string): Promise<void> {
+  const t0 = performance.now();
+  const at = new Map<string, number>();
+  const order: string[] = [];
+  const stream = c.transfer.pull(
+    { ref, platforms: [], allPlatforms: false, unpack: !skipUnpack, snapshotter: '', registry: { plainHttp: true, username: '', secret: '', hostsDir: '', maxConcurrent: 0 }, labels: {} },
+    c.metadata(),
+  );
+  for await (const p of stream as AsyncIterable<{ ref: string; kind: string; status: string }>) {
+    const key = `${p.kind} ${p.ref.slice(7, 15)} ${p.status}`;
+    if (!at.has(key)) {
+      at.set(key, performance.now() - t0);
+      order.push(key);
+    }
+  }
+  c.close();
+  console.error(`trace ${label}: ${order.filter((k) => !k.endsWith(' downloading')).map((k) => `${k} ${at.get(k)!.toFixed(0)}`).join('; ')}`);
+}
+
 async function timed(fn: () => Promise<void>): Promise<number> {
   const t = process.hrtime.bigint();
   await fn();
@@ -166,7 +209,8 @@ async function main(): Promise<void> {
       `${(sizes.reduce((a, s) => a + s.compressed, 0) / 1e6).toFixed(1)} MB compressed; built and pushed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   }
 
-  const strata = async (unpacks: number): Promise<number> => {
+  let lastCpu: number | undefined;
+  const strata = async (unpacks: number, skipUnpack = false): Promise<number> => {
     const d = await startDaemon({
       dir: await freshDir(dir.path, 'stratad-'),
       logLevel: 'info',
@@ -179,10 +223,13 @@ async function main(): Promise<void> {
     });
     try {
       dropCaches();
+      const cpu0 = cpuSeconds(d.proc.pid!);
       const secs = await timed(async () => {
-        const r = await run(process.execPath, [STRATA, '-a', d.address, '-n', 'bench', 'image', 'pull', '--plain-http', ref], { timeoutMs: 600_000 });
+        if (TRACE) return traced(d.client('bench'), ref, skipUnpack, `${skipUnpack ? 'skip-unpack' : `unpacks=${unpacks}`}`);
+        const r = await run(process.execPath, [STRATA, '-a', d.address, '-n', 'bench', 'image', 'pull', '--plain-http', ...(skipUnpack ? ['--skip-unpack'] : []), ref], { timeoutMs: 600_000 });
         if (r.code !== 0) throw new Error(`strata pull failed: ${r.stderr}`);
       });
+      lastCpu = cpuSeconds(d.proc.pid!) - cpu0;
       return secs;
     } finally {
       await d.stop();
@@ -241,8 +288,11 @@ async function main(): Promise<void> {
         [`unpack parallel (max_concurrent_unpacks = ${PARALLEL})`, () => inProcess(PARALLEL)],
       ]
     : [
-        ['stratad in order (max_concurrent_unpacks = 1)', () => strata(1)],
-        [`stratad parallel (max_concurrent_unpacks = ${PARALLEL})`, () => strata(PARALLEL)],
+        ...(ONLY === 'downloads' ? [] : ([
+          ['stratad in order (max_concurrent_unpacks = 1)', () => strata(1)],
+          [`stratad parallel (max_concurrent_unpacks = ${PARALLEL})`, () => strata(PARALLEL)],
+        ] as [string, () => Promise<number>][])),
+        ...(SKIP_UNPACK ? ([['stratad --skip-unpack (downloads only)', () => strata(1, true)]] as [string, () => Promise<number>][]) : []),
         ...(CONTAINERD ? ([['containerd 1.6 (ctr image pull)', containerd]] as [string, () => Promise<number>][]) : []),
       ];
   for (let w = 0; w < WARMUP; w++) {
@@ -254,16 +304,19 @@ async function main(): Promise<void> {
   for (let round = 0; round < ROUNDS; round++) {
     const order = round % 2 === 0 ? contenders : [...contenders].reverse();
     for (const [who, fn] of order) {
+      lastCpu = undefined;
       const seconds = await fn();
       const load = loadavg()[0]!;
-      samples.push({ who, seconds, load });
-      if (!JSON_OUT) console.error(`round ${round + 1}: ${who}: ${seconds.toFixed(2)} s (load ${load.toFixed(2)})`);
+      const cpu = lastCpu as number | undefined;
+      samples.push({ who, seconds, load, ...(cpu !== undefined ? { cpu } : {}) });
+      if (!JSON_OUT) console.error(`round ${round + 1}: ${who}: ${seconds.toFixed(2)} s (load ${load.toFixed(2)}${cpu !== undefined ? `, stratad ${cpu.toFixed(2)} CPU-s` : ''})`);
     }
   }
   const results = contenders.map(([who]) => {
     const xs = samples.filter((s) => s.who === who).map((s) => s.seconds);
     const loads = samples.filter((s) => s.who === who).map((s) => s.load);
-    return { who, median: median(xs), samples: xs, loads };
+    const cpus = samples.filter((s) => s.who === who && s.cpu !== undefined).map((s) => s.cpu!);
+    return { who, median: median(xs), samples: xs, loads, ...(cpus.length ? { cpuMedian: median(cpus), cpu: cpus } : {}) };
   });
   const inOrder = results[0]!.median;
   const out = {
@@ -276,17 +329,18 @@ async function main(): Promise<void> {
   if (JSON_OUT) console.log(JSON.stringify(out, null, 2));
   else {
     console.log(`file system: ${out.fs}`);
-    console.log('| who | median s | samples s (load at each) | vs in order |');
-    console.log('| --- | ---: | --- | ---: |');
+    console.log('| who | median s | samples s (load at each) | vs in order | stratad CPU-s, median (samples) |');
+    console.log('| --- | ---: | --- | ---: | --- |');
     for (const r of out.results) {
       const xs = r.samples.map((x, i) => `${x.toFixed(2)} (${r.loads[i]!.toFixed(1)})`).join(', ');
-      console.log(`| ${r.who} | ${r.median.toFixed(2)} | ${xs} | ${r.speedupVsInOrder.toFixed(2)}x |`);
+      const cpu = r.cpu ? `${r.cpuMedian!.toFixed(2)} (${r.cpu.map((c) => c.toFixed(2)).join(', ')})` : '';
+      console.log(`| ${r.who} | ${r.median.toFixed(2)} | ${xs} | ${r.speedupVsInOrder.toFixed(2)}x | ${cpu} |`);
     }
     // Ratio of each alternating pair (in order / parallel, same round): less exposed to the load's drift.
     const a = samples.filter((s) => s.who === contenders[0]![0]);
-    const b = samples.filter((s) => s.who === contenders[1]![0]);
-    const ratios = a.map((x, i) => x.seconds / b[i]!.seconds);
-    console.log(`pairwise in order / parallel, per round: ${ratios.map((r) => r.toFixed(2)).join(', ')}; median ${median(ratios).toFixed(2)}x`);
+    const b = samples.filter((s) => s.who === contenders[1]?.[0]);
+    const ratios = b.length > 0 ? a.map((x, i) => x.seconds / b[i]!.seconds) : [];
+    if (ratios.length > 0) console.log(`pairwise in order / parallel, per round: ${ratios.map((r) => r.toFixed(2)).join(', ')}; median ${median(ratios).toFixed(2)}x`);
     console.log(`load average at the end: ${out.machine.loadavg.map((x) => x.toFixed(2)).join(' ')} (nproc ${out.machine.nproc})`);
   }
   await stopAll();

@@ -545,18 +545,27 @@ class Store implements LocalContentStore {
       // Facts the first writer did not know are recorded; facts it did know are kept.
       const newTotal = existing.total || total;
       const newExpected = existing.expected || expected;
-      if (newTotal !== existing.total) await replaceFile(join(dir, 'total'), String(newTotal));
-      if (newExpected !== existing.expected) await replaceFile(join(dir, 'expected'), newExpected);
-      const fh = await openData(join(dir, 'data'), 'r+');
+      const resume = async (): Promise<LocalWriter> => {
+        if (newTotal !== existing.total) await replaceFile(join(dir, 'total'), String(newTotal));
+        if (newExpected !== existing.expected) await replaceFile(join(dir, 'expected'), newExpected);
+        const fh = await openData(join(dir, 'data'), 'r+');
+        try {
+          const digester = new Digester(newExpected ? parseDigest(newExpected).algorithm : 'sha256');
+          const size = (await fh.stat()).size;
+          const offset = await hashFile(fh, size, digester);
+          if (offset !== size) await fh.truncate(offset); // shrank underneath us; keep what was hashed
+          return new LocalWriter(this, dir, ref, fh, digester, offset, newTotal, newExpected, existing.startedAt, existing.updatedAt);
+        } catch (err) {
+          await fh.close();
+          throw err;
+        }
+      };
       try {
-        const digester = new Digester(newExpected ? parseDigest(newExpected).algorithm : 'sha256');
-        const size = (await fh.stat()).size;
-        const offset = await hashFile(fh, size, digester);
-        if (offset !== size) await fh.truncate(offset); // shrank underneath us; keep what was hashed
-        return new LocalWriter(this, dir, ref, fh, digester, offset, newTotal, newExpected, existing.startedAt, existing.updatedAt);
+        return await resume();
       } catch (err) {
-        await fh.close();
-        throw err;
+        // An abort removed the ingest after it was read (abort does not wait for the lock, as containerd's): its
+        // files are gone, so this writer starts a new one (a raw ENOENT reached clients as an unknown error).
+        if (!isMissing(err)) throw err;
       }
     }
 

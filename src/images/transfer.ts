@@ -28,6 +28,7 @@ import { importArchive, exportArchive } from './archive/index.js';
 import { unpackLayers, type UnpackResult } from './unpack.js';
 import { convertImage, type ConvertResult } from './convert.js';
 import { SharedWork } from './inflight.js';
+import { GroupCommit } from '../snapshots/storage.js';
 import type { Image, ImageStore } from '../metadata/images.js';
 import type { Descriptor } from '../core/descriptor.js';
 
@@ -269,12 +270,17 @@ export class ImageTransfers {
   /** Runs `fn` with stores bound to a fresh lease on `namespace`, deleting the lease afterwards. */
   private async leased<T>(namespace: string, fn: (ctx: OpContext) => Promise<T>): Promise<T> {
     const expire = new Date(Date.now() + LEASE_TTL_MS).toISOString();
-    const lease = this.md.leases.create(namespace, generateLeaseId(), { [LABEL_GC_EXPIRE]: expire });
+    // The lease's records go through the metadata's group commit, not a synchronous fdatasync on the event loop
+    // each (which stalled every download and extraction of the daemon meanwhile). The creation needs no sync of
+    // its own: whatever it protects is made durable later by a sync that covers it too (the WAL is in order).
+    const commits = GroupCommit.of(this.md.db);
+    const lease = commits.write(() => this.md.leases.create(namespace, generateLeaseId(), { [LABEL_GC_EXPIRE]: expire }));
     try {
       return await fn({ namespace, lease: lease.id });
     } finally {
       try {
-        this.md.leases.delete(namespace, lease.id);
+        commits.write(() => this.md.leases.delete(namespace, lease.id));
+        await commits.durable();
       } catch (err) {
         this.log.warn('could not delete transfer lease', { lease: lease.id, error: String(err) });
         // A full disk: again once there is room (else the lease's expiry hands it to the garbage collector).

@@ -187,6 +187,8 @@ class Unpack {
   private readonly remote: number[] = [];
   private extracted = 0;
   private parallel = false;
+  /** The uncompressed labels of the layers committed, being written (see commit()). */
+  private readonly labels: Promise<void>[] = [];
   private prefetched = false;
 
   constructor(
@@ -201,6 +203,14 @@ class Unpack {
   }
 
   async run(): Promise<UnpackResult> {
+    try {
+      return await this.unpack();
+    } finally {
+      await Promise.all(this.labels);
+    }
+  }
+
+  private async unpack(): Promise<UnpackResult> {
     const n = this.layers.length;
     const limit = Math.max(1, Math.floor(this.opts.maxConcurrentUnpacks ?? 1));
     const canRebase = limit > 1 && hasCapability(this.sn, SnapshotterCapability.Rebase);
@@ -392,10 +402,16 @@ class Unpack {
       await this.opts.protect?.(chainID);
     }
     this.extracted++;
-    await this.content
-      .update({ digest: layer.digest, labels: { [LABEL_UNCOMPRESSED]: this.diffIDs[i]! } }, [`labels.${LABEL_UNCOMPRESSED}`])
-      .catch(() => undefined);
-    crashPoint('unpack.layer.after-label');
+    // The blob's uncompressed label is not waited for here: its record and sync would hold up the next layer's
+    // commit (in the parallel path, the chain of commits that follows the last extraction). run() waits for all.
+    this.labels.push(
+      this.content
+        .update({ digest: layer.digest, labels: { [LABEL_UNCOMPRESSED]: this.diffIDs[i]! } }, [`labels.${LABEL_UNCOMPRESSED}`])
+        .then(
+          () => crashPoint('unpack.layer.after-label'),
+          () => undefined,
+        ),
+    );
     this.opts.onProgress?.(layer, 'unpacked');
   }
 

@@ -22,6 +22,7 @@ import { type NamespaceStore } from './namespaces.js';
 import { validateLabels, compactLabels as compact } from '../core/labels.js';
 import { requireNamespace, type OpContext } from './context.js';
 import { fromParts, now as nowTime } from '../core/time.js';
+import { GroupCommit } from '../snapshots/storage.js';
 
 /** An image record: a name pointing at a root descriptor (manifest or index), as containerd stores it. */
 export interface Image {
@@ -181,7 +182,9 @@ class BoundImageStore implements ImageStore {
     const annotations = compact(image.target.annotations);
     const now = nowTime();
     crashPoint('image.create.before-record');
-    this.s.db.transaction(() => {
+    // Committed without a sync on the event loop, durable (a shared fdatasync on the thread pool) before answering.
+    const commits = GroupCommit.of(this.s.db);
+    commits.write(() => {
       this.s.namespaces.ensure(this.ns);
       const res = this.s.db
         .prepare(
@@ -201,7 +204,8 @@ class BoundImageStore implements ImageStore {
           now.subMs,
         );
       if (res.changes === 0) throw alreadyExists(`image ${JSON.stringify(image.name)}`);
-    }).immediate();
+    });
+    await commits.durable();
     crashPoint('image.create.after-record');
     this.s.notifyMutation(false);
     const created = toImage({
@@ -225,7 +229,8 @@ class BoundImageStore implements ImageStore {
     fieldpaths: string[] = [],
   ): Promise<Image> {
     if (!image.name) throw invalidArgument('image name is required for update');
-    const updated = this.s.db.transaction(() => {
+    const commits = GroupCommit.of(this.s.db);
+    const updated = commits.write(() => {
       const row = this.row(image.name);
       if (!row) throw notFound(`image ${JSON.stringify(image.name)}`);
       const current = toImage(row);
@@ -276,7 +281,8 @@ class BoundImageStore implements ImageStore {
         updated_at: now.getTime(),
         updated_ns: now.subMs,
       });
-    }).immediate();
+    });
+    await commits.durable();
     this.s.notifyMutation(false);
     this.s.events.publish(this.ns, '/images/update', typedEvent(IMAGE_EVENT_UPDATE, { name: updated.name, labels: updated.labels }));
     return updated;
