@@ -219,19 +219,26 @@ export function bidiStream<Req, Res>(
     const o = observer;
     const t = o?.started(call.getPath(), 'bidi_stream', call.metadata);
     if (o) receivers.set(call, () => o.received(t));
-    started(() => fn(call, sender(call, o && (() => o.sent(t))))).then(
-      () => {
-        o?.handled(t, GrpcCode.OK);
-        call.end();
-      },
-      (err) => {
-        if (call.cancelled) return o?.handled(t, GrpcCode.CANCELLED);
-        logFailure(log, method, err);
-        const st = toStatus(err);
-        o?.handled(t, st.code ?? GrpcCode.UNKNOWN);
-        call.fail(st);
-      },
-    );
+    const failed = (err: unknown) => {
+      if (call.cancelled) return o?.handled(t, GrpcCode.CANCELLED);
+      logFailure(log, method, err);
+      const st = toStatus(err);
+      o?.handled(t, st.code ?? GrpcCode.UNKNOWN);
+      call.fail(st);
+    };
+    let done: Promise<void>;
+    try {
+      done = fn(call, sender(call, o && (() => o.sent(t))));
+    } catch (err) {
+      // Failed before reading anything (no namespace...): answered now, before the transport delivers the
+      // request messages of the same socket read, so the answer does not depend on how the bytes were split.
+      failed(err);
+      return;
+    }
+    done.then(() => {
+      o?.handled(t, GrpcCode.OK);
+      call.end();
+    }, failed);
   };
   return handler as unknown as grpc.handleBidiStreamingCall<Req, Res>;
 }

@@ -6,6 +6,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { mkdtempSync, chmodSync, rmSync } from 'node:fs';
 import { chmod, chown, mkdtemp, readdir, readFile, readlink, rmdir, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -39,6 +40,12 @@ async function mountsUnder(prefix: string): Promise<string[]> {
     .map((l) => l.split(' ')[4] ?? '')
     .filter((p) => p.startsWith(prefix));
 }
+// This file asserts that idmapped mounts leave no temporary directory or mount behind. Daemons that other test
+// files start meanwhile probe idmapped mounts too (under the system's temporary directory), so this file's own
+// temporary directories (src/mount takes them from os.tmpdir()) live in a private TMPDIR.
+const privateTmp = mkdtempSync(join(tmpdir(), 'strata-idmaptest-'));
+chmodSync(privateTmp, 0o755);
+process.env.TMPDIR = privateTmp;
 const TEMP_PREFIX = join(tmpdir(), 'strata-idmap-');
 
 beforeAll(async () => {
@@ -55,6 +62,7 @@ afterAll(async () => {
     await run('umount', ['-l', p]).catch(() => undefined);
   }
   await tmp.cleanup();
+  rmSync(privateTmp, { recursive: true, force: true });
 });
 
 /**
