@@ -41,6 +41,8 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run
+# The host's /tmp as the root shows it, kept reachable under /run before a fresh tmpfs hides it (see strata.cwd).
+mkdir -p /run/host-tmp && mount --bind /tmp /run/host-tmp
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up 2>/dev/null
@@ -54,6 +56,12 @@ state=$(sed -n 's/.*strata\.state=\([^ ]*\).*/\1/p' /proc/cmdline)
 if [ -n "$state" ]; then
   mkdir -p "$state"
   mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 vmstate "$state"
+fi
+# run.sh strata.cwd=DIR: the job's directory is under /tmp on the host (a checkout there): bind it back.
+cwd=$(sed -n 's/.*strata\.cwd=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$cwd" ]; then
+  mkdir -p "$cwd"
+  mount --bind "/run/host-tmp/${cwd#/tmp/}" "$cwd" || echo "vm: cannot bind $cwd from the host's /tmp" > /dev/ttyS1
 fi
 stty -F /dev/ttyS0 -opost 2>/dev/null
 rc=255

@@ -97,6 +97,9 @@ for img in "${images[@]}"; do
 done
 statefs=()
 append="console=ttyS1 quiet panic=-1 strata.share=$share"
+# A job whose directory is under /tmp (a CI checkout there): the guest mounts a fresh tmpfs on /tmp, so init.sh
+# binds that directory back from the host's root under it.
+case "$PWD/" in /tmp/*) append+=" strata.cwd=$PWD" ;; esac
 if [ -n "$state" ]; then
   statefs=(-virtfs "local,path=$state,mount_tag=vmstate,security_model=passthrough,multidevs=remap")
   append+=" strata.state=$state"

@@ -141,6 +141,12 @@ export class NamespacedSnapshots {
     this.wake = undefined;
     try {
       while (this.doomed.length > 0) {
+        // The database closed under the queue (a store closed without flushing it): what is left is a backend
+        // snapshot without a record, which the next start's collection prunes.
+        if (!this.db.open) {
+          this.doomed.length = 0;
+          break;
+        }
         // Checked right before the removal: a key another record has taken since (a namespace adopting a shared
         // layer) or that a call in progress holds stays.
         const keys = this.doomed.splice(0, NamespacedSnapshots.REMOVE_BATCH).filter((k) => !this.pending.has(k) && !this.recordsBackendKey(k));
