@@ -58,6 +58,32 @@ const toInfo = (r: Row): Info => ({
   updated: fromParts(r.updated_at, r.updated_ns),
 });
 
+/** The names Commits in flight will take (namespace NUL name), and a way to wait for one to end. */
+class CommittingNames extends Set<string> {
+  private readonly waiters = new Map<string, Array<() => void>>();
+
+  override delete(name: string): boolean {
+    const had = super.delete(name);
+    const waiting = this.waiters.get(name);
+    if (waiting) {
+      this.waiters.delete(name);
+      for (const wake of waiting) wake();
+    }
+    return had;
+  }
+
+  /** Resolves once no Commit of this name is in flight. */
+  async settled(name: string): Promise<void> {
+    while (this.has(name)) {
+      await new Promise<void>((wake) => {
+        const waiting = this.waiters.get(name) ?? [];
+        waiting.push(wake);
+        this.waiters.set(name, waiting);
+      });
+    }
+  }
+}
+
 export class NamespacedSnapshots {
   constructor(
     readonly name: string,
@@ -82,10 +108,11 @@ export class NamespacedSnapshots {
   readonly commits: GroupCommit;
   /**
    * Names a Commit in flight will take (namespace NUL name): the name is checked before the backend commits and
-   * recorded after, so a second Commit to the same name in between must see it taken (ALREADY_EXISTS) before its
-   * backend turns its active snapshot into a committed one that could never be recorded.
+   * recorded after, so a second Commit to the same name in between must not let its backend turn its active
+   * snapshot into a committed one that could never be recorded: it waits for the first to end (settled), then
+   * finds the name taken (ALREADY_EXISTS) or free (the first failed).
    */
-  readonly committing = new Set<string>();
+  readonly committing = new CommittingNames();
   /**
    * Commits whose backend part is done but whose records a full disk refused (namespace NUL active key): the
    * backend snapshot `bname` is committed, the record still names the active key. The client was told
@@ -530,6 +557,10 @@ class BoundSnapshotter implements Snapshotter {
     if (!name) throw invalidArgument('snapshot name must not be empty');
     validateLabels(opts.labels);
     const labels = compactLabels(opts.labels); // "" values are not stored, as containerd's writeMap
+    // A Commit of this name in flight: wait for its end, as containerd's second Commit waits for bolt's write
+    // lock. ALREADY_EXISTS then means the snapshot is there: ctr's unpacker takes it as "layer done" and at once
+    // prepares the next layer on it as a parent (NOT_FOUND if the first Commit were still in flight).
+    await this.s.committing.settled(`${this.ns}\0${name}`);
     const unrecorded = this.s.unrecorded.get(`${this.ns}\0${key}`);
     if (unrecorded) {
       // The backend committed this key already (a full disk refused the records): only the records are left.
