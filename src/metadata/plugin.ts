@@ -21,7 +21,12 @@ register({
     const local = ic.get<LocalContentStore>(PluginType.Content, 'content');
     const exchange = ic.get<Exchange>(PluginType.Event, 'exchange');
     const md = MetadataStore.open(join(ic.root, 'meta.db'), local, exchange);
-    ic.onClose(() => md.close());
+    ic.onClose(async () => {
+      // Backend removals a Remove queued (they run a moment later, in batches) finish before the database and the
+      // backends close: a stop right after a collection otherwise left their data for the next start's collection.
+      for (const layer of md.snapshotters.values()) await layer.settled().catch(() => undefined);
+      md.close();
+    });
     // Every snapshotter that loaded (built in or proxied) gets the namespaced layer in front of it.
     for (const [name, sn] of ic.getAll<Snapshotter>(PluginType.Snapshot)) {
       const layer = md.addSnapshotter(name, sn);
