@@ -2,7 +2,11 @@
  * File-system helpers the backends share.
  */
 import { execFile } from 'node:child_process';
-import { lstat, readdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { constants as osConstants } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { lstat, opendir, readdir, statfs } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import type { Usage } from './types.js';
@@ -50,14 +54,81 @@ export async function diskUsage(root: string): Promise<Usage> {
 
 const execFileP = promisify(execFile);
 
+interface SyncfsBinding {
+  syncfs(path: string, done: (errno: number) => void): void;
+}
+
+const SYNCFS_CANDIDATES = ['../../native/bin/strata-syncfs.node', '../../../native/bin/strata-syncfs.node'].map((rel) =>
+  fileURLToPath(new URL(rel, import.meta.url)),
+);
+let syncfsBinding: SyncfsBinding | null | undefined;
+
+/** The built syncfs binding (scripts/build-native.sh), or null when this checkout has not built it. */
+function loadSyncfs(): SyncfsBinding | null {
+  if (syncfsBinding === undefined) {
+    const path = SYNCFS_CANDIDATES.find((p) => existsSync(p));
+    syncfsBinding = path ? (createRequire(import.meta.url)(path) as SyncfsBinding) : null;
+  }
+  return syncfsBinding;
+}
+
 /**
- * Makes everything written on the file system holding `path` durable (syncfs(2), through `sync -f`: Node has
- * no syncfs). A snapshotter calls it at Commit, before the record turns committed: files written through the
- * active snapshot's mount (an unpack, a container's changes) sit in the page cache, and on ext4 (delayed
- * allocation) a power cut before writeback leaves them zero-length in a snapshot the record calls committed
- * (containerd #5854; the power-cut harness, docs/reliability.md, finds it without this). One journal commit
- * for the whole layer, not an fsync per file.
+ * Makes everything written on the file system holding `path` durable: syncfs(2), on the thread pool through
+ * native/syncfs-napi.c, or through `sync -f` where the binding is not built (Node has no syncfs). A
+ * snapshotter calls it at Commit, before the record turns committed: files written through the active
+ * snapshot's mount (an unpack, a container's changes) sit in the page cache, and on ext4 (delayed allocation)
+ * a power cut before writeback leaves them zero-length in a snapshot the record calls committed (containerd
+ * #5854; the power-cut harness, docs/reliability.md, finds it without this). One journal commit for the whole
+ * layer, not an fsync per file.
  */
 export async function syncFilesystem(path: string): Promise<void> {
-  await execFileP('sync', ['-f', path]);
+  const binding = loadSyncfs();
+  if (!binding) {
+    await execFileP('sync', ['-f', path]);
+    return;
+  }
+  await new Promise<void>((resolve, reject) => {
+    binding.syncfs(path, (errno) => {
+      if (errno === 0) resolve();
+      else reject(Object.assign(new Error(`syncfs failed: ${osErrorName(errno)}`), { errno: -errno, code: osErrorName(errno) }));
+    });
+  });
+}
+
+/** ext4 and xfs: metadata goes through a journal in order, so a later fsync of any file commits it too. */
+const METADATA_ORDERED_FS = new Set([0xef53, 0x58465342]);
+
+/**
+ * syncFilesystem for a layer at Commit, skipped when there is nothing it could save: the layer directory is
+ * empty (a Commit with no changes, common for metadata-only build steps) and its file system journals metadata
+ * in order, so the directory itself is made durable by the journal commit of the record's own fsync. Anywhere
+ * else (btrfs, whose fsync logs only the file it is given; a layer with files) it syncs.
+ */
+export async function syncLayer(dir: string, snapshotterRoot: string): Promise<void> {
+  if (!(await isEmptyDirectory(dir)) || !(await journalsMetadataInOrder(snapshotterRoot))) await syncFilesystem(dir);
+}
+
+/** By snapshotter root (its layers live on its file system): asked once, not at every Commit. */
+const orderedByRoot = new Map<string, boolean>();
+async function journalsMetadataInOrder(root: string): Promise<boolean> {
+  let ordered = orderedByRoot.get(root);
+  if (ordered === undefined) {
+    ordered = METADATA_ORDERED_FS.has((await statfs(root)).type);
+    orderedByRoot.set(root, ordered);
+  }
+  return ordered;
+}
+
+async function isEmptyDirectory(dir: string): Promise<boolean> {
+  const handle = await opendir(dir, { bufferSize: 1 });
+  try {
+    return (await handle.read()) === null;
+  } finally {
+    await handle.close();
+  }
+}
+
+function osErrorName(errno: number): string {
+  for (const [name, value] of Object.entries(osConstants.errno)) if (value === errno) return name;
+  return `errno ${errno}`;
 }

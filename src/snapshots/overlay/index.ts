@@ -42,7 +42,7 @@ import { compactOverlayOptions, formatOverlayDirOption, parseOverlayDirOption } 
 import { failedPrecondition } from '../../core/errdefs.js';
 import { LABEL_SNAPSHOT_GIDMAPPING, LABEL_SNAPSHOT_UIDMAPPING, rootPair } from '../../core/idmap.js';
 import { silentLogger, type Logger } from '../../log/index.js';
-import { diskUsage, syncFilesystem } from '../fsutil.js';
+import { diskUsage, syncLayer } from '../fsutil.js';
 import { checkKey, SnapshotStorage, type SnapshotRecord } from '../storage.js';
 import { LABEL_SNAPSHOT_REBASE, SnapshotterCapability, type Info, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../types.js';
 import type { Mount } from '../../core/mount.js';
@@ -259,7 +259,7 @@ class OverlaySnapshotter implements OverlayBackend {
     // LABEL_SNAPSHOT_REBASE (see computeMounts).
     const rebase = opts?.parent ? { parent: opts.parent, allowed: this.capabilities.includes(SnapshotterCapability.Rebase) } : undefined;
     // The layer's files durable before the record says committed (containerd #5854).
-    await syncFilesystem(this.upperPath(this.storage.get(key).id));
+    await syncLayer(this.upperPath(this.storage.get(key).id), this.root);
     const id = this.storage.commitActive(
       key,
       name,
