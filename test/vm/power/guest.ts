@@ -423,6 +423,12 @@ async function check(tg: Target[], final: boolean): Promise<StrataClient | undef
 
   if (final) {
     await stopDaemon();
+    // A graceful end is a graceful shutdown: the guest then powers off with sysrq 'o', which syncs nothing, so
+    // the file systems are synced here as a host's shutdown would. Without it, btrfs lost the last seconds of
+    // its metadata (a subvolume deleted after its record's removal was fsynced, through btrfs's log tree)
+    // and the host's fsck found that view again, as garbage: what a power cut leaves by design, not what a
+    // graceful stop may leave.
+    await sh('sync', []);
     return undefined;
   }
   return c;
