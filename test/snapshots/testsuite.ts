@@ -72,6 +72,12 @@ export interface SuiteOptions {
    * containerd's EROFS snapshotter counts it, instead of one per file it holds.
    */
   committedIsOneFile?: boolean;
+  /**
+   * Multiplies the cases' own timeouts (the long ones: 128 layers, 500-layer chain): the VM tier's guest runs
+   * under QEMU's software emulation, 3-4x slower than the host, and a zfs layer there costs a dataset
+   * snapshot and clone.
+   */
+  timeoutFactor?: number;
 }
 
 export const SUITE_CASES = [
@@ -1541,7 +1547,7 @@ export function snapshotterSuite(name: string, make: SnapshotterFactory, options
         {
           skip: options.skip?.includes(caseName) ?? false,
           fails: options.expectedFailures?.includes(caseName) ?? false,
-          ...(timeout !== undefined ? { timeout } : {}),
+          ...(timeout !== undefined ? { timeout: timeout * (options.timeoutFactor ?? 1) } : {}),
         },
         async (ctx) => {
           const under = await make();

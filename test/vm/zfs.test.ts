@@ -58,7 +58,8 @@ const factory: SnapshotterFactory = async () => {
   }
 };
 
-snapshotterSuite('zfs', factory);
+// Software emulation (scripts/vm/run.sh): the long cases get four times their host timeout.
+snapshotterSuite('zfs', factory, { timeoutFactor: 4 });
 
 describe('zfs snapshotter datasets', () => {
   let undo: (() => Promise<void>)[] = [];
