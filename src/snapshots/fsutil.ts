@@ -2,11 +2,11 @@
  * File-system helpers the backends share.
  */
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, opendirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { lstat, opendir, readdir, statfs } from 'node:fs/promises';
+import { lstat, readdir, statfs } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import type { Usage } from './types.js';
@@ -105,7 +105,7 @@ const METADATA_ORDERED_FS = new Set([0xef53, 0x58465342]);
  * else (btrfs, whose fsync logs only the file it is given; a layer with files) it syncs.
  */
 export async function syncLayer(dir: string, snapshotterRoot: string): Promise<void> {
-  if (!(await isEmptyDirectory(dir)) || !(await journalsMetadataInOrder(snapshotterRoot))) await syncFilesystem(dir);
+  if (!isEmptyDirectory(dir) || !(await journalsMetadataInOrder(snapshotterRoot))) await syncFilesystem(dir);
 }
 
 /** By snapshotter root (its layers live on its file system): asked once, not at every Commit. */
@@ -119,12 +119,16 @@ async function journalsMetadataInOrder(root: string): Promise<boolean> {
   return ordered;
 }
 
-async function isEmptyDirectory(dir: string): Promise<boolean> {
-  const handle = await opendir(dir, { bufferSize: 1 });
+/**
+ * Synchronous on purpose: one getdents of at most one entry, whatever the directory holds (bounded, microseconds),
+ * where the thread pool would cost three round trips on Commit's path.
+ */
+function isEmptyDirectory(dir: string): boolean {
+  const handle = opendirSync(dir, { bufferSize: 1 });
   try {
-    return (await handle.read()) === null;
+    return handle.readSync() === null;
   } finally {
-    await handle.close();
+    handle.closeSync();
   }
 }
 
