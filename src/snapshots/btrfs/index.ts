@@ -25,8 +25,9 @@ import { promisify } from 'node:util';
 import { failedPrecondition, isNotFound, unknown } from '../../core/errdefs.js';
 import type { Logger } from '../../log/index.js';
 import { SkipPlugin } from '../../plugin/index.js';
+import { RecordedSnapshotter } from '../recorded.js';
 import { checkKey, SnapshotStorage, type SnapshotRecord } from '../storage.js';
-import type { Info, Kind, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
+import type { Kind, SnapshotOpts, Snapshotter, Usage } from '../types.js';
 import type { Mount } from '../../core/mount.js';
 import { precheckCreate } from '../native/index.js';
 import { lookupMount, type MountEntry } from './mountinfo.js';
@@ -137,7 +138,7 @@ export interface BtrfsOptions {
   log?: Logger;
 }
 
-export class BtrfsSnapshotter implements Snapshotter {
+export class BtrfsSnapshotter extends RecordedSnapshotter implements Snapshotter {
   /** Temporary names being built or deleted right now: cleanup() leaves them alone. */
   private readonly busy = new Set<string>();
   /** Subvolume ids by path (they do not change while the path names the same subvolume). */
@@ -147,9 +148,11 @@ export class BtrfsSnapshotter implements Snapshotter {
     readonly root: string,
     /** The device the root's filesystem is mounted from: the source of every mount. */
     readonly device: string,
-    private readonly storage: SnapshotStorage,
+    storage: SnapshotStorage,
     private readonly log: Logger | undefined,
-  ) {}
+  ) {
+    super(storage);
+  }
 
   static async open(root: string, opts: BtrfsOptions = {}): Promise<BtrfsSnapshotter> {
     await checkBtrfs(root);
@@ -180,20 +183,10 @@ export class BtrfsSnapshotter implements Snapshotter {
     return id;
   }
 
-  private async mountsOf(rec: SnapshotRecord): Promise<Mount[]> {
+  protected async mountsOf(rec: SnapshotRecord): Promise<Mount[]> {
     const options = [`subvolid=${await this.subvolId(this.path(rec.kind, rec.id))}`];
     if (rec.kind !== 'active') options.push('ro');
     return [{ type: 'btrfs', source: this.device, options }];
-  }
-
-  async stat(key: string): Promise<Info> {
-    return this.storage.info(key);
-  }
-
-  async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths?: string[]): Promise<Info> {
-    const out = this.storage.update(info, fieldpaths);
-    await this.storage.durable();
-    return out;
   }
 
   /** Committed: recorded at commit. Active: what differs from the parent now. View: nothing of its own. */
@@ -209,21 +202,7 @@ export class BtrfsSnapshotter implements Snapshotter {
     return diffUsage(this.path('active', rec.id), parent === undefined ? undefined : this.path('committed', parent));
   }
 
-  async mounts(key: string): Promise<Mount[]> {
-    const rec = this.storage.get(key);
-    if (rec.kind === 'committed') throw failedPrecondition(`requested snapshot ${key} not active or view`);
-    return this.mountsOf(rec);
-  }
-
-  prepare(key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
-    return this.create('active', key, parent, opts);
-  }
-
-  view(key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
-    return this.create('view', key, parent, opts);
-  }
-
-  private async create(kind: 'active' | 'view', key: string, parent: string, opts: SnapshotOpts = {}): Promise<Mount[]> {
+  protected async createSnapshot(kind: 'active' | 'view', key: string, parent: string, opts: SnapshotOpts = {}): Promise<Mount[]> {
     const parentId = precheckCreate(this.storage, key, parent, opts.labels);
     const tmp = join(this.root, KIND_DIR[kind], `new-${randomUUID()}`);
     this.busy.add(tmp);
@@ -314,10 +293,6 @@ export class BtrfsSnapshotter implements Snapshotter {
     } finally {
       this.busy.delete(path);
     }
-  }
-
-  async walk(fn: WalkFn, filters?: string[]): Promise<void> {
-    for (const info of this.storage.list(filters)) await fn(info);
   }
 
   /** The kind of every record, by id. */

@@ -32,8 +32,9 @@ import { openSqlite, type DB } from '../../core/sqlite.js';
 import type { Logger } from '../../log/index.js';
 import { mountAll, unmount } from '../../mount/index.js';
 import { precheckCreate } from '../native/index.js';
+import { RecordedSnapshotter } from '../recorded.js';
 import { checkKey, SnapshotStorage, type SnapshotRecord } from '../storage.js';
-import type { Info, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
+import type { SnapshotOpts, Snapshotter, Usage } from '../types.js';
 import * as dm from './dmsetup.js';
 
 const run = promisify(execFile);
@@ -94,16 +95,17 @@ class Serial {
   }
 }
 
-export class DevmapperSnapshotter implements Snapshotter {
+export class DevmapperSnapshotter extends RecordedSnapshotter implements Snapshotter {
   private readonly serial = new Serial();
   private readonly fsType: FsType;
 
   private constructor(
     private readonly opts: DevmapperOptions,
-    private readonly storage: SnapshotStorage,
+    storage: SnapshotStorage,
     private readonly devices: DB,
     private readonly scratch: string,
   ) {
+    super(storage);
     this.fsType = opts.fsType ?? 'ext4';
   }
 
@@ -142,7 +144,11 @@ export class DevmapperSnapshotter implements Snapshotter {
     })();
   }
 
-  private mountsOf(kind: SnapshotRecord['kind'], dev: DeviceRow): Mount[] {
+  protected mountsOf(rec: SnapshotRecord): Mount[] {
+    return this.deviceMounts(rec.kind, this.device(rec.id));
+  }
+
+  private deviceMounts(kind: SnapshotRecord['kind'], dev: DeviceRow): Mount[] {
     const options: string[] = [];
     if (dev.fs_type === 'xfs') options.push('nouuid');
     if (kind !== 'active') options.push('ro');
@@ -153,7 +159,7 @@ export class DevmapperSnapshotter implements Snapshotter {
   private async withMount<T>(dev: DeviceRow, readonly: boolean, fn: (dir: string) => Promise<T>): Promise<T> {
     const dir = await mkdtemp(join(this.scratch, 'm-'));
     try {
-      await mountAll(this.mountsOf(readonly ? 'view' : 'active', dev), dir);
+      await mountAll(this.deviceMounts(readonly ? 'view' : 'active', dev), dir);
       try {
         return await fn(dir);
       } finally {
@@ -208,16 +214,6 @@ export class DevmapperSnapshotter implements Snapshotter {
     this.devices.prepare('DELETE FROM devices WHERE thin_id = ?').run(thinId);
   }
 
-  async stat(key: string): Promise<Info> {
-    return this.storage.info(key);
-  }
-
-  async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths?: string[]): Promise<Info> {
-    const out = this.storage.update(info, fieldpaths);
-    await this.storage.durable();
-    return out;
-  }
-
   /**
    * Size from the pool (the device's mapped blocks less its parent's, as containerd); inodes from the
    * filesystem (used inodes less the parent's, or less an empty filesystem's). Committed: as measured at commit.
@@ -248,21 +244,7 @@ export class DevmapperSnapshotter implements Snapshotter {
     return dev.inodes ?? 0;
   }
 
-  async mounts(key: string): Promise<Mount[]> {
-    const rec = this.storage.get(key);
-    if (rec.kind === 'committed') throw failedPrecondition(`requested snapshot ${key} not active or view`);
-    return this.mountsOf(rec.kind, this.device(rec.id));
-  }
-
-  prepare(key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
-    return this.create('active', key, parent, opts);
-  }
-
-  view(key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
-    return this.create('view', key, parent, opts);
-  }
-
-  private async create(kind: 'active' | 'view', key: string, parent: string, opts: SnapshotOpts = {}): Promise<Mount[]> {
+  protected async createSnapshot(kind: 'active' | 'view', key: string, parent: string, opts: SnapshotOpts = {}): Promise<Mount[]> {
     const parentId = precheckCreate(this.storage, key, parent, opts.labels);
     const parentDev = parentId === undefined ? undefined : this.device(parentId);
     const fsType = parentDev?.fs_type ?? this.fsType;
@@ -307,7 +289,7 @@ export class DevmapperSnapshotter implements Snapshotter {
         owned = true;
       });
       await this.storage.durable();
-      return this.mountsOf(rec.kind, this.device(rec.id));
+      return this.mountsOf(rec);
     } catch (err) {
       if (owned) {
         // The owner was set but the record did not commit: nobody's device.
@@ -375,10 +357,6 @@ export class DevmapperSnapshotter implements Snapshotter {
         throw failedPrecondition(`failed to remove the device of snapshot ${id}: ${(err as Error).message}`, err);
       }
     }
-  }
-
-  async walk(fn: WalkFn, filters?: string[]): Promise<void> {
-    for (const info of this.storage.list(filters)) await fn(info);
   }
 
   /**

@@ -53,8 +53,9 @@ import { formatOverlayDirOption } from '../../mount/index.js';
 import { diskUsage } from '../fsutil.js';
 import { overlayOptionsFit } from '../overlay/index.js';
 import { checkDType, supportsIndex } from '../overlay/check.js';
+import { RecordedSnapshotter } from '../recorded.js';
 import { checkKey, SnapshotStorage, type SnapshotRecord } from '../storage.js';
-import type { Info, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
+import type { SnapshotOpts, Snapshotter, Usage } from '../types.js';
 import { buildImage, findMkfsErofs, imageMount, isErofsMount, mountImage, unmountImage } from './erofs.js';
 
 /** The file marking a snapshot directory as an EROFS snapshotter's (containerd's name). */
@@ -72,7 +73,7 @@ export interface ErofsOptions {
 
 const isErrno = (err: unknown, code: string) => (err as NodeJS.ErrnoException | undefined)?.code === code;
 
-export class ErofsSnapshotter implements Snapshotter {
+export class ErofsSnapshotter extends RecordedSnapshotter implements Snapshotter {
   /** None: containerd 2.2's EROFS snapshotter reports `rebase`; this one does not implement it. */
   readonly capabilities: readonly string[] = [];
   private readonly snapshotsDir: string;
@@ -89,11 +90,12 @@ export class ErofsSnapshotter implements Snapshotter {
 
   constructor(
     private readonly root: string,
-    private readonly storage: SnapshotStorage,
+    storage: SnapshotStorage,
     private readonly baseOptions: string[],
     private readonly mkfs: string,
     private readonly log: Logger,
   ) {
+    super(storage);
     this.snapshotsDir = join(root, 'snapshots');
     this.linksDir = join(root, 'l');
     this.trashDir = join(root, 'trash');
@@ -115,16 +117,6 @@ export class ErofsSnapshotter implements Snapshotter {
     return join(this.linksDir, id.toString(36));
   }
 
-  async stat(key: string): Promise<Info> {
-    return this.storage.info(key);
-  }
-
-  async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths?: string[]): Promise<Info> {
-    const out = this.storage.update(info, fieldpaths);
-    await this.storage.durable();
-    return out;
-  }
-
   /** Committed: the image file (measured at commit). Active: the upper dir. View: nothing of its own. */
   async usage(key: string): Promise<Usage> {
     const rec = this.storage.get(key);
@@ -142,22 +134,6 @@ export class ErofsSnapshotter implements Snapshotter {
       if (isErrno(err, 'ENOENT')) this.storage.get(key); // removed meanwhile: 'not found'
       throw err;
     }
-  }
-
-  async mounts(key: string): Promise<Mount[]> {
-    const rec = this.storage.get(key);
-    if (rec.kind === 'committed') {
-      throw failedPrecondition(`failed to get active mount: requested snapshot ${key} not active or view`);
-    }
-    return this.mountsOf(rec);
-  }
-
-  prepare(key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
-    return this.createSnapshot('active', key, parent, opts);
-  }
-
-  view(key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
-    return this.createSnapshot('view', key, parent, opts);
   }
 
   async commit(name: string, key: string, opts?: SnapshotOpts): Promise<void> {
@@ -312,10 +288,6 @@ export class ErofsSnapshotter implements Snapshotter {
     while (this.emptying) await this.emptying;
   }
 
-  async walk(fn: WalkFn, filters?: string[]): Promise<void> {
-    for (const info of this.storage.list(filters)) await fn(info);
-  }
-
   /**
    * Deletes what no record owns: directories of unknown ids (their image unmounted first), temporary images and
    * directories of commits a crash interrupted, old upper dirs of committed snapshots, the trash, dangling links.
@@ -380,7 +352,7 @@ export class ErofsSnapshotter implements Snapshotter {
     if (this.trash.length > 0) this.emptying ??= this.emptyTrash();
   }
 
-  private async createSnapshot(kind: 'active' | 'view', key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
+  protected async createSnapshot(kind: 'active' | 'view', key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
     checkKey(key);
     const tmpName = `new-${randomBytes(8).toString('hex')}`;
     const td = join(this.snapshotsDir, tmpName);
@@ -451,7 +423,7 @@ export class ErofsSnapshotter implements Snapshotter {
     return p;
   }
 
-  private async mountsOf(rec: SnapshotRecord): Promise<Mount[]> {
+  protected async mountsOf(rec: SnapshotRecord): Promise<Mount[]> {
     const { id, kind, parentIds } = rec;
     if (parentIds.length === 0) {
       return [{ type: 'bind', source: this.fsPath(id), options: [kind === 'view' ? 'ro' : 'rw', 'rbind'] }];

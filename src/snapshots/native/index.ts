@@ -20,8 +20,9 @@ import { alreadyExists, failedPrecondition, invalidArgument, isNotFound, notFoun
 import type { Logger } from '../../log/index.js';
 import { validateLabels } from '../../core/labels.js';
 import { diskUsage, syncFilesystem } from '../fsutil.js';
+import { RecordedSnapshotter } from '../recorded.js';
 import { checkKey, SnapshotStorage, type SnapshotRecord } from '../storage.js';
-import type { Info, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
+import type { SnapshotOpts, Snapshotter, Usage } from '../types.js';
 import type { Mount } from '../../core/mount.js';
 import { copier, hasGnuCp, type CopyMethod, type CopyTree } from './copy.js';
 
@@ -33,17 +34,19 @@ export interface NativeOptions {
 
 const errno = (err: unknown) => (err as NodeJS.ErrnoException | undefined)?.code;
 
-export class NativeSnapshotter implements Snapshotter {
+export class NativeSnapshotter extends RecordedSnapshotter implements Snapshotter {
   /** Temporary names being built or deleted right now: cleanup() leaves them alone. */
   private readonly busy = new Set<string>();
 
   private constructor(
     readonly root: string,
-    private readonly storage: SnapshotStorage,
+    storage: SnapshotStorage,
     private readonly copy: CopyTree,
     readonly copyMethod: CopyMethod,
     private readonly log: Logger | undefined,
-  ) {}
+  ) {
+    super(storage);
+  }
 
   static async open(root: string, opts: NativeOptions = {}): Promise<NativeSnapshotter> {
     await mkdir(root, { recursive: true, mode: 0o700 });
@@ -65,18 +68,8 @@ export class NativeSnapshotter implements Snapshotter {
     return join(this.dir, String(id));
   }
 
-  private mountsOf(rec: SnapshotRecord): Mount[] {
+  protected mountsOf(rec: SnapshotRecord): Mount[] {
     return [{ type: 'bind', source: this.path(rec.id), options: ['rbind', rec.kind === 'view' ? 'ro' : 'rw'] }];
-  }
-
-  async stat(key: string): Promise<Info> {
-    return this.storage.info(key);
-  }
-
-  async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths?: string[]): Promise<Info> {
-    const out = this.storage.update(info, fieldpaths);
-    await this.storage.durable();
-    return out;
   }
 
   async usage(key: string): Promise<Usage> {
@@ -87,21 +80,7 @@ export class NativeSnapshotter implements Snapshotter {
     return diskUsage(this.path(rec.id));
   }
 
-  async mounts(key: string): Promise<Mount[]> {
-    const rec = this.storage.get(key);
-    if (rec.kind === 'committed') throw failedPrecondition(`requested snapshot ${key} not active or view`);
-    return this.mountsOf(rec);
-  }
-
-  prepare(key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
-    return this.create('active', key, parent, opts);
-  }
-
-  view(key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
-    return this.create('view', key, parent, opts);
-  }
-
-  private async create(kind: 'active' | 'view', key: string, parent: string, opts: SnapshotOpts = {}): Promise<Mount[]> {
+  protected async createSnapshot(kind: 'active' | 'view', key: string, parent: string, opts: SnapshotOpts = {}): Promise<Mount[]> {
     // The checks storage.create makes, made first so that a doomed request copies nothing.
     const parentId = precheckCreate(this.storage, key, parent, opts.labels);
     const tmp = join(this.dir, `new-${randomUUID()}`);
@@ -173,10 +152,6 @@ export class NativeSnapshotter implements Snapshotter {
     } finally {
       this.busy.delete(removed);
     }
-  }
-
-  async walk(fn: WalkFn, filters?: string[]): Promise<void> {
-    for (const info of this.storage.list(filters)) await fn(info);
   }
 
   async cleanup(): Promise<void> {

@@ -32,8 +32,9 @@ import type { Logger } from '../../log/index.js';
 import { SkipPlugin } from '../../plugin/index.js';
 import { lookupMount, type MountEntry } from '../btrfs/mountinfo.js';
 import { precheckCreate } from '../native/index.js';
+import { RecordedSnapshotter } from '../recorded.js';
 import { checkKey, SnapshotStorage, type SnapshotRecord } from '../storage.js';
-import type { Info, Kind, SnapshotOpts, Snapshotter, Usage, WalkFn } from '../types.js';
+import type { Kind, SnapshotOpts, Snapshotter, Usage } from '../types.js';
 import * as z from './zfs.js';
 
 /** The name of the ZFS snapshot a commit takes (containerd's snapshotSuffix). */
@@ -77,7 +78,7 @@ class KeyedLock {
   }
 }
 
-export class ZfsSnapshotter implements Snapshotter {
+export class ZfsSnapshotter extends RecordedSnapshotter implements Snapshotter {
   /** Dataset names being built, committed or destroyed right now: cleanup() leaves them alone. */
   private readonly busy = new Set<string>();
   private readonly commitLock = new KeyedLock();
@@ -91,9 +92,11 @@ export class ZfsSnapshotter implements Snapshotter {
     readonly root: string,
     /** The dataset the root lives on: the parent of every snapshot's dataset. */
     readonly dataset: string,
-    private readonly storage: SnapshotStorage,
+    storage: SnapshotStorage,
     private readonly log: Logger | undefined,
-  ) {}
+  ) {
+    super(storage);
+  }
 
   static async open(root: string, opts: ZfsOptions = {}): Promise<ZfsSnapshotter> {
     await checkZfsRoot(root);
@@ -121,18 +124,8 @@ export class ZfsSnapshotter implements Snapshotter {
     return this.dataset.split('/')[0]!;
   }
 
-  private mountsOf(rec: SnapshotRecord): Mount[] {
+  protected mountsOf(rec: SnapshotRecord): Mount[] {
     return [{ type: 'zfs', source: this.datasetOf(rec.id), options: rec.kind === 'view' ? ['ro'] : [] }];
-  }
-
-  async stat(key: string): Promise<Info> {
-    return this.storage.info(key);
-  }
-
-  async update(info: Pick<Info, 'name' | 'labels'>, fieldpaths?: string[]): Promise<Info> {
-    const out = this.storage.update(info, fieldpaths);
-    await this.storage.durable();
-    return out;
   }
 
   async usage(key: string): Promise<Usage> {
@@ -185,21 +178,7 @@ export class ZfsSnapshotter implements Snapshotter {
     return this.emptyObjects;
   }
 
-  async mounts(key: string): Promise<Mount[]> {
-    const rec = this.storage.get(key);
-    if (rec.kind === 'committed') throw failedPrecondition(`requested snapshot ${key} not active or view`);
-    return this.mountsOf(rec);
-  }
-
-  prepare(key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
-    return this.create('active', key, parent, opts);
-  }
-
-  view(key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
-    return this.create('view', key, parent, opts);
-  }
-
-  private async create(kind: 'active' | 'view', key: string, parent: string, opts: SnapshotOpts = {}): Promise<Mount[]> {
+  protected async createSnapshot(kind: 'active' | 'view', key: string, parent: string, opts: SnapshotOpts = {}): Promise<Mount[]> {
     const parentId = precheckCreate(this.storage, key, parent, opts.labels);
     const tmp = `${this.dataset}/new-${randomUUID()}`;
     this.busy.add(tmp);
@@ -314,10 +293,6 @@ export class ZfsSnapshotter implements Snapshotter {
         this.busy.delete(name);
       }
     }
-  }
-
-  async walk(fn: WalkFn, filters?: string[]): Promise<void> {
-    for (const info of this.storage.list(filters)) await fn(info);
   }
 
   /**
