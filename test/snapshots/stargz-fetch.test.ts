@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LABEL_SNAPSHOT_REF, LABEL_STARGZ_DIGEST, LABEL_STARGZ_LAYERS, LABEL_STARGZ_REFERENCE, LABEL_STARGZ_TOC_DIGEST } from '../../src/core/labels.js';
 import { isAlreadyExists } from '../../src/core/errdefs.js';
+import { chainIDs } from '../../src/images/manifest.js';
 import { withTempMount } from '../../src/mount/index.js';
 import { openStargzSnapshotter } from '../../src/snapshots/stargz/index.js';
 import type { Snapshotter } from '../../src/snapshots/types.js';
@@ -22,12 +23,6 @@ import { tempDir, type TempDir } from '../helpers/temp.js';
 
 const LAZYFS = join(REPO, 'dist', 'src', 'snapshots', 'stargz', 'lazyfs-main.js');
 const FETCH_TIMEOUT_MS = 1500;
-
-const chainIDs = (diffIDs: string[]): string[] => {
-  const out: string[] = [];
-  for (const d of diffIDs) out.push(out.length === 0 ? d : `sha256:${createHash('sha256').update(`${out[out.length - 1]} ${d}`).digest('hex')}`);
-  return out;
-};
 
 let t: TempDir;
 let registry: StartedRegistry;

@@ -22,6 +22,7 @@ import {
 import { isAlreadyExists } from '../../src/core/errdefs.js';
 import { withTempMount } from '../../src/mount/index.js';
 import { LazyfsClient, openStargzSnapshotter } from '../../src/snapshots/stargz/index.js';
+import { chainIDs } from '../../src/images/manifest.js';
 import { silentLogger } from '../../src/log/index.js';
 import { lazyfsMountsUnder } from '../../src/snapshots/stargz/mounts.js';
 import type { Snapshotter } from '../../src/snapshots/types.js';
@@ -33,12 +34,6 @@ import { tempDir, type TempDir } from '../helpers/temp.js';
 
 const run = promisify(execFile);
 const LAZYFS = join(REPO, 'dist', 'src', 'snapshots', 'stargz', 'lazyfs-main.js');
-
-const chainIDs = (diffIDs: string[]): string[] => {
-  const out: string[] = [];
-  for (const d of diffIDs) out.push(out.length === 0 ? d : `sha256:${createHash('sha256').update(`${out[out.length - 1]} ${d}`).digest('hex')}`);
-  return out;
-};
 
 let t: TempDir;
 let registry: StartedRegistry;

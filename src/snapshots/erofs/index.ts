@@ -54,6 +54,7 @@ import { diskUsage } from '../fsutil.js';
 import { overlayOptionsFit } from '../overlay/index.js';
 import { checkDType, supportsIndex } from '../overlay/check.js';
 import { RecordedSnapshotter } from '../recorded.js';
+import { Trash } from '../trash.js';
 import { checkKey, SnapshotStorage, type SnapshotRecord } from '../storage.js';
 import type { SnapshotOpts, Snapshotter, Usage } from '../types.js';
 import { buildImage, findMkfsErofs, imageMount, isErofsMount, mountImage, unmountImage } from './erofs.js';
@@ -78,15 +79,14 @@ export class ErofsSnapshotter extends RecordedSnapshotter implements Snapshotter
   readonly capabilities: readonly string[] = [];
   private readonly snapshotsDir: string;
   private readonly linksDir: string;
-  private readonly trashDir: string;
+  /** Removed snapshots' directories and replaced upper dirs until their deletion in the background. */
+  private readonly trash: Trash;
   /** Entries of snapshots/ an operation in progress owns (new-*): cleanup() leaves them alone. */
   private readonly inflight = new Set<string>();
   /** Ids whose image this process mounted (or found mounted) on their `fs`, and mounts in progress. */
   private readonly mounted = new Map<number, Promise<void>>();
   /** Commits in progress by id: a second Commit of the same key waits, then finds the key gone. */
   private readonly committing = new Map<number, Promise<void>>();
-  private trash: string[] = [];
-  private emptying: Promise<void> | undefined;
 
   constructor(
     private readonly root: string,
@@ -98,7 +98,9 @@ export class ErofsSnapshotter extends RecordedSnapshotter implements Snapshotter
     super(storage);
     this.snapshotsDir = join(root, 'snapshots');
     this.linksDir = join(root, 'l');
-    this.trashDir = join(root, 'trash');
+    this.trash = new Trash(join(root, 'trash'), log);
+    // What a crash, a stop or a failed deletion left in the trash goes now.
+    this.trash.queueLeftovers();
   }
 
   private dir(id: number): string {
@@ -205,8 +207,8 @@ export class ErofsSnapshotter extends RecordedSnapshotter implements Snapshotter
     }
     await this.storage.durable();
     // The old upper and work dirs are no one's now.
-    this.toTrash(oldFs, `${id}-upper-${suffix}`);
-    this.toTrash(this.workPath(id), `${id}-work-${suffix}`);
+    this.trash.put(oldFs, `${id}-upper-${suffix}`);
+    this.trash.put(this.workPath(id), `${id}-work-${suffix}`);
   }
 
   async remove(key: string): Promise<void> {
@@ -233,7 +235,7 @@ export class ErofsSnapshotter extends RecordedSnapshotter implements Snapshotter
   private async discard(id: number): Promise<void> {
     rmSync(this.linkPath(id), { force: true });
     if (!(await this.release(id))) return;
-    this.toTrash(this.dir(id), String(id));
+    this.trash.put(this.dir(id), String(id));
   }
 
   /** Unmounts id's image if mounted; false when it stays mounted. */
@@ -255,38 +257,11 @@ export class ErofsSnapshotter extends RecordedSnapshotter implements Snapshotter
     return true;
   }
 
-  private toTrash(path: string, name: string): void {
-    try {
-      renameSync(path, join(this.trashDir, name));
-      this.trash.push(name);
-    } catch (err) {
-      if (!isErrno(err, 'ENOENT')) this.log.warn('failed to move a directory to the trash', { name, error: err });
-      return;
-    }
-    this.emptying ??= this.emptyTrash();
-  }
 
-  private async emptyTrash(): Promise<void> {
-    await new Promise((r) => setImmediate(r));
-    try {
-      while (this.trash.length > 0) {
-        const batch = this.trash.splice(0, 8);
-        await Promise.all(
-          batch.map((name) =>
-            removeTree(join(this.trashDir, name)).catch((err: unknown) => {
-              this.log.warn('failed to remove a snapshot directory', { name, error: err });
-            }),
-          ),
-        );
-      }
-    } finally {
-      this.emptying = undefined;
-    }
-  }
 
-  private async settled(): Promise<void> {
-    while (this.emptying) await this.emptying;
-  }
+
+
+
 
   /**
    * Deletes what no record owns: directories of unknown ids (their image unmounted first), temporary images and
@@ -294,9 +269,9 @@ export class ErofsSnapshotter extends RecordedSnapshotter implements Snapshotter
    */
   async cleanup(): Promise<void> {
     await Promise.all([...this.committing.values()].map((p) => p.catch(() => undefined)));
-    await this.settled();
-    this.deleteLeftTrash();
-    await this.settled();
+    await this.trash.settled();
+    this.trash.queueLeftovers();
+    await this.trash.settled();
     const entries = await readdir(this.snapshotsDir).catch(() => [] as string[]);
     const kinds = this.storage.kinds();
     for (const name of entries) {
@@ -306,7 +281,7 @@ export class ErofsSnapshotter extends RecordedSnapshotter implements Snapshotter
       if (kind === undefined) {
         if (!Number.isNaN(id) && !(await this.release(id))) continue;
         if (Number.isNaN(id) && (await isErofsMount(join(this.snapshotsDir, name, 'fs')))) continue;
-        this.toTrash(join(this.snapshotsDir, name), `stale-${name}-${randomBytes(4).toString('hex')}`);
+        this.trash.put(join(this.snapshotsDir, name), `stale-${name}-${randomBytes(4).toString('hex')}`);
         continue;
       }
       if (this.committing.has(id)) continue;
@@ -319,7 +294,7 @@ export class ErofsSnapshotter extends RecordedSnapshotter implements Snapshotter
       const keep = new Set(['fs', EROFS_LAYER_MARKER, kind === 'committed' ? LAYER_IMAGE : 'work']);
       for (const n of inside) {
         if (keep.has(n)) continue;
-        this.toTrash(join(this.dir(id), n), `left-${id}-${n}-${randomBytes(4).toString('hex')}`);
+        this.trash.put(join(this.dir(id), n), `left-${id}-${n}-${randomBytes(4).toString('hex')}`);
       }
     }
     for (const name of await readdir(this.linksDir).catch(() => [] as string[])) {
@@ -327,30 +302,18 @@ export class ErofsSnapshotter extends RecordedSnapshotter implements Snapshotter
       if (kinds.has(id) && id.toString(36) === name) continue;
       rmSync(join(this.linksDir, name), { force: true, recursive: true });
     }
-    await this.settled();
+    await this.trash.settled();
   }
 
   /** Unmounts every image this snapshotter mounted, then closes its records. */
   async close(): Promise<void> {
     await Promise.all([...this.committing.values()].map((p) => p.catch(() => undefined)));
     for (const id of [...this.mounted.keys()]) await this.release(id);
-    await this.settled();
+    await this.trash.settled();
     await this.storage.durable();
     this.storage.close();
   }
 
-  /** Queues what is in the trash and not queued yet (left by a crash, a stop, a failed deletion). */
-  deleteLeftTrash(): void {
-    let names: string[];
-    try {
-      names = readdirSync(this.trashDir);
-    } catch {
-      return;
-    }
-    const queued = new Set(this.trash);
-    for (const n of names) if (!queued.has(n)) this.trash.push(n);
-    if (this.trash.length > 0) this.emptying ??= this.emptyTrash();
-  }
 
   protected async createSnapshot(kind: 'active' | 'view', key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
     checkKey(key);
@@ -479,6 +442,5 @@ export async function openErofsSnapshotter(root: string, opts: ErofsOptions = {}
   if (supportsIndex() && !mountOptions.some((o) => o === 'index' || o.startsWith('index='))) base.push('index=off');
   const storage = SnapshotStorage.open(join(abs, 'metadata.db'));
   const sn = new ErofsSnapshotter(abs, storage, base, mkfs, log);
-  sn.deleteLeftTrash();
   return sn;
 }

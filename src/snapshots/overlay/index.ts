@@ -29,7 +29,6 @@ import {
   lchownSync,
   lstatSync,
   mkdirSync,
-  readdirSync,
   renameSync,
   rmSync,
   statSync,
@@ -43,6 +42,7 @@ import { failedPrecondition } from '../../core/errdefs.js';
 import { LABEL_SNAPSHOT_GIDMAPPING, LABEL_SNAPSHOT_UIDMAPPING, rootPair } from '../../core/idmap.js';
 import { silentLogger, type Logger } from '../../log/index.js';
 import { diskUsage, syncLayer } from '../fsutil.js';
+import { Trash } from '../trash.js';
 import { checkKey, SnapshotStorage, type SnapshotRecord } from '../storage.js';
 import { LABEL_SNAPSHOT_REBASE, SnapshotterCapability, type Info, type SnapshotOpts, type Snapshotter, type Usage, type WalkFn } from '../types.js';
 import type { Mount } from '../../core/mount.js';
@@ -139,7 +139,8 @@ class OverlaySnapshotter implements OverlayBackend {
   readonly capabilities: readonly string[];
   private readonly snapshotsDir: string;
   private readonly linksDir: string;
-  private readonly trashDir: string;
+  /** Removed snapshots' directories until their deletion in the background (see discard). */
+  private readonly trash: Trash;
   /** Entries of snapshots/ that an operation in progress owns (new-*, rm-*): cleanup() leaves them alone. */
   private readonly inflight = new Set<string>();
   /** Mounts by snapshot id (see mountsOf). */
@@ -152,10 +153,6 @@ class OverlaySnapshotter implements OverlayBackend {
    * A 64-deep chain's check compacted and measured 5 KiB of options twice on every Prepare (issue 12).
    */
   private readonly lowerCache = new WeakMap<readonly number[], LowerLayers>();
-  /** Entries of trash/ waiting for the background deletion, and that deletion. */
-  private trash: string[] = [];
-  private emptying: Promise<void> | undefined;
-
   constructor(
     private readonly root: string,
     private readonly storage: SnapshotStorage,
@@ -171,7 +168,13 @@ class OverlaySnapshotter implements OverlayBackend {
     ];
     this.snapshotsDir = join(root, 'snapshots');
     this.linksDir = join(root, 'l');
-    this.trashDir = join(root, 'trash');
+    this.trash = new Trash(join(root, 'trash'), log, {
+      afterMove: 'overlay.remove.after-rename',
+      beforeDelete: 'overlay.remove.before-rmdir',
+      afterDelete: 'overlay.remove.after-rmdir',
+    });
+    // What a crash, a stop or a failed deletion left in the trash goes now.
+    this.trash.queueLeftovers();
   }
 
   private dir(id: number): string {
@@ -308,49 +311,12 @@ class OverlaySnapshotter implements OverlayBackend {
    */
   private discard(id: number): void {
     this.mountCache.delete(id);
-    try {
-      renameSync(this.dir(id), join(this.trashDir, String(id)));
-      crashPoint('overlay.remove.after-rename');
-      this.trash.push(String(id));
-    } catch (err) {
-      if (!isErrno(err, 'ENOENT')) this.log.warn('failed to move a removed snapshot directory', { id, error: err });
-    }
+    this.trash.put(this.dir(id), String(id));
     try {
       rmSync(this.linkPath(id), { force: true });
     } catch (err) {
       this.log.warn('failed to remove layer link', { path: this.linkPath(id), error: err });
     }
-    this.emptying ??= this.emptyTrash();
-  }
-
-  /** Deletes queued directories until none is left (a few at a time, off the calls' path). */
-  private async emptyTrash(): Promise<void> {
-    // Let the call that queued the directory answer first.
-    await new Promise((r) => setImmediate(r));
-    try {
-      while (this.trash.length > 0) {
-        const batch = this.trash.splice(0, 8);
-        await Promise.all(
-          batch.map((name) => {
-            const path = join(this.trashDir, name);
-            crashPoint('overlay.remove.before-rmdir');
-            return removeTree(path).then(
-              () => crashPoint('overlay.remove.after-rmdir'),
-              (err: unknown) => {
-                this.log.warn('failed to remove snapshot directory', { path, error: err });
-              },
-            );
-          }),
-        );
-      }
-    } finally {
-      this.emptying = undefined;
-    }
-  }
-
-  /** Resolves when no removed snapshot's directory is waiting for deletion. */
-  private async settled(): Promise<void> {
-    while (this.emptying) await this.emptying;
   }
 
   async walk(fn: WalkFn, filters?: string[]): Promise<void> {
@@ -358,10 +324,10 @@ class OverlaySnapshotter implements OverlayBackend {
   }
 
   async cleanup(): Promise<void> {
-    await this.settled();
+    await this.trash.settled();
     // What a crash (or a failed deletion) left in the trash.
-    this.deleteLeftTrash();
-    await this.settled();
+    this.trash.queueLeftovers();
+    await this.trash.settled();
     const entries = await readdir(this.snapshotsDir).catch((err: unknown) => {
       if (isErrno(err, 'ENOENT')) return [] as string[];
       throw err;
@@ -406,22 +372,9 @@ class OverlaySnapshotter implements OverlayBackend {
   }
 
   async close(): Promise<void> {
-    await this.settled();
+    await this.trash.settled();
     await this.storage.durable();
     this.storage.close();
-  }
-
-  /** Queues for deletion what is in the trash and not queued yet (left by a crash, a stop, a failed deletion). */
-  deleteLeftTrash(): void {
-    let names: string[];
-    try {
-      names = readdirSync(this.trashDir);
-    } catch {
-      return;
-    }
-    const queued = new Set(this.trash);
-    for (const n of names) if (!queued.has(n)) this.trash.push(n);
-    if (this.trash.length > 0) this.emptying ??= this.emptyTrash();
   }
 
   private async createSnapshot(kind: 'active' | 'view', key: string, parent: string, opts?: SnapshotOpts): Promise<Mount[]> {
@@ -639,6 +592,5 @@ export async function openOverlaySnapshotter(root: string, opts: OverlayOptions 
   }
   const storage = SnapshotStorage.open(join(abs, 'metadata.db'));
   const sn = new OverlaySnapshotter(abs, storage, baseOptions(opts.mountOptions ?? [], supportsIndex(), userxattr), log, userxattr, opts.remapIds ?? false);
-  sn.deleteLeftTrash();
   return sn;
 }
