@@ -4,10 +4,9 @@
 import { execFile } from 'node:child_process';
 import { existsSync, opendirSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { constants as osConstants } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { lstat, readdir, statfs } from 'node:fs/promises';
-import { promisify } from 'node:util';
+import { getSystemErrorName, promisify } from 'node:util';
 import { join } from 'node:path';
 import type { Usage } from './types.js';
 
@@ -90,7 +89,7 @@ export async function syncFilesystem(path: string): Promise<void> {
   await new Promise<void>((resolve, reject) => {
     binding.syncfs(path, (errno) => {
       if (errno === 0) resolve();
-      else reject(Object.assign(new Error(`syncfs failed: ${osErrorName(errno)}`), { errno: -errno, code: osErrorName(errno) }));
+      else reject(Object.assign(new Error(`syncfs failed: ${getSystemErrorName(-errno)}`), { errno: -errno, code: getSystemErrorName(-errno) }));
     });
   });
 }
@@ -130,9 +129,4 @@ function isEmptyDirectory(dir: string): boolean {
   } finally {
     handle.closeSync();
   }
-}
-
-function osErrorName(errno: number): string {
-  for (const [name, value] of Object.entries(osConstants.errno)) if (value === errno) return name;
-  return `errno ${errno}`;
 }
