@@ -5,9 +5,8 @@
  * source.read holds only its own request.
  */
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
+import { nativeArtifact } from '../core/native.js';
 import { promisify } from 'node:util';
 import { blocksOf, indexInodes, rdevOf, statMode } from './tree.js';
 import type { FuseMount, LayerNode, LayerSource, MountOptions } from './types.js';
@@ -41,12 +40,8 @@ const ENODATA = 61;
 /** The tree never changes while mounted: the kernel may cache names and attributes for long. */
 const TIMEOUT_S = 3600;
 
-const CANDIDATES = ['../../native/bin/strata-fuse3.node', '../../../native/bin/strata-fuse3.node'].map((rel) =>
-  fileURLToPath(new URL(rel, import.meta.url)),
-);
-
 /** Where the built binding is, or undefined when scripts/setup.sh has not built it. */
-export const fuse3BindingPath = (): string | undefined => CANDIDATES.find((p) => existsSync(p));
+export const fuse3BindingPath = (): string | undefined => nativeArtifact('strata-fuse3.node');
 
 let cached: Binding | undefined;
 export function loadFuse3(): Binding {

@@ -11,10 +11,10 @@
 import { crashPoint } from '../core/crashpoint.js';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { nativeArtifact, nativeArtifactDefault } from '../core/native.js';
 import { mkdir, mkdtemp, readdir, readFile, realpath, rmdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative, sep } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type { Mount } from '../core/mount.js';
 import { StrataError, unknown } from '../core/errdefs.js';
@@ -206,11 +206,7 @@ export function splitIdmapOptions(options: string[]): { uidmap?: string; gidmap?
  */
 export function idmapHelperPath(): string {
   if (process.env.STRATA_IDMAP_HELPER) return process.env.STRATA_IDMAP_HELPER;
-  // From src/mount (tests) or dist/src/mount (the build): the checkout's native/bin.
-  const candidates = ['../../native/bin/strata-idmap-mount', '../../../native/bin/strata-idmap-mount'].map((rel) =>
-    fileURLToPath(new URL(rel, import.meta.url)),
-  );
-  return candidates.find((p) => existsSync(p)) ?? candidates[0]!;
+  return nativeArtifact('strata-idmap-mount') ?? nativeArtifactDefault('strata-idmap-mount');
 }
 
 /** Whether the helper is there (it is built by scripts/setup.sh). */

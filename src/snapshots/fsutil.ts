@@ -2,12 +2,12 @@
  * File-system helpers the backends share.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, opendirSync } from 'node:fs';
+import { opendirSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 import { lstat, readdir, statfs } from 'node:fs/promises';
 import { getSystemErrorName, promisify } from 'node:util';
 import { join } from 'node:path';
+import { nativeArtifact } from '../core/native.js';
 import type { Usage } from './types.js';
 
 /**
@@ -57,15 +57,12 @@ interface SyncfsBinding {
   syncfs(path: string, done: (errno: number) => void): void;
 }
 
-const SYNCFS_CANDIDATES = ['../../native/bin/strata-syncfs.node', '../../../native/bin/strata-syncfs.node'].map((rel) =>
-  fileURLToPath(new URL(rel, import.meta.url)),
-);
 let syncfsBinding: SyncfsBinding | null | undefined;
 
 /** The built syncfs binding (scripts/build-native.sh), or null when this checkout has not built it. */
 function loadSyncfs(): SyncfsBinding | null {
   if (syncfsBinding === undefined) {
-    const path = SYNCFS_CANDIDATES.find((p) => existsSync(p));
+    const path = nativeArtifact('strata-syncfs.node');
     syncfsBinding = path ? (createRequire(import.meta.url)(path) as SyncfsBinding) : null;
   }
   return syncfsBinding;
